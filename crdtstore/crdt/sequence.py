@@ -1,0 +1,783 @@
+"""Sequence CRDT for text and lists: RGA with runs, tombstones and a position index.
+
+Theory of operation
+-------------------
+Every element (a character, or a JSON value in a list) has an id, the dot
+``(replica, counter)`` minted for it, and a Lamport timestamp. An element
+is inserted after an *origin*: the element it was typed after, or the start.
+The order is the Replicated Growable Array's (Roh et al., "Replicated
+abstract data types", JPDC 2011): the elements inserted after one origin
+sit in descending ``(lamport, replica)`` order, each followed by what was
+inserted after it. Integrating a remote element therefore needs only its
+origin: start right after the origin and skip every element with a greater
+timestamp (all of a greater sibling's descendants are greater still, and
+nothing past the origin's subtree is). Deletion keeps a tombstone, so later
+inserts can still anchor on a deleted element; the tombstone records the
+dots of the deletes, which lets an index be read against an older version.
+
+Runs. Characters typed one after another by one replica have consecutive
+counters and timestamps and each has the previous as origin, so one *item*
+holds the whole run: ``(replica, counter, lamport, origin, content)``. Items
+split where an insert or delete lands inside them. The canonical encoding
+merges whatever can merge, so two replicas holding the same elements encode
+to the same bytes whatever their in-memory splits.
+
+Index. Items live in blocks of at most ``BLOCK_MAX``; a Fenwick tree over the
+blocks' visible lengths finds the block of a visible index in O(log n), and
+a C-level prefix sum finds the item inside it. Ids are found through a
+per-replica sorted list of run starts, each with its few pieces. No
+operation walks the whole sequence, except reading an index against an
+older version (which must look at every tombstone) and encoding.
+
+Deltas carry inserts ``(replica, counter, lamport, origin, content)`` and
+deletes ``(replica, lo, hi, deleter)``. One whose origin (or target) has not
+arrived yet waits in ``pending`` and is retried after every integration, so
+deltas may be joined in any order.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right, insort
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+from operator import attrgetter
+from typing import Any
+
+from ..causal import CausalContext, Dot
+from ..errors import DecodeError
+from .base import ReplicaTable, decode_dot, decode_dots, encode_dots, join_dotset
+from .tags import Tag
+
+__all__ = ["BLOCK_MAX", "Insert", "Item", "SeqDelta", "Sequence"]
+
+BLOCK_MAX = 256
+# Local typing extends the run it continues; past this the run is closed so
+# that extending (which copies the content) stays O(1) amortized.
+RUN_MAX = 256
+
+Content = str | list[Any]
+# An insert as shipped: (replica, counter, lamport, origin, content-or-length, deleters).
+# A dead insert (from a full state) carries its length instead of content.
+Insert = tuple[str, int, int, Dot | None, Content | int, tuple[Dot, ...]]
+Delete = tuple[str, int, int, tuple[Dot, ...]]
+
+_counter = attrgetter("counter")
+
+
+class Item:
+    """A run of elements with consecutive ids and timestamps."""
+
+    __slots__ = ("block", "content", "counter", "deleters", "lamport", "length", "origin", "replica")
+
+    def __init__(
+        self,
+        replica: str,
+        counter: int,
+        lamport: int,
+        origin: Dot | None,
+        length: int,
+        content: Content | None,
+        deleters: tuple[Dot, ...],
+        block: Block,
+    ) -> None:
+        self.replica = replica
+        self.counter = counter
+        self.lamport = lamport
+        self.origin = origin
+        self.length = length
+        self.content = content  # None once deleted
+        self.deleters = deleters
+        self.block = block
+
+    def __repr__(self) -> str:
+        return (
+            f"Item({self.replica}:{self.counter} L{self.lamport} after {self.origin} "
+            f"{self.content if self.content is not None else self.length} del={self.deleters})"
+        )
+
+
+class Block:
+    __slots__ = ("idx", "items", "lens", "vis")
+
+    def __init__(self, idx: int, items: list[Item], lens: list[int]) -> None:
+        self.idx = idx
+        self.items = items
+        self.lens = lens  # visible length of each item (0 for tombstones)
+        self.vis = sum(lens)
+
+
+class SeqDelta:
+    """The delta of sequence operations: presence dots, inserts and deletes, in the order made."""
+
+    __slots__ = ("deletes", "inserts", "presence", "tag")
+
+    def __init__(
+        self,
+        tag: Tag,
+        presence: set[Dot] | None = None,
+        inserts: list[Insert] | None = None,
+        deletes: list[Delete] | None = None,
+    ) -> None:
+        self.tag = tag
+        self.presence: set[Dot] = presence if presence is not None else set()
+        self.inserts: list[Insert] = inserts if inserts is not None else []
+        self.deletes: list[Delete] = deletes if deletes is not None else []
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, SeqDelta)
+            and self.tag == other.tag
+            and self.presence == other.presence
+            and self.inserts == other.inserts
+            and self.deletes == other.deletes
+        )
+
+    def __repr__(self) -> str:
+        return f"SeqDelta({self.tag.label}, {self.presence!r}, {self.inserts!r}, {self.deletes!r})"
+
+    def is_bottom(self) -> bool:
+        return not self.presence and not self.inserts and not self.deletes
+
+    def visible(self) -> bool:
+        return bool(self.presence) or any(ins[5] == () and not isinstance(ins[4], int) for ins in self.inserts)
+
+    def dots(self) -> Iterator[Dot]:
+        yield from self.presence
+
+    def copy(self) -> SeqDelta:
+        return SeqDelta(self.tag, set(self.presence), list(self.inserts), list(self.deletes))
+
+    def join(self, other: Any, ours: CausalContext, theirs: CausalContext, full: bool) -> None:
+        """Delta groups concatenate (joining them into a sequence dedups)."""
+        if not isinstance(other, SeqDelta):
+            raise TypeError("a sequence delta joins only another sequence delta")
+        self.presence = join_dotset(self.presence, other.presence, ours, theirs)
+        self.inserts.extend(i for i in other.inserts if i not in self.inserts)
+        self.deletes.extend(d for d in other.deletes if d not in self.deletes)
+
+    def to_json(self, table: ReplicaTable) -> list[Any]:
+        return [
+            encode_dots(self.presence, table),
+            [_encode_insert(ins, table) for ins in self.inserts],
+            [_encode_delete(d, table) for d in self.deletes],
+        ]
+
+    @classmethod
+    def from_json(cls, tag: Tag, data: Any, table: ReplicaTable) -> SeqDelta:
+        if not isinstance(data, list) or len(data) != 3 or not isinstance(data[1], list):
+            raise DecodeError(f"{tag.label}: bad delta body")
+        if not isinstance(data[2], list):
+            raise DecodeError(f"{tag.label}: bad deletes")
+        inserts = [_decode_insert(tag, x, table) for x in data[1]]
+        deletes = [_decode_delete(x, table) for x in data[2]]
+        return cls(tag, set(decode_dots(data[0], table)), inserts, deletes)
+
+
+def _encode_insert(ins: Insert, table: ReplicaTable) -> list[Any]:
+    replica, counter, lamport, origin, content, deleters = ins
+    out: list[Any] = [table.ref(replica), counter, lamport]
+    out += (-1, 0) if origin is None else (table.ref(origin[0]), origin[1])
+    out.append(content)
+    if deleters:
+        out.append(encode_dots(set(deleters), table))
+    return out
+
+
+def _decode_insert(tag: Tag, data: Any, table: ReplicaTable) -> Insert:
+    if not isinstance(data, list) or len(data) not in (6, 7):
+        raise DecodeError(f"{tag.label}: bad insert")
+    replica, counter = decode_dot(data[0], data[1], table)
+    lamport = data[2]
+    if type(lamport) is not int or lamport < 1:
+        raise DecodeError(f"{tag.label}: bad timestamp")
+    origin = None if data[3] == -1 else decode_dot(data[3], data[4], table)
+    content = data[5]
+    if type(content) is int:
+        if content < 1:
+            raise DecodeError(f"{tag.label}: bad run length")
+    elif not (isinstance(content, str) if tag is Tag.TEXT else isinstance(content, list)) or not content:
+        raise DecodeError(f"{tag.label}: bad content")
+    deleters = tuple(sorted(set(decode_dots(data[6], table)))) if len(data) == 7 else ()
+    if type(content) is int and not deleters:
+        raise DecodeError(f"{tag.label}: a run without content must be deleted")
+    return (replica, counter, lamport, origin, content, deleters)
+
+
+def _encode_delete(d: Delete, table: ReplicaTable) -> list[Any]:
+    return [table.ref(d[0]), d[1], d[2], encode_dots(set(d[3]), table)]
+
+
+def _decode_delete(data: Any, table: ReplicaTable) -> Delete:
+    if not isinstance(data, list) or len(data) != 4:
+        raise DecodeError("bad delete")
+    replica, lo = decode_dot(data[0], data[1], table)
+    hi = data[2]
+    if type(hi) is not int or hi <= lo:
+        raise DecodeError("bad delete range")
+    deleters = tuple(sorted(set(decode_dots(data[3], table))))
+    if not deleters:
+        raise DecodeError("a delete needs a deleter")
+    return (replica, lo, hi, deleters)
+
+
+class Sequence:
+    """A text (``Tag.TEXT``, content is ``str``) or list (``Tag.LIST``, content is ``list``)."""
+
+    __slots__ = (
+        "blocks",
+        "by_replica",
+        "max_lamport",
+        "pending",
+        "pending_deletes",
+        "presence",
+        "tag",
+        "total",
+        "tree",
+    )
+
+    def __init__(self, tag: Tag) -> None:
+        self.tag = tag
+        self.presence: set[Dot] = set()
+        self.blocks: list[Block] = [Block(0, [], [])]
+        self.tree: list[int] = [0, 0]
+        self.total = 0
+        # replica -> (sorted run starts, pieces of each run sorted by counter)
+        self.by_replica: dict[str, tuple[list[int], list[list[Item]]]] = {}
+        self.max_lamport = 0
+        self.pending: list[Insert] = []
+        self.pending_deletes: list[Delete] = []
+
+    # Public methods for reading.
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __eq__(self, other: object) -> bool:
+        """Structural: the same elements, tombstones, presence and pending work."""
+        return isinstance(other, Sequence) and self.tag == other.tag and self._canonical() == other._canonical()
+
+    def __repr__(self) -> str:
+        return f"Sequence({self.tag.label}, {self.value()!r})"
+
+    def value(self) -> Content:
+        if self.tag is Tag.TEXT:
+            return "".join(it.content for it in self._items() if it.content is not None)  # type: ignore[misc]
+        out: list[Any] = []
+        for it in self._items():
+            if it.content is not None:
+                out += it.content
+        return out
+
+    def siblings(self) -> Content:
+        return self.value()
+
+    def is_bottom(self) -> bool:
+        return not self.presence and not self.by_replica and not self.pending and not self.pending_deletes
+
+    def visible(self) -> bool:
+        return bool(self.presence) or self.total > 0
+
+    def dots(self) -> Iterator[Dot]:
+        yield from self.presence
+
+    def copy(self) -> Sequence:
+        table = ReplicaTable()
+        return Sequence.from_json(self.tag, self.to_json(table), table)
+
+    # Public methods for local operations. Each returns what its delta ships.
+
+    def insert(self, index: int, content: Content, replica: str, counter: int) -> Insert:
+        """Insert ``content`` so that it starts at visible ``index``; its ids are ``counter..``."""
+        if index == 0:
+            origin: Dot | None = None
+        else:
+            blk, j, off = self._find(index - 1)
+            item = blk.items[j]
+            origin = (item.replica, item.counter + off)
+        return self.insert_after(origin, content, replica, counter)
+
+    def insert_after(self, origin: Dot | None, content: Content, replica: str, counter: int) -> Insert:
+        """Insert right after element ``origin`` (None: at the start); we have seen everything, so no skipping."""
+        lamport = self.max_lamport + 1
+        n = len(content)
+        if origin is None:
+            blk, j = self.blocks[0], 0
+        else:
+            found = self._lookup(origin)
+            assert found is not None, "local insert after an unknown element"
+            item, off = found
+            if off < item.length - 1:
+                self._split(item, off + 1)
+            blk = item.block
+            j = blk.items.index(item) + 1
+            if (
+                item.replica == replica
+                and item.counter + item.length == counter
+                and item.lamport + item.length == lamport
+                and item.content is not None
+                and item.length < RUN_MAX
+            ):
+                item.content = item.content + content  # type: ignore[operator]
+                item.length += n
+                blk.lens[j - 1] += n
+                self._grew(blk, n)
+                self.max_lamport = lamport + n - 1
+                return (replica, counter, lamport, origin, content, ())
+        self._place(blk, j, Item(replica, counter, lamport, origin, n, content, (), blk))
+        self.max_lamport = lamport + n - 1
+        return (replica, counter, lamport, origin, content, ())
+
+    def delete(self, index: int, count: int, deleter: Dot) -> list[Delete]:
+        """Delete ``count`` visible elements from ``index``; returns the id ranges removed."""
+        blk, j, off = self._find(index)
+        if off:
+            self._split(blk.items[j], off)
+            j += 1
+        removed: list[Delete] = []
+        remaining = count
+        while remaining:
+            if j == len(blk.items):
+                blk = self.blocks[blk.idx + 1]
+                j = 0
+                continue
+            item = blk.items[j]
+            if item.content is None:
+                j += 1
+                continue
+            if item.length > remaining:
+                self._split(item, remaining)
+            self._kill(item, j, (deleter,))
+            removed.append((item.replica, item.counter, item.counter + item.length, (deleter,)))
+            remaining -= item.length
+            j += 1
+        self._rebalance()
+        return removed
+
+    def delete_ids(self, ids: list[Dot], deleter: Dot) -> list[Delete]:
+        """Delete elements by id (used when an index was read against an older version)."""
+        removed: list[Delete] = []
+        for replica, c in ids:
+            removed.append((replica, c, c + 1, (deleter,)))
+            self._delete_range(replica, c, c + 1, (deleter,))
+        self._rebalance()
+        return _coalesce(removed)
+
+    # Public methods for reading an index against an older version.
+
+    def ids_at(self, seen: Callable[[Dot], bool], start: int, count: int) -> list[Dot] | None:
+        """The ids of visible elements ``start .. start+count-1`` in the view holding only dots ``seen``.
+
+        Also answers the origin lookup for inserts: ``ids_at(seen, i - 1, 1)``.
+        Returns None when the view is shorter than ``start + count``.
+        """
+        out: list[Dot] = []
+        pos = 0
+        for it in self._items():
+            if any(seen(d) for d in it.deleters):
+                continue
+            r = it.replica
+            for c in range(it.counter, it.counter + it.length):
+                if not seen((r, c)):
+                    continue
+                if pos >= start:
+                    out.append((r, c))
+                    if len(out) == count:
+                        return out
+                pos += 1
+        return None
+
+    def length_at(self, seen: Callable[[Dot], bool]) -> int:
+        n = 0
+        for it in self._items():
+            if any(seen(d) for d in it.deleters):
+                continue
+            r = it.replica
+            n += sum(1 for k in range(it.length) if seen((r, it.counter + k)))
+        return n
+
+    # Public methods for joining.
+
+    def join(self, other: Any, ours: CausalContext, theirs: CausalContext, full: bool) -> None:
+        if isinstance(other, SeqDelta):
+            self.join_delta(other, ours, theirs)
+        else:
+            self.merge(other, ours, theirs)
+
+    def join_delta(self, delta: SeqDelta, ours: CausalContext, theirs: CausalContext) -> None:
+        self.presence = join_dotset(self.presence, delta.presence, ours, theirs)
+        for ins in delta.inserts:
+            self._integrate(ins)
+        for replica, lo, hi, deleters in delta.deletes:
+            self._delete_range(replica, lo, hi, deleters)
+        self._retry_pending()
+        self._rebalance()
+
+    def merge(self, other: Sequence, ours: CausalContext, theirs: CausalContext) -> None:
+        """Full-state join. Other's items come in document order, so every origin precedes its element."""
+        self.presence = join_dotset(self.presence, other.presence, ours, theirs)
+        for it in list(other._items()):
+            self._integrate(
+                (it.replica, it.counter, it.lamport, it.origin, it.content or it.length, it.deleters),
+            )
+        for ins in other.pending:
+            self._integrate(ins)
+        for d in other.pending_deletes:
+            self._delete_range(*d)
+        self._retry_pending()
+        self._rebalance()
+
+    def removal(self, ctx: CausalContext, deleter: Callable[[], Dot]) -> SeqDelta:
+        """The delta that removes this value from its map: presence and every live element."""
+        ctx.add_all(self.presence)
+        delta = SeqDelta(self.tag)
+        if self.total:
+            d = deleter()
+            ctx.add(d)
+            for it in self._items():
+                if it.content is not None:
+                    delta.deletes.append((it.replica, it.counter, it.counter + it.length, (d,)))
+            delta.deletes = _coalesce(delta.deletes)
+        return delta
+
+    # Encoding.
+
+    def _canonical(self) -> list[Any]:
+        table = ReplicaTable()
+        return [table.names, self.to_json(table)]
+
+    def to_json(self, table: ReplicaTable) -> list[Any]:
+        """Runs in document order, merged where they can be: ``[presence, runs, pending, pending_deletes]``."""
+        runs: list[Any] = []
+        prev: list[Any] | None = None
+        prev_end: Dot | None = None
+        prev_key: tuple[str, int, int, tuple[Dot, ...]] | None = None
+        for it in self._items():
+            key = (it.replica, it.counter, it.lamport, it.deleters)
+            if (
+                prev is not None
+                and prev_key is not None
+                and it.origin == prev_end
+                and prev_key == key
+                and (it.content is None) == (type(prev[5]) is int)
+            ):
+                if it.content is None:
+                    prev[5] += it.length
+                else:
+                    prev[5] = prev[5] + it.content
+            else:
+                prev = _encode_insert(
+                    (it.replica, it.counter, it.lamport, it.origin, it.content or it.length, it.deleters), table
+                )
+                runs.append(prev)
+            prev_end = (it.replica, it.counter + it.length - 1)
+            prev_key = (it.replica, it.counter + it.length, it.lamport + it.length, it.deleters)
+        return [
+            encode_dots(self.presence, table),
+            runs,
+            [_encode_insert(ins, table) for ins in sorted(self.pending, key=_insert_order)],
+            [_encode_delete(d, table) for d in sorted(self.pending_deletes)],
+        ]
+
+    @classmethod
+    def from_json(cls, tag: Tag, data: Any, table: ReplicaTable) -> Sequence:
+        if not isinstance(data, list) or len(data) != 4 or not all(isinstance(x, list) for x in data[1:]):
+            raise DecodeError(f"{tag.label}: bad body")
+        seq = cls(tag)
+        seq.presence = set(decode_dots(data[0], table))
+        blk = seq.blocks[0]
+        for raw in data[1]:
+            replica, counter, lamport, origin, content, deleters = _decode_insert(tag, raw, table)
+            if origin is not None and seq._lookup(origin) is None:
+                raise DecodeError(f"{tag.label}: an element precedes its origin")
+            n = content if type(content) is int else len(content)  # type: ignore[arg-type]
+            live = type(content) is not int
+            item = Item(replica, counter, lamport, origin, n, content if live else None, deleters, blk)  # type: ignore[arg-type]
+            if seq._lookup_any(replica, counter, counter + n):
+                raise DecodeError(f"{tag.label}: duplicate element ids")
+            blk.items.append(item)
+            blk.lens.append(n if live else 0)
+            seq._register(item)
+            seq.max_lamport = max(seq.max_lamport, lamport + n - 1)
+            if len(blk.items) >= BLOCK_MAX // 2:
+                blk = Block(len(seq.blocks), [], [])
+                seq.blocks.append(blk)
+        seq.pending = [_decode_insert(tag, x, table) for x in data[2]]
+        seq.pending_deletes = [_decode_delete(x, table) for x in data[3]]
+        for b in seq.blocks:
+            b.vis = sum(b.lens)
+        seq._rebuild()
+        return seq
+
+    # Private methods: the position index.
+
+    def _items(self) -> Iterator[Item]:
+        for blk in self.blocks:
+            yield from blk.items
+
+    def _rebuild(self) -> None:
+        """Renumber blocks and rebuild the Fenwick tree: O(blocks), once per block split."""
+        blocks = self.blocks
+        nb = len(blocks)
+        tree = [0] * (nb + 1)
+        for i, b in enumerate(blocks):
+            b.idx = i
+            tree[i + 1] += b.vis
+            parent = (i + 1) + ((i + 1) & -(i + 1))
+            if parent <= nb:
+                tree[parent] += tree[i + 1]
+        self.tree = tree
+        self.total = sum(b.vis for b in blocks)
+
+    def _grew(self, blk: Block, n: int) -> None:
+        blk.vis += n
+        self.total += n
+        tree = self.tree
+        size = len(tree)
+        i = blk.idx + 1
+        while i < size:
+            tree[i] += n
+            i += i & -i
+
+    def _find(self, index: int) -> tuple[Block, int, int]:
+        """The block, item position and offset of visible element ``index`` (0 <= index < len)."""
+        tree = self.tree
+        nb = len(tree) - 1
+        pos = 0
+        rem = index
+        step = 1 << (nb.bit_length() - 1) if nb else 0
+        while step:
+            nxt = pos + step
+            if nxt <= nb and tree[nxt] <= rem:
+                pos = nxt
+                rem -= tree[nxt]
+            step >>= 1
+        blk = self.blocks[pos]
+        cum = list(accumulate(blk.lens))
+        j = bisect_right(cum, rem)
+        return blk, j, rem - (cum[j - 1] if j else 0)
+
+    def _place(self, blk: Block, j: int, item: Item) -> None:
+        item.block = blk
+        blk.items.insert(j, item)
+        n = item.length if item.content is not None else 0
+        blk.lens.insert(j, n)
+        self._register(item)
+        if n:
+            self._grew(blk, n)
+        if len(blk.items) > BLOCK_MAX:
+            self._split_block(blk)
+
+    def _split_block(self, blk: Block) -> None:
+        half = len(blk.items) // 2
+        new = Block(blk.idx + 1, blk.items[half:], blk.lens[half:])
+        del blk.items[half:]
+        del blk.lens[half:]
+        blk.vis -= new.vis
+        for it in new.items:
+            it.block = new
+        self.blocks.insert(blk.idx + 1, new)
+        self._rebuild()
+
+    def _rebalance(self) -> None:
+        """Split blocks that grew past the limit during a multi-item operation."""
+        while True:
+            big = next((b for b in self.blocks if len(b.items) > BLOCK_MAX), None)
+            if big is None:
+                return
+            self._split_block(big)
+
+    # Private methods: ids.
+
+    def _register(self, item: Item) -> None:
+        entry = self.by_replica.get(item.replica)
+        if entry is None:
+            self.by_replica[item.replica] = ([item.counter], [[item]])
+            return
+        starts, groups = entry
+        if item.counter > starts[-1]:
+            starts.append(item.counter)
+            groups.append([item])
+        else:
+            k = bisect_right(starts, item.counter)
+            starts.insert(k, item.counter)
+            groups.insert(k, [item])
+
+    def _lookup(self, dot: Dot) -> tuple[Item, int] | None:
+        entry = self.by_replica.get(dot[0])
+        if entry is None:
+            return None
+        starts, groups = entry
+        c = dot[1]
+        k = bisect_right(starts, c) - 1
+        if k < 0:
+            return None
+        group = groups[k]
+        item = group[bisect_right(group, c, key=_counter) - 1] if len(group) > 1 else group[0]
+        off = c - item.counter
+        return (item, off) if off < item.length else None
+
+    def _lookup_any(self, replica: str, lo: int, hi: int) -> bool:
+        entry = self.by_replica.get(replica)
+        if entry is None:
+            return False
+        starts, groups = entry
+        k = bisect_right(starts, hi - 1) - 1
+        if k < 0:
+            return False
+        last = groups[k][-1]
+        return last.counter + last.length > lo
+
+    def _split(self, item: Item, off: int) -> Item:
+        """Cut ``item`` before offset ``off``; returns the right piece, placed after it."""
+        blk = item.block
+        j = blk.items.index(item)
+        content = item.content
+        right = Item(
+            item.replica,
+            item.counter + off,
+            item.lamport + off,
+            (item.replica, item.counter + off - 1),
+            item.length - off,
+            content[off:] if content is not None else None,
+            item.deleters,
+            blk,
+        )
+        item.length = off
+        if content is not None:
+            item.content = content[:off]
+            blk.lens[j] = off
+            blk.items.insert(j + 1, right)
+            blk.lens.insert(j + 1, right.length)
+        else:
+            blk.items.insert(j + 1, right)
+            blk.lens.insert(j + 1, 0)
+        group = self.by_replica[item.replica][1]
+        starts = self.by_replica[item.replica][0]
+        g = group[bisect_right(starts, item.counter) - 1]
+        g.insert(bisect_right(g, item.counter, key=_counter), right)
+        return right
+
+    def _kill(self, item: Item, j: int, deleters: tuple[Dot, ...]) -> None:
+        blk = item.block
+        if item.content is not None:
+            item.content = None
+            n = blk.lens[j]
+            blk.lens[j] = 0
+            self._grew(blk, -n)
+        item.deleters = tuple(sorted(set(item.deleters).union(deleters))) if item.deleters else deleters
+
+    # Private methods: integrating remote work.
+
+    def _integrate(self, ins: Insert) -> None:
+        replica, counter, lamport, origin, content, deleters = ins
+        length = content if type(content) is int else len(content)  # type: ignore[arg-type]
+        while length > 0:
+            found = self._lookup((replica, counter))
+            if found is not None:
+                item, off = found
+                n = min(length, item.length - off)
+                if deleters:
+                    self._delete_range(replica, counter, counter + n, deleters)
+            else:
+                n = min(length, self._unknown_extent(replica, counter))
+                piece = content if type(content) is int else content[:n]  # type: ignore[index]
+                if type(piece) is int:
+                    piece = n
+                if origin is not None and self._lookup(origin) is None:
+                    self.pending.append((replica, counter, lamport, origin, piece, deleters))
+                else:
+                    self._integrate_new(replica, counter, lamport, origin, piece, deleters)
+            if type(content) is not int:
+                content = content[n:]  # type: ignore[index]
+            origin = (replica, counter + n - 1)
+            counter += n
+            lamport += n
+            length -= n
+
+    def _unknown_extent(self, replica: str, counter: int) -> int:
+        entry = self.by_replica.get(replica)
+        if entry is None:
+            return 1 << 62
+        starts = entry[0]
+        k = bisect_right(starts, counter)
+        return starts[k] - counter if k < len(starts) else 1 << 62
+
+    def _integrate_new(
+        self, replica: str, counter: int, lamport: int, origin: Dot | None, content: Content | int, deleters: tuple
+    ) -> None:
+        if origin is None:
+            blk, j = self.blocks[0], 0
+        else:
+            found = self._lookup(origin)
+            assert found is not None
+            item, off = found
+            if off < item.length - 1:
+                self._split(item, off + 1)
+            blk = item.block
+            j = blk.items.index(item) + 1
+        # Skip every element with a greater timestamp: later siblings and their subtrees.
+        while True:
+            if j == len(blk.items):
+                if blk.idx + 1 == len(self.blocks):
+                    break
+                blk = self.blocks[blk.idx + 1]
+                j = 0
+                continue
+            y = blk.items[j]
+            if y.lamport > lamport or (y.lamport == lamport and y.replica > replica):
+                j += 1
+            else:
+                break
+        live = type(content) is not int
+        n = len(content) if live else content  # type: ignore[arg-type]
+        item = Item(replica, counter, lamport, origin, n, content if live else None, deleters, blk)  # type: ignore[arg-type]
+        self._place(blk, j, item)
+        if lamport + n - 1 > self.max_lamport:
+            self.max_lamport = lamport + n - 1
+
+    def _delete_range(self, replica: str, lo: int, hi: int, deleters: tuple[Dot, ...]) -> None:
+        c = lo
+        while c < hi:
+            found = self._lookup((replica, c))
+            if found is None:
+                n = min(hi - c, self._unknown_extent(replica, c))
+                self.pending_deletes.append((replica, c, c + n, deleters))
+                c += n
+                continue
+            item, off = found
+            if off:
+                item = self._split(item, off)
+            if item.length > hi - c:
+                self._split(item, hi - c)
+            if not set(deleters).issubset(item.deleters):
+                self._kill(item, item.block.items.index(item), deleters)
+            c += item.length
+
+    def _retry_pending(self) -> None:
+        while self.pending or self.pending_deletes:
+            before = (sorted(self.pending, key=_insert_order), _coalesce(self.pending_deletes))
+            self.pending, self.pending_deletes = [], []
+            for ins in before[0]:
+                self._integrate(ins)
+            for d in before[1]:
+                self._delete_range(*d)
+            self.pending.sort(key=_insert_order)
+            self.pending_deletes = _coalesce(self.pending_deletes)
+            if (self.pending, self.pending_deletes) == before:
+                return
+
+
+def _insert_order(ins: Insert) -> tuple[int, str, int]:
+    return (ins[2], ins[0], ins[1])
+
+
+def _coalesce(deletes: list[Delete]) -> list[Delete]:
+    """Sort deletes and merge adjacent ranges with the same deleters (one canonical form)."""
+    out: list[Delete] = []
+    for d in sorted(deletes):
+        if out and out[-1][0] == d[0] and out[-1][3] == d[3] and out[-1][2] >= d[1]:
+            last = out[-1]
+            out[-1] = (last[0], last[1], max(last[2], d[2]), last[3])
+        else:
+            out.append(d)
+    return out

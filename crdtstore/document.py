@@ -1,0 +1,386 @@
+"""A document: a root observed-remove map plus its causal context.
+
+``Document.apply`` takes a batch of JSON ops and works in two phases:
+
+1. *Plan*: parse every op, then walk the batch against the document as it
+   would be after the earlier ops of the batch (a small overlay of path
+   types and sequence lengths), checking types and indexes. Any failure
+   raises an ``OpError`` naming the op; nothing has changed yet.
+2. *Execute*: the same ops, now known to succeed, mint dots, change the
+   document in place and collect one delta for the whole batch.
+
+The replica id and the timestamp for last-writer-wins registers are passed
+in; the core never reads a clock. See ``CORE_API``/README for the op formats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .causal import CausalContext, Dot
+from .crdt.awset import element_key
+from .crdt.ormap import ORMap, empty_value, removal_of
+from .crdt.sequence import SeqDelta, Sequence
+from .crdt.tags import Tag
+from .errors import IndexOutOfRange, InvalidOp, TypeMismatch
+from .ops import Op, parse_ops
+from .version import decode_version, encode_version
+
+__all__ = ["Delta", "Document"]
+
+_OP_TAG = {"increment": Tag.COUNTER, "add": Tag.SET, "remove": Tag.SET, "enable": Tag.FLAG, "disable": Tag.FLAG}
+_CONTAINERS = frozenset({Tag.MAP, Tag.SET, Tag.FLAG, Tag.LIST, Tag.TEXT})
+_SEQUENCES = frozenset({Tag.LIST, Tag.TEXT})
+
+
+class Delta:
+    """What one batch changed: a delta map (mentioning what it touched) and the dots it covers."""
+
+    __slots__ = ("ctx", "root")
+
+    def __init__(self, root: ORMap | None = None, ctx: CausalContext | None = None) -> None:
+        self.root = root if root is not None else ORMap(is_delta=True)
+        self.ctx = ctx if ctx is not None else CausalContext()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Delta) and self.root == other.root and self.ctx == other.ctx
+
+    def __repr__(self) -> str:
+        return f"Delta({self.root!r}, {self.ctx!r})"
+
+    def dots(self) -> Iterator[Dot]:
+        return self.ctx.dots()
+
+    def join(self, other: Delta) -> None:
+        """Group ``other`` into this delta (both are deltas)."""
+        self.root.join(other.root, self.ctx, other.ctx, False)
+        self.ctx.join(other.ctx)
+
+
+class Document:
+    """A JSON-like CRDT document. Joins are in place; ``==`` is structural."""
+
+    __slots__ = ("ctx", "root")
+
+    def __init__(self, root: ORMap | None = None, ctx: CausalContext | None = None) -> None:
+        self.root = root if root is not None else ORMap()
+        self.ctx = ctx if ctx is not None else CausalContext()
+
+    def __eq__(self, other: object) -> bool:
+        from .codec import encode_document
+
+        return isinstance(other, Document) and encode_document(self) == encode_document(other)
+
+    def __repr__(self) -> str:
+        return f"Document({self.value()!r})"
+
+    # Public methods for reading.
+
+    def value(self) -> dict[str, Any]:
+        return self.root.value()
+
+    def siblings(self) -> dict[str, Any]:
+        """The same tree as ``value()``, with every register as the list of its concurrent values."""
+        return self.root.siblings()
+
+    def version(self) -> str:
+        return encode_version(self.ctx)
+
+    def vector(self) -> dict[str, int]:
+        return self.ctx.vector()
+
+    def contains_version(self, token: str) -> bool:
+        return self.ctx.contains_context(decode_version(token))
+
+    def digest(self) -> bytes:
+        from .codec import encode_document
+
+        return hashlib.blake2b(encode_document(self), digest_size=16).digest()
+
+    def copy(self) -> Document:
+        from .codec import decode_document, encode_document
+
+        return decode_document(encode_document(self))
+
+    # Public methods for joining.
+
+    def join(self, delta: Delta) -> None:
+        """Join a delta in place (idempotent, commutative, associative)."""
+        self.root.join(delta.root, self.ctx, delta.ctx, False)
+        self.ctx.join(delta.ctx)
+
+    def merge(self, other: Document) -> None:
+        """Join another full state in place."""
+        self.root.join(other.root, self.ctx, other.ctx, True)
+        self.ctx.join(other.ctx)
+
+    # Public methods for local changes.
+
+    def apply(self, ops: Any, *, replica: str, now: int = 0) -> Delta:
+        """Apply a batch of JSON ops atomically and return its delta.
+
+        Args:
+            ops: a list of op objects (see the README).
+            replica: the id of the replica making the change; it mints the dots.
+            now: the hybrid-logical-clock timestamp for last-writer-wins writes.
+
+        Raises:
+            OpError: the batch was rejected whole (``op_index`` names the op); nothing changed.
+        """
+        if not isinstance(replica, str) or not replica:
+            raise ValueError("replica must be a non-empty string")
+        parsed = parse_ops(ops)
+        _Planner(self).check(parsed)
+        return _Executor(self, replica, now).run(parsed)
+
+
+class _Planner:
+    """Checks a batch against the document as the earlier ops of the batch would leave it."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        # path -> (tag or None when removed, whether the document's own value there still counts)
+        self.overlay: dict[tuple[str, ...], tuple[Tag | None, bool]] = {}
+        self.length_change: dict[tuple[str, ...], int] = {}
+
+    def check(self, ops: list[Op]) -> None:
+        for i, op in enumerate(ops):
+            try:
+                self._check(op)
+            except (InvalidOp, TypeMismatch, IndexOutOfRange) as exc:
+                exc.op_index = i
+                exc.args = (f"op {i}: {exc.reason}",)
+                raise
+
+    def _check(self, op: Op) -> None:
+        path = op.path
+        tag, real = self._resolve(path)
+        if op.kind == "delete" and op.index is None:
+            if tag is not None:
+                self._remove(path)
+            return
+        wanted = _wanted_tag(op, tag)
+        if tag is not None and tag is not wanted:
+            raise TypeMismatch(
+                f"{'/'.join(path)} is a {tag.label}; {op.kind} needs a {wanted.label}", path=list(path)
+            )
+        if wanted in _SEQUENCES:
+            self._check_index(op, wanted, tag, real)
+        self._create(path, wanted)
+
+    def _check_index(self, op: Op, wanted: Tag, tag: Tag | None, real: Sequence | None) -> None:
+        if op.kind == "insert" and wanted is Tag.TEXT and not isinstance(op.content, str):
+            raise TypeMismatch("insert into text takes text", path=list(op.path))
+        if op.kind == "insert" and wanted is Tag.LIST and not isinstance(op.content, list):
+            raise TypeMismatch("insert into a list takes values", path=list(op.path))
+        if tag is None:
+            length = 0
+        elif real is None:
+            length = self.length_change.get(op.path, 0)
+        else:
+            base = len(real) if op.version is None else real.length_at(op.version.__contains__)
+            length = base + self.length_change.get(op.path, 0)
+        assert op.index is not None
+        if op.kind == "insert":
+            if op.index > length:
+                raise IndexOutOfRange(f"insert at {op.index} past the end ({length})", path=list(op.path))
+            self.length_change[op.path] = self.length_change.get(op.path, 0) + len(op.content or ())
+        else:
+            if op.index + op.count > length:
+                raise IndexOutOfRange(
+                    f"delete of {op.count} at {op.index} past the end ({length})", path=list(op.path)
+                )
+            self.length_change[op.path] = self.length_change.get(op.path, 0) - op.count
+
+    def _resolve(self, path: tuple[str, ...]) -> tuple[Tag | None, Any]:
+        """The visible type at ``path`` after the earlier ops, and the document's value there if it still counts."""
+        node: ORMap | None = self.doc.root
+        for k, name in enumerate(path):
+            prefix = path[: k + 1]
+            ov = self.overlay.get(prefix)
+            if ov is None:
+                tag = node.visible_tag(name) if node is not None else None
+                alive = node is not None
+            else:
+                tag, alive = ov
+                alive = alive and node is not None
+            value = node.get(name, tag) if (alive and node is not None and tag is not None) else None
+            if k == len(path) - 1:
+                return tag, value
+            if tag is None:
+                return None, None
+            if tag is not Tag.MAP:
+                raise TypeMismatch(f"{'/'.join(prefix)} is a {tag.label}, not a map", path=list(prefix))
+            node = value
+        raise AssertionError("unreachable")
+
+    def _remove(self, path: tuple[str, ...]) -> None:
+        n = len(path)
+        for key in [k for k in self.overlay if k[:n] == path]:
+            del self.overlay[key]
+        for key in [k for k in self.length_change if k[:n] == path]:
+            del self.length_change[key]
+        self.overlay[path] = (None, False)
+
+    def _create(self, path: tuple[str, ...], tag: Tag) -> None:
+        for k in range(1, len(path)):
+            prefix = path[:k]
+            ov = self.overlay.get(prefix)
+            self.overlay[prefix] = (Tag.MAP, ov[1] if ov is not None else True)
+        ov = self.overlay.get(path)
+        self.overlay[path] = (tag, ov[1] if ov is not None else True)
+
+
+def _wanted_tag(op: Op, current: Tag | None) -> Tag:
+    if op.kind == "set":
+        return Tag.LWW if op.lww else Tag.REGISTER
+    if op.kind in ("insert", "delete"):
+        if current in _SEQUENCES:
+            return current  # type: ignore[return-value]
+        if op.kind == "insert":
+            return Tag.TEXT if isinstance(op.content, str) else Tag.LIST
+        return current if current is not None else Tag.TEXT  # an index delete on nothing: out of range below
+    return _OP_TAG[op.kind]
+
+
+class _Executor:
+    """Runs a checked batch: nothing here may fail."""
+
+    def __init__(self, doc: Document, replica: str, now: int) -> None:
+        self.doc = doc
+        self.replica = replica
+        self.now = now
+        self.batch = Delta()
+        # Dots enter the document's context only when their change is joined,
+        # so the next counter is tracked here.
+        self.next_counter = doc.ctx.max_counter(replica) + 1
+
+    def run(self, ops: list[Op]) -> Delta:
+        for op in ops:
+            self._run(op)
+        return self.batch
+
+    def mint(self, ctx: CausalContext) -> Dot:
+        dot = (self.replica, self.next_counter)
+        self.next_counter += 1
+        ctx.add(dot)
+        return dot
+
+    def _commit(self, delta: ORMap, ctx: CausalContext) -> None:
+        self.doc.root.join(delta, self.doc.ctx, ctx, False)
+        self.doc.ctx.join(ctx)
+        self.batch.root.join(delta, self.batch.ctx, ctx, False)
+        self.batch.ctx.join(ctx)
+
+    def _run(self, op: Op) -> None:
+        path = op.path
+        ctx = CausalContext()
+        if op.kind == "delete" and op.index is None:
+            parent = self._parent(path)
+            if parent is not None and parent.visible_tag(path[-1]) is not None:
+                entries = removal_of(parent.fields[path[-1]], ctx, lambda: self.mint(ctx))
+                self._commit(_wrap(path, entries, {}), ctx)
+            return
+        parent = self._parent(path)
+        created = self._missing_ancestors(path, ctx)
+        name = path[-1]
+        tag = _wanted_tag(op, parent.visible_tag(name) if parent is not None else None)
+        value = parent.get(name, tag) if parent is not None else None
+        if value is None:
+            value = empty_value(tag, delta=False)
+        presence = {self.mint(ctx)} if tag in _CONTAINERS and not value.presence else set()
+        if tag in _SEQUENCES:
+            self._sequence_op(op, path, tag, ctx, created, presence)
+            return
+        dot = self.mint(ctx) if op.kind in ("set", "increment", "add", "enable") else None
+        leaf: Any
+        if op.kind == "set":
+            leaf = value.write(dot, (self.now, op.value) if op.lww else op.value, ctx)
+        elif op.kind == "increment":
+            leaf = value.increment(dot, op.by, ctx)
+        elif op.kind == "add":
+            leaf = value.add(dot, element_key(op.value), ctx)
+        elif op.kind == "remove":
+            leaf = value.remove(element_key(op.value), ctx)
+        elif op.kind == "enable":
+            leaf = value.enable(dot, ctx)
+        else:
+            leaf = value.disable(ctx)
+        if presence:
+            leaf.presence = presence
+        self._commit(_wrap(path, {tag: leaf}, created), ctx)
+
+    def _parent(self, path: tuple[str, ...]) -> ORMap | None:
+        node: ORMap | None = self.doc.root
+        for name in path[:-1]:
+            node = node.get(name, Tag.MAP) if node is not None else None
+        return node
+
+    def _missing_ancestors(self, path: tuple[str, ...], ctx: CausalContext) -> dict[int, Dot]:
+        """Presence dots for the ancestor maps (by depth) that are not there yet."""
+        node: ORMap | None = self.doc.root
+        created: dict[int, Dot] = {}
+        for depth, name in enumerate(path[:-1]):
+            child = node.get(name, Tag.MAP) if node is not None else None
+            if child is None or not child.visible():
+                created[depth] = self.mint(ctx)
+            node = child
+        return created
+
+    def _sequence_op(
+        self, op: Op, path: tuple[str, ...], tag: Tag, ctx: CausalContext, created: dict[int, Dot], presence: set[Dot]
+    ) -> None:
+        # The sequence must be in the document before it is edited in place.
+        seq = self._lookup(path, tag)
+        if seq is None or created or presence:
+            self._commit(_wrap(path, {tag: SeqDelta(tag, set(presence))}, created), ctx)
+            seq = self._lookup(path, tag)
+        leaf = SeqDelta(tag, set(presence))
+        seen = self._seen(op)
+        assert op.index is not None
+        if op.kind == "insert":
+            assert op.content is not None
+            counter = self.next_counter
+            self.next_counter += len(op.content)
+            if seen is None:
+                leaf.inserts.append(seq.insert(op.index, op.content, self.replica, counter))
+            else:
+                origin = None if op.index == 0 else seq.ids_at(seen, op.index - 1, 1)[0]
+                leaf.inserts.append(seq.insert_after(origin, op.content, self.replica, counter))
+            ctx.add_range(self.replica, counter, counter + len(op.content))
+        else:
+            deleter = self.mint(ctx)
+            if seen is None:
+                leaf.deletes = seq.delete(op.index, op.count, deleter)
+            else:
+                ids = seq.ids_at(seen, op.index, op.count)
+                assert ids is not None
+                leaf.deletes = seq.delete_ids(ids, deleter)
+        delta = _wrap(path, {tag: leaf}, created)
+        self.batch.root.join(delta, self.batch.ctx, ctx, False)
+        self.batch.ctx.join(ctx)
+        self.doc.ctx.join(ctx)
+
+    def _lookup(self, path: tuple[str, ...], tag: Tag) -> Any:
+        node = self._parent(path)
+        return node.get(path[-1], tag) if node is not None else None
+
+    def _seen(self, op: Op) -> Callable[[Dot], bool] | None:
+        """With a version, the view is what the caller saw plus what this batch did before."""
+        if op.version is None:
+            return None
+        version, batch = op.version, self.batch.ctx
+        return lambda dot: dot in version or dot in batch
+
+
+def _wrap(path: tuple[str, ...], entries: dict[Tag, Any], created: dict[int, Dot]) -> ORMap:
+    """The delta map holding ``entries`` at ``path``; ``created`` maps an ancestor's depth to its presence dot."""
+    node = ORMap({created[len(path) - 2]} if len(path) - 2 in created else set(), {path[-1]: entries}, is_delta=True)
+    for depth in range(len(path) - 2, -1, -1):
+        presence = {created[depth - 1]} if depth - 1 in created else set()
+        node = ORMap(presence, {path[depth]: {Tag.MAP: node}}, is_delta=True)
+    return node
+
+

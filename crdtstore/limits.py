@@ -1,0 +1,84 @@
+"""Limits on what a document may hold, checked before anything changes.
+
+They keep one request from exhausting memory or the encoder: JSON nesting,
+key and string sizes, integer range (the encodings and most JSON peers stop
+at 64 bits) and batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "MAX_BATCH_OPS",
+    "MAX_DEPTH",
+    "MAX_KEY_BYTES",
+    "MAX_STRING_BYTES",
+    "check_json",
+    "check_key",
+]
+
+MAX_DEPTH = 32
+MAX_KEY_BYTES = 256
+MAX_STRING_BYTES = 1 << 20
+MAX_BATCH_OPS = 10_000
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+
+def check_key(key: Any) -> str | None:
+    """The reason ``key`` is not a valid map key, or None."""
+    if not isinstance(key, str):
+        return "a key must be a string"
+    if not key:
+        return "a key must not be empty"
+    if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"a key is at most {MAX_KEY_BYTES} bytes"
+    if _has_surrogate(key):
+        return "a key must be valid unicode"
+    return None
+
+
+def check_json(value: Any, depth: int = 0) -> str | None:
+    """The reason ``value`` is not a storable JSON value, or None."""
+    if depth > MAX_DEPTH:
+        return f"values nest at most {MAX_DEPTH} deep"
+    t = type(value)
+    if value is None or t is bool:
+        return None
+    if t is int:
+        return None if INT64_MIN <= value <= INT64_MAX else "integers must fit in 64 bits"
+    if t is float:
+        return None if math.isfinite(value) else "numbers must be finite"
+    if t is str:
+        if len(value) > MAX_STRING_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_STRING_BYTES:
+            return f"strings are at most {MAX_STRING_BYTES} bytes"
+        return "strings must be valid unicode" if _has_surrogate(value) else None
+    if t is list:
+        for item in value:
+            reason = check_json(item, depth + 1)
+            if reason:
+                return reason
+        return None
+    if t is dict:
+        for k, v in value.items():
+            reason = check_key(k) if k else (None if isinstance(k, str) else "object keys must be strings")
+            if reason:
+                return reason
+            reason = check_json(v, depth + 1)
+            if reason:
+                return reason
+        return None
+    return f"{t.__name__} is not a JSON value"
+
+
+def _has_surrogate(s: str) -> bool:
+    # Lone surrogates cannot be encoded as UTF-8; orjson would refuse them later.
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
