@@ -163,9 +163,7 @@ class _Planner:
             return
         wanted = _wanted_tag(op, tag)
         if tag is not None and tag is not wanted:
-            raise TypeMismatch(
-                f"{'/'.join(path)} is a {tag.label}; {op.kind} needs a {wanted.label}", path=list(path)
-            )
+            raise TypeMismatch(f"{'/'.join(path)} is a {tag.label}; {op.kind} needs a {wanted.label}", path=list(path))
         if wanted in _SEQUENCES:
             self._check_index(op, wanted, tag, real)
         self._create(path, wanted)
@@ -189,9 +187,7 @@ class _Planner:
             self.length_change[op.path] = self.length_change.get(op.path, 0) + len(op.content or ())
         else:
             if op.index + op.count > length:
-                raise IndexOutOfRange(
-                    f"delete of {op.count} at {op.index} past the end ({length})", path=list(op.path)
-                )
+                raise IndexOutOfRange(f"delete of {op.count} at {op.index} past the end ({length})", path=list(op.path))
             self.length_change[op.path] = self.length_change.get(op.path, 0) - op.count
 
     def _resolve(self, path: tuple[str, ...]) -> tuple[Tag | None, Any]:
@@ -241,7 +237,7 @@ def _wanted_tag(op: Op, current: Tag | None) -> Tag:
             return current  # type: ignore[return-value]
         if op.kind == "insert":
             return Tag.TEXT if isinstance(op.content, str) else Tag.LIST
-        return current if current is not None else Tag.TEXT  # an index delete on nothing: out of range below
+        return Tag.TEXT  # an index delete on another type mismatches; on nothing, is out of range
     return _OP_TAG[op.kind]
 
 
@@ -382,5 +378,3 @@ def _wrap(path: tuple[str, ...], entries: dict[Tag, Any], created: dict[int, Dot
         presence = {created[depth - 1]} if depth - 1 in created else set()
         node = ORMap(presence, {path[depth]: {Tag.MAP: node}}, is_delta=True)
     return node
-
-

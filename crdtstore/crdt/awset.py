@@ -32,11 +32,19 @@ def element_key(value: Any) -> str:
 
 class AWSet:
     tag = Tag.SET
-    __slots__ = ("elements", "presence")
+    __slots__ = ("elements", "is_delta", "presence")
 
-    def __init__(self, presence: set[Dot] | None = None, elements: dict[str, set[Dot]] | None = None) -> None:
+    def __init__(
+        self,
+        presence: set[Dot] | None = None,
+        elements: dict[str, set[Dot]] | None = None,
+        *,
+        is_delta: bool = False,
+    ) -> None:
         self.presence: set[Dot] = presence if presence is not None else set()
         self.elements: dict[str, set[Dot]] = elements if elements is not None else {}
+        # A delta keeps removed elements as empty entries: they tell a delta join what to visit.
+        self.is_delta = is_delta
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AWSet) and self.presence == other.presence and self.elements == other.elements
@@ -49,7 +57,7 @@ class AWSet:
         keys = self.elements.keys() | other.elements.keys() if full else other.elements.keys()
         for key in list(keys):
             joined = join_dotset(self.elements.get(key, set()), other.elements.get(key, set()), ours, theirs)
-            if joined:
+            if joined or self.is_delta:
                 self.elements[key] = joined
             else:
                 self.elements.pop(key, None)
@@ -72,26 +80,29 @@ class AWSet:
         return self.value()
 
     def copy(self) -> AWSet:
-        return AWSet(set(self.presence), {k: set(v) for k, v in self.elements.items()})
+        return AWSet(set(self.presence), {k: set(v) for k, v in self.elements.items()}, is_delta=self.is_delta)
 
     def removal(self, ctx: CausalContext) -> AWSet:
         ctx.add_all(self.dots())
-        return AWSet(set(), {k: set() for k in self.elements})
+        return AWSet(set(), {k: set() for k in self.elements}, is_delta=True)
 
     def add(self, dot: Dot, key: str, ctx: CausalContext) -> AWSet:
         ctx.add_all(self.elements.get(key, ()))
         ctx.add(dot)
-        return AWSet(set(), {key: {dot}})
+        return AWSet(set(), {key: {dot}}, is_delta=True)
 
     def remove(self, key: str, ctx: CausalContext) -> AWSet:
         ctx.add_all(self.elements.get(key, ()))
-        return AWSet(set(), {key: set()})
+        return AWSet(set(), {key: set()}, is_delta=True)
 
     def to_json(self, table: ReplicaTable) -> list[Any]:
-        return [encode_dots(self.presence, table), [[k, encode_dots(self.elements[k], table)] for k in sorted(self.elements)]]
+        return [
+            encode_dots(self.presence, table),
+            [[k, encode_dots(self.elements[k], table)] for k in sorted(self.elements)],
+        ]
 
     @classmethod
-    def from_json(cls, data: Any, table: ReplicaTable) -> AWSet:
+    def from_json(cls, data: Any, table: ReplicaTable, *, is_delta: bool = False) -> AWSet:
         if not isinstance(data, list) or len(data) != 2 or not isinstance(data[1], list):
             raise DecodeError("set: bad body")
         elements: dict[str, set[Dot]] = {}
@@ -103,4 +114,4 @@ class AWSet:
             except orjson.JSONDecodeError as exc:
                 raise DecodeError("set: element key is not JSON") from exc
             elements[entry[0]] = set(decode_dots(entry[1], table))
-        return cls(set(decode_dots(data[0], table)), elements)
+        return cls(set(decode_dots(data[0], table)), elements, is_delta=is_delta)

@@ -47,6 +47,8 @@ def empty_value(tag: Tag, *, delta: bool) -> Any:
         return ORMap(is_delta=delta)
     if tag is Tag.TEXT or tag is Tag.LIST:
         return SeqDelta(tag) if delta else Sequence(tag)
+    if tag is Tag.SET:
+        return AWSet(is_delta=delta)
     return _SIMPLE[tag]()
 
 
@@ -149,7 +151,9 @@ class ORMap:
     def removal(self, ctx: CausalContext, deleter: Callable[[], Dot]) -> ORMap:
         """The delta that removes everything observed in this map, mentioning every field."""
         ctx.add_all(self.presence)
-        return ORMap(set(), {name: removal_of(entries, ctx, deleter) for name, entries in self.fields.items()}, is_delta=True)
+        return ORMap(
+            set(), {name: removal_of(entries, ctx, deleter) for name, entries in self.fields.items()}, is_delta=True
+        )
 
     # Encoding: [presence, [[name, [[tag, body], ...]], ...]] with names and tags sorted.
 
@@ -200,4 +204,6 @@ def decode_value(tag: Tag, body: Any, table: ReplicaTable, *, is_delta: bool, de
         return ORMap.from_json(body, table, is_delta=is_delta, depth=depth)
     if tag is Tag.TEXT or tag is Tag.LIST:
         return SeqDelta.from_json(tag, body, table) if is_delta else Sequence.from_json(tag, body, table)
+    if tag is Tag.SET:
+        return AWSet.from_json(body, table, is_delta=is_delta)
     return _SIMPLE[tag].from_json(body, table)

@@ -37,7 +37,7 @@ deltas may be joined in any order.
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from itertools import accumulate
 from operator import attrgetter
