@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 
-__all__ = ["CausalContext", "Dot", "ranges_add", "ranges_contains"]
+__all__ = ["CausalContext", "Dot", "ranges_add", "ranges_contains", "ranges_remove"]
 
 Dot = tuple[str, int]
 
@@ -41,6 +41,26 @@ def ranges_add(flat: list[int], lo: int, hi: int) -> None:
         hi = flat[j]
         j += 1
     flat[i:j] = (lo, hi)
+
+
+def ranges_remove(flat: list[int], lo: int, hi: int) -> None:
+    """Remove ``[lo, hi)`` from ``flat`` in place."""
+    if lo >= hi:
+        return
+    i = bisect_right(flat, lo)
+    j = bisect_left(flat, hi)
+    keep: list[int] = []
+    if i & 1:  # lo is inside a range: keep its left part, if any
+        if flat[i - 1] < lo:
+            keep.append(lo)
+        else:
+            i -= 1
+    if j & 1:  # hi is inside a range: keep its right part, if any
+        if hi < flat[j]:
+            keep.append(hi)
+        else:
+            j += 1
+    flat[i:j] = keep
 
 
 class CausalContext:
@@ -122,6 +142,13 @@ class CausalContext:
             self.ranges[replica] = [lo, hi]
         else:
             ranges_add(flat, lo, hi)
+
+    def remove_range(self, replica: str, lo: int, hi: int) -> None:
+        flat = self.ranges.get(replica)
+        if flat is not None:
+            ranges_remove(flat, lo, hi)
+            if not flat:
+                del self.ranges[replica]
 
     def add_all(self, dots: Iterable[Dot]) -> None:
         for dot in dots:

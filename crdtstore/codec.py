@@ -21,6 +21,7 @@ order write identical bytes. Decoding untrusted bytes raises a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ import orjson
 from .causal import CausalContext
 from .crdt.base import ReplicaTable
 from .crdt.ormap import ORMap
+from .crdt.sequence import SeqDelta
 from .document import Delta, Document
 from .errors import DecodeError, UnsupportedVersion
 
@@ -50,7 +52,11 @@ def encode_document(doc: Document) -> bytes:
 
 
 def encode_delta(delta: Delta) -> bytes:
-    return _encode("d", delta.root, delta.ctx)
+    # The dots of inserted elements are implied by the inserts: leave them out of the context.
+    ctx = delta.ctx.copy()
+    for replica, lo, hi in _inserted(delta.root):
+        ctx.remove_range(replica, lo, hi)
+    return _encode("d", delta.root, ctx)
 
 
 def decode_document(data: bytes) -> Document:
@@ -60,7 +66,19 @@ def decode_document(data: bytes) -> Document:
 
 def decode_delta(data: bytes) -> Delta:
     root, ctx = _decode(data, "d")
+    for replica, lo, hi in _inserted(root):
+        ctx.add_range(replica, lo, hi)
     return Delta(root, ctx)
+
+
+def _inserted(node: ORMap) -> Iterator[tuple[str, int, int]]:
+    for entries in node.fields.values():
+        for value in entries.values():
+            if isinstance(value, SeqDelta):
+                for replica, counter, _, _, content, _ in value.inserts:
+                    yield (replica, counter, counter + (content if type(content) is int else len(content)))
+            elif isinstance(value, ORMap):
+                yield from _inserted(value)
 
 
 def digest(data: bytes) -> bytes:
@@ -70,7 +88,7 @@ def digest(data: bytes) -> bytes:
 
 def _encode(kind: str, root: ORMap, ctx: CausalContext) -> bytes:
     table = ReplicaTable()
-    body = root.to_json(table)
+    body = root.to_json(table)[1]  # the root map has no presence: write its fields only
     context = {}
     for replica in sorted(ctx.ranges):
         context[str(table.ref(replica))] = ctx.ranges[replica]
@@ -115,7 +133,7 @@ def _decode(data: Any, kind: str) -> tuple[ORMap, CausalContext]:
             prev = n
         ranges[replica] = flat
     try:
-        root = ORMap.from_json(body, table, is_delta=kind == "d")
+        root = ORMap.from_json([[], body], table, is_delta=kind == "d")
     except DecodeError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:

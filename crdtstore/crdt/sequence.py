@@ -156,48 +156,71 @@ class SeqDelta:
         self.deletes.extend(d for d in other.deletes if d not in self.deletes)
 
     def to_json(self, table: ReplicaTable) -> list[Any]:
-        return [
+        """``[presence, inserts, deletes]``, trailing empty lists left out (most deltas are one insert)."""
+        out = [
             encode_dots(self.presence, table),
             [_encode_insert(ins, table) for ins in self.inserts],
             [_encode_delete(d, table) for d in self.deletes],
         ]
+        while out and not out[-1]:
+            out.pop()
+        return out
 
     @classmethod
     def from_json(cls, tag: Tag, data: Any, table: ReplicaTable) -> SeqDelta:
-        if not isinstance(data, list) or len(data) != 3 or not isinstance(data[1], list):
+        if not isinstance(data, list) or len(data) > 3 or (data and not data[-1]):
             raise DecodeError(f"{tag.label}: bad delta body")
-        if not isinstance(data[2], list):
-            raise DecodeError(f"{tag.label}: bad deletes")
+        data = data + [[]] * (3 - len(data))
+        if not isinstance(data[1], list) or not isinstance(data[2], list):
+            raise DecodeError(f"{tag.label}: bad delta body")
         inserts = [_decode_insert(tag, x, table) for x in data[1]]
         deletes = [_decode_delete(x, table) for x in data[2]]
         return cls(tag, set(decode_dots(data[0], table)), inserts, deletes)
 
 
 def _encode_insert(ins: Insert, table: ReplicaTable) -> list[Any]:
+    """``[replica, counter, lamport - counter, origin, content, deleters?]``.
+
+    Numbers are written relative to the counter, and an origin in the same
+    replica as the count back to it (usually 1), so that a one-character
+    delta stays small however long the document's history is.
+    """
     replica, counter, lamport, origin, content, deleters = ins
-    out: list[Any] = [table.ref(replica), counter, lamport]
-    out += (-1, 0) if origin is None else (table.ref(origin[0]), origin[1])
-    out.append(content)
+    if origin is None:
+        rel: Any = None
+    elif origin[0] == replica:
+        rel = counter - origin[1]
+    else:
+        rel = [table.ref(origin[0]), origin[1]]
+    out: list[Any] = [table.ref(replica), counter, lamport - counter, rel, content]
     if deleters:
         out.append(encode_dots(set(deleters), table))
     return out
 
 
 def _decode_insert(tag: Tag, data: Any, table: ReplicaTable) -> Insert:
-    if not isinstance(data, list) or len(data) not in (6, 7):
+    if not isinstance(data, list) or len(data) not in (5, 6):
         raise DecodeError(f"{tag.label}: bad insert")
     replica, counter = decode_dot(data[0], data[1], table)
-    lamport = data[2]
-    if type(lamport) is not int or lamport < 1:
+    if type(data[2]) is not int or counter + data[2] < 1:
         raise DecodeError(f"{tag.label}: bad timestamp")
-    origin = None if data[3] == -1 else decode_dot(data[3], data[4], table)
-    content = data[5]
+    lamport = counter + data[2]
+    rel = data[3]
+    if rel is None:
+        origin = None
+    elif type(rel) is int:
+        origin = decode_dot(data[0], counter - rel, table)
+    elif isinstance(rel, list) and len(rel) == 2:
+        origin = decode_dot(rel[0], rel[1], table)
+    else:
+        raise DecodeError(f"{tag.label}: bad origin")
+    content = data[4]
     if type(content) is int:
         if content < 1:
             raise DecodeError(f"{tag.label}: bad run length")
     elif not (isinstance(content, str) if tag is Tag.TEXT else isinstance(content, list)) or not content:
         raise DecodeError(f"{tag.label}: bad content")
-    deleters = tuple(sorted(set(decode_dots(data[6], table)))) if len(data) == 7 else ()
+    deleters = tuple(sorted(set(decode_dots(data[5], table)))) if len(data) == 6 else ()
     if type(content) is int and not deleters:
         raise DecodeError(f"{tag.label}: a run without content must be deleted")
     return (replica, counter, lamport, origin, content, deleters)
@@ -458,12 +481,12 @@ class Sequence:
                 and prev_key is not None
                 and it.origin == prev_end
                 and prev_key == key
-                and (it.content is None) == (type(prev[5]) is int)
+                and (it.content is None) == (type(prev[4]) is int)
             ):
                 if it.content is None:
-                    prev[5] += it.length
+                    prev[4] += it.length
                 else:
-                    prev[5] = prev[5] + it.content
+                    prev[4] = prev[4] + it.content
             else:
                 prev = _encode_insert(
                     (it.replica, it.counter, it.lamport, it.origin, it.content or it.length, it.deleters), table

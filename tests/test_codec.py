@@ -1,0 +1,90 @@
+"""The codec: untrusted bytes raise a typed error and nothing else; versions are checked."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
+from crdtstore.document import Document
+from crdtstore.errors import DecodeError, InvalidVersion, UnsupportedVersion
+from crdtstore.version import decode_version
+
+
+def sample() -> tuple[bytes, bytes]:
+    doc = Document()
+    delta = doc.apply(
+        [
+            {"op": "set", "path": ["m", "r"], "value": {"k": [1, 2]}},
+            {"op": "increment", "path": ["n"], "by": 2},
+            {"op": "add", "path": ["s"], "value": "x"},
+            {"op": "enable", "path": ["f"]},
+            {"op": "insert", "path": ["t"], "index": 0, "text": "héllo"},
+            {"op": "insert", "path": ["l"], "index": 0, "values": [1, {"a": None}]},
+        ],
+        replica="a",
+    )
+    doc.apply([{"op": "delete", "path": ["t"], "index": 1, "count": 2}], replica="b")
+    return encode_document(doc), encode_delta(delta)
+
+
+def test_one_character_insert_delta_is_small() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["text"], "index": 0, "text": "x" * 1000}], replica="r1")
+    delta = doc.apply([{"op": "insert", "path": ["text"], "index": 1000, "text": "y"}], replica="r1")
+    assert len(encode_delta(delta)) <= 64
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
+    for decode in (decode_document, decode_delta):
+        try:
+            decode(data)
+        except DecodeError:
+            pass
+
+
+def _mutations(value: object) -> st.SearchStrategy[object]:
+    leaves = st.one_of(st.none(), st.integers(-3, 300), st.text(max_size=3), st.lists(st.integers(-1, 5), max_size=3))
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4), max_leaves=8)
+
+
+@given(st.data())
+def test_mutated_encodings_raise_decode_errors_only(data: st.DataObject) -> None:
+    for encoded, decode in zip(sample(), (decode_document, decode_delta), strict=True):
+        tree = orjson.loads(encoded)
+        # Replace one randomly chosen subtree with junk.
+        node = tree
+        while isinstance(node, list) and node and data.draw(st.booleans()):
+            i = data.draw(st.integers(0, len(node) - 1))
+            if isinstance(node[i], list) and data.draw(st.booleans()):
+                node = node[i]
+            else:
+                node[i] = data.draw(_mutations(node[i]))
+                break
+        try:
+            decode(orjson.dumps(tree))
+        except DecodeError:
+            pass
+
+
+def test_unknown_format_is_unsupported() -> None:
+    doc_bytes, _ = sample()
+    tree = orjson.loads(doc_bytes)
+    tree[1] = 99
+    with pytest.raises(UnsupportedVersion):
+        decode_document(orjson.dumps(tree))
+
+
+def test_a_delta_is_not_a_document() -> None:
+    _, delta_bytes = sample()
+    with pytest.raises(DecodeError):
+        decode_document(delta_bytes)
+
+
+@pytest.mark.parametrize("token", ["", "v2.e30", "v1.!!!", "v1.W10", "v1.eyJhIjpbMiwxXX0", 42, None])
+def test_bad_version_tokens_are_rejected(token: object) -> None:
+    with pytest.raises(InvalidVersion):
+        decode_version(token)
