@@ -1,0 +1,374 @@
+"""HTTP API benchmark: a bare Starlette endpoint vs the durable write and the read endpoints.
+
+Usage::
+
+    python bench/api.py                      # all: bare, write, read, then 1,000 writes/s fixed rate
+    python bench/api.py --mode throughput    # only the closed-loop comparison
+    python bench/api.py --mode fixed-rate --rate 1000 --seconds 10
+
+Each server runs in a process of its own with the same uvicorn settings
+(``crdtstore.cli.uvicorn_config`` over one ``ServeConfig``, access log off),
+and the load generator runs in this process: raw asyncio HTTP/1.1 keep-alive
+connections (uvloop when available), so the client costs a few microseconds
+per request rather than httpx's tens. The generator reports its own CPU use;
+near 100% would mean it, not the server, was the bottleneck.
+
+Closed loop (throughput): ``--concurrency`` connections each send a request
+as soon as the previous answer arrived, for ``--seconds`` or ``--requests``,
+whichever comes first. Open loop (fixed rate): requests are scheduled at
+``--rate`` per second whatever happens; a request's latency counts from its
+scheduled time, so a stall shows up in p99 instead of hiding in fewer sends
+(no coordinated omission).
+
+The last line printed is one JSON object (ratios write/bare and read/bare,
+and the fixed-rate p99 when measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+__all__ = ["main"]
+
+TOKEN = "bench-token-0123456789abcdef"
+READ_DOCS = 256
+
+
+# Servers (each in its own process).
+
+
+def serve_bare(port_file: Path) -> int:
+    """The baseline: one Starlette route answering a small JSON body, under the same uvicorn settings."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from crdtstore.api.errors import JSONResponse
+    from crdtstore.cli import run_servers, uvicorn_config
+    from crdtstore.config import ServeConfig
+
+    async def hello(request: Any) -> JSONResponse:
+        return JSONResponse({"version": "v1.bench", "created": False})
+
+    app = Starlette(routes=[Route("/bare", hello, methods=["GET", "POST"])])
+    config = _server_settings(port=0)
+    assert isinstance(config, ServeConfig)
+    return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))
+
+
+def serve_real(port_file: Path, data: Path) -> int:
+    from crdtstore.cli import build_server_app, run_servers, uvicorn_config
+
+    config = _server_settings(port=0, data=data)
+    app = build_server_app(config, env={"CRDTSTORE_TOKENS": f"{TOKEN}:readwrite"})
+    return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))
+
+
+def _server_settings(**overrides: Any) -> Any:
+    """One ServeConfig for both servers: what differs between them is only the app."""
+    from crdtstore.config import ServeConfig
+
+    base = ServeConfig(region="bench", host="127.0.0.1", access_log=False, log_level="warning")
+    return ServeConfig(**{**{f: getattr(base, f) for f in base.__dataclass_fields__}, **overrides})
+
+
+@dataclass
+class ServerProc:
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+
+def start_server(kind: str, workdir: Path) -> ServerProc:
+    port_file = workdir / f"{kind}.url"
+    cmd = [sys.executable, __file__, "--serve", kind, "--workdir", str(workdir)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server exited with {proc.returncode}")
+        if port_file.exists() and port_file.read_text():
+            url = port_file.read_text()
+            try:
+                if httpx.get(url + "/readyz" if kind == "real" else url + "/bare", timeout=2).status_code == 200:
+                    return ServerProc(proc, url)
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+# The load generator.
+
+
+def http_request(method: str, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+    if method == "POST":
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; parses just enough of a response (status, Content-Length)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def exchange(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class Result:
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+    cpu: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def quantile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<11} {len(self.latencies):>8} req {self.rps:>9.0f} req/s  "
+            f"p50 {self.quantile(0.5) * 1e3:7.2f} ms  p99 {self.quantile(0.99) * 1e3:7.2f} ms  "
+            f"errors {self.errors}  loadgen cpu {self.cpu:.0%}"
+        )
+
+
+RequestFactory = Callable[[int, int], bytes]
+
+
+async def closed_loop(
+    name: str, port: int, make: RequestFactory, *, concurrency: int, seconds: float, requests: int
+) -> Result:
+    result = Result(name)
+    conns = [await Connection.open(port) for _ in range(concurrency)]
+    budget = [requests]
+    deadline = time.perf_counter() + seconds
+
+    async def worker(index: int, conn: Connection) -> None:
+        i = 0
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            start = time.perf_counter()
+            status = await conn.exchange(make(index, i))
+            if status == 200:
+                result.latencies.append(time.perf_counter() - start)
+            else:
+                result.errors += 1
+            i += 1
+
+    cpu0, start = _cpu(), time.perf_counter()
+    await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
+    result.elapsed = time.perf_counter() - start
+    result.cpu = (_cpu() - cpu0) / result.elapsed
+    for conn in conns:
+        conn.close()
+    return result
+
+
+async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float, seconds: float, pool: int) -> Result:
+    result = Result(name)
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(pool):
+        idle.put_nowait(await Connection.open(port))
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.05
+    tasks = []
+
+    async def one(i: int, scheduled: float) -> None:
+        conn = await idle.get()  # waiting for a free connection counts in the latency
+        try:
+            status = await conn.exchange(make(i % pool, i))
+        finally:
+            idle.put_nowait(conn)
+        if status == 200:
+            result.latencies.append(time.perf_counter() - scheduled)
+        else:
+            result.errors += 1
+
+    cpu0 = _cpu()
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, scheduled)))
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
+    result.elapsed = time.perf_counter() - start
+    result.cpu = (_cpu() - cpu0) / result.elapsed
+    while not idle.empty():
+        idle.get_nowait().close()
+    return result
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_request(conn: int, i: int) -> bytes:
+    body = orjson.dumps({"ops": [{"op": "increment", "path": ["n"]}, {"op": "set", "path": ["last"], "value": i}]})
+    return http_request("POST", f"/v1/docs/bench-{conn}-{i % 8}", body)
+
+
+def read_request(conn: int, i: int) -> bytes:
+    return http_request("GET", f"/v1/docs/read-{(conn * 7919 + i) % READ_DOCS}")
+
+
+BARE = http_request("GET", "/bare")
+
+
+async def populate(port: int) -> None:
+    conn = await Connection.open(port)
+    for k in range(READ_DOCS):
+        body = orjson.dumps(
+            {
+                "ops": [
+                    {"op": "set", "path": ["title"], "value": f"doc {k}"},
+                    {"op": "increment", "path": ["n"], "by": k},
+                ]
+            }
+        )
+        assert await conn.exchange(http_request("POST", f"/v1/docs/read-{k}", body)) == 200
+    conn.close()
+
+
+async def run(args: argparse.Namespace, bare: ServerProc | None, real: ServerProc) -> dict[str, Any]:
+    summary: dict[str, Any] = {"concurrency": args.concurrency, "seconds": args.seconds}
+    if args.mode in ("all", "throughput"):
+        assert bare is not None
+        await populate(real.port)
+        opts = {"concurrency": args.concurrency, "seconds": args.seconds, "requests": args.requests}
+        results = [
+            await closed_loop("bare", bare.port, lambda c, i: BARE, **opts),
+            await closed_loop("write", real.port, write_request, **opts),
+            await closed_loop("read", real.port, read_request, **opts),
+        ]
+        for r in results:
+            print(r.line(), flush=True)
+            summary[f"{r.name}_rps"] = round(r.rps, 1)
+            summary[f"{r.name}_p50_ms"] = round(r.quantile(0.5) * 1e3, 3)
+            summary[f"{r.name}_p99_ms"] = round(r.quantile(0.99) * 1e3, 3)
+            summary[f"{r.name}_errors"] = r.errors
+        by_name = {r.name: r for r in results}
+        summary["write_over_bare"] = round(by_name["write"].rps / by_name["bare"].rps, 4)
+        summary["read_over_bare"] = round(by_name["read"].rps / by_name["bare"].rps, 4)
+        summary["loadgen_cpu_max"] = round(max(r.cpu for r in results), 2)
+    if args.mode in ("all", "fixed-rate"):
+        r = await fixed_rate(
+            f"write@{args.rate:g}/s",
+            real.port,
+            write_request,
+            rate=args.rate,
+            seconds=args.rate_seconds,
+            pool=args.concurrency,
+        )
+        print(r.line() + f"  max {max(r.latencies, default=0) * 1e3:.2f} ms", flush=True)
+        summary["fixed_rate"] = args.rate
+        summary["fixed_rate_achieved"] = round(r.rps, 1)
+        summary["fixed_rate_write_p50_ms"] = round(r.quantile(0.5) * 1e3, 3)
+        summary["fixed_rate_write_p99_ms"] = round(r.quantile(0.99) * 1e3, 3)
+        summary["fixed_rate_errors"] = r.errors
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=["all", "throughput", "fixed-rate"], default="all")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per closed-loop phase")
+    parser.add_argument("--requests", type=int, default=200_000, help="per closed-loop phase, at most")
+    parser.add_argument("--rate", type=float, default=1000.0, help="writes per second in fixed-rate mode")
+    parser.add_argument("--rate-seconds", type=float, default=5.0)
+    parser.add_argument("--serve", choices=["bare", "real"], help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.serve == "bare":
+        return serve_bare(args.workdir / "bare.url")
+    if args.serve == "real":
+        return serve_real(args.workdir / "real.url", args.workdir / "data")
+
+    with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
+        workdir = Path(tmp)
+        servers: list[ServerProc] = []
+        try:
+            bare = start_server("bare", workdir) if args.mode != "fixed-rate" else None
+            servers += [bare] if bare else []
+            real = start_server("real", workdir)
+            servers.append(real)
+            try:
+                import uvloop
+
+                runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+            except ImportError:
+                runner = asyncio.Runner()
+            with runner:
+                summary = runner.run(run(args, bare, real))
+        finally:
+            for server in servers:
+                server.stop()
+    print(orjson.dumps(summary).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    # Run as a script: make the repository importable without installing it.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())

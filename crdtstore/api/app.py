@@ -1,0 +1,66 @@
+"""Build the Starlette app of one region node.
+
+The app owns the node's lifecycle: its lifespan starts the node before the
+server accepts connections and closes it after the last request finished,
+so ``/readyz`` turns true only once storage is open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+
+from crdtstore.api.auth import AuthPolicy
+from crdtstore.api.context import ApiContext, NodeLike
+from crdtstore.api.errors import exception_handlers
+from crdtstore.api.limits import Limits
+from crdtstore.api.metrics import ApiMetrics, MetricsMiddleware
+from crdtstore.api.routes import routes
+
+__all__ = ["build_app"]
+
+logger = logging.getLogger("crdtstore.api")
+
+
+def build_app(node: NodeLike, *, auth: AuthPolicy, limits: Limits | None = None) -> Starlette:
+    """The ASGI app serving ``node``.
+
+    Args:
+        node: The region node (not started; the app's lifespan starts and closes it).
+        auth: Who may call what.
+        limits: Request limits (defaults: :class:`~crdtstore.api.limits.Limits`).
+    """
+    ctx = ApiContext(node=node, auth=auth, limits=limits or Limits(), metrics=ApiMetrics(node.stats))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await node.start()
+        _observe_commits(node, ctx.metrics)
+        ctx.ready = True
+        logger.info("node ready", extra={"replica_id": node.replica_id})
+        try:
+            yield
+        finally:
+            ctx.ready = False
+            await node.close()
+            logger.info("node closed", extra={"replica_id": node.replica_id})
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[Middleware(MetricsMiddleware, metrics=ctx.metrics)],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+    app.state.api = ctx
+    return app
+
+
+def _observe_commits(node: NodeLike, metrics: ApiMetrics) -> None:
+    """Feed the commit histograms live from the node's group-commit writer (called on its thread)."""
+    writer = getattr(node, "writer", None)
+    if writer is not None:
+        writer.observers.append(metrics.observe_commit)

@@ -1,0 +1,210 @@
+"""Bearer-token authentication with two scopes, ``read`` and ``readwrite``.
+
+Token files
+-----------
+
+A token file holds one token a line, then whitespace, then its scope::
+
+    # comments and blank lines are ignored
+    3q2-7Qk0vN1cV8mWm2dS0A  read
+    l9mQe5Jb1yJ0bS7fXc2rTg  readwrite
+
+The environment variable ``CRDTSTORE_TOKENS`` holds the same entries
+separated by commas (``token:scope,token:scope``). Tokens are 16 to 256
+characters from ``A-Z a-z 0-9 - _ . ~ + / =`` (url-safe base64 and friends),
+so a weak or mangled token fails at load time rather than at the first
+request.
+
+Requests carry ``Authorization: Bearer TOKEN``. Browsers cannot set headers
+on a websocket, so the change feed also takes ``?token=TOKEN``.
+
+Who may do what
+---------------
+
+* ``/healthz`` and ``/readyz`` are always anonymous (probes carry no secrets).
+* ``/metrics`` needs ``read`` unless the app is built with ``public_metrics``.
+* Reads, listings, the change feed and the OpenAPI document need ``read``;
+  writes and deletes need ``readwrite``.
+* Anonymous access is off unless ``anonymous`` names a scope (for local
+  demos only).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crdtstore.api.errors import ApiError
+
+__all__ = [
+    "AuthPolicy",
+    "Scope",
+    "TokenFileError",
+    "TokenStore",
+    "generate_token",
+    "parse_env_tokens",
+    "parse_token_file",
+]
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
+class Scope(enum.IntEnum):
+    """What a token may do; a larger scope includes the smaller ones."""
+
+    READ = 1
+    READWRITE = 2
+
+    @classmethod
+    def parse(cls, name: str) -> Scope:
+        try:
+            return cls[name.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown scope {name!r} (expected read or readwrite)") from None
+
+
+class TokenFileError(ValueError):
+    """A token file or ``CRDTSTORE_TOKENS`` entry that cannot be used."""
+
+
+def generate_token() -> str:
+    """A fresh random token (256 bits, url-safe)."""
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+def parse_token_file(text: str, *, source: str = "token file") -> dict[str, Scope]:
+    """Parse the ``token scope`` line format (module docstring)."""
+    entries: list[tuple[str, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise TokenFileError(f"{source}:{number}: expected 'TOKEN SCOPE'")
+        entries.append((parts[0], parts[1]))
+    return _build(entries, source)
+
+
+def parse_env_tokens(value: str) -> dict[str, Scope]:
+    """Parse ``CRDTSTORE_TOKENS`` (``token:scope`` entries separated by commas)."""
+    entries: list[tuple[str, str]] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        token, sep, scope = item.rpartition(":")
+        if not sep:
+            raise TokenFileError("CRDTSTORE_TOKENS: expected 'TOKEN:SCOPE' entries separated by commas")
+        entries.append((token, scope))
+    return _build(entries, "CRDTSTORE_TOKENS")
+
+
+def _build(entries: Iterable[tuple[str, str]], source: str) -> dict[str, Scope]:
+    tokens: dict[str, Scope] = {}
+    for token, scope_name in entries:
+        if not _TOKEN.fullmatch(token):
+            # Don't echo the token: it may be a real secret with a typo.
+            raise TokenFileError(f"{source}: a token must be 16-256 characters of [A-Za-z0-9._~+/=-]")
+        try:
+            tokens[token] = Scope.parse(scope_name)
+        except ValueError as exc:
+            raise TokenFileError(f"{source}: {exc}") from None
+    return tokens
+
+
+class TokenStore:
+    """Known tokens, compared in constant time.
+
+    Tokens are kept as SHA-256 digests: every comparison is between equal
+    lengths (``hmac.compare_digest`` leaks the length otherwise), and a
+    memory dump does not reveal them.
+    """
+
+    def __init__(self, tokens: Mapping[str, Scope] | None = None) -> None:
+        self._entries = [(hashlib.sha256(t.encode()).digest(), s) for t, s in (tokens or {}).items()]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @classmethod
+    def load(cls, path: Path | None = None, *, env: Mapping[str, str] | None = None) -> TokenStore:
+        """Tokens from ``path`` (if given) and from ``CRDTSTORE_TOKENS`` in ``env`` (if set)."""
+        tokens: dict[str, Scope] = {}
+        if path is not None:
+            tokens.update(parse_token_file(path.read_text(encoding="utf-8"), source=str(path)))
+        env = os.environ if env is None else env
+        if env.get("CRDTSTORE_TOKENS"):
+            tokens.update(parse_env_tokens(env["CRDTSTORE_TOKENS"]))
+        return cls(tokens)
+
+    def scope_of(self, token: str) -> Scope | None:
+        """The scope of ``token``, or None; looks at every entry, so timing does not tell which matched."""
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        found: Scope | None = None
+        for known, scope in self._entries:
+            if hmac.compare_digest(known, digest):
+                found = scope
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class AuthPolicy:
+    """Who may call what.
+
+    Attributes:
+        tokens: The known tokens.
+        public_metrics: Serve ``/metrics`` without a token.
+        anonymous: The scope of a request without a token (None: refused).
+    """
+
+    tokens: TokenStore = field(default_factory=TokenStore)
+    public_metrics: bool = False
+    anonymous: Scope | None = None
+
+    def authorize(self, authorization: str | None, query_token: str | None, needed: Scope) -> Scope:
+        """Check a request's credentials against the scope it needs.
+
+        Args:
+            authorization: The ``Authorization`` header.
+            query_token: The ``token`` query parameter (websockets only; None elsewhere).
+            needed: The scope the route needs.
+
+        Returns:
+            The granted scope.
+
+        Raises:
+            ApiError: 401 without a valid token, 403 when the token's scope is too small.
+        """
+        token = _bearer(authorization) if authorization is not None else query_token
+        if token is None:
+            if self.anonymous is not None and self.anonymous >= needed:
+                return self.anonymous
+            raise _unauthorized("a bearer token is required")
+        scope = self.tokens.scope_of(token)
+        if scope is None:
+            raise _unauthorized("unknown token")
+        if scope < needed:
+            raise ApiError(
+                403, "forbidden", f"this token's scope is {scope.name.lower()}", {"needed": needed.name.lower()}
+            )
+        return scope
+
+
+def _bearer(header: str) -> str:
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("expected 'Authorization: Bearer TOKEN'")
+    return token.strip()
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": 'Bearer realm="crdtstore"'})

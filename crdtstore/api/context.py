@@ -1,0 +1,54 @@
+"""What every handler of one app shares: the node, the policies and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from crdtstore.api.auth import AuthPolicy
+from crdtstore.api.limits import Limits
+from crdtstore.api.metrics import ApiMetrics
+
+__all__ = ["ApiContext", "NodeLike"]
+
+
+class NodeLike(Protocol):
+    """The part of :class:`crdtstore.node.Node` the API calls (see node.py for the semantics)."""
+
+    replica_id: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Any: ...
+
+    async def read(self, doc_id: str) -> Any: ...
+
+    async def delete(self, doc_id: str) -> Any: ...
+
+    async def list(self, prefix: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]: ...
+
+    def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]: ...
+
+    def stats(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(eq=False)
+class ApiContext:
+    """Per-app state, stored as ``app.state.api``.
+
+    Attributes:
+        node: The region node.
+        auth: Who may call what.
+        limits: Request limits.
+        metrics: This app's Prometheus registry and series.
+        ready: True between the node's start and the beginning of its close.
+    """
+
+    node: NodeLike
+    auth: AuthPolicy
+    limits: Limits
+    metrics: ApiMetrics
+    ready: bool = False

@@ -1,0 +1,167 @@
+"""Prometheus metrics of one app, in a registry of its own.
+
+A registry per app (not the process-global default) lets tests and the
+``up`` command build several apps in one process without duplicate-series
+errors, and keeps library metrics we did not choose out of ``/metrics``.
+
+Series:
+
+* ``crdtstore_http_requests_total{method,route,status}`` and
+  ``crdtstore_http_request_duration_seconds{method,route}``: ``route`` is the
+  route *template* (``/v1/docs/{id}``), never the raw path, so a client
+  cannot grow the label set; unmatched paths count as ``<unmatched>``.
+* ``crdtstore_commit_batch_size`` and ``crdtstore_commit_duration_seconds``:
+  one observation per group commit (the duration includes the fsync), fed
+  live from the node's group-commit writer (``node.writer.observers``).
+* ``crdtstore_documents``, ``crdtstore_lmdb_map_bytes``,
+  ``crdtstore_lmdb_used_bytes``, and every other number ``node.stats()``
+  reports as a ``crdtstore_node_<path>`` gauge (``stats["commit"]["commits"]``
+  is ``crdtstore_node_commit_commits``), read at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE", "ApiMetrics", "MetricsMiddleware"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# Numbers of node.stats() with a name of their own; the rest become crdtstore_node_<key>.
+_NAMED_GAUGES = {
+    "documents": ("crdtstore_documents", "Documents stored in this replica."),
+    "lmdb_map_size": ("crdtstore_lmdb_map_bytes", "Size of the LMDB memory map."),
+    "lmdb_used_bytes": ("crdtstore_lmdb_used_bytes", "Bytes of the LMDB map in use."),
+}
+
+
+class ApiMetrics:
+    """The metrics of one app.
+
+    Args:
+        stats: Called at scrape time for the node's numbers (``node.stats``).
+    """
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "crdtstore_http_requests",
+            "HTTP requests by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "crdtstore_http_request_duration_seconds",
+            "HTTP request latency by route template, first byte in to last byte out.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_batch = Histogram(
+            "crdtstore_commit_batch_size",
+            "Write requests per group commit.",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.commit_seconds = Histogram(
+            "crdtstore_commit_duration_seconds",
+            "Time of one group commit including its fsync.",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_NodeCollector(stats))
+
+    def observe_commit(self, size: int, seconds: float) -> None:
+        """Record one group commit; thread-safe (the node calls it from its writer thread)."""
+        self.commit_batch.observe(size)
+        self.commit_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _NodeCollector(Collector):
+    """Gauges read from ``node.stats()`` at scrape time (nothing to keep in sync)."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Any]:
+        # Unknown until the first scrape; an empty description keeps registration cheap.
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            stats = self._stats()
+        except Exception:  # a closed node must not break the scrape of the HTTP series
+            return
+        seen: set[str] = set()
+        for key, value in _flatten(stats):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name, help_text = _named(key)
+            if name in seen:
+                continue
+            seen.add(name)
+            yield GaugeMetricFamily(name, help_text, value=float(value))
+
+
+def _named(key: str) -> tuple[str, str]:
+    """The metric name and help of a flattened stats key (``lmdb_map_size`` for ``stats["lmdb"]["map_size"]``)."""
+    return _NAMED_GAUGES.get(key) or (f"crdtstore_node_{_metric_name(key)}", f"node.stats() entry {key}.")
+
+
+def _flatten(stats: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in stats.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}_")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _metric_name(key: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in key).strip("_").lower() or "value"
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template and status (a pure ASGI middleware).
+
+    The router records the matched route in ``scope["route"]``; reading it
+    after the app returned gives the template, never the raw path.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            method = scope["method"]
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

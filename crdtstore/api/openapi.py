@@ -1,0 +1,247 @@
+"""The OpenAPI 3.1 description of the API, served at ``/v1/openapi.json``.
+
+Hand-written rather than generated: the routes are few, and writing the
+schemas down is where the contract gets decided. ``tests/api/test_routes.py``
+checks that every route of the app appears here and nothing else does.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from typing import Any
+
+import orjson
+
+from crdtstore import __version__
+
+__all__ = ["openapi_document", "openapi_json"]
+
+_JSON = "application/json"
+
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "Stable machine-readable code, e.g. invalid_op, not_found."},
+        "message": {"type": "string"},
+        "detail": {"description": "JSON context of the error (the offending op index, a limit...), or null."},
+    },
+}
+
+_ID_PARAM = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": (
+        "Document id: 1-256 bytes of UTF-8, no control characters (U+0000-U+001F, U+007F-U+009F), "
+        "no '/' or '\\\\', not '.' or '..'. Percent-encode everything else."
+    ),
+    "schema": {"type": "string", "minLength": 1},
+}
+
+_OP = {
+    "type": "object",
+    "required": ["op", "path"],
+    "description": (
+        "One operation. op is one of set, delete, increment, add, remove, enable, disable, insert. "
+        "set: value (+ lww: true for last-writer-wins); increment: by; add/remove: value; "
+        "insert: index + text or values; delete with index + count deletes a range of a list or text; "
+        "insert and ranged delete may carry version (the index is read against that version)."
+    ),
+    "properties": {
+        "op": {"enum": ["set", "delete", "increment", "add", "remove", "enable", "disable", "insert"]},
+        "path": {"type": "array", "items": {"type": "string"}},
+        "value": {},
+        "lww": {"type": "boolean"},
+        "by": {"type": "integer"},
+        "index": {"type": "integer", "minimum": 0},
+        "count": {"type": "integer", "minimum": 0},
+        "text": {"type": "string"},
+        "values": {"type": "array"},
+        "version": {"type": "string"},
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "Malformed JSON, request or op (invalid_op, index_out_of_range, invalid_id, invalid_version...).",
+        401: "Missing or unknown bearer token.",
+        403: "The token's scope is too small.",
+        404: "No such document.",
+        409: "The op does not fit the type already at its path (type_mismatch).",
+        413: "Body over the size limit.",
+        415: "Content-Type is not application/json.",
+        422: "A value over a limit: depth 32, keys 256 bytes, strings 1 MiB, int64 (invalid_value).",
+        503: "Storage full, write queue full or node not ready; retry after Retry-After seconds.",
+    }
+    return {
+        str(s): {"description": reasons[s], "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for s in statuses
+    }
+
+
+def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+@cache
+def _document() -> dict[str, Any]:
+    auth = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "crdtstore region API",
+            "version": __version__,
+            "description": (
+                "Multi-master JSON CRDT documents. Every error is JSON {error, message, detail}. "
+                "Bearer tokens carry scope read or readwrite."
+            ),
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": _ERROR,
+                "Op": _OP,
+                "Batch": {
+                    "type": "object",
+                    "required": ["ops"],
+                    "additionalProperties": False,
+                    "properties": {"ops": {"type": "array", "items": {"$ref": "#/components/schemas/Op"}}},
+                },
+                "WriteResult": {
+                    "type": "object",
+                    "required": ["version", "created"],
+                    "properties": {"version": {"type": "string"}, "created": {"type": "boolean"}},
+                },
+                "Document": {
+                    "type": "object",
+                    "required": ["id", "value", "version"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "value": {"type": "object"},
+                        "version": {"type": "string", "description": "Opaque version token."},
+                        "siblings": {
+                            "type": "object",
+                            "description": "With ?siblings=true: every register shows all concurrent values.",
+                        },
+                    },
+                },
+                "Page": {
+                    "type": "object",
+                    "required": ["ids", "cursor"],
+                    "properties": {
+                        "ids": {"type": "array", "items": {"type": "string"}},
+                        "cursor": {"type": ["string", "null"], "description": "Pass back to get the next page."},
+                    },
+                },
+            },
+        },
+        "security": auth,
+        "paths": {
+            "/v1/docs": {
+                "get": {
+                    "summary": "List document ids by prefix, in UTF-8 byte order",
+                    "parameters": [
+                        {"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok("A page of ids", {"$ref": "#/components/schemas/Page"}),
+                        **_errors(400, 401, 403),
+                    },
+                },
+            },
+            "/v1/docs/{id}": {
+                "parameters": [_ID_PARAM],
+                "get": {
+                    "summary": "Read a document",
+                    "parameters": [
+                        {"name": "siblings", "in": "query", "schema": {"type": "boolean", "default": False}}
+                    ],
+                    "responses": {
+                        "200": _ok("The document", {"$ref": "#/components/schemas/Document"}),
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+                "post": {
+                    "summary": "Apply a batch of ops atomically (creates the document)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Batch"}}},
+                    },
+                    "responses": {
+                        "200": _ok("Durably committed", {"$ref": "#/components/schemas/WriteResult"}),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 503),
+                    },
+                },
+                "delete": {
+                    "summary": "Delete a document",
+                    "responses": {"204": {"description": "Deleted"}, **_errors(400, 401, 403, 404, 503)},
+                },
+            },
+            "/v1/docs/{id}/changes": {
+                "parameters": [_ID_PARAM],
+                "get": {
+                    "summary": "Change feed (websocket)",
+                    "description": (
+                        "Upgrade to a websocket; every text frame is one JSON change record. Reconnect with "
+                        "?since=<the last record's cursor> to resume with no record missed or repeated. "
+                        "Browsers may pass the token as ?token=. Errors before the upgrade answer with the "
+                        "JSON error body; later ones close the socket with code 4000 + HTTP status."
+                    ),
+                    "parameters": [
+                        {"name": "since", "in": "query", "schema": {"type": "string"}},
+                        {"name": "token", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"101": {"description": "Switching protocols"}, **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/v1/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": _ok("OpenAPI 3.1", {"type": "object"}), **_errors(401, 403)},
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness (anonymous)",
+                    "security": [],
+                    "responses": {"200": _ok("Alive", {"type": "object"})},
+                },
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: node started and storage open (anonymous)",
+                    "security": [],
+                    "responses": {"200": _ok("Ready", {"type": "object"}), **_errors(503)},
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (read scope unless the server runs with public metrics)",
+                    "responses": {
+                        "200": {"description": "Prometheus text format", "content": {"text/plain": {}}},
+                        **_errors(401, 403),
+                    },
+                },
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the document (callers may not mutate the cached one)."""
+    return copy.deepcopy(_document())
+
+
+@cache
+def openapi_json() -> bytes:
+    """The document serialized once (it never changes while the process runs)."""
+    return orjson.dumps(_document())

@@ -1,0 +1,236 @@
+"""HTTP and websocket handlers: parse, call the node, serialize.
+
+No business logic lives here: validation rules are in :mod:`.limits`, who
+may call what in :mod:`.auth`, error statuses in :mod:`.errors`. A handler
+only raises; the app's exception handlers write the error body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import orjson
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from crdtstore.api import limits as checks
+from crdtstore.api.auth import Scope
+from crdtstore.api.context import ApiContext
+from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
+from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from crdtstore.api.openapi import openapi_json
+
+__all__ = ["routes"]
+
+logger = logging.getLogger("crdtstore.api")
+
+
+# Private helpers shared by handlers.
+
+
+def _ctx(conn: HTTPConnection) -> ApiContext:
+    return conn.app.state.api
+
+
+def _authorize(conn: HTTPConnection, needed: Scope, *, allow_query_token: bool = False) -> ApiContext:
+    ctx = _ctx(conn)
+    query_token = conn.query_params.get("token") if allow_query_token else None
+    ctx.auth.authorize(conn.headers.get("authorization"), query_token, needed)
+    return ctx
+
+
+def _doc_id(conn: HTTPConnection, ctx: ApiContext) -> str:
+    return checks.check_doc_id(conn.path_params["id"], ctx.limits)
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1", ""):
+        return True
+    raise ApiError(400, "invalid_request", f"{name} must be true or false", {name: raw[:40]})
+
+
+# Public handlers: documents.
+
+
+async def apply_batch(request: Request) -> Response:
+    ctx = _authorize(request, Scope.READWRITE)
+    doc_id = _doc_id(request, ctx)
+    checks.check_content_type(request.headers.get("content-type"))
+    body = await checks.read_body(request.headers.get("content-length"), request.stream(), ctx.limits.max_body_bytes)
+    ops = checks.check_batch(checks.parse_json(body), ctx.limits)
+    result = await ctx.node.apply(doc_id, ops)
+    return JSONResponse({"version": result.version, "created": result.created})
+
+
+async def read_doc(request: Request) -> Response:
+    ctx = _authorize(request, Scope.READ)
+    doc_id = _doc_id(request, ctx)
+    with_siblings = _flag(request, "siblings")
+    result = await ctx.node.read(doc_id)
+    body: dict[str, Any] = {"id": doc_id, "value": result.value, "version": result.version}
+    if with_siblings:
+        body["siblings"] = result.siblings
+    return JSONResponse(body)
+
+
+async def delete_doc(request: Request) -> Response:
+    ctx = _authorize(request, Scope.READWRITE)
+    doc_id = _doc_id(request, ctx)
+    await ctx.node.delete(doc_id)
+    return Response(status_code=204)
+
+
+async def list_docs(request: Request) -> Response:
+    ctx = _authorize(request, Scope.READ)
+    params = request.query_params
+    prefix = checks.check_prefix(params.get("prefix", ""), ctx.limits)
+    limit = checks.parse_page_limit(params.get("limit"), ctx.limits)
+    cursor = checks.check_cursor(params.get("cursor"), ctx.limits)
+    ids, next_cursor = await ctx.node.list(prefix, cursor, limit)
+    return JSONResponse({"ids": ids, "cursor": next_cursor})
+
+
+async def changes_feed(websocket: WebSocket) -> None:
+    """Stream a document's change records as JSON text frames until the client leaves.
+
+    Errors found before the handshake completes (auth, id, ``since``) are
+    sent as an HTTP denial response with the usual JSON body when the server
+    supports that ASGI extension (uvicorn does); otherwise, and for errors
+    after the handshake, the socket closes with code ``4000 + HTTP status``
+    and the error code as the reason.
+    """
+    try:
+        ctx = _authorize(websocket, Scope.READ, allow_query_token=True)
+        doc_id = _doc_id(websocket, ctx)
+        feed = ctx.node.changes(doc_id, websocket.query_params.get("since") or None)
+    except Exception as exc:
+        await _deny(websocket, exc)
+        return
+    await websocket.accept()
+    session = _FeedSession(websocket, feed)
+    try:
+        await session.run()
+    finally:
+        aclose = getattr(feed, "aclose", None)
+        if aclose is not None:  # release the node's subscription now, not at garbage collection
+            await aclose()
+    if session.client_left:
+        return
+    if session.error is None:
+        # The feed ended because the node is closing: "going away", so clients back off rather than retry at once.
+        await _close_quietly(websocket, 1001, "going away")
+    elif not isinstance(session.error, WebSocketDisconnect | OSError):
+        status, body, _ = status_and_body(session.error)
+        if status >= 500 and status != 503:
+            logger.error("change feed failed", exc_info=session.error)
+        await _close_quietly(websocket, 4000 + status, body["error"])
+
+
+class _FeedSession:
+    """Two tasks: the relay sends records, the watcher receives.
+
+    A client that leaves while the feed is idle is only noticed by
+    receiving; whichever task ends first cancels the other. Each task keeps
+    its own outcome instead of raising, so nothing surfaces wrapped in an
+    ExceptionGroup and the handler maps the error to a close code.
+    """
+
+    def __init__(self, websocket: WebSocket, feed: AsyncIterator[dict[str, Any]]) -> None:
+        self.websocket = websocket
+        self.feed = feed
+        self.client_left = False
+        self.error: Exception | None = None
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._relay, tg.cancel_scope)
+            tg.start_soon(self._watch, tg.cancel_scope)
+
+    async def _relay(self, scope: anyio.CancelScope) -> None:
+        try:
+            async for record in self.feed:
+                await self.websocket.send_text(orjson.dumps(record).decode())
+        except Exception as exc:
+            self.error = exc
+        finally:
+            scope.cancel()
+
+    async def _watch(self, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                self.client_left = True
+                scope.cancel()
+                return
+
+
+async def _deny(websocket: WebSocket, exc: Exception) -> None:
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(error_response(exc))
+    else:
+        status, body, _ = status_and_body(exc)
+        await websocket.close(code=4000 + status, reason=body["error"])
+
+
+async def _close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
+    try:
+        await websocket.close(code=code, reason=reason)
+    except (RuntimeError, WebSocketDisconnect, OSError):  # the peer is already gone
+        pass
+
+
+# Public handlers: operations.
+
+
+async def slash_in_id(request: Request) -> Response:
+    """``/v1/docs/a/b``: an id with a '/' (percent-encoded or not) gets a clear 400 rather than a bare 404."""
+    _authorize(request, Scope.READ)
+    raise ApiError(400, "invalid_id", "a document id contains no '/'", {"id": request.path_params["rest"][:300]})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    ctx = _ctx(request)
+    if not ctx.ready:
+        raise ApiError(503, "not_ready", "the node is not started or is shutting down")
+    return JSONResponse({"status": "ready", "replica_id": ctx.node.replica_id})
+
+
+async def metrics(request: Request) -> Response:
+    ctx = _ctx(request)
+    if not ctx.auth.public_metrics:
+        _authorize(request, Scope.READ)
+    return Response(ctx.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    _authorize(request, Scope.READ)
+    return Response(openapi_json(), media_type="application/json")
+
+
+def routes() -> list[BaseRoute]:
+    """Every route of the API; the OpenAPI document describes each of them (a test checks it)."""
+    return [
+        Route("/v1/docs", list_docs, methods=["GET"]),
+        Route("/v1/docs/{id}", read_doc, methods=["GET"]),
+        Route("/v1/docs/{id}", apply_batch, methods=["POST"]),
+        Route("/v1/docs/{id}", delete_doc, methods=["DELETE"]),
+        WebSocketRoute("/v1/docs/{id}/changes", changes_feed),
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        # Last, so it only catches what no route above matched.
+        Route("/v1/docs/{rest:path}", slash_in_id, methods=["GET", "POST", "DELETE"], include_in_schema=False),
+    ]

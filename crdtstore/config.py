@@ -1,0 +1,225 @@
+"""Settings of ``crdtstore serve``, from flags, environment, a TOML file and defaults.
+
+Precedence, highest first: command-line flags > ``CRDTSTORE_*`` environment
+variables > the TOML file (``--config FILE`` or ``CRDTSTORE_CONFIG``) >
+defaults. Every setting has the three spellings, derived mechanically from
+its name: ``no_sync`` is ``--no-sync``, ``CRDTSTORE_NO_SYNC`` and
+``no_sync = true`` in the file (a top-level key; unknown keys are errors, so a
+typo does not silently fall back to a default). One exception: the token
+file is ``--tokens`` / ``CRDTSTORE_TOKENS_FILE`` / ``tokens``, because
+``CRDTSTORE_TOKENS`` holds tokens inline (``token:scope,...``, see
+:mod:`crdtstore.api.auth`); both sources are merged.
+
+Booleans in the environment are ``1/true/yes/on`` or ``0/false/no/off``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SETTINGS", "ConfigError", "ServeConfig", "Setting", "resolve"]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names where it came from."""
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected a boolean, got {raw!r}")
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected an integer, got {raw!r}")
+    return int(raw)
+
+
+def _optional_int(raw: Any) -> int | None:
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "0")):
+        return None
+    return _int(raw)
+
+
+def _path(raw: Any) -> Path:
+    return Path(str(raw)).expanduser()
+
+
+def _region(raw: Any) -> str:
+    # The same rule as the storage layer's, checked before anything opens.
+    text = _str(raw)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise ValueError(f"a region is 1-64 characters of A-Z a-z 0-9 _ -, got {text!r}")
+    return text
+
+
+def _scope(raw: Any) -> str:
+    text = _str(raw).strip().lower()
+    if text not in ("read", "readwrite"):
+        raise ValueError(f"expected read or readwrite, got {raw!r}")
+    return text
+
+
+def _log_level(raw: Any) -> str:
+    text = _str(raw).strip().lower()
+    if text not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"expected debug, info, warning or error, got {raw!r}")
+    return text
+
+
+def _str(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"expected a string, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its name, how to parse it, its help.
+
+    Attributes:
+        name: The dataclass field; ``--name-with-dashes``, ``CRDTSTORE_NAME``, TOML ``name``.
+        parse: Turns a flag, env or TOML value into the field's type (raises ValueError).
+        help: Shown by ``--help``.
+        flag: Kind of flag: ``value`` takes an argument, ``switch`` is a boolean without one.
+        env_name: The environment variable when it is not ``CRDTSTORE_<NAME>``.
+    """
+
+    name: str
+    parse: Callable[[Any], Any]
+    help: str
+    flag: str = "value"
+    env_name: str | None = None
+
+    @property
+    def env(self) -> str:
+        return self.env_name or "CRDTSTORE_" + self.name.upper()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything ``serve`` needs (see :data:`SETTINGS` for each field's meaning)."""
+
+    region: str = "local"
+    data: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tokens: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    no_sync: bool = False
+    public_metrics: bool = False
+    anonymous: str | None = None
+    max_body_bytes: int = 4 << 20
+    max_map_size: int = 8 << 30
+    limit_concurrency: int | None = 2048
+    timeout_keep_alive: int = 5
+    ws_max_size: int = 1 << 16
+    access_log: bool = True
+    log_level: str = "info"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("region", _region, "region name ([A-Za-z0-9_-], part of the replica id)"),
+    Setting("data", _path, "replica data directory (LMDB)"),
+    Setting("host", _str, "address to listen on (default 127.0.0.1: loopback only)"),
+    Setting("port", _int, "TCP port"),
+    Setting(
+        "tokens",
+        _path,
+        "token file: one 'TOKEN SCOPE' per line (scope read or readwrite)",
+        # CRDTSTORE_TOKENS holds tokens themselves (crdtstore.api.auth), so the file's variable differs.
+        env_name="CRDTSTORE_TOKENS_FILE",
+    ),
+    Setting("certfile", _path, "TLS certificate (PEM); with --keyfile, serve HTTPS"),
+    Setting("keyfile", _path, "TLS private key (PEM)"),
+    Setting("no_sync", _bool, "do not fsync each commit (faster; may lose the last writes on power loss)", "switch"),
+    Setting("public_metrics", _bool, "serve /metrics without a token", "switch"),
+    Setting("anonymous", _scope, "scope granted to requests without a token (read or readwrite; off by default)"),
+    Setting("max_body_bytes", _int, "largest request body in bytes"),
+    Setting("max_map_size", _int, "largest LMDB map in bytes (writes fail with 503 beyond it)"),
+    Setting("limit_concurrency", _optional_int, "uvicorn: connections+tasks before answering 503 (0: no limit)"),
+    Setting("timeout_keep_alive", _int, "uvicorn: seconds an idle keep-alive connection stays open"),
+    Setting("ws_max_size", _int, "uvicorn: largest incoming websocket message in bytes"),
+    Setting("access_log", _bool, "log every request (JSON lines)"),
+    Setting("log_level", _log_level, "debug, info, warning or error"),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    *,
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+    defaults: ServeConfig | None = None,
+) -> ServeConfig:
+    """Merge the sources of settings; flags > env > file > defaults.
+
+    Args:
+        flags: Settings given on the command line (absent or None: not given).
+        env: The environment (``os.environ``).
+        config_file: A TOML file; ``CRDTSTORE_CONFIG`` in ``env`` names one otherwise.
+        defaults: The lowest layer (``ServeConfig()`` if None).
+
+    Raises:
+        ConfigError: A value that does not parse, an unknown key in the file, a missing file.
+    """
+    values: dict[str, Any] = {}
+    path = (
+        config_file
+        if config_file is not None
+        else (_path(env["CRDTSTORE_CONFIG"]) if env.get("CRDTSTORE_CONFIG") else None)
+    )
+    if path is not None:
+        for name, raw in _read_toml(path).items():
+            values[name] = _parse(name, raw, f"{path}: {name}")
+    for setting in SETTINGS:
+        if setting.env in env and env[setting.env] != "":
+            values[setting.name] = _parse(setting.name, env[setting.env], setting.env)
+    for name, raw in flags.items():
+        if raw is not None:
+            values[name] = _parse(name, raw, _BY_NAME[name].option)
+    config = dataclasses.replace(defaults or ServeConfig(), **values)
+    if (config.certfile is None) != (config.keyfile is None):
+        raise ConfigError("--certfile and --keyfile go together")
+    return config
+
+
+def _parse(name: str, raw: Any, where: str) -> Any:
+    try:
+        return _BY_NAME[name].parse(raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    normalized = {key.replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(normalized) - set(_BY_NAME))
+    if unknown:
+        raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+    return normalized

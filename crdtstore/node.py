@@ -1,0 +1,793 @@
+"""The region node: one replica's documents, storage, writer and change feed.
+
+Theory of operation
+-------------------
+
+:class:`Node` is the facade the HTTP API (``crdtstore/api/``), the CLI and,
+later, the replicator call. It owns a :class:`~crdtstore.storage.Storage`
+(one LMDB environment) and a :class:`~crdtstore.commit.GroupCommitWriter`
+(one writer thread), and keeps the asyncio side free of blocking work:
+writes run on the writer thread, reads run in the default executor.
+
+**Writes.** ``apply`` sends one function to the writer. Inside the group
+commit's child transaction it loads the document, applies the ops under the
+node's replica id and a hybrid-logical-clock timestamp, and, in the same
+transaction, stores the document, appends the delta to the log under
+``(replica id, next seq)``, folds the new digest into the Merkle tree,
+advances the version vector and the persisted HLC, and appends a change-feed
+record. The call returns only after that transaction committed (fsync).
+
+**The document cache.** Decoding a large document per write would dominate
+the write path, so the writer keeps a bounded LRU of decoded documents
+(by count and by encoded bytes: memory stays flat however many documents
+LMDB holds). Only the writer thread touches it, and ``Document.apply``
+mutates in place, so the cache may briefly hold state that is not yet
+committed; any rollback (a rejected batch, a batch retried after growing
+the map, a failed commit) evicts the document through ``on_abort``, and the
+next use decodes it again from the transaction. Reads never use this
+cache: they decode from an LMDB read transaction, so they only ever see
+committed state.
+
+**Deletion** is local for now, and the replicator will define how it
+travels. ``delete`` removes the document from ``docs``, its bucket entry
+and its Merkle contribution, so it disappears from reads, listings and
+anti-entropy. It first removes every visible field with ordinary CRDT ops
+and logs that delta, so peers drop the same fields when the log is shipped.
+The cleared state is kept in ``tombstones``: dots are minted per document,
+so a document re-created from nothing would mint dots it already minted,
+and peers would silently drop the new writes. A re-created document starts
+from its tombstone instead. A remote delta that makes a deleted document
+visible again resurrects it (add-wins, as in the CRDT); one that does not
+only updates the tombstone.
+
+**The change feed.** Each committed write appends a record to ``feed``
+under ``(doc id, local seq)``; the seq is global to the replica and never
+reused in this directory. Records are JSON objects::
+
+    {"type": "change" | "delete", "seq": 17, "cursor": "f1.17.3.9c1e...",
+     "version": "v1...", "origin": "eu-ab12.3.9c1e", "origin_seq": 5, "delta": [...]}
+
+``changes(doc_id, since)`` resumes after ``since``, which is either
+
+* a feed cursor (``record["cursor"]``): resume right after that record. A
+  cursor names the incarnation that wrote the record, so a cursor from a
+  timeline this directory no longer has (it was restored from a backup)
+  is detected and answered with a resync instead of silently skipping; or
+* a document version token (``ReadResult.version``): resume with the first
+  record whose version the token does not contain. A document's versions
+  only grow along its feed, so the records a token contains are a prefix,
+  and read-then-subscribe misses nothing; or
+* ``None``: the whole feed of the document.
+
+After the history the generator follows live commits: each commit publishes
+its records on the event loop (before the writer's future resolves) to a
+bounded queue per subscriber. A subscriber that falls ``feed_queue`` records
+behind loses its queue and gets one ``{"type": "resync", ...}`` record (a
+consistent snapshot of the document and the feed position it reflects)
+and continues from there, so memory per subscriber stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import orjson
+
+from crdtstore import codec
+from crdtstore.causal import CausalContext
+from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed
+from crdtstore.document import Document
+from crdtstore.errors import InvalidVersion
+from crdtstore.hlc import HybridClock
+from crdtstore.limits import MAX_BATCH_OPS
+from crdtstore.merkle import MerkleShape
+from crdtstore.storage import (
+    IncompatibleStorage,
+    InvalidDocumentId,
+    LogEntry,
+    Storage,
+    StorageClosed,
+    StorageError,
+    StorageFull,
+    check_doc_id,
+)
+from crdtstore.version import decode_version
+
+if TYPE_CHECKING:
+    from crdtstore.storage import Txn
+
+__all__ = [
+    "DocumentNotFound",
+    "IncompatibleStorage",
+    "InvalidCursor",
+    "InvalidDocumentId",
+    "Node",
+    "NodeConfig",
+    "NodeNotRunning",
+    "Overloaded",
+    "ReadResult",
+    "StorageError",
+    "StorageFull",
+    "WriteResult",
+    "WriterClosed",
+]
+
+T = TypeVar("T")
+
+_CURSOR_PREFIX = "f1."
+_VERSION_PREFIX = "v1."
+
+_State = Literal["live", "tombstone", "new"]
+
+
+class DocumentNotFound(LookupError):
+    """No live document has this id (HTTP 404)."""
+
+    code = "not_found"
+
+    def __init__(self, doc_id: str) -> None:
+        self.doc_id = doc_id
+        super().__init__(f"document {doc_id!r} not found")
+
+
+class InvalidCursor(InvalidVersion):
+    """A ``since`` that is neither a feed cursor nor a version token (HTTP 400)."""
+
+    code = "invalid_cursor"
+
+
+class NodeNotRunning(RuntimeError):
+    """The node was not started, or is closed."""
+
+    code = "not_running"
+
+
+@dataclass
+class NodeConfig:
+    """Configuration of one region node.
+
+    Attributes:
+        region: Region name (``[A-Za-z0-9_-]{1,64}``); part of the replica id.
+        data_dir: The replica directory (one LMDB environment).
+        map_size: Initial LMDB map size in bytes.
+        max_map_size: The map doubles on demand up to this; beyond it writes fail with StorageFull.
+        sync: fsync every commit (acknowledged writes survive power loss).
+        metasync: fsync the meta page on commit.
+        cache_docs: Decoded documents the writer keeps, at most.
+        cache_bytes: Encoded bytes of the cached documents, at most (a proxy for their memory).
+        max_queue: Writes waiting for a commit before apply raises Overloaded.
+        max_batch: Writes per group commit, at most.
+        feed_queue: Live records a change-feed subscriber may fall behind before a resync.
+        feed_page: Feed records read per read transaction when replaying history.
+        max_readers: Concurrent LMDB read transactions.
+        max_dbs: LMDB named databases allowed (room above the seven used, for migrations).
+        merkle_fanout: Merkle tree fanout; all replicas must agree.
+        merkle_depth: Merkle tree depth; all replicas must agree.
+    """
+
+    region: str
+    data_dir: Path
+    map_size: int = 64 << 20
+    max_map_size: int = 8 << 30
+    sync: bool = True
+    metasync: bool = True
+    cache_docs: int = 1024
+    cache_bytes: int = 64 << 20
+    max_queue: int = 1024
+    max_batch: int = 256
+    feed_queue: int = 256
+    feed_page: int = 256
+    max_readers: int = 126
+    max_dbs: int = 16
+    merkle_fanout: int = 16
+    merkle_depth: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """The outcome of an acknowledged (committed) write.
+
+    Attributes:
+        version: The document's version token after the write.
+        created: True if the document did not exist (or was deleted) before.
+    """
+
+    version: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """A committed document as read from this replica.
+
+    Attributes:
+        value: Plain JSON; multi-value registers show one winner.
+        version: Version token; pass it to ``changes`` to follow on from this read.
+        siblings: The same tree with every register as the list of its concurrent values.
+    """
+
+    value: dict[str, Any]
+    version: str
+    siblings: dict[str, Any]
+
+
+# A parsed ``since``: everything, a version (causal context), or (seq, cursor).
+_Since = CausalContext | tuple[int, str] | None
+
+
+def _parse_since(since: str | None) -> _Since:
+    """Check the syntax of a ``since`` token; what it points at is resolved in a read."""
+    if since is None:
+        return None
+    if not isinstance(since, str):
+        raise InvalidCursor("since must be a string")
+    if since.startswith(_VERSION_PREFIX):
+        return decode_version(since)
+    if since.startswith(_CURSOR_PREFIX):
+        parts = since[len(_CURSOR_PREFIX) :].split(".", 1)
+        if len(since) > 256 or len(parts) != 2 or not parts[0].isdigit() or not parts[1]:
+            raise InvalidCursor("malformed feed cursor")
+        return int(parts[0]), since
+    raise InvalidCursor("since must be a feed cursor (f1.) or a version token (v1.)")
+
+
+def _default_random_id() -> str:
+    return secrets.token_hex(4)
+
+
+class _DocCache:
+    """LRU of decoded documents bounded by count and by encoded bytes; writer thread only."""
+
+    def __init__(self, max_docs: int, max_bytes: int) -> None:
+        self.max_docs = max_docs
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._docs: collections.OrderedDict[str, tuple[Document, int]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def get(self, doc_id: str) -> Document | None:
+        entry = self._docs.get(doc_id)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._docs.move_to_end(doc_id)
+        return entry[0]
+
+    def put(self, doc_id: str, doc: Document, size: int) -> None:
+        self.discard(doc_id)
+        if size > self.max_bytes or self.max_docs < 1:
+            return  # caching it would evict everything else
+        self._docs[doc_id] = (doc, size)
+        self.bytes += size
+        while len(self._docs) > self.max_docs or self.bytes > self.max_bytes:
+            _, (_, old_size) = self._docs.popitem(last=False)
+            self.bytes -= old_size
+
+    def discard(self, doc_id: str) -> None:
+        entry = self._docs.pop(doc_id, None)
+        if entry is not None:
+            self.bytes -= entry[1]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "docs": len(self._docs),
+            "bytes": self.bytes,
+            "max_docs": self.max_docs,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    """One ``changes()`` consumer's live queue; touched only on the event loop."""
+
+    limit: int
+    queue: collections.deque[dict[str, Any]] = field(default_factory=collections.deque)
+    overflowed: bool = False
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, record: dict[str, Any]) -> None:
+        if self.overflowed:
+            return
+        if len(self.queue) >= self.limit:
+            # Dropping everything is fine: the consumer resyncs from a snapshot.
+            self.queue.clear()
+            self.overflowed = True
+        else:
+            self.queue.append(record)
+        self.wakeup.set()
+
+
+class Node:
+    """One region replica.
+
+    Args:
+        config: The node's configuration.
+        clock: Wall time in seconds; read on the writer thread for HLC timestamps.
+        random_id: Random url-safe token source for replica ids (see
+            :mod:`crdtstore.storage` for how they are used).
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        random_id: Callable[[], str] = _default_random_id,
+    ) -> None:
+        self.config = config
+        self.replica_id = ""
+        self._clock = clock
+        self._random_id = random_id
+        self._storage: Storage | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._hlc = HybridClock()
+        self._cache = _DocCache(config.cache_docs, config.cache_bytes)
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._closed = False
+
+    # Public methods for the lifecycle.
+
+    async def start(self) -> None:
+        """Open the storage (starting a new epoch) and the writer thread.
+
+        Raises:
+            IncompatibleStorage: The directory belongs to another region or shape.
+        """
+        if self._storage is not None or self._closed:
+            raise NodeNotRunning("a node starts once")
+        cfg = self.config
+        storage = await asyncio.to_thread(
+            Storage.open,
+            Path(cfg.data_dir),
+            region=cfg.region,
+            random_id=self._random_id,
+            map_size=cfg.map_size,
+            max_map_size=cfg.max_map_size,
+            sync=cfg.sync,
+            metasync=cfg.metasync,
+            max_readers=cfg.max_readers,
+            max_dbs=cfg.max_dbs,
+            shape=MerkleShape(cfg.merkle_fanout, cfg.merkle_depth),
+        )
+        with storage.read() as txn:
+            self._hlc = HybridClock(storage.get_hlc(txn))
+        self._storage = storage
+        self.replica_id = storage.replica_id
+        self._writer = GroupCommitWriter(storage, max_queue=cfg.max_queue, max_batch=cfg.max_batch)
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Commit queued writes, end every change feed, close the storage (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            await self._writer.close()
+        for subscribers in self._subscribers.values():
+            for sub in subscribers:
+                sub.wakeup.set()
+        if self._storage is not None:
+            await asyncio.to_thread(self._storage.close)
+
+    @property
+    def storage(self) -> Storage:
+        """The storage, for the replicator and tests."""
+        if self._storage is None:
+            raise NodeNotRunning("node not started")
+        return self._storage
+
+    @property
+    def writer(self) -> GroupCommitWriter:
+        """The group-commit writer (for metrics wiring)."""
+        if self._writer is None:
+            raise NodeNotRunning("node not started")
+        return self._writer
+
+    # Public methods for documents.
+
+    async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> WriteResult:
+        """Apply a batch of ops to a document (creating it) and wait until it is durable.
+
+        Raises:
+            OpError: The batch was rejected (subclasses unchanged); nothing was written.
+            InvalidDocumentId: Empty id, longer than 256 utf-8 bytes, or containing NUL.
+            StorageFull: The write does not fit at ``max_map_size``.
+            Overloaded: Too many writes are waiting.
+        """
+        check_doc_id(doc_id)
+        return await self._submit(lambda ctx: self._apply_txn(ctx, doc_id, ops))
+
+    async def read(self, doc_id: str) -> ReadResult:
+        """The committed state of a document.
+
+        Raises:
+            DocumentNotFound: No live document has this id.
+        """
+        check_doc_id(doc_id)
+        return await self._read(self._read_txn, doc_id)
+
+    async def delete(self, doc_id: str) -> None:
+        """Delete a document on this replica (see the module docstring) and wait until durable.
+
+        Raises:
+            DocumentNotFound: No live document has this id.
+        """
+        check_doc_id(doc_id)
+        await self._submit(lambda ctx: self._delete_txn(ctx, doc_id))
+
+    def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
+        """Follow a document's changes: history after ``since``, then live commits.
+
+        A plain method returning an async iterator (``async for record in
+        node.changes(...)``), so that a bad id or ``since`` raises here, before
+        an HTTP layer starts streaming. Records are shared between subscribers:
+        treat them as read-only. The iteration ends when the node closes.
+
+        Raises:
+            InvalidCursor: ``since`` is neither a feed cursor nor a version token.
+            InvalidVersion: ``since`` looks like a version token but is malformed.
+            InvalidDocumentId: Bad id.
+        """
+        check_doc_id(doc_id)
+        self._require_running()
+        return self._changes(doc_id, _parse_since(since))
+
+    async def _changes(self, doc_id: str, since: _Since) -> AsyncGenerator[dict[str, Any], None]:
+        sub = _Subscriber(self.config.feed_queue)
+        # Subscribe before reading the history: a commit landing in between is
+        # then in the history, in the queue, or both (deduplicated by seq).
+        self._subscribers.setdefault(doc_id, set()).add(sub)
+        try:
+            # aclosing: when our consumer stops early, the inner generator is
+            # closed right away rather than whenever the loop gets to it.
+            async with contextlib.aclosing(self._follow(doc_id, since, sub)) as records:
+                async for record in records:
+                    yield record
+        except (NodeNotRunning, StorageClosed):
+            if not self._closed:
+                raise
+            # The node closed under a read of ours: end the feed like close() does.
+        finally:
+            subscribers = self._subscribers.get(doc_id)
+            if subscribers is not None:
+                subscribers.discard(sub)
+                if not subscribers:
+                    del self._subscribers[doc_id]
+
+    async def _follow(self, doc_id: str, since: _Since, sub: _Subscriber) -> AsyncGenerator[dict[str, Any], None]:
+        """The body of :meth:`changes`, once ``sub`` is registered."""
+        after, resync = await self._read(self._resolve_since, doc_id, since)
+        if resync:
+            snapshot = await self._read(self._snapshot_txn, doc_id)
+            yield snapshot
+            after = snapshot["seq"]
+        while True:
+            page = await self._read(self._feed_page_txn, doc_id, after)
+            for seq, raw in page:
+                yield orjson.loads(raw)
+                after = seq
+            if len(page) < self.config.feed_page:
+                break
+        while not self._closed:
+            if sub.overflowed:
+                sub.overflowed = False
+                sub.queue.clear()
+                snapshot = await self._read(self._snapshot_txn, doc_id)
+                yield snapshot
+                after = snapshot["seq"]
+            elif sub.queue:
+                record = sub.queue.popleft()
+                if record["seq"] > after:
+                    yield record
+                    after = record["seq"]
+            else:
+                sub.wakeup.clear()
+                await sub.wakeup.wait()
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for metrics: documents, LMDB sizes, commit stats, cache, subscribers."""
+        storage = self.storage
+        with storage.read() as txn:
+            documents = storage.count_docs(txn)
+        return {
+            "replica_id": self.replica_id,
+            "epoch": storage.identity.epoch,
+            "documents": documents,
+            "lmdb": storage.info(),
+            "commit": self.writer.stats(),
+            "cache": self._cache.stats(),
+            "subscribers": sum(len(s) for s in self._subscribers.values()),
+        }
+
+    # Public methods for the replicator.
+
+    async def apply_remote(self, origin: str, seq: int, doc_id: str, delta: bytes) -> bool:
+        """Join a delta received from a peer, log it under ``(origin, seq)``, wait until durable.
+
+        The log record needs the document id: a delta does not name its
+        document, so it travels next to it (:class:`~crdtstore.storage.LogEntry`).
+
+        Returns:
+            False if ``(origin, seq)`` was already received (nothing written).
+
+        Raises:
+            DecodeError: ``delta`` is not a valid encoded delta; nothing was written.
+        """
+        check_doc_id(doc_id)
+        return await self._submit(lambda ctx: self._remote_txn(ctx, LogEntry(origin, seq, doc_id, delta)))
+
+    async def merge_state(self, doc_id: str, state: bytes) -> bool:
+        """Join a peer's full document state (anti-entropy repair); not logged.
+
+        Returns:
+            True if the local state changed.
+
+        Raises:
+            DecodeError: ``state`` is not a valid encoded document.
+        """
+        check_doc_id(doc_id)
+        return await self._submit(lambda ctx: self._merge_txn(ctx, doc_id, state))
+
+    async def read_state(self, doc_id: str) -> bytes | None:
+        """The encoded state of a live document (what anti-entropy ships), or None."""
+        check_doc_id(doc_id)
+        return await self._read(lambda txn: self.storage.get_doc(txn, doc_id))
+
+    async def log_range(self, origin: str, after: int, limit: int) -> list[LogEntry]:
+        """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``."""
+        return await self._read(lambda txn: self.storage.log_range(txn, origin, after, limit))
+
+    async def version_vector(self) -> dict[str, int]:
+        """Per origin, the highest seq received with no gap below it."""
+        return await self._read(self.storage.vector)
+
+    async def acked(self, peer: str) -> dict[str, int]:
+        """The vector ``peer`` acknowledged."""
+        return await self._read(lambda txn: self.storage.acked(txn, peer))
+
+    async def set_acked(self, peer: str, vector: dict[str, int]) -> None:
+        """Raise ``peer``'s acknowledged vector (durably)."""
+        await self._submit(lambda ctx: ctx.storage.set_acked(ctx.txn, peer, vector))
+
+    async def merkle_root(self) -> bytes:
+        return await self._read(lambda txn: self.storage.merkle(txn).root())
+
+    async def merkle_children(self, level: int, index: int) -> list[bytes]:
+        return await self._read(lambda txn: self.storage.merkle(txn).children(level, index))
+
+    async def bucket_items(self, bucket: int) -> list[tuple[str, bytes]]:
+        """The ``(doc_id, digest)`` pairs of one Merkle leaf bucket."""
+        return await self._read(lambda txn: self.storage.bucket_items(txn, bucket))
+
+    # Private methods: plumbing.
+
+    def _require_running(self) -> None:
+        if self._storage is None or self._closed:
+            raise NodeNotRunning("node is not running")
+
+    async def _submit(self, fn: Callable[[WriteContext], T]) -> T:
+        self._require_running()
+        return await self.writer.submit(fn)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        self._require_running()
+        storage = self.storage
+
+        def run() -> T:
+            with storage.read() as txn:
+                return fn(txn, *args)
+
+        return await asyncio.to_thread(run)
+
+    # Private methods: the writer thread.
+
+    def _load(self, txn: Txn, doc_id: str) -> tuple[Document, _State]:
+        doc = self._cache.get(doc_id)
+        if doc is not None:
+            return doc, "live"
+        storage = self.storage
+        raw = storage.get_doc(txn, doc_id)
+        if raw is not None:
+            doc = codec.decode_document(raw)
+            self._cache.put(doc_id, doc, len(raw))
+            return doc, "live"
+        raw = storage.get_tombstone(txn, doc_id)
+        if raw is not None:
+            return codec.decode_document(raw), "tombstone"
+        return Document(), "new"
+
+    def _now(self) -> int:
+        return self._hlc.now(self._clock())
+
+    def _apply_txn(self, ctx: WriteContext, doc_id: str, ops: list[dict[str, Any]]) -> WriteResult:
+        # Registered first: whatever fails from here on, the cached document
+        # (possibly mutated) must not outlive the rollback.
+        ctx.on_abort(lambda: self._cache.discard(doc_id))
+        doc, state = self._load(ctx.txn, doc_id)
+        now = self._now()
+        delta = codec.encode_delta(doc.apply(ops, replica=self.replica_id, now=now))
+        seq = ctx.storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
+        self._store(ctx, doc_id, doc, state, {"type": "change", "origin": self.replica_id, "origin_seq": seq}, delta)
+        ctx.storage.set_hlc(ctx.txn, self._hlc.last)
+        return WriteResult(version=doc.version(), created=state != "live")
+
+    def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
+        ctx.on_abort(lambda: self._cache.discard(doc_id))
+        doc, state = self._load(ctx.txn, doc_id)
+        if state != "live":
+            raise DocumentNotFound(doc_id)
+        self._cache.discard(doc_id)  # the cache holds live documents only
+        storage = self.storage
+        fields: dict[str, Any] = {"type": "delete", "origin": self.replica_id}
+        keys = [{"op": "delete", "path": [key]} for key in doc.value()]
+        delta_bytes = None
+        if keys:
+            now = self._now()
+            delta = doc.apply(keys[:MAX_BATCH_OPS], replica=self.replica_id, now=now)
+            for start in range(MAX_BATCH_OPS, len(keys), MAX_BATCH_OPS):
+                delta.join(doc.apply(keys[start : start + MAX_BATCH_OPS], replica=self.replica_id, now=now))
+            delta_bytes = codec.encode_delta(delta)
+            fields["origin_seq"] = storage.append_local(ctx.txn, self.replica_id, doc_id, delta_bytes)
+            storage.set_hlc(ctx.txn, self._hlc.last)
+        storage.delete_doc(ctx.txn, doc_id)
+        storage.put_tombstone(ctx.txn, doc_id, codec.encode_document(doc))
+        fields["version"] = doc.version()
+        self._append_feed(ctx, doc_id, fields, delta_bytes)
+
+    def _remote_txn(self, ctx: WriteContext, entry: LogEntry) -> bool:
+        storage = self.storage
+        if storage.has_log(ctx.txn, entry.origin, entry.seq):
+            return False
+        delta = codec.decode_delta(entry.delta)  # before any change: bad bytes write nothing
+        ctx.on_abort(lambda: self._cache.discard(entry.doc_id))
+        doc, state = self._load(ctx.txn, entry.doc_id)
+        doc.join(delta)
+        storage.append_remote(ctx.txn, entry)
+        if state == "tombstone" and not doc.value():
+            # Still deleted: keep the richer causal history, publish nothing.
+            storage.put_tombstone(ctx.txn, entry.doc_id, codec.encode_document(doc))
+        else:
+            fields = {"type": "change", "origin": entry.origin, "origin_seq": entry.seq}
+            self._store(ctx, entry.doc_id, doc, state, fields, entry.delta)
+        return True
+
+    def _merge_txn(self, ctx: WriteContext, doc_id: str, state_bytes: bytes) -> bool:
+        other = codec.decode_document(state_bytes)
+        ctx.on_abort(lambda: self._cache.discard(doc_id))
+        doc, state = self._load(ctx.txn, doc_id)
+        before = codec.encode_document(doc)
+        doc.merge(other)
+        if codec.encode_document(doc) == before:
+            return False
+        if state == "tombstone" and not doc.value():
+            self.storage.put_tombstone(ctx.txn, doc_id, codec.encode_document(doc))
+        else:
+            self._store(ctx, doc_id, doc, state, {"type": "change", "origin": None, "origin_seq": None}, None)
+        return True
+
+    def _store(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        doc: Document,
+        state: _State,
+        fields: dict[str, Any],
+        delta: bytes | None,
+    ) -> None:
+        """Write a live document with its digest and feed record; cache it."""
+        data = codec.encode_document(doc)
+        self.storage.put_doc(ctx.txn, doc_id, data, codec.digest(data))
+        if state == "tombstone":
+            self.storage.delete_tombstone(ctx.txn, doc_id)
+        self._cache.put(doc_id, doc, len(data))
+        self._append_feed(ctx, doc_id, dict(fields, version=doc.version()), delta)
+
+    def _append_feed(self, ctx: WriteContext, doc_id: str, fields: dict[str, Any], delta: bytes | None) -> None:
+        storage = self.storage
+        seq = storage.next_feed_seq(ctx.txn)
+        record: dict[str, Any] = {"seq": seq, "cursor": f"{_CURSOR_PREFIX}{seq}.{storage.identity.incarnation}"}
+        record.update(fields)
+        if delta is not None:
+            # The delta encoding is JSON already: embed it without a decode/encode round.
+            record["delta"] = orjson.Fragment(delta)
+        raw = orjson.dumps(record)
+        storage.put_feed(ctx.txn, doc_id, seq, raw)
+        ctx.on_commit(lambda: self._publish(doc_id, raw))
+
+    # Private methods: the event loop and readers.
+
+    def _publish(self, doc_id: str, raw: bytes) -> None:
+        subscribers = self._subscribers.get(doc_id)
+        if subscribers:
+            record = orjson.loads(raw)
+            for sub in subscribers:
+                sub.push(record)
+
+    def _read_txn(self, txn: Txn, doc_id: str) -> ReadResult:
+        raw = self.storage.get_doc(txn, doc_id)
+        if raw is None:
+            raise DocumentNotFound(doc_id)
+        doc = codec.decode_document(raw)
+        return ReadResult(value=doc.value(), version=doc.version(), siblings=doc.siblings())
+
+    def _feed_page_txn(self, txn: Txn, doc_id: str, after: int) -> list[tuple[int, bytes]]:
+        return self.storage.feed_range(txn, doc_id, after, self.config.feed_page)
+
+    def _resolve_since(self, txn: Txn, doc_id: str, since: _Since) -> tuple[int, bool]:
+        """Map ``since`` to (feed seq to resume after, whether a resync is needed first)."""
+        storage = self.storage
+        if since is None:
+            return 0, False
+        if isinstance(since, CausalContext):
+            # Contained records form a prefix of the feed: walk back from the
+            # newest to the first one the token contains (cheap for a fresh token).
+            before = storage.last_feed_seq(txn, doc_id) + 1
+            while True:
+                page = storage.feed_before(txn, doc_id, before, self.config.feed_page)
+                for seq, raw in page:
+                    if since.contains_context(decode_version(orjson.loads(raw)["version"])):
+                        return seq, False
+                if len(page) < self.config.feed_page:
+                    return 0, False
+                before = page[-1][0]
+        seq, cursor = since
+        record = storage.get_feed(txn, doc_id, seq)
+        if record is not None and orjson.loads(record)["cursor"] == cursor:
+            return seq, False
+        # Not a record of this document on this timeline (e.g. the directory
+        # was restored from an older backup): resuming by number could skip
+        # or repeat changes, so start from a snapshot.
+        return 0, True
+
+    def _snapshot_txn(self, txn: Txn, doc_id: str) -> dict[str, Any]:
+        """A resync record: the document and the feed position it reflects, from one transaction."""
+        storage = self.storage
+        seq = storage.last_feed_seq(txn, doc_id)
+        cursor = orjson.loads(storage.get_feed(txn, doc_id, seq) or b"{}").get("cursor") if seq else None
+        raw = storage.get_doc(txn, doc_id)
+        record: dict[str, Any] = {"type": "resync", "seq": seq, "cursor": cursor, "exists": raw is not None}
+        if raw is None:
+            record.update(value=None, siblings=None, version=None)
+        else:
+            doc = codec.decode_document(raw)
+            record.update(value=doc.value(), siblings=doc.siblings(), version=doc.version())
+        return record
+
+    # Public methods for listing. Last in the class on purpose: the method's
+    # name shadows the builtin ``list`` for type checkers in the class body.
+
+    async def list(self, prefix: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]:
+        """Ids of live documents starting with ``prefix``, in utf-8 byte order.
+
+        Args:
+            prefix: Only ids starting with it.
+            cursor: The cursor a previous page returned, or None for the first page.
+            limit: Ids per page (at least 1).
+
+        Returns:
+            The ids and the cursor of the next page (None on the last page).
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+
+        def run(txn: Txn) -> tuple[list[str], str | None]:
+            ids, more = self.storage.list_docs(txn, prefix, cursor, limit)
+            return ids, (ids[-1] if more else None)
+
+        return await self._read(run)

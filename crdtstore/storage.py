@@ -1,0 +1,803 @@
+"""LMDB storage of one region replica.
+
+Theory of operation
+-------------------
+
+One LMDB environment per replica directory holds everything the replica
+must not lose, in named databases that a single write transaction updates
+together (so a document, its delta in the log, its Merkle leaf, its feed
+record and the counters can never disagree after a crash):
+
+============  =====================================  ==========================================
+database      key                                    value
+============  =====================================  ==========================================
+docs          doc id (utf-8)                         encoded document (``codec``)
+buckets       Merkle bucket (u32 BE) + doc id        the document's digest
+merkle        level (u8) + index (u32 BE)            Merkle node value (sparse: no empty nodes)
+log           origin + NUL + seq (u64 BE)            :class:`LogEntry` envelope (doc id + delta)
+feed          doc id + NUL + local seq (u64 BE)      one change-feed record (JSON)
+tombstones    doc id (utf-8)                         encoded state of a deleted document
+meta          see ``_META_*`` below                  identity, counters, vectors
+============  =====================================  ==========================================
+
+``buckets`` and ``tombstones`` go beyond the original sketch. ``buckets``
+lets anti-entropy list the (id, digest) pairs of one differing leaf without
+scanning every document, and gives the old digest for a Merkle update
+without decoding the old document. ``tombstones`` keeps the causal history
+of a deleted document: dots are minted per document (one past the highest
+counter the document has seen), so a document re-created from nothing
+would mint dots it already minted before its deletion, and a peer that saw
+the old ones would silently drop the new writes.
+
+Big-endian integers make LMDB's byte order the numeric order, so a cursor
+walks one origin's log or one document's feed in sequence order.
+
+Replica identity and epochs
+---------------------------
+
+A dot ``(replica, counter)`` must never name two different events. The
+counters live in the documents, so a replica that loses committed state
+would mint a counter again: after a power failure with ``sync=False``
+(LMDB keeps the transaction order but may lose the last ones, after they
+were already gossiped), or after an operator restores the directory from a
+backup. The fix is to never mint under the same name twice across starts:
+
+* An empty directory gets a *base* id ``f"{region}-{random_id()}"`` and epoch 1.
+* Every start, before anything else, bumps the epoch and draws a fresh
+  *nonce* with ``random_id()``, and commits both durably (forced fsync even
+  when ``sync=False``). Dots are minted under the effective id
+  ``f"{base}.{epoch}.{nonce}"``.
+
+The epoch alone handles crashes and lost tail transactions: a new start
+always has a larger epoch than any start whose writes reached the disk.
+It does not handle a restored backup: the restored directory bumps to an
+epoch that the lost timeline already used. The nonce handles that without
+coordinating with peers: two starts collide only if they share base, epoch
+*and* nonce. The cost is one more entry per start in the version vectors of
+the documents written afterwards; the core's vectors are compact, and the
+replicator can later retire old incarnations once every peer acknowledged them.
+
+The log is keyed by the effective id too, so each incarnation is its own
+origin stream with sequence numbers from 1, and a restored directory can
+never reuse a (origin, seq) that a peer already acknowledged.
+
+Durability and the map size
+---------------------------
+
+The environment opens with ``sync=True, metasync=True`` (configurable): a
+commit returns after fsync. The map starts at ``map_size`` and doubles on
+``lmdb.MapFullError`` up to ``max_map_size`` (see :meth:`Storage.grow`).
+LMDB requires that no transaction of this process is active while the map
+is resized; the single writer guarantees that for writes and a small
+readers/resizer gate does it for reads, so every read must go through
+:meth:`Storage.read`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import lmdb
+
+from crdtstore.merkle import MerkleShape, MerkleTree
+
+if TYPE_CHECKING:
+    # Every transaction here is opened with buffers=False: values are bytes.
+    Txn: TypeAlias = lmdb.Transaction[bytes]
+
+__all__ = [
+    "DB_NAMES",
+    "IncompatibleStorage",
+    "InvalidDocumentId",
+    "LogEntry",
+    "MAX_ID_BYTES",
+    "ReplicaIdentity",
+    "Storage",
+    "StorageClosed",
+    "StorageError",
+    "StorageFull",
+    "Txn",
+    "check_doc_id",
+]
+
+DB_NAMES = ("docs", "buckets", "merkle", "log", "feed", "tombstones", "meta")
+
+MAX_ID_BYTES = 256
+"""Longest document id (utf-8 bytes); LMDB keys stop at 511 bytes and the feed adds 9."""
+
+FORMAT_VERSION = 1
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_SEP = b"\x00"
+
+_META_FORMAT = b"format"
+_META_REGION = b"region"
+_META_BASE = b"base"
+_META_EPOCH = b"epoch"
+_META_NONCE = b"nonce"
+_META_SHAPE = b"merkle_shape"
+_META_HLC = b"hlc"
+_META_FEED_SEQ = b"feed_seq"
+_META_VV = b"vv\x00"  # + origin -> highest contiguous seq of that origin in the log
+_META_ACK = b"ack\x00"  # + peer + NUL + origin -> highest seq the peer acknowledged
+
+# Region and random parts end up inside replica ids, version tokens and log
+# keys: keep them to a url-safe alphabet with no '.' (the epoch separator)
+# and no NUL (the key separator).
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StorageError(Exception):
+    """Root of the storage layer's errors."""
+
+    code = "storage_error"
+
+
+class StorageFull(StorageError):
+    """A write does not fit even at ``max_map_size``; it was not committed."""
+
+    code = "storage_full"
+
+
+class StorageClosed(StorageError):
+    """The storage was closed."""
+
+    code = "storage_closed"
+
+
+class IncompatibleStorage(StorageError):
+    """The directory belongs to another region, format or Merkle shape."""
+
+    code = "incompatible_storage"
+
+
+class InvalidDocumentId(StorageError, ValueError):
+    """A document id that is empty, too long or contains NUL."""
+
+    code = "invalid_document_id"
+
+
+def check_doc_id(doc_id: str) -> bytes:
+    """Validate a document id and return its key bytes.
+
+    Raises:
+        InvalidDocumentId: If the id is empty, longer than :data:`MAX_ID_BYTES`
+            in utf-8, or contains NUL (the key separator of ``feed``).
+    """
+    if not isinstance(doc_id, str) or not doc_id:
+        raise InvalidDocumentId("document id must be a non-empty string")
+    try:
+        raw = doc_id.encode()
+    except UnicodeEncodeError as exc:  # lone surrogates
+        raise InvalidDocumentId("document id is not valid unicode") from exc
+    if len(raw) > MAX_ID_BYTES:
+        raise InvalidDocumentId(f"document id longer than {MAX_ID_BYTES} bytes")
+    if _SEP in raw:
+        raise InvalidDocumentId("document id contains NUL")
+    return raw
+
+
+def _check_name(what: str, value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{what} must match {_NAME.pattern}, got {value!r}")
+    return value
+
+
+def _check_origin(origin: str) -> bytes:
+    raw = origin.encode()
+    if not raw or _SEP in raw or len(raw) > 200:
+        raise ValueError(f"bad origin replica id {origin!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaIdentity:
+    """Who this replica is during this start (see the module docstring).
+
+    Attributes:
+        region: The region the directory was created for.
+        base: The stable id, ``f"{region}-{random}"``, kept for the directory's life.
+        epoch: Bumped on every start.
+        nonce: Random, drawn on every start.
+    """
+
+    region: str
+    base: str
+    epoch: int
+    nonce: str
+
+    @property
+    def replica_id(self) -> str:
+        """The effective id dots are minted under and the local log is keyed by."""
+        return f"{self.base}.{self.epoch}.{self.nonce}"
+
+    @property
+    def incarnation(self) -> str:
+        """``f"{epoch}.{nonce}"``: names this start (used in change-feed cursors)."""
+        return f"{self.epoch}.{self.nonce}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One delta in the log, as a replicator ships it.
+
+    The log value stores the document id next to the delta because a delta
+    does not name its document.
+    """
+
+    origin: str
+    seq: int
+    doc_id: str
+    delta: bytes
+
+    def encode_value(self) -> bytes:
+        raw = self.doc_id.encode()
+        return struct.pack(">H", len(raw)) + raw + self.delta
+
+    @classmethod
+    def decode(cls, origin: str, seq: int, value: bytes) -> LogEntry:
+        (n,) = struct.unpack_from(">H", value)
+        return cls(origin, seq, bytes(value[2 : 2 + n]).decode(), bytes(value[2 + n :]))
+
+
+def _restore_map_size(env: lmdb.Environment, map_size: int, max_map_size: int) -> None:
+    """Give a reopened environment back the room it had grown to.
+
+    LMDB opens with the requested size, raised only to what the data already
+    uses, so a map that grew before the restart would be full again at the
+    first write. Replay the doubling instead: the first size that leaves
+    room above the data, capped. Runs before any transaction of this process.
+    """
+    info, stat = env.info(), env.stat()
+    used = (info["last_pgno"] + 1) * stat["psize"]
+    size = map_size
+    while size <= used and size < max_map_size:
+        size = min(size * 2, max_map_size)
+    if size > info["map_size"]:
+        env.set_mapsize(size)
+
+
+class _ResizeGate:
+    """Readers share, the resizer is exclusive and preferred (no starvation by a reader stream)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class _LmdbNodes:
+    """A :class:`crdtstore.merkle.NodeStore` over one named db inside one transaction."""
+
+    __slots__ = ("_db", "_txn")
+
+    def __init__(self, txn: Txn, db: Any) -> None:
+        self._txn = txn
+        self._db = db
+
+    def get(self, key: bytes, /) -> bytes | None:
+        return self._txn.get(key, db=self._db)
+
+    def __setitem__(self, key: bytes, value: bytes, /) -> None:
+        self._txn.put(key, value, db=self._db)
+
+    def __delitem__(self, key: bytes, /) -> None:
+        self._txn.delete(key, db=self._db)
+
+
+class Storage:
+    """The LMDB environment of one replica and typed helpers over its databases.
+
+    Open it with :meth:`open`. Write helpers take the write transaction the
+    caller (the group-commit writer) owns; read helpers take a transaction
+    from :meth:`read`. Nothing here starts a write transaction on its own
+    except :meth:`open`, so every change goes through the single writer.
+    """
+
+    def __init__(
+        self,
+        env: lmdb.Environment,
+        dbs: dict[str, Any],
+        identity: ReplicaIdentity,
+        *,
+        max_map_size: int,
+        shape: MerkleShape,
+    ) -> None:
+        self.env = env
+        self.dbs = dbs
+        self.identity = identity
+        self.max_map_size = max_map_size
+        self.shape = shape
+        self.map_grows = 0
+        self._gate = _ResizeGate()
+        self._closed = False
+
+    # Public methods for the lifecycle.
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        region: str,
+        random_id: Callable[[], str],
+        map_size: int = 64 << 20,
+        max_map_size: int = 8 << 30,
+        sync: bool = True,
+        metasync: bool = True,
+        max_dbs: int = 16,
+        max_readers: int = 126,
+        shape: MerkleShape | None = None,
+    ) -> Storage:
+        """Open (or create) the replica directory ``path`` and start a new epoch.
+
+        Args:
+            path: The directory; created if missing.
+            region: The region name; must match the one the directory was created for.
+            random_id: Source of randomness for the base id and the per-start
+                nonce (injected so tests are deterministic).
+            map_size: Initial map size in bytes (an existing larger map is kept).
+            max_map_size: Cap for :meth:`grow`.
+            sync: fsync on every commit (``False`` trades durability of the last
+                commits on power loss for speed; a crash of the process loses nothing).
+            metasync: fsync the meta page on commit.
+            max_dbs: Named databases allowed (at least ``len(DB_NAMES)``).
+            max_readers: Concurrent read transactions allowed.
+            shape: Merkle tree shape; must match the directory's and the peers'.
+
+        Raises:
+            IncompatibleStorage: The directory was created for another region,
+                format or Merkle shape.
+            ValueError: Bad region or ``random_id`` output.
+        """
+        shape = shape if shape is not None else MerkleShape()
+        _check_name("region", region)
+        if max_dbs < len(DB_NAMES):
+            raise ValueError(f"max_dbs must be at least {len(DB_NAMES)}")
+        if map_size > max_map_size:
+            raise ValueError("map_size exceeds max_map_size")
+        path.mkdir(parents=True, exist_ok=True)
+        env = lmdb.open(
+            str(path),
+            map_size=map_size,
+            max_dbs=max_dbs,
+            max_readers=max_readers,
+            sync=sync,
+            metasync=metasync,
+            # Random access over a map that may exceed RAM: readahead only
+            # pollutes the page cache.
+            readahead=False,
+        )
+        try:
+            # A process that died holding a read slot would pin old pages
+            # forever and make the file grow; clear such stale slots now.
+            env.reader_check()
+            _restore_map_size(env, map_size, max_map_size)
+            storage = cls._init(env, region=region, random_id=random_id, shape=shape, max_map_size=max_map_size)
+        except BaseException:
+            env.close()
+            raise
+        return storage
+
+    @classmethod
+    def _init(
+        cls,
+        env: lmdb.Environment,
+        *,
+        region: str,
+        random_id: Callable[[], str],
+        shape: MerkleShape,
+        max_map_size: int,
+    ) -> Storage:
+        with env.begin(write=True) as txn:
+            dbs = {name: env.open_db(name.encode(), txn=txn, create=True) for name in DB_NAMES}
+            meta = dbs["meta"]
+            shape_raw = struct.pack(">II", shape.fanout, shape.depth)
+            base_raw = txn.get(_META_BASE, db=meta)
+            if base_raw is None:
+                if txn.stat(dbs["docs"])["entries"] or txn.stat(dbs["log"])["entries"]:
+                    raise IncompatibleStorage("directory holds data but no replica identity")
+                base = f"{region}-{_check_name('random_id()', random_id())}"
+                epoch = 1
+                txn.put(_META_FORMAT, _U32.pack(FORMAT_VERSION), db=meta)
+                txn.put(_META_REGION, region.encode(), db=meta)
+                txn.put(_META_BASE, base.encode(), db=meta)
+                txn.put(_META_SHAPE, shape_raw, db=meta)
+            else:
+                base = base_raw.decode()
+
+                def required(key: bytes) -> bytes:
+                    value = txn.get(key, db=meta)
+                    if value is None:
+                        raise IncompatibleStorage(f"replica metadata {key.decode()!r} is missing")
+                    return value
+
+                stored_format = _U32.unpack(required(_META_FORMAT))[0]
+                if stored_format != FORMAT_VERSION:
+                    raise IncompatibleStorage(f"storage format {stored_format}, this code reads {FORMAT_VERSION}")
+                stored_region = required(_META_REGION).decode()
+                if stored_region != region:
+                    raise IncompatibleStorage(f"directory belongs to region {stored_region!r}, not {region!r}")
+                if required(_META_SHAPE) != shape_raw:
+                    raise IncompatibleStorage("directory was built with another Merkle shape")
+                epoch = int(_U64.unpack(required(_META_EPOCH))[0]) + 1
+            nonce = _check_name("random_id()", random_id())
+            txn.put(_META_EPOCH, _U64.pack(epoch), db=meta)
+            txn.put(_META_NONCE, nonce.encode(), db=meta)
+        # The new epoch must be on disk before the first dot is minted under
+        # it, whatever durability the operator chose for ordinary commits.
+        env.sync(True)
+        identity = ReplicaIdentity(region=region, base=base, epoch=epoch, nonce=nonce)
+        max_map_size = max(max_map_size, env.info()["map_size"])
+        return cls(env, dbs, identity, max_map_size=max_map_size, shape=shape)
+
+    def close(self) -> None:
+        """Close the environment (idempotent); waits for running reads, refuses later ones."""
+        with self._gate.exclusive():
+            if not self._closed:
+                self._closed = True
+                self.env.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def replica_id(self) -> str:
+        return self.identity.replica_id
+
+    # Public methods for transactions.
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A read transaction; keep it short and never hold it across an ``await``."""
+        with self._gate.shared():
+            if self._closed:
+                raise StorageClosed("storage is closed")
+            with self.env.begin(buffers=False) as txn:
+                yield txn
+
+    def begin_write(self, parent: Txn | None = None) -> Txn:
+        """A write transaction (or a child of ``parent``); only the writer thread calls this."""
+        return self.env.begin(write=True, parent=parent)
+
+    def grow(self) -> bool:
+        """Double the map size, up to ``max_map_size``.
+
+        The caller must hold no transaction; readers are drained through the gate.
+
+        Returns:
+            False if the map is already at the cap (the caller raises :class:`StorageFull`).
+        """
+        with self._gate.exclusive():
+            current = self.env.info()["map_size"]
+            target = min(current * 2, self.max_map_size)
+            if target <= current:
+                return False
+            self.env.set_mapsize(target)
+            self.map_grows += 1
+            return True
+
+    def info(self) -> dict[str, int]:
+        """Sizes for metrics: map size, bytes in use, page size."""
+        with self._gate.shared():
+            if self._closed:
+                raise StorageClosed("storage is closed")
+            info = self.env.info()
+            stat = self.env.stat()
+        return {
+            "map_size": info["map_size"],
+            "max_map_size": self.max_map_size,
+            "used_bytes": (info["last_pgno"] + 1) * stat["psize"],
+            "page_size": stat["psize"],
+            "readers": info["num_readers"],
+            "map_grows": self.map_grows,
+        }
+
+    # Public methods for documents.
+
+    def get_doc(self, txn: Txn, doc_id: str) -> bytes | None:
+        """The encoded document, or None."""
+        return txn.get(check_doc_id(doc_id), db=self.dbs["docs"])
+
+    def get_digest(self, txn: Txn, doc_id: str) -> bytes | None:
+        """The digest the Merkle tree holds for ``doc_id``, or None if absent."""
+        return txn.get(self._bucket_key(doc_id), db=self.dbs["buckets"])
+
+    def put_doc(self, txn: Txn, doc_id: str, data: bytes, digest: bytes) -> bool:
+        """Store a document and fold its new digest into the Merkle tree.
+
+        Returns:
+            True if the document did not exist before.
+        """
+        key = check_doc_id(doc_id)
+        bkey = self._bucket_key(doc_id)
+        old = txn.get(bkey, db=self.dbs["buckets"])
+        txn.put(key, data, db=self.dbs["docs"])
+        txn.put(bkey, digest, db=self.dbs["buckets"])
+        self.merkle(txn).update(doc_id, old, digest)
+        return old is None
+
+    def delete_doc(self, txn: Txn, doc_id: str) -> bool:
+        """Remove a document and its Merkle leaf contribution; False if it did not exist."""
+        key = check_doc_id(doc_id)
+        bkey = self._bucket_key(doc_id)
+        old = txn.get(bkey, db=self.dbs["buckets"])
+        if old is None:
+            return False
+        txn.delete(key, db=self.dbs["docs"])
+        txn.delete(bkey, db=self.dbs["buckets"])
+        self.merkle(txn).update(doc_id, old, None)
+        return True
+
+    def get_tombstone(self, txn: Txn, doc_id: str) -> bytes | None:
+        return txn.get(check_doc_id(doc_id), db=self.dbs["tombstones"])
+
+    def put_tombstone(self, txn: Txn, doc_id: str, data: bytes) -> None:
+        txn.put(check_doc_id(doc_id), data, db=self.dbs["tombstones"])
+
+    def delete_tombstone(self, txn: Txn, doc_id: str) -> bool:
+        return txn.delete(check_doc_id(doc_id), db=self.dbs["tombstones"])
+
+    def count_docs(self, txn: Txn) -> int:
+        return txn.stat(self.dbs["docs"])["entries"]
+
+    def list_docs(self, txn: Txn, prefix: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """Document ids starting with ``prefix``, in utf-8 byte order, strictly after ``after``.
+
+        Returns:
+            Up to ``limit`` ids and whether more follow.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        raw_prefix = prefix.encode()
+        start = raw_prefix
+        if after is not None:
+            # Resume strictly after the cursor: the smallest key above it is cursor + NUL.
+            start = max(start, after.encode() + _SEP)
+        ids: list[str] = []
+        with txn.cursor(db=self.dbs["docs"]) as cur:
+            if not cur.set_range(start):
+                return ids, False
+            for key in cur.iternext(keys=True, values=False):
+                if not key.startswith(raw_prefix):
+                    break
+                if len(ids) == limit:
+                    return ids, True
+                ids.append(key.decode())
+        return ids, False
+
+    # Public methods for the Merkle tree.
+
+    def merkle(self, txn: Txn) -> MerkleTree:
+        """The Merkle tree as ``txn`` sees it."""
+        return MerkleTree(_LmdbNodes(txn, self.dbs["merkle"]), shape=self.shape)
+
+    def bucket_items(self, txn: Txn, bucket: int) -> list[tuple[str, bytes]]:
+        """The ``(doc_id, digest)`` pairs in one leaf bucket, in id order."""
+        prefix = _U32.pack(bucket)
+        items: list[tuple[str, bytes]] = []
+        with txn.cursor(db=self.dbs["buckets"]) as cur:
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    items.append((key[4:].decode(), value))
+        return items
+
+    # Public methods for the log and version vectors.
+
+    def get_seq(self, txn: Txn, origin: str) -> int:
+        """The highest seq of ``origin`` with no gap below it in this replica (0 if none)."""
+        raw = txn.get(_META_VV + _check_origin(origin), db=self.dbs["meta"])
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def vector(self, txn: Txn) -> dict[str, int]:
+        """The replication version vector: origin -> highest contiguous seq held."""
+        return self._scan_u64(txn, _META_VV)
+
+    def append_local(self, txn: Txn, origin: str, doc_id: str, delta: bytes) -> int:
+        """Log a delta minted here under the next seq of ``origin``; return that seq."""
+        seq = self.get_seq(txn, origin) + 1
+        self._put_log(txn, LogEntry(origin, seq, doc_id, delta))
+        self._set_seq(txn, origin, seq)
+        return seq
+
+    def has_log(self, txn: Txn, origin: str, seq: int) -> bool:
+        """True if ``(origin, seq)`` was already received (logged, or below the contiguous mark)."""
+        return seq <= self.get_seq(txn, origin) or txn.get(self._log_key(origin, seq), db=self.dbs["log"]) is not None
+
+    def append_remote(self, txn: Txn, entry: LogEntry) -> bool:
+        """Log a delta received from a peer, out of order if need be.
+
+        The log itself is the set of sequence numbers received beyond the
+        contiguous mark: after storing, the mark advances over every
+        consecutive entry present.
+
+        Returns:
+            False (and stores nothing) if the entry was already received.
+        """
+        if entry.seq < 1:
+            raise ValueError(f"bad seq {entry.seq}")
+        if self.has_log(txn, entry.origin, entry.seq):
+            return False
+        self._put_log(txn, entry)
+        seq = self.get_seq(txn, entry.origin)
+        if entry.seq == seq + 1:
+            while txn.get(self._log_key(entry.origin, seq + 1), db=self.dbs["log"]) is not None:
+                seq += 1
+            self._set_seq(txn, entry.origin, seq)
+        return True
+
+    def log_range(self, txn: Txn, origin: str, after: int, limit: int) -> list[LogEntry]:
+        """Up to ``limit`` log entries of ``origin`` with seq > ``after``, in seq order."""
+        prefix = _check_origin(origin) + _SEP
+        entries: list[LogEntry] = []
+        if limit < 1:
+            return entries
+        with txn.cursor(db=self.dbs["log"]) as cur:
+            if cur.set_range(prefix + _U64.pack(after + 1)):
+                for key, value in cur:
+                    if not key.startswith(prefix) or len(key) != len(prefix) + 8:
+                        break
+                    entries.append(LogEntry.decode(origin, _U64.unpack(key[len(prefix) :])[0], value))
+                    if len(entries) == limit:
+                        break
+        return entries
+
+    def truncate_log(self, txn: Txn, origin: str, upto: int) -> int:
+        """Delete ``origin``'s entries with seq <= ``upto`` (all peers have them); return the count."""
+        prefix = _check_origin(origin) + _SEP
+        removed = 0
+        with txn.cursor(db=self.dbs["log"]) as cur:
+            found = cur.set_range(prefix)
+            while found:
+                key = cur.key()
+                if not key.startswith(prefix) or _U64.unpack(key[len(prefix) :])[0] > upto:
+                    break
+                # delete() moves the cursor to the next entry; past the end it reports no key.
+                cur.delete()
+                removed += 1
+                found = bool(cur.key())
+        return removed
+
+    def acked(self, txn: Txn, peer: str) -> dict[str, int]:
+        """What ``peer`` acknowledged: origin -> highest seq."""
+        return self._scan_u64(txn, _META_ACK + _check_origin(peer) + _SEP)
+
+    def set_acked(self, txn: Txn, peer: str, vector: dict[str, int]) -> None:
+        """Raise ``peer``'s acknowledged vector (never lowers an entry: acks are monotonic)."""
+        base = _META_ACK + _check_origin(peer) + _SEP
+        for origin, seq in vector.items():
+            key = base + _check_origin(origin)
+            old = txn.get(key, db=self.dbs["meta"])
+            if old is None or _U64.unpack(old)[0] < seq:
+                txn.put(key, _U64.pack(seq), db=self.dbs["meta"])
+
+    # Public methods for the change feed.
+
+    def next_feed_seq(self, txn: Txn) -> int:
+        """Reserve the next local feed sequence number (global to the replica, never reused here)."""
+        raw = txn.get(_META_FEED_SEQ, db=self.dbs["meta"])
+        seq = (0 if raw is None else _U64.unpack(raw)[0]) + 1
+        txn.put(_META_FEED_SEQ, _U64.pack(seq), db=self.dbs["meta"])
+        return seq
+
+    def put_feed(self, txn: Txn, doc_id: str, seq: int, record: bytes) -> None:
+        txn.put(self._feed_key(doc_id, seq), record, db=self.dbs["feed"])
+
+    def get_feed(self, txn: Txn, doc_id: str, seq: int) -> bytes | None:
+        return txn.get(self._feed_key(doc_id, seq), db=self.dbs["feed"])
+
+    def feed_range(self, txn: Txn, doc_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` feed records of ``doc_id`` with seq > ``after``, in order."""
+        prefix = check_doc_id(doc_id) + _SEP
+        records: list[tuple[int, bytes]] = []
+        with txn.cursor(db=self.dbs["feed"]) as cur:
+            if cur.set_range(prefix + _U64.pack(after + 1)):
+                for key, value in cur:
+                    if not key.startswith(prefix) or len(records) == limit:
+                        break
+                    records.append((_U64.unpack(key[len(prefix) :])[0], value))
+        return records
+
+    def feed_before(self, txn: Txn, doc_id: str, before: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` feed records of ``doc_id`` with seq < ``before``, newest first."""
+        prefix = check_doc_id(doc_id) + _SEP
+        records: list[tuple[int, bytes]] = []
+        with txn.cursor(db=self.dbs["feed"]) as cur:
+            # Position on the first key >= (doc, before), then step back.
+            found = cur.prev() if cur.set_range(prefix + _U64.pack(before)) else cur.last()
+            while found and len(records) < limit:
+                key = cur.key()
+                if not key.startswith(prefix):
+                    break
+                records.append((_U64.unpack(key[len(prefix) :])[0], cur.value()))
+                found = cur.prev()
+        return records
+
+    def last_feed_seq(self, txn: Txn, doc_id: str) -> int:
+        """The seq of the newest feed record of ``doc_id`` (0 if none)."""
+        prefix = check_doc_id(doc_id) + _SEP
+        with txn.cursor(db=self.dbs["feed"]) as cur:
+            # Ids never contain NUL, so prefix + 0xff.. is past every key of this document.
+            if cur.set_range(prefix + b"\xff" * 8):
+                found = cur.prev()
+            else:
+                found = cur.last()
+            if found and cur.key().startswith(prefix):
+                return int(_U64.unpack(cur.key()[len(prefix) :])[0])
+        return 0
+
+    # Public methods for the clock.
+
+    def get_hlc(self, txn: Txn) -> int:
+        raw = txn.get(_META_HLC, db=self.dbs["meta"])
+        return 0 if raw is None else _U64.unpack(raw)[0]
+
+    def set_hlc(self, txn: Txn, ts: int) -> None:
+        txn.put(_META_HLC, _U64.pack(ts), db=self.dbs["meta"])
+
+    # Private methods.
+
+    def _bucket_key(self, doc_id: str) -> bytes:
+        return _U32.pack(self.shape.bucket(doc_id)) + check_doc_id(doc_id)
+
+    def _feed_key(self, doc_id: str, seq: int) -> bytes:
+        return check_doc_id(doc_id) + _SEP + _U64.pack(seq)
+
+    def _log_key(self, origin: str, seq: int) -> bytes:
+        return _check_origin(origin) + _SEP + _U64.pack(seq)
+
+    def _put_log(self, txn: Txn, entry: LogEntry) -> None:
+        txn.put(self._log_key(entry.origin, entry.seq), entry.encode_value(), db=self.dbs["log"])
+
+    def _set_seq(self, txn: Txn, origin: str, seq: int) -> None:
+        txn.put(_META_VV + _check_origin(origin), _U64.pack(seq), db=self.dbs["meta"])
+
+    def _scan_u64(self, txn: Txn, prefix: bytes) -> dict[str, int]:
+        out: dict[str, int] = {}
+        with txn.cursor(db=self.dbs["meta"]) as cur:
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    out[key[len(prefix) :].decode()] = _U64.unpack(value)[0]
+        return out

@@ -1,0 +1,136 @@
+"""The crdtstore command: settings precedence, token handling, and `up` as a real process."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from crdtstore.api.auth import Scope, parse_token_file
+from crdtstore.cli import UP_REGIONS, ensure_token, main, plan_up
+from crdtstore.client import Client
+from crdtstore.config import SETTINGS, ConfigError, ServeConfig, resolve
+from tests.server_helpers import child_env
+
+NO_FLAGS = {s.name: None for s in SETTINGS}
+
+
+def test_defaults_are_loopback_and_durable() -> None:
+    config = resolve(NO_FLAGS, env={})
+    assert config == ServeConfig()
+    assert config.host == "127.0.0.1" and config.no_sync is False
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('region = "file"\nport = 1111\nhost = "127.0.0.2"\nno-sync = true\ndata = "fromfile"\n')
+    env = {"CRDTSTORE_PORT": "2222", "CRDTSTORE_HOST": "127.0.0.3", "CRDTSTORE_CONFIG": str(toml)}
+    flags = NO_FLAGS | {"port": "3333"}
+    config = resolve(flags, env=env)
+    assert config.port == 3333  # flag
+    assert config.host == "127.0.0.3"  # env over file
+    assert config.region == "file" and config.no_sync is True  # file over defaults
+    assert config.data == Path("fromfile")
+    assert config.timeout_keep_alive == ServeConfig().timeout_keep_alive  # default
+    # An explicit --config wins over CRDTSTORE_CONFIG.
+    other = tmp_path / "o.toml"
+    other.write_text('region = "other"\n')
+    assert resolve(NO_FLAGS, env=env, config_file=other).region == "other"
+
+
+def test_every_setting_has_flag_env_and_file_spellings(tmp_path: Path) -> None:
+    names = {s.name for s in SETTINGS}
+    assert names == {f for f in ServeConfig.__dataclass_fields__}
+    assert {s.env for s in SETTINGS} >= {"CRDTSTORE_REGION", "CRDTSTORE_NO_SYNC", "CRDTSTORE_TOKENS_FILE"}
+    # CRDTSTORE_TOKENS is the inline token list, never a setting's variable.
+    assert "CRDTSTORE_TOKENS" not in {s.env for s in SETTINGS}
+
+
+@pytest.mark.parametrize(
+    ("env", "toml"),
+    [
+        ({"CRDTSTORE_PORT": "eighty"}, None),
+        ({"CRDTSTORE_NO_SYNC": "maybe"}, None),
+        ({"CRDTSTORE_REGION": "bad region!"}, None),
+        ({"CRDTSTORE_ANONYMOUS": "admin"}, None),
+        ({"CRDTSTORE_CERTFILE": "c.pem"}, None),  # without a key
+        ({}, "prot = 1\n"),  # a typo is an error, not a silent default
+        ({}, "port = \n"),
+    ],
+)
+def test_bad_settings_are_config_errors(tmp_path: Path, env: dict[str, str], toml: str | None) -> None:
+    path = None
+    if toml is not None:
+        path = tmp_path / "c.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError):
+        resolve(NO_FLAGS, env=env, config_file=path)
+
+
+def test_main_reports_config_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(["serve", "--port", "x", "--data", str(tmp_path)])
+    assert code == 2
+    assert "--port" in capsys.readouterr().err
+    code = main(["serve", "--tokens", str(tmp_path / "missing"), "--data", str(tmp_path)])
+    assert code == 2
+
+
+def test_up_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
+    token = ensure_token(tmp_path / "data")
+    path = tmp_path / "data" / "tokens"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert parse_token_file(path.read_text()) == {token: Scope.READWRITE}
+    assert ensure_token(tmp_path / "data") == token
+
+
+def test_up_plan_one_directory_and_port_per_region(tmp_path: Path) -> None:
+    plans = plan_up(tmp_path, host="127.0.0.1", base_port=9000)
+    assert [p.region for p in plans] == list(UP_REGIONS)
+    assert [p.port for p in plans] == list(range(9000, 9000 + len(UP_REGIONS)))
+    assert len({p.data for p in plans}) == len(plans)
+    assert all(p.host == "127.0.0.1" and p.tokens == tmp_path / "tokens" for p in plans)
+
+
+@pytest.mark.slow
+def test_up_runs_a_node_and_prints_url_and_token(tmp_path: Path) -> None:
+    out = tmp_path / "out.log"
+    with out.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crdtstore.cli", "up", "--port", "0"],
+            cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        token, url = None, None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (token is None or url is None):
+            assert proc.poll() is None, out.read_text()
+            for line in out.read_text().splitlines():
+                if line.startswith("token "):
+                    token = line.rsplit(" ", 1)[1]
+                if line.startswith(f"crdtstore up: region {UP_REGIONS[0]} at "):
+                    url = line.rsplit(" ", 1)[1]
+            time.sleep(0.05)
+        assert token and url, out.read_text()
+        assert (tmp_path / "data" / "tokens").exists()
+        with Client(url, token) as client:
+            for _ in range(200):  # bounded wait for the lifespan
+                if client.ready():
+                    break
+                time.sleep(0.05)
+            assert client.apply("hello", [{"op": "set", "path": ["from"], "value": "up"}]).created
+            assert client.read("hello").value == {"from": "up"}
+        assert (tmp_path / "data" / UP_REGIONS[0]).is_dir()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, 9)
+                proc.wait(timeout=30)
+    assert proc.returncode == 0

@@ -1,0 +1,315 @@
+"""Tests of the group-commit writer (crdtstore.commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed
+from crdtstore.storage import Storage, StorageFull
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def open_storage(path: Path, **kw: Any) -> Storage:
+    c = itertools.count(1)
+    return Storage.open(path, region="eu", random_id=lambda: f"n{next(c)}", **kw)
+
+
+class Harness:
+    """A storage plus a started writer; ``block()`` parks the writer thread until ``release()``."""
+
+    def __init__(self, path: Path, **kw: Any) -> None:
+        writer_kw = {k: kw.pop(k) for k in ("max_queue", "max_batch") if k in kw}
+        self.storage = open_storage(path, **kw)
+        self.writer = GroupCommitWriter(self.storage, **writer_kw)
+        self.gate = threading.Event()
+        self.parked = threading.Event()
+
+    async def __aenter__(self) -> Harness:
+        self.writer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.gate.set()
+        await self.writer.close()
+        self.storage.close()
+
+    def block(self) -> asyncio.Future[None]:
+        """Occupy the writer with a request that waits for ``release()``."""
+
+        def fn(ctx: WriteContext) -> None:
+            self.parked.set()
+            self.gate.wait()
+
+        future = self.writer.submit(fn)
+        return future
+
+    async def parked_writer(self) -> None:
+        await asyncio.to_thread(self.parked.wait)
+
+    def release(self) -> None:
+        self.gate.set()
+
+    def put(self, key: bytes, value: bytes) -> Callable[[WriteContext], bytes]:
+        def fn(ctx: WriteContext) -> bytes:
+            ctx.txn.put(key, value, db=ctx.storage.dbs["docs"])
+            return key
+
+        return fn
+
+    def get(self, key: bytes) -> bytes | None:
+        with self.storage.read() as txn:
+            return txn.get(key, db=self.storage.dbs["docs"])
+
+
+def test_concurrent_submits_share_commits(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            first = h.block()
+            await h.parked_writer()
+            futures = [h.writer.submit(h.put(b"k%d" % i, b"v%d" % i)) for i in range(50)]
+            assert h.writer.pending == 50
+            h.release()
+            assert await asyncio.gather(*futures) == [b"k%d" % i for i in range(50)]
+            await first
+            stats = h.writer.stats()
+            # 51 requests: the blocker alone, then everything that queued behind it in one transaction.
+            assert stats["requests"] == 51
+            assert stats["commits"] == 2
+            assert stats["max_batch_size"] == 50
+            assert all(h.get(b"k%d" % i) == b"v%d" % i for i in range(50))
+
+    run(main)
+
+
+def test_max_batch_bounds_a_transaction(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r", max_batch=8) as h:
+            h.block()
+            await h.parked_writer()
+            futures = [h.writer.submit(h.put(b"k%d" % i, b"v")) for i in range(20)]
+            h.release()
+            await asyncio.gather(*futures)
+            stats = h.writer.stats()
+            assert stats["max_batch_size"] == 8
+            assert stats["commits"] == 1 + 3  # 8 + 8 + 4
+
+    run(main)
+
+
+def test_failing_request_does_not_lose_its_batch_mates(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+
+            def bad(ctx: WriteContext) -> None:
+                ctx.on_abort(lambda: events.append("bad aborted"))
+                ctx.on_commit(lambda: events.append("bad committed"))
+                ctx.txn.put(b"bad", b"written before the error", db=ctx.storage.dbs["docs"])
+                raise KeyError("boom")
+
+            def good(name: bytes) -> Callable[[WriteContext], bytes]:
+                put = h.put(name, b"ok")
+
+                def fn(ctx: WriteContext) -> bytes:
+                    ctx.on_commit(lambda: events.append(f"{name.decode()} committed"))
+                    ctx.on_abort(lambda: events.append(f"{name.decode()} aborted"))
+                    return put(ctx)
+
+                return fn
+
+            h.block()
+            await h.parked_writer()
+            f1 = h.writer.submit(good(b"g1"))
+            f2 = h.writer.submit(bad)
+            f3 = h.writer.submit(good(b"g2"))
+            h.release()
+            assert await f1 == b"g1"
+            with pytest.raises(KeyError, match="boom"):
+                await f2
+            assert await f3 == b"g2"
+            assert h.get(b"g1") == b"ok" and h.get(b"g2") == b"ok"
+            assert h.get(b"bad") is None
+            assert h.writer.stats()["commits"] == 2
+            assert h.writer.stats()["failed_requests"] == 1
+
+    run(main)
+    assert events == ["bad aborted", "g1 committed", "g2 committed"]
+
+
+def test_on_commit_runs_on_the_loop_before_the_future_resolves(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            loop_thread = threading.get_ident()
+            seen: list[tuple[int, bool]] = []
+            future: asyncio.Future[None]
+
+            def fn(ctx: WriteContext) -> None:
+                assert threading.get_ident() != loop_thread
+                ctx.on_commit(lambda: seen.append((threading.get_ident(), future.done())))
+
+            future = h.writer.submit(fn)
+            await future
+            assert seen == [(loop_thread, False)]
+
+    run(main)
+
+
+def test_queue_is_bounded(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r", max_queue=3) as h:
+            h.block()
+            await h.parked_writer()
+            queued = [h.writer.submit(h.put(b"k%d" % i, b"v")) for i in range(3)]
+            with pytest.raises(Overloaded):
+                h.writer.submit(h.put(b"over", b"v"))
+            h.release()
+            await asyncio.gather(*queued)
+            assert h.get(b"over") is None
+            await h.writer.submit(h.put(b"later", b"v"))  # room again
+
+    run(main)
+
+
+def test_map_full_grows_and_retries_the_batch(tmp_path: Path) -> None:
+    calls: list[bytes] = []
+    aborted: list[bytes] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r", map_size=256 << 10, max_map_size=16 << 20) as h:
+
+            def big(name: bytes) -> Callable[[WriteContext], bytes]:
+                def fn(ctx: WriteContext) -> bytes:
+                    calls.append(name)
+                    ctx.on_abort(lambda: aborted.append(name))
+                    ctx.txn.put(name, b"x" * (400 << 10), db=ctx.storage.dbs["docs"])
+                    return name
+
+                return fn
+
+            h.block()
+            await h.parked_writer()
+            futures = [h.writer.submit(big(b"a")), h.writer.submit(big(b"b"))]
+            h.release()
+            assert await asyncio.gather(*futures) == [b"a", b"b"]
+            assert len(h.get(b"a") or b"") == len(h.get(b"b") or b"") == 400 << 10
+            assert h.storage.info()["map_size"] > 256 << 10
+            assert h.writer.stats()["retried_batches"] >= 1
+
+    run(main)
+    # Every retry re-ran the functions after rolling the earlier attempt back.
+    assert calls.count(b"a") > 1
+    for name in (b"a", b"b"):
+        assert aborted.count(name) == calls.count(name) - 1  # the last run committed
+
+
+def test_storage_full_at_the_cap_is_never_acknowledged(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r", map_size=256 << 10, max_map_size=1 << 20) as h:
+            await h.writer.submit(h.put(b"before", b"kept"))
+            h.block()
+            await h.parked_writer()
+            small = h.writer.submit(h.put(b"small", b"fits"))
+            huge = h.writer.submit(h.put(b"huge", b"x" * (2 << 20)))
+            h.release()
+            with pytest.raises(StorageFull):
+                await huge
+            # The batch-mate that fits on its own still commits.
+            assert await small == b"small"
+            assert h.get(b"huge") is None
+            assert h.get(b"before") == b"kept" and h.get(b"small") == b"fits"
+            assert h.storage.info()["map_size"] == 1 << 20
+            assert h.writer.stats()["storage_full"] == 1
+
+    run(main)
+    # Nothing of the refused write survives a reopen either.
+    s = open_storage(tmp_path / "r")
+    try:
+        with s.read() as txn:
+            assert txn.get(b"huge", db=s.dbs["docs"]) is None
+            assert txn.get(b"small", db=s.dbs["docs"]) == b"fits"
+    finally:
+        s.close()
+
+
+def test_close_drains_the_queue(tmp_path: Path) -> None:
+    async def main() -> None:
+        h = Harness(tmp_path / "r")
+        h.writer.start()
+        h.block()
+        await h.parked_writer()
+        futures = [h.writer.submit(h.put(b"k%d" % i, b"v")) for i in range(10)]
+        closing = asyncio.ensure_future(h.writer.close())
+        await asyncio.sleep(0)
+        with pytest.raises(WriterClosed):
+            h.writer.submit(h.put(b"late", b"v"))
+        h.release()
+        await closing
+        # close() returned: every queued write is committed and its future resolved.
+        assert all(f.done() and not f.exception() for f in futures)
+        assert h.get(b"k9") == b"v" and h.get(b"late") is None
+        await h.writer.close()  # idempotent
+        h.storage.close()
+
+    run(main)
+
+
+def test_cancelled_caller_does_not_undo_the_write(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            h.block()
+            await h.parked_writer()
+            future = h.writer.submit(h.put(b"k", b"v"))
+            future.cancel()
+            h.release()
+            await h.writer.submit(h.put(b"after", b"v"))
+            assert h.get(b"k") == b"v"
+
+    run(main)
+
+
+def test_observers_see_every_commit(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            h.writer.observers.append(lambda size, seconds: seen.append(size))
+            h.writer.observers.append(lambda size, seconds: 1 / 0)  # a broken observer is contained
+            for i in range(3):
+                await h.writer.submit(h.put(b"k%d" % i, b"v"))
+            assert h.writer.stats()["commits"] == 3
+
+    run(main)
+    assert seen == [1, 1, 1]
+
+
+def test_submit_needs_a_started_writer(tmp_path: Path) -> None:
+    async def main() -> None:
+        s = open_storage(tmp_path / "r")
+        w = GroupCommitWriter(s)
+        with pytest.raises(WriterClosed):
+            w.submit(lambda ctx: None)
+        w.start()
+        with pytest.raises(RuntimeError):
+            w.start()
+        await w.close()
+        s.close()
+
+    run(main)
+    with pytest.raises(ValueError):
+        GroupCommitWriter(None, max_queue=0)  # type: ignore[arg-type]

@@ -1,0 +1,665 @@
+"""Tests of the region node facade (crdtstore.node) against the real CRDT core."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore import codec
+from crdtstore.commit import WriteContext
+from crdtstore.document import Document
+from crdtstore.errors import DecodeError, InvalidOp, InvalidVersion, TypeMismatch
+from crdtstore.merkle import EMPTY, diff
+from crdtstore.node import (
+    DocumentNotFound,
+    InvalidCursor,
+    InvalidDocumentId,
+    Node,
+    NodeConfig,
+    NodeNotRunning,
+    Overloaded,
+    ReadResult,
+    StorageFull,
+    WriteResult,
+    _DocCache,
+)
+from crdtstore.version import decode_version
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+_ids = itertools.count(1)
+
+
+def random_id() -> str:
+    return f"r{next(_ids)}"
+
+
+def make_node(path: Path, clock: Callable[[], float] | None = None, **kw: Any) -> Node:
+    kw.setdefault("merkle_depth", 2)  # small trees keep the tests quick; behaviour is shape-independent
+    return Node(NodeConfig(region="eu", data_dir=path, **kw), clock=clock or (lambda: 1000.0), random_id=random_id)
+
+
+async def started(path: Path, **kw: Any) -> Node:
+    node = make_node(path, **kw)
+    await node.start()
+    return node
+
+
+def set_op(path: str, value: Any) -> dict[str, Any]:
+    return {"op": "set", "path": [path], "value": value}
+
+
+async def take(it: AsyncIterator[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    return [await anext(it) for _ in range(n)]
+
+
+def block_writer(node: Node) -> tuple[asyncio.Future[None], threading.Event, threading.Event]:
+    """Park the node's writer thread so that the next requests queue up behind it."""
+    parked, gate = threading.Event(), threading.Event()
+
+    def fn(ctx: WriteContext) -> None:
+        parked.set()
+        gate.wait()
+
+    return node.writer.submit(fn), parked, gate
+
+
+# Writes and reads.
+
+
+def test_apply_then_read(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            first = await node.apply("doc", [set_op("a", 1), {"op": "increment", "path": ["n"], "by": 5}])
+            assert isinstance(first, WriteResult) and first.created
+            second = await node.apply("doc", [set_op("b", [1, 2])])
+            assert not second.created
+            got = await node.read("doc")
+            assert got == ReadResult(
+                value={"a": 1, "b": [1, 2], "n": 5}, version=second.version, siblings={"a": [1], "b": [[1, 2]], "n": 5}
+            )
+            assert decode_version(got.version).contains_context(decode_version(first.version))
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_rejected_batch_writes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            ok = await node.apply("doc", [set_op("a", 1)])
+            before = node.stats()
+            with pytest.raises(TypeMismatch) as info:
+                await node.apply("doc", [set_op("b", 2), {"op": "increment", "path": ["a"]}])
+            assert info.value.op_index == 1  # the core's error, unchanged
+            with pytest.raises(InvalidOp):
+                await node.apply("fresh", [])
+            after = node.stats()
+            assert (await node.read("doc")).version == ok.version
+            assert (await node.read("doc")).value == {"a": 1}
+            with pytest.raises(DocumentNotFound):
+                await node.read("fresh")
+            assert await node.version_vector() == {node.replica_id: 1}
+            assert after["documents"] == before["documents"] == 1
+            # The next write sees the committed state, not a half-applied cached one.
+            await node.apply("doc", [set_op("c", 3)])
+            assert (await node.read("doc")).value == {"a": 1, "c": 3}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 257, "a\x00b"])
+def test_refuses_bad_ids(tmp_path: Path, bad: str) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            with pytest.raises(InvalidDocumentId):
+                await node.apply(bad, [set_op("a", 1)])
+            with pytest.raises(InvalidDocumentId):
+                await node.read(bad)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_acknowledged_writes_survive_reopen_and_epoch_bumps(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        first_id = node.replica_id
+        base, epoch, _ = first_id.rsplit(".", 2)
+        assert base.startswith("eu-") and epoch == "1"
+        results = await asyncio.gather(*(node.apply(f"d{i}", [set_op("i", i)]) for i in range(20)))
+        await node.close()
+
+        node = await started(tmp_path / "n")
+        try:
+            assert node.replica_id.startswith(f"{base}.2.")
+            for i, result in enumerate(results):
+                assert await node.read(f"d{i}") == ReadResult({"i": i}, result.version, {"i": [i]})
+            # Writing again mints under the new id: no dot of the first run is reused.
+            after = await node.apply("d0", [set_op("i", 100)])
+            ctx = decode_version(after.version)
+            assert ctx.max_counter(first_id) == 1 and ctx.max_counter(node.replica_id) == 1
+            assert await node.version_vector() == {first_id: 20, node.replica_id: 1}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_lww_stays_monotonic_when_the_wall_clock_goes_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", clock=lambda: 2_000_000.0)
+        await node.apply("doc", [{"op": "set", "path": ["x"], "value": "early", "lww": True}])
+        await node.close()
+        node = await started(tmp_path / "n", clock=lambda: 1_000.0)  # clock far behind now
+        try:
+            await node.apply("doc", [{"op": "set", "path": ["x"], "value": "late", "lww": True}])
+            assert (await node.read("doc")).value == {"x": "late"}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_list_pages(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            for name in ["a/1", "a/2", "a/3", "b/1"]:
+                await node.apply(name, [set_op("x", 1)])
+            assert await node.list("a/", None, 2) == (["a/1", "a/2"], "a/2")
+            assert await node.list("a/", "a/2", 2) == (["a/3"], None)
+            assert await node.list("", None, 10) == (["a/1", "a/2", "a/3", "b/1"], None)
+            with pytest.raises(ValueError):
+                await node.list("", None, 0)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+# Group commit through the node.
+
+
+def test_concurrent_applies_share_commits_and_failures_stay_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.apply("typed", [{"op": "increment", "path": ["n"]}])
+            blocker, parked, gate = block_writer(node)
+            await asyncio.to_thread(parked.wait)
+            commits_before = node.writer.stats()["commits"]
+            good = [asyncio.ensure_future(node.apply(f"d{i}", [set_op("i", i)])) for i in range(30)]
+            bad = asyncio.ensure_future(node.apply("typed", [set_op("n", "not a counter")]))
+            await asyncio.sleep(0)  # let every apply reach the queue
+            assert node.writer.pending == 31
+            gate.set()
+            await blocker
+            assert all(result.created for result in await asyncio.gather(*good))
+            with pytest.raises(TypeMismatch):
+                await bad
+            # 31 requests behind the blocker went into one commit.
+            assert node.writer.stats()["commits"] - commits_before == 2
+            assert (await node.read("d29")).value == {"i": 29}
+            assert (await node.read("typed")).value == {"n": 1}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_storage_full_is_never_acknowledged(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", map_size=256 << 10, max_map_size=1 << 20)
+        try:
+            await node.apply("small", [set_op("a", 1)])
+            before = node.stats()
+            with pytest.raises(StorageFull):
+                await node.apply("huge", [set_op("blob", ["x" * (1 << 19)] * 4)])  # 2 MiB > the cap
+            with pytest.raises(DocumentNotFound):
+                await node.read("huge")
+            assert await node.version_vector() == {node.replica_id: 1}
+            assert node.stats()["documents"] == before["documents"]
+            assert (await node.read("small")).value == {"a": 1}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_growth_retry_does_not_apply_a_cached_document_twice(tmp_path: Path) -> None:
+    """A batch retried after MapFull re-runs every request; a cached doc mutated by the first run is dropped."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n", map_size=256 << 10, max_map_size=64 << 20)
+        try:
+            await node.apply("counter", [{"op": "increment", "path": ["n"]}])  # now cached
+            blocker, parked, gate = block_writer(node)
+            await asyncio.to_thread(parked.wait)
+            inc = asyncio.ensure_future(node.apply("counter", [{"op": "increment", "path": ["n"]}]))
+            big = asyncio.ensure_future(node.apply("big", [set_op("blob", "x" * (600 << 10))]))
+            await asyncio.sleep(0)
+            gate.set()
+            await asyncio.gather(blocker, inc, big)
+            assert node.writer.stats()["retried_batches"] >= 1
+            assert (await node.read("counter")).value == {"n": 2}
+            assert await node.version_vector() == {node.replica_id: 3}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_document_cache_stays_bounded(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", cache_docs=4, cache_bytes=4096)
+        try:
+            for i in range(40):
+                await node.apply(f"d{i % 13}", [{"op": "increment", "path": ["n"]}])
+                cache = node.stats()["cache"]
+                assert cache["docs"] <= 4 and cache["bytes"] <= 4096
+            await node.apply("large", [set_op("blob", "x" * 8000)])  # bigger than the byte budget: not cached
+            cache = node.stats()["cache"]
+            assert cache["docs"] <= 4 and cache["bytes"] <= 4096
+            assert cache["hits"] == 0  # 13 documents in rotation never fit a cache of 4
+            for _ in range(3):
+                await node.apply("hot", [{"op": "increment", "path": ["n"]}])
+            assert node.stats()["cache"]["hits"] == 2  # a hot document is decoded once
+            assert node.stats()["documents"] == 15
+            assert (await node.read("d0")).value == {"n": 4}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+# Deletion.
+
+
+def test_delete_and_recreate_never_reuses_dots(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            created = await node.apply("doc", [set_op("a", 1), set_op("b", 2)])
+            root_with_doc = await node.merkle_root()
+            await node.delete("doc")
+            with pytest.raises(DocumentNotFound):
+                await node.read("doc")
+            with pytest.raises(DocumentNotFound):
+                await node.delete("doc")
+            with pytest.raises(DocumentNotFound):
+                await node.delete("never")
+            assert await node.list("", None, 10) == ([], None)
+            assert await node.merkle_root() == EMPTY != root_with_doc
+            again = await node.apply("doc", [set_op("c", 3)])
+            assert again.created
+            assert (await node.read("doc")).value == {"c": 3}  # nothing of before the delete comes back
+            old, new = decode_version(created.version), decode_version(again.version)
+            assert new.contains_context(old)  # history continued ...
+            assert new.max_counter(node.replica_id) > old.max_counter(node.replica_id)  # ... with fresh dots
+            # The clearing delta was logged for the replicator: three local deltas in all.
+            assert await node.version_vector() == {node.replica_id: 3}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+# The change feed.
+
+
+def test_feed_replays_history_then_follows_live_commits(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            v1 = await node.apply("doc", [set_op("a", 1)])
+            await node.apply("other", [set_op("z", 0)])
+            v2 = await node.apply("doc", [set_op("a", 2)])
+            feed = node.changes("doc", None)
+            history = await take(feed, 2)
+            assert [r["version"] for r in history] == [v1.version, v2.version]
+            assert all(r["type"] == "change" and r["origin"] == node.replica_id for r in history)
+            # The record carries the logged delta as JSON.
+            logged = (await node.log_range(node.replica_id, 0, 1))[0]
+            assert logged.doc_id == "doc"
+            assert codec.decode_delta(orjson.dumps(history[0]["delta"])) == codec.decode_delta(logged.delta)
+            assert history[0]["seq"] < history[1]["seq"]
+            pending = asyncio.ensure_future(anext(feed))
+            await asyncio.sleep(0)
+            v3 = await node.apply("doc", [{"op": "increment", "path": ["n"]}])
+            live = await pending
+            assert live["version"] == v3.version and live["seq"] > history[1]["seq"]
+            await feed.aclose()
+            assert node.stats()["subscribers"] == 0
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_feed_resumes_from_a_cursor_without_gaps_or_repeats(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", feed_page=3)
+        try:
+            versions = [(await node.apply("doc", [set_op("a", i)])).version for i in range(10)]
+            feed = node.changes("doc", None)
+            head = await take(feed, 4)
+            await feed.aclose()
+            rest_feed = node.changes("doc", head[-1]["cursor"])
+            rest = await take(rest_feed, 6)  # spans several history pages
+            assert [r["version"] for r in head + rest] == versions
+            pending = asyncio.ensure_future(anext(rest_feed))
+            await asyncio.sleep(0)
+            last = await node.apply("doc", [set_op("a", "live")])
+            assert (await pending)["version"] == last.version
+            await rest_feed.aclose()
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_feed_resumes_from_a_read_version(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            for i in range(5):
+                await node.apply("doc", [set_op("a", i)])
+            seen = await node.read("doc")
+            later = await node.apply("doc", [set_op("a", "after the read")])
+            feed = node.changes("doc", seen.version)
+            assert (await anext(feed))["version"] == later.version
+            await feed.aclose()
+            # A token from the start sees everything; an empty doc's token likewise.
+            feed = node.changes("doc", "v1.e30")
+            assert len(await take(feed, 6)) == 6
+            await feed.aclose()
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_feed_survives_reopen_and_detects_a_foreign_timeline(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        await node.apply("doc", [set_op("a", 1)])
+        feed = node.changes("doc", None)
+        cursor = (await anext(feed))["cursor"]
+        await feed.aclose()
+        await node.apply("doc", [set_op("a", 2)])
+        await node.close()
+
+        node = await started(tmp_path / "n")
+        try:
+            feed = node.changes("doc", cursor)  # a cursor from before the restart stays valid
+            assert (await anext(feed))["delta"] is not None
+            await feed.aclose()
+            forged = cursor.split(".")
+            forged[-1] = "someoneelse"
+            feed = node.changes("doc", ".".join(forged))
+            resync = await anext(feed)
+            assert resync["type"] == "resync" and resync["value"] == {"a": 2} and resync["exists"]
+            live = asyncio.ensure_future(anext(feed))
+            await asyncio.sleep(0)
+            await node.apply("doc", [set_op("a", 3)])
+            assert (await live)["seq"] > resync["seq"]
+            await feed.aclose()
+            # Bad tokens fail on the call, before any streaming starts.
+            for bad in ["nonsense", "f1.x.y", "f1.12", "f1.12."]:
+                with pytest.raises(InvalidCursor):
+                    node.changes("doc", bad)
+            with pytest.raises(InvalidVersion):
+                node.changes("doc", "v1.!!!")
+            with pytest.raises(InvalidDocumentId):
+                node.changes("", None)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_slow_subscriber_gets_a_resync_not_unbounded_memory(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", feed_queue=3)
+        try:
+            await node.apply("doc", [{"op": "increment", "path": ["n"]}])
+            feed = node.changes("doc", None)
+            await anext(feed)  # history done; the subscriber now reads live records
+            pending = asyncio.ensure_future(anext(feed))
+            await asyncio.sleep(0)
+            await node.apply("doc", [{"op": "increment", "path": ["n"]}])
+            assert (await pending)["type"] == "change"
+            # Fall behind: ten commits while not reading.
+            for _ in range(10):
+                await node.apply("doc", [{"op": "increment", "path": ["n"]}])
+            resync = await anext(feed)
+            assert resync["type"] == "resync" and resync["value"] == {"n": 12}
+            pending = asyncio.ensure_future(anext(feed))
+            await asyncio.sleep(0)
+            final = await node.apply("doc", [{"op": "increment", "path": ["n"]}])
+            record = await pending
+            assert record["type"] == "change" and record["version"] == final.version
+            await feed.aclose()
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_feed_records_deletes_and_ends_on_close(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        await node.apply("doc", [set_op("a", 1)])
+        feed = node.changes("doc", None)
+        await anext(feed)
+        pending = asyncio.ensure_future(anext(feed))
+        await asyncio.sleep(0)
+        await node.delete("doc")
+        deleted = await pending
+        assert deleted["type"] == "delete" and deleted["version"]
+        pending = asyncio.ensure_future(anext(feed))
+        await asyncio.sleep(0)
+        await node.close()
+        with pytest.raises(StopAsyncIteration):
+            await pending
+
+    run(main)
+
+
+# Replicator hooks.
+
+
+def test_remote_deltas_converge_two_nodes(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            await a.apply("doc", [set_op("x", 1)])
+            await a.apply("doc", [{"op": "add", "path": ["tags"], "value": "red"}])
+            await a.apply("doc", [{"op": "increment", "path": ["n"], "by": 3}])
+            await b.apply("doc", [{"op": "increment", "path": ["n"], "by": 4}])
+            entries = await a.log_range(a.replica_id, 0, 100)
+            assert [e.seq for e in entries] == [1, 2, 3]
+            feed = b.changes("doc", None)
+            await anext(feed)
+            # Out of order and duplicated: joins commute, the log keeps each delta once.
+            for entry in [entries[2], entries[0], entries[2], entries[1]]:
+                await b.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
+            assert await b.apply_remote(entries[0].origin, 1, "doc", entries[0].delta) is False
+            assert (await b.read("doc")).value == {"x": 1, "tags": ["red"], "n": 7}
+            assert (await b.version_vector())[a.replica_id] == 3
+            remote = await anext(feed)
+            assert remote["origin"] == a.replica_id and remote["origin_seq"] == 3
+            await feed.aclose()
+            with pytest.raises(DecodeError):
+                await b.apply_remote(a.replica_id, 4, "doc", b"garbage")
+            assert (await b.version_vector())[a.replica_id] == 3
+            # And back: A gets B's delta; then both hold the same state and the same Merkle tree.
+            for entry in await b.log_range(b.replica_id, 0, 100):
+                assert await a.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
+            assert await a.read_state("doc") == await b.read_state("doc")
+            assert await a.merkle_root() == await b.merkle_root()
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_merkle_repair_with_full_states(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            for i in range(10):
+                await a.apply(f"d{i}", [set_op("i", i)])
+            for i in range(5):
+                state = await a.read_state(f"d{i}")
+                assert state is not None and await b.merge_state(f"d{i}", state)
+            assert await b.merge_state("d0", await a.read_state("d0") or b"") is False  # already there
+
+            class Remote:
+                """Reads one node's tree synchronously, as a replicator's proxy would."""
+
+                def __init__(self, node: Node) -> None:
+                    self.node = node
+                    self.shape = node.storage.shape
+
+                def root(self) -> bytes:
+                    with self.node.storage.read() as txn:
+                        return self.node.storage.merkle(txn).root()
+
+                def children(self, level: int, index: int) -> list[bytes]:
+                    with self.node.storage.read() as txn:
+                        return self.node.storage.merkle(txn).children(level, index)
+
+            buckets = diff(Remote(a), Remote(b))
+            assert sorted(buckets) == sorted({a.storage.shape.bucket(f"d{i}") for i in range(5, 10)})
+            for bucket in buckets:
+                for doc_id, _ in await a.bucket_items(bucket):
+                    await b.merge_state(doc_id, await a.read_state(doc_id) or b"")
+            assert await a.merkle_root() == await b.merkle_root()
+            assert await a.merkle_children(0, 0) == await b.merkle_children(0, 0)
+            assert (await b.read("d7")).value == {"i": 7}
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_remote_delta_on_a_deleted_document(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            await a.apply("doc", [set_op("x", 1)])
+            old = (await a.log_range(a.replica_id, 0, 10))[0]
+            await b.apply_remote(old.origin, old.seq, old.doc_id, old.delta)
+            await b.delete("doc")
+            # A delta B already covered by its delete keeps the document deleted ...
+            await a.apply("other", [set_op("y", 1)])
+            await a.apply("doc", [set_op("x", 1)])
+            entries = await a.log_range(a.replica_id, 1, 10)
+            await b.apply_remote(entries[0].origin, entries[0].seq, entries[0].doc_id, entries[0].delta)
+            with pytest.raises(DocumentNotFound):
+                await b.read("doc")
+            # ... a new write it has not seen brings it back (add-wins).
+            await b.apply_remote(entries[1].origin, entries[1].seq, entries[1].doc_id, entries[1].delta)
+            assert (await b.read("doc")).value == {"x": 1}
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_acked_vectors_and_stats(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.set_acked("peer-1", {"x": 4})
+            await node.set_acked("peer-1", {"x": 2, "y": 1})
+            assert await node.acked("peer-1") == {"x": 4, "y": 1}
+            stats = node.stats()
+            assert stats["replica_id"] == node.replica_id and stats["epoch"] == 1
+            assert stats["lmdb"]["used_bytes"] <= stats["lmdb"]["map_size"]
+            assert stats["commit"]["commits"] == 2
+        finally:
+            await node.close()
+        with pytest.raises(NodeNotRunning):
+            await node.read("doc")
+        with pytest.raises(NodeNotRunning):
+            await node.start()
+        await node.close()  # idempotent
+
+    run(main)
+
+
+def test_overloaded_when_the_queue_is_full(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", max_queue=2)
+        try:
+            blocker, parked, gate = block_writer(node)
+            await asyncio.to_thread(parked.wait)
+            queued = [asyncio.ensure_future(node.apply(f"d{i}", [set_op("i", i)])) for i in range(2)]
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded):
+                await node.apply("one-too-many", [set_op("i", 0)])
+            gate.set()
+            await asyncio.gather(blocker, *queued)
+            with pytest.raises(DocumentNotFound):
+                await node.read("one-too-many")
+        finally:
+            await node.close()
+
+    run(main)
+
+
+cache_steps = st.lists(
+    st.tuples(st.sampled_from(["put", "get", "discard"]), st.integers(0, 9), st.integers(0, 300)), max_size=60
+)
+
+
+@given(cache_steps, st.integers(0, 5), st.integers(0, 600))
+def test_document_cache_never_exceeds_its_caps(
+    steps: list[tuple[str, int, int]], max_docs: int, max_bytes: int
+) -> None:
+    cache = _DocCache(max_docs, max_bytes)
+    for kind, key, size in steps:
+        if kind == "put":
+            doc = Document()
+            cache.put(f"d{key}", doc, size)
+            # The newest entry is kept unless it alone breaks a cap.
+            assert (cache.get(f"d{key}") is doc) == (size <= max_bytes and max_docs >= 1)
+        elif kind == "get":
+            cache.get(f"d{key}")
+        else:
+            cache.discard(f"d{key}")
+        assert len(cache) <= max_docs
+        assert 0 <= cache.bytes <= max_bytes

@@ -1,0 +1,387 @@
+"""Tests of the LMDB adapter (crdtstore.storage)."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtstore.merkle import MerkleShape, MerkleTree
+from crdtstore.storage import (
+    IncompatibleStorage,
+    InvalidDocumentId,
+    LogEntry,
+    Storage,
+    check_doc_id,
+)
+
+SHAPE = MerkleShape(fanout=4, depth=3)
+
+
+def ids_from(*values: str) -> Callable[[], str]:
+    it = iter(values)
+    return lambda: next(it)
+
+
+def counter_ids() -> Callable[[], str]:
+    c = itertools.count(1)
+    return lambda: f"n{next(c)}"
+
+
+def open_storage(path: Path, random_id: Callable[[], str] | None = None, **kw: object) -> Storage:
+    kw.setdefault("shape", SHAPE)
+    return Storage.open(path, region=kw.pop("region", "eu"), random_id=random_id or counter_ids(), **kw)  # type: ignore[arg-type]
+
+
+def commit(storage: Storage, fn: Callable[..., object]) -> object:
+    txn = storage.begin_write()
+    try:
+        result = fn(txn)
+    except BaseException:
+        txn.abort()
+        raise
+    txn.commit()
+    return result
+
+
+# Identity and epochs.
+
+
+def test_new_directory_gets_base_id_and_epoch_one(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r", ids_from("abc", "n1"))
+    try:
+        ident = s.identity
+        assert (ident.region, ident.base, ident.epoch, ident.nonce) == ("eu", "eu-abc", 1, "n1")
+        assert s.replica_id == "eu-abc.1.n1"
+    finally:
+        s.close()
+
+
+def test_reopen_keeps_base_and_bumps_epoch(tmp_path: Path) -> None:
+    seen = set()
+    rid = counter_ids()
+    for expected_epoch in (1, 2, 3):
+        s = open_storage(tmp_path / "r", rid)
+        assert s.identity.base == "eu-n1"
+        assert s.identity.epoch == expected_epoch
+        seen.add(s.replica_id)
+        s.close()
+    assert len(seen) == 3
+
+
+def test_restored_backup_never_reuses_a_replica_id(tmp_path: Path) -> None:
+    """A backup restored after the original moved on gets the same epoch, but never the same effective id."""
+    rid = counter_ids()
+    live = open_storage(tmp_path / "live", rid)
+    (tmp_path / "backup").mkdir()
+    live.env.copy(str(tmp_path / "backup"))
+    used = {live.replica_id}
+    live.close()
+    live = open_storage(tmp_path / "live", rid)  # epoch 2 on the live timeline
+    used.add(live.replica_id)
+    live.close()
+    restored = open_storage(tmp_path / "backup", rid)
+    try:
+        assert restored.identity.base == live.identity.base
+        assert restored.identity.epoch == 2  # the epoch repeats ...
+        assert restored.replica_id not in used  # ... the effective id does not
+    finally:
+        restored.close()
+
+
+def test_refuses_another_region_or_shape(tmp_path: Path) -> None:
+    open_storage(tmp_path / "r").close()
+    with pytest.raises(IncompatibleStorage):
+        open_storage(tmp_path / "r", region="us")
+    with pytest.raises(IncompatibleStorage):
+        open_storage(tmp_path / "r", shape=MerkleShape(16, 4))
+    # The refused opens did not bump the epoch or leave the env open.
+    s = open_storage(tmp_path / "r", ids_from("zz"))
+    assert s.identity.epoch == 2
+    s.close()
+
+
+@pytest.mark.parametrize("region", ["", "a.b", "a b", "x" * 65, "é"])
+def test_refuses_bad_region(tmp_path: Path, region: str) -> None:
+    with pytest.raises(ValueError):
+        open_storage(tmp_path / "r", region=region)
+
+
+def test_refuses_bad_random_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        open_storage(tmp_path / "r", ids_from("has.dot"))
+
+
+# Documents, buckets and the Merkle tree.
+
+
+def test_documents_survive_reopen(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    assert commit(s, lambda t: s.put_doc(t, "a", b"state-a", b"1" * 16)) is True
+    assert commit(s, lambda t: s.put_doc(t, "a", b"state-a2", b"2" * 16)) is False
+    with s.read() as txn:
+        root = s.merkle(txn).root()
+    s.env.close()  # close without Storage.close to mimic a crash after commit
+    s = open_storage(tmp_path / "r")
+    try:
+        with s.read() as txn:
+            assert s.get_doc(txn, "a") == b"state-a2"
+            assert s.get_digest(txn, "a") == b"2" * 16
+            assert s.merkle(txn).root() == root
+            assert s.count_docs(txn) == 1
+    finally:
+        s.close()
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["put", "delete"]), st.sampled_from("abcdefghij"), st.binary(min_size=16, max_size=16)),
+    max_size=30,
+)
+
+
+@settings(deadline=None)
+@given(ops)
+def test_lmdb_tree_matches_the_pure_tree(steps: list[tuple[str, str, bytes]]) -> None:
+    """Differential: whatever puts and deletes happen, the stored tree equals one built from the final set."""
+    model: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        s = open_storage(Path(tmp))
+        try:
+
+            def apply(txn: object) -> None:
+                for kind, doc_id, digest in steps:
+                    if kind == "put":
+                        assert s.put_doc(txn, doc_id, b"doc", digest) == (doc_id not in model)
+                        model[doc_id] = digest
+                    else:
+                        assert s.delete_doc(txn, doc_id) == (doc_id in model)
+                        model.pop(doc_id, None)
+
+            commit(s, apply)
+            pure = MerkleTree({}, shape=SHAPE)
+            for doc_id, digest in model.items():
+                pure.update(doc_id, None, digest)
+            with s.read() as txn:
+                stored = dict(txn.cursor(db=s.dbs["merkle"]))
+                assert stored == pure.store
+                for bucket in range(SHAPE.leaves):
+                    expected = sorted((d, g) for d, g in model.items() if SHAPE.bucket(d) == bucket)
+                    assert s.bucket_items(txn, bucket) == expected
+                assert s.count_docs(txn) == len(model)
+        finally:
+            s.close()
+
+
+def test_list_docs_pages_by_prefix(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+        names = ["a", "a/1", "a/2", "a/3", "a/30", "b", "b/1"]
+        commit(s, lambda t: [s.put_doc(t, n, b"x", n.encode().ljust(16, b"-")) for n in names])
+        with s.read() as txn:
+            assert s.list_docs(txn, "a/", None, 2) == (["a/1", "a/2"], True)
+            assert s.list_docs(txn, "a/", "a/2", 2) == (["a/3", "a/30"], False)
+            assert s.list_docs(txn, "a/", "a/30", 2) == ([], False)
+            assert s.list_docs(txn, "", None, 100) == (names, False)
+            assert s.list_docs(txn, "c", None, 5) == ([], False)
+            assert s.list_docs(txn, "", "a/3", 1) == (["a/30"], True)
+            with pytest.raises(ValueError):
+                s.list_docs(txn, "", None, 0)
+    finally:
+        s.close()
+
+
+def test_tombstones(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+        commit(s, lambda t: s.put_tombstone(t, "gone", b"old-state"))
+        with s.read() as txn:
+            assert s.get_tombstone(txn, "gone") == b"old-state"
+            assert s.get_doc(txn, "gone") is None
+        assert commit(s, lambda t: s.delete_tombstone(t, "gone")) is True
+        with s.read() as txn:
+            assert s.get_tombstone(txn, "gone") is None
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 257, "a\x00b", "\ud800"])
+def test_invalid_doc_ids(bad: str) -> None:
+    with pytest.raises(InvalidDocumentId):
+        check_doc_id(bad)
+
+
+def test_longest_id_is_accepted_everywhere(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    doc_id = "é" * 128  # 256 utf-8 bytes
+    try:
+        seq = commit(s, lambda t: s.next_feed_seq(t))
+        commit(s, lambda t: (s.put_doc(t, doc_id, b"x", b"1" * 16), s.put_feed(t, doc_id, seq, b"{}")))
+        with s.read() as txn:
+            assert s.get_doc(txn, doc_id) == b"x"
+            assert s.last_feed_seq(txn, doc_id) == seq
+    finally:
+        s.close()
+
+
+# The log and version vectors.
+
+
+def test_local_log_and_ranges(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    me = s.replica_id
+    try:
+        seqs = commit(s, lambda t: [s.append_local(t, me, f"d{i}", b"delta%d" % i) for i in range(5)])
+        assert seqs == [1, 2, 3, 4, 5]
+        with s.read() as txn:
+            assert s.vector(txn) == {me: 5}
+            assert s.log_range(txn, me, 2, 2) == [LogEntry(me, 3, "d2", b"delta2"), LogEntry(me, 4, "d3", b"delta3")]
+            assert [e.seq for e in s.log_range(txn, me, 0, 100)] == [1, 2, 3, 4, 5]
+            assert s.log_range(txn, "someone-else.1.x", 0, 100) == []
+        assert commit(s, lambda t: s.truncate_log(t, me, 3)) == 3
+        with s.read() as txn:
+            assert [e.seq for e in s.log_range(txn, me, 0, 100)] == [4, 5]
+            assert s.vector(txn) == {me: 5}  # truncation keeps the vector
+        assert commit(s, lambda t: s.truncate_log(t, me, 99)) == 2
+    finally:
+        s.close()
+
+
+def test_origins_sharing_a_prefix_stay_apart(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+        commit(s, lambda t: [s.append_local(t, o, "d", o.encode()) for o in ("a", "ab", "a", "ab")])
+        with s.read() as txn:
+            assert [e.delta for e in s.log_range(txn, "a", 0, 10)] == [b"a", b"a"]
+            assert s.vector(txn) == {"a": 2, "ab": 2}
+        commit(s, lambda t: s.truncate_log(t, "a", 10))
+        with s.read() as txn:
+            assert len(s.log_range(txn, "ab", 0, 10)) == 2
+    finally:
+        s.close()
+
+
+@given(st.permutations(range(1, 9)), st.lists(st.integers(1, 8), max_size=5))
+@settings(deadline=None)
+def test_remote_entries_in_any_order_advance_the_contiguous_vector(order: list[int], dups: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        s = open_storage(Path(tmp))
+        try:
+            delivered: set[int] = set()
+
+            def deliver(txn: object, seq: int) -> None:
+                fresh = s.append_remote(txn, LogEntry("peer", seq, "d", b"%d" % seq))
+                assert fresh == (seq not in delivered)
+                delivered.add(seq)
+                contiguous = 0
+                while contiguous + 1 in delivered:
+                    contiguous += 1
+                assert s.get_seq(txn, "peer") == contiguous
+
+            commit(s, lambda t: [deliver(t, seq) for seq in order[:4] + dups + order[4:]])
+            with s.read() as txn:
+                assert s.vector(txn) == {"peer": 8}
+                assert [e.seq for e in s.log_range(txn, "peer", 0, 100)] == list(range(1, 9))
+                assert s.has_log(txn, "peer", 3) and not s.has_log(txn, "peer", 9)
+        finally:
+            s.close()
+
+
+def test_acked_vectors_only_rise(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+        commit(s, lambda t: s.set_acked(t, "peer-1", {"a": 5, "b": 2}))
+        commit(s, lambda t: s.set_acked(t, "peer-1", {"a": 3, "b": 4}))
+        commit(s, lambda t: s.set_acked(t, "peer-12", {"a": 1}))
+        with s.read() as txn:
+            assert s.acked(txn, "peer-1") == {"a": 5, "b": 4}
+            assert s.acked(txn, "peer-12") == {"a": 1}
+            assert s.acked(txn, "nobody") == {}
+    finally:
+        s.close()
+
+
+# The change feed and the clock.
+
+
+def test_feed_per_document(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+
+        def write(txn: object) -> None:
+            for doc_id in ["a", "ab", "a", "b", "ab", "a"]:
+                seq = s.next_feed_seq(txn)
+                s.put_feed(txn, doc_id, seq, f"{doc_id}:{seq}".encode())
+
+        commit(s, write)
+        with s.read() as txn:
+            assert s.feed_range(txn, "a", 0, 10) == [(1, b"a:1"), (3, b"a:3"), (6, b"a:6")]
+            assert s.feed_range(txn, "a", 1, 1) == [(3, b"a:3")]
+            assert s.feed_range(txn, "ab", 0, 10) == [(2, b"ab:2"), (5, b"ab:5")]
+            assert s.last_feed_seq(txn, "a") == 6
+            assert s.last_feed_seq(txn, "ab") == 5
+            assert s.last_feed_seq(txn, "b") == 4
+            assert s.last_feed_seq(txn, "aa") == 0
+            assert s.last_feed_seq(txn, "z") == 0
+            assert s.get_feed(txn, "a", 3) == b"a:3"
+            assert s.get_feed(txn, "a", 2) is None
+    finally:
+        s.close()
+    s = open_storage(tmp_path / "r")
+    try:
+        assert commit(s, lambda t: s.next_feed_seq(t)) == 7  # never reused after reopen
+    finally:
+        s.close()
+
+
+def test_hlc_persists(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    commit(s, lambda t: s.set_hlc(t, 12345))
+    s.close()
+    s = open_storage(tmp_path / "r")
+    try:
+        with s.read() as txn:
+            assert s.get_hlc(txn) == 12345
+    finally:
+        s.close()
+
+
+# Map size.
+
+
+def test_grow_doubles_up_to_the_cap(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r", map_size=1 << 20, max_map_size=3 << 20)
+    try:
+        assert s.grow() is True
+        assert s.info()["map_size"] == 2 << 20
+        assert s.grow() is True
+        assert s.info()["map_size"] == 3 << 20
+        assert s.grow() is False
+        assert s.info()["map_grows"] == 2
+    finally:
+        s.close()
+
+
+def test_grown_map_is_kept_on_reopen(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r", map_size=1 << 20, max_map_size=4 << 20)
+    s.grow()
+    commit(s, lambda t: s.put_doc(t, "a", b"x" * (1 << 20), b"1" * 16))
+    s.close()
+    s = open_storage(tmp_path / "r", map_size=1 << 20, max_map_size=4 << 20)
+    try:
+        assert s.info()["map_size"] >= 2 << 20
+        with s.read() as txn:
+            assert len(s.get_doc(txn, "a") or b"") == 1 << 20
+    finally:
+        s.close()
+
+
+def test_refuses_bad_sizes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        open_storage(tmp_path / "r", map_size=2 << 20, max_map_size=1 << 20)
+    with pytest.raises(ValueError):
+        open_storage(tmp_path / "r", max_dbs=3)
