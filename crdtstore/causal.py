@@ -16,16 +16,11 @@ Reference: Almeida, Shoker, Baquero, "Delta state replicated data types"
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 
-__all__ = ["CausalContext", "Dot", "ranges_add", "ranges_contains", "ranges_remove"]
+__all__ = ["CausalContext", "Dot", "ranges_add", "ranges_remove"]
 
 Dot = tuple[str, int]
-
-
-def ranges_contains(flat: list[int], n: int) -> bool:
-    """True if ``n`` lies in one of the half-open ranges of ``flat``."""
-    return bisect_right(flat, n) & 1 == 1
 
 
 def ranges_add(flat: list[int], lo: int, hi: int) -> None:
@@ -171,7 +166,3 @@ class CausalContext:
 
     def to_json(self) -> dict[str, list[int]]:
         return self.ranges
-
-    @classmethod
-    def from_vector(cls, vector: Mapping[str, int]) -> CausalContext:
-        return cls({r: [1, n + 1] for r, n in vector.items() if n > 0})

@@ -211,12 +211,13 @@ class ReadResult:
     Attributes:
         value: Plain JSON; multi-value registers show one winner.
         version: Version token; pass it to ``changes`` to follow on from this read.
-        siblings: The same tree with every register as the list of its concurrent values.
+        siblings: The same tree with every register as the list of its concurrent values;
+            None unless the read asked for it (it costs a second walk of the document).
     """
 
     value: dict[str, Any]
     version: str
-    siblings: dict[str, Any]
+    siblings: dict[str, Any] | None
 
 
 # A parsed ``since``: everything, a version (causal context), or (seq, cursor).
@@ -413,14 +414,14 @@ class Node:
         check_doc_id(doc_id)
         return await self._submit(lambda ctx: self._apply_txn(ctx, doc_id, ops))
 
-    async def read(self, doc_id: str) -> ReadResult:
+    async def read(self, doc_id: str, *, siblings: bool = False) -> ReadResult:
         """The committed state of a document.
 
         Raises:
             DocumentNotFound: No live document has this id.
         """
         check_doc_id(doc_id)
-        return await self._read(self._read_txn, doc_id)
+        return await self._read(self._read_txn, doc_id, siblings)
 
     async def delete(self, doc_id: str) -> None:
         """Delete a document on this replica (see the module docstring) and wait until durable.
@@ -719,12 +720,12 @@ class Node:
             for sub in subscribers:
                 sub.push(record)
 
-    def _read_txn(self, txn: Txn, doc_id: str) -> ReadResult:
+    def _read_txn(self, txn: Txn, doc_id: str, siblings: bool) -> ReadResult:
         raw = self.storage.get_doc(txn, doc_id)
         if raw is None:
             raise DocumentNotFound(doc_id)
         doc = codec.decode_document(raw)
-        return ReadResult(value=doc.value(), version=doc.version(), siblings=doc.siblings())
+        return ReadResult(value=doc.value(), version=doc.version(), siblings=doc.siblings() if siblings else None)
 
     def _feed_page_txn(self, txn: Txn, doc_id: str, after: int) -> list[tuple[int, bytes]]:
         return self.storage.feed_range(txn, doc_id, after, self.config.feed_page)

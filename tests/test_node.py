@@ -92,10 +92,12 @@ def test_apply_then_read(tmp_path: Path) -> None:
             assert isinstance(first, WriteResult) and first.created
             second = await node.apply("doc", [set_op("b", [1, 2])])
             assert not second.created
-            got = await node.read("doc")
+            got = await node.read("doc", siblings=True)
             assert got == ReadResult(
                 value={"a": 1, "b": [1, 2], "n": 5}, version=second.version, siblings={"a": [1], "b": [[1, 2]], "n": 5}
             )
+            plain = await node.read("doc")
+            assert plain == ReadResult(value=got.value, version=got.version, siblings=None)
             assert decode_version(got.version).contains_context(decode_version(first.version))
         finally:
             await node.close()
@@ -158,7 +160,7 @@ def test_acknowledged_writes_survive_reopen_and_epoch_bumps(tmp_path: Path) -> N
         try:
             assert node.replica_id.startswith(f"{base}.2.")
             for i, result in enumerate(results):
-                assert await node.read(f"d{i}") == ReadResult({"i": i}, result.version, {"i": [i]})
+                assert await node.read(f"d{i}", siblings=True) == ReadResult({"i": i}, result.version, {"i": [i]})
             # Writing again mints under the new id: no dot of the first run is reused.
             after = await node.apply("d0", [set_op("i", 100)])
             ctx = decode_version(after.version)

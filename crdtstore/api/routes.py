@@ -74,7 +74,7 @@ async def read_doc(request: Request) -> Response:
     ctx = _authorize(request, Scope.READ)
     doc_id = _doc_id(request, ctx)
     with_siblings = _flag(request, "siblings")
-    result = await ctx.node.read(doc_id)
+    result = await ctx.node.read(doc_id, siblings=with_siblings)
     body: dict[str, Any] = {"id": doc_id, "value": result.value, "version": result.version}
     if with_siblings:
         body["siblings"] = result.siblings

@@ -53,9 +53,6 @@ class Counter:
     def siblings(self) -> int:
         return self.value()
 
-    def own_total(self, replica: str) -> int:
-        return sum(v for (r, _), v in self.entries.items() if r == replica)
-
     def copy(self) -> Self:
         return type(self)(dict(self.entries))
 
