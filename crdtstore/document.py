@@ -95,9 +95,20 @@ class Document:
         return self.ctx.contains_context(decode_version(token))
 
     def digest(self) -> bytes:
+        """blake2b of the canonical encoding: equal exactly when the states are equal."""
         from .codec import encode_document
 
         return hashlib.blake2b(encode_document(self), digest_size=16).digest()
+
+    def version_digest(self) -> bytes:
+        """blake2b of the causal context alone: O(replicas), not O(document).
+
+        Every op mints a dot, and a state is determined by the ops joined into
+        it, so equal contexts mean equal states (the replica state machine
+        checks this). Storage keys its Merkle tree on this digest so that a
+        write need not encode the whole document.
+        """
+        return hashlib.blake2b(encode_version(self.ctx).encode(), digest_size=16).digest()
 
     def copy(self) -> Document:
         from .codec import decode_document, encode_document
@@ -274,10 +285,17 @@ class _Executor:
         path = op.path
         ctx = CausalContext()
         if op.kind == "delete" and op.index is None:
+            # Every op mints a dot, removals included: then two replicas with
+            # equal contexts have joined the same ops and hold equal states,
+            # so a digest of the context can stand for the document's.
+            dot = self.mint(ctx)
             parent = self._parent(path)
             if parent is not None and parent.visible_tag(path[-1]) is not None:
-                entries = removal_of(parent.fields[path[-1]], ctx, lambda: self.mint(ctx))
+                entries = removal_of(parent.fields[path[-1]], ctx, lambda: dot)
                 self._commit(_wrap(path, entries, {}), ctx)
+            else:
+                self.doc.ctx.join(ctx)
+                self.batch.ctx.join(ctx)
             return
         parent = self._parent(path)
         created = self._missing_ancestors(path, ctx)
@@ -290,7 +308,7 @@ class _Executor:
         if tag in _SEQUENCES:
             self._sequence_op(op, path, tag, ctx, created, presence)
             return
-        dot = self.mint(ctx) if op.kind in ("set", "increment", "add", "enable") else None
+        dot = self.mint(ctx)  # remove and disable mint one too, though no store keeps it
         leaf: Any
         if op.kind == "set":
             leaf = value.write(dot, (self.now, op.value) if op.lww else op.value, ctx)

@@ -67,11 +67,28 @@ def test_emptied_containers_stay_until_their_key_is_deleted() -> None:
     assert doc.value() == {}
 
 
-def test_deleting_a_missing_key_is_a_no_op() -> None:
+def test_deleting_a_missing_key_changes_no_value_but_is_recorded() -> None:
     doc = Document()
-    before = encode_document(doc)
-    doc.apply([{"op": "delete", "path": ["nothing", "here"]}], replica="a")
-    assert encode_document(doc) == before
+    apply(doc, {"op": "set", "path": ["x"], "value": 1})
+    before = doc.value()
+    delta = doc.apply([{"op": "delete", "path": ["nothing", "here"]}], replica="a")
+    assert doc.value() == before
+    # Like every op it mints one dot, so equal contexts keep meaning equal states.
+    assert list(delta.dots()) == [("a", 2)]
+    assert doc.vector() == {"a": 2}
+
+
+def test_every_op_kind_mints_a_dot() -> None:
+    doc = Document()
+    apply(doc, {"op": "add", "path": ["s"], "value": 1}, {"op": "enable", "path": ["f"]})
+    for op in (
+        {"op": "remove", "path": ["s"], "value": 1},
+        {"op": "disable", "path": ["f"]},
+        {"op": "delete", "path": ["s"]},
+    ):
+        count = doc.ctx.count()
+        doc.apply([op], replica="a")
+        assert doc.ctx.count() == count + 1, op
 
 
 # Concurrency.

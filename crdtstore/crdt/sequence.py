@@ -455,7 +455,6 @@ class Sequence:
         delta = SeqDelta(self.tag)
         if self.total:
             d = deleter()
-            ctx.add(d)
             for it in self._items():
                 if it.content is not None:
                     delta.deletes.append((it.replica, it.counter, it.counter + it.length, (d,)))

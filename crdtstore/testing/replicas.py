@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from hypothesis import note
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from ..codec import decode_delta, decode_document, encode_delta, encode_document
 from ..document import Document
@@ -93,6 +93,14 @@ class ReplicaMachine(RuleBasedStateMachine):
         encodings = {encode_document(doc) for doc in self.docs}
         assert len(encodings) == 1, f"replicas diverged: {[d.value() for d in self.docs]}"
         self.in_flight.clear()
+
+    @invariant()
+    def equal_contexts_mean_equal_states(self) -> None:
+        """What lets a digest of the context stand for the document's (``Document.version_digest``)."""
+        for a in self.docs:
+            for b in self.docs:
+                if a.ctx == b.ctx:
+                    assert encode_document(a) == encode_document(b)
 
     def teardown(self) -> None:
         for doc in self.docs:
