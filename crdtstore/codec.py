@@ -53,9 +53,12 @@ def encode_document(doc: Document) -> bytes:
 
 def encode_delta(delta: Delta) -> bytes:
     # The dots of inserted elements are implied by the inserts: leave them out of the context.
-    ctx = delta.ctx.copy()
-    for replica, lo, hi in _inserted(delta.root):
-        ctx.remove_range(replica, lo, hi)
+    inserted = list(_inserted(delta.root))
+    ctx = delta.ctx
+    if inserted:
+        ctx = ctx.copy()
+        for replica, lo, hi in inserted:
+            ctx.remove_range(replica, lo, hi)
     return _encode("d", delta.root, ctx)
 
 
@@ -75,7 +78,7 @@ def _inserted(node: ORMap) -> Iterator[tuple[str, int, int]]:
     for entries in node.fields.values():
         for value in entries.values():
             if isinstance(value, SeqDelta):
-                for replica, counter, _, _, content, _ in value.inserts:
+                for replica, counter, _, _, content in value.inserts:
                     yield (replica, counter, counter + (content if type(content) is int else len(content)))
             elif isinstance(value, ORMap):
                 yield from _inserted(value)

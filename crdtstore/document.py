@@ -159,13 +159,13 @@ class _Planner:
     def check(self, ops: list[Op]) -> None:
         for i, op in enumerate(ops):
             try:
-                self._check(op)
+                self._check(op, last=i == len(ops) - 1)
             except (InvalidOp, TypeMismatch, IndexOutOfRange) as exc:
                 exc.op_index = i
                 exc.args = (f"op {i}: {exc.reason}",)
                 raise
 
-    def _check(self, op: Op) -> None:
+    def _check(self, op: Op, *, last: bool) -> None:
         path = op.path
         tag, real = self._resolve(path)
         if op.kind == "delete" and op.index is None:
@@ -177,7 +177,8 @@ class _Planner:
             raise TypeMismatch(f"{'/'.join(path)} is a {tag.label}; {op.kind} needs a {wanted.label}", path=list(path))
         if wanted in _SEQUENCES:
             self._check_index(op, wanted, tag, real)
-        self._create(path, wanted)
+        if not last:  # only later ops of the batch read the overlay
+            self._create(path, wanted)
 
     def _check_index(self, op: Op, wanted: Tag, tag: Tag | None, real: Sequence | None) -> None:
         if op.kind == "insert" and wanted is Tag.TEXT and not isinstance(op.content, str):
@@ -275,11 +276,20 @@ class _Executor:
         ctx.add(dot)
         return dot
 
-    def _commit(self, delta: ORMap, ctx: CausalContext) -> None:
+    def _commit(self, delta: ORMap, ctx: CausalContext, *, owned: bool = True) -> None:
         self.doc.root.join(delta, self.doc.ctx, ctx, False)
         self.doc.ctx.join(ctx)
-        self.batch.root.join(delta, self.batch.ctx, ctx, False)
-        self.batch.ctx.join(ctx)
+        self._add_to_batch(delta, ctx, owned=owned)
+
+    def _add_to_batch(self, delta: ORMap, ctx: CausalContext, *, owned: bool = True) -> None:
+        """Group an op's delta into the batch; ``owned``: the caller no longer changes ``ctx``."""
+        if not self.batch.ctx and not self.batch.root.fields:
+            # The first op's delta is the batch's: no join needed. (Joins into
+            # the document copy what they keep, so nothing here is shared.)
+            self.batch = Delta(delta, ctx if owned else ctx.copy())
+        else:
+            self.batch.root.join(delta, self.batch.ctx, ctx, False)
+            self.batch.ctx.join(ctx)
 
     def _run(self, op: Op) -> None:
         path = op.path
@@ -295,10 +305,9 @@ class _Executor:
                 self._commit(_wrap(path, entries, {}), ctx)
             else:
                 self.doc.ctx.join(ctx)
-                self.batch.ctx.join(ctx)
+                self._add_to_batch(ORMap(is_delta=True), ctx)
             return
-        parent = self._parent(path)
-        created = self._missing_ancestors(path, ctx)
+        parent, created = self._walk(path, ctx)
         name = path[-1]
         tag = _wanted_tag(op, parent.visible_tag(name) if parent is not None else None)
         value = parent.get(name, tag) if parent is not None else None
@@ -306,7 +315,7 @@ class _Executor:
             value = empty_value(tag, delta=False)
         presence = {self.mint(ctx)} if tag in _CONTAINERS and not value.presence else set()
         if tag in _SEQUENCES:
-            self._sequence_op(op, path, tag, ctx, created, presence)
+            self._sequence_op(op, path, tag, value, ctx, created, presence)
             return
         dot = self.mint(ctx)  # remove and disable mint one too, though no store keeps it
         leaf: Any
@@ -332,24 +341,30 @@ class _Executor:
             node = node.get(name, Tag.MAP) if node is not None else None
         return node
 
-    def _missing_ancestors(self, path: tuple[str, ...], ctx: CausalContext) -> dict[int, Dot]:
-        """Presence dots for the ancestor maps (by depth) that are not there yet."""
+    def _walk(self, path: tuple[str, ...], ctx: CausalContext) -> tuple[ORMap | None, dict[int, Dot]]:
+        """The parent map of ``path``'s last key, and presence dots (by depth) for ancestors not there yet."""
         node: ORMap | None = self.doc.root
         created: dict[int, Dot] = {}
-        for depth, name in enumerate(path[:-1]):
-            child = node.get(name, Tag.MAP) if node is not None else None
+        for depth in range(len(path) - 1):
+            child = node.get(path[depth], Tag.MAP) if node is not None else None
             if child is None or not child.visible():
                 created[depth] = self.mint(ctx)
             node = child
-        return created
+        return node, created
 
     def _sequence_op(
-        self, op: Op, path: tuple[str, ...], tag: Tag, ctx: CausalContext, created: dict[int, Dot], presence: set[Dot]
+        self,
+        op: Op,
+        path: tuple[str, ...],
+        tag: Tag,
+        seq: Sequence,
+        ctx: CausalContext,
+        created: dict[int, Dot],
+        presence: set[Dot],
     ) -> None:
         # The sequence must be in the document before it is edited in place.
-        seq = self._lookup(path, tag)
-        if seq is None or created or presence:
-            self._commit(_wrap(path, {tag: SeqDelta(tag, set(presence))}, created), ctx)
+        if created or presence or seq.is_bottom():
+            self._commit(_wrap(path, {tag: SeqDelta(tag, set(presence))}, created), ctx, owned=False)
             seq = self._lookup(path, tag)
         leaf = SeqDelta(tag, set(presence))
         seen = self._seen(op)
@@ -372,9 +387,7 @@ class _Executor:
                 ids = seq.ids_at(seen, op.index, op.count)
                 assert ids is not None
                 leaf.deletes = seq.delete_ids(ids, deleter)
-        delta = _wrap(path, {tag: leaf}, created)
-        self.batch.root.join(delta, self.batch.ctx, ctx, False)
-        self.batch.ctx.join(ctx)
+        self._add_to_batch(_wrap(path, {tag: leaf}, created), ctx)
         self.doc.ctx.join(ctx)
 
     def _lookup(self, path: tuple[str, ...], tag: Tag) -> Any:

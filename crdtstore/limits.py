@@ -31,10 +31,12 @@ INT64_MAX = (1 << 63) - 1
 
 def check_key(key: Any) -> str | None:
     """The reason ``key`` is not a valid map key, or None."""
-    if not isinstance(key, str):
+    if type(key) is not str:
         return "a key must be a string"
     if not key:
         return "a key must not be empty"
+    if key.isascii():  # the common case: one byte a character, no surrogates
+        return None if len(key) <= MAX_KEY_BYTES else f"a key is at most {MAX_KEY_BYTES} bytes"
     if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         return f"a key is at most {MAX_KEY_BYTES} bytes"
     if _has_surrogate(key):
@@ -54,6 +56,8 @@ def check_json(value: Any, depth: int = 0) -> str | None:
     if t is float:
         return None if math.isfinite(value) else "numbers must be finite"
     if t is str:
+        if value.isascii():
+            return None if len(value) <= MAX_STRING_BYTES else f"strings are at most {MAX_STRING_BYTES} bytes"
         if len(value) > MAX_STRING_BYTES // 4 and len(value.encode("utf-8", "surrogatepass")) > MAX_STRING_BYTES:
             return f"strings are at most {MAX_STRING_BYTES} bytes"
         return "strings must be valid unicode" if _has_surrogate(value) else None

@@ -56,10 +56,14 @@ BLOCK_MAX = 256
 RUN_MAX = 256
 
 Content = str | list[Any]
-# An insert as shipped: (replica, counter, lamport, origin, content-or-length, deleters).
+# An insert as shipped: (replica, counter, lamport, origin, content-or-length).
 # A dead insert (from a full state) carries its length instead of content.
-Insert = tuple[str, int, int, Dot | None, Content | int, tuple[Dot, ...]]
+Insert = tuple[str, int, int, Dot | None, Content | int]
 Delete = tuple[str, int, int, tuple[Dot, ...]]
+# Who deleted what, run-length coded: deleter k is (dr, d0 + k * dstep) and its
+# target is (tr, t0 + k * tstep), for k < n. One range delete is one segment
+# (dstep 0), and so is a run of backspaces (dstep 1, tstep -1).
+Segment = tuple[str, int, int, str, int, int, int]
 
 _counter = attrgetter("counter")
 
@@ -67,7 +71,7 @@ _counter = attrgetter("counter")
 class Item:
     """A run of elements with consecutive ids and timestamps."""
 
-    __slots__ = ("block", "content", "counter", "deleters", "lamport", "length", "origin", "replica")
+    __slots__ = ("block", "content", "counter", "lamport", "length", "origin", "replica")
 
     def __init__(
         self,
@@ -77,7 +81,6 @@ class Item:
         origin: Dot | None,
         length: int,
         content: Content | None,
-        deleters: tuple[Dot, ...],
         block: Block,
     ) -> None:
         self.replica = replica
@@ -86,13 +89,12 @@ class Item:
         self.origin = origin
         self.length = length
         self.content = content  # None once deleted
-        self.deleters = deleters
         self.block = block
 
     def __repr__(self) -> str:
         return (
             f"Item({self.replica}:{self.counter} L{self.lamport} after {self.origin} "
-            f"{self.content if self.content is not None else self.length} del={self.deleters})"
+            f"{self.content if self.content is not None else self.length})"
         )
 
 
@@ -139,7 +141,7 @@ class SeqDelta:
         return not self.presence and not self.inserts and not self.deletes
 
     def visible(self) -> bool:
-        return bool(self.presence) or any(ins[5] == () and not isinstance(ins[4], int) for ins in self.inserts)
+        return bool(self.presence) or any(not isinstance(ins[4], int) for ins in self.inserts)
 
     def dots(self) -> Iterator[Dot]:
         yield from self.presence
@@ -179,51 +181,50 @@ class SeqDelta:
 
 
 def _encode_insert(ins: Insert, table: ReplicaTable) -> list[Any]:
-    """``[replica, counter, lamport - counter, origin, content, deleters?]``.
+    """``[replica, counter, lamport - counter, origin, content]``; a dead run has its length as content.
 
     Numbers are written relative to the counter, and an origin in the same
     replica as the count back to it (usually 1), so that a one-character
     delta stays small however long the document's history is.
     """
-    replica, counter, lamport, origin, content, deleters = ins
+    replica, counter, lamport, origin, content = ins
+    return [table.ref(replica), counter, lamport - counter, _origin_ref(replica, counter, origin, table), content]
+
+
+def _origin_ref(replica: str, counter: int, origin: Dot | None, table: ReplicaTable) -> Any:
     if origin is None:
-        rel: Any = None
-    elif origin[0] == replica:
-        rel = counter - origin[1]
-    else:
-        rel = [table.ref(origin[0]), origin[1]]
-    out: list[Any] = [table.ref(replica), counter, lamport - counter, rel, content]
-    if deleters:
-        out.append(encode_dots(set(deleters), table))
-    return out
+        return None
+    if origin[0] == replica:
+        return counter - origin[1]
+    return [table.ref(origin[0]), origin[1]]
 
 
-def _decode_insert(tag: Tag, data: Any, table: ReplicaTable) -> Insert:
-    if not isinstance(data, list) or len(data) not in (5, 6):
-        raise DecodeError(f"{tag.label}: bad insert")
-    replica, counter = decode_dot(data[0], data[1], table)
-    if type(data[2]) is not int or counter + data[2] < 1:
-        raise DecodeError(f"{tag.label}: bad timestamp")
-    lamport = counter + data[2]
-    rel = data[3]
+def _decode_origin(rel: Any, replica_ref: Any, counter: int, table: ReplicaTable) -> Dot | None:
     if rel is None:
-        origin = None
-    elif type(rel) is int:
-        origin = decode_dot(data[0], counter - rel, table)
-    elif isinstance(rel, list) and len(rel) == 2:
-        origin = decode_dot(rel[0], rel[1], table)
-    else:
-        raise DecodeError(f"{tag.label}: bad origin")
-    content = data[4]
+        return None
+    if type(rel) is int:
+        return decode_dot(replica_ref, counter - rel, table)
+    if isinstance(rel, list) and len(rel) == 2:
+        return decode_dot(rel[0], rel[1], table)
+    raise DecodeError("bad origin")
+
+
+def _check_content(tag: Tag, content: Any) -> None:
     if type(content) is int:
         if content < 1:
             raise DecodeError(f"{tag.label}: bad run length")
     elif not (isinstance(content, str) if tag is Tag.TEXT else isinstance(content, list)) or not content:
         raise DecodeError(f"{tag.label}: bad content")
-    deleters = tuple(sorted(set(decode_dots(data[5], table)))) if len(data) == 6 else ()
-    if type(content) is int and not deleters:
-        raise DecodeError(f"{tag.label}: a run without content must be deleted")
-    return (replica, counter, lamport, origin, content, deleters)
+
+
+def _decode_insert(tag: Tag, data: Any, table: ReplicaTable) -> Insert:
+    if not isinstance(data, list) or len(data) != 5:
+        raise DecodeError(f"{tag.label}: bad insert")
+    replica, counter = decode_dot(data[0], data[1], table)
+    if type(data[2]) is not int or counter + data[2] < 1:
+        raise DecodeError(f"{tag.label}: bad timestamp")
+    _check_content(tag, data[4])
+    return (replica, counter, counter + data[2], _decode_origin(data[3], data[0], counter, table), data[4])
 
 
 def _encode_delete(d: Delete, table: ReplicaTable) -> list[Any]:
@@ -249,7 +250,10 @@ class Sequence:
     __slots__ = (
         "blocks",
         "by_replica",
+        "deletions",
+        "deletions_normal",
         "max_lamport",
+        "oversized",
         "pending",
         "pending_deletes",
         "presence",
@@ -267,8 +271,13 @@ class Sequence:
         # replica -> (sorted run starts, pieces of each run sorted by counter)
         self.by_replica: dict[str, tuple[list[int], list[list[Item]]]] = {}
         self.max_lamport = 0
+        self.oversized: list[Block] = []  # blocks a multi-item operation grew past BLOCK_MAX
         self.pending: list[Insert] = []
-        self.pending_deletes: list[Delete] = []
+        # Ranges deleted before their elements arrived: (replica, lo, hi).
+        self.pending_deletes: list[tuple[str, int, int]] = []
+        # Who deleted what; only reading an index against an older version needs it.
+        self.deletions: list[Segment] = []
+        self.deletions_normal = True  # whether ``deletions`` is in canonical form
 
     # Public methods for reading.
 
@@ -295,7 +304,7 @@ class Sequence:
         return self.value()
 
     def is_bottom(self) -> bool:
-        return not self.presence and not self.by_replica and not self.pending and not self.pending_deletes
+        return not self.presence and not self.by_replica and not self.pending and not self.deletions
 
     def visible(self) -> bool:
         return bool(self.presence) or self.total > 0
@@ -312,43 +321,55 @@ class Sequence:
     def insert(self, index: int, content: Content, replica: str, counter: int) -> Insert:
         """Insert ``content`` so that it starts at visible ``index``; its ids are ``counter..``."""
         if index == 0:
-            origin: Dot | None = None
-        else:
-            blk, j, off = self._find(index - 1)
-            item = blk.items[j]
-            origin = (item.replica, item.counter + off)
-        return self.insert_after(origin, content, replica, counter)
+            return self._insert_at(None, None, 0, 0, content, replica, counter)
+        blk, j, off = self._find(index - 1)
+        return self._insert_at(blk, blk.items[j], j, off, content, replica, counter)
 
     def insert_after(self, origin: Dot | None, content: Content, replica: str, counter: int) -> Insert:
-        """Insert right after element ``origin`` (None: at the start); we have seen everything, so no skipping."""
+        """Insert right after element ``origin`` (None: at the start)."""
+        if origin is None:
+            return self._insert_at(None, None, 0, 0, content, replica, counter)
+        found = self._lookup(origin)
+        assert found is not None, "local insert after an unknown element"
+        item, off = found
+        return self._insert_at(item.block, item, item.block.items.index(item), off, content, replica, counter)
+
+    def _insert_at(
+        self, blk: Block | None, item: Item | None, j: int, off: int, content: Content, replica: str, counter: int
+    ) -> Insert:
+        """Insert after element ``off`` of ``item`` (at ``blk.items[j]``), or at the start when ``item`` is None.
+
+        This replica has seen everything here, so the new elements have the
+        greatest timestamp and go right after their origin: no skipping.
+        """
         lamport = self.max_lamport + 1
         n = len(content)
-        if origin is None:
-            blk, j = self.blocks[0], 0
-        else:
-            found = self._lookup(origin)
-            assert found is not None, "local insert after an unknown element"
-            item, off = found
-            if off < item.length - 1:
-                self._split(item, off + 1)
-            blk = item.block
-            j = blk.items.index(item) + 1
-            if (
-                item.replica == replica
-                and item.counter + item.length == counter
-                and item.lamport + item.length == lamport
-                and item.content is not None
-                and item.length < RUN_MAX
-            ):
-                item.content = item.content + content  # type: ignore[operator]
-                item.length += n
-                blk.lens[j - 1] += n
-                self._grew(blk, n)
-                self.max_lamport = lamport + n - 1
-                return (replica, counter, lamport, origin, content, ())
-        self._place(blk, j, Item(replica, counter, lamport, origin, n, content, (), blk))
         self.max_lamport = lamport + n - 1
-        return (replica, counter, lamport, origin, content, ())
+        if item is None or blk is None:
+            self._place(self.blocks[0], 0, Item(replica, counter, lamport, None, n, content, self.blocks[0]))
+            return (replica, counter, lamport, None, content)
+        origin = (item.replica, item.counter + off)
+        if off < item.length - 1:
+            self._split(item, off + 1)
+            blk = item.block
+        elif (
+            item.replica == replica
+            and item.counter + item.length == counter
+            and item.lamport + item.length == lamport
+            and item.content is not None
+            and item.length < RUN_MAX
+        ):
+            # Typing on at the end of our own run: extend it.
+            item.content = item.content + content  # type: ignore[operator]
+            item.length += n
+            blk.lens[j] += n
+            self._grew(blk, n)
+            return (replica, counter, lamport, origin, content)
+        if item.block is not blk:  # a block split moved it
+            blk = item.block
+            j = blk.items.index(item)
+        self._place(blk, j + 1, Item(replica, counter, lamport, origin, n, content, blk))
+        return (replica, counter, lamport, origin, content)
 
     def delete(self, index: int, count: int, deleter: Dot) -> list[Delete]:
         """Delete ``count`` visible elements from ``index``; returns the id ranges removed."""
@@ -369,21 +390,23 @@ class Sequence:
                 continue
             if item.length > remaining:
                 self._split(item, remaining)
-            self._kill(item, j, (deleter,))
+            self._kill(item, j)
             removed.append((item.replica, item.counter, item.counter + item.length, (deleter,)))
             remaining -= item.length
             j += 1
         self._rebalance()
+        removed = _coalesce(removed)
+        self._record(removed)
         return removed
 
     def delete_ids(self, ids: list[Dot], deleter: Dot) -> list[Delete]:
         """Delete elements by id (used when an index was read against an older version)."""
-        removed: list[Delete] = []
-        for replica, c in ids:
-            removed.append((replica, c, c + 1, (deleter,)))
-            self._delete_range(replica, c, c + 1, (deleter,))
+        removed = _coalesce([(replica, c, c + 1, (deleter,)) for replica, c in ids])
+        for replica, lo, hi, _ in removed:
+            self._delete_range(replica, lo, hi)
         self._rebalance()
-        return _coalesce(removed)
+        self._record(removed)
+        return removed
 
     # Public methods for reading an index against an older version.
 
@@ -395,28 +418,29 @@ class Sequence:
         """
         out: list[Dot] = []
         pos = 0
-        for it in self._items():
-            if any(seen(d) for d in it.deleters):
-                continue
-            r = it.replica
-            for c in range(it.counter, it.counter + it.length):
-                if not seen((r, c)):
-                    continue
-                if pos >= start:
-                    out.append((r, c))
-                    if len(out) == count:
-                        return out
-                pos += 1
+        for dot in self._visible_at(seen):
+            if pos >= start:
+                out.append(dot)
+                if len(out) == count:
+                    return out
+            pos += 1
         return None
 
     def length_at(self, seen: Callable[[Dot], bool]) -> int:
-        n = 0
+        return sum(1 for _ in self._visible_at(seen))
+
+    def _visible_at(self, seen: Callable[[Dot], bool]) -> Iterator[Dot]:
+        """Every element visible in the view holding only dots ``seen``, in order: O(elements), by design rare."""
+        deleted_by: dict[Dot, list[Dot]] = {}
+        for dr, d0, dstep, tr, t0, tstep, n in self.deletions:
+            for k in range(n):
+                deleted_by.setdefault((tr, t0 + k * tstep), []).append((dr, d0 + k * dstep))
         for it in self._items():
-            if any(seen(d) for d in it.deleters):
-                continue
             r = it.replica
-            n += sum(1 for k in range(it.length) if seen((r, it.counter + k)))
-        return n
+            for c in range(it.counter, it.counter + it.length):
+                dot = (r, c)
+                if seen(dot) and not any(seen(d) for d in deleted_by.get(dot, ())):
+                    yield dot
 
     # Public methods for joining.
 
@@ -430,8 +454,9 @@ class Sequence:
         self.presence = join_dotset(self.presence, delta.presence, ours, theirs)
         for ins in delta.inserts:
             self._integrate(ins)
-        for replica, lo, hi, deleters in delta.deletes:
-            self._delete_range(replica, lo, hi, deleters)
+        for replica, lo, hi, _ in delta.deletes:
+            self._delete_range(replica, lo, hi)
+        self._record(delta.deletes)
         self._retry_pending()
         self._rebalance()
 
@@ -439,13 +464,13 @@ class Sequence:
         """Full-state join. Other's items come in document order, so every origin precedes its element."""
         self.presence = join_dotset(self.presence, other.presence, ours, theirs)
         for it in list(other._items()):
-            self._integrate(
-                (it.replica, it.counter, it.lamport, it.origin, it.content or it.length, it.deleters),
-            )
+            self._integrate((it.replica, it.counter, it.lamport, it.origin, it.content or it.length))
         for ins in other.pending:
             self._integrate(ins)
         for d in other.pending_deletes:
             self._delete_range(*d)
+        self.deletions = _normalize(self.deletions + other.deletions)
+        self.deletions_normal = True
         self._retry_pending()
         self._rebalance()
 
@@ -468,63 +493,117 @@ class Sequence:
         return [table.names, self.to_json(table)]
 
     def to_json(self, table: ReplicaTable) -> list[Any]:
-        """Runs in document order, merged where they can be: ``[presence, runs, pending, pending_deletes]``."""
+        """``[presence, runs, deletions, pending, pending_deletes]``.
+
+        Runs come in document order, merged wherever they can be, as a flat
+        list of five values each: replica, counter minus the previous run's
+        end, (lamport - counter) minus the previous run's, origin (see
+        ``_origin_ref``), and content (a dead run: its length). Deletion
+        segments are normalized, then flat too, each number relative to the
+        previous segment's. Relative numbers stay short however long the
+        history, which keeps a document near the size of its text.
+        """
         runs: list[Any] = []
-        prev: list[Any] | None = None
-        prev_end: Dot | None = None
-        prev_key: tuple[str, int, int, tuple[Dot, ...]] | None = None
-        for it in self._items():
-            key = (it.replica, it.counter, it.lamport, it.deleters)
-            if (
-                prev is not None
-                and prev_key is not None
-                and it.origin == prev_end
-                and prev_key == key
-                and (it.content is None) == (type(prev[4]) is int)
-            ):
-                if it.content is None:
-                    prev[4] += it.length
-                else:
-                    prev[4] = prev[4] + it.content
-            else:
-                prev = _encode_insert(
-                    (it.replica, it.counter, it.lamport, it.origin, it.content or it.length, it.deleters), table
-                )
-                runs.append(prev)
-            prev_end = (it.replica, it.counter + it.length - 1)
-            prev_key = (it.replica, it.counter + it.length, it.lamport + it.length, it.deleters)
+        merged = self._merged_runs()
+        prev_end = 0
+        prev_dl = 0
+        for replica, counter, lamport, origin, content in merged:
+            n = content if type(content) is int else len(content)  # type: ignore[arg-type]
+            dl = lamport - counter
+            runs += (
+                table.ref(replica),
+                counter - prev_end,
+                dl - prev_dl,
+                _origin_ref(replica, counter, origin, table),
+                content,
+            )
+            prev_end = counter + n
+            prev_dl = dl
+        deletions: list[int] = []
+        prev_d = prev_t = 0
+        if not self.deletions_normal:
+            # Normalizing costs O(deletions log deletions): keep the result.
+            self.deletions = _normalize(self.deletions)
+            self.deletions_normal = True
+        for dr, d0, dstep, tr, t0, tstep, n in self.deletions:
+            deletions += (table.ref(dr), d0 - prev_d, table.ref(tr), t0 - prev_t, n, _STEP_CODES[(dstep, tstep)])
+            prev_d, prev_t = d0, t0
         return [
             encode_dots(self.presence, table),
             runs,
+            deletions,
             [_encode_insert(ins, table) for ins in sorted(self.pending, key=_insert_order)],
-            [_encode_delete(d, table) for d in sorted(self.pending_deletes)],
+            [[table.ref(r), lo, hi] for r, lo, hi in _coalesce_ranges(self.pending_deletes)],
         ]
+
+    def _merged_runs(self) -> list[list[Any]]:
+        """Items in document order with neighbours merged where one run could hold both."""
+        out: list[list[Any]] = []
+        prev: list[Any] | None = None
+        end: tuple[str, int, int] | None = None  # (replica, next counter, next lamport) of prev
+        for it in self._items():
+            dead = it.content is None
+            if (
+                prev is not None
+                and end == (it.replica, it.counter, it.lamport)
+                and it.origin == (it.replica, it.counter - 1)
+                and dead == (type(prev[4]) is int)
+            ):
+                prev[4] = prev[4] + (it.length if dead else it.content)
+            else:
+                prev = [it.replica, it.counter, it.lamport, it.origin, it.length if dead else it.content]
+                out.append(prev)
+            end = (it.replica, it.counter + it.length, it.lamport + it.length)
+        return out
 
     @classmethod
     def from_json(cls, tag: Tag, data: Any, table: ReplicaTable) -> Sequence:
-        if not isinstance(data, list) or len(data) != 4 or not all(isinstance(x, list) for x in data[1:]):
+        if not isinstance(data, list) or len(data) != 5 or not all(isinstance(x, list) for x in data[1:]):
             raise DecodeError(f"{tag.label}: bad body")
         seq = cls(tag)
         seq.presence = set(decode_dots(data[0], table))
+        runs = data[1]
+        if len(runs) % 5:
+            raise DecodeError(f"{tag.label}: bad runs")
         blk = seq.blocks[0]
-        for raw in data[1]:
-            replica, counter, lamport, origin, content, deleters = _decode_insert(tag, raw, table)
+        prev_end = 0
+        prev_dl = 0
+        for k in range(0, len(runs), 5):
+            ref, dc, ddl, rel, content = runs[k : k + 5]
+            if type(dc) is not int or type(ddl) is not int:
+                raise DecodeError(f"{tag.label}: bad run numbers")
+            replica, counter = decode_dot(ref, prev_end + dc, table)
+            lamport = counter + prev_dl + ddl
+            if lamport < 1:
+                raise DecodeError(f"{tag.label}: bad timestamp")
+            origin = _decode_origin(rel, ref, counter, table)
+            _check_content(tag, content)
             if origin is not None and seq._lookup(origin) is None:
                 raise DecodeError(f"{tag.label}: an element precedes its origin")
-            n = content if type(content) is int else len(content)  # type: ignore[arg-type]
             live = type(content) is not int
-            item = Item(replica, counter, lamport, origin, n, content if live else None, deleters, blk)  # type: ignore[arg-type]
+            n = len(content) if live else content
             if seq._lookup_any(replica, counter, counter + n):
                 raise DecodeError(f"{tag.label}: duplicate element ids")
+            item = Item(replica, counter, lamport, origin, n, content if live else None, blk)
             blk.items.append(item)
             blk.lens.append(n if live else 0)
             seq._register(item)
             seq.max_lamport = max(seq.max_lamport, lamport + n - 1)
+            prev_end = counter + n
+            prev_dl = lamport - counter
             if len(blk.items) >= BLOCK_MAX // 2:
                 blk = Block(len(seq.blocks), [], [])
                 seq.blocks.append(blk)
-        seq.pending = [_decode_insert(tag, x, table) for x in data[2]]
-        seq.pending_deletes = [_decode_delete(x, table) for x in data[3]]
+        seq.deletions = _decode_segments(data[2], table)
+        seq.deletions_normal = False  # untrusted input: normalize before writing it out again
+        seq.pending = [_decode_insert(tag, x, table) for x in data[3]]
+        for x in data[4]:
+            if not isinstance(x, list) or len(x) != 3:
+                raise DecodeError(f"{tag.label}: bad pending delete")
+            replica, lo = decode_dot(x[0], x[1], table)
+            if type(x[2]) is not int or x[2] <= lo:
+                raise DecodeError(f"{tag.label}: bad pending delete range")
+            seq.pending_deletes.append((replica, lo, x[2]))
         for b in seq.blocks:
             b.vis = sum(b.lens)
         seq._rebuild()
@@ -601,12 +680,12 @@ class Sequence:
         self._rebuild()
 
     def _rebalance(self) -> None:
-        """Split blocks that grew past the limit during a multi-item operation."""
-        while True:
-            big = next((b for b in self.blocks if len(b.items) > BLOCK_MAX), None)
-            if big is None:
-                return
-            self._split_block(big)
+        """Split the blocks that a multi-item operation grew past the limit."""
+        while self.oversized:
+            blk = self.oversized.pop()
+            if len(blk.items) > BLOCK_MAX:
+                self._split_block(blk)
+                self.oversized += (b for b in self.blocks[blk.idx : blk.idx + 2] if len(b.items) > BLOCK_MAX)
 
     # Private methods: ids.
 
@@ -661,7 +740,6 @@ class Sequence:
             (item.replica, item.counter + off - 1),
             item.length - off,
             content[off:] if content is not None else None,
-            item.deleters,
             blk,
         )
         item.length = off
@@ -673,43 +751,49 @@ class Sequence:
         else:
             blk.items.insert(j + 1, right)
             blk.lens.insert(j + 1, 0)
+        if len(blk.items) > BLOCK_MAX:
+            self.oversized.append(blk)
         group = self.by_replica[item.replica][1]
         starts = self.by_replica[item.replica][0]
         g = group[bisect_right(starts, item.counter) - 1]
         g.insert(bisect_right(g, item.counter, key=_counter), right)
         return right
 
-    def _kill(self, item: Item, j: int, deleters: tuple[Dot, ...]) -> None:
-        blk = item.block
+    def _kill(self, item: Item, j: int) -> None:
         if item.content is not None:
+            blk = item.block
             item.content = None
             n = blk.lens[j]
             blk.lens[j] = 0
             self._grew(blk, -n)
-        item.deleters = tuple(sorted(set(item.deleters).union(deleters))) if item.deleters else deleters
+
+    def _record(self, deletes: list[Delete]) -> None:
+        for replica, lo, hi, deleters in deletes:
+            for dr, dc in deleters:
+                self.deletions.append((dr, dc, 0, replica, lo, 1, hi - lo))
+                self.deletions_normal = False
 
     # Private methods: integrating remote work.
 
     def _integrate(self, ins: Insert) -> None:
-        replica, counter, lamport, origin, content, deleters = ins
-        length = content if type(content) is int else len(content)  # type: ignore[arg-type]
+        replica, counter, lamport, origin, content = ins
+        dead = type(content) is int
+        length = content if dead else len(content)  # type: ignore[arg-type]
         while length > 0:
             found = self._lookup((replica, counter))
             if found is not None:
                 item, off = found
                 n = min(length, item.length - off)
-                if deleters:
-                    self._delete_range(replica, counter, counter + n, deleters)
+                if dead:
+                    self._delete_range(replica, counter, counter + n)
             else:
                 n = min(length, self._unknown_extent(replica, counter))
-                piece = content if type(content) is int else content[:n]  # type: ignore[index]
-                if type(piece) is int:
-                    piece = n
+                piece = n if dead else content[:n]  # type: ignore[index]
                 if origin is not None and self._lookup(origin) is None:
-                    self.pending.append((replica, counter, lamport, origin, piece, deleters))
+                    self.pending.append((replica, counter, lamport, origin, piece))
                 else:
-                    self._integrate_new(replica, counter, lamport, origin, piece, deleters)
-            if type(content) is not int:
+                    self._integrate_new(replica, counter, lamport, origin, piece)
+            if not dead:
                 content = content[n:]  # type: ignore[index]
             origin = (replica, counter + n - 1)
             counter += n
@@ -725,7 +809,7 @@ class Sequence:
         return starts[k] - counter if k < len(starts) else 1 << 62
 
     def _integrate_new(
-        self, replica: str, counter: int, lamport: int, origin: Dot | None, content: Content | int, deleters: tuple
+        self, replica: str, counter: int, lamport: int, origin: Dot | None, content: Content | int
     ) -> None:
         if origin is None:
             blk, j = self.blocks[0], 0
@@ -752,41 +836,48 @@ class Sequence:
                 break
         live = type(content) is not int
         n = len(content) if live else content  # type: ignore[arg-type]
-        item = Item(replica, counter, lamport, origin, n, content if live else None, deleters, blk)  # type: ignore[arg-type]
+        item = Item(replica, counter, lamport, origin, n, content if live else None, blk)  # type: ignore[arg-type]
         self._place(blk, j, item)
         if lamport + n - 1 > self.max_lamport:
             self.max_lamport = lamport + n - 1
 
-    def _delete_range(self, replica: str, lo: int, hi: int, deleters: tuple[Dot, ...]) -> None:
+    def _delete_range(self, replica: str, lo: int, hi: int) -> None:
+        """Mark elements dead; those not here yet wait in ``pending_deletes``."""
         c = lo
         while c < hi:
             found = self._lookup((replica, c))
             if found is None:
                 n = min(hi - c, self._unknown_extent(replica, c))
-                self.pending_deletes.append((replica, c, c + n, deleters))
+                self.pending_deletes.append((replica, c, c + n))
                 c += n
                 continue
             item, off = found
+            if item.content is None:
+                c += item.length - off
+                continue
             if off:
                 item = self._split(item, off)
             if item.length > hi - c:
                 self._split(item, hi - c)
-            if not set(deleters).issubset(item.deleters):
-                self._kill(item, item.block.items.index(item), deleters)
+            self._kill(item, item.block.items.index(item))
             c += item.length
 
     def _retry_pending(self) -> None:
         while self.pending or self.pending_deletes:
-            before = (sorted(self.pending, key=_insert_order), _coalesce(self.pending_deletes))
+            before = (sorted(self.pending, key=_insert_order), _coalesce_ranges(self.pending_deletes))
             self.pending, self.pending_deletes = [], []
             for ins in before[0]:
                 self._integrate(ins)
             for d in before[1]:
                 self._delete_range(*d)
             self.pending.sort(key=_insert_order)
-            self.pending_deletes = _coalesce(self.pending_deletes)
+            self.pending_deletes = _coalesce_ranges(self.pending_deletes)
             if (self.pending, self.pending_deletes) == before:
                 return
+
+
+_STEP_CODES = {(0, 1): 0, (1, -1): 1, (1, 1): 2}
+_CODE_STEPS = {code: steps for steps, code in _STEP_CODES.items()}
 
 
 def _insert_order(ins: Insert) -> tuple[int, str, int]:
@@ -802,4 +893,56 @@ def _coalesce(deletes: list[Delete]) -> list[Delete]:
             out[-1] = (last[0], last[1], max(last[2], d[2]), last[3])
         else:
             out.append(d)
+    return out
+
+
+def _coalesce_ranges(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    out: list[tuple[str, int, int]] = []
+    for r, lo, hi in sorted(ranges):
+        if out and out[-1][0] == r and out[-1][2] >= lo:
+            out[-1] = (r, out[-1][1], max(out[-1][2], hi))
+        else:
+            out.append((r, lo, hi))
+    return out
+
+
+def _normalize(segments: list[Segment]) -> list[Segment]:
+    """The canonical segments of a set of (deleter, target) pairs: sorted, deduplicated, greedily merged."""
+    pairs = sorted(
+        {(dr, d0 + k * dstep, tr, t0 + k * tstep) for dr, d0, dstep, tr, t0, tstep, n in segments for k in range(n)}
+    )
+    out: list[list[Any]] = []
+    for dr, dc, tr, tc in pairs:
+        if out:
+            s = out[-1]
+            if s[0] == dr and s[3] == tr:
+                if s[6] == 1:
+                    steps = (dc - s[1], tc - s[4])
+                    if steps in _STEP_CODES:
+                        s[2], s[5], s[6] = steps[0], steps[1], 2
+                        continue
+                elif dc == s[1] + s[6] * s[2] and tc == s[4] + s[6] * s[5]:
+                    s[6] += 1
+                    continue
+        out.append([dr, dc, 0, tr, tc, 1, 1])
+    return [tuple(s) for s in out]  # type: ignore[misc]
+
+
+def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
+    if len(flat) % 6:
+        raise DecodeError("bad deletion segments")
+    out: list[Segment] = []
+    prev_d = prev_t = 0
+    for k in range(0, len(flat), 6):
+        dref, dd, tref, dt, n, code = flat[k : k + 6]
+        if type(dd) is not int or type(dt) is not int or type(n) is not int or n < 1 or code not in _CODE_STEPS:
+            raise DecodeError("bad deletion segment")
+        dstep, tstep = _CODE_STEPS[code]
+        d0, t0 = prev_d + dd, prev_t + dt
+        dr, _ = decode_dot(dref, max(d0, 1), table)
+        tr, _ = decode_dot(tref, max(t0, 1), table)
+        if d0 < 1 or t0 < 1 or d0 + (n - 1) * dstep < 1 or t0 + (n - 1) * tstep < 1 or n > 1 << 32:
+            raise DecodeError("bad deletion segment counters")
+        out.append((dr, d0, dstep, tr, t0, tstep, n))
+        prev_d, prev_t = d0, t0
     return out
