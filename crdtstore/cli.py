@@ -4,11 +4,16 @@
 runs one node; every flag also comes from ``CRDTSTORE_*`` variables or a
 TOML file (see :mod:`crdtstore.config`).
 
-``crdtstore up`` is the embedded default: the nodes of :data:`UP_REGIONS`
-on loopback, data under ``./data``, and a read-write token generated on the
-first run and kept in ``./data/tokens`` (mode 0600). It prints the URL and
-the token. Growing it into a multi-region cluster means listing more
-regions (each gets the next port and its own directory) and wiring peers.
+``crdtstore up [--regions N] [--latency 80ms] [--jitter 10ms]`` is the
+embedded default: N region nodes (3 by default, named by
+:data:`UP_REGIONS`) in this process on loopback, each with its own uvicorn
+server, port and data directory under ``./data``, a read-write token and a
+cluster secret generated on the first run (mode 0600). Every region dials
+every other one through an emulated WAN (:mod:`sync.wanproxy`) that adds
+the one-way latency and jitter. While it runs, ``crdtstore partition A B``
+and ``crdtstore heal A B`` cut and restore the link between two regions
+(through the ``/v1/admin/*`` routes of the first region, which ``up``
+records in ``./data/up.json``).
 
 Servers are uvicorn servers driven by :func:`run_servers`: one event loop,
 one set of signal handlers for all of them (uvicorn's per-server handlers
@@ -21,12 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -36,35 +44,49 @@ from crdtstore import __version__
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.limits import Limits
-from crdtstore.config import SETTINGS, ConfigError, ServeConfig, resolve
+from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
+from crdtstore.replicator import Replicator
+from sync.transport import TransportSettings
+from sync.wanproxy import WanController
 
 __all__ = [
     "UP_REGIONS",
     "bind",
     "build_parser",
     "build_server_app",
+    "ensure_secret",
     "ensure_token",
     "main",
+    "parse_duration",
     "plan_up",
     "run_servers",
+    "transport_settings",
     "uvicorn_config",
 ]
 
 logger = logging.getLogger("crdtstore.cli")
 
-UP_REGIONS: tuple[str, ...] = ("local",)
-"""Regions ``up`` starts, on consecutive ports from ``--port``."""
+UP_REGIONS: tuple[str, ...] = ("us", "eu", "ap", "sa", "af", "me", "oc", "an")
+"""Names of the regions ``up`` starts (the first ``--regions`` of them), on consecutive ports from ``--port``."""
 
+UP_DEFAULT_REGIONS = 3
 UP_TOKEN_FILE = "tokens"
+UP_SECRET_FILE = "cluster-secret"
+UP_STATE_FILE = "up.json"
+PEER_PATH = "/v1/peer"
 
 
 # Public functions: building servers from settings.
 
 
-def build_server_app(config: ServeConfig, *, env: Mapping[str, str]) -> Starlette:
-    """The app of one node as ``config`` describes it (the node starts with the app's lifespan)."""
+def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanController | None = None) -> Starlette:
+    """The app of one node as ``config`` describes it (the node and its replicator start with the app's lifespan).
+
+    A node gets a replicator when a cluster secret is configured (it then
+    accepts peers on ``/v1/peer``) and dials every ``peers`` URL.
+    """
     try:
         tokens = TokenStore.load(config.tokens, env=env)
     except (OSError, TokenFileError) as exc:
@@ -81,7 +103,30 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str]) -> Starlett
         )
     )
     auth = AuthPolicy(tokens=tokens, public_metrics=config.public_metrics, anonymous=anonymous)
-    return build_app(node, auth=auth, limits=Limits(max_body_bytes=config.max_body_bytes))
+    secret = cluster_secret(config, env=env)
+    if config.peers and secret is None:
+        raise ConfigError("--peer needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
+    replicator = None
+    if secret is not None:
+        replicator = Replicator(
+            node,
+            secret=secret,
+            peers=config.peers,
+            region=config.region,
+            transport=transport_settings(config),
+        )
+    return build_app(
+        node, auth=auth, limits=Limits(max_body_bytes=config.max_body_bytes), replicator=replicator, wan=wan
+    )
+
+
+def transport_settings(config: ServeConfig) -> TransportSettings:
+    return TransportSettings(
+        max_size=config.peer_max_size,
+        ping_interval=config.peer_ping_interval,
+        ping_timeout=config.peer_ping_timeout,
+        backoff_max=config.peer_backoff_max,
+    )
 
 
 def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
@@ -94,7 +139,10 @@ def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
         ssl_keyfile=config.keyfile,
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=config.timeout_keep_alive,
-        ws_max_size=config.ws_max_size,
+        # A clustered node takes peer messages on the same server: its limit is the larger of the two.
+        ws_max_size=max(config.ws_max_size, config.peer_max_size) if _clustered(config) else config.ws_max_size,
+        ws_ping_interval=config.peer_ping_interval,
+        ws_ping_timeout=config.peer_ping_timeout,
         access_log=config.access_log,
         log_level=config.log_level,
         log_config=None,  # keep our JSON logging (crdtstore.logs)
@@ -102,6 +150,10 @@ def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
         server_header=False,
         proxy_headers=False,
     )
+
+
+def _clustered(config: ServeConfig) -> bool:
+    return bool(config.peers) or config.cluster_secret_file is not None
 
 
 class _GroupServer(uvicorn.Server):
@@ -117,12 +169,20 @@ def bind(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=2048)
 
 
-def run_servers(configs: Sequence[uvicorn.Config], *, announce: Callable[[list[str]], None] | None = None) -> int:
+def run_servers(
+    configs: Sequence[uvicorn.Config],
+    *,
+    announce: Callable[[list[str]], None] | None = None,
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> int:
     """Serve every config until SIGINT/SIGTERM; returns the process exit code.
 
     Args:
         configs: One uvicorn config per server.
         announce: Called with the servers' URLs once their sockets are bound (before startup).
+        on_start: Awaited in the event loop before the servers start (``up`` starts its WAN here).
+        on_stop: Awaited after every server stopped.
     """
     if not configs:
         return 0
@@ -141,8 +201,12 @@ def run_servers(configs: Sequence[uvicorn.Config], *, announce: Callable[[list[s
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
         try:
+            if on_start is not None:
+                await on_start()
             await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True)))
         finally:
+            if on_stop is not None:
+                await on_stop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 
@@ -164,8 +228,15 @@ def run_servers(configs: Sequence[uvicorn.Config], *, announce: Callable[[list[s
     return 0 if all(server.started for server in servers) else 3
 
 
-def plan_up(root: Path, *, host: str, base_port: int) -> list[ServeConfig]:
-    """The nodes ``up`` runs: one per region of :data:`UP_REGIONS`, consecutive ports, one directory each."""
+def plan_up(
+    root: Path, *, host: str, base_port: int, regions: int = UP_DEFAULT_REGIONS, wan: WanController | None = None
+) -> list[ServeConfig]:
+    """The nodes ``up`` runs: the first ``regions`` of :data:`UP_REGIONS`, consecutive ports, one directory each.
+
+    With ``wan``, each node is clustered and dials every other region through it.
+    """
+    if not 1 <= regions <= len(UP_REGIONS):
+        raise ConfigError(f"--regions is 1 to {len(UP_REGIONS)}")
     return [
         ServeConfig(
             region=region,
@@ -173,9 +244,42 @@ def plan_up(root: Path, *, host: str, base_port: int) -> list[ServeConfig]:
             host=host,
             port=base_port + i if base_port else 0,  # port 0: each node gets a free port of its own
             tokens=root / UP_TOKEN_FILE,
+            cluster_secret_file=root / UP_SECRET_FILE if wan is not None else None,
+            peers=tuple(wan.peers_of(region, path=PEER_PATH)) if wan is not None else (),
+            # Loopback links: detect a cut quickly and reconnect quickly.
+            peer_ping_interval=2.0,
+            peer_ping_timeout=4.0,
+            peer_backoff_max=2.0,
         )
-        for i, region in enumerate(UP_REGIONS)
+        for i, region in enumerate(UP_REGIONS[:regions])
     ]
+
+
+def ensure_secret(root: Path) -> None:
+    """The cluster secret of ``up``; generated (mode 0600) on the first run."""
+    path = root / UP_SECRET_FILE
+    root.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(generate_token() + "\n")
+
+
+def parse_duration(text: str) -> float:
+    """``80ms``, ``0.08s``, ``0.08`` (seconds) → seconds."""
+    raw = text.strip().lower()
+    try:
+        if raw.endswith("ms"):
+            value = float(raw[:-2]) / 1000
+        elif raw.endswith("s"):
+            value = float(raw[:-1])
+        else:
+            value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 80ms)") from None
+    if not 0 <= value < 60:
+        raise argparse.ArgumentTypeError(f"a duration from 0 to 60 s, got {text!r}")
+    return value
 
 
 def ensure_token(root: Path) -> str:
@@ -210,16 +314,63 @@ def _up(args: argparse.Namespace) -> int:
     root = Path(args.data)
     configure_logging("info")
     token = ensure_token(root)
-    plans = plan_up(root, host="127.0.0.1", base_port=args.port)
-    # Only the generated token file counts for `up`, not CRDTSTORE_TOKENS of the caller's shell.
-    configs = [uvicorn_config(build_server_app(plan, env={}), plan) for plan in plans]
+    wan = None
+    if args.regions > 1:
+        ensure_secret(root)
+        wan = WanController(UP_REGIONS[: args.regions], latency=args.latency, jitter=args.jitter)
+        wan.bind()  # the links' ports go into every node's peer list before anything runs
+    plans = plan_up(root, host="127.0.0.1", base_port=args.port, regions=args.regions, wan=wan)
+    # Only the generated files count for `up`, not CRDTSTORE_TOKENS or a secret of the caller's shell.
+    configs = [uvicorn_config(build_server_app(plan, env={}, wan=wan), plan) for plan in plans]
 
     def announce(urls: list[str]) -> None:
         for plan, url in zip(plans, urls, strict=True):
             print(f"crdtstore up: region {plan.region} at {url}", flush=True)
+            if wan is not None:
+                host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+                wan.set_target(plan.region, host, int(port))
         print(f"token (readwrite, kept in {root / UP_TOKEN_FILE}): {token}", flush=True)
+        state = {"admin": urls[0], "regions": dict(zip([p.region for p in plans], urls, strict=True))}
+        (root / UP_STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
 
-    return run_servers(configs, announce=announce)
+    async def on_start() -> None:
+        if wan is not None:
+            await wan.start()
+
+    async def on_stop() -> None:
+        if wan is not None:
+            await wan.close()
+
+    return run_servers(configs, announce=announce, on_start=on_start, on_stop=on_stop)
+
+
+def _link_command(args: argparse.Namespace) -> int:
+    """``partition A B`` / ``heal A B``: ask the running ``up`` (its admin routes) to cut or heal."""
+    root = Path(args.data)
+    try:
+        state = json.loads((root / UP_STATE_FILE).read_text(encoding="utf-8"))
+        token = ensure_token(root)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no running `crdtstore up` under {root}: {exc}") from None
+    body: dict[str, str] = {"a": args.a, "b": args.b}
+    if args.command == "partition":
+        body["mode"] = args.mode
+    request = urllib.request.Request(
+        f"{state['admin']}/v1/admin/{args.command}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10.0) as response:  # noqa: S310 (our own loopback URL)
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(f"crdtstore {args.command}: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reach `crdtstore up` at {state['admin']}: {exc}") from None
+    print(f"cut links: {answer['cut']}", flush=True)
+    return 0
 
 
 def _url_host(host: str) -> str:
@@ -241,14 +392,28 @@ def build_parser() -> argparse.ArgumentParser:
     for setting in SETTINGS:
         if setting.flag == "switch":
             serve.add_argument(setting.option, dest=setting.name, action="store_const", const=True, help=setting.help)
+        elif setting.flag == "list":
+            serve.add_argument(setting.option, dest=setting.name, action="append", default=None, help=setting.help)
         else:
             serve.add_argument(setting.option, dest=setting.name, default=None, help=setting.help)
     serve.set_defaults(func=_serve)
 
-    up = commands.add_parser("up", help="run the local default setup on loopback (data under ./data)")
+    up = commands.add_parser("up", help="run a local multi-region cluster on loopback (data under ./data)")
     up.add_argument("--data", default="data", help="root directory (default ./data)")
-    up.add_argument("--port", type=int, default=8080, help="first port (default 8080)")
+    up.add_argument("--port", type=int, default=8080, help="first port (default 8080; 0: any free ports)")
+    up.add_argument("--regions", type=int, default=UP_DEFAULT_REGIONS, help="regions to run (default 3)")
+    up.add_argument("--latency", type=parse_duration, default=0.0, help="one-way latency between regions (80ms)")
+    up.add_argument("--jitter", type=parse_duration, default=0.0, help="extra random one-way delay (10ms)")
     up.set_defaults(func=_up)
+
+    for name, text in (("partition", "cut the link between two regions of a running `up`"), ("heal", "restore it")):
+        cmd = commands.add_parser(name, help=text)
+        cmd.add_argument("a", help="region")
+        cmd.add_argument("b", help="region")
+        cmd.add_argument("--data", default="data", help="the root directory of the running `up` (default ./data)")
+        if name == "partition":
+            cmd.add_argument("--mode", choices=["close", "hold"], default="close", help="drop or blackhole (hold)")
+        cmd.set_defaults(func=_link_command)
     return parser
 
 

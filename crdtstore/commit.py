@@ -15,7 +15,10 @@ every write through :class:`GroupCommitWriter`:
 3. Each ``fn(ctx)`` runs in its own nested child transaction
    (``env.begin(write=True, parent=txn)``). If ``fn`` raises, only its child
    is aborted and only its future gets the exception; its batch-mates go on.
-4. One commit (one fsync) covers the batch. Only after it returned are the
+4. Right before the commit, the writer rehashes the Merkle tree's inner
+   nodes above the leaves the batch changed (``Storage.flush_merkle``), once
+   per batch instead of once per write.
+5. One commit (one fsync) covers the batch. Only after it returned are the
    futures resolved, so an acknowledged write is durable.
 
 A request can attach callbacks to its :class:`WriteContext`:
@@ -288,6 +291,9 @@ class GroupCommitWriter:
                     outcomes.append((request, False, exc))
                 else:
                     outcomes.append((request, True, value))
+            # The batch's document writes changed Merkle leaves only: rehash
+            # the inner nodes once for the whole batch (shared upper levels).
+            self.storage.flush_merkle(txn)
             started = time.perf_counter()
             txn.commit()
             elapsed = time.perf_counter() - started

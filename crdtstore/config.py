@@ -11,6 +11,14 @@ file is ``--tokens`` / ``CRDTSTORE_TOKENS_FILE`` / ``tokens``, because
 :mod:`crdtstore.api.auth`); both sources are merged.
 
 Booleans in the environment are ``1/true/yes/on`` or ``0/false/no/off``.
+
+Replication: ``--peer URL`` is repeatable (``CRDTSTORE_PEERS`` holds a
+comma-separated list, the file a list of strings); each URL is a peer's
+websocket endpoint, e.g. ``ws://10.0.0.2:8080/v1/peer``. The cluster secret
+that peers authenticate each other with comes from
+``--cluster-secret-file`` / ``CRDTSTORE_CLUSTER_SECRET_FILE`` or, inline,
+``CRDTSTORE_CLUSTER_SECRET`` (environment only: a secret on the command
+line would show in ``ps``). Without a secret the node accepts no peers.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "ConfigError", "ServeConfig", "Setting", "resolve"]
+__all__ = ["SETTINGS", "ConfigError", "ServeConfig", "Setting", "cluster_secret", "resolve"]
 
 
 class ConfigError(ValueError):
@@ -79,6 +87,28 @@ def _log_level(raw: Any) -> str:
     return text
 
 
+def _seconds(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError(f"expected seconds, got {raw!r}")
+    value = float(raw)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _peer_url(raw: Any) -> str:
+    text = _str(raw).strip()
+    if not re.fullmatch(r"wss?://[^\s/]+(/\S*)?", text):
+        raise ValueError(f"a peer is a ws:// or wss:// URL, got {text!r}")
+    return text
+
+
+def _peers(raw: Any) -> tuple[str, ...]:
+    # A flag gives a list (repeatable --peer), the environment a comma-separated string, the file either.
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    return tuple(dict.fromkeys(_peer_url(item) for item in items if not isinstance(item, str) or item.strip()))
+
+
 def _str(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError(f"expected a string, got {raw!r}")
@@ -93,7 +123,8 @@ class Setting:
         name: The dataclass field; ``--name-with-dashes``, ``CRDTSTORE_NAME``, TOML ``name``.
         parse: Turns a flag, env or TOML value into the field's type (raises ValueError).
         help: Shown by ``--help``.
-        flag: Kind of flag: ``value`` takes an argument, ``switch`` is a boolean without one.
+        flag: Kind of flag: ``value`` takes an argument, ``switch`` is a boolean without one,
+            ``list`` is repeatable (``--peer A --peer B``).
         env_name: The environment variable when it is not ``CRDTSTORE_<NAME>``.
     """
 
@@ -109,6 +140,8 @@ class Setting:
 
     @property
     def option(self) -> str:
+        if self.flag == "list" and self.name.endswith("s"):
+            return "--" + self.name[:-1].replace("_", "-")  # --peer, given once per peer
         return "--" + self.name.replace("_", "-")
 
 
@@ -133,6 +166,12 @@ class ServeConfig:
     ws_max_size: int = 1 << 16
     access_log: bool = True
     log_level: str = "info"
+    peers: tuple[str, ...] = ()
+    cluster_secret_file: Path | None = None
+    peer_max_size: int = 16 << 20
+    peer_ping_interval: float = 5.0
+    peer_ping_timeout: float = 10.0
+    peer_backoff_max: float = 5.0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -159,6 +198,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ws_max_size", _int, "uvicorn: largest incoming websocket message in bytes"),
     Setting("access_log", _bool, "log every request (JSON lines)"),
     Setting("log_level", _log_level, "debug, info, warning or error"),
+    Setting("peers", _peers, "a peer's websocket URL (repeatable; env: comma-separated)", "list"),
+    Setting("cluster_secret_file", _path, "file holding the secret peers authenticate each other with"),
+    Setting("peer_max_size", _int, "largest peer message in bytes (raises the server's ws limit when clustered)"),
+    Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
+    Setting("peer_ping_timeout", _seconds, "seconds without a pong before a peer link counts as dead"),
+    Setting("peer_backoff_max", _seconds, "longest wait between reconnects to a peer"),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -223,3 +268,25 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
     return normalized
+
+
+def cluster_secret(config: ServeConfig, *, env: Mapping[str, str]) -> bytes | None:
+    """The secret peers authenticate with: the file if given, else ``CRDTSTORE_CLUSTER_SECRET``, else None.
+
+    Raises:
+        ConfigError: An unreadable file, or a secret shorter than 16 bytes (too easy to guess).
+    """
+    if config.cluster_secret_file is not None:
+        try:
+            raw = config.cluster_secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read cluster secret file {config.cluster_secret_file}: {exc.strerror}") from None
+        where = str(config.cluster_secret_file)
+    elif env.get("CRDTSTORE_CLUSTER_SECRET"):
+        raw = env["CRDTSTORE_CLUSTER_SECRET"].strip().encode()
+        where = "CRDTSTORE_CLUSTER_SECRET"
+    else:
+        return None
+    if len(raw) < 16:
+        raise ConfigError(f"{where}: a cluster secret has at least 16 bytes")
+    return raw

@@ -260,7 +260,7 @@ class _Executor:
         self.doc = doc
         self.replica = replica
         self.now = now
-        self.batch = Delta()
+        self.batch: Delta | None = None  # the first op's delta becomes the batch
         # Dots enter the document's context only when their change is joined,
         # so the next counter is tracked here.
         self.next_counter = doc.ctx.max_counter(replica) + 1
@@ -268,7 +268,7 @@ class _Executor:
     def run(self, ops: list[Op]) -> Delta:
         for op in ops:
             self._run(op)
-        return self.batch
+        return self.batch if self.batch is not None else Delta()
 
     def mint(self, ctx: CausalContext) -> Dot:
         dot = (self.replica, self.next_counter)
@@ -283,7 +283,7 @@ class _Executor:
 
     def _add_to_batch(self, delta: ORMap, ctx: CausalContext, *, owned: bool = True) -> None:
         """Group an op's delta into the batch; ``owned``: the caller no longer changes ``ctx``."""
-        if not self.batch.ctx and not self.batch.root.fields:
+        if self.batch is None:
             # The first op's delta is the batch's: no join needed. (Joins into
             # the document copy what they keep, so nothing here is shared.)
             self.batch = Delta(delta, ctx if owned else ctx.copy())
@@ -398,7 +398,7 @@ class _Executor:
         """With a version, the view is what the caller saw plus what this batch did before."""
         if op.version is None:
             return None
-        version, batch = op.version, self.batch.ctx
+        version, batch = op.version, self.batch.ctx if self.batch is not None else CausalContext()
         return lambda dot: dot in version or dot in batch
 
 

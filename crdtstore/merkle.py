@@ -60,6 +60,7 @@ __all__ = [
     "NodeStore",
     "diff",
     "diff_children",
+    "hash_children",
     "item_hash",
     "node_key",
     "parse_node_key",
@@ -130,6 +131,17 @@ def item_hash(doc_id: str, digest: bytes) -> bytes:
     h.update(raw)
     h.update(digest)
     return h.digest()
+
+
+def hash_children(children: Sequence[bytes]) -> bytes:
+    """The value of an inner node given its children's values (EMPTY when all are empty).
+
+    Public so that a store can rehash inner nodes in bulk (storage defers it
+    to once per group commit) with exactly the rule :class:`MerkleTree` uses.
+    """
+    if all(c == EMPTY for c in children):
+        return EMPTY
+    return hashlib.blake2b(b"".join(children), digest_size=HASH_SIZE, person=_PERSON_NODE).digest()
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -269,10 +281,7 @@ class MerkleTree:
     # Private methods.
 
     def _hash_children(self, level: int, index: int) -> bytes:
-        children = self.children(level, index)
-        if all(c == EMPTY for c in children):
-            return EMPTY
-        return hashlib.blake2b(b"".join(children), digest_size=HASH_SIZE, person=_PERSON_NODE).digest()
+        return hash_children(self.children(level, index))
 
     def _put(self, level: int, index: int, value: bytes) -> bool:
         """Store ``value`` (deleting the key for EMPTY); return whether it changed."""

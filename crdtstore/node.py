@@ -12,16 +12,50 @@ writes run on the writer thread, reads run in the default executor.
 **Writes.** ``apply`` sends one function to the writer. Inside the group
 commit's child transaction it loads the document, applies the ops under the
 node's replica id and a hybrid-logical-clock timestamp, and, in the same
-transaction, stores the document, appends the delta to the log under
-``(replica id, next seq)``, folds the new digest into the Merkle tree,
-advances the version vector and the persisted HLC, and appends a change-feed
-record. The call returns only after that transaction committed (fsync).
+transaction, appends the encoded delta to the document's tail and to the log
+under ``(replica id, next seq)``, records the document's new digest in its
+Merkle leaf, stores the read view, advances the version vector and the
+persisted HLC, and appends a change-feed record. The call returns only after
+that transaction committed (fsync).
+
+**Snapshot plus tail.** A document is stored as a snapshot (its full
+encoding) and a tail of encoded deltas joined after it in order (see
+:mod:`crdtstore.storage`). A write already has its delta encoded for the log,
+so appending it costs O(delta) where re-encoding the document cost
+O(document). The writer compacts (re-encodes the snapshot and drops the
+tail, in the write's own transaction) when the tail holds
+``tail_max_deltas`` deltas or more bytes than the snapshot: encoding a
+document of ``S`` bytes happens at most once per ``S`` bytes of deltas, so a
+write's amortized encoding cost is O(its delta), and a load decodes at most
+twice the snapshot's bytes plus a bounded number of joins. Every commit
+leaves a loadable document: snapshot and tail change in one transaction.
+
+**The Merkle digest** of a document is ``Document.version_digest()``, the
+hash of its causal context, not the hash of its full encoding. That is
+valid because every op mints a dot, so two replicas whose contexts are equal
+have joined the same ops and hold equal states (an invariant the core
+guarantees and the replica state machine checks); conversely different
+contexts mean different states, so equal digests still mean equal states,
+which is all anti-entropy needs. It costs O(replicas) per write.
+
+**Reads** are served from the ``views`` database when they can: the writer
+stores ``[version, value]`` as JSON in the same transaction as the change,
+so a plain read is one LMDB lookup plus ``orjson.loads`` and never decodes
+the document. Such a read is a few microseconds, less than the cost of
+handing it to a thread, so it runs on the event loop itself; everything
+else (siblings, documents without a view, misses) runs in the default
+executor and decodes snapshot plus tail. Rendering is O(value) per write, so
+the writer renders only documents whose stored size is at most
+``view_max_bytes`` (measured: rendering a small document costs a few
+microseconds, a fraction of the read decode it saves); for bigger ones it
+deletes the view and reads decode instead, since a large, frequently
+written document would otherwise pay O(value) on every write.
 
 **The document cache.** Decoding a large document per write would dominate
 the write path, so the writer keeps a bounded LRU of decoded documents
-(by count and by encoded bytes: memory stays flat however many documents
-LMDB holds). Only the writer thread touches it, and ``Document.apply``
-mutates in place, so the cache may briefly hold state that is not yet
+(by count and by stored bytes, snapshot plus tail: memory stays flat however
+many documents LMDB holds), each with the bookkeeping of its tail. Only the
+writer thread touches it, and ``Document.apply`` mutates in place, so the cache may briefly hold state that is not yet
 committed; any rollback (a rejected batch, a batch retried after growing
 the map, a failed commit) evicts the document through ``on_abort``, and the
 next use decodes it again from the transaction. Reads never use this
@@ -29,8 +63,8 @@ cache: they decode from an LMDB read transaction, so they only ever see
 committed state.
 
 **Deletion** is local for now, and the replicator will define how it
-travels. ``delete`` removes the document from ``docs``, its bucket entry
-and its Merkle contribution, so it disappears from reads, listings and
+travels. ``delete`` removes the document from ``docs`` (with its tail and
+view), its bucket entry and its Merkle contribution, so it disappears from reads, listings and
 anti-entropy. It first removes every visible field with ordinary CRDT ops
 and logs that delta, so peers drop the same fields when the log is shipped.
 The cleared state is kept in ``tombstones``: dots are minted per document,
@@ -72,12 +106,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
 
@@ -162,13 +197,18 @@ class NodeConfig:
         sync: fsync every commit (acknowledged writes survive power loss).
         metasync: fsync the meta page on commit.
         cache_docs: Decoded documents the writer keeps, at most.
-        cache_bytes: Encoded bytes of the cached documents, at most (a proxy for their memory).
+        cache_bytes: Stored bytes (snapshot plus tail) of the cached documents, at most
+            (a proxy for their memory).
+        tail_max_deltas: Deltas a document's tail may hold before the writer compacts it
+            (it also compacts when the tail's bytes exceed the snapshot's).
+        view_max_bytes: Documents stored in at most this many bytes get a read view
+            rendered at every write; bigger ones are decoded by each read.
         max_queue: Writes waiting for a commit before apply raises Overloaded.
         max_batch: Writes per group commit, at most.
         feed_queue: Live records a change-feed subscriber may fall behind before a resync.
         feed_page: Feed records read per read transaction when replaying history.
         max_readers: Concurrent LMDB read transactions.
-        max_dbs: LMDB named databases allowed (room above the seven used, for migrations).
+        max_dbs: LMDB named databases allowed (room above the nine used, for migrations).
         merkle_fanout: Merkle tree fanout; all replicas must agree.
         merkle_depth: Merkle tree depth; all replicas must agree.
     """
@@ -181,6 +221,8 @@ class NodeConfig:
     metasync: bool = True
     cache_docs: int = 1024
     cache_bytes: int = 64 << 20
+    tail_max_deltas: int = 32
+    view_max_bytes: int = 64 << 10
     max_queue: int = 1024
     max_batch: int = 256
     feed_queue: int = 256
@@ -244,8 +286,11 @@ def _default_random_id() -> str:
     return secrets.token_hex(4)
 
 
-class _DocCache:
-    """LRU of decoded documents bounded by count and by encoded bytes; writer thread only."""
+V = TypeVar("V")
+
+
+class _DocCache(Generic[V]):
+    """LRU of decoded documents bounded by count and by stored bytes; writer thread only."""
 
     def __init__(self, max_docs: int, max_bytes: int) -> None:
         self.max_docs = max_docs
@@ -253,12 +298,12 @@ class _DocCache:
         self.bytes = 0
         self.hits = 0
         self.misses = 0
-        self._docs: collections.OrderedDict[str, tuple[Document, int]] = collections.OrderedDict()
+        self._docs: collections.OrderedDict[str, tuple[V, int]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._docs)
 
-    def get(self, doc_id: str) -> Document | None:
+    def get(self, doc_id: str) -> V | None:
         entry = self._docs.get(doc_id)
         if entry is None:
             self.misses += 1
@@ -267,7 +312,7 @@ class _DocCache:
         self._docs.move_to_end(doc_id)
         return entry[0]
 
-    def put(self, doc_id: str, doc: Document, size: int) -> None:
+    def put(self, doc_id: str, doc: V, size: int) -> None:
         self.discard(doc_id)
         if size > self.max_bytes or self.max_docs < 1:
             return  # caching it would evict everything else
@@ -291,6 +336,29 @@ class _DocCache:
             "hits": self.hits,
             "misses": self.misses,
         }
+
+
+@dataclass(eq=False, slots=True)
+class _Loaded:
+    """A decoded live document on the writer, with what it knows of its stored tail.
+
+    Attributes:
+        doc: The document (mutated in place by writes; see ``on_abort``).
+        snapshot: Bytes of the stored snapshot.
+        tail: Deltas in the stored tail.
+        tail_bytes: Their bytes.
+        next_seq: The tail seq the next appended delta gets.
+    """
+
+    doc: Document
+    snapshot: int = 0
+    tail: int = 0
+    tail_bytes: int = 0
+    next_seq: int = 1
+
+    @property
+    def size(self) -> int:
+        return self.snapshot + self.tail_bytes
 
 
 @dataclass(eq=False)
@@ -338,7 +406,7 @@ class Node:
         self._storage: Storage | None = None
         self._writer: GroupCommitWriter | None = None
         self._hlc = HybridClock()
-        self._cache = _DocCache(config.cache_docs, config.cache_bytes)
+        self._cache: _DocCache[_Loaded] = _DocCache(config.cache_docs, config.cache_bytes)
         self._subscribers: dict[str, set[_Subscriber]] = {}
         self._closed = False
 
@@ -421,6 +489,16 @@ class Node:
             DocumentNotFound: No live document has this id.
         """
         check_doc_id(doc_id)
+        self._require_running()
+        if not siblings:
+            # The common case, one lookup of a stored view: cheaper inline than
+            # the thread hop would be (see the module docstring).
+            storage = self.storage
+            with storage.read() as txn:
+                view = storage.get_view(txn, doc_id)
+            if view is not None:
+                version, value = orjson.loads(view)
+                return ReadResult(value=value, version=version, siblings=None)
         return await self._read(self._read_txn, doc_id, siblings)
 
     async def delete(self, doc_id: str) -> None:
@@ -548,7 +626,7 @@ class Node:
     async def read_state(self, doc_id: str) -> bytes | None:
         """The encoded state of a live document (what anti-entropy ships), or None."""
         check_doc_id(doc_id)
-        return await self._read(lambda txn: self.storage.get_doc(txn, doc_id))
+        return await self._read(self._state_txn, doc_id)
 
     async def log_range(self, origin: str, after: int, limit: int) -> list[LogEntry]:
         """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``."""
@@ -598,20 +676,27 @@ class Node:
 
     # Private methods: the writer thread.
 
-    def _load(self, txn: Txn, doc_id: str) -> tuple[Document, _State]:
-        doc = self._cache.get(doc_id)
-        if doc is not None:
-            return doc, "live"
+    def _load(self, txn: Txn, doc_id: str) -> tuple[_Loaded, _State]:
+        entry = self._cache.get(doc_id)
+        if entry is not None:
+            return entry, "live"
         storage = self.storage
         raw = storage.get_doc(txn, doc_id)
         if raw is not None:
-            doc = codec.decode_document(raw)
-            self._cache.put(doc_id, doc, len(raw))
-            return doc, "live"
+            tail = storage.get_tail(txn, doc_id)
+            entry = _Loaded(
+                _join_tail(codec.decode_document(raw), tail),
+                snapshot=len(raw),
+                tail=len(tail),
+                tail_bytes=sum(len(delta) for _, delta in tail),
+                next_seq=tail[-1][0] + 1 if tail else 1,
+            )
+            self._cache.put(doc_id, entry, entry.size)
+            return entry, "live"
         raw = storage.get_tombstone(txn, doc_id)
         if raw is not None:
-            return codec.decode_document(raw), "tombstone"
-        return Document(), "new"
+            return _Loaded(codec.decode_document(raw)), "tombstone"
+        return _Loaded(Document()), "new"
 
     def _now(self) -> int:
         return self._hlc.now(self._clock())
@@ -620,36 +705,37 @@ class Node:
         # Registered first: whatever fails from here on, the cached document
         # (possibly mutated) must not outlive the rollback.
         ctx.on_abort(lambda: self._cache.discard(doc_id))
-        doc, state = self._load(ctx.txn, doc_id)
+        entry, state = self._load(ctx.txn, doc_id)
         now = self._now()
-        delta = codec.encode_delta(doc.apply(ops, replica=self.replica_id, now=now))
-        seq = ctx.storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
-        self._store(ctx, doc_id, doc, state, {"type": "change", "origin": self.replica_id, "origin_seq": seq}, delta)
-        ctx.storage.set_hlc(ctx.txn, self._hlc.last)
-        return WriteResult(version=doc.version(), created=state != "live")
+        delta = codec.encode_delta(entry.doc.apply(ops, replica=self.replica_id, now=now))
+        storage = ctx.storage
+        seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
+        storage.set_hlc(ctx.txn, self._hlc.last)
+        version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta)
+        return WriteResult(version=version, created=state != "live")
 
     def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
         ctx.on_abort(lambda: self._cache.discard(doc_id))
-        doc, state = self._load(ctx.txn, doc_id)
+        entry, state = self._load(ctx.txn, doc_id)
         if state != "live":
             raise DocumentNotFound(doc_id)
         self._cache.discard(doc_id)  # the cache holds live documents only
+        doc = entry.doc
         storage = self.storage
-        fields: dict[str, Any] = {"type": "delete", "origin": self.replica_id}
         keys = [{"op": "delete", "path": [key]} for key in doc.value()]
         delta_bytes = None
+        origin_seq = None
         if keys:
             now = self._now()
             delta = doc.apply(keys[:MAX_BATCH_OPS], replica=self.replica_id, now=now)
             for start in range(MAX_BATCH_OPS, len(keys), MAX_BATCH_OPS):
                 delta.join(doc.apply(keys[start : start + MAX_BATCH_OPS], replica=self.replica_id, now=now))
             delta_bytes = codec.encode_delta(delta)
-            fields["origin_seq"] = storage.append_local(ctx.txn, self.replica_id, doc_id, delta_bytes)
+            origin_seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta_bytes)
             storage.set_hlc(ctx.txn, self._hlc.last)
         storage.delete_doc(ctx.txn, doc_id)
         storage.put_tombstone(ctx.txn, doc_id, codec.encode_document(doc))
-        fields["version"] = doc.version()
-        self._append_feed(ctx, doc_id, fields, delta_bytes)
+        self._append_feed(ctx, doc_id, "delete", self.replica_id, origin_seq, doc.version(), delta_bytes)
 
     def _remote_txn(self, ctx: WriteContext, entry: LogEntry) -> bool:
         storage = self.storage
@@ -657,21 +743,21 @@ class Node:
             return False
         delta = codec.decode_delta(entry.delta)  # before any change: bad bytes write nothing
         ctx.on_abort(lambda: self._cache.discard(entry.doc_id))
-        doc, state = self._load(ctx.txn, entry.doc_id)
-        doc.join(delta)
+        loaded, state = self._load(ctx.txn, entry.doc_id)
+        loaded.doc.join(delta)
         storage.append_remote(ctx.txn, entry)
-        if state == "tombstone" and not doc.value():
+        if state == "tombstone" and not loaded.doc.value():
             # Still deleted: keep the richer causal history, publish nothing.
-            storage.put_tombstone(ctx.txn, entry.doc_id, codec.encode_document(doc))
+            storage.put_tombstone(ctx.txn, entry.doc_id, codec.encode_document(loaded.doc))
         else:
-            fields = {"type": "change", "origin": entry.origin, "origin_seq": entry.seq}
-            self._store(ctx, entry.doc_id, doc, state, fields, entry.delta)
+            self._store(ctx, entry.doc_id, loaded, state, "change", entry.origin, entry.seq, entry.delta)
         return True
 
     def _merge_txn(self, ctx: WriteContext, doc_id: str, state_bytes: bytes) -> bool:
         other = codec.decode_document(state_bytes)
         ctx.on_abort(lambda: self._cache.discard(doc_id))
-        doc, state = self._load(ctx.txn, doc_id)
+        entry, state = self._load(ctx.txn, doc_id)
+        doc = entry.doc
         before = codec.encode_document(doc)
         doc.merge(other)
         if codec.encode_document(doc) == before:
@@ -679,31 +765,78 @@ class Node:
         if state == "tombstone" and not doc.value():
             self.storage.put_tombstone(ctx.txn, doc_id, codec.encode_document(doc))
         else:
-            self._store(ctx, doc_id, doc, state, {"type": "change", "origin": None, "origin_seq": None}, None)
+            # No delta to append: the full state goes in as a new snapshot.
+            self._store(ctx, doc_id, entry, state, "change", None, None, None)
         return True
 
     def _store(
         self,
         ctx: WriteContext,
         doc_id: str,
-        doc: Document,
+        entry: _Loaded,
         state: _State,
-        fields: dict[str, Any],
+        kind: str,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+    ) -> str:
+        """Write a live document's change (tail append or new snapshot), digest, view and feed record.
+
+        Returns:
+            The document's version token.
+        """
+        storage = self.storage
+        txn = ctx.txn
+        doc = entry.doc
+        version = doc.version()
+        digest = _version_digest(version)
+        cfg = self.config
+        if (
+            state == "live"
+            and delta is not None
+            and entry.tail < cfg.tail_max_deltas
+            and entry.tail_bytes + len(delta) <= entry.snapshot
+        ):
+            storage.append_tail(txn, doc_id, entry.next_seq, delta, digest)
+            entry.tail += 1
+            entry.tail_bytes += len(delta)
+            entry.next_seq += 1
+        else:
+            # Compaction (or a first write): one encoding of the whole document.
+            data = codec.encode_document(doc)
+            storage.put_doc(txn, doc_id, data, digest)
+            entry.snapshot, entry.tail, entry.tail_bytes, entry.next_seq = len(data), 0, 0, 1
+            if state == "tombstone":
+                storage.delete_tombstone(txn, doc_id)
+        if entry.size <= cfg.view_max_bytes:
+            storage.put_view(txn, doc_id, orjson.dumps([version, doc.value()]))
+        elif state == "live":
+            storage.delete_view(txn, doc_id)  # a stale view must never be served
+        self._cache.put(doc_id, entry, entry.size)
+        self._append_feed(ctx, doc_id, kind, origin, origin_seq, version, delta)
+        return version
+
+    def _append_feed(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        kind: str,
+        origin: str | None,
+        origin_seq: int | None,
+        version: str,
         delta: bytes | None,
     ) -> None:
-        """Write a live document with its digest and feed record; cache it."""
-        data = codec.encode_document(doc)
-        self.storage.put_doc(ctx.txn, doc_id, data, codec.digest(data))
-        if state == "tombstone":
-            self.storage.delete_tombstone(ctx.txn, doc_id)
-        self._cache.put(doc_id, doc, len(data))
-        self._append_feed(ctx, doc_id, dict(fields, version=doc.version()), delta)
-
-    def _append_feed(self, ctx: WriteContext, doc_id: str, fields: dict[str, Any], delta: bytes | None) -> None:
         storage = self.storage
         seq = storage.next_feed_seq(ctx.txn)
-        record: dict[str, Any] = {"seq": seq, "cursor": f"{_CURSOR_PREFIX}{seq}.{storage.identity.incarnation}"}
-        record.update(fields)
+        record: dict[str, Any] = {
+            "seq": seq,
+            "cursor": f"{_CURSOR_PREFIX}{seq}.{storage.identity.incarnation}",
+            "type": kind,
+            "origin": origin,
+            "version": version,
+        }
+        if kind == "change" or origin_seq is not None:
+            record["origin_seq"] = origin_seq
         if delta is not None:
             # The delta encoding is JSON already: embed it without a decode/encode round.
             record["delta"] = orjson.Fragment(delta)
@@ -720,11 +853,32 @@ class Node:
             for sub in subscribers:
                 sub.push(record)
 
-    def _read_txn(self, txn: Txn, doc_id: str, siblings: bool) -> ReadResult:
+    def _decode_txn(self, txn: Txn, doc_id: str) -> Document | None:
+        """The live document decoded from its snapshot and tail, or None."""
+        storage = self.storage
+        raw = storage.get_doc(txn, doc_id)
+        if raw is None:
+            return None
+        return _join_tail(codec.decode_document(raw), storage.get_tail(txn, doc_id))
+
+    def _state_txn(self, txn: Txn, doc_id: str) -> bytes | None:
         raw = self.storage.get_doc(txn, doc_id)
         if raw is None:
+            return None
+        tail = self.storage.get_tail(txn, doc_id)
+        if not tail:
+            return raw  # the snapshot is the whole state: ship it as stored
+        return codec.encode_document(_join_tail(codec.decode_document(raw), tail))
+
+    def _read_txn(self, txn: Txn, doc_id: str, siblings: bool) -> ReadResult:
+        if not siblings:
+            view = self.storage.get_view(txn, doc_id)
+            if view is not None:
+                version, value = orjson.loads(view)
+                return ReadResult(value=value, version=version, siblings=None)
+        doc = self._decode_txn(txn, doc_id)
+        if doc is None:
             raise DocumentNotFound(doc_id)
-        doc = codec.decode_document(raw)
         return ReadResult(value=doc.value(), version=doc.version(), siblings=doc.siblings() if siblings else None)
 
     def _feed_page_txn(self, txn: Txn, doc_id: str, after: int) -> list[tuple[int, bytes]]:
@@ -761,12 +915,11 @@ class Node:
         storage = self.storage
         seq = storage.last_feed_seq(txn, doc_id)
         cursor = orjson.loads(storage.get_feed(txn, doc_id, seq) or b"{}").get("cursor") if seq else None
-        raw = storage.get_doc(txn, doc_id)
-        record: dict[str, Any] = {"type": "resync", "seq": seq, "cursor": cursor, "exists": raw is not None}
-        if raw is None:
+        doc = self._decode_txn(txn, doc_id)
+        record: dict[str, Any] = {"type": "resync", "seq": seq, "cursor": cursor, "exists": doc is not None}
+        if doc is None:
             record.update(value=None, siblings=None, version=None)
         else:
-            doc = codec.decode_document(raw)
             record.update(value=doc.value(), siblings=doc.siblings(), version=doc.version())
         return record
 
@@ -792,3 +945,18 @@ class Node:
             return ids, (ids[-1] if more else None)
 
         return await self._read(run)
+
+
+def _join_tail(doc: Document, tail: list[tuple[int, bytes]]) -> Document:
+    """Join a stored tail into its decoded snapshot, in seq order (the order they were applied)."""
+    for _, delta in tail:
+        doc.join(codec.decode_delta(delta))
+    return doc
+
+
+def _version_digest(version: str) -> bytes:
+    """``Document.version_digest()`` from an already encoded version token (saves a second encoding).
+
+    The two must agree byte for byte: ``tests/test_node.py`` checks it.
+    """
+    return hashlib.blake2b(version.encode(), digest_size=16).digest()

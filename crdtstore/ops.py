@@ -30,6 +30,8 @@ KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "insert": (frozenset({"index"}), frozenset({"text", "values", "version"})),
 }
 
+_ALLOWED = {kind: required | optional | {"op", "path"} for kind, (required, optional) in KINDS.items()}
+
 
 @dataclass(frozen=True, slots=True)
 class Op:
@@ -70,11 +72,14 @@ def _parse(raw: Any) -> Op:
     if not isinstance(kind, str) or kind not in KINDS:
         raise InvalidOp(f"unknown op {kind!r}; expected one of {', '.join(sorted(KINDS))}")
     required, optional = KINDS[kind]
-    fields = raw.keys() - {"op", "path"}
-    if missing := required - fields:
-        raise InvalidOp(f"{kind}: missing {', '.join(sorted(missing))}")
-    if extra := fields - required - optional:
-        raise InvalidOp(f"{kind}: unknown field {', '.join(sorted(extra))}")
+    allowed = _ALLOWED[kind]
+    for field in raw:
+        if field not in allowed:
+            extra = sorted(k for k in raw if k not in allowed)
+            raise InvalidOp(f"{kind}: unknown field {', '.join(extra)}")
+    for field in required:
+        if field not in raw:
+            raise InvalidOp(f"{kind}: missing {', '.join(sorted(f for f in required if f not in raw))}")
     path = _path(raw.get("path"))
     value = raw.get("value")
     if "value" in raw and (reason := check_json(value, len(path))):

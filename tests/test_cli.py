@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 import subprocess
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from crdtstore.api.auth import Scope, parse_token_file
-from crdtstore.cli import UP_REGIONS, ensure_token, main, plan_up
+from crdtstore.cli import UP_REGIONS, ensure_token, main, parse_duration, plan_up
 from crdtstore.client import Client
-from crdtstore.config import SETTINGS, ConfigError, ServeConfig, resolve
+from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
+from sync.wanproxy import WanController
 from tests.server_helpers import child_env
 
 NO_FLAGS = {s.name: None for s in SETTINGS}
@@ -90,10 +92,61 @@ def test_up_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
 
 def test_up_plan_one_directory_and_port_per_region(tmp_path: Path) -> None:
     plans = plan_up(tmp_path, host="127.0.0.1", base_port=9000)
-    assert [p.region for p in plans] == list(UP_REGIONS)
-    assert [p.port for p in plans] == list(range(9000, 9000 + len(UP_REGIONS)))
+    assert [p.region for p in plans] == list(UP_REGIONS[:3])  # three regions by default
+    assert [p.port for p in plans] == list(range(9000, 9003))
     assert len({p.data for p in plans}) == len(plans)
     assert all(p.host == "127.0.0.1" and p.tokens == tmp_path / "tokens" for p in plans)
+    assert all(p.peers == () for p in plans)  # no WAN given: unclustered
+
+
+def test_up_plan_wires_every_region_to_every_other_through_the_wan(tmp_path: Path) -> None:
+    wan = WanController(UP_REGIONS[:4])
+    wan.bind()
+    try:
+        plans = plan_up(tmp_path, host="127.0.0.1", base_port=0, regions=4, wan=wan)
+        ports = {link.port for link in wan.links.values()}
+        for plan in plans:
+            assert len(plan.peers) == 3
+            assert all(url.endswith("/v1/peer") for url in plan.peers)
+            assert {int(url.rsplit(":", 1)[1].split("/")[0]) for url in plan.peers} <= ports
+            assert plan.cluster_secret_file == tmp_path / "cluster-secret"
+        with pytest.raises(ConfigError):
+            plan_up(tmp_path, host="127.0.0.1", base_port=0, regions=len(UP_REGIONS) + 1)
+    finally:
+        for link in wan.links.values():
+            if link._sock is not None:
+                link._sock.close()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("80ms", 0.08), ("0.5s", 0.5), ("0", 0.0), ("1.5", 1.5)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["fast", "-1ms", "90s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
+
+
+def test_peers_settings_and_cluster_secret(tmp_path: Path) -> None:
+    flags = NO_FLAGS | {"peers": ["ws://127.0.0.1:1/v1/peer", "ws://127.0.0.1:2/v1/peer"]}
+    config = resolve(flags, env={})
+    assert config.peers == ("ws://127.0.0.1:1/v1/peer", "ws://127.0.0.1:2/v1/peer")
+    config = resolve(NO_FLAGS, env={"CRDTSTORE_PEERS": "ws://a:1/v1/peer, wss://b:2/v1/peer,"})
+    assert config.peers == ("ws://a:1/v1/peer", "wss://b:2/v1/peer")
+    with pytest.raises(ConfigError):
+        resolve(NO_FLAGS, env={"CRDTSTORE_PEERS": "http://a:1"})
+    assert cluster_secret(config, env={}) is None
+    assert cluster_secret(config, env={"CRDTSTORE_CLUSTER_SECRET": "s" * 20}) == b"s" * 20
+    with pytest.raises(ConfigError):
+        cluster_secret(config, env={"CRDTSTORE_CLUSTER_SECRET": "short"})
+    secret = tmp_path / "secret"
+    secret.write_text("f" * 32 + "\n")
+    config = resolve(NO_FLAGS | {"cluster_secret_file": str(secret)}, env={})
+    assert cluster_secret(config, env={"CRDTSTORE_CLUSTER_SECRET": "e" * 20}) == b"f" * 32  # the file wins
+    # --peer without a secret is refused before anything starts.
+    assert main(["serve", "--peer", "ws://127.0.0.1:1/v1/peer", "--data", str(tmp_path / "d")]) == 2
 
 
 @pytest.mark.slow

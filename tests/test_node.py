@@ -665,3 +665,146 @@ def test_document_cache_never_exceeds_its_caps(
             cache.discard(f"d{key}")
         assert len(cache) <= max_docs
         assert 0 <= cache.bytes <= max_bytes
+
+
+# Snapshot plus tail, digests and read views.
+
+
+def stored_state(node: Node, doc_id: str) -> tuple[bytes, list[tuple[int, bytes]], bytes | None]:
+    """What LMDB holds for a document: snapshot, tail and view, from one read transaction."""
+    storage = node.storage
+    with storage.read() as txn:
+        return storage.get_doc(txn, doc_id) or b"", storage.get_tail(txn, doc_id), storage.get_view(txn, doc_id)
+
+
+def load_stored(node: Node, doc_id: str) -> Document:
+    """Decode snapshot plus tail exactly as a fresh process would."""
+    snapshot, tail, _ = stored_state(node, doc_id)
+    doc = codec.decode_document(snapshot)
+    for _, delta in tail:
+        doc.join(codec.decode_delta(delta))
+    return doc
+
+
+EDITS: list[list[dict[str, Any]]] = [
+    [{"op": "insert", "path": ["text"], "index": 0, "text": "hello world " * 20}],
+    [{"op": "insert", "path": ["text"], "index": 5, "text": ","}],
+    [{"op": "delete", "path": ["text"], "index": 0, "count": 3}],
+    [{"op": "increment", "path": ["n"], "by": 3}, set_op("title", "x")],
+    [{"op": "add", "path": ["tags"], "value": "a"}, {"op": "add", "path": ["tags"], "value": {"k": 1}}],
+    [{"op": "remove", "path": ["tags"], "value": "a"}],
+    [{"op": "set", "path": ["lww"], "value": 1, "lww": True}],
+    [{"op": "insert", "path": ["list"], "index": 0, "values": [1, 2, 3]}],
+    [{"op": "delete", "path": ["title"]}, {"op": "enable", "path": ["flag"]}],
+    [{"op": "set", "path": ["nested", "deep"], "value": [1]}],
+    [{"op": "delete", "path": ["list"], "index": 1}],
+    [{"op": "delete", "path": ["nested"]}],
+]
+
+
+def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path) -> None:
+    """At every step the stored snapshot + tail decode to the in-memory document, byte for byte, and
+    the tail stays within its bounds; after a reopen the document is the same, byte for byte."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n", tail_max_deltas=4)
+        tails: list[int] = []
+        try:
+            for step in range(62):
+                await node.apply("doc", EDITS[step % len(EDITS)])
+                entry = node._cache.get("doc")
+                assert entry is not None
+                in_memory = codec.encode_document(entry.doc)
+                snapshot, tail, view = stored_state(node, "doc")
+                assert codec.encode_document(load_stored(node, "doc")) == in_memory
+                assert len(tail) <= 4 and sum(len(d) for _, d in tail) <= len(snapshot)
+                assert [seq for seq, _ in tail] == list(range(1, len(tail) + 1))
+                # The view is what a decode would render, and what a siblings read (a decode) reports.
+                assert view is not None and orjson.loads(view) == [entry.doc.version(), entry.doc.value()]
+                plain, decoded = await node.read("doc"), await node.read("doc", siblings=True)
+                assert (plain.value, plain.version) == (decoded.value, decoded.version)
+                # What anti-entropy ships is the full state, whatever the tail holds.
+                assert await node.read_state("doc") == in_memory
+                tails.append(len(tail))
+            assert max(tails) == 4 and 0 in tails[1:]  # the tail filled up and was compacted
+            assert tails[-1] > 0  # the reopen below really has a tail to join
+        finally:
+            await node.close()
+        node = await started(tmp_path / "n", tail_max_deltas=4)
+        try:
+            assert await node.read_state("doc") == in_memory
+            await node.apply("doc", [{"op": "increment", "path": ["n"]}])  # the writer loads snapshot + tail
+            entry = node._cache.get("doc")
+            assert entry is not None
+            assert codec.encode_document(load_stored(node, "doc")) == codec.encode_document(entry.doc)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_remote_deltas_go_to_the_tail_and_reload_identically(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            await a.apply("doc", [{"op": "insert", "path": ["t"], "index": 0, "text": "x" * 500}])
+            for i in range(6):
+                await a.apply("doc", [{"op": "insert", "path": ["t"], "index": i, "text": str(i)}])
+            for entry in await a.log_range(a.replica_id, 0, 100):
+                assert await b.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
+            _, tail, _ = stored_state(b, "doc")
+            assert tail  # small remote deltas were appended, not re-encoded
+            assert await b.read_state("doc") == await a.read_state("doc")
+            assert codec.encode_document(load_stored(b, "doc")) == await a.read_state("doc")
+            assert await a.merkle_root() == await b.merkle_root()
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_merkle_digest_is_the_version_digest(tmp_path: Path) -> None:
+    """The leaf digest is Document.version_digest(): O(replicas), and equal exactly when states are equal."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.apply("doc", [set_op("a", 1)])
+            await node.apply("doc", [{"op": "increment", "path": ["n"]}])
+            doc = load_stored(node, "doc")
+            with node.storage.read() as txn:
+                assert node.storage.get_digest(txn, "doc") == doc.version_digest()
+            bucket = node.storage.shape.bucket("doc")
+            assert await node.bucket_items(bucket) == [("doc", doc.version_digest())]
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_documents_above_the_view_limit_are_decoded_by_reads(tmp_path: Path) -> None:
+    """A document that outgrows view_max_bytes loses its view (never a stale one) and still reads right."""
+
+    async def main() -> None:
+        # tail_max_deltas=0: every write compacts, so the stored size follows the value at once.
+        node = await started(tmp_path / "n", view_max_bytes=2048, tail_max_deltas=0)
+        try:
+            await node.apply("doc", [set_op("a", "small")])
+            assert stored_state(node, "doc")[2] is not None
+            result = await node.apply("doc", [set_op("a", "x" * 4096)])
+            assert stored_state(node, "doc")[2] is None
+            got = await node.read("doc")
+            assert got == ReadResult({"a": "x" * 4096}, result.version, None)
+            result = await node.apply("doc", [set_op("a", "small again")])  # back under the limit
+            assert stored_state(node, "doc")[2] is not None
+            assert await node.read("doc") == ReadResult({"a": "small again"}, result.version, None)
+            await node.delete("doc")
+            assert stored_state(node, "doc") == (b"", [], None)
+            with pytest.raises(DocumentNotFound):
+                await node.read("doc")
+        finally:
+            await node.close()
+
+    run(main)

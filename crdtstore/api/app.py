@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,26 +27,42 @@ __all__ = ["build_app"]
 logger = logging.getLogger("crdtstore.api")
 
 
-def build_app(node: NodeLike, *, auth: AuthPolicy, limits: Limits | None = None) -> Starlette:
+def build_app(
+    node: NodeLike,
+    *,
+    auth: AuthPolicy,
+    limits: Limits | None = None,
+    replicator: Any = None,
+    wan: Any = None,
+) -> Starlette:
     """The ASGI app serving ``node``.
 
     Args:
         node: The region node (not started; the app's lifespan starts and closes it).
         auth: Who may call what.
         limits: Request limits (defaults: :class:`~crdtstore.api.limits.Limits`).
+        replicator: The node's :class:`crdtstore.replicator.Replicator` (started after the node,
+            closed before it), or None for a node without peers.
+        wan: The emulated WAN of ``crdtstore up`` for the admin routes, or None.
     """
-    ctx = ApiContext(node=node, auth=auth, limits=limits or Limits(), metrics=ApiMetrics(node.stats))
+    ctx = ApiContext(
+        node=node, auth=auth, limits=limits or Limits(), metrics=ApiMetrics(node.stats), replicator=replicator, wan=wan
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
         _observe_commits(node, ctx.metrics)
+        if replicator is not None:
+            await replicator.start()
         ctx.ready = True
         logger.info("node ready", extra={"replica_id": node.replica_id})
         try:
             yield
         finally:
             ctx.ready = False
+            if replicator is not None:
+                await replicator.close()  # before the node: sessions call into it
             await node.close()
             logger.info("node closed", extra={"replica_id": node.replica_id})
 

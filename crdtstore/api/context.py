@@ -45,6 +45,8 @@ class ApiContext:
         limits: Request limits.
         metrics: This app's Prometheus registry and series.
         ready: True between the node's start and the beginning of its close.
+        replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no peers, no quorum).
+        wan: The emulated WAN of ``crdtstore up`` (:class:`sync.wanproxy.WanController`), or None.
     """
 
     node: NodeLike
@@ -52,3 +54,5 @@ class ApiContext:
     limits: Limits
     metrics: ApiMetrics
     ready: bool = False
+    replicator: Any = None
+    wan: Any = None

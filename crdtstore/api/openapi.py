@@ -40,6 +40,18 @@ _ID_PARAM = {
     "schema": {"type": "string", "minLength": 1},
 }
 
+_LEVELS = ["one", "local_quorum", "quorum", "all"]
+
+_PAIR = {
+    "type": "object",
+    "required": ["a", "b"],
+    "properties": {
+        "a": {"type": "string"},
+        "b": {"type": "string"},
+        "mode": {"enum": ["close", "hold"], "description": "close: drop connections; hold: blackhole them."},
+    },
+}
+
 _OP = {
     "type": "object",
     "required": ["op", "path"],
@@ -75,6 +87,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "Content-Type is not application/json.",
         422: "A value over a limit: depth 32, keys 256 bytes, strings 1 MiB, int64 (invalid_value).",
         503: "Storage full, write queue full or node not ready; retry after Retry-After seconds.",
+        504: "The consistency level was not reached in time (quorum_timeout; detail: needed, reached, replicas). "
+        "A write is durable locally all the same and keeps replicating.",
     }
     return {
         str(s): {"description": reasons[s], "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -163,22 +177,36 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "Read a document",
                     "parameters": [
-                        {"name": "siblings", "in": "query", "schema": {"type": "boolean", "default": False}}
+                        {"name": "siblings", "in": "query", "schema": {"type": "boolean", "default": False}},
+                        {
+                            "name": "r",
+                            "in": "query",
+                            "description": "Replicas to gather and join before answering (this one counts).",
+                            "schema": {"enum": _LEVELS, "default": "one"},
+                        },
                     ],
                     "responses": {
                         "200": _ok("The document", {"$ref": "#/components/schemas/Document"}),
-                        **_errors(400, 401, 403, 404),
+                        **_errors(400, 401, 403, 404, 504),
                     },
                 },
                 "post": {
                     "summary": "Apply a batch of ops atomically (creates the document)",
+                    "parameters": [
+                        {
+                            "name": "w",
+                            "in": "query",
+                            "description": "Replicas that must hold the write before the answer (this one counts).",
+                            "schema": {"enum": _LEVELS, "default": "one"},
+                        },
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {_JSON: {"schema": {"$ref": "#/components/schemas/Batch"}}},
                     },
                     "responses": {
                         "200": _ok("Durably committed", {"$ref": "#/components/schemas/WriteResult"}),
-                        **_errors(400, 401, 403, 409, 413, 415, 422, 503),
+                        **_errors(400, 401, 403, 409, 413, 415, 422, 503, 504),
                     },
                 },
                 "delete": {
@@ -201,6 +229,34 @@ def _document() -> dict[str, Any]:
                         {"name": "token", "in": "query", "schema": {"type": "string"}},
                     ],
                     "responses": {"101": {"description": "Switching protocols"}, **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/v1/peer": {
+                "get": {
+                    "summary": "Replication link between regions (websocket, binary sync protocol)",
+                    "description": "Peers authenticate inside the protocol with the cluster secret.",
+                    "security": [],
+                    "responses": {"101": {"description": "Switching protocols"}},
+                },
+            },
+            "/v1/admin/partition": {
+                "post": {
+                    "summary": "Cut the emulated WAN link between two regions (crdtstore up only)",
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": _PAIR}}},
+                    "responses": {"200": _ok("Cut pairs", {"type": "object"}), **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/v1/admin/heal": {
+                "post": {
+                    "summary": "Heal the emulated WAN link between two regions (crdtstore up only)",
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": _PAIR}}},
+                    "responses": {"200": _ok("Cut pairs", {"type": "object"}), **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/v1/admin/links": {
+                "get": {
+                    "summary": "Authenticated peers, replication counters and cut links",
+                    "responses": {"200": _ok("Links", {"type": "object"}), **_errors(401, 403)},
                 },
             },
             "/v1/openapi.json": {

@@ -24,6 +24,8 @@ from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
+from crdtstore.replicator import Consistency, QuorumOutcome
+from sync.transport import ServerPeerConnection
 
 __all__ = ["routes"]
 
@@ -57,6 +59,28 @@ def _flag(request: Request, name: str) -> bool:
     raise ApiError(400, "invalid_request", f"{name} must be true or false", {name: raw[:40]})
 
 
+def _consistency(request: Request, name: str) -> Consistency:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return Consistency.ONE
+    try:
+        return Consistency(raw)
+    except ValueError:
+        allowed = ", ".join(c.value for c in Consistency)
+        raise ApiError(400, "invalid_request", f"{name} must be one of {allowed}", {name: raw[:40]}) from None
+
+
+def _replicator_for(ctx: ApiContext, level: Consistency) -> Any:
+    if level in (Consistency.ONE, Consistency.LOCAL_QUORUM) or ctx.replicator is None:
+        # This replica answers alone: it is the whole region (and, without peers, the whole cluster).
+        return None
+    return ctx.replicator
+
+
+def _quorum_detail(outcome: QuorumOutcome) -> dict[str, Any]:
+    return {"needed": outcome.needed, "reached": outcome.reached, "replicas": list(outcome.replicas)}
+
+
 # Public handlers: documents.
 
 
@@ -66,7 +90,17 @@ async def apply_batch(request: Request) -> Response:
     checks.check_content_type(request.headers.get("content-type"))
     body = await checks.read_body(request.headers.get("content-length"), request.stream(), ctx.limits.max_body_bytes)
     ops = checks.check_batch(checks.parse_json(body), ctx.limits)
+    level = _consistency(request, "w")
     result = await ctx.node.apply(doc_id, ops)
+    replicator = _replicator_for(ctx, level)
+    if replicator is not None:
+        outcome = await replicator.wait_for_acks(doc_id, level)
+        if not outcome.ok:
+            # The write is durable here and will still replicate; the caller learns how far it got.
+            detail = _quorum_detail(outcome) | {"version": result.version, "durable_locally": True}
+            raise ApiError(
+                504, "quorum_timeout", f"write acknowledged by {outcome.reached} of {outcome.needed}", detail
+            )
     return JSONResponse({"version": result.version, "created": result.created})
 
 
@@ -74,6 +108,15 @@ async def read_doc(request: Request) -> Response:
     ctx = _authorize(request, Scope.READ)
     doc_id = _doc_id(request, ctx)
     with_siblings = _flag(request, "siblings")
+    level = _consistency(request, "r")
+    replicator = _replicator_for(ctx, level)
+    if replicator is not None:
+        # Gathers peers' states and joins them here first (read repair), so the local read below sees them.
+        outcome = await replicator.read(doc_id, level)
+        if not outcome.ok:
+            raise ApiError(
+                504, "quorum_timeout", f"read reached {outcome.reached} of {outcome.needed}", _quorum_detail(outcome)
+            )
     result = await ctx.node.read(doc_id, siblings=with_siblings)
     body: dict[str, Any] = {"id": doc_id, "value": result.value, "version": result.version}
     if with_siblings:
@@ -187,6 +230,67 @@ async def _close_quietly(websocket: WebSocket, code: int, reason: str) -> None:
         pass
 
 
+# Public handlers: replication.
+
+
+async def peer_link(websocket: WebSocket) -> None:
+    """A peer region's replication link: binary protocol messages (``sync.protocol``).
+
+    Peers authenticate inside the protocol (HMAC over nonces with the
+    cluster secret), so the upgrade itself carries no bearer token; a node
+    without a replicator refuses with close code 4404.
+    """
+    ctx = _ctx(websocket)
+    if ctx.replicator is None or not ctx.ready:
+        await websocket.close(code=4404 if ctx.replicator is None else 4503, reason="no replication here")
+        return
+    await websocket.accept()
+    await ctx.replicator.accept(ServerPeerConnection(websocket))
+
+
+async def _admin_pair(request: Request) -> tuple[ApiContext, str, str, dict[str, Any]]:
+    ctx = _authorize(request, Scope.READWRITE)
+    if ctx.wan is None:
+        raise ApiError(404, "not_found", "no emulated WAN here (only `crdtstore up` has one)")
+    checks.check_content_type(request.headers.get("content-type"))
+    body = await checks.read_body(request.headers.get("content-length"), request.stream(), 4096)
+    data = checks.parse_json(body)
+    if not isinstance(data, dict) or not isinstance(data.get("a"), str) or not isinstance(data.get("b"), str):
+        raise ApiError(400, "invalid_request", 'expected {"a": REGION, "b": REGION}', None)
+    for region in (data["a"], data["b"]):
+        if region not in ctx.wan.regions:
+            raise ApiError(404, "not_found", f"unknown region {region[:64]!r}", {"regions": ctx.wan.regions})
+    if data["a"] == data["b"]:
+        raise ApiError(400, "invalid_request", "a region is not linked to itself", None)
+    return ctx, data["a"], data["b"], data
+
+
+async def admin_partition(request: Request) -> Response:
+    ctx, a, b, data = await _admin_pair(request)
+    mode = data.get("mode", "close")
+    if mode not in ("close", "hold"):
+        raise ApiError(400, "invalid_request", "mode is close or hold", {"mode": str(mode)[:40]})
+    ctx.wan.partition(a, b, mode=mode)
+    return JSONResponse({"cut": [list(pair) for pair in ctx.wan.cut_pairs()]})
+
+
+async def admin_heal(request: Request) -> Response:
+    ctx, a, b, _ = await _admin_pair(request)
+    ctx.wan.heal(a, b)
+    return JSONResponse({"cut": [list(pair) for pair in ctx.wan.cut_pairs()]})
+
+
+async def admin_links(request: Request) -> Response:
+    ctx = _authorize(request, Scope.READ)
+    body: dict[str, Any] = {"replica_id": ctx.node.replica_id, "peers": [], "cut": None}
+    if ctx.replicator is not None:
+        body["peers"] = ctx.replicator.peers()
+        body["stats"] = dict(ctx.replicator.stats)
+    if ctx.wan is not None:
+        body["cut"] = [list(pair) for pair in ctx.wan.cut_pairs()]
+    return JSONResponse(body)
+
+
 # Public handlers: operations.
 
 
@@ -227,6 +331,10 @@ def routes() -> list[BaseRoute]:
         Route("/v1/docs/{id}", apply_batch, methods=["POST"]),
         Route("/v1/docs/{id}", delete_doc, methods=["DELETE"]),
         WebSocketRoute("/v1/docs/{id}/changes", changes_feed),
+        WebSocketRoute("/v1/peer", peer_link),
+        Route("/v1/admin/partition", admin_partition, methods=["POST"]),
+        Route("/v1/admin/heal", admin_heal, methods=["POST"]),
+        Route("/v1/admin/links", admin_links, methods=["GET"]),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

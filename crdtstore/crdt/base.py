@@ -122,6 +122,8 @@ class ReplicaTable:
 
 def encode_dots(dots: set[Dot] | dict[Dot, Any], table: ReplicaTable) -> list[int]:
     """Sorted dots as a flat list ``[r0, c0, r1, c1, ...]``."""
+    if not dots:
+        return []
     out: list[int] = []
     for r, c in sorted(dots):
         out += (table.ref(r), c)

@@ -1,0 +1,604 @@
+"""The replicator: drives one :class:`sync.protocol.PeerProtocol` per peer link of one node.
+
+Theory of operation
+-------------------
+
+The protocol objects are sans-I/O; this adapter owns everything else: the
+websocket links (:mod:`sync.transport`), the timer, and the calls into the
+node's replicator hooks (``apply_remote``, ``merge_state``, ``read_state``,
+``log_range``, ``version_vector``, ``set_acked``, ``merkle_*``,
+``bucket_items``).
+
+**Links.** The node dials every configured peer URL (a
+:class:`~sync.transport.Dialer` each, reconnecting with backoff) and
+accepts peers on ``/v1/peer``. Both kinds of link run the same
+:meth:`Replicator._session`, since the protocol has no client or server
+role. Two regions that both list each other hold two links; each pushes
+deltas on both, and the receive side drops duplicates by ``(origin, seq)``,
+which costs some bandwidth but keeps a link's loss from stalling anything.
+
+**One session** is three tasks around one protocol object, all on the event
+loop, so the object has a single writer as the protocol requires:
+
+* the *reader*: ``recv`` → ``receive_message`` → flush;
+* the *ticker*: ``receive_tick(now)`` every ``tick_interval`` → flush;
+* the *effects worker*: applies events in order (``ApplyDeltas`` and
+  ``MergeStates`` must be applied in event order) and answers the
+  ``Need*`` events; each answer is another input, so it flushes too.
+
+*Flush* drains ``messages_to_send`` into a per-link outbox and
+``events_received`` into the effects queue, with no ``await`` in between,
+so nothing interleaves with another input. A sender task writes the outbox
+to the socket; the socket's ``write_limit`` is the backpressure, and the
+outbox is bounded by the protocol's own window (a link whose outbox
+exceeds :attr:`ReplicatorSettings.max_outbox` messages is failed rather
+than allowed to grow memory).
+
+**Local updates.** Every durable commit of the node, whether a local write
+or a delta applied from a peer, is announced to every protocol object with
+``local_update`` (that is how deltas are relayed and acknowledged). Remote
+deltas are announced by the session that applied them. Local writes are
+found by tailing the node's own origin in the delta log: a commit observer
+on the writer thread wakes the tailer, which reads
+``log_range(replica_id, after=last, ...)``. This needs no hook in the
+write path and cannot miss a write (the log is the source of truth).
+
+**Quorum.** :meth:`Replicator.read` and :meth:`Replicator.wait_for_acks`
+implement the consistency levels of the HTTP API (see
+:class:`Consistency`): a read asks every authenticated peer for its state
+of the document, joins what it gets into the local replica (``merge_state``,
+which repairs the local copy) and pushes the joined state back to every
+peer whose state was stale (read repair). A write waits until enough
+peers acknowledged our origin up to the write's sequence number. Both stop
+at a deadline and report what they reached.
+
+**Closing** is idempotent at every level: a ``Failed`` event closes the
+link with its close code (logged), EOF is ``receive_eof`` (idempotent in
+the protocol), and :meth:`Replicator.close` stops the dialers and ends
+every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import itertools
+import logging
+import random as _random
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sync import protocol as sp
+from sync.events import PeerInfo
+from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings
+
+__all__ = [
+    "Consistency",
+    "QuorumOutcome",
+    "Replicator",
+    "ReplicatorSettings",
+]
+
+logger = logging.getLogger("crdtstore.replicator")
+
+
+class Consistency(enum.Enum):
+    """How many replicas a read gathers or a write waits for (this node counts as one).
+
+    * ``one``: this replica only.
+    * ``local_quorum``: a majority of this region's replicas. A region is one
+      node here, so it is the same as ``one``; kept so clients can say what
+      they mean when regions grow replicas.
+    * ``quorum``: a majority of all replicas (configured peers + 1).
+    * ``all``: every replica.
+    """
+
+    ONE = "one"
+    LOCAL_QUORUM = "local_quorum"
+    QUORUM = "quorum"
+    ALL = "all"
+
+    def needed(self, cluster_size: int) -> int:
+        if self is Consistency.QUORUM:
+            return cluster_size // 2 + 1
+        if self is Consistency.ALL:
+            return cluster_size
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumOutcome:
+    """What a quorum read or write reached.
+
+    Attributes:
+        needed: Replicas the level asked for (this one included).
+        reached: Replicas that answered in time (this one included).
+        replicas: Their replica ids.
+        repaired: Peers sent a joined state because theirs was stale (reads).
+    """
+
+    needed: int
+    reached: int
+    replicas: tuple[str, ...]
+    repaired: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.reached >= self.needed
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicatorSettings:
+    """Knobs of the adapter (the protocol's own are in ``sync.protocol.SyncConfig``).
+
+    Attributes:
+        tick_interval: Seconds between ``receive_tick`` calls.
+        max_outbox: Messages queued for one link before it is failed.
+        max_events: Events queued for one link's effects worker before it is failed.
+        log_page: Entries read per ``log_range`` call when tailing our origin.
+        quorum_timeout: Default seconds a quorum read or write waits.
+    """
+
+    tick_interval: float = 0.1
+    max_outbox: int = 10_000
+    max_events: int = 10_000
+    log_page: int = 256
+    quorum_timeout: float = 5.0
+
+
+@dataclass(eq=False)
+class _Link:
+    """One live session: the protocol object, its connection and its queues."""
+
+    proto: Any
+    conn: PeerConnection
+    outbox: collections.deque[bytes] = field(default_factory=collections.deque)
+    outbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    events: collections.deque[Any] = field(default_factory=collections.deque)
+    events_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    peer_id: str | None = None
+    peer: Any = None
+    closed: bool = False
+
+
+class Replicator:
+    """Replication for one node.
+
+    Args:
+        node: The region node (started before :meth:`start`).
+        secret: The cluster secret (every member shares it).
+        peers: Peer websocket URLs to dial.
+        region: This node's region name.
+        transport: Link settings.
+        settings: Adapter settings.
+        sync_config: The protocol's config (None: its defaults).
+        random: Jitter source for backoff.
+        nonce: Fresh per-connection nonces for the handshake.
+    """
+
+    def __init__(
+        self,
+        node: Any,
+        *,
+        secret: bytes,
+        peers: Sequence[str] = (),
+        region: str,
+        transport: TransportSettings | None = None,
+        settings: ReplicatorSettings | None = None,
+        sync_config: Any = None,
+        random: Callable[[], float] | None = None,
+        nonce: Callable[[], bytes] = lambda: secrets.token_bytes(16),
+    ) -> None:
+        self.node = node
+        self.region = region
+        self.peer_urls = list(peers)
+        self.transport = transport or TransportSettings()
+        self.settings = settings or ReplicatorSettings()
+        self._secret = secret
+        self._sync_config = sync_config
+        self._random = random or _random.Random().random
+        self._nonce = nonce
+        self._links: set[_Link] = set()
+        self._dialers: list[Dialer] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tail_wake = asyncio.Event()
+        self._tail_after = 0
+        self._request_ids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
+        self._write_waits: dict[int, set[str]] = {}  # request id -> peers that acked that write
+        self._ack_changed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+        self.stats: dict[str, int] = collections.Counter()
+
+    # Public methods for the lifecycle.
+
+    @property
+    def cluster_size(self) -> int:
+        """Replicas in the cluster as configured: this node and its peers."""
+        return 1 + len(self.peer_urls)
+
+    async def start(self) -> None:
+        """Start tailing our log, dialing peers and accepting them."""
+        if self._running:
+            return
+        self._running = True
+        self._loop = asyncio.get_running_loop()
+        vector = await self.node.version_vector()
+        self._tail_after = int(vector.get(self.node.replica_id, 0))
+        writer = getattr(self.node, "writer", None)
+        if writer is not None:
+            writer.observers.append(self._on_commit)
+        self._spawn(self._tail(), "tail")
+        for url in self.peer_urls:
+            dialer = Dialer(url, self._session, settings=self.transport, random=self._random)
+            dialer.start()
+            self._dialers.append(dialer)
+        logger.info("replicator started", extra={"peers": len(self.peer_urls), "region": self.region})
+
+    async def close(self) -> None:
+        """Stop dialing, end every session, fail pending quorum waits (idempotent)."""
+        if not self._running:
+            return
+        self._running = False
+        writer = getattr(self.node, "writer", None)
+        if writer is not None:
+            with contextlib.suppress(ValueError):
+                writer.observers.remove(self._on_commit)
+        for dialer in self._dialers:
+            await dialer.close()
+        self._dialers.clear()
+        for link in list(self._links):
+            await self._close_link(link, 1001, "going away")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+
+    async def accept(self, conn: ServerPeerConnection) -> None:
+        """Run a session on a link a peer opened (the ``/v1/peer`` endpoint calls this)."""
+        if not self._running:
+            await conn.close(1013, "not ready")
+            return
+        await self._session(conn)
+
+    # Public methods for quorum reads and writes.
+
+    def peers(self) -> list[str]:
+        """Replica ids of the peers authenticated right now."""
+        return sorted({link.peer_id for link in self._links if link.peer_id is not None and not link.closed})
+
+    async def read(self, doc_id: str, level: Consistency, *, timeout: float | None = None) -> QuorumOutcome:
+        """Gather peers' states of ``doc_id``, join them here, repair stale peers.
+
+        Returns once ``level`` is reached or at the deadline, whichever first;
+        the caller then reads the (joined) local document.
+        """
+        needed = level.needed(self.cluster_size)
+        if needed <= 1:
+            return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
+        timeout = self.settings.quorum_timeout if timeout is None else timeout
+        links = self._live_links()
+        futures: dict[asyncio.Future[Any], _Link] = {}
+        for link in links:
+            rid = next(self._request_ids)
+            fut = self._expect(rid)
+            futures[fut] = link
+            self._input(link, lambda p, rid=rid: p.request_read(rid, doc_id))
+        answered: dict[str, bytes | None] = {}
+        pending = set(futures)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while pending and 1 + len(answered) < needed:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if not fut.cancelled() and fut.exception() is None:
+                    peer_id, state = fut.result()
+                    answered[peer_id] = state
+        for fut in pending:
+            fut.cancel()
+        # Join what we got into our replica (repairs us), then push the join to stale peers.
+        for state in answered.values():
+            if state is not None:
+                await self.node.merge_state(doc_id, state)
+        repaired: list[str] = []
+        joined = await self.node.read_state(doc_id)
+        if joined is not None:
+            for peer_id, state in answered.items():
+                if state != joined:
+                    link = self._link_of(peer_id)
+                    push = getattr(link.proto, "push_states", None) if link is not None else None
+                    if link is not None and push is not None:
+                        self._input(link, lambda p: p.push_states(((doc_id, joined),)))
+                        repaired.append(peer_id)
+        self.stats["read_repairs"] += len(repaired)
+        return QuorumOutcome(
+            needed=needed,
+            reached=1 + len(answered),
+            replicas=(self.node.replica_id, *sorted(answered)),
+            repaired=tuple(sorted(repaired)),
+        )
+
+    async def wait_for_acks(self, doc_id: str, level: Consistency, *, timeout: float | None = None) -> QuorumOutcome:
+        """Wait until enough peers hold our writes up to now (the write just committed).
+
+        The sequence number waited for is our origin's current mark, which is
+        at least the write's own (it committed before this call), so a peer
+        acknowledging it holds the write.
+        """
+        needed = level.needed(self.cluster_size)
+        if needed <= 1:
+            return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
+        timeout = self.settings.quorum_timeout if timeout is None else timeout
+        origin = self.node.replica_id
+        seq = int((await self.node.version_vector()).get(origin, 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        acked: set[str] = set()
+        rids = []
+        for link in self._live_links():
+            rid = next(self._request_ids)
+            rids.append(rid)
+            self._write_waits[rid] = acked
+            self._input(link, lambda p, rid=rid: p.request_write_ack(rid, doc_id, origin, seq))
+        try:
+            holders = await self._until_acked(acked, origin, seq, needed, deadline)
+        finally:
+            for rid in rids:
+                self._write_waits.pop(rid, None)
+        return QuorumOutcome(needed=needed, reached=1 + len(holders), replicas=(self.node.replica_id, *holders))
+
+    async def _until_acked(self, acked: set[str], origin: str, seq: int, needed: int, deadline: float) -> list[str]:
+        loop = asyncio.get_running_loop()
+        while True:
+            # A WriteAcked answer, or a periodic Ack vector that covers the write, both count.
+            holders = sorted(acked | {peer for peer, vector in self._acks.items() if vector.get(origin, 0) >= seq})
+            if 1 + len(holders) >= needed:
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            self._ack_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_changed.wait(), min(left, 0.5))
+        return holders
+
+    # Private methods: sessions.
+
+    async def _session(self, conn: PeerConnection) -> None:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        proto = sp.PeerProtocol(
+            our=PeerInfo(
+                # Stable across restarts: acks and quorum membership key on it.
+                replica_id=node.storage.identity.base,
+                origin=node.replica_id,
+                region=self.region,
+                epoch=node.storage.identity.epoch,
+            ),
+            secret=self._secret,
+            nonce=self._nonce(),
+            now=loop.time(),
+            our_vector=await node.version_vector(),
+            **({"config": self._sync_config} if self._sync_config is not None else {}),
+        )
+        link = _Link(proto=proto, conn=conn)
+        self._links.add(link)
+        self._flush(link)
+        tasks = [
+            asyncio.create_task(self._send_loop(link), name="peer send"),
+            asyncio.create_task(self._tick_loop(link), name="peer tick"),
+            asyncio.create_task(self._effects_loop(link), name="peer effects"),
+        ]
+        try:
+            while not link.closed:
+                data = await conn.recv()
+                if data is None:
+                    break
+                self.stats["messages_in"] += 1
+                self.stats["bytes_in"] += len(data)
+                self._input(link, lambda p, data=data: p.receive_message(data))
+        finally:
+            if not link.closed:
+                self._input(link, lambda p: p.receive_eof())
+            await self._close_link(link, getattr(conn, "close_code", None) or 1000, "closed")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _input(self, link: _Link, call: Callable[[Any], Any]) -> None:
+        """Feed one input to the link's protocol and flush its outputs (no await in between)."""
+        if link.closed:
+            return
+        try:
+            call(link.proto)
+        except Exception as exc:  # our misuse (LocalProtocolError) or a bug: fail this link, not the node
+            logger.exception("protocol input failed", extra={"peer": link.peer_id})
+            link.events.append(("local_error", exc))
+        self._flush(link)
+
+    def _flush(self, link: _Link) -> None:
+        messages = link.proto.messages_to_send()
+        events = link.proto.events_received()
+        if messages:
+            link.outbox.extend(messages)
+            link.outbox_ready.set()
+        if events:
+            link.events.extend(events)
+            link.events_ready.set()
+        if len(link.outbox) > self.settings.max_outbox or len(link.events) > self.settings.max_events:
+            logger.warning("peer link over its queue bounds", extra={"peer": link.peer_id})
+            self._spawn(self._close_link(link, 1011, "queue overflow"), "close")
+
+    async def _send_loop(self, link: _Link) -> None:
+        while not link.closed:
+            while link.outbox:
+                data = link.outbox.popleft()
+                try:
+                    await link.conn.send(data)
+                except ConnectionError:
+                    return
+                self.stats["messages_out"] += 1
+                self.stats["bytes_out"] += len(data)
+            link.outbox_ready.clear()
+            await link.outbox_ready.wait()
+
+    async def _tick_loop(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        while not link.closed:
+            await asyncio.sleep(self.settings.tick_interval)
+            self._input(link, lambda p: p.receive_tick(loop.time()))
+
+    async def _effects_loop(self, link: _Link) -> None:
+        while not link.closed:
+            while link.events:
+                event = link.events.popleft()
+                try:
+                    await self._process(link, event)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # A node hook failed (storage full, a bad delta): this link cannot go on.
+                    logger.exception("applying a peer event failed", extra={"peer": link.peer_id})
+                    await self._close_link(link, 1011, type(exc).__name__)
+                    return
+            link.events_ready.clear()
+            await link.events_ready.wait()
+
+    async def _process(self, link: _Link, event: Any) -> None:
+        node = self.node
+        name = type(event).__name__
+        if isinstance(event, tuple) and event and event[0] == "local_error":
+            await self._close_link(link, 1011, "internal error")
+        elif name == "Authenticated":
+            link.peer_id = event.peer.replica_id
+            link.peer = event.peer
+            logger.info("peer authenticated", extra={"peer": link.peer_id, "remote": link.conn.remote})
+        elif name == "ApplyDeltas":
+            for entry in event.entries:
+                await node.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
+                self.stats["deltas_applied"] += 1
+                # Durable now: tell every link (relay to the others, ack on this one).
+                for other in list(self._links):
+                    self._input(
+                        other,
+                        lambda p, e=entry: p.local_update(e.origin, e.seq, e.doc_id, e.delta),
+                    )
+        elif name == "MergeStates":
+            for doc_id, state in event.states:
+                await node.merge_state(doc_id, state)
+                self.stats["states_merged"] += 1
+        elif name == "NeedLog":
+            entries = await node.log_range(event.origin, event.after, event.limit)
+            self._input(link, lambda p: p.send_log(event.origin, event.after, entries))
+        elif name == "PeerAcked":
+            await node.set_acked(event.peer_id, dict(event.vector))
+            self._acks[event.peer_id] = dict(event.vector)
+            self._ack_changed.set()
+        elif name == "SkipLog":
+            skip = getattr(node, "skip_log", None)
+            if skip is None:
+                # Missing node hook (reported): without it the mark stays and the log pull retries.
+                logger.warning("node has no skip_log hook", extra={"origin": event.origin})
+                return
+            await skip(event.origin, event.upto)
+            for other in list(self._links):
+                self._input(other, lambda p, e=event: p.raise_vector({e.origin: e.upto}))
+        elif name == "NeedMerkleRoot":
+            root = await node.merkle_root()
+            self._input(link, lambda p: p.answer_merkle_root(event.request_id, root))
+        elif name == "NeedMerkleChildren":
+            children = [await node.merkle_children(level, index) for level, index in event.nodes]
+            self._input(link, lambda p: p.answer_merkle_children(event.request_id, children))
+        elif name == "NeedBucketItems":
+            items = [await node.bucket_items(bucket) for bucket in event.buckets]
+            self._input(link, lambda p: p.answer_bucket_items(event.request_id, items))
+        elif name == "NeedStates":
+            states = [await node.read_state(doc_id) for doc_id in event.doc_ids]
+            self._input(link, lambda p: p.answer_states(event.request_id, states))
+        elif name == "ReadResponded":
+            fut = self._waiters.pop(event.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result((event.peer_id, event.state))
+        elif name == "WriteAcked":
+            waiting = self._write_waits.get(event.request_id)
+            if waiting is not None:
+                waiting.add(event.peer_id)
+                self._ack_changed.set()
+        elif name == "AntiEntropyDone":
+            self.stats["anti_entropy_sessions"] += 1
+        elif name == "Failed":
+            logger.warning(
+                "peer link failed",
+                extra={"peer": link.peer_id, "code": event.close_code, "reason": event.reason},
+            )
+            await self._close_link(link, int(event.close_code), event.reason)
+
+    async def _close_link(self, link: _Link, code: int, reason: str) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        self._links.discard(link)
+        with contextlib.suppress(Exception):
+            link.proto.receive_eof()
+        link.outbox_ready.set()
+        link.events_ready.set()
+        await link.conn.close(code, reason)
+
+    # Private methods: local writes and helpers.
+
+    def _on_commit(self, size: int, seconds: float) -> None:
+        # Writer thread: only hand over to the loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._tail_wake.set)
+
+    async def _tail(self) -> None:
+        """Announce our own new log entries (local writes) to every link."""
+        origin = self.node.replica_id
+        while self._running:
+            self._tail_wake.clear()
+            for _ in range(10_000):  # bounded per wake-up; the next wake-up continues
+                entries = await self.node.log_range(origin, self._tail_after, self.settings.log_page)
+                for entry in entries:
+                    for link in list(self._links):
+                        self._input(link, lambda p, e=entry: p.local_update(e.origin, e.seq, e.doc_id, e.delta))
+                    self._tail_after = entry.seq
+                if len(entries) < self.settings.log_page:
+                    break
+            await self._tail_wake.wait()
+
+    def _live_links(self) -> list[_Link]:
+        # One link per peer: two links to one peer would count it twice.
+        by_peer: dict[str, _Link] = {}
+        for link in self._links:
+            if link.peer_id is not None and not link.closed:
+                by_peer.setdefault(link.peer_id, link)
+        return list(by_peer.values())
+
+    def _link_of(self, peer_id: str) -> _Link | None:
+        for link in self._links:
+            if link.peer_id == peer_id and not link.closed:
+                return link
+        return None
+
+    def _expect(self, request_id: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = fut
+        return fut
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,190 @@
+"""An in-memory replica store with the node's replication hooks, for the simulator and tests.
+
+It mirrors :class:`crdtstore.node.Node`'s replicator hooks (``apply_remote``,
+``merge_state``, ``read_state``, ``log_range``, ``version_vector``,
+``acked``/``set_acked``, ``merkle_root``/``merkle_children``/``bucket_items``)
+synchronously, so an adapter written against it has the node's shape with
+the ``await`` taken out. Everything here counts as durably committed the
+moment a method returns: the simulator's crash keeps the store and loses
+only protocol state.
+
+Identity follows the node: a stable ``replica_id`` plus an ``epoch`` bumped
+on every start and a per-start ``nonce``, so each incarnation logs its own
+writes under a fresh ``origin`` and never reuses a seq a peer already holds
+(a store restored from an old copy restarts under a new origin too).
+
+The Merkle tree covers ``Document.version_digest()``: every op mints a dot,
+so equal causal contexts mean equal states, and the digest costs
+O(replicas) instead of an encode of the whole document.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
+from crdtstore.document import Document
+from crdtstore.merkle import MerkleShape, MerkleTree
+
+from .messages import Entry
+
+__all__ = ["MemStore"]
+
+
+class MemStore:
+    """One replica's durable state, in memory.
+
+    Args:
+        replica_id: The stable id (kept across restarts).
+        region: The replica's region.
+        nonce: This start's nonce (passed in: the store draws no randomness).
+        shape: The Merkle tree shape.
+    """
+
+    def __init__(self, replica_id: str, *, region: str, nonce: str, shape: MerkleShape | None = None) -> None:
+        self.replica_id = replica_id
+        self.region = region
+        self.epoch = 1
+        self.nonce = nonce
+        self.shape = shape if shape is not None else MerkleShape(fanout=4, depth=3)
+        self.docs: dict[str, Document] = {}
+        self.log: dict[str, dict[int, Entry]] = {}
+        self.vector: dict[str, int] = {}
+        self.acked_by: dict[str, dict[str, int]] = {}
+        self.digests: dict[str, bytes] = {}
+        self.buckets: dict[int, dict[str, bytes]] = {}
+        self.nodes: dict[bytes, bytes] = {}
+        self.tree = MerkleTree(self.nodes, shape=self.shape)
+        self.now = 0
+
+    @property
+    def origin(self) -> str:
+        """The id this incarnation mints dots and logs deltas under."""
+        return f"{self.replica_id}.{self.epoch}.{self.nonce}"
+
+    def restart(self, nonce: str) -> None:
+        """A new start of the same directory: new epoch and nonce, same documents and log."""
+        self.epoch += 1
+        self.nonce = nonce
+
+    def copy(self) -> MemStore:
+        """A deep copy (a backup to restore later)."""
+        return copy.deepcopy(self)
+
+    # Public methods for local writes.
+
+    def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Entry:
+        """Apply a local batch, log its delta under the next seq of our origin; return the entry.
+
+        Raises:
+            OpError: the batch was rejected; nothing changed.
+        """
+        doc = self.docs.get(doc_id) or Document()
+        self.now += 1
+        # Document.apply checks the whole batch before changing anything, so no copy is needed.
+        delta = encode_delta(doc.apply(ops, replica=self.origin, now=self.now))
+        self.docs[doc_id] = doc
+        seq = self.vector.get(self.origin, 0) + 1
+        entry = Entry(self.origin, seq, doc_id, delta)
+        self.log.setdefault(self.origin, {})[seq] = entry
+        self.vector[self.origin] = seq
+        self._reindex(doc_id)
+        return entry
+
+    # Public methods mirroring the node's replicator hooks.
+
+    def apply_remote(self, origin: str, seq: int, doc_id: str, delta: bytes) -> bool:
+        """Join a peer's delta and log it; False if ``(origin, seq)`` was already received."""
+        if seq <= self.vector.get(origin, 0) or seq in self.log.get(origin, {}):
+            return False
+        parsed = decode_delta(delta)  # before any change: bad bytes write nothing
+        doc = self.docs.setdefault(doc_id, Document())
+        doc.join(parsed)
+        self.log.setdefault(origin, {})[seq] = Entry(origin, seq, doc_id, delta)
+        self._advance(origin)
+        self._reindex(doc_id)
+        return True
+
+    def merge_state(self, doc_id: str, state: bytes) -> bool:
+        """Join a peer's full state (anti-entropy); True if ours changed. Not logged."""
+        other = decode_document(state)
+        doc = self.docs.get(doc_id)
+        if doc is None:
+            self.docs[doc_id] = other
+            self._reindex(doc_id)
+            return True
+        before = doc.version_digest()
+        doc.merge(other)
+        self._reindex(doc_id)
+        return doc.version_digest() != before
+
+    def read_state(self, doc_id: str) -> bytes | None:
+        doc = self.docs.get(doc_id)
+        return None if doc is None else encode_document(doc)
+
+    def log_range(self, origin: str, after: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``, in seq order."""
+        entries = self.log.get(origin, {})
+        return [entries[s] for s in sorted(s for s in entries if s > after)[:limit]]
+
+    def version_vector(self) -> dict[str, int]:
+        return dict(self.vector)
+
+    def acked(self, peer: str) -> dict[str, int]:
+        return dict(self.acked_by.get(peer, {}))
+
+    def set_acked(self, peer: str, vector: Mapping[str, int]) -> None:
+        """Raise ``peer``'s acknowledged vector (never lowers an entry)."""
+        mine = self.acked_by.setdefault(peer, {})
+        for origin, seq in vector.items():
+            if seq > mine.get(origin, 0):
+                mine[origin] = seq
+
+    def skip_log(self, origin: str, upto: int) -> None:
+        """Raise the contiguous mark of ``origin`` (anti-entropy merged everything up to ``upto``)."""
+        if upto > self.vector.get(origin, 0):
+            self.vector[origin] = upto
+            self._advance(origin)
+
+    def truncate_log(self, origin: str, upto: int) -> int:
+        """Delete ``origin``'s entries with seq <= ``upto``; return the count."""
+        entries = self.log.get(origin, {})
+        gone = [s for s in entries if s <= upto]
+        for s in gone:
+            del entries[s]
+        return len(gone)
+
+    def merkle_root(self) -> bytes:
+        return self.tree.root()
+
+    def merkle_children(self, level: int, index: int) -> list[bytes]:
+        return self.tree.children(level, index)
+
+    def bucket_items(self, bucket: int) -> list[tuple[str, bytes]]:
+        return sorted(self.buckets.get(bucket, {}).items())
+
+    # Public methods for checking.
+
+    def encoded(self) -> dict[str, bytes]:
+        """Every document's canonical encoding (what convergence compares)."""
+        return {d: encode_document(doc) for d, doc in sorted(self.docs.items())}
+
+    # Private methods.
+
+    def _advance(self, origin: str) -> None:
+        seq = self.vector.get(origin, 0)
+        entries = self.log.get(origin, {})
+        while seq + 1 in entries:
+            seq += 1
+        if seq:
+            self.vector[origin] = seq
+
+    def _reindex(self, doc_id: str) -> None:
+        new = self.docs[doc_id].version_digest()
+        old = self.digests.get(doc_id)
+        if old != new:
+            self.tree.update(doc_id, old, new)
+            self.digests[doc_id] = new
+            self.buckets.setdefault(self.shape.bucket(doc_id), {})[doc_id] = new

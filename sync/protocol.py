@@ -1,0 +1,958 @@
+"""The sans-I/O replication protocol: one :class:`PeerProtocol` per peer connection.
+
+API summary (for adapters: the websocket transport and the simulator)
+---------------------------------------------------------------------
+
+Construct one object per connection, on both sides alike (there is no client
+or server role)::
+
+    proto = PeerProtocol(
+        our=PeerInfo(replica_id="eu-ab12", origin=node.replica_id, region="eu", epoch=3),
+        secret=cluster_secret,          # bytes, shared by every cluster member
+        nonce=secrets.token_bytes(16),  # fresh per connection, passed in
+        now=loop.time(),                # seconds, any monotonic origin
+        our_vector=await node.version_vector(),
+        config=SyncConfig(...),         # optional: limits, intervals, MerkleShape
+    )
+
+The constructor queues our ``Hello``. Then the adapter loops over these
+**inputs** (each may queue messages and events):
+
+* ``receive_message(data: bytes)``: one whole websocket message from the peer.
+* ``receive_tick(now: float)``: call every ``config.tick_interval`` seconds
+  or so; drives handshake/idle timeouts, retransmission, periodic acks and
+  periodic anti-entropy.
+* ``receive_eof()``: the connection is gone (idempotent; state -> CLOSED).
+* ``local_update(origin, seq, doc_id, delta)``: the node durably committed
+  ``(origin, seq)``: a local write, *or a remote delta it applied from any
+  peer* (call it on every PeerProtocol of the node, including the one the
+  delta came from: that is how deltas are relayed and how we ack).
+* answers to the ``Need*`` events below: ``send_log(origin, after, entries)``,
+  ``answer_merkle_root(request_id, root)``,
+  ``answer_merkle_children(request_id, children)``,
+  ``answer_bucket_items(request_id, items)``, ``answer_states(request_id, states)``.
+* quorum helpers: ``request_read(request_id, doc_id)``,
+  ``request_write_ack(request_id, doc_id, origin, seq)``.
+* ``fail(code, reason)``: close on our side for a local reason.
+
+**Outputs**, drained by swapping the buffers (after *every* input call):
+
+* ``messages_to_send() -> list[bytes]``: send each as one binary websocket
+  message, in order.
+* ``events_received() -> list[Event]``: effects to apply, in order
+  (``sync.events`` documents each one):
+
+  ================================  =================================================
+  event                             the adapter must ...
+  ================================  =================================================
+  ``Authenticated(peer)``           note the peer (``PeerInfo``); nothing is accepted before it
+  ``ApplyDeltas(entries)``          ``node.apply_remote`` each in order, then call
+                                    ``local_update`` for each on every PeerProtocol
+  ``MergeStates(states)``           ``node.merge_state(doc_id, state)`` for each
+  ``NeedLog(origin, after, limit)`` ``send_log(origin, after, node.log_range(origin, after, limit))``
+  ``PeerAcked(peer_id, vector)``    ``node.set_acked(peer_id, vector)``; maybe truncate the
+                                    log up to :func:`truncation_vector`
+  ``SkipLog(origin, upto)``         raise the node's contiguous mark of ``origin`` to ``upto``
+                                    (anti-entropy has merged everything up to it)
+  ``NeedMerkleRoot(request_id)``    ``answer_merkle_root(request_id, node.merkle_root())``
+  ``NeedMerkleChildren(rid, nodes)``  ``answer_merkle_children(rid, [children(l, i) ...])``
+  ``NeedBucketItems(rid, buckets)`` ``answer_bucket_items(rid, [bucket_items(b) ...])``
+  ``NeedStates(rid, doc_ids)``      ``answer_states(rid, [read_state(d) ...])`` (None if absent)
+  ``ReadResponded(...)``            feed a ``sync.quorum.ReadCoordinator``
+  ``WriteAcked(...)``               feed a ``sync.quorum.WriteCoordinator``
+  ``AntiEntropyDone(stats)``        nothing (metrics)
+  ``Failed(close_code, reason)``    close the websocket with ``close_code``; reconnect later
+  ================================  =================================================
+
+Answers may come later and in any order (they carry the request id), but
+``ApplyDeltas``/``MergeStates`` must be applied in event order. Properties:
+``state`` (:class:`sync._state.State`), ``peer`` (``PeerInfo | None``),
+``their_vector`` (what the peer acknowledged), ``close_code``,
+``close_reason``, ``protocol_error``. The receive path never raises on peer
+input; misuse by the adapter raises :class:`sync.exceptions.LocalProtocolError`.
+
+Theory of operation
+-------------------
+
+**Handshake.** Each side sends ``Hello`` (ids, region, epoch, protocol
+version, a fresh nonce). On the peer's Hello each side answers ``Auth``:
+HMAC-SHA256 with the cluster secret over the *peer's* nonce and both
+identities in (sender, receiver) order, so a MAC can neither be replayed on
+another connection (fresh nonce) nor reflected back (order). Any other
+message before a valid Auth, a bad MAC, an unknown version or our own id
+fails the connection with no effect emitted.
+
+**Who may speak for an origin.** Origins are per-incarnation ids (the node's
+``replica_id`` changes on every start), so a peer cannot declare in advance
+the origins it will relay; and every member holds the cluster secret, so an
+"only declared origins" rule would not stop a malicious member anyway while it
+would break relaying (A-B-C line). The rule is therefore: *any authenticated
+member may relay any origin, except our own current origin* beyond the
+highest seq we minted; such a delta can only be forged or corrupt, and
+accepting it would make us later mint a seq that peers drop as a duplicate,
+silently losing a write. It fails the connection (``FORBIDDEN_ORIGIN``).
+Our origin at or below our mark is a harmless echo and is dropped.
+
+**Delta push.** We track per origin ``their_vector`` (the peer's
+acknowledged contiguous vector) and ``sent`` (the highest seq sent on this
+connection). An entry goes out only if it is exactly ``sent + 1`` and the
+unacknowledged window has room, so the peer sees each origin in order on a
+healthy link. Anything we could not push live (window full, a gap, a
+reconnect) is pulled from the node's log through ``NeedLog``. On
+authentication each side sends ``Ack(our_vector)``, which makes the other
+side pull from its log exactly what we lack (catch-up).
+
+**Receiving.** Per origin we apply ``seq n`` only after ``n - 1``: an entry
+at or below what we hold is a duplicate (re-acked, so a lost ack heals), the
+next one is emitted in ``ApplyDeltas``, a later one waits in a bounded
+buffer (overflow fails the connection: a correct peer never opens a gap
+that large). We ack with our vector once the node reports (via
+``local_update``) that the entries are durable, and every ``ack_interval``.
+
+**Loss.** The simulator's links drop, duplicate and reorder; a real
+websocket does not, but the same machinery makes both safe: if the peer's
+ack has not moved for ``retransmit_timeout`` while entries are unacked, we
+rewind ``sent`` to their vector and pull from the log again.
+
+**Truncated logs.** If the log no longer holds what the peer lacks, we send
+``LogTruncated(origin, first)`` instead. The peer then runs an anti-entropy
+session with us; once it has merged our states (which include every delta
+below ``first``) it emits ``SkipLog(origin, first - 1)``, raises its vector
+and acks, and the push resumes from ``first``.
+
+**Anti-entropy.** Every ``anti_entropy_interval`` the side with the smaller
+replica id (or either side, on demand) runs a
+:class:`sync.antientropy.AntiEntropySession`: local tree reads become
+``Need*`` events, remote ones become requests; differing documents are
+pulled (``MergeStates``) and pushed (``StatePush``), so both sides end
+equal. See :mod:`sync.antientropy`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtstore.merkle import MerkleShape
+
+from . import messages as m
+from ._state import IGNORED, OPEN, ConnectionState, Input, State
+from .antientropy import AntiEntropySession, Kind, Query, Side
+from .events import (
+    AntiEntropyDone,
+    ApplyDeltas,
+    Authenticated,
+    Event,
+    Failed,
+    MergeStates,
+    NeedBucketItems,
+    NeedLog,
+    NeedMerkleChildren,
+    NeedMerkleRoot,
+    NeedStates,
+    PeerAcked,
+    PeerInfo,
+    ReadResponded,
+    SkipLog,
+    WriteAcked,
+)
+from .exceptions import (
+    AuthenticationFailed,
+    CloseCode,
+    ForbiddenOrigin,
+    InvalidState,
+    LimitExceeded,
+    LocalProtocolError,
+    RemoteProtocolError,
+    UnexpectedMessage,
+    UnsupportedProtocol,
+)
+from .messages import Entry
+
+__all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "truncation_vector"]
+
+_AUTH_DOMAIN = b"crdtstore-sync-auth-v1"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    """Limits and intervals of a :class:`PeerProtocol` (times in seconds of the caller's clock).
+
+    Attributes:
+        shape: The Merkle tree shape (must match the peers').
+        batch_size: Most entries per ``Deltas`` message.
+        window: Most entries sent and not yet acknowledged (flow control).
+        log_fetch: Most entries asked per ``NeedLog``.
+        max_buffered: Most out-of-order entries held per connection; more fails it.
+        max_pending_requests: Most unanswered peer requests; more fails the connection.
+        max_message_bytes: Larger incoming messages fail the connection.
+        handshake_timeout: Fail if not authenticated by then.
+        idle_timeout: Fail if nothing was received for this long (acks double as keepalives).
+        ack_interval: Send our vector at least this often.
+        retransmit_timeout: Resend from the acknowledged vector if acks stall this long.
+        anti_entropy_interval: Start a session this often (the side with the smaller
+            replica id does); None disables periodic sessions.
+        anti_entropy_timeout: Abandon a session after this long.
+        states_chunk: Most documents per state request or push.
+    """
+
+    shape: MerkleShape = field(default_factory=MerkleShape)
+    batch_size: int = 256
+    window: int = 4096
+    log_fetch: int = 1024
+    max_buffered: int = 4096
+    max_pending_requests: int = 256
+    max_message_bytes: int = m.MAX_BLOB_BYTES + (1 << 20)
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    ack_interval: float = 1.0
+    retransmit_timeout: float = 5.0
+    anti_entropy_interval: float | None = 60.0
+    anti_entropy_timeout: float = 120.0
+    states_chunk: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= m.MAX_BATCH:
+            raise ValueError(f"batch_size must be in [1, {m.MAX_BATCH}]")
+        if self.window < 1 or self.log_fetch < 1 or self.max_buffered < 1 or self.max_pending_requests < 1:
+            raise ValueError("window, log_fetch, max_buffered and max_pending_requests must be positive")
+        if not 1 <= self.states_chunk <= m.MAX_BATCH:
+            raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
+
+
+def auth_mac(secret: bytes, their_nonce: bytes, sender: PeerInfo, receiver_id: str, receiver_origin: str) -> bytes:
+    """The MAC ``sender`` proves itself with: HMAC-SHA256 over the receiver's nonce and both identities.
+
+    Every field is length-prefixed so that no two different transcripts
+    serialize alike.
+    """
+    parts = [_AUTH_DOMAIN, their_nonce, sender.replica_id.encode(), sender.origin.encode()]
+    parts += [receiver_id.encode(), receiver_origin.encode()]
+    data = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    return hmac.new(secret, data, hashlib.sha256).digest()
+
+
+def min_acked(vectors: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Per origin, the lowest seq over ``vectors`` (an origin missing from one vector counts as 0)."""
+    vectors = list(vectors)
+    if not vectors:
+        return {}
+    origins = set().union(*vectors)
+    out = {o: min(v.get(o, 0) for v in vectors) for o in origins}
+    return {o: s for o, s in out.items() if s > 0}
+
+
+def truncation_vector(
+    our_vector: Mapping[str, int], acked: Mapping[str, Mapping[str, int]], peers: Iterable[str]
+) -> dict[str, int]:
+    """How far the node may truncate its log: what *every* configured peer acknowledged.
+
+    Args:
+        our_vector: The node's own contiguous vector (never truncate past it).
+        acked: Persisted acknowledgements, by peer replica id.
+        peers: Every peer the node is configured to replicate with, connected or not:
+            a peer that never acknowledged holds every origin at 0.
+
+    Returns:
+        ``origin -> seq``: entries with seq <= it are held by every peer. A peer added
+        later, or restored from an old copy, catches up through anti-entropy
+        (``LogTruncated``).
+    """
+    floor = min_acked([acked.get(p, {}) for p in peers])
+    return {o: min(s, our_vector.get(o, 0)) for o, s in floor.items() if min(s, our_vector.get(o, 0)) > 0}
+
+
+class PeerProtocol:
+    """The replication state machine for one peer connection (see the module docstring).
+
+    Args:
+        our: Our identity as the Hello announces it.
+        secret: The cluster secret (HMAC key).
+        nonce: Fresh random bytes (16 to 64) for this connection.
+        now: The caller's clock at connection time.
+        our_vector: The node's contiguous version vector now.
+        config: Limits and intervals.
+    """
+
+    def __init__(
+        self,
+        *,
+        our: PeerInfo,
+        secret: bytes,
+        nonce: bytes,
+        now: float,
+        our_vector: Mapping[str, int],
+        config: SyncConfig | None = None,
+    ) -> None:
+        if not secret:
+            raise LocalProtocolError("the cluster secret must not be empty")
+        self.our = our
+        self.config = config if config is not None else SyncConfig()
+        self._secret = bytes(secret)
+        self._nonce = bytes(nonce)
+        self._conn = ConnectionState()
+        self._messages: list[bytes] = []
+        self._events: list[Event] = []
+        self._outbox: list[Entry] = []
+        self.peer: PeerInfo | None = None
+        self.protocol_error: RemoteProtocolError | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._now = now
+        self._started = now
+        self._last_received = now
+        self._last_ack_sent = now
+        # Receiving side: what the node durably holds, and what we handed it to apply.
+        self._our_vector = {o: s for o, s in our_vector.items() if s > 0}
+        self._delivered: dict[str, int] = {}
+        self._buffer: dict[str, dict[int, Entry]] = {}
+        self._buffered = 0
+        self._awaiting_durable: dict[str, int] = {}
+        self._gaps: dict[str, int] = {}
+        # Sending side: see "Delta push" in the module docstring.
+        self._their_known = False
+        self._acked: dict[str, int] = {}
+        self._known: dict[str, int] = {}
+        self._sent: dict[str, int] = {}
+        self._log_pending: set[str] = set()
+        self._blocked: dict[str, int] = {}
+        self._last_progress = now
+        # Requests: ids we minted -> what the answer is for.
+        self._next_id = 1
+        self._local: dict[int, tuple[str, int, tuple[Any, ...]]] = {}
+        self._remote: dict[int, Query] = {}
+        self._peer_requests = 0
+        self._write_waits: dict[int, tuple[str, str, int]] = {}
+        # Anti-entropy.
+        self._ae: AntiEntropySession | None = None
+        self._ae_started = now
+        self._ae_gaps: dict[str, int] = {}
+        self._ae_again = False
+        self._ae_gen = 0
+        self._last_ae = now
+        self._send(
+            m.Hello(our.replica_id, our.origin, our.region, our.epoch, m.PROTOCOL_VERSION, self._nonce),
+        )
+
+    # Public properties.
+
+    @property
+    def state(self) -> State:
+        return self._conn.state
+
+    @property
+    def their_vector(self) -> dict[str, int]:
+        """What the peer acknowledged on this connection."""
+        return dict(self._acked)
+
+    @property
+    def our_vector(self) -> dict[str, int]:
+        """What this protocol believes the node durably holds."""
+        return dict(self._our_vector)
+
+    @property
+    def anti_entropy_running(self) -> bool:
+        return self._ae is not None
+
+    # Public methods for receiving data.
+
+    def receive_message(self, data: bytes) -> None:
+        """Process one message from the peer.
+
+        After calling this method, call :meth:`messages_to_send` and
+        :meth:`events_received` and act on them. Never raises on bad peer
+        input: the connection fails instead (a ``Failed`` event).
+        """
+        if self._conn.state in IGNORED:
+            return
+        self._last_received = self._now
+        try:
+            if len(data) > self.config.max_message_bytes:
+                raise LimitExceeded(f"message of {len(data)} bytes exceeds {self.config.max_message_bytes}")
+            msg = m.decode(data, max_size=self.config.max_message_bytes)
+            self._dispatch(msg)
+        except RemoteProtocolError as exc:
+            self._fail_remote(exc)
+
+    def receive_tick(self, now: float) -> None:
+        """Advance time: timeouts, periodic acks, retransmission, anti-entropy."""
+        self._now = now
+        state = self._conn.state
+        if state in IGNORED:
+            return
+        if state is not OPEN:
+            if now - self._started >= self.config.handshake_timeout:
+                self._fail(CloseCode.TIMEOUT, "handshake timed out")
+            return
+        if now - self._last_received >= self.config.idle_timeout:
+            self._fail(CloseCode.TIMEOUT, "peer idle")
+            return
+        if now - self._last_ack_sent >= self.config.ack_interval:
+            self._send_ack()
+        if self._in_flight() and now - self._last_progress >= self.config.retransmit_timeout:
+            # Acks stalled: something was lost. Resend from what the peer acknowledged.
+            self._sent = dict(self._acked)
+            self._last_progress = now
+            self._outbox.clear()
+            self._pump_all()
+        if self._ae is not None and now - self._ae_started >= self.config.anti_entropy_timeout:
+            self._ae = None  # answers still in flight are ignored (unknown request ids)
+            self._remote.clear()
+        interval = self.config.anti_entropy_interval
+        if self._ae is None and (self._ae_again or (interval is not None and now - self._last_ae >= interval)):
+            assert self.peer is not None
+            if self._ae_again or self.our.replica_id < self.peer.replica_id:
+                self.start_anti_entropy()
+            else:
+                self._last_ae = now
+
+    def receive_eof(self) -> None:
+        """The connection is gone. Idempotent."""
+        self._conn.process(Input.EOF)
+        self._outbox.clear()
+
+    # Public methods for the node's side.
+
+    def local_update(self, origin: str, seq: int, doc_id: str, delta: bytes) -> None:
+        """The node durably committed ``(origin, seq)`` (a local write or an applied remote delta)."""
+        if self._our_vector.get(origin, 0) + 1 == seq:
+            self._our_vector[origin] = seq
+            self._check_durable(origin)
+        if self._conn.state is not OPEN or not self._their_known:
+            return
+        if (
+            seq == self._floor(origin) + 1
+            and origin not in self._log_pending
+            and origin not in self._blocked
+            and self._room() > 0
+        ):
+            self._outbox.append(Entry(origin, seq, doc_id, delta))
+            self._sent[origin] = seq
+        else:
+            self._pump(origin)
+
+    def raise_vector(self, vector: Mapping[str, int]) -> None:
+        """The node holds at least ``vector`` (e.g. after a ``SkipLog`` on any connection)."""
+        for origin, seq in vector.items():
+            if seq > self._our_vector.get(origin, 0):
+                self._our_vector[origin] = seq
+                self._check_durable(origin)
+                self._drain_buffer(origin)
+        if self._conn.state is OPEN and self._their_known:
+            self._pump_all()
+
+    def send_log(self, origin: str, after: int, entries: Sequence[Any]) -> None:
+        """Answer a ``NeedLog``: the node's log entries of ``origin`` after ``after`` (in seq order).
+
+        ``entries`` may be :class:`~sync.messages.Entry` tuples or any objects with
+        ``origin``, ``seq``, ``doc_id`` and ``delta`` (the node's ``LogEntry``).
+        """
+        self._log_pending.discard(origin)
+        if self._conn.state is not OPEN:
+            return
+        floor = self._floor(origin)
+        fresh = [e for e in (_entry(e) for e in entries) if e.origin == origin and e.seq > floor]
+        if after == floor and self._our_vector.get(origin, 0) > floor and (not fresh or fresh[0].seq > floor + 1):
+            # The log no longer holds what the peer lacks: it must repair by anti-entropy.
+            first = fresh[0].seq if fresh else self._our_vector[origin] + 1
+            if self._blocked.get(origin) != first:
+                self._blocked[origin] = first
+                self._send(m.LogTruncated(origin, first))
+            return
+        room = self._room()
+        for e in fresh:
+            if room <= 0 or e.seq != self._floor(origin) + 1:
+                break
+            self._outbox.append(e)
+            self._sent[origin] = e.seq
+            room -= 1
+        self._pump(origin)
+
+    def answer_merkle_root(self, request_id: int, root: bytes) -> None:
+        purpose, peer_rid, _ = self._take(request_id)
+        if purpose == "peer":
+            shape = self.config.shape
+            self._peer_answered(m.MerkleRootResponse(peer_rid, shape.fanout, shape.depth, root))
+        elif self._for_session(peer_rid):
+            assert self._ae is not None
+            self._ae.receive_root(Side.LOCAL, root)
+            self._drive_ae()
+
+    def answer_merkle_children(self, request_id: int, children: Sequence[Sequence[bytes]]) -> None:
+        purpose, peer_rid, nodes = self._take(request_id)
+        if len(children) != len(nodes):
+            raise InvalidState("one list of children per requested node")
+        if purpose == "peer":
+            self._peer_answered(m.MerkleChildrenResponse(peer_rid, tuple(tuple(c) for c in children)))
+        elif self._for_session(peer_rid):
+            assert self._ae is not None
+            self._ae.receive_children(Side.LOCAL, nodes, children)
+            self._drive_ae()
+
+    def answer_bucket_items(self, request_id: int, items: Sequence[Sequence[tuple[str, bytes]]]) -> None:
+        purpose, peer_rid, buckets = self._take(request_id)
+        if len(items) != len(buckets):
+            raise InvalidState("one list of items per requested bucket")
+        if purpose == "peer":
+            self._peer_answered(m.BucketItemsResponse(peer_rid, tuple(tuple(i) for i in items)))
+        elif self._for_session(peer_rid):
+            assert self._ae is not None
+            self._ae.receive_bucket_items(Side.LOCAL, buckets, items)
+            self._drive_ae()
+
+    def answer_states(self, request_id: int, states: Sequence[bytes | None]) -> None:
+        """Answer a ``NeedStates``: one state (or None) per requested document, in order."""
+        purpose, peer_rid, doc_ids = self._take(request_id)
+        if len(states) != len(doc_ids):
+            raise InvalidState("one state per requested document")
+        pairs = tuple(zip(doc_ids, states, strict=True))
+        if purpose == "peer":
+            self._peer_answered(m.StateResponse(peer_rid, pairs))
+        elif purpose == "read":
+            self._peer_answered(m.ReadResponse(peer_rid, doc_ids[0], states[0]))
+        elif self._for_session(peer_rid):
+            assert self._ae is not None
+            present = tuple((d, s) for d, s in pairs if s is not None)
+            if present:
+                self._send(m.StatePush(present), count=True)
+            self._ae.receive_states(Side.LOCAL, doc_ids)
+            self._drive_ae()
+
+    # Public methods for quorum reads and writes.
+
+    def request_read(self, request_id: int, doc_id: str) -> None:
+        """Ask the peer for its state of ``doc_id``; the answer is a ``ReadResponded`` event."""
+        self._require_open()
+        self._send(m.ReadRequest(request_id, doc_id))
+
+    def request_write_ack(self, request_id: int, doc_id: str, origin: str, seq: int) -> None:
+        """Ask to be told once the peer holds ``(origin, seq)``; the answer is a ``WriteAcked`` event."""
+        self._require_open()
+        self._send(m.WriteAck(request_id, doc_id, origin, seq, False))
+
+    def start_anti_entropy(self) -> None:
+        """Start a Merkle comparison with the peer now (or right after the running one)."""
+        self._require_open()
+        if self._ae is not None:
+            self._ae_again = True
+            return
+        self._ae_again = False
+        self._ae_gen += 1
+        self._ae = AntiEntropySession(self.config.shape, states_chunk=self.config.states_chunk)
+        self._ae_started = self._now
+        self._last_ae = self._now
+        # Gaps announced before the session starts are covered by it.
+        self._ae_gaps = dict(self._gaps)
+        self._drive_ae()
+
+    def fail(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close for a local reason (shutdown, the node rejected a delta)."""
+        self._fail(code, reason)
+
+    # Public methods for sending data.
+
+    def messages_to_send(self) -> list[bytes]:
+        """The messages to send, in order (drained). Flushes the batched delta push first."""
+        self._flush()
+        messages, self._messages = self._messages, []
+        return messages
+
+    def events_received(self) -> list[Event]:
+        """The effects to apply, in order (drained)."""
+        events, self._events = self._events, []
+        return events
+
+    # Private methods: dispatching peer messages.
+
+    def _dispatch(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Hello):
+            self._transition(Input.HELLO)
+            self._receive_hello(msg)
+        elif isinstance(msg, m.Auth):
+            self._receive_auth(msg)
+        else:
+            self._transition(Input.DATA)
+            handler = _HANDLERS[type(msg)]
+            handler(self, msg)
+
+    def _transition(self, event: Input) -> None:
+        try:
+            self._conn.process(event)
+        except KeyError:
+            if self._conn.state is OPEN:
+                raise UnexpectedMessage(f"{event.value} message on an open connection") from None
+            raise AuthenticationFailed(f"{event.value} message before authentication") from None
+
+    def _receive_hello(self, msg: m.Hello) -> None:
+        if msg.version != m.PROTOCOL_VERSION:
+            raise UnsupportedProtocol(f"peer speaks version {msg.version}, we speak {m.PROTOCOL_VERSION}")
+        if msg.replica_id == self.our.replica_id or msg.origin == self.our.origin:
+            raise AuthenticationFailed("the peer claims our own identity")
+        if msg.nonce == self._nonce:
+            raise AuthenticationFailed("the peer reflected our nonce")
+        self.peer = PeerInfo(msg.replica_id, msg.origin, msg.region, msg.epoch)
+        self._their_nonce = msg.nonce
+        self._send(m.Auth(auth_mac(self._secret, msg.nonce, self.our, msg.replica_id, msg.origin)))
+
+    def _receive_auth(self, msg: m.Auth) -> None:
+        if self._conn.state is not State.AUTHENTICATING:
+            self._transition(Input.AUTH)  # raises: Auth is only valid right after Hello
+        assert self.peer is not None
+        expected = auth_mac(self._secret, self._nonce, self.peer, self.our.replica_id, self.our.origin)
+        if not hmac.compare_digest(expected, msg.mac):
+            raise AuthenticationFailed("bad MAC: the peer does not hold the cluster secret")
+        self._transition(Input.AUTH)
+        self._last_progress = self._now
+        self._last_ae = self._now
+        self._events.append(Authenticated(self.peer))
+        self._send_ack()  # our vector: the peer pushes what we lack (catch-up)
+
+    def _receive_deltas(self, msg: m.Deltas) -> None:
+        assert self.peer is not None
+        # Check the whole batch before any effect.
+        for e in msg.entries:
+            if e.origin == self.our.origin and e.seq > self._our_vector.get(e.origin, 0):
+                raise ForbiddenOrigin(f"delta ({e.origin}, {e.seq}) for our own origin, beyond what we minted")
+        to_apply: list[Entry] = []
+        duplicate = False
+        for e in msg.entries:
+            self._known[e.origin] = max(self._known.get(e.origin, 0), e.seq)
+            held = self._held(e.origin)
+            if e.seq <= held:
+                duplicate = True
+            elif e.seq == held + 1:
+                to_apply.append(e)
+                self._delivered[e.origin] = e.seq
+                to_apply.extend(self._take_buffered(e.origin))
+            else:
+                pending = self._buffer.setdefault(e.origin, {})
+                if e.seq not in pending:
+                    if self._buffered >= self.config.max_buffered:
+                        raise LimitExceeded(f"more than {self.config.max_buffered} out-of-order deltas")
+                    pending[e.seq] = e
+                    self._buffered += 1
+        if to_apply:
+            for e in to_apply:
+                self._awaiting_durable[e.origin] = max(self._awaiting_durable.get(e.origin, 0), e.seq)
+            self._events.append(ApplyDeltas(tuple(to_apply)))
+        if duplicate and not to_apply:
+            self._send_ack()  # the peer resent what we hold: our last ack was probably lost
+
+    def _receive_ack(self, msg: m.Ack) -> None:
+        assert self.peer is not None
+        first = not self._their_known
+        self._their_known = True
+        changed = False
+        for origin, seq in msg.vector:
+            if seq > self._acked.get(origin, 0):
+                self._acked[origin] = seq
+                changed = True
+            self._known[origin] = max(self._known.get(origin, 0), seq)
+            if origin in self._blocked and seq >= self._blocked[origin] - 1:
+                del self._blocked[origin]
+        if changed or first:
+            self._last_progress = self._now
+        if changed:
+            self._events.append(PeerAcked(self.peer.replica_id, dict(self._acked)))
+        self._pump_all()
+
+    def _receive_log_truncated(self, msg: m.LogTruncated) -> None:
+        upto = msg.first - 1
+        if self._held(msg.origin) >= upto:
+            return
+        self._gaps[msg.origin] = max(self._gaps.get(msg.origin, 0), upto)
+        self.start_anti_entropy()
+
+    def _receive_peer_request(self, msg: m.Message) -> None:
+        if self._peer_requests >= self.config.max_pending_requests:
+            raise LimitExceeded(f"more than {self.config.max_pending_requests} unanswered requests")
+        self._peer_requests += 1
+        rid = self._mint_id()
+        if isinstance(msg, m.MerkleRootRequest):
+            self._local[rid] = ("peer", msg.request_id, ())
+            self._events.append(NeedMerkleRoot(rid))
+        elif isinstance(msg, m.MerkleChildrenRequest):
+            shape = self.config.shape
+            for level, index in msg.nodes:
+                if not (level < shape.depth and index < shape.width(level)):
+                    raise UnexpectedMessage(f"no inner node ({level}, {index}) in {shape}")
+            self._local[rid] = ("peer", msg.request_id, msg.nodes)
+            self._events.append(NeedMerkleChildren(rid, msg.nodes))
+        elif isinstance(msg, m.BucketItemsRequest):
+            if any(b >= self.config.shape.leaves for b in msg.buckets):
+                raise UnexpectedMessage("bucket out of range")
+            self._local[rid] = ("peer", msg.request_id, msg.buckets)
+            self._events.append(NeedBucketItems(rid, msg.buckets))
+        elif isinstance(msg, m.StateRequest):
+            self._local[rid] = ("peer", msg.request_id, msg.doc_ids)
+            self._events.append(NeedStates(rid, msg.doc_ids))
+        else:
+            assert isinstance(msg, m.ReadRequest)
+            self._local[rid] = ("read", msg.request_id, (msg.doc_id,))
+            self._events.append(NeedStates(rid, (msg.doc_id,)))
+
+    def _receive_response(self, msg: Any) -> None:
+        query = self._remote.pop(msg.request_id, None)
+        if query is None or self._ae is None:
+            return  # an abandoned session's late answer, or a duplicate
+        self._ae.count_bytes(received=len(msg.encode()))
+        session = self._ae
+        if isinstance(msg, m.MerkleRootResponse):
+            shape = self.config.shape
+            if (msg.fanout, msg.depth) != (shape.fanout, shape.depth):
+                raise UnexpectedMessage(f"peer tree is {msg.fanout}x{msg.depth}, ours {shape.fanout}x{shape.depth}")
+            self._ae_call(session.receive_root, Side.REMOTE, msg.root)
+        elif isinstance(msg, m.MerkleChildrenResponse):
+            self._ae_call(session.receive_children, Side.REMOTE, query.items, msg.children)
+        elif isinstance(msg, m.BucketItemsResponse):
+            self._ae_call(session.receive_bucket_items, Side.REMOTE, query.items, msg.items)
+        else:
+            assert isinstance(msg, m.StateResponse)
+            if tuple(d for d, _ in msg.states) != query.items:
+                raise UnexpectedMessage("state response does not match the request")
+            present = tuple((d, s) for d, s in msg.states if s is not None)
+            if present:
+                self._events.append(MergeStates(present))
+            self._ae_call(session.receive_states, Side.REMOTE, query.items)
+
+    def _receive_state_push(self, msg: m.StatePush) -> None:
+        if msg.states:
+            self._events.append(MergeStates(msg.states))
+
+    def _receive_read_response(self, msg: m.ReadResponse) -> None:
+        assert self.peer is not None
+        self._events.append(ReadResponded(self.peer.replica_id, msg.request_id, msg.doc_id, msg.state))
+
+    def _receive_write_ack(self, msg: m.WriteAck) -> None:
+        assert self.peer is not None
+        if msg.reached:
+            self._events.append(WriteAcked(self.peer.replica_id, msg.request_id, msg.doc_id))
+        elif self._our_vector.get(msg.origin, 0) >= msg.seq:
+            self._send(m.WriteAck(msg.request_id, msg.doc_id, msg.origin, msg.seq, True))
+        else:
+            if len(self._write_waits) >= self.config.max_pending_requests:
+                raise LimitExceeded("too many pending write acknowledgements")
+            self._write_waits[msg.request_id] = (msg.doc_id, msg.origin, msg.seq)
+
+    # Private methods: sending deltas.
+
+    def _floor(self, origin: str) -> int:
+        """The highest seq of ``origin`` the peer is known to hold or was sent."""
+        return max(self._sent.get(origin, 0), self._known.get(origin, 0))
+
+    def _in_flight(self) -> int:
+        return sum(max(0, s - self._acked.get(o, 0)) for o, s in self._sent.items())
+
+    def _room(self) -> int:
+        return self.config.window - self._in_flight()
+
+    def _pump(self, origin: str) -> None:
+        """Ask the node's log for what the peer lacks of ``origin``, if anything and if allowed."""
+        floor = self._floor(origin)
+        if (
+            self._our_vector.get(origin, 0) > floor
+            and origin not in self._log_pending
+            and origin not in self._blocked
+            and self._room() > 0
+        ):
+            self._log_pending.add(origin)
+            self._events.append(NeedLog(origin, floor, min(self.config.log_fetch, self._room())))
+
+    def _pump_all(self) -> None:
+        for origin in sorted(self._our_vector):
+            self._pump(origin)
+
+    def _flush(self) -> None:
+        size = self.config.batch_size
+        while self._outbox:
+            batch, self._outbox = self._outbox[:size], self._outbox[size:]
+            self._send(m.Deltas(tuple(batch)))
+
+    # Private methods: receiving deltas.
+
+    def _held(self, origin: str) -> int:
+        return max(self._our_vector.get(origin, 0), self._delivered.get(origin, 0))
+
+    def _take_buffered(self, origin: str) -> list[Entry]:
+        pending = self._buffer.get(origin)
+        out: list[Entry] = []
+        if not pending:
+            return out
+        for seq in sorted(pending):
+            if seq <= self._held(origin):
+                del pending[seq]
+                self._buffered -= 1
+            elif seq == self._held(origin) + 1:
+                out.append(pending.pop(seq))
+                self._delivered[origin] = seq
+                self._buffered -= 1
+            else:
+                break
+        if not pending:
+            del self._buffer[origin]
+        return out
+
+    def _drain_buffer(self, origin: str) -> None:
+        entries = self._take_buffered(origin)
+        if entries:
+            for e in entries:
+                self._awaiting_durable[e.origin] = max(self._awaiting_durable.get(e.origin, 0), e.seq)
+            self._events.append(ApplyDeltas(tuple(entries)))
+
+    def _check_durable(self, origin: str) -> None:
+        seq = self._our_vector.get(origin, 0)
+        waiting = self._awaiting_durable.get(origin)
+        if waiting is not None and seq >= waiting:
+            del self._awaiting_durable[origin]
+            if not self._awaiting_durable and self._conn.state is OPEN:
+                self._send_ack()  # everything this peer sent us is durable: tell it
+        if self._write_waits and self._conn.state is OPEN:
+            for rid, (doc_id, o, s) in list(self._write_waits.items()):
+                if o == origin and s <= seq:
+                    del self._write_waits[rid]
+                    self._send(m.WriteAck(rid, doc_id, o, s, True))
+
+    def _send_ack(self) -> None:
+        self._last_ack_sent = self._now
+        vector = dict(self._our_vector)
+        self._send(m.Ack.of(vector))
+
+    # Private methods: anti-entropy.
+
+    def _drive_ae(self) -> None:
+        session = self._ae
+        if session is None:
+            return
+        for q in session.queries_to_send():
+            rid = self._mint_id()
+            if q.side is Side.LOCAL:
+                self._local[rid] = ("ae", self._ae_gen, q.items)
+                if q.kind is Kind.ROOT:
+                    self._events.append(NeedMerkleRoot(rid))
+                elif q.kind is Kind.CHILDREN:
+                    self._events.append(NeedMerkleChildren(rid, q.items))
+                elif q.kind is Kind.BUCKETS:
+                    self._events.append(NeedBucketItems(rid, q.items))
+                else:
+                    self._events.append(NeedStates(rid, q.items))
+                continue
+            self._remote[rid] = q
+            if q.kind is Kind.ROOT:
+                msg: m.Message = m.MerkleRootRequest(rid)
+            elif q.kind is Kind.CHILDREN:
+                msg = m.MerkleChildrenRequest(rid, q.items)
+            elif q.kind is Kind.BUCKETS:
+                msg = m.BucketItemsRequest(rid, q.items)
+            else:
+                msg = m.StateRequest(rid, q.items)
+            self._send(msg, count=True)
+        if session.done:
+            self._finish_ae(session)
+
+    def _ae_call(self, method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except InvalidState as exc:
+            # A remote answer that does not fit the session (wrong node count...): the peer's fault.
+            # Local answers are checked by the adapter's own code; they cannot reach here wrongly.
+            raise UnexpectedMessage(str(exc)) from exc
+        self._drive_ae()
+
+    def _finish_ae(self, session: AntiEntropySession) -> None:
+        self._ae = None
+        self._remote.clear()
+        s = session.stats
+        done = AntiEntropyDone(s.round_trips, s.bytes_sent, s.bytes_received, s.docs_pulled, s.docs_pushed)
+        self._events.append(done)
+        # Every MergeStates of the session precedes this point in the event list, so the
+        # node has merged the peer's states, which include each skipped delta.
+        skipped = False
+        for origin, upto in sorted(self._ae_gaps.items()):
+            if upto > self._our_vector.get(origin, 0):
+                self._events.append(SkipLog(origin, upto))
+                self._our_vector[origin] = upto
+                skipped = True
+            if self._gaps.get(origin, 0) <= upto:
+                self._gaps.pop(origin, None)
+        self._ae_gaps = {}
+        for origin in sorted(self._buffer):
+            self._drain_buffer(origin)
+        if skipped:
+            self._send_ack()
+
+    # Private methods: requests and plumbing.
+
+    def _mint_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _take(self, request_id: int) -> tuple[str, int, tuple[Any, ...]]:
+        """Forget a pending local read: its purpose, the peer's request id, and what was asked."""
+        try:
+            purpose, peer_rid, items = self._local.pop(request_id)
+        except KeyError:
+            raise InvalidState(f"no pending request {request_id}") from None
+        if purpose != "ae":
+            self._peer_requests -= 1
+        return purpose, peer_rid, items
+
+    def _for_session(self, generation: int) -> bool:
+        """Whether a local answer belongs to the running session (not an abandoned one) and can be used."""
+        return self._ae is not None and generation == self._ae_gen and self._conn.state is OPEN
+
+    def _peer_answered(self, msg: m.Message) -> None:
+        if self._conn.state is OPEN:
+            self._send(msg)
+
+    def _require_open(self) -> None:
+        if self._conn.state is not OPEN:
+            raise InvalidState(f"connection is {self._conn.state.name}, not OPEN")
+
+    def _send(self, msg: m.Message, *, count: bool = False) -> None:
+        data = msg.encode()
+        if count and self._ae is not None:
+            self._ae.count_bytes(sent=len(data))
+        self._messages.append(data)
+
+    def _fail_remote(self, exc: RemoteProtocolError) -> None:
+        self.protocol_error = exc
+        self._fail(exc.close_code, str(exc))
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self._conn.state in IGNORED:
+            return
+        self._conn.process(Input.FAIL)
+        self.close_code = int(code)
+        self.close_reason = reason
+        # Nothing more goes out: queued deltas and answers are dropped with the connection.
+        self._outbox.clear()
+        self._messages.clear()
+        self._events = [e for e in self._events if not isinstance(e, ApplyDeltas | MergeStates)]
+        self._events.append(Failed(int(code), reason))
+
+
+def _entry(e: Any) -> Entry:
+    return e if isinstance(e, Entry) else Entry(e.origin, e.seq, e.doc_id, e.delta)
+
+
+_HANDLERS: dict[type, Any] = {
+    m.Deltas: PeerProtocol._receive_deltas,
+    m.Ack: PeerProtocol._receive_ack,
+    m.LogTruncated: PeerProtocol._receive_log_truncated,
+    m.MerkleRootRequest: PeerProtocol._receive_peer_request,
+    m.MerkleChildrenRequest: PeerProtocol._receive_peer_request,
+    m.BucketItemsRequest: PeerProtocol._receive_peer_request,
+    m.StateRequest: PeerProtocol._receive_peer_request,
+    m.ReadRequest: PeerProtocol._receive_peer_request,
+    m.MerkleRootResponse: PeerProtocol._receive_response,
+    m.MerkleChildrenResponse: PeerProtocol._receive_response,
+    m.BucketItemsResponse: PeerProtocol._receive_response,
+    m.StateResponse: PeerProtocol._receive_response,
+    m.StatePush: PeerProtocol._receive_state_push,
+    m.ReadResponse: PeerProtocol._receive_read_response,
+    m.WriteAck: PeerProtocol._receive_write_ack,
+}

@@ -1,0 +1,311 @@
+"""Websocket links between regions: the I/O side of the replication protocol.
+
+This module moves opaque binary messages; it knows nothing of what they
+mean (that is :mod:`sync.protocol`) nor of what to do with them (that is
+the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
+
+* :class:`PeerConnection`, one link as the adapter sees it: ``send``,
+  ``recv`` (None once the link is closed), an idempotent ``close``. Two
+  implementations share it: :class:`ClientPeerConnection` over a
+  ``websockets`` client connection (the side that dialed) and
+  :class:`ServerPeerConnection` over a Starlette ``WebSocket`` (the side
+  that accepted, on the node's own HTTP server at ``/v1/peer``).
+* :class:`TransportSettings`, the ``websockets`` settings of a link:
+  ``max_size`` bounds one message, ``ping_interval``/``ping_timeout``
+  detect a dead link (a silent partition sends no FIN), ``compression`` is
+  off (deltas are small and compact already, and permessage-deflate costs
+  memory per connection), and ``max_queue``/``write_limit`` bound the
+  buffers so a slow peer pushes back instead of growing memory.
+* :class:`Dialer`, the reconnect loop of one configured peer: dial, hand
+  the connection to a session callback, and when it ends wait the next
+  delay of :func:`sync.backoff.backoff` (reset after a session that got
+  going), until closed.
+
+The accepting side's keepalive and size limit are the HTTP server's
+(uvicorn's ``ws_ping_interval``, ``ws_ping_timeout``, ``ws_max_size``);
+the CLI sets them from the same settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random as _random
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import websockets
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from websockets.asyncio.client import ClientConnection, connect
+
+from sync.backoff import backoff
+
+__all__ = [
+    "ClientPeerConnection",
+    "Dialer",
+    "PeerConnection",
+    "ServerPeerConnection",
+    "TransportSettings",
+    "dial",
+]
+
+logger = logging.getLogger("sync.transport")
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """How peer links behave.
+
+    Attributes:
+        max_size: Largest message in bytes, either way.
+        ping_interval: Seconds between keepalive pings.
+        ping_timeout: Seconds without a pong before the link is closed as dead.
+        open_timeout: Seconds a dial (TCP + handshake) may take.
+        close_timeout: Seconds a closing handshake may take before the TCP connection is dropped.
+        max_queue: Received messages buffered before reading from the socket stops (backpressure).
+        write_limit: Bytes buffered for sending before ``send`` waits (backpressure).
+        backoff_initial: First reconnect delay, seconds.
+        backoff_max: Longest reconnect delay, seconds.
+    """
+
+    max_size: int = 16 << 20
+    ping_interval: float = 5.0
+    ping_timeout: float = 10.0
+    open_timeout: float = 10.0
+    close_timeout: float = 5.0
+    max_queue: int = 32
+    write_limit: int = 1 << 20
+    backoff_initial: float = 0.05
+    backoff_max: float = 5.0
+
+
+class PeerConnection(Protocol):
+    """One peer link as the adapter drives it.
+
+    Attributes:
+        remote: Who is on the other side (the dialed URL, or the client's address), for logs.
+        close_code: The close code once closed, else None.
+    """
+
+    remote: str
+    close_code: int | None
+
+    async def send(self, data: bytes) -> None:
+        """Send one message; waits while the send buffer is full. Raises ConnectionError if closed."""
+        ...
+
+    async def recv(self) -> bytes | None:
+        """The next message, or None once the link closed (for whatever reason)."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the link (idempotent; never raises)."""
+        ...
+
+
+class ClientPeerConnection:
+    """The dialing side, over a ``websockets`` client connection."""
+
+    def __init__(self, ws: ClientConnection, remote: str) -> None:
+        self._ws = ws
+        self.remote = remote
+        self.close_code: int | None = None
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self._ws.send(data)
+        except websockets.ConnectionClosed as exc:
+            self._closed(exc)
+            raise ConnectionError(f"peer link to {self.remote} closed") from exc
+
+    async def recv(self) -> bytes | None:
+        try:
+            message = await self._ws.recv()
+        except websockets.ConnectionClosed as exc:
+            self._closed(exc)
+            return None
+        # Peers speak binary; a text frame is the peer's bug, surfaced as bytes for the protocol to reject.
+        return message.encode() if isinstance(message, str) else bytes(message)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+        with contextlib.suppress(Exception):  # closing is best effort: the link may already be gone
+            await self._ws.close(code, reason[:120])
+
+    def _closed(self, exc: websockets.ConnectionClosed) -> None:
+        if self.close_code is None:
+            rcvd = exc.rcvd
+            self.close_code = rcvd.code if rcvd is not None else 1006
+
+
+class ServerPeerConnection:
+    """The accepting side, over an accepted Starlette ``WebSocket``."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+        client = websocket.client
+        self.remote = f"{client.host}:{client.port}" if client else "unknown"
+        self.close_code: int | None = None
+
+    async def send(self, data: bytes) -> None:
+        if self.close_code is not None:
+            raise ConnectionError(f"peer link from {self.remote} closed")
+        try:
+            await self._ws.send_bytes(data)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            self.close_code = getattr(exc, "code", 1006)
+            raise ConnectionError(f"peer link from {self.remote} closed") from exc
+
+    async def recv(self) -> bytes | None:
+        if self.close_code is not None:
+            return None
+        try:
+            message = await self._ws.receive()
+        except (RuntimeError, OSError):
+            self.close_code = 1006
+            return None
+        if message["type"] == "websocket.disconnect":
+            self.close_code = int(message.get("code", 1005))
+            return None
+        data = message.get("bytes")
+        if data is None:
+            text = message.get("text") or ""
+            data = text.encode()
+        return bytes(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code = code
+        if self._ws.application_state is WebSocketState.DISCONNECTED:
+            return
+        with contextlib.suppress(Exception):
+            await self._ws.close(code=code, reason=reason[:120])
+
+
+async def dial(
+    url: str,
+    *,
+    settings: TransportSettings,
+    headers: Mapping[str, str] | None = None,
+) -> ClientPeerConnection:
+    """Open a peer link to ``url`` (``ws://`` or ``wss://``).
+
+    Raises:
+        OSError: TCP failed (refused, reset, unreachable).
+        TimeoutError: The handshake took longer than ``open_timeout``.
+        websockets.InvalidHandshake: The server answered but refused the upgrade.
+    """
+    ws = await connect(
+        url,
+        additional_headers=dict(headers or {}),
+        max_size=settings.max_size,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        open_timeout=settings.open_timeout,
+        close_timeout=settings.close_timeout,
+        max_queue=settings.max_queue,
+        write_limit=settings.write_limit,
+        compression=None,
+        # The Dialer owns reconnection (with our backoff); no proxy from the environment between regions.
+        proxy=None,
+    )
+    return ClientPeerConnection(ws, url)
+
+
+Session = Callable[[PeerConnection], Awaitable[None]]
+
+
+class Dialer:
+    """Keeps one configured peer connected: dial, run a session, back off, repeat until closed.
+
+    Args:
+        url: The peer's websocket URL.
+        session: Runs one connected link to its end (the adapter's loop). It
+            must close the connection before returning; it should not raise
+            (an exception is logged and counts as a failed session).
+        settings: Link settings, including the backoff bounds.
+        random: Jitter source for the backoff (seeded in tests).
+        headers: Sent with every handshake.
+        stable_after: A session that lasted this long resets the backoff.
+        dial_fn: Opens one link (tests swap in a fake).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        session: Session,
+        *,
+        settings: TransportSettings,
+        random: Callable[[], float] | None = None,
+        headers: Mapping[str, str] | None = None,
+        stable_after: float = 1.0,
+        dial_fn: Callable[[str], Awaitable[PeerConnection]] | None = None,
+    ) -> None:
+        self.url = url
+        self.settings = settings
+        self.attempts = 0
+        self.sessions = 0
+        self.connected = False
+        self._session = session
+        self._random = random or _random.Random().random
+        self._headers = dict(headers or {})
+        self._stable_after = stable_after
+        self._dial_fn = dial_fn
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the loop as a task of the running event loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"dialer {self.url}")
+
+    async def close(self) -> None:
+        """Stop reconnecting and end the current session (idempotent)."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _delays(self) -> Iterator[float]:
+        return backoff(
+            initial=self.settings.backoff_initial,
+            cap=max(self.settings.backoff_max, self.settings.backoff_initial),
+            random=self._random,
+        )
+
+    async def _open(self) -> PeerConnection:
+        if self._dial_fn is not None:
+            return await self._dial_fn(self.url)
+        return await dial(self.url, settings=self.settings, headers=self._headers)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delays = self._delays()
+        while not self._closing:
+            self.attempts += 1
+            try:
+                conn = await self._open()
+            except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+                logger.debug("dial failed", extra={"peer": self.url, "error": repr(exc)})
+            else:
+                self.sessions += 1
+                self.connected = True
+                started = loop.time()
+                try:
+                    await self._session(conn)
+                except asyncio.CancelledError:
+                    await conn.close(1001, "going away")
+                    raise
+                except Exception:
+                    logger.exception("peer session failed", extra={"peer": self.url})
+                finally:
+                    self.connected = False
+                    await conn.close(1011, "session ended")
+                if loop.time() - started >= self._stable_after:
+                    delays = self._delays()  # a link that worked a while is a fresh start, not a flap
+            await asyncio.sleep(next(delays))

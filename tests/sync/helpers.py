@@ -1,0 +1,114 @@
+"""Harnesses for the sans-I/O protocol: two replicas joined by an in-memory link.
+
+:class:`Pair` holds two :class:`~sync.memstore.MemStore` replicas and one
+:class:`~sync.protocol.PeerProtocol` each, and plays the adapter: it
+answers every event from the store, as the websocket transport answers
+from the node. ``sync_until_quiet`` moves messages until neither side has
+anything to send, and fails after ``max_rounds``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sync import events as ev
+from sync.memstore import MemStore
+from sync.messages import Entry
+from sync.protocol import PeerProtocol, SyncConfig
+
+__all__ = ["Pair", "handle", "make_protocol"]
+
+SECRET = b"test-secret"
+
+
+def make_protocol(
+    store: MemStore, *, secret: bytes = SECRET, nonce: int = 1, config: SyncConfig | None = None
+) -> PeerProtocol:
+    return PeerProtocol(
+        our=ev.PeerInfo(store.replica_id, store.origin, store.region, store.epoch),
+        secret=secret,
+        nonce=nonce.to_bytes(16, "big"),
+        now=0.0,
+        our_vector=store.version_vector(),
+        config=config if config is not None else SyncConfig(shape=store.shape, anti_entropy_interval=None),
+    )
+
+
+def handle(store: MemStore, proto: PeerProtocol, event: ev.Event, others: list[PeerProtocol] | None = None) -> None:
+    """The adapter's job for one event (the simulator does the same)."""
+    everyone = [proto, *(others or [])]
+    if isinstance(event, ev.ApplyDeltas):
+        for e in event.entries:
+            store.apply_remote(*e)
+        for e in event.entries:
+            for p in everyone:
+                p.local_update(*e)
+    elif isinstance(event, ev.MergeStates):
+        for doc_id, state in event.states:
+            store.merge_state(doc_id, state)
+    elif isinstance(event, ev.NeedLog):
+        proto.send_log(event.origin, event.after, store.log_range(event.origin, event.after, event.limit))
+    elif isinstance(event, ev.PeerAcked):
+        store.set_acked(event.peer_id, event.vector)
+    elif isinstance(event, ev.SkipLog):
+        store.skip_log(event.origin, event.upto)
+        for p in everyone:
+            p.raise_vector(store.version_vector())
+    elif isinstance(event, ev.NeedMerkleRoot):
+        proto.answer_merkle_root(event.request_id, store.merkle_root())
+    elif isinstance(event, ev.NeedMerkleChildren):
+        proto.answer_merkle_children(event.request_id, [store.merkle_children(*n) for n in event.nodes])
+    elif isinstance(event, ev.NeedBucketItems):
+        proto.answer_bucket_items(event.request_id, [store.bucket_items(b) for b in event.buckets])
+    elif isinstance(event, ev.NeedStates):
+        proto.answer_states(event.request_id, [store.read_state(d) for d in event.doc_ids])
+
+
+class Pair:
+    """Replicas ``a`` and ``b`` with one protocol each, and a perfect link between them."""
+
+    def __init__(self, *, secret_b: bytes = SECRET, config: SyncConfig | None = None) -> None:
+        self.a = MemStore("a", region="eu", nonce="n1")
+        self.b = MemStore("b", region="us", nonce="n2")
+        self.config = config
+        self.events: dict[str, list[ev.Event]] = {"a": [], "b": []}
+        self.connect(secret_b=secret_b)
+
+    def connect(self, *, secret_b: bytes = SECRET) -> None:
+        self.pa = make_protocol(self.a, nonce=1, config=self.config)
+        self.pb = make_protocol(self.b, nonce=2, secret=secret_b, config=self.config)
+
+    def write(self, side: str, doc_id: str, ops: list[dict[str, Any]]) -> Entry:
+        store, proto = (self.a, self.pa) if side == "a" else (self.b, self.pb)
+        entry = store.apply(doc_id, ops)
+        proto.local_update(*entry)
+        return entry
+
+    def _drain(self, side: str) -> list[bytes]:
+        store, proto = (self.a, self.pa) if side == "a" else (self.b, self.pb)
+        out: list[bytes] = []
+        while True:
+            events = proto.events_received()
+            self.events[side] += events
+            for event in events:
+                handle(store, proto, event)
+            msgs = proto.messages_to_send()
+            out += msgs
+            if not events and not msgs:
+                return out
+
+    def sync_until_quiet(self, max_rounds: int = 20) -> int:
+        """Deliver messages both ways until neither side sends anything; return the rounds used."""
+        for rounds in range(max_rounds):
+            to_b, to_a = self._drain("a"), self._drain("b")
+            if not to_a and not to_b:
+                return rounds
+            for data in to_b:
+                self.pb.receive_message(data)
+            for data in to_a:
+                self.pa.receive_message(data)
+        raise AssertionError(f"not quiet after {max_rounds} rounds")
+
+    def tick(self, now: float) -> None:
+        self.pa.receive_tick(now)
+        self.pb.receive_tick(now)
