@@ -190,7 +190,7 @@ class _Planner:
         elif real is None:
             length = self.length_change.get(op.path, 0)
         else:
-            base = len(real) if op.version is None else real.length_at(op.version.__contains__)
+            base = real.total if op.version is None else real.length_at(op.version.__contains__)
             length = base + self.length_change.get(op.path, 0)
         assert op.index is not None
         if op.kind == "insert":

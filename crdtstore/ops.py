@@ -8,8 +8,7 @@ formats are listed in the README.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .causal import CausalContext
 from .errors import InvalidOp, InvalidValue, InvalidVersion, OpError
@@ -33,8 +32,9 @@ KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 _ALLOWED = {kind: required | optional | {"op", "path"} for kind, (required, optional) in KINDS.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class Op:
+class Op(NamedTuple):
+    """One checked op. A named tuple: immutable, and cheap to build on the per-keystroke path."""
+
     kind: str
     path: tuple[str, ...]
     value: Any = None
