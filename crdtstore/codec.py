@@ -52,12 +52,14 @@ def encode_document(doc: Document) -> bytes:
 
 
 def encode_delta(delta: Delta) -> bytes:
-    # The dots of inserted elements are implied by the inserts: leave them out of the context.
-    inserted = list(_inserted(delta.root))
+    # A delta's context always holds the dots its stores hold and its inserts
+    # imply (``apply`` mints them into both): write only the rest, the dots it
+    # covers without holding. Decoding adds the implied ones back.
+    implied = list(_implied(delta.root))
     ctx = delta.ctx
-    if inserted:
+    if implied:
         ctx = ctx.copy()
-        for replica, lo, hi in inserted:
+        for replica, lo, hi in implied:
             ctx.remove_range(replica, lo, hi)
     return _encode("d", delta.root, ctx)
 
@@ -69,19 +71,25 @@ def decode_document(data: bytes) -> Document:
 
 def decode_delta(data: bytes) -> Delta:
     root, ctx = _decode(data, "d")
-    for replica, lo, hi in _inserted(root):
+    for replica, lo, hi in _implied(root):
         ctx.add_range(replica, lo, hi)
     return Delta(root, ctx)
 
 
-def _inserted(node: ORMap) -> Iterator[tuple[str, int, int]]:
+def _implied(node: ORMap) -> Iterator[tuple[str, int, int]]:
+    """The dot ranges a delta map holds: store dots, and the ids its sequence inserts take."""
+    for replica, counter in node.presence:
+        yield (replica, counter, counter + 1)
     for entries in node.fields.values():
         for value in entries.values():
+            if isinstance(value, ORMap):
+                yield from _implied(value)
+                continue
+            for replica, counter in value.dots():
+                yield (replica, counter, counter + 1)
             if isinstance(value, SeqDelta):
                 for replica, counter, _, _, content in value.inserts:
                     yield (replica, counter, counter + (content if type(content) is int else len(content)))
-            elif isinstance(value, ORMap):
-                yield from _inserted(value)
 
 
 def digest(data: bytes) -> bytes:
