@@ -88,3 +88,22 @@ def test_a_delta_is_not_a_document() -> None:
 def test_bad_version_tokens_are_rejected(token: object) -> None:
     with pytest.raises(InvalidVersion):
         decode_version(token)
+
+
+def test_huge_claimed_runs_are_refused_before_any_work() -> None:
+    """A few bytes must not claim billions of elements for later work to walk."""
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "ab"}], replica="a")
+    doc.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 1}], replica="a")
+    tree = orjson.loads(encode_document(doc))
+    body = tree[4][0][1][0][1]  # the text's [presence, runs, deletions, pending, pending deletes]
+    runs, deletions = body[1], body[2]
+    dead = runs.index(1, 4)  # the dead run's length sits at a content slot
+    huge_run = orjson.loads(orjson.dumps(tree))
+    huge_run[4][0][1][0][1][1][dead] = 2**40
+    huge_deletes = orjson.loads(orjson.dumps(tree))
+    huge_deletes[4][0][1][0][1][2][4] = 2**40  # a segment's count
+    assert deletions and runs
+    for bad in (huge_run, huge_deletes):
+        with pytest.raises(DecodeError):
+            decode_document(orjson.dumps(bad))

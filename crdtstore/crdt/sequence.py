@@ -51,6 +51,10 @@ from .tags import Tag
 __all__ = ["BLOCK_MAX", "Insert", "Item", "SeqDelta", "Sequence"]
 
 BLOCK_MAX = 256
+# The most elements (live and dead) one decoded sequence, run or delete may
+# span: untrusted bytes must not make later work (reading an old version,
+# normalizing the deletion log) run away.
+MAX_ELEMENTS = 1 << 24
 # Local typing extends the run it continues; past this the run is closed so
 # that extending (which copies the content) stays O(1) amortized.
 RUN_MAX = 256
@@ -211,7 +215,7 @@ def _decode_origin(rel: Any, replica_ref: Any, counter: int, table: ReplicaTable
 
 def _check_content(tag: Tag, content: Any) -> None:
     if type(content) is int:
-        if content < 1:
+        if not 1 <= content <= MAX_ELEMENTS:
             raise DecodeError(f"{tag.label}: bad run length")
     elif not (isinstance(content, str) if tag is Tag.TEXT else isinstance(content, list)) or not content:
         raise DecodeError(f"{tag.label}: bad content")
@@ -236,7 +240,7 @@ def _decode_delete(data: Any, table: ReplicaTable) -> Delete:
         raise DecodeError("bad delete")
     replica, lo = decode_dot(data[0], data[1], table)
     hi = data[2]
-    if type(hi) is not int or hi <= lo:
+    if type(hi) is not int or not 0 < hi - lo <= MAX_ELEMENTS:
         raise DecodeError("bad delete range")
     deleters = tuple(sorted(set(decode_dots(data[3], table))))
     if not deleters:
@@ -568,6 +572,7 @@ class Sequence:
         blk = seq.blocks[0]
         prev_end = 0
         prev_dl = 0
+        elements = 0
         for k in range(0, len(runs), 5):
             ref, dc, ddl, rel, content = runs[k : k + 5]
             if type(dc) is not int or type(ddl) is not int:
@@ -584,6 +589,9 @@ class Sequence:
             n = len(content) if live else content
             if seq._lookup_any(replica, counter, counter + n):
                 raise DecodeError(f"{tag.label}: duplicate element ids")
+            elements += n
+            if elements > MAX_ELEMENTS:
+                raise DecodeError(f"{tag.label}: more than {MAX_ELEMENTS} elements")
             item = Item(replica, counter, lamport, origin, n, content if live else None, blk)
             blk.items.append(item)
             blk.lens.append(n if live else 0)
@@ -932,7 +940,7 @@ def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
     if len(flat) % 6:
         raise DecodeError("bad deletion segments")
     out: list[Segment] = []
-    prev_d = prev_t = 0
+    prev_d = prev_t = pairs = 0
     for k in range(0, len(flat), 6):
         dref, dd, tref, dt, n, code = flat[k : k + 6]
         if type(dd) is not int or type(dt) is not int or type(n) is not int or n < 1 or code not in _CODE_STEPS:
@@ -941,8 +949,11 @@ def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
         d0, t0 = prev_d + dd, prev_t + dt
         dr, _ = decode_dot(dref, max(d0, 1), table)
         tr, _ = decode_dot(tref, max(t0, 1), table)
-        if d0 < 1 or t0 < 1 or d0 + (n - 1) * dstep < 1 or t0 + (n - 1) * tstep < 1 or n > 1 << 32:
+        if d0 < 1 or t0 < 1 or d0 + (n - 1) * dstep < 1 or t0 + (n - 1) * tstep < 1 or n > MAX_ELEMENTS:
             raise DecodeError("bad deletion segment counters")
+        pairs += n
+        if pairs > 4 * MAX_ELEMENTS:
+            raise DecodeError("deletion log too large")
         out.append((dr, d0, dstep, tr, t0, tstep, n))
         prev_d, prev_t = d0, t0
     return out
