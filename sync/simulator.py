@@ -41,7 +41,7 @@ from .memstore import MemStore
 from .messages import Entry
 from .protocol import PeerProtocol, SyncConfig, truncation_vector
 
-__all__ = ["LinkFaults", "SimReplica", "Simulator"]
+__all__ = ["LinkFaults", "SimReplica", "Simulator", "dispatch"]
 
 
 @dataclass(slots=True)
@@ -316,37 +316,11 @@ class Simulator:
         self._pump(rep)
 
     def _handle(self, rep: SimReplica, peer: str, proto: PeerProtocol, event: ev.Event) -> None:
-        store = rep.store
         self.events.append((rep.name, peer, event))
-        if isinstance(event, ev.ApplyDeltas):
-            for e in event.entries:
-                store.apply_remote(*e)
-            for e in event.entries:
-                for _, p in list(rep.protocols.values()):
-                    p.local_update(*e)
-        elif isinstance(event, ev.MergeStates):
-            for doc_id, state in event.states:
-                store.merge_state(doc_id, state)
-        elif isinstance(event, ev.NeedLog):
-            proto.send_log(event.origin, event.after, store.log_range(event.origin, event.after, event.limit))
-        elif isinstance(event, ev.PeerAcked):
-            store.set_acked(event.peer_id, event.vector)
-        elif isinstance(event, ev.SkipLog):
-            store.skip_log(event.origin, event.upto)
-            for _, p in list(rep.protocols.values()):
-                p.raise_vector(store.version_vector())
-        elif isinstance(event, ev.NeedMerkleRoot):
-            proto.answer_merkle_root(event.request_id, store.merkle_root())
-        elif isinstance(event, ev.NeedMerkleChildren):
-            proto.answer_merkle_children(event.request_id, [store.merkle_children(*n) for n in event.nodes])
-        elif isinstance(event, ev.NeedBucketItems):
-            proto.answer_bucket_items(event.request_id, [store.bucket_items(b) for b in event.buckets])
-        elif isinstance(event, ev.NeedStates):
-            proto.answer_states(event.request_id, [store.read_state(d) for d in event.doc_ids])
-        elif isinstance(event, ev.Failed):
+        if isinstance(event, ev.Failed):
             self.trace.append(f"{self.now:.3f} failed {rep.name}->{peer} {event.close_code} {event.reason}")
             self._close(rep.name, peer)
-        else:
+        elif not dispatch(rep.store, proto, event, [p for _, p in rep.protocols.values()]):
             self.trace.append(f"{self.now:.3f} event {rep.name}->{peer} {type(event).__name__}")
 
     def _truncate_all(self) -> None:
@@ -360,3 +334,41 @@ class Simulator:
             for origin, seq in sorted(upto.items()):
                 if store.truncate_log(origin, seq):
                     self.trace.append(f"{self.now:.3f} truncate {name} {origin} <= {seq}")
+
+
+def dispatch(store: MemStore, proto: PeerProtocol, event: ev.Event, protocols: list[PeerProtocol]) -> bool:
+    """Do what one event asks of a replica's adapter (see ``sync.protocol``).
+
+    ``protocols`` are all of the replica's links: applied deltas go on to
+    every one of them (relay), and a raised vector too. The websocket
+    replicator does the same against the LMDB node, with awaits in between.
+    Returns False for an event that asks nothing of the store.
+    """
+    if isinstance(event, ev.ApplyDeltas):
+        for e in event.entries:
+            store.apply_remote(*e)
+        for e in event.entries:
+            for p in protocols:
+                p.local_update(*e)
+    elif isinstance(event, ev.MergeStates):
+        for doc_id, state in event.states:
+            store.merge_state(doc_id, state)
+    elif isinstance(event, ev.NeedLog):
+        proto.send_log(event.origin, event.after, store.log_range(event.origin, event.after, event.limit))
+    elif isinstance(event, ev.PeerAcked):
+        store.set_acked(event.peer_id, event.vector)
+    elif isinstance(event, ev.SkipLog):
+        store.skip_log(event.origin, event.upto)
+        for p in protocols:
+            p.raise_vector(store.version_vector())
+    elif isinstance(event, ev.NeedMerkleRoot):
+        proto.answer_merkle_root(event.request_id, store.merkle_root())
+    elif isinstance(event, ev.NeedMerkleChildren):
+        proto.answer_merkle_children(event.request_id, [store.merkle_children(*n) for n in event.nodes])
+    elif isinstance(event, ev.NeedBucketItems):
+        proto.answer_bucket_items(event.request_id, [store.bucket_items(b) for b in event.buckets])
+    elif isinstance(event, ev.NeedStates):
+        proto.answer_states(event.request_id, [store.read_state(d) for d in event.doc_ids])
+    else:
+        return False
+    return True

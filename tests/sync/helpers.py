@@ -15,6 +15,7 @@ from sync import events as ev
 from sync.memstore import MemStore
 from sync.messages import Entry
 from sync.protocol import PeerProtocol, SyncConfig
+from sync.simulator import dispatch
 
 __all__ = ["Pair", "handle", "make_protocol"]
 
@@ -35,33 +36,8 @@ def make_protocol(
 
 
 def handle(store: MemStore, proto: PeerProtocol, event: ev.Event, others: list[PeerProtocol] | None = None) -> None:
-    """The adapter's job for one event (the simulator does the same)."""
-    everyone = [proto, *(others or [])]
-    if isinstance(event, ev.ApplyDeltas):
-        for e in event.entries:
-            store.apply_remote(*e)
-        for e in event.entries:
-            for p in everyone:
-                p.local_update(*e)
-    elif isinstance(event, ev.MergeStates):
-        for doc_id, state in event.states:
-            store.merge_state(doc_id, state)
-    elif isinstance(event, ev.NeedLog):
-        proto.send_log(event.origin, event.after, store.log_range(event.origin, event.after, event.limit))
-    elif isinstance(event, ev.PeerAcked):
-        store.set_acked(event.peer_id, event.vector)
-    elif isinstance(event, ev.SkipLog):
-        store.skip_log(event.origin, event.upto)
-        for p in everyone:
-            p.raise_vector(store.version_vector())
-    elif isinstance(event, ev.NeedMerkleRoot):
-        proto.answer_merkle_root(event.request_id, store.merkle_root())
-    elif isinstance(event, ev.NeedMerkleChildren):
-        proto.answer_merkle_children(event.request_id, [store.merkle_children(*n) for n in event.nodes])
-    elif isinstance(event, ev.NeedBucketItems):
-        proto.answer_bucket_items(event.request_id, [store.bucket_items(b) for b in event.buckets])
-    elif isinstance(event, ev.NeedStates):
-        proto.answer_states(event.request_id, [store.read_state(d) for d in event.doc_ids])
+    """The adapter's job for one event: the simulator's own dispatch."""
+    dispatch(store, proto, event, [proto, *(others or [])])
 
 
 class Pair:
