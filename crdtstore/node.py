@@ -62,17 +62,27 @@ next use decodes it again from the transaction. Reads never use this
 cache: they decode from an LMDB read transaction, so they only ever see
 committed state.
 
-**Deletion** is local for now, and the replicator will define how it
-travels. ``delete`` removes the document from ``docs`` (with its tail and
-view), its bucket entry and its Merkle contribution, so it disappears from reads, listings and
-anti-entropy. It first removes every visible field with ordinary CRDT ops
-and logs that delta, so peers drop the same fields when the log is shipped.
-The cleared state is kept in ``tombstones``: dots are minted per document,
-so a document re-created from nothing would mint dots it already minted,
-and peers would silently drop the new writes. A re-created document starts
-from its tombstone instead. A remote delta that makes a deleted document
-visible again resurrects it (add-wins, as in the CRDT); one that does not
-only updates the tombstone.
+**Deletion.** ``delete`` removes the document from ``docs`` (with its tail
+and view), so it disappears from reads and listings. It first removes every
+visible field with ordinary CRDT ops and logs that delta, so peers drop the
+same fields when the log is shipped. The cleared state is kept in
+``tombstones``: dots are minted per document, so a document re-created from
+nothing would mint dots it already minted, and peers would silently drop
+the new writes. A re-created document starts from its tombstone instead. A
+remote delta or merged state that makes a deleted document visible again
+resurrects it (add-wins, as in the CRDT); one that does not only updates
+the tombstone.
+
+The tombstone stays in the Merkle tree under its version digest and
+``read_state`` ships it, so anti-entropy carries a delete to a peer whose
+log no longer holds the delete delta (truncated, or a region restored from
+a backup): the peer joins the tombstone, which removes every field the
+delete had seen, and both digests end equal. A state merged into a
+document this replica never had stays a tombstone if its value is empty.
+Deletedness itself is not replicated state: a peer that applies the clearing
+delta (or joins the tombstone) into a live copy holds an *empty* live
+document, which reads as ``{}`` there while the deleting region answers 404;
+digests, bytes and values (empty) agree.
 
 **The change feed.** Each committed write appends a record to ``feed``
 under ``(doc id, local seq)``; the seq is global to the replica and never
@@ -240,10 +250,15 @@ class WriteResult:
     Attributes:
         version: The document's version token after the write.
         created: True if the document did not exist (or was deleted) before.
+        origin: The origin the write's delta was logged under (this incarnation's replica id).
+        seq: Its sequence number in that origin's log: a quorum write waits for
+            peers to hold exactly ``(origin, seq)``, not whatever is newest.
     """
 
     version: str
     created: bool
+    origin: str = ""
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -624,7 +639,12 @@ class Node:
         return await self._submit(lambda ctx: self._merge_txn(ctx, doc_id, state))
 
     async def read_state(self, doc_id: str) -> bytes | None:
-        """The encoded state of a live document (what anti-entropy ships), or None."""
+        """The encoded state of a document, live or deleted (what anti-entropy ships), or None.
+
+        A deleted document's tombstone is shipped too: it is in the Merkle
+        tree, and merging it is how a peer learns of the delete when the
+        delete's delta is no longer in any log.
+        """
         check_doc_id(doc_id)
         return await self._read(self._state_txn, doc_id)
 
@@ -635,6 +655,23 @@ class Node:
     async def version_vector(self) -> dict[str, int]:
         """Per origin, the highest seq received with no gap below it."""
         return await self._read(self.storage.vector)
+
+    async def skip_log(self, origin: str, upto: int) -> int:
+        """Raise the contiguous mark of ``origin`` to at least ``upto``, durably; return the new mark.
+
+        Anti-entropy merged a peer's states, which hold every delta of
+        ``origin`` up to ``upto``, because its log could no longer ship them
+        (``SkipLog``). Entries already logged beyond ``upto`` extend the mark.
+        """
+        return await self._submit(lambda ctx: ctx.storage.skip_log(ctx.txn, origin, upto))
+
+    async def truncate_log(self, vector: dict[str, int]) -> int:
+        """Drop log entries with seq at or below ``vector[origin]`` (every peer holds them); return the count."""
+
+        def run(ctx: WriteContext) -> int:
+            return sum(ctx.storage.truncate_log(ctx.txn, o, s) for o, s in sorted(vector.items()) if s > 0)
+
+        return await self._submit(run)
 
     async def acked(self, peer: str) -> dict[str, int]:
         """The vector ``peer`` acknowledged."""
@@ -712,7 +749,7 @@ class Node:
         seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
         storage.set_hlc(ctx.txn, self._hlc.last)
         version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta)
-        return WriteResult(version=version, created=state != "live")
+        return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
 
     def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
         ctx.on_abort(lambda: self._cache.discard(doc_id))
@@ -734,7 +771,7 @@ class Node:
             origin_seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta_bytes)
             storage.set_hlc(ctx.txn, self._hlc.last)
         storage.delete_doc(ctx.txn, doc_id)
-        storage.put_tombstone(ctx.txn, doc_id, codec.encode_document(doc))
+        self._put_tombstone(ctx, doc_id, doc)
         self._append_feed(ctx, doc_id, "delete", self.replica_id, origin_seq, doc.version(), delta_bytes)
 
     def _remote_txn(self, ctx: WriteContext, entry: LogEntry) -> bool:
@@ -748,7 +785,7 @@ class Node:
         storage.append_remote(ctx.txn, entry)
         if state == "tombstone" and not loaded.doc.value():
             # Still deleted: keep the richer causal history, publish nothing.
-            storage.put_tombstone(ctx.txn, entry.doc_id, codec.encode_document(loaded.doc))
+            self._put_tombstone(ctx, entry.doc_id, loaded.doc)
         else:
             self._store(ctx, entry.doc_id, loaded, state, "change", entry.origin, entry.seq, entry.delta)
         return True
@@ -762,12 +799,27 @@ class Node:
         doc.merge(other)
         if codec.encode_document(doc) == before:
             return False
-        if state == "tombstone" and not doc.value():
-            self.storage.put_tombstone(ctx.txn, doc_id, codec.encode_document(doc))
+        if state != "live" and not doc.value():
+            # A peer's tombstone (or a state that stays deleted here): keep it deleted,
+            # and in the Merkle tree under its digest so both sides compare equal.
+            self._put_tombstone(ctx, doc_id, doc)
         else:
             # No delta to append: the full state goes in as a new snapshot.
             self._store(ctx, doc_id, entry, state, "change", None, None, None)
         return True
+
+    def _put_tombstone(self, ctx: WriteContext, doc_id: str, doc: Document) -> None:
+        """Store a deleted document's state and keep it in the Merkle tree under its version digest.
+
+        Anti-entropy compares digests: were a deleted document absent from the
+        tree, a peer still holding it live (its delete delta truncated away
+        from the log, or a region restored from a backup) would differ forever
+        and could never be repaired. With the tombstone present, the two
+        states are exchanged and joined, which removes what the delete saw.
+        """
+        data = codec.encode_document(doc)
+        self.storage.put_tombstone(ctx.txn, doc_id, data)
+        self.storage.put_digest(ctx.txn, doc_id, _version_digest(doc.version()))
 
     def _store(
         self,
@@ -864,7 +916,7 @@ class Node:
     def _state_txn(self, txn: Txn, doc_id: str) -> bytes | None:
         raw = self.storage.get_doc(txn, doc_id)
         if raw is None:
-            return None
+            return self.storage.get_tombstone(txn, doc_id)
         tail = self.storage.get_tail(txn, doc_id)
         if not tail:
             return raw  # the snapshot is the whole state: ship it as stored

@@ -52,6 +52,23 @@ peer whose state was stale (read repair). A write waits until enough
 peers acknowledged our origin up to the write's sequence number. Both stop
 at a deadline and report what they reached.
 
+**Log truncation.** Every ``truncate_interval`` the replicator truncates the
+delta log up to :func:`sync.protocol.truncation_vector` over *every
+configured peer*, connected or not, using the acknowledgements the node
+persisted. A configured peer is known by the replica id it authenticated
+with on the link dialed to its URL; until every configured URL has been
+identified in this run, nothing is truncated (a peer that never
+acknowledged holds every origin at 0). Our own origin is never truncated
+past what the tailer announced, so no live protocol object sees a gap in it.
+A peer that lacks truncated entries is repaired by anti-entropy
+(``LogTruncated``, then ``SkipLog``, which the replicator turns into
+``node.skip_log`` and ``raise_vector`` on every link).
+
+**Bad peer data.** A delta or state the node cannot decode
+(``DecodeError``, or any core error on bad bytes) writes nothing: the
+replicator logs it and fails the link with ``PROTOCOL_ERROR``; the events
+that link had queued are dropped.
+
 **Closing** is idempotent at every level: a ``Failed`` event closes the
 link with its close code (logged), EOF is ``receive_eof`` (idempotent in
 the protocol), and :meth:`Replicator.close` stops the dialers and ends
@@ -64,6 +81,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import functools
 import itertools
 import logging
 import random as _random
@@ -72,8 +90,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crdtstore.errors import CrdtError
 from sync import protocol as sp
 from sync.events import PeerInfo
+from sync.exceptions import CloseCode
 from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings
 
 __all__ = [
@@ -141,6 +161,7 @@ class ReplicatorSettings:
         max_events: Events queued for one link's effects worker before it is failed.
         log_page: Entries read per ``log_range`` call when tailing our origin.
         quorum_timeout: Default seconds a quorum read or write waits.
+        truncate_interval: Seconds between log truncation passes (None: never truncate).
     """
 
     tick_interval: float = 0.1
@@ -148,6 +169,7 @@ class ReplicatorSettings:
     max_events: int = 10_000
     log_page: int = 256
     quorum_timeout: float = 5.0
+    truncate_interval: float | None = 1.0
 
 
 @dataclass(eq=False)
@@ -163,6 +185,7 @@ class _Link:
     peer_id: str | None = None
     peer: Any = None
     closed: bool = False
+    url: str | None = None  # the configured URL we dialed, None for a link a peer opened
 
 
 class Replicator:
@@ -212,6 +235,8 @@ class Replicator:
         self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
         self._write_waits: dict[int, set[str]] = {}  # request id -> peers that acked that write
         self._ack_changed = asyncio.Event()
+        self._peer_ids: dict[str, str] = {}  # configured URL -> replica id it authenticated as
+        self._truncated: dict[str, int] = {}  # origin -> highest seq truncated in this run
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self.stats: dict[str, int] = collections.Counter()
@@ -235,8 +260,11 @@ class Replicator:
         if writer is not None:
             writer.observers.append(self._on_commit)
         self._spawn(self._tail(), "tail")
+        if self.settings.truncate_interval is not None:
+            self._spawn(self._truncate_loop(self.settings.truncate_interval), "truncate")
         for url in self.peer_urls:
-            dialer = Dialer(url, self._session, settings=self.transport, random=self._random)
+            session = functools.partial(self._session, url=url)
+            dialer = Dialer(url, session, settings=self.transport, random=self._random)
             dialer.start()
             self._dialers.append(dialer)
         logger.info("replicator started", extra={"peers": len(self.peer_urls), "region": self.region})
@@ -308,19 +336,22 @@ class Replicator:
         for fut in pending:
             fut.cancel()
         # Join what we got into our replica (repairs us), then push the join to stale peers.
-        for state in answered.values():
-            if state is not None:
+        for peer_id, state in sorted(answered.items()):
+            if state is None:
+                continue
+            try:
                 await self.node.merge_state(doc_id, state)
+            except (CrdtError, ValueError) as exc:
+                self._reject(self._link_of(peer_id), "a quorum read answer", exc)
+                answered[peer_id] = None  # merged nothing from it; it still answered
         repaired: list[str] = []
         joined = await self.node.read_state(doc_id)
         if joined is not None:
-            for peer_id, state in answered.items():
-                if state != joined:
-                    link = self._link_of(peer_id)
-                    push = getattr(link.proto, "push_states", None) if link is not None else None
-                    if link is not None and push is not None:
-                        self._input(link, lambda p: p.push_states(((doc_id, joined),)))
-                        repaired.append(peer_id)
+            for peer_id, state in sorted(answered.items()):
+                link = self._link_of(peer_id)
+                if state != joined and link is not None:
+                    self._input(link, lambda p: p.push_states(((doc_id, joined),)))
+                    repaired.append(peer_id)
         self.stats["read_repairs"] += len(repaired)
         return QuorumOutcome(
             needed=needed,
@@ -329,19 +360,28 @@ class Replicator:
             repaired=tuple(sorted(repaired)),
         )
 
-    async def wait_for_acks(self, doc_id: str, level: Consistency, *, timeout: float | None = None) -> QuorumOutcome:
-        """Wait until enough peers hold our writes up to now (the write just committed).
+    async def wait_for_acks(
+        self,
+        doc_id: str,
+        level: Consistency,
+        *,
+        origin: str | None = None,
+        seq: int | None = None,
+        timeout: float | None = None,
+    ) -> QuorumOutcome:
+        """Wait until enough peers durably hold the write ``(origin, seq)`` (``WriteResult`` has both).
 
-        The sequence number waited for is our origin's current mark, which is
-        at least the write's own (it committed before this call), so a peer
-        acknowledging it holds the write.
+        Without them, it waits for our origin's current mark, which is at
+        least the write's own (it committed before this call): correct, but it
+        may also wait for later writes of other clients.
         """
         needed = level.needed(self.cluster_size)
         if needed <= 1:
             return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
         timeout = self.settings.quorum_timeout if timeout is None else timeout
-        origin = self.node.replica_id
-        seq = int((await self.node.version_vector()).get(origin, 0))
+        if origin is None or seq is None or seq < 1:
+            origin = self.node.replica_id
+            seq = int((await self.node.version_vector()).get(origin, 0))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         acked: set[str] = set()
@@ -375,7 +415,7 @@ class Replicator:
 
     # Private methods: sessions.
 
-    async def _session(self, conn: PeerConnection) -> None:
+    async def _session(self, conn: PeerConnection, *, url: str | None = None) -> None:
         node = self.node
         loop = asyncio.get_running_loop()
         proto = sp.PeerProtocol(
@@ -392,7 +432,7 @@ class Replicator:
             our_vector=await node.version_vector(),
             **({"config": self._sync_config} if self._sync_config is not None else {}),
         )
-        link = _Link(proto=proto, conn=conn)
+        link = _Link(proto=proto, conn=conn, url=url)
         self._links.add(link)
         self._flush(link)
         tasks = [
@@ -483,10 +523,17 @@ class Replicator:
         elif name == "Authenticated":
             link.peer_id = event.peer.replica_id
             link.peer = event.peer
+            if link.url is not None:
+                self._peer_ids[link.url] = event.peer.replica_id
             logger.info("peer authenticated", extra={"peer": link.peer_id, "remote": link.conn.remote})
         elif name == "ApplyDeltas":
             for entry in event.entries:
-                await node.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
+                try:
+                    await node.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
+                except (CrdtError, ValueError) as exc:
+                    # Bad bytes: the node wrote nothing. Later deltas of the origin depend on it.
+                    self._reject(link, f"delta ({entry.origin}, {entry.seq})", exc)
+                    return
                 self.stats["deltas_applied"] += 1
                 # Durable now: tell every link (relay to the others, ack on this one).
                 for other in list(self._links):
@@ -496,7 +543,11 @@ class Replicator:
                     )
         elif name == "MergeStates":
             for doc_id, state in event.states:
-                await node.merge_state(doc_id, state)
+                try:
+                    await node.merge_state(doc_id, state)
+                except (CrdtError, ValueError) as exc:
+                    self._reject(link, f"state of {doc_id!r}", exc)
+                    return
                 self.stats["states_merged"] += 1
         elif name == "NeedLog":
             entries = await node.log_range(event.origin, event.after, event.limit)
@@ -506,14 +557,11 @@ class Replicator:
             self._acks[event.peer_id] = dict(event.vector)
             self._ack_changed.set()
         elif name == "SkipLog":
-            skip = getattr(node, "skip_log", None)
-            if skip is None:
-                # Missing node hook (reported): without it the mark stays and the log pull retries.
-                logger.warning("node has no skip_log hook", extra={"origin": event.origin})
-                return
-            await skip(event.origin, event.upto)
+            await node.skip_log(event.origin, event.upto)
+            # The node's whole vector: the raised mark may have run on over entries logged beyond it.
+            vector = await node.version_vector()
             for other in list(self._links):
-                self._input(other, lambda p, e=event: p.raise_vector({e.origin: e.upto}))
+                self._input(other, lambda p: p.raise_vector(vector))
         elif name == "NeedMerkleRoot":
             root = await node.merkle_root()
             self._input(link, lambda p: p.answer_merkle_root(event.request_id, root))
@@ -543,6 +591,50 @@ class Replicator:
                 extra={"peer": link.peer_id, "code": event.close_code, "reason": event.reason},
             )
             await self._close_link(link, int(event.close_code), event.reason)
+
+    def _reject(self, link: _Link | None, what: str, exc: Exception) -> None:
+        """A peer sent bytes the node cannot decode: log, fail the link, drop what it queued."""
+        self.stats["protocol_errors"] += 1
+        logger.warning(
+            "rejected bad data from a peer",
+            extra={"peer": None if link is None else link.peer_id, "what": what, "error": repr(exc)[:200]},
+        )
+        if link is None:
+            return
+        self._input(link, lambda p: p.fail(CloseCode.PROTOCOL_ERROR, f"undecodable {what}"[:120]))
+        # Events flushed before the failure must not be applied either; Failed closes the link.
+        kept = [e for e in link.events if type(e).__name__ == "Failed"]
+        link.events.clear()
+        link.events.extend(kept)
+
+    async def _truncate_loop(self, interval: float) -> None:
+        while self._running:
+            await asyncio.sleep(interval)
+            try:
+                await self.truncate_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the node is closing, storage full...: try again next time
+                logger.exception("log truncation failed")
+
+    async def truncate_once(self) -> int:
+        """Truncate the node's log to what every configured peer acknowledged; return entries removed."""
+        if not self.peer_urls or any(url not in self._peer_ids for url in self.peer_urls):
+            return 0  # a configured peer we cannot name yet holds every origin at 0
+        peers = sorted({self._peer_ids[url] for url in self.peer_urls})
+        acked = {peer: await self.node.acked(peer) for peer in peers}
+        vector = await self.node.version_vector()
+        upto = sp.truncation_vector(vector, acked, peers)
+        own = self.node.replica_id
+        if own in upto:
+            upto[own] = min(upto[own], self._tail_after)
+        todo = {o: s for o, s in upto.items() if s > self._truncated.get(o, 0)}
+        if not todo:
+            return 0
+        removed = int(await self.node.truncate_log(todo))
+        self._truncated.update(todo)
+        self.stats["log_truncated"] += removed
+        return removed
 
     async def _close_link(self, link: _Link, code: int, reason: str) -> None:
         if link.closed:

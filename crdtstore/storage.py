@@ -603,26 +603,40 @@ class Storage:
         """Store a document's snapshot (dropping its tail) and record its new digest.
 
         Returns:
-            True if the document did not exist before.
+            True if the document did not exist before (a deleted document's tombstone
+            digest, see :meth:`put_digest`, does not count).
         """
         key = check_doc_id(doc_id)
-        txn.put(key, data, db=self.dbs["docs"])
+        # put(overwrite=False) stores only a new key: it tells creation apart without reading the old snapshot.
+        created = txn.put(key, data, db=self.dbs["docs"], overwrite=False)
+        if not created:
+            txn.put(key, data, db=self.dbs["docs"])
         self._drop_tail(txn, key)
-        return self._set_digest(txn, doc_id, digest) is None
+        self._set_digest(txn, doc_id, digest)
+        return bool(created)
 
     def delete_doc(self, txn: Txn, doc_id: str) -> bool:
         """Remove a document, its tail, view and Merkle leaf contribution; False if it did not exist."""
         key = check_doc_id(doc_id)
+        if not txn.delete(key, db=self.dbs["docs"]):
+            return False
         bkey = self._bucket_key(doc_id)
         old = txn.get(bkey, db=self.dbs["buckets"])
-        if old is None:
-            return False
-        txn.delete(key, db=self.dbs["docs"])
         txn.delete(key, db=self.dbs["views"])
         self._drop_tail(txn, key)
-        txn.delete(bkey, db=self.dbs["buckets"])
-        self._update_leaf(txn, doc_id, bkey, old, None)
+        if old is not None:
+            txn.delete(bkey, db=self.dbs["buckets"])
+            self._update_leaf(txn, doc_id, bkey, old, None)
         return True
+
+    def put_digest(self, txn: Txn, doc_id: str, digest: bytes) -> None:
+        """Record ``doc_id``'s digest in its bucket and Merkle leaf without touching ``docs``.
+
+        The node uses it for deleted documents: their tombstones stay in the
+        tree so anti-entropy can ship a delete to a peer whose log no longer
+        holds it.
+        """
+        self._set_digest(txn, doc_id, digest)
 
     def get_tombstone(self, txn: Txn, doc_id: str) -> bytes | None:
         return txn.get(check_doc_id(doc_id), db=self.dbs["tombstones"])
@@ -769,6 +783,19 @@ class Storage:
                 seq += 1
             self._set_seq(txn, entry.origin, seq)
         return True
+
+    def skip_log(self, txn: Txn, origin: str, upto: int) -> int:
+        """Raise ``origin``'s contiguous mark to at least ``upto``, then over consecutive logged entries.
+
+        For entries this replica never logged but holds anyway (anti-entropy
+        merged states that include them). Returns the new mark.
+        """
+        seq = max(self.get_seq(txn, origin), upto)
+        while txn.get(self._log_key(origin, seq + 1), db=self.dbs["log"]) is not None:
+            seq += 1
+        if seq > 0:
+            self._set_seq(txn, origin, seq)
+        return seq
 
     def log_range(self, txn: Txn, origin: str, after: int, limit: int) -> list[LogEntry]:
         """Up to ``limit`` log entries of ``origin`` with seq > ``after``, in seq order."""

@@ -32,7 +32,8 @@ The constructor queues our ``Hello``. Then the adapter loops over these
   ``answer_merkle_children(request_id, children)``,
   ``answer_bucket_items(request_id, items)``, ``answer_states(request_id, states)``.
 * quorum helpers: ``request_read(request_id, doc_id)``,
-  ``request_write_ack(request_id, doc_id, origin, seq)``.
+  ``request_write_ack(request_id, doc_id, origin, seq)``, and
+  ``push_states(states)`` (read repair: the peer merges them).
 * ``fail(code, reason)``: close on our side for a local reason.
 
 **Outputs**, drained by swapping the buffers (after *every* input call):
@@ -532,6 +533,21 @@ class PeerProtocol:
         """Ask to be told once the peer holds ``(origin, seq)``; the answer is a ``WriteAcked`` event."""
         self._require_open()
         self._send(m.WriteAck(request_id, doc_id, origin, seq, False))
+
+    def push_states(self, states: Sequence[tuple[str, bytes]]) -> None:
+        """Send full document states for the peer to merge (read repair after a quorum read).
+
+        The peer's protocol turns them into a ``MergeStates`` event, as for an
+        anti-entropy push. Chunked by ``config.states_chunk``. Dropped unless
+        the connection is open (read repair is best effort: anti-entropy
+        repairs whatever it misses).
+        """
+        if self._conn.state is not OPEN:
+            return
+        chunk = self.config.states_chunk
+        states = [(d, bytes(s)) for d, s in states]
+        for start in range(0, len(states), chunk):
+            self._send(m.StatePush(tuple(states[start : start + chunk])))
 
     def start_anti_entropy(self) -> None:
         """Start a Merkle comparison with the peer now (or right after the running one)."""

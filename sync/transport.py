@@ -290,7 +290,9 @@ class Dialer:
             self.attempts += 1
             try:
                 conn = await self._open()
-            except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+            # A cut link may accept TCP and then drop the handshake: that is
+            # ConnectionClosed, and it must be retried like any refused dial.
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 logger.debug("dial failed", extra={"peer": self.url, "error": repr(exc)})
             else:
                 self.sessions += 1

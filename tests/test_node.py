@@ -316,7 +316,10 @@ def test_delete_and_recreate_never_reuses_dots(tmp_path: Path) -> None:
             with pytest.raises(DocumentNotFound):
                 await node.delete("never")
             assert await node.list("", None, 10) == ([], None)
-            assert await node.merkle_root() == EMPTY != root_with_doc
+            # The tombstone stays in the Merkle tree (anti-entropy ships deletes), under its own digest.
+            assert await node.merkle_root() not in (EMPTY, root_with_doc)
+            tombstone = await node.read_state("doc")
+            assert tombstone is not None and codec.decode_document(tombstone).value() == {}
             again = await node.apply("doc", [set_op("c", 3)])
             assert again.created
             assert (await node.read("doc")).value == {"c": 3}  # nothing of before the delete comes back
@@ -806,5 +809,96 @@ def test_documents_above_the_view_limit_are_decoded_by_reads(tmp_path: Path) -> 
                 await node.read("doc")
         finally:
             await node.close()
+
+    run(main)
+
+
+# Replication hooks: write identity, skipping and truncating the log, deletes under anti-entropy.
+
+
+def test_write_result_names_its_log_entry(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            first = await node.apply("doc", [set_op("a", 1)])
+            second = await node.apply("other", [set_op("b", 2)])
+            assert (first.origin, first.seq) == (node.replica_id, 1)
+            assert (second.origin, second.seq) == (node.replica_id, 2)
+            (entry,) = await node.log_range(node.replica_id, 0, 1)
+            assert (entry.seq, entry.doc_id) == (first.seq, "doc")
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_skip_log_and_truncate_log(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            for i in range(5):
+                await a.apply(f"d{i}", [set_op("i", i)])
+            entries = await a.log_range(a.replica_id, 0, 10)
+            # b receives 1 and 4..5 only: its contiguous mark stays at 1.
+            for e in (entries[0], entries[3], entries[4]):
+                await b.apply_remote(e.origin, e.seq, e.doc_id, e.delta)
+            assert (await b.version_vector())[a.replica_id] == 1
+            # Anti-entropy merged what 2..3 carried: the mark jumps to 3, then runs on over 4 and 5.
+            assert await b.skip_log(a.replica_id, 3) == 5
+            assert (await b.version_vector())[a.replica_id] == 5
+            assert await b.skip_log(a.replica_id, 2) == 5  # never lowered
+            # A skipped entry counts as received: re-delivering it writes nothing.
+            assert await b.apply_remote(entries[1].origin, 2, entries[1].doc_id, entries[1].delta) is False
+            assert await a.truncate_log({a.replica_id: 3}) == 3
+            assert [e.seq for e in await a.log_range(a.replica_id, 0, 10)] == [4, 5]
+            assert await a.truncate_log({a.replica_id: 3, "unknown-origin": 2}) == 0
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_a_delete_travels_by_anti_entropy_when_its_delta_is_gone(tmp_path: Path) -> None:
+    async def exchange(x: Node, y: Node, doc_id: str) -> None:
+        # What one anti-entropy session does for one differing document: pull and push states.
+        sx, sy = await x.read_state(doc_id), await y.read_state(doc_id)
+        if sy is not None:
+            await x.merge_state(doc_id, sy)
+        if sx is not None:
+            await y.merge_state(doc_id, sx)
+
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        c = await started(tmp_path / "c")
+        try:
+            await a.apply("doc", [set_op("x", 1), set_op("y", 2)])
+            for e in await a.log_range(a.replica_id, 0, 10):
+                await b.apply_remote(e.origin, e.seq, e.doc_id, e.delta)
+            await a.delete("doc")
+            await a.truncate_log({a.replica_id: 2})  # the delete delta is gone: b can only learn it by state
+            root = await a.merkle_root()
+            assert root != await b.merkle_root()
+            await exchange(a, b, "doc")
+            with pytest.raises(DocumentNotFound):
+                await a.read("doc")  # b's older live state did not undo the delete ...
+            assert (await b.read("doc")).value == {}  # ... and b dropped every field the delete saw
+            assert await a.read_state("doc") == await b.read_state("doc")
+            assert await a.merkle_root() == await b.merkle_root() == root
+            # A region that never held the document learns the tombstone and keeps it deleted.
+            await exchange(a, c, "doc")
+            with pytest.raises(DocumentNotFound):
+                await c.read("doc")
+            assert await c.merkle_root() == root
+            # A write the delete never saw brings the document back there too (add-wins), by state alone.
+            await b.apply("doc", [set_op("z", 3)])
+            await exchange(b, a, "doc")
+            assert (await a.read("doc")).value == {"z": 3}
+            assert await a.merkle_root() == await b.merkle_root()
+        finally:
+            for node in (a, b, c):
+                await node.close()
 
     run(main)

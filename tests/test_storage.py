@@ -252,6 +252,40 @@ def test_local_log_and_ranges(tmp_path: Path) -> None:
         s.close()
 
 
+def test_skip_log_raises_the_mark_over_logged_entries(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+        for seq in (1, 4, 5, 7):
+            commit(s, lambda t, seq=seq: s.append_remote(t, LogEntry("o", seq, "d", b"x")))
+        assert commit(s, lambda t: s.skip_log(t, "o", 3)) == 5  # 4 and 5 are logged: the mark runs on
+        assert commit(s, lambda t: s.skip_log(t, "o", 2)) == 5  # never lowered
+        assert commit(s, lambda t: s.skip_log(t, "fresh", 0)) == 0
+        with s.read() as txn:
+            assert s.vector(txn) == {"o": 5}
+            assert s.has_log(txn, "o", 2) and not s.has_log(txn, "o", 6)
+    finally:
+        s.close()
+
+
+def test_a_tombstone_digest_is_in_the_tree_but_not_a_document(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    try:
+        commit(s, lambda t: s.put_digest(t, "gone", b"t" * 16))
+        with s.read() as txn:
+            assert s.get_digest(txn, "gone") == b"t" * 16 and s.get_doc(txn, "gone") is None
+            assert s.merkle(txn).root() != MerkleTree({}, shape=SHAPE).root()
+        assert commit(s, lambda t: s.delete_doc(t, "gone")) is False  # no live document to delete
+        assert commit(s, lambda t: s.put_doc(t, "gone", b"back", b"b" * 16)) is True  # resurrected: created
+        with s.read() as txn:
+            assert s.get_digest(txn, "gone") == b"b" * 16 and s.count_docs(txn) == 1
+        assert commit(s, lambda t: s.delete_doc(t, "gone")) is True
+        with s.read() as txn:
+            assert s.get_digest(txn, "gone") is None
+            assert s.merkle(txn).root() == MerkleTree({}, shape=SHAPE).root()
+    finally:
+        s.close()
+
+
 def test_origins_sharing_a_prefix_stay_apart(tmp_path: Path) -> None:
     s = open_storage(tmp_path / "r")
     try:

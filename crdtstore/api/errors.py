@@ -144,7 +144,9 @@ def status_and_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, 
 
 def error_response(exc: BaseException) -> JSONResponse:
     status, body, headers = status_and_body(exc)
-    if status >= 500 and status != 503:
+    # 503 (overloaded) and 504 (a quorum not reached in time: the write is durable locally and
+    # keeps replicating) are expected outcomes of a healthy node, not errors worth a traceback.
+    if status >= 500 and status not in (503, 504):
         # Don't include exception details in the body, which may be security-sensitive; log them.
         logger.error("unhandled error", exc_info=exc)
     return JSONResponse(body, status_code=status, headers=headers)

@@ -259,6 +259,12 @@ def _document() -> dict[str, Any]:
                     "responses": {"200": _ok("Links", {"type": "object"}), **_errors(401, 403)},
                 },
             },
+            "/v1/admin/merkle": {
+                "get": {
+                    "summary": "This replica's Merkle root over document digests (hex), to check convergence",
+                    "responses": {"200": _ok("Merkle root", {"type": "object"}), **_errors(401, 403)},
+                },
+            },
             "/v1/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -94,7 +94,8 @@ async def apply_batch(request: Request) -> Response:
     result = await ctx.node.apply(doc_id, ops)
     replicator = _replicator_for(ctx, level)
     if replicator is not None:
-        outcome = await replicator.wait_for_acks(doc_id, level)
+        # Wait for exactly this write, not for whatever our origin logged since.
+        outcome = await replicator.wait_for_acks(doc_id, level, origin=result.origin or None, seq=result.seq or None)
         if not outcome.ok:
             # The write is durable here and will still replicate; the caller learns how far it got.
             detail = _quorum_detail(outcome) | {"version": result.version, "durable_locally": True}
@@ -291,6 +292,16 @@ async def admin_links(request: Request) -> Response:
     return JSONResponse(body)
 
 
+async def admin_merkle(request: Request) -> Response:
+    """The Merkle root over this replica's document digests: equal roots mean equal documents."""
+    ctx = _authorize(request, Scope.READ)
+    merkle_root = getattr(ctx.node, "merkle_root", None)
+    if merkle_root is None:
+        raise ApiError(404, "not_found", "this node keeps no Merkle tree", None)
+    root = await merkle_root()
+    return JSONResponse({"replica_id": ctx.node.replica_id, "root": root.hex()})
+
+
 # Public handlers: operations.
 
 
@@ -335,6 +346,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/admin/partition", admin_partition, methods=["POST"]),
         Route("/v1/admin/heal", admin_heal, methods=["POST"]),
         Route("/v1/admin/links", admin_links, methods=["GET"]),
+        Route("/v1/admin/merkle", admin_merkle, methods=["GET"]),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -271,3 +271,19 @@ def test_min_acked_and_truncation_vector() -> None:
     acked = {"b": {"x": 5, "y": 2}, "c": {"x": 4, "y": 9}}
     assert truncation_vector({"x": 10, "y": 1}, acked, ["b", "c"]) == {"x": 4, "y": 1}
     assert truncation_vector({"x": 10}, acked, ["b", "c", "new"]) == {}
+
+
+def test_push_states_is_merged_by_the_peer_and_dropped_when_not_open() -> None:
+    pair = Pair()
+    pair.sync_until_quiet()
+    entry = pair.a.apply("doc", INC)  # not announced: b can only learn it from the pushed state
+    state = pair.a.read_state(entry.doc_id)
+    assert state is not None
+    pair.pa.push_states([("doc", state)])
+    pair.sync_until_quiet()
+    merges = [e for e in pair.events["b"] if isinstance(e, ev.MergeStates)]
+    assert merges == [ev.MergeStates((("doc", state),))]
+    assert pair.b.encoded() == pair.a.encoded()
+    pair.pa.receive_eof()
+    pair.pa.push_states([("doc", state)])  # best effort: a closed link sends nothing
+    assert pair.pa.messages_to_send() == []

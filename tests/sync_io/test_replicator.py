@@ -8,13 +8,20 @@ import socket
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
-from crdtstore.node import Node, NodeConfig
-from crdtstore.replicator import Replicator
-from sync.transport import TransportSettings
+from crdtstore.node import DocumentNotFound, Node, NodeConfig
+from crdtstore.replicator import Consistency, Replicator
+from sync import messages as m
+from sync._state import State
+from sync.events import PeerInfo
+from sync.exceptions import CloseCode
+from sync.messages import Entry
+from sync.protocol import PeerProtocol
+from sync.transport import TransportSettings, dial
 
 TOKEN = "replicator-test-token-0123456789"
 SECRET = b"replicator-test-secret-0123456789"
@@ -57,6 +64,198 @@ def test_writes_replicate_both_ways_and_quorum_levels_are_met(tmp_path: Path) ->
                 assert values[0] == values[1]
                 assert values[0]["n"] == 10
                 assert sorted(values[0]["s"]) == sorted(f"{u}-{i}" for u in urls for i in range(5))
+        finally:
+            for server, _ in servers:
+                server.should_exit = True
+            await asyncio.wait_for(asyncio.gather(*(task for _, task in servers)), 20)
+            for sock in socks:
+                sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_an_undecodable_delta_fails_the_link_with_protocol_error_and_writes_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        node = Node(NodeConfig(region="r0", data_dir=tmp_path / "r0", sync=False))
+        # A configured peer that never connects: truncation must wait for it (nothing truncated).
+        replicator = Replicator(
+            node,
+            secret=SECRET,
+            peers=["ws://127.0.0.1:9/v1/peer"],
+            region="r0",
+            transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
+        )
+        auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
+        server = uvicorn.Server(
+            uvicorn.Config(build_app(node, auth=auth, replicator=replicator), log_config=None, lifespan="on")
+        )
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            for _ in range(300):
+                if server.started:
+                    break
+                await asyncio.sleep(0.02)
+            # A member holding the secret (so it authenticates) that sends bytes no codec accepts.
+            peer = PeerProtocol(
+                our=PeerInfo("evil", "evil.1.n", "r9", 1), secret=SECRET, nonce=b"n" * 16, now=0.0, our_vector={}
+            )
+            conn = await dial(f"ws://127.0.0.1:{port}/v1/peer", settings=TransportSettings())
+            for _ in range(100):  # bounded handshake
+                for data in peer.messages_to_send():
+                    await conn.send(data)
+                if peer.state is State.OPEN:
+                    break
+                data = await asyncio.wait_for(conn.recv(), 5)
+                assert data is not None
+                peer.receive_message(data)
+            assert peer.state is State.OPEN
+            await node.apply("mine", [{"op": "increment", "path": ["n"]}])
+            await conn.send(m.Deltas((Entry("evil.1.n", 1, "d", b"not a delta"),)).encode())
+            for _ in range(1000):  # bounded: drain until the node closes the link
+                if await asyncio.wait_for(conn.recv(), 5) is None:
+                    break
+            assert conn.close_code == CloseCode.PROTOCOL_ERROR
+            assert replicator.stats["protocol_errors"] == 1
+            assert "evil.1.n" not in await node.version_vector()
+            assert await node.read_state("d") is None
+            # The configured peer never identified itself: the log stays whole.
+            assert await replicator.truncate_once() == 0
+            assert len(await node.log_range(node.replica_id, 0, 10)) == 1
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(task, 20)
+            sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_a_truncated_log_and_a_delete_are_repaired_by_anti_entropy_then_skipped(tmp_path: Path) -> None:
+    async def seed() -> tuple[str, int]:
+        # Before any link: b holds a's first two deltas; then a writes on, deletes, and drops its whole log.
+        a = Node(NodeConfig(region="r0", data_dir=tmp_path / "r0", sync=False))
+        b = Node(NodeConfig(region="r1", data_dir=tmp_path / "r1", sync=False))
+        await a.start()
+        await b.start()
+        try:
+            await a.apply("x", [{"op": "increment", "path": ["n"]}])
+            await a.apply("gone", [{"op": "set", "path": ["g"], "value": 1}])
+            for e in await a.log_range(a.replica_id, 0, 10):
+                await b.apply_remote(e.origin, e.seq, e.doc_id, e.delta)
+            await a.apply("x", [{"op": "increment", "path": ["n"]}])
+            await a.delete("gone")
+            vector = await a.version_vector()
+            assert await a.truncate_log(vector) == 4
+            return a.replica_id, vector[a.replica_id]
+        finally:
+            await a.close()
+            await b.close()
+
+    async def scenario() -> None:
+        old_origin, last = await seed()
+        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+        ports = [s.getsockname()[1] for s in socks]
+        nodes = [Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False)) for i in range(2)]
+        servers = []
+        for i in range(2):
+            replicator = Replicator(
+                nodes[i],
+                secret=SECRET,
+                peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
+                region=f"r{i}",
+                transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
+            )
+            auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
+            server = uvicorn.Server(
+                uvicorn.Config(build_app(nodes[i], auth=auth, replicator=replicator), log_config=None, lifespan="on")
+            )
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+            servers.append((server, asyncio.create_task(server.serve(sockets=[socks[i]]))))
+        a, b = nodes
+        try:
+            for _ in range(500):  # bounded: until b skipped a's truncated entries and the trees agree
+                if all(s.started for s, _ in servers):
+                    vector = await b.version_vector()
+                    if vector.get(old_origin) == last and await a.merkle_root() == await b.merkle_root():
+                        break
+                await asyncio.sleep(0.02)
+            # b could not get seq 3..4 from the log: anti-entropy merged a's states, then the mark skipped.
+            assert (await b.version_vector()).get(old_origin) == last
+            assert await a.merkle_root() == await b.merkle_root()
+            assert (await b.read("x")).value == (await a.read("x")).value == {"n": 2}
+            # The delete reached b only as a's tombstone state, and b's older live copy did not undo it at a.
+            with pytest.raises(DocumentNotFound):
+                await a.read("gone")
+            assert (await b.read("gone")).value == {}
+            assert await a.read_state("gone") == await b.read_state("gone")
+        finally:
+            for server, _ in servers:
+                server.should_exit = True
+            await asyncio.wait_for(asyncio.gather(*(task for _, task in servers)), 20)
+            for sock in socks:
+                sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
+    async def state_of(path: Path, ops: list[dict[str, object]]) -> bytes:
+        # A state neither linked node has, from an unlinked third replica.
+        other = Node(NodeConfig(region="r9", data_dir=path, sync=False))
+        await other.start()
+        try:
+            await other.apply("doc", ops)
+            state = await other.read_state("doc")
+            assert state is not None
+            return state
+        finally:
+            await other.close()
+
+    async def scenario() -> None:
+        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+        ports = [s.getsockname()[1] for s in socks]
+        nodes = [Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False)) for i in range(2)]
+        reps = [
+            Replicator(
+                nodes[i],
+                secret=SECRET,
+                peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
+                region=f"r{i}",
+                transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
+            )
+            for i in range(2)
+        ]
+        servers = []
+        for i in range(2):
+            auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
+            server = uvicorn.Server(
+                uvicorn.Config(build_app(nodes[i], auth=auth, replicator=reps[i]), log_config=None, lifespan="on")
+            )
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+            servers.append((server, asyncio.create_task(server.serve(sockets=[socks[i]]))))
+        a, b = nodes
+        try:
+            for _ in range(500):  # bounded: until both have an authenticated link
+                if all(s.started for s, _ in servers) and reps[0].peers() and reps[1].peers():
+                    break
+                await asyncio.sleep(0.02)
+            # merge_state is not logged, so these states only travel by quorum read (or anti-entropy).
+            await a.merge_state("doc", await state_of(tmp_path / "x", [{"op": "set", "path": ["x"], "value": 1}]))
+            await b.merge_state("doc", await state_of(tmp_path / "y", [{"op": "set", "path": ["y"], "value": 2}]))
+            outcome = await reps[0].read("doc", Consistency.ALL)
+            assert outcome.ok and outcome.reached == 2
+            assert outcome.repaired == (b.storage.identity.base,)  # b lacked x: it gets the join pushed
+            assert (await a.read("doc")).value == {"x": 1, "y": 2}  # a joined b's state
+            for _ in range(500):  # bounded: the push is asynchronous
+                if await b.read_state("doc") == await a.read_state("doc"):
+                    break
+                await asyncio.sleep(0.02)
+            assert (await b.read("doc")).value == {"x": 1, "y": 2}
+            assert await a.merkle_root() == await b.merkle_root()
+            again = await reps[1].read("doc", Consistency.QUORUM)
+            assert again.ok and again.repaired == ()  # nothing stale any more
         finally:
             for server, _ in servers:
                 server.should_exit = True

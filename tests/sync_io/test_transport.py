@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
+import websockets
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
@@ -130,3 +131,35 @@ def test_a_silent_partition_is_detected_by_keepalive_pings() -> None:
                 await link.close()
 
     run(scenario)
+
+
+def test_dialer_keeps_retrying_a_peer_that_drops_connections_mid_handshake() -> None:
+    # A cut WAN link may accept the TCP connection and drop it before the upgrade completes:
+    # websockets raises ConnectionClosedError there, and the dialer must treat it as a failed dial.
+    calls: list[str] = []
+
+    async def dropped(url: str) -> PeerConnection:
+        calls.append(url)
+        raise websockets.ConnectionClosedError(None, None)
+
+    async def scenario() -> None:
+        sessions: list[object] = []
+
+        async def session(conn: object) -> None:
+            sessions.append(conn)
+
+        dialer = Dialer(
+            "ws://127.0.0.1:9/v1/peer", session, settings=TransportSettings(backoff_max=0.05), dial_fn=dropped
+        )
+        dialer.start()
+        try:
+            for _ in range(500):  # bounded: several failed attempts, and the dialer is still at it
+                if dialer.attempts >= 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert dialer.attempts >= 4 and len(calls) >= 4 and not sessions
+            assert dialer._task is not None and not dialer._task.done()
+        finally:
+            await dialer.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
