@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -44,7 +45,7 @@ from crdtstore import __version__
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.limits import Limits
-from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
+from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, peer_ssl_context, resolve
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
@@ -86,7 +87,12 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
 
     A node gets a replicator when a cluster secret is configured (it then
     accepts peers on ``/v1/peer``) and dials every ``peers`` URL.
+
+    Raises:
+        ConfigError: Unusable tokens, secret or TLS files (checked before the node opens its data).
     """
+    # First: it loads the --peer-ca and certificate files, so a bad one fails before anything opens.
+    transport = transport_settings(config)
     try:
         tokens = TokenStore.load(config.tokens, env=env)
     except (OSError, TokenFileError) as exc:
@@ -113,7 +119,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             secret=secret,
             peers=config.peers,
             region=config.region,
-            transport=transport_settings(config),
+            transport=transport,
         )
     return build_app(
         node, auth=auth, limits=Limits(max_body_bytes=config.max_body_bytes), replicator=replicator, wan=wan
@@ -121,11 +127,13 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
 
 
 def transport_settings(config: ServeConfig) -> TransportSettings:
+    """Peer link settings; under ``--peer-ca`` with the mutual-TLS client context (ConfigError if unusable)."""
     return TransportSettings(
         max_size=config.peer_max_size,
         ping_interval=config.peer_ping_interval,
         ping_timeout=config.peer_ping_timeout,
         backoff_max=config.peer_backoff_max,
+        ssl_context=peer_ssl_context(config),
     )
 
 
@@ -137,6 +145,10 @@ def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
         port=config.port,
         ssl_certfile=config.certfile,
         ssl_keyfile=config.keyfile,
+        # --peer-ca: the TLS handshake itself refuses a client without a certificate from that CA. It is
+        # the one listener, so API clients need such a certificate too (see the README, Replication).
+        ssl_ca_certs=config.peer_ca,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if config.peer_ca is not None else ssl.CERT_NONE,
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=config.timeout_keep_alive,
         # A clustered node takes peer messages on the same server: its limit is the larger of the two.

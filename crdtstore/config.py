@@ -19,19 +19,28 @@ that peers authenticate each other with comes from
 ``--cluster-secret-file`` / ``CRDTSTORE_CLUSTER_SECRET_FILE`` or, inline,
 ``CRDTSTORE_CLUSTER_SECRET`` (environment only: a secret on the command
 line would show in ``ps``). Without a secret the node accepts no peers.
+
+Mutual TLS between regions: ``--peer-ca FILE`` (``CRDTSTORE_PEER_CA``,
+``peer_ca``) names a CA bundle. It needs ``--certfile``/``--keyfile``; the
+HTTPS listener then requires a client certificate signed by that CA (on
+every connection, API clients included: it is one listener), and peers are
+dialed over ``wss://`` with our certificate as the client certificate,
+verifying theirs against the same CA and the host in the peer URL. The
+HMAC handshake over the cluster secret still runs on top.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "ConfigError", "ServeConfig", "Setting", "cluster_secret", "resolve"]
+__all__ = ["SETTINGS", "ConfigError", "ServeConfig", "Setting", "cluster_secret", "peer_ssl_context", "resolve"]
 
 
 class ConfigError(ValueError):
@@ -172,6 +181,7 @@ class ServeConfig:
     peer_ping_interval: float = 5.0
     peer_ping_timeout: float = 10.0
     peer_backoff_max: float = 5.0
+    peer_ca: Path | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -204,6 +214,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
     Setting("peer_ping_timeout", _seconds, "seconds without a pong before a peer link counts as dead"),
     Setting("peer_backoff_max", _seconds, "longest wait between reconnects to a peer"),
+    Setting(
+        "peer_ca",
+        _path,
+        "CA bundle (PEM) for mutual TLS: require client certificates it signed on this HTTPS server "
+        "(API clients too) and dial wss:// peers with --certfile/--keyfile, verifying them against it",
+    ),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -245,6 +261,14 @@ def resolve(
     config = dataclasses.replace(defaults or ServeConfig(), **values)
     if (config.certfile is None) != (config.keyfile is None):
         raise ConfigError("--certfile and --keyfile go together")
+    if config.peer_ca is not None:
+        if config.certfile is None:
+            # Our certificate is both the server's and the client's on peer links: without it there is no mTLS.
+            raise ConfigError("--peer-ca needs --certfile and --keyfile (our certificate on peer links)")
+        plain = [url for url in config.peers if not url.startswith("wss://")]
+        if plain:
+            # A ws:// link would skip TLS entirely, and the peer's listener (mTLS too) would refuse it anyway.
+            raise ConfigError(f"--peer-ca: peers must be wss:// URLs, got {', '.join(plain)}")
     return config
 
 
@@ -290,3 +314,41 @@ def cluster_secret(config: ServeConfig, *, env: Mapping[str, str]) -> bytes | No
     if len(raw) < 16:
         raise ConfigError(f"{where}: a cluster secret has at least 16 bytes")
     return raw
+
+
+def peer_ssl_context(config: ServeConfig) -> ssl.SSLContext | None:
+    """The TLS context of outgoing peer links under ``--peer-ca``, or None without it.
+
+    It verifies the peer's server certificate against ``peer_ca`` only (not
+    the system CAs: a certificate some public CA issued must not pass for a
+    region) including the host name of the peer URL, and presents our
+    ``certfile``/``keyfile`` as the client certificate. Loading it here also
+    checks the files before anything starts.
+
+    Raises:
+        ConfigError: A file that cannot be read or holds no usable certificate or key.
+    """
+    if config.peer_ca is None:
+        return None
+    if config.certfile is None or config.keyfile is None:
+        raise ConfigError("--peer-ca needs --certfile and --keyfile (our certificate on peer links)")
+    # PROTOCOL_TLS_CLIENT: certificate and host name checks on, TLS 1.2 at least, and (unlike
+    # create_default_context) no system CAs loaded.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=config.peer_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"--peer-ca {config.peer_ca}: not a readable PEM CA bundle ({_ssl_reason(exc)})") from None
+    try:
+        context.load_cert_chain(config.certfile, config.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"--certfile {config.certfile} / --keyfile {config.keyfile}: not a usable certificate and key "
+            f"({_ssl_reason(exc)})"
+        ) from None
+    return context
+
+
+def _ssl_reason(exc: OSError) -> str:
+    # ssl.SSLError carries OpenSSL's reason (e.g. KEY_VALUES_MISMATCH); other OSErrors their strerror.
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)

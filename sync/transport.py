@@ -16,6 +16,8 @@ the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
   off (deltas are small and compact already, and permessage-deflate costs
   memory per connection), and ``max_queue``/``write_limit`` bound the
   buffers so a slow peer pushes back instead of growing memory.
+  ``ssl_context`` is the TLS of ``wss://`` dials: under mutual TLS it
+  trusts only the cluster's CA and presents our client certificate.
 * :class:`Dialer`, the reconnect loop of one configured peer: dial, hand
   the connection to a session callback, and when it ends wait the next
   delay of :func:`sync.backoff.backoff` (reset after a session that got
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random as _random
+import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -68,6 +71,9 @@ class TransportSettings:
         write_limit: Bytes buffered for sending before ``send`` waits (backpressure).
         backoff_initial: First reconnect delay, seconds.
         backoff_max: Longest reconnect delay, seconds.
+        ssl_context: TLS for ``wss://`` peers (CA to verify them against, our client certificate);
+            None: the system's CAs and no client certificate. ``ws://`` dials refuse a context
+            (they would silently go unencrypted).
     """
 
     max_size: int = 16 << 20
@@ -79,6 +85,7 @@ class TransportSettings:
     write_limit: int = 1 << 20
     backoff_initial: float = 0.05
     backoff_max: float = 5.0
+    ssl_context: ssl.SSLContext | None = None
 
 
 class PeerConnection(Protocol):
@@ -194,10 +201,17 @@ async def dial(
     """Open a peer link to ``url`` (``ws://`` or ``wss://``).
 
     Raises:
-        OSError: TCP failed (refused, reset, unreachable).
+        OSError: TCP failed (refused, reset, unreachable), or TLS did (``ssl.SSLError``: a
+            certificate that does not verify, or the peer refused ours).
         TimeoutError: The handshake took longer than ``open_timeout``.
         websockets.InvalidHandshake: The server answered but refused the upgrade.
+        ValueError: ``settings.ssl_context`` with a ``ws://`` URL.
     """
+    tls: dict[str, ssl.SSLContext] = {}
+    if settings.ssl_context is not None:
+        if not url.startswith("wss://"):
+            raise ValueError(f"a TLS context is set but {url} is not a wss:// URL")
+        tls["ssl"] = settings.ssl_context
     ws = await connect(
         url,
         additional_headers=dict(headers or {}),
@@ -211,6 +225,7 @@ async def dial(
         compression=None,
         # The Dialer owns reconnection (with our backoff); no proxy from the environment between regions.
         proxy=None,
+        **tls,
     )
     return ClientPeerConnection(ws, url)
 
@@ -286,6 +301,7 @@ class Dialer:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         delays = self._delays()
+        tls_warned = False
         while not self._closing:
             self.attempts += 1
             try:
@@ -293,8 +309,16 @@ class Dialer:
             # A cut link may accept TCP and then drop the handshake: that is
             # ConnectionClosed, and it must be retried like any refused dial.
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-                logger.debug("dial failed", extra={"peer": self.url, "error": repr(exc)})
+                # A peer certificate that does not verify is a configuration problem, not a flapping link:
+                # worth a warning, once per run of failures. (A peer refusing *our* certificate cannot be
+                # told apart here: TLS 1.3 servers just close, which looks like any dropped handshake.)
+                if isinstance(exc, ssl.SSLError) and not tls_warned:
+                    tls_warned = True
+                    logger.warning("peer TLS handshake failed", extra={"peer": self.url, "error": repr(exc)})
+                else:
+                    logger.debug("dial failed", extra={"peer": self.url, "error": repr(exc)})
             else:
+                tls_warned = False
                 self.sessions += 1
                 self.connected = True
                 started = loop.time()
