@@ -119,7 +119,7 @@ import contextlib
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -625,6 +625,19 @@ class Node:
         """
         check_doc_id(doc_id)
         return await self._submit(lambda ctx: self._remote_txn(ctx, LogEntry(origin, seq, doc_id, delta)))
+
+    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
+        """Join a peer's batch of deltas, in order, in one commit (one fsync, not one each).
+
+        Returns:
+            Per entry, False if it was already received.
+
+        Raises:
+            DecodeError: an entry is not a valid encoded delta; nothing of the batch was written.
+        """
+        for entry in entries:
+            check_doc_id(entry.doc_id)
+        return await self._submit(lambda ctx: [self._remote_txn(ctx, entry) for entry in entries])
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
         """Join a peer's full document state (anti-entropy repair); not logged.

@@ -91,6 +91,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtstore.errors import CrdtError
+from crdtstore.storage import LogEntry
 from sync import protocol as sp
 from sync.events import PeerInfo
 from sync.exceptions import CloseCode
@@ -527,13 +528,17 @@ class Replicator:
                 self._peer_ids[link.url] = event.peer.replica_id
             logger.info("peer authenticated", extra={"peer": link.peer_id, "remote": link.conn.remote})
         elif name == "ApplyDeltas":
+            entries = [LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in event.entries]
+            try:
+                # One commit for the whole batch: a commit a delta would make
+                # remote deltas wait on one fsync each, and lag grow with rate.
+                await node.apply_remote_many(entries)
+            except (CrdtError, ValueError) as exc:
+                # Bad bytes: the node wrote nothing of the batch. Later deltas depend on it.
+                first = event.entries[0]
+                self._reject(link, f"deltas from ({first.origin}, {first.seq})", exc)
+                return
             for entry in event.entries:
-                try:
-                    await node.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
-                except (CrdtError, ValueError) as exc:
-                    # Bad bytes: the node wrote nothing. Later deltas of the origin depend on it.
-                    self._reject(link, f"delta ({entry.origin}, {entry.seq})", exc)
-                    return
                 self.stats["deltas_applied"] += 1
                 # Durable now: tell every link (relay to the others, ack on this one).
                 for other in list(self._links):

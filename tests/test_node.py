@@ -32,6 +32,7 @@ from crdtstore.node import (
     WriteResult,
     _DocCache,
 )
+from crdtstore.storage import LogEntry
 from crdtstore.version import decode_version
 
 T = TypeVar("T")
@@ -900,5 +901,32 @@ def test_a_delete_travels_by_anti_entropy_when_its_delta_is_gone(tmp_path: Path)
         finally:
             for node in (a, b, c):
                 await node.close()
+
+    run(main)
+
+
+def test_a_peer_batch_is_one_commit_and_all_or_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            for i in range(5):
+                await a.apply("doc", [{"op": "increment", "path": ["n"], "by": 1}, set_op(f"k{i}", i)])
+            entries = await a.log_range(a.replica_id, 0, 100)
+            # A bad delta in the batch: nothing of the batch is written.
+            bad = [entries[0], LogEntry(a.replica_id, entries[1].seq, "doc", b"garbage"), *entries[2:]]
+            with pytest.raises(DecodeError):
+                await b.apply_remote_many(bad)
+            assert a.replica_id not in await b.version_vector()
+            with pytest.raises(DocumentNotFound):
+                await b.read("doc")
+            commits = b.writer.stats()["commits"]
+            assert await b.apply_remote_many(entries) == [True] * 5
+            assert b.writer.stats()["commits"] == commits + 1  # one fsync for the whole batch
+            assert (await b.read("doc")).value == (await a.read("doc")).value
+            assert await b.apply_remote_many(entries) == [False] * 5  # already held
+        finally:
+            await a.close()
+            await b.close()
 
     run(main)
