@@ -93,7 +93,7 @@ from typing import Any
 from crdtstore.errors import CrdtError
 from crdtstore.storage import LogEntry
 from sync import protocol as sp
-from sync.events import PeerInfo
+from sync.events import ApplyDeltas, PeerInfo
 from sync.exceptions import CloseCode
 from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings
 
@@ -503,7 +503,7 @@ class Replicator:
     async def _effects_loop(self, link: _Link) -> None:
         while not link.closed:
             while link.events:
-                event = link.events.popleft()
+                event = _coalesce_deltas(link.events)
                 try:
                     await self._process(link, event)
                 except asyncio.CancelledError:
@@ -699,3 +699,19 @@ class Replicator:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _coalesce_deltas(events: collections.deque[Any]) -> Any:
+    """Pop the next event; consecutive ``ApplyDeltas`` become one, in order.
+
+    Deltas that arrived while the previous batch was committing then share
+    the next commit: the link keeps up with the peer's rate whatever the
+    fsync latency, instead of committing each small message on its own.
+    """
+    event = events.popleft()
+    if not isinstance(event, ApplyDeltas):
+        return event
+    entries = list(event.entries)
+    while events and isinstance(events[0], ApplyDeltas):
+        entries += events.popleft().entries
+    return ApplyDeltas(tuple(entries)) if len(entries) > len(event.entries) else event

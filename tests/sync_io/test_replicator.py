@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 from pathlib import Path
@@ -14,10 +15,10 @@ import uvicorn
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.node import DocumentNotFound, Node, NodeConfig
-from crdtstore.replicator import Consistency, Replicator
+from crdtstore.replicator import Consistency, Replicator, _coalesce_deltas
 from sync import messages as m
 from sync._state import State
-from sync.events import PeerInfo
+from sync.events import ApplyDeltas, MergeStates, PeerInfo
 from sync.exceptions import CloseCode
 from sync.messages import Entry
 from sync.protocol import PeerProtocol
@@ -264,3 +265,15 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
                 sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_consecutive_delta_events_share_one_commit_in_order() -> None:
+    e = [Entry("o", seq, "doc", b"d") for seq in range(1, 6)]
+    merge = MergeStates((("doc", b"s"),))
+    events: collections.deque[object] = collections.deque(
+        [ApplyDeltas((e[0],)), ApplyDeltas((e[1], e[2])), merge, ApplyDeltas((e[3],)), ApplyDeltas((e[4],))]
+    )
+    assert _coalesce_deltas(events) == ApplyDeltas((e[0], e[1], e[2]))
+    assert _coalesce_deltas(events) is merge  # never reordered across another event
+    assert _coalesce_deltas(events) == ApplyDeltas((e[3], e[4]))
+    assert not events
