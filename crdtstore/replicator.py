@@ -526,6 +526,9 @@ class Replicator:
             link.peer = event.peer
             if link.url is not None:
                 self._peer_ids[link.url] = event.peer.replica_id
+            if any(other.proto.pushing for other in self._links_to(link.peer_id, besides=link)):
+                # Both sides dial, so a peer is often reached twice: deltas go on one link only.
+                self._input(link, lambda p: p.set_pushing(False))
             logger.info("peer authenticated", extra={"peer": link.peer_id, "remote": link.conn.remote})
         elif name == "ApplyDeltas":
             entries = [LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in event.entries]
@@ -646,11 +649,21 @@ class Replicator:
             return
         link.closed = True
         self._links.discard(link)
+        if link.proto.pushing and link.peer_id is not None:
+            # Hand the deltas over to another link to the same peer, if one is open.
+            for other in self._links_to(link.peer_id, besides=link):
+                self._input(other, lambda p: p.set_pushing(True))
+                break
         with contextlib.suppress(Exception):
             link.proto.receive_eof()
         link.outbox_ready.set()
         link.events_ready.set()
         await link.conn.close(code, reason)
+
+    def _links_to(self, peer_id: str | None, *, besides: _Link) -> list[_Link]:
+        return [
+            other for other in self._links if other is not besides and not other.closed and other.peer_id == peer_id
+        ]
 
     # Private methods: local writes and helpers.
 

@@ -298,6 +298,10 @@ class PeerProtocol:
         self._messages: list[bytes] = []
         self._events: list[Event] = []
         self._outbox: list[Entry] = []
+        # Whether this connection sends deltas. An adapter holding two links
+        # to one peer (each side dials) switches one off, or every delta
+        # would cross twice. See :meth:`set_pushing`.
+        self.pushing = True
         self.peer: PeerInfo | None = None
         self.protocol_error: RemoteProtocolError | None = None
         self.close_code: int | None = None
@@ -422,7 +426,11 @@ class PeerProtocol:
         if self._our_vector.get(origin, 0) + 1 == seq:
             self._our_vector[origin] = seq
             self._check_durable(origin)
-        if self._conn.state is not OPEN or not self._their_known:
+        if self._conn.state is not OPEN or not self._their_known or not self.pushing:
+            return
+        if origin != self.our.origin:
+            # A relay waits for the peer's next ack: in a mesh the peer most
+            # likely got it from its origin directly, and the ack says so.
             return
         if (
             seq == self._floor(origin) + 1
@@ -434,6 +442,12 @@ class PeerProtocol:
             self._sent[origin] = seq
         else:
             self._pump(origin)
+
+    def set_pushing(self, pushing: bool) -> None:
+        """Switch sending deltas on or off; switched on, catch up on what the peer lacks."""
+        self.pushing = pushing
+        if pushing and self._conn.state is OPEN and self._their_known:
+            self._pump_all()
 
     def raise_vector(self, vector: Mapping[str, int]) -> None:
         """The node holds at least ``vector`` (e.g. after a ``SkipLog`` on any connection)."""
@@ -767,6 +781,8 @@ class PeerProtocol:
 
     def _pump(self, origin: str) -> None:
         """Ask the node's log for what the peer lacks of ``origin``, if anything and if allowed."""
+        if not self.pushing:
+            return
         floor = self._floor(origin)
         if (
             self._our_vector.get(origin, 0) > floor
