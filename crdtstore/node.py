@@ -761,7 +761,10 @@ class Node:
         storage = ctx.storage
         seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
         storage.set_hlc(ctx.txn, self._hlc.last)
-        version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta)
+        if _is_empty(entry.doc):
+            version = self._bury(ctx, doc_id, entry.doc, state, self.replica_id, seq, delta)
+        else:
+            version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta)
         return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
 
     def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
@@ -796,9 +799,9 @@ class Node:
         loaded, state = self._load(ctx.txn, entry.doc_id)
         loaded.doc.join(delta)
         storage.append_remote(ctx.txn, entry)
-        if state == "tombstone" and not loaded.doc.value():
-            # Still deleted: keep the richer causal history, publish nothing.
-            self._put_tombstone(ctx, entry.doc_id, loaded.doc)
+        if _is_empty(loaded.doc):
+            # Still deleted, or deleted now (by a peer's delete): as on the peer.
+            self._bury(ctx, entry.doc_id, loaded.doc, state, entry.origin, entry.seq, entry.delta)
         else:
             self._store(ctx, entry.doc_id, loaded, state, "change", entry.origin, entry.seq, entry.delta)
         return True
@@ -812,14 +815,40 @@ class Node:
         doc.merge(other)
         if codec.encode_document(doc) == before:
             return False
-        if state != "live" and not doc.value():
+        if _is_empty(doc):
             # A peer's tombstone (or a state that stays deleted here): keep it deleted,
             # and in the Merkle tree under its digest so both sides compare equal.
-            self._put_tombstone(ctx, doc_id, doc)
+            self._bury(ctx, doc_id, doc, state, None, None, None)
         else:
             # No delta to append: the full state goes in as a new snapshot.
             self._store(ctx, doc_id, entry, state, "change", None, None, None)
         return True
+
+    def _bury(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        doc: Document,
+        state: _State,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+    ) -> str:
+        """Store a document with no field left as deleted (a tombstone); publish the delete if it was live.
+
+        "Deleted" is not a flag of its own but read off the state: a document
+        whose every field is removed does not exist. So every replica that
+        joined the same changes agrees, whether the delete reached it as a
+        delta, as a state, or as the removal of the last field by an op.
+        """
+        self._cache.discard(doc_id)  # the cache holds live documents only
+        if state == "live":
+            self.storage.delete_doc(ctx.txn, doc_id)
+        self._put_tombstone(ctx, doc_id, doc)
+        version = doc.version()
+        if state == "live":
+            self._append_feed(ctx, doc_id, "delete", origin, origin_seq, version, delta)
+        return version
 
     def _put_tombstone(self, ctx: WriteContext, doc_id: str, doc: Document) -> None:
         """Store a deleted document's state and keep it in the Merkle tree under its version digest.
@@ -1025,3 +1054,9 @@ def _version_digest(version: str) -> bytes:
     The two must agree byte for byte: ``tests/test_node.py`` checks it.
     """
     return hashlib.blake2b(version.encode(), digest_size=16).digest()
+
+
+def _is_empty(doc: Document) -> bool:
+    """No visible field: the document reads as deleted (cheaper than ``not doc.value()``)."""
+    root = doc.root
+    return all(root.visible_tag(name) is None for name in root.fields)

@@ -885,7 +885,8 @@ def test_a_delete_travels_by_anti_entropy_when_its_delta_is_gone(tmp_path: Path)
             await exchange(a, b, "doc")
             with pytest.raises(DocumentNotFound):
                 await a.read("doc")  # b's older live state did not undo the delete ...
-            assert (await b.read("doc")).value == {}  # ... and b dropped every field the delete saw
+            with pytest.raises(DocumentNotFound):
+                await b.read("doc")  # ... and b, having dropped every field the delete saw, has it deleted too
             assert await a.read_state("doc") == await b.read_state("doc")
             assert await a.merkle_root() == await b.merkle_root() == root
             # A region that never held the document learns the tombstone and keeps it deleted.
@@ -925,6 +926,37 @@ def test_a_peer_batch_is_one_commit_and_all_or_nothing(tmp_path: Path) -> None:
             assert b.writer.stats()["commits"] == commits + 1  # one fsync for the whole batch
             assert (await b.read("doc")).value == (await a.read("doc")).value
             assert await b.apply_remote_many(entries) == [False] * 5  # already held
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_a_delete_reads_the_same_on_every_replica(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            await a.apply("doc", [set_op("x", 1)])
+            await a.apply("keep", [set_op("y", 1)])
+            await a.delete("doc")
+            for e in await a.log_range(a.replica_id, 0, 100):
+                await b.apply_remote(e.origin, e.seq, e.doc_id, e.delta)
+            for node in (a, b):
+                with pytest.raises(DocumentNotFound):
+                    await node.read("doc")
+                assert await node.list("", None, 10) == (["keep"], None)
+            assert await a.merkle_root() == await b.merkle_root()
+            # Removing the last field by an op is the same thing: nothing is left, so nothing is there.
+            await a.apply("keep", [{"op": "delete", "path": ["y"]}])
+            with pytest.raises(DocumentNotFound):
+                await a.read("keep")
+            # And a later write brings a document back everywhere.
+            await a.apply("doc", [set_op("x", 2)])
+            for e in await a.log_range(a.replica_id, 0, 100):
+                await b.apply_remote(e.origin, e.seq, e.doc_id, e.delta)
+            assert (await b.read("doc")).value == (await a.read("doc")).value == {"x": 2}
         finally:
             await a.close()
             await b.close()

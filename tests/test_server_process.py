@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -214,6 +215,16 @@ class Writers:
         self.pool.shutdown()
 
 
+def read_counter(client: Client, doc_id: str, acked: int) -> dict[str, Any]:
+    """The document's value; a document whose writes were all unacknowledged may rightly not exist."""
+    try:
+        return client.read(doc_id).value
+    except ApiError as exc:
+        # Found by the suite: a writer killed before its first write committed leaves no document.
+        assert exc.status == 404 and acked == 0, (doc_id, acked, exc)
+        return {"n": 0}
+
+
 def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     tokens = write_tokens(tmp_path / "tokens")
     args = ["--region", "dur", "--data", str(tmp_path / "data"), "--tokens", str(tokens), "--access-log", "false"]
@@ -225,7 +236,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
             with Client(server.url, RW) as client:
                 for i in range(WRITERS):
                     if acked[i] or unacked[i]:
-                        value = client.read(f"w{i}").value
+                        value = read_counter(client, f"w{i}", acked[i])
                         # Every acknowledged increment is there; at most the unacknowledged ones on top.
                         assert acked[i] <= value["n"] <= acked[i] + unacked[i], (cycle, i, value, acked[i])
                         acked[i] = value["n"]  # what is durable now is the new baseline
@@ -247,8 +258,8 @@ def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
     try:
         with Client(final.url, RW) as client:
             for i in range(WRITERS):
-                value = client.read(f"w{i}").value
+                value = read_counter(client, f"w{i}", acked[i])
                 assert acked[i] <= value["n"] <= acked[i] + unacked[i]
-                assert value["last"] == value["n"]  # the register moved with the counter, batch by batch
+                assert value.get("last", 0) == value["n"]  # the register moved with the counter, batch by batch
     finally:
         final.kill()
