@@ -662,8 +662,15 @@ class Node:
         return await self._read(self._state_txn, doc_id)
 
     async def log_range(self, origin: str, after: int, limit: int) -> list[LogEntry]:
-        """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``."""
-        return await self._read(lambda txn: self.storage.log_range(txn, origin, after, limit))
+        """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``.
+
+        Read on the event loop, like a view: a cursor scan of recent entries
+        costs less than a hop to a thread and back, and it sits on the path
+        of every replicated write (the replicator tails our origin with it).
+        """
+        self._require_running()
+        with self.storage.read() as txn:
+            return self.storage.log_range(txn, origin, after, limit)
 
     async def version_vector(self) -> dict[str, int]:
         """Per origin, the highest seq received with no gap below it."""
