@@ -41,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import loadgen
 import orjson
+from loadgen import Connection
 
 __all__ = ["main"]
 
@@ -129,39 +131,7 @@ def start_server(kind: str, workdir: Path) -> ServerProc:
 
 
 def http_request(method: str, path: str, body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-    if method == "POST":
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + body
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection; parses just enough of a response (status, Content-Length)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def exchange(self, request: bytes) -> int:
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head[9:12])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-                break
-        if length:
-            await self.reader.readexactly(length)
-        return status
-
-    def close(self) -> None:
-        self.writer.close()
+    return loadgen.http_request(method, path, TOKEN, body)
 
 
 @dataclass
@@ -206,7 +176,7 @@ async def closed_loop(
         while budget[0] > 0 and time.perf_counter() < deadline:
             budget[0] -= 1
             start = time.perf_counter()
-            status = await conn.exchange(make(index, i))
+            status, _ = await conn.exchange(make(index, i))
             if status == 200:
                 result.latencies.append(time.perf_counter() - start)
             else:
@@ -234,7 +204,7 @@ async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float,
     async def one(i: int, scheduled: float) -> None:
         conn = await idle.get()  # waiting for a free connection counts in the latency
         try:
-            status = await conn.exchange(make(i % pool, i))
+            status, _ = await conn.exchange(make(i % pool, i))
         finally:
             idle.put_nowait(conn)
         if status == 200:
@@ -285,7 +255,7 @@ async def populate(port: int) -> None:
                 ]
             }
         )
-        assert await conn.exchange(http_request("POST", f"/v1/docs/read-{k}", body)) == 200
+        assert (await conn.exchange(http_request("POST", f"/v1/docs/read-{k}", body)))[0] == 200
     conn.close()
 
 
