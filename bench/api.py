@@ -20,8 +20,12 @@ whichever comes first. Open loop (fixed rate): requests are scheduled at
 scheduled time, so a stall shows up in p99 instead of hiding in fewer sends
 (no coordinated omission).
 
-The last line printed is one JSON object (ratios write/bare and read/bare,
-and the fixed-rate p99 when measured).
+A fourth server runs the real app over a node that stores nothing
+(``write-http``): the same write requests then measure what the HTTP layer
+alone allows, the ceiling of write/bare for any node behind it.
+
+The last line printed is one JSON object (ratios write/bare, read/bare and
+write-http/bare, and the fixed-rate p99 when measured).
 """
 
 from __future__ import annotations
@@ -80,6 +84,28 @@ def serve_real(port_file: Path, data: Path) -> int:
     return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))
 
 
+def serve_nonode(port_file: Path, data: Path) -> int:
+    """The real app whose node answers writes without applying or storing anything.
+
+    Everything else of the write path runs as in the real server (auth,
+    body and op checks, metrics, the JSON answer), so its rate is the most
+    any node could reach behind this HTTP layer: the ceiling of write/bare.
+    """
+    import crdtstore.cli
+    from crdtstore.cli import build_server_app, run_servers, uvicorn_config
+    from crdtstore.node import Node, WriteResult, check_doc_id
+
+    class NoCommitNode(Node):
+        async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> WriteResult:
+            check_doc_id(doc_id)
+            return WriteResult(version="v1.e30", created=False, origin=self.replica_id, seq=0)
+
+    crdtstore.cli.Node = NoCommitNode  # type: ignore[misc]
+    config = _server_settings(port=0, data=data)
+    app = build_server_app(config, env={"CRDTSTORE_TOKENS": f"{TOKEN}:readwrite"})
+    return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))
+
+
 def _server_settings(**overrides: Any) -> Any:
     """One ServeConfig for both servers: what differs between them is only the app."""
     from crdtstore.config import ServeConfig
@@ -118,7 +144,7 @@ def start_server(kind: str, workdir: Path) -> ServerProc:
         if port_file.exists() and port_file.read_text():
             url = port_file.read_text()
             try:
-                if httpx.get(url + "/readyz" if kind == "real" else url + "/bare", timeout=2).status_code == 200:
+                if httpx.get(url + "/bare" if kind == "bare" else url + "/readyz", timeout=2).status_code == 200:
                     return ServerProc(proc, url)
             except httpx.HTTPError:
                 pass
@@ -259,16 +285,19 @@ async def populate(port: int) -> None:
     conn.close()
 
 
-async def run(args: argparse.Namespace, bare: ServerProc | None, real: ServerProc) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, bare: ServerProc | None, real: ServerProc, nonode: ServerProc | None
+) -> dict[str, Any]:
     summary: dict[str, Any] = {"concurrency": args.concurrency, "seconds": args.seconds}
     if args.mode in ("all", "throughput"):
-        assert bare is not None
+        assert bare is not None and nonode is not None
         await populate(real.port)
         opts = {"concurrency": args.concurrency, "seconds": args.seconds, "requests": args.requests}
         results = [
             await closed_loop("bare", bare.port, lambda c, i: BARE, **opts),
             await closed_loop("write", real.port, write_request, **opts),
             await closed_loop("read", real.port, read_request, **opts),
+            await closed_loop("write-http", nonode.port, write_request, **opts),
         ]
         for r in results:
             print(r.line(), flush=True)
@@ -279,6 +308,8 @@ async def run(args: argparse.Namespace, bare: ServerProc | None, real: ServerPro
         by_name = {r.name: r for r in results}
         summary["write_over_bare"] = round(by_name["write"].rps / by_name["bare"].rps, 4)
         summary["read_over_bare"] = round(by_name["read"].rps / by_name["bare"].rps, 4)
+        # The same write requests against a node that stores nothing: the HTTP layer's own ceiling.
+        summary["write_http_over_bare"] = round(by_name["write-http"].rps / by_name["bare"].rps, 4)
         summary["loadgen_cpu_max"] = round(max(r.cpu for r in results), 2)
     if args.mode in ("all", "fixed-rate"):
         r = await fixed_rate(
@@ -306,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000, help="per closed-loop phase, at most")
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second in fixed-rate mode")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
-    parser.add_argument("--serve", choices=["bare", "real"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["bare", "real", "nonode"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -314,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_bare(args.workdir / "bare.url")
     if args.serve == "real":
         return serve_real(args.workdir / "real.url", args.workdir / "data")
+    if args.serve == "nonode":
+        return serve_nonode(args.workdir / "nonode.url", args.workdir / "nonode-data")
 
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
         workdir = Path(tmp)
@@ -323,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             servers += [bare] if bare else []
             real = start_server("real", workdir)
             servers.append(real)
+            nonode = start_server("nonode", workdir) if args.mode != "fixed-rate" else None
+            servers += [nonode] if nonode else []
             try:
                 import uvloop
 
@@ -330,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 runner = asyncio.Runner()
             with runner:
-                summary = runner.run(run(args, bare, real))
+                summary = runner.run(run(args, bare, real, nonode))
         finally:
             for server in servers:
                 server.stop()

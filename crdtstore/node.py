@@ -24,10 +24,13 @@ encoding) and a tail of encoded deltas joined after it in order (see
 so appending it costs O(delta) where re-encoding the document cost
 O(document). The writer compacts (re-encodes the snapshot and drops the
 tail, in the write's own transaction) when the tail holds
-``tail_max_deltas`` deltas or more bytes than the snapshot: encoding a
-document of ``S`` bytes happens at most once per ``S`` bytes of deltas, so a
-write's amortized encoding cost is O(its delta), and a load decodes at most
-twice the snapshot's bytes plus a bounded number of joins. Every commit
+``tail_max_deltas`` deltas or more bytes than the snapshot (or than
+``tail_min_bytes``, whichever is more): encoding a document of ``S`` bytes
+happens at most once per ``S`` bytes of deltas, so a write's amortized
+encoding cost is O(its delta), and a load decodes at most twice the
+snapshot's bytes (or ``tail_min_bytes``) plus a bounded number of joins. The
+floor keeps a small document, whose delta is about its own size, from being
+re-encoded by nearly every write. Every commit
 leaves a loadable document: snapshot and tail change in one transaction.
 
 **The Merkle digest** of a document is ``Document.version_digest()``, the
@@ -162,6 +165,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "WriteResult",
+    "split_view",
     "WriterClosed",
 ]
 
@@ -210,7 +214,8 @@ class NodeConfig:
         cache_bytes: Stored bytes (snapshot plus tail) of the cached documents, at most
             (a proxy for their memory).
         tail_max_deltas: Deltas a document's tail may hold before the writer compacts it
-            (it also compacts when the tail's bytes exceed the snapshot's).
+            (it also compacts when the tail's bytes exceed the snapshot's and ``tail_min_bytes``).
+        tail_min_bytes: The tail may always hold this many bytes, however small the snapshot.
         view_max_bytes: Documents stored in at most this many bytes get a read view
             rendered at every write; bigger ones are decoded by each read.
         max_queue: Writes waiting for a commit before apply raises Overloaded.
@@ -232,6 +237,7 @@ class NodeConfig:
     cache_docs: int = 1024
     cache_bytes: int = 64 << 20
     tail_max_deltas: int = 32
+    tail_min_bytes: int = 2048
     view_max_bytes: int = 64 << 10
     max_queue: int = 1024
     max_batch: int = 256
@@ -508,13 +514,26 @@ class Node:
         if not siblings:
             # The common case, one lookup of a stored view: cheaper inline than
             # the thread hop would be (see the module docstring).
-            storage = self.storage
-            with storage.read() as txn:
-                view = storage.get_view(txn, doc_id)
+            view = self.storage.read_view(doc_id)
             if view is not None:
                 version, value = orjson.loads(view)
                 return ReadResult(value=value, version=version, siblings=None)
         return await self._read(self._read_txn, doc_id, siblings)
+
+    async def read_json(self, doc_id: str) -> tuple[str, bytes]:
+        """The version token and the value already encoded as JSON: :meth:`read` for a server
+        that sends the value on as it is, without parsing the stored view and serializing it again.
+
+        Raises:
+            DocumentNotFound: No live document has this id.
+        """
+        check_doc_id(doc_id)
+        self._require_running()
+        view = self.storage.read_view(doc_id)
+        if view is not None:
+            return split_view(view)
+        result = await self._read(self._read_txn, doc_id, False)
+        return result.version, orjson.dumps(result.value)
 
     async def delete(self, doc_id: str) -> None:
         """Delete a document on this replica (see the module docstring) and wait until durable.
@@ -896,7 +915,7 @@ class Node:
             state == "live"
             and delta is not None
             and entry.tail < cfg.tail_max_deltas
-            and entry.tail_bytes + len(delta) <= entry.snapshot
+            and entry.tail_bytes + len(delta) <= max(entry.snapshot, cfg.tail_min_bytes)
         ):
             storage.append_tail(txn, doc_id, entry.next_seq, delta, digest)
             entry.tail += 1
@@ -1053,6 +1072,16 @@ def _join_tail(doc: Document, tail: list[tuple[int, bytes]]) -> Document:
     for _, delta in tail:
         doc.join(codec.decode_delta(delta))
     return doc
+
+
+def split_view(view: bytes) -> tuple[str, bytes]:
+    """A stored view ``["<version>",<value>]`` as (version token, value JSON bytes), without parsing the value.
+
+    A version token is ``v1.`` and base64url (:mod:`crdtstore.version`): it
+    holds no quote or backslash, so the first quote after the opening one ends it.
+    """
+    end = view.index(b'"', 2)
+    return view[2:end].decode("ascii"), view[end + 2 : -1]
 
 
 def _version_digest(version: str) -> bytes:

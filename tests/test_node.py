@@ -31,8 +31,10 @@ from crdtstore.node import (
     StorageFull,
     WriteResult,
     _DocCache,
+    split_view,
 )
 from crdtstore.storage import LogEntry
+from crdtstore.testing.strategies import json_values
 from crdtstore.version import decode_version
 
 T = TypeVar("T")
@@ -706,12 +708,13 @@ EDITS: list[list[dict[str, Any]]] = [
 ]
 
 
-def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tail_min_bytes", [0, 256])
+def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_bytes: int) -> None:
     """At every step the stored snapshot + tail decode to the in-memory document, byte for byte, and
     the tail stays within its bounds; after a reopen the document is the same, byte for byte."""
 
     async def main() -> None:
-        node = await started(tmp_path / "n", tail_max_deltas=4)
+        node = await started(tmp_path / "n", tail_max_deltas=4, tail_min_bytes=tail_min_bytes)
         tails: list[int] = []
         try:
             for step in range(62):
@@ -721,7 +724,7 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path) -> None:
                 in_memory = codec.encode_document(entry.doc)
                 snapshot, tail, view = stored_state(node, "doc")
                 assert codec.encode_document(load_stored(node, "doc")) == in_memory
-                assert len(tail) <= 4 and sum(len(d) for _, d in tail) <= len(snapshot)
+                assert len(tail) <= 4 and sum(len(d) for _, d in tail) <= max(len(snapshot), tail_min_bytes)
                 assert [seq for seq, _ in tail] == list(range(1, len(tail) + 1))
                 # The view is what a decode would render, and what a siblings read (a decode) reports.
                 assert view is not None and orjson.loads(view) == [entry.doc.version(), entry.doc.value()]
@@ -962,3 +965,31 @@ def test_a_delete_reads_the_same_on_every_replica(tmp_path: Path) -> None:
             await b.close()
 
     run(main)
+
+
+@given(value=json_values, doc=st.builds(Document))
+def test_split_view_cuts_a_stored_view_where_a_parse_would(value: Any, doc: Document) -> None:
+    """Quotes, backslashes and non-ASCII in the value never confuse the cut after the version token."""
+    doc.apply([{"op": "set", "path": ["v"], "value": value}], replica="r1")
+    view = orjson.dumps([doc.version(), doc.value()])
+    version, raw = split_view(view)
+    assert [version, orjson.loads(raw)] == orjson.loads(view)
+
+
+@pytest.mark.parametrize("view_max_bytes", [0, 64 << 10])
+def test_read_json_is_read_without_the_parse(tmp_path: Path, view_max_bytes: int) -> None:
+    """With a stored view and without one (a document too big for views), read_json answers what read does."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n", view_max_bytes=view_max_bytes)
+        try:
+            await node.apply("d", [set_op("title", 'a "quoted" \\ title ü'), {"op": "increment", "path": ["n"]}])
+            version, raw = await node.read_json("d")
+            plain = await node.read("d")
+            assert (version, orjson.loads(raw)) == (plain.version, plain.value)
+            with pytest.raises(DocumentNotFound):
+                await node.read_json("missing")
+        finally:
+            await node.close()
+
+    asyncio.run(main())
