@@ -137,8 +137,14 @@ def parse_json(body: bytes) -> Any:
     return value
 
 
-def check_batch(body: Any, limits: Limits) -> list[dict[str, Any]]:
+def check_batch(body: Any, limits: Limits, raw: bytes | None = None) -> list[dict[str, Any]]:
     """Check the shape and limits of a write body ``{"ops": [...]}`` and return the ops.
+
+    Args:
+        body: The parsed body.
+        limits: The limits to check against.
+        raw: The body's bytes, if at hand: a body too short to break any value
+            limit (see :func:`_cannot_break_limits`) skips the walk over its values.
 
     Raises:
         ApiError: 400 for a wrong shape, 422 for a value over a limit.
@@ -157,10 +163,29 @@ def check_batch(body: Any, limits: Limits) -> list[dict[str, Any]]:
     for index, op in enumerate(ops):
         if not isinstance(op, dict):
             raise ApiError(400, "invalid_op", "every op must be an object", {"op_index": index})
+    if raw is not None and _cannot_break_limits(raw, limits):
+        return ops
     reason = check_value(body, limits, max_depth=limits.max_depth + ENVELOPE_DEPTH)
     if reason is not None:
         raise ApiError(422, "invalid_value", reason)
     return ops
+
+
+def _cannot_break_limits(raw: bytes, limits: Limits) -> bool:
+    """True if no value parsed from the JSON ``raw`` can break a limit :func:`check_value` checks.
+
+    Decoding never makes text longer (an escape is longer than what it
+    stands for), so no key or string can outgrow a body shorter than its
+    limit; nesting k deep takes k brackets, and strings holding brackets
+    only count too many; an integer beyond int64 takes 19 digits or more.
+    Most writes are small: for them this costs a few C-level scans instead
+    of a Python walk over every value.
+    """
+    return (
+        len(raw) <= min(limits.max_key_bytes, limits.max_string_bytes)
+        and raw.count(b"[") + raw.count(b"{") <= limits.max_depth + ENVELOPE_DEPTH
+        and _LONG_DIGITS.search(raw) is None
+    )
 
 
 def check_value(value: Any, limits: Limits, *, max_depth: int) -> str | None:

@@ -108,7 +108,7 @@ async def apply_batch(request: Request) -> Response:
     doc_id = _doc_id(request, ctx)
     checks.check_content_type(_header(request, b"content-type"))
     body = await checks.read_body(_header(request, b"content-length"), request.stream(), ctx.limits.max_body_bytes)
-    ops = checks.check_batch(checks.parse_json(body), ctx.limits)
+    ops = checks.check_batch(checks.parse_json(body), ctx.limits, body)
     level = _consistency(request, "w")
     result = await ctx.node.apply(doc_id, ops)
     replicator = _replicator_for(ctx, level)
