@@ -49,6 +49,7 @@ from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret,
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
+from sync.protocol import SyncConfig
 from sync.transport import TransportSettings
 from sync.wanproxy import WanController
 
@@ -120,6 +121,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             peers=config.peers,
             region=config.region,
             transport=transport,
+            sync_config=SyncConfig(anti_entropy_interval=config.anti_entropy_interval),
         )
     return build_app(
         node, auth=auth, limits=Limits(max_body_bytes=config.max_body_bytes), replicator=replicator, wan=wan

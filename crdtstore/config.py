@@ -182,6 +182,7 @@ class ServeConfig:
     peer_ping_timeout: float = 10.0
     peer_backoff_max: float = 5.0
     peer_ca: Path | None = None
+    anti_entropy_interval: float = 60.0
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -214,6 +215,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
     Setting("peer_ping_timeout", _seconds, "seconds without a pong before a peer link counts as dead"),
     Setting("peer_backoff_max", _seconds, "longest wait between reconnects to a peer"),
+    Setting(
+        "anti_entropy_interval",
+        _seconds,
+        "seconds between Merkle anti-entropy rounds with each peer (repairs what deltas missed)",
+    ),
     Setting(
         "peer_ca",
         _path,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from crdtstore.api.auth import Scope, parse_token_file
-from crdtstore.cli import UP_REGIONS, ensure_token, main, parse_duration, plan_up
+from crdtstore.cli import UP_REGIONS, build_server_app, ensure_token, main, parse_duration, plan_up
 from crdtstore.client import Client
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
 from sync.wanproxy import WanController
@@ -147,6 +147,14 @@ def test_peers_settings_and_cluster_secret(tmp_path: Path) -> None:
     assert cluster_secret(config, env={"CRDTSTORE_CLUSTER_SECRET": "e" * 20}) == b"f" * 32  # the file wins
     # --peer without a secret is refused before anything starts.
     assert main(["serve", "--peer", "ws://127.0.0.1:1/v1/peer", "--data", str(tmp_path / "d")]) == 2
+
+
+def test_anti_entropy_interval_reaches_the_replicator(tmp_path: Path) -> None:
+    config = resolve(NO_FLAGS | {"data": str(tmp_path / "d"), "anti_entropy_interval": "2.5"}, env={})
+    app = build_server_app(config, env={"CRDTSTORE_CLUSTER_SECRET": "s" * 20})
+    assert app.state.api.replicator._sync_config.anti_entropy_interval == 2.5
+    with pytest.raises(ConfigError):
+        resolve(NO_FLAGS | {"anti_entropy_interval": "0"}, env={})
 
 
 @pytest.mark.slow
