@@ -67,7 +67,7 @@ def build_app(
             logger.info("node closed", extra={"replica_id": node.replica_id})
 
     app = Starlette(
-        routes=routes(),
+        routes=routes(ctx),
         middleware=[Middleware(MetricsMiddleware, metrics=ctx.metrics)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
