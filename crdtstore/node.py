@@ -527,9 +527,8 @@ class Node:
         Raises:
             DocumentNotFound: No live document has this id.
         """
-        check_doc_id(doc_id)
         self._require_running()
-        view = self.storage.read_view(doc_id)
+        view = self.storage.read_view(doc_id)  # checks the id
         if view is not None:
             return split_view(view)
         result = await self._read(self._read_txn, doc_id, False)

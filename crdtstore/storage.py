@@ -292,7 +292,8 @@ class _ResizeGate:
 
     def __init__(self) -> None:
         # A plain Lock, not the default RLock: nothing re-enters, and it is cheaper.
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._readers = 0
         self._resizing = False
 
@@ -307,13 +308,13 @@ class _ResizeGate:
     # The read path of every GET calls these two directly: a generator-based
     # context manager costs more than the lookup it guards.
     def enter_shared(self) -> None:
-        with self._cond:
+        with self._lock:  # the condition's own lock, entered without the Python-level wrapper
             while self._resizing:
                 self._cond.wait()
             self._readers += 1
 
     def exit_shared(self) -> None:
-        with self._cond:
+        with self._lock:
             self._readers -= 1
             if not self._readers:
                 self._cond.notify_all()
