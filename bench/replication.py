@@ -62,9 +62,23 @@ another one, so neither starves the other nor the nodes of the event loop
    measured by polling every 50 ms (at most 30 s per round). The rounds
    start once the lag phase has drained, so they measure a quiet cluster.
 
+Anti-entropy runs as the nodes run it: ``--anti-entropy-interval`` is
+``crdtstore serve``'s default unless given (at 60 s the first periodic
+session falls near the end of the lag phase, so its cost under load is in
+the last window). The helper processes (WAN, observer, load generator)
+freeze their start-up objects out of the garbage collector, as
+``crdtstore.cli.run_servers`` does for the nodes: a 50 ms full collection
+in the observer would otherwise show as 50 ms of lag in both regions.
+
 Diagnostics: ``--no-sync`` runs the nodes without fsync (the figures are
-for durable commits; comparing both shows what commit latency costs), and
-``--keep`` keeps the temporary directory with every process's log.
+for durable commits; comparing both shows what commit latency costs),
+``--keep`` keeps the temporary directory with every process's log,
+``--trace`` (with ``--keep``) has every process write ``NAME.trace``
+there: JSON lines of event-loop stalls, collections of 5 ms or more,
+commits of 20 ms or more, slow replicator events and counter changes, on
+the ``time.monotonic`` clock; and ``--dump FILE`` writes every write's ack
+time, write latency and lag per region, to line them up against the
+traces.
 
 The last line printed is one JSON object with every figure, and the issue's
 targets each marked ``met`` true or false.
@@ -77,6 +91,7 @@ import asyncio
 import base64
 import bisect
 import contextlib
+import gc
 import math
 import os
 import resource
@@ -178,6 +193,7 @@ def run_region(args: argparse.Namespace) -> int:
         peer_ping_timeout=4.0,
         peer_backoff_max=2.0,
         no_sync=args.no_sync,
+        anti_entropy_interval=args.anti_entropy_interval,
     )
     env = {"CRDTSTORE_TOKENS": f"{TOKEN}:readwrite", "CRDTSTORE_CLUSTER_SECRET": os.environ["BENCH_CLUSTER_SECRET"]}
     app = build_server_app(config, env=env)
@@ -188,7 +204,96 @@ def run_region(args: argparse.Namespace) -> int:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=orphan_guard, daemon=True).start()
-    return run_servers([uvicorn_config(app, config)])
+    on_start = None
+    if args.trace:
+        trace = _Tracer(app.state.api, Path(args.data).with_suffix(".trace"))
+        on_start = trace.start
+    return run_servers([uvicorn_config(app, config)], on_start=on_start)
+
+
+class _Tracer:
+    """Diagnosis (``--trace``): what may stall a process, as JSON lines of ``time.monotonic`` times.
+
+    Every process: event-loop stalls (a 5 ms sleep that overshoots by 20 ms or
+    more) and garbage collections of 5 ms or more. A region also: commits of
+    20 ms or more (writer thread), replicator events that took 5 ms or more
+    (and every anti-entropy read), truncation passes of 10 ms or more, and
+    each change of the replicator's counters, when it was seen. It wraps
+    private methods of the replicator: a diagnostic, not an interface.
+    """
+
+    def __init__(self, api: Any, path: Path) -> None:
+        self.api = api  # None: a helper process (the WAN, the observer): stalls and collections only
+        self.out = path.open("a", buffering=1)
+        self._gc_start = 0.0
+
+    async def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        asyncio.get_running_loop().create_task(self._watch())
+
+    def _write(self, kind: str, **fields: Any) -> None:
+        self.out.write(orjson.dumps({"t": round(time.monotonic(), 4), "kind": kind, **fields}).decode() + "\n")
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_start
+        if took >= 0.005:
+            tracked = len(gc.get_objects()) if info["generation"] == 2 else None
+            self._write("gc", gen=info["generation"], ms=round(took * 1e3, 1), tracked=tracked)
+
+    def _on_commit(self, size: int, seconds: float) -> None:
+        if seconds >= 0.02:
+            self._write("commit", size=size, ms=round(seconds * 1e3, 1))
+
+    def _timed(self, kind: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        async def timed() -> Any:
+            started = time.perf_counter()
+            result = await fn()
+            took = time.perf_counter() - started
+            if took >= 0.01:
+                self._write(kind, ms=round(took * 1e3, 1), result=result)
+            return result
+
+        return timed
+
+    async def _watch(self) -> None:
+        node = None if self.api is None else self.api.node
+        replicator = None if self.api is None else self.api.replicator
+        while node is not None and getattr(node, "_writer", None) is None:  # the lifespan starts it after on_start
+            await asyncio.sleep(0.05)
+        if node is not None:
+            node.writer.observers.append(self._on_commit)
+        if replicator is not None:
+            replicator.truncate_once = self._timed("truncate", replicator.truncate_once)
+            process = replicator._process
+
+            async def timed_process(link: Any, event: Any) -> None:
+                started = time.perf_counter()
+                await process(link, event)
+                took = time.perf_counter() - started
+                if took >= 0.005 or type(event).__name__.startswith(("NeedM", "NeedB", "NeedS", "AntiE")):
+                    size = len(getattr(event, "nodes", getattr(event, "buckets", getattr(event, "doc_ids", ()))))
+                    self._write("event", name=type(event).__name__, ms=round(took * 1e3, 1), size=size)
+
+            replicator._process = timed_process
+        last: dict[str, int] = {}
+        keys = ("anti_entropy_sessions", "states_merged", "log_truncated", "read_repairs")
+        tick = 0
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            late = time.perf_counter() - before - 0.005
+            if late >= 0.02:
+                self._write("stall", ms=round(late * 1e3, 1))
+            tick += 1
+            if replicator is not None and tick % 20 == 0:
+                now = {k: int(replicator.stats.get(k, 0)) for k in keys}
+                changed = {k: v - last.get(k, 0) for k, v in now.items() if v != last.get(k, 0)}
+                if changed and last:
+                    self._write("stats", **changed)
+                last = now
 
 
 # Role: the emulated WAN (a process of its own), driven by lines on stdin.
@@ -205,7 +310,10 @@ def run_wan(args: argparse.Namespace) -> int:
     ports = {f"{a}->{b}": link.port for (a, b), link in wan.links.items()}
 
     async def serve() -> None:
+        if args.trace:
+            await _Tracer(None, Path(args.data)).start()
         await wan.start()
+        _freeze_gc()
         print(orjson.dumps({"links": ports}).decode(), flush=True)
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
@@ -267,6 +375,8 @@ def run_observer(args: argparse.Namespace) -> int:
         stop.set()
 
     async def observe() -> None:
+        if args.trace:
+            await _Tracer(None, Path(args.out).with_name("observer.trace")).start()
         tasks = [asyncio.create_task(follow(r, d)) for r in range(len(urls)) for d in range(len(docs))]
         stdin = asyncio.create_task(watch_stdin())
         for _ in range(int(START_TIMEOUT * 20)):
@@ -274,6 +384,7 @@ def run_observer(args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(0.05)
         failed = [t for t in tasks if t.done()]
+        _freeze_gc()
         print("ready" if not failed else f"failed {failed[0].exception()!r}", flush=True)
         cpu0 = _cpu()
         with contextlib.suppress(TimeoutError):
@@ -287,6 +398,21 @@ def run_observer(args: argparse.Namespace) -> int:
 
     _run(observe())
     return 0
+
+
+def _freeze_gc() -> None:
+    """Keep this helper's full collections short: they would time its own pauses, not the nodes'.
+
+    A full collection walks every tracked object; at start-up that is some
+    45,000 (modules, the observer's 200 websockets), which took about 50 ms
+    each time, every few tens of seconds. The observer stamps a record when
+    its loop gets to it, so such a pause showed as 50 ms of lag in both
+    regions at once; in the WAN it would delay every link; in the load
+    generator it would stamp acks late (lag too short). The region
+    processes get the same treatment from ``crdtstore.cli.run_servers``.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _run(coro: Any) -> None:
@@ -427,7 +553,7 @@ async def get_json(port: int, path: str) -> tuple[int, Any]:
 # Phases.
 
 
-@dataclass
+@dataclass(slots=True)  # 60,000 of them: no per-instance dict for the collector to walk
 class Write:
     doc: int
     dot: int
@@ -701,7 +827,14 @@ async def cluster_phases(args: argparse.Namespace, workdir: Path, procs: list[Pr
     wan = Wan(
         spawn(
             "wan",
-            ["--role", "wan", "--latency-ms", str(args.latency_ms), *(f"--target={r}={p}" for r, p in ports.items())],
+            [
+                "--role",
+                "wan",
+                "--latency-ms",
+                str(args.latency_ms),
+                *(f"--target={r}={p}" for r, p in ports.items()),
+                *(["--trace", f"--data={workdir / 'wan.trace'}"] if args.trace else []),
+            ],
             workdir,
         )
     )
@@ -711,6 +844,8 @@ async def cluster_phases(args: argparse.Namespace, workdir: Path, procs: list[Pr
         peers = [f"--peer=ws://127.0.0.1:{links[f'{name}->{other}']}/v1/peer" for other in REGIONS if other != name]
         role = ["--role", "region", "--region", name, "--port", str(port), "--data", str(workdir / name), *peers]
         role += ["--no-sync"] if args.no_sync else []
+        role += [f"--anti-entropy-interval={args.anti_entropy_interval}"]
+        role += ["--trace"] if args.trace else []
         procs.append(spawn(name, role, workdir, env={"BENCH_CLUSTER_SECRET": secret}, talks=False))
     # Ready, and every region authenticated with both others (bounded wait).
     deadline = time.monotonic() + START_TIMEOUT
@@ -745,6 +880,7 @@ async def cluster_phases(args: argparse.Namespace, workdir: Path, procs: list[Pr
             "--max-seconds",
             str(args.seconds + args.drain_seconds + 120),
             *(f"--url={u}" for u in observed),
+            *(["--trace"] if args.trace else []),
         ],
         workdir,
     )
@@ -753,6 +889,7 @@ async def cluster_phases(args: argparse.Namespace, workdir: Path, procs: list[Pr
     if answer != "ready":
         raise RuntimeError(f"observer: {answer}")
     stats0 = await _replicator_stats(ports)
+    _freeze_gc()
     cpu0 = {p.name: p.cpu_seconds() for p in procs}
     bytes0 = wan.total_bytes()
     t0 = time.monotonic()
@@ -786,6 +923,18 @@ async def cluster_phases(args: argparse.Namespace, workdir: Path, procs: list[Pr
     observer.proc.wait(timeout=60)
     data = orjson.loads(out.read_bytes())
     lag = lag_figures(load, data["seen"], len(observed), t0)
+    if args.dump:
+        # Diagnosis: per write, its ack time since the phase began, its write latency and its lag per region.
+        n = len(observed)
+        rows = [
+            [
+                round(w.acked - t0, 4),
+                round(w.acked - w.scheduled, 4),
+                *(_finite(x) for x in lag["lags"][i * n : (i + 1) * n]),
+            ]
+            for i, w in enumerate(load.writes)
+        ]
+        Path(args.dump).write_bytes(orjson.dumps({"t0_monotonic": t0, "rows": rows}))
     acked = len(load.writes)
     deliveries = acked * (len(REGIONS) - 1)
 
@@ -910,6 +1059,7 @@ def report(args: argparse.Namespace, phases: dict[str, Any] | None, ae: dict[str
             "quiet": phases["quiet"],
             "quiet_seconds": round(phases["quiet_seconds"], 1),
             "fsync": not args.no_sync,
+            "anti_entropy_interval_s": args.anti_entropy_interval,
             "wire": {
                 "bytes": phases["wire"],
                 "deliveries": phases["deliveries"],
@@ -1020,6 +1170,11 @@ def _run_async(coro: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import dataclasses
+
+    from crdtstore.config import ServeConfig
+
+    serve_defaults = {f.name: f.default for f in dataclasses.fields(ServeConfig)}
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="lag phase length (the issue asks >= 60)")
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second to region us")
@@ -1033,9 +1188,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--conv-docs", type=int, default=20, help="documents the convergence rounds write")
     parser.add_argument("--drain-seconds", type=float, default=180.0, help="bound on waiting for replicas to catch up")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, data)")
+    parser.add_argument("--dump", help="write per-write ack time, write latency and lags to this JSON file")
+    parser.add_argument(
+        "--trace", action="store_true", help="every process logs its stalls and slow steps (see --keep)"
+    )
     parser.add_argument("--skip-cluster", action="store_true", help="only the anti-entropy measurement")
     # A diagnostic, off by default: the figures are for durable (fsync) commits.
     parser.add_argument("--no-sync", action="store_true", help="nodes skip fsync (diagnosis only)")
+    # The nodes' own default (crdtstore serve --anti-entropy-interval), stated: the first periodic
+    # session then falls inside the lag phase, so its cost under load is part of the figures.
+    parser.add_argument(
+        "--anti-entropy-interval",
+        type=float,
+        default=serve_defaults["anti_entropy_interval"],
+        help="seconds between the nodes' periodic anti-entropy sessions (default: crdtstore serve's)",
+    )
     # Roles of the helper processes this script starts (not for direct use).
     parser.add_argument("--role", choices=["region", "wan", "observer"], help=argparse.SUPPRESS)
     parser.add_argument("--region", help=argparse.SUPPRESS)

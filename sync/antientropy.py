@@ -27,6 +27,15 @@ node's hooks are ``async``), so the two sides are symmetric here.
    and the push both sides hold the join of the two states: equal states,
    equal digests, equal roots (writes concurrent with the session aside;
    the next session picks those up).
+5. **Deferring.** A caller may pass ``defer``, a predicate over document
+   ids: a differing document it holds back is neither pulled nor pushed
+   (:attr:`AntiEntropySession.deferred` lists them). The protocol's
+   periodic sessions defer documents that deltas touched moments ago: under
+   a steady stream of writes the trees always differ in those, because of
+   deltas still in flight that will make them equal anyway, and shipping
+   their whole states then costs both nodes a burst of work that delays
+   the very deltas it duplicates. A session that must leave both sides
+   equal (a truncated log's repair) defers nothing.
 
 Each step's requests are chunked (at most ``chunk`` nodes or buckets and
 ``states_chunk`` documents per query) to respect the message limits; all
@@ -41,7 +50,7 @@ the equivalent wire messages to count bytes: the tests and the bench use it.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -103,6 +112,7 @@ class AntiEntropyStats:
     buckets_compared: int = 0
     docs_pulled: int = 0
     docs_pushed: int = 0
+    docs_deferred: int = 0
 
 
 class _Step(enum.IntEnum):
@@ -131,15 +141,24 @@ class AntiEntropySession:
         shape: The tree shape; both sides must use it.
         chunk: Most nodes or buckets per query.
         states_chunk: Most documents per STATES query.
+        defer: Differing documents for which it returns True are left alone (see "Deferring").
     """
 
-    def __init__(self, shape: MerkleShape, *, chunk: int = 1024, states_chunk: int = 64) -> None:
+    def __init__(
+        self,
+        shape: MerkleShape,
+        *,
+        chunk: int = 1024,
+        states_chunk: int = 64,
+        defer: Callable[[str], bool] | None = None,
+    ) -> None:
         if chunk < 1 or states_chunk < 1:
             raise ValueError("chunks must be positive")
         self.shape = shape
         self.chunk = chunk
         self.states_chunk = states_chunk
         self.stats = AntiEntropyStats()
+        self._defer = defer
         self._step = _Step.ROOT
         self._queries: list[Query] = []
         self._wave = _Wave()
@@ -150,6 +169,7 @@ class AntiEntropySession:
         self._items: dict[Side, dict[str, bytes]] = {Side.LOCAL: {}, Side.REMOTE: {}}
         self.pulled: list[str] = []
         self.pushed: list[str] = []
+        self.deferred: list[str] = []
         self._issue(Kind.ROOT, [()])
 
     # Public methods for driving the session.
@@ -263,6 +283,13 @@ class AntiEntropySession:
                 ours, theirs = self._items[Side.LOCAL], self._items[Side.REMOTE]
                 self.pulled = sorted(d for d, digest in theirs.items() if ours.get(d) != digest)
                 self.pushed = sorted(d for d, digest in ours.items() if theirs.get(d) != digest)
+                if self._defer is not None:
+                    self.deferred = [d for d in sorted({*self.pulled, *self.pushed}) if self._defer(d)]
+                    if self.deferred:
+                        held = set(self.deferred)
+                        self.pulled = [d for d in self.pulled if d not in held]
+                        self.pushed = [d for d in self.pushed if d not in held]
+                self.stats.docs_deferred = len(self.deferred)
                 self.stats.docs_pulled = len(self.pulled)
                 self.stats.docs_pushed = len(self.pushed)
                 self._step = _Step.STATES
@@ -288,15 +315,22 @@ class SyncSource(Protocol):
     def merge_state(self, doc_id: str, state: bytes) -> bool: ...
 
 
-def run_local(ours: SyncSource, theirs: SyncSource, shape: MerkleShape, **kwargs: int) -> AntiEntropyStats:
-    """Run a whole session between two in-process stores; both end with equal documents.
+def run_local(
+    ours: SyncSource,
+    theirs: SyncSource,
+    shape: MerkleShape,
+    *,
+    defer: Callable[[str], bool] | None = None,
+    **kwargs: int,
+) -> AntiEntropyStats:
+    """Run a whole session between two in-process stores; both end with equal documents (deferred ones aside).
 
     Bytes are those of the wire messages the protocol would exchange for the
     remote reads (requests sent, responses received, and the state push).
     """
     from . import messages as m
 
-    session = AntiEntropySession(shape, **kwargs)
+    session = AntiEntropySession(shape, defer=defer, **kwargs)
     while not session.done:
         queries = session.queries_to_send()
         if not queries:

@@ -160,6 +160,7 @@ class AntiEntropyDone(Event):
     bytes_received: int
     docs_pulled: int
     docs_pushed: int
+    docs_deferred: int = 0  # differing, but deltas touched them lately: left to the deltas (periodic sessions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,11 +126,26 @@ replica id (or either side, on demand) runs a
 :class:`sync.antientropy.AntiEntropySession`: local tree reads become
 ``Need*`` events, remote ones become requests; differing documents are
 pulled (``MergeStates``) and pushed (``StatePush``), so both sides end
-equal. See :mod:`sync.antientropy`.
+equal. See :mod:`sync.antientropy`. Two refinements keep the periodic
+sessions cheap under load:
+
+* Only a pushing connection starts them: an adapter holding two links to
+  one peer would otherwise compare (and repair) everything twice.
+* They defer documents a delta touched (committed here, or received) less
+  than ``anti_entropy_settle`` ago. While writes stream, every such
+  document differs between the trees only because of deltas in flight,
+  which will make it equal anyway; repairing it would ship whole states
+  and make both nodes merge them, a burst of work that delays the very
+  deltas it duplicates. A document deferred by
+  ``anti_entropy_max_deferrals`` periodic sessions in a row is repaired by
+  the next one all the same, so a real divergence in a document written
+  without pause is still repaired. Sessions started on demand, or to
+  repair a truncated log, defer nothing.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping, Sequence
@@ -176,6 +191,7 @@ from .messages import Entry
 __all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "truncation_vector"]
 
 _AUTH_DOMAIN = b"crdtstore-sync-auth-v1"
+_MAX_TOUCHED = 1 << 16  # documents remembered as touched lately (a bound on memory, not a setting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +211,11 @@ class SyncConfig:
         ack_interval: Send our vector at least this often.
         retransmit_timeout: Resend from the acknowledged vector if acks stall this long.
         anti_entropy_interval: Start a session this often (the side with the smaller
-            replica id does); None disables periodic sessions.
+            replica id does, on a pushing connection); None disables periodic sessions.
         anti_entropy_timeout: Abandon a session after this long.
+        anti_entropy_settle: Periodic sessions defer a document a delta touched less than this
+            long ago (see "Anti-entropy" in the module docstring); 0 defers nothing.
+        anti_entropy_max_deferrals: Periodic sessions in a row that may defer one document.
         states_chunk: Most documents per state request or push.
     """
 
@@ -213,6 +232,8 @@ class SyncConfig:
     retransmit_timeout: float = 5.0
     anti_entropy_interval: float | None = 60.0
     anti_entropy_timeout: float = 120.0
+    anti_entropy_settle: float = 5.0
+    anti_entropy_max_deferrals: int = 3
     states_chunk: int = 64
 
     def __post_init__(self) -> None:
@@ -222,6 +243,8 @@ class SyncConfig:
             raise ValueError("window, log_fetch, max_buffered and max_pending_requests must be positive")
         if not 1 <= self.states_chunk <= m.MAX_BATCH:
             raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
+        if self.anti_entropy_settle < 0 or self.anti_entropy_max_deferrals < 0:
+            raise ValueError("anti_entropy_settle and anti_entropy_max_deferrals must be >= 0")
 
 
 def auth_mac(secret: bytes, their_nonce: bytes, sender: PeerInfo, receiver_id: str, receiver_origin: str) -> bytes:
@@ -338,6 +361,10 @@ class PeerProtocol:
         self._ae_again = False
         self._ae_gen = 0
         self._last_ae = now
+        # Documents deltas touched lately, oldest first (periodic sessions defer them), and how many
+        # periodic sessions in a row deferred each document.
+        self._touched: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._deferrals: dict[str, int] = {}
         self._send(
             m.Hello(our.replica_id, our.origin, our.region, our.epoch, m.PROTOCOL_VERSION, self._nonce),
         )
@@ -406,11 +433,16 @@ class PeerProtocol:
         if self._ae is not None and now - self._ae_started >= self.config.anti_entropy_timeout:
             self._ae = None  # answers still in flight are ignored (unknown request ids)
             self._remote.clear()
+        touched, settle = self._touched, self.config.anti_entropy_settle
+        while touched and now - next(iter(touched.values())) >= settle:
+            touched.popitem(last=False)
         interval = self.config.anti_entropy_interval
         if self._ae is None and (self._ae_again or (interval is not None and now - self._last_ae >= interval)):
             assert self.peer is not None
-            if self._ae_again or self.our.replica_id < self.peer.replica_id:
+            if self._ae_again:
                 self.start_anti_entropy()
+            elif self.our.replica_id < self.peer.replica_id and self.pushing:
+                self._start_ae(periodic=True)
             else:
                 self._last_ae = now
 
@@ -423,6 +455,7 @@ class PeerProtocol:
 
     def local_update(self, origin: str, seq: int, doc_id: str, delta: bytes) -> None:
         """The node durably committed ``(origin, seq)`` (a local write or an applied remote delta)."""
+        self._touch(doc_id)
         if self._our_vector.get(origin, 0) + 1 == seq:
             self._our_vector[origin] = seq
             self._check_durable(origin)
@@ -564,19 +597,11 @@ class PeerProtocol:
             self._send(m.StatePush(tuple(states[start : start + chunk])))
 
     def start_anti_entropy(self) -> None:
-        """Start a Merkle comparison with the peer now (or right after the running one)."""
-        self._require_open()
-        if self._ae is not None:
-            self._ae_again = True
-            return
-        self._ae_again = False
-        self._ae_gen += 1
-        self._ae = AntiEntropySession(self.config.shape, states_chunk=self.config.states_chunk)
-        self._ae_started = self._now
-        self._last_ae = self._now
-        # Gaps announced before the session starts are covered by it.
-        self._ae_gaps = dict(self._gaps)
-        self._drive_ae()
+        """Start a Merkle comparison with the peer now (or right after the running one).
+
+        It repairs every document that differs (it defers none, unlike the periodic sessions).
+        """
+        self._start_ae(periodic=False)
 
     def fail(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close for a local reason (shutdown, the node rejected a delta)."""
@@ -649,6 +674,7 @@ class PeerProtocol:
         to_apply: list[Entry] = []
         duplicate = False
         for e in msg.entries:
+            self._touch(e.doc_id)
             self._known[e.origin] = max(self._known.get(e.origin, 0), e.seq)
             held = self._held(e.origin)
             if e.seq <= held:
@@ -854,6 +880,38 @@ class PeerProtocol:
 
     # Private methods: anti-entropy.
 
+    def _start_ae(self, *, periodic: bool) -> None:
+        self._require_open()
+        if self._ae is not None:
+            self._ae_again = True
+            return
+        self._ae_again = False
+        self._ae_gen += 1
+        # Gaps announced before the session starts are covered by it.
+        self._ae_gaps = dict(self._gaps)
+        # A session repairing a gap must leave both sides equal: the SkipLog after it says so.
+        defer = self._settling if periodic and not self._ae_gaps and self.config.anti_entropy_settle > 0 else None
+        self._ae = AntiEntropySession(self.config.shape, states_chunk=self.config.states_chunk, defer=defer)
+        self._ae_started = self._now
+        self._last_ae = self._now
+        self._drive_ae()
+
+    def _touch(self, doc_id: str) -> None:
+        touched = self._touched
+        touched[doc_id] = self._now
+        touched.move_to_end(doc_id)
+        if len(touched) > _MAX_TOUCHED:
+            touched.popitem(last=False)  # forgetting one only means repairing it if it differs
+
+    def _settling(self, doc_id: str) -> bool:
+        """Whether a periodic session leaves ``doc_id`` alone (see "Anti-entropy" in the module docstring)."""
+        touched = self._touched.get(doc_id)
+        return (
+            touched is not None
+            and self._now - touched < self.config.anti_entropy_settle
+            and self._deferrals.get(doc_id, 0) < self.config.anti_entropy_max_deferrals
+        )
+
     def _drive_ae(self) -> None:
         session = self._ae
         if session is None:
@@ -897,8 +955,13 @@ class PeerProtocol:
         self._ae = None
         self._remote.clear()
         s = session.stats
-        done = AntiEntropyDone(s.round_trips, s.bytes_sent, s.bytes_received, s.docs_pulled, s.docs_pushed)
+        done = AntiEntropyDone(
+            s.round_trips, s.bytes_sent, s.bytes_received, s.docs_pulled, s.docs_pushed, s.docs_deferred
+        )
         self._events.append(done)
+        # Deferred in a row: a document this session repaired, or found equal, starts over.
+        previous = self._deferrals
+        self._deferrals = {d: previous.get(d, 0) + 1 for d in session.deferred}
         # Every MergeStates of the session precedes this point in the event list, so the
         # node has merged the peer's states, which include each skipped delta.
         skipped = False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import os
 import stat
 import subprocess
@@ -13,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from crdtstore.api.auth import Scope, parse_token_file
-from crdtstore.cli import UP_REGIONS, build_server_app, ensure_token, main, parse_duration, plan_up
+from crdtstore.cli import (
+    UP_REGIONS,
+    _freeze_once_started,
+    build_server_app,
+    ensure_token,
+    main,
+    parse_duration,
+    plan_up,
+)
 from crdtstore.client import Client
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
 from sync.wanproxy import WanController
@@ -195,3 +205,26 @@ def test_up_runs_a_node_and_prints_url_and_token(tmp_path: Path) -> None:
                 os.kill(proc.pid, 9)
                 proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+def test_region_servers_freeze_start_up_objects_once_every_server_started() -> None:
+    # A region process's full collections then skip modules, app and node (see _freeze_once_started).
+    class Starting:
+        started = False
+
+    servers = [Starting(), Starting()]
+    before = gc.get_freeze_count()
+
+    async def scenario() -> None:
+        task = asyncio.create_task(_freeze_once_started(servers))  # type: ignore[arg-type]
+        servers[0].started = True
+        await asyncio.sleep(0.2)
+        assert not task.done() and gc.get_freeze_count() == before  # one server is still starting
+        servers[1].started = True
+        await asyncio.wait_for(task, 5)
+        assert gc.get_freeze_count() > before
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+    finally:
+        gc.unfreeze()

@@ -53,3 +53,30 @@ def test_new_empty_replica() -> None:
         a.apply(f"doc{i}", INC)
     stats = run_local(b, a, a.shape)
     assert a.encoded() == b.encoded() and stats.docs_pulled == 30
+
+
+def test_deferred_documents_stay_as_they_are_and_the_rest_is_repaired() -> None:
+    a, b = stores()
+    for doc in ("x", "y", "z"):
+        a.apply(doc, INC)
+        b.apply(doc, [{"op": "add", "path": ["s"], "value": doc}])
+    y_a, y_b = a.encoded()["y"], b.encoded()["y"]
+    stats = run_local(a, b, a.shape, defer=lambda doc_id: doc_id == "y")
+    assert stats.docs_deferred == 1 and stats.docs_pulled == stats.docs_pushed == 2
+    # Neither side shipped y: each keeps its own state, and the trees still differ there only.
+    assert a.encoded()["y"] == y_a and b.encoded()["y"] == y_b
+    assert {d: s for d, s in a.encoded().items() if d != "y"} == {d: s for d, s in b.encoded().items() if d != "y"}
+    assert a.merkle_root() != b.merkle_root()
+    # The next session that does not defer it repairs y too.
+    assert run_local(a, b, a.shape).docs_pulled == 1
+    assert a.encoded() == b.encoded() and a.merkle_root() == b.merkle_root()
+
+
+def test_a_predicate_is_asked_only_about_differing_documents() -> None:
+    a, b = stores()
+    for i in range(20):
+        b.apply_remote(*a.apply(f"doc{i}", INC))
+    a.apply("doc3", INC)
+    asked: list[str] = []
+    stats = run_local(a, b, a.shape, defer=lambda doc_id: asked.append(doc_id) or False)
+    assert asked == ["doc3"] and stats.docs_deferred == 0 and a.encoded() == b.encoded()

@@ -292,3 +292,75 @@ def test_push_states_is_merged_by_the_peer_and_dropped_when_not_open() -> None:
     pair.pa.receive_eof()
     pair.pa.push_states([("doc", state)])  # best effort: a closed link sends nothing
     assert pair.pa.messages_to_send() == []
+
+
+def periodic_config(**kwargs: float) -> SyncConfig:
+    shape = MemStore("x", region="r", nonce="n").shape
+    return SyncConfig(shape=shape, anti_entropy_interval=10.0, anti_entropy_settle=5.0, **kwargs)  # type: ignore[arg-type]
+
+
+def sessions(pair: Pair) -> list[ev.AntiEntropyDone]:
+    return [e for e in pair.events["a"] if isinstance(e, ev.AntiEntropyDone)]
+
+
+def test_periodic_anti_entropy_defers_documents_in_flight_but_not_forever() -> None:
+    pair = Pair(config=periodic_config(anti_entropy_max_deferrals=2))
+    pair.sync_until_quiet()
+    # b holds changes of "hot" and "cold" that never reached a (lost local_updates, say).
+    pair.b.apply("hot", [{"op": "add", "path": ["s"], "value": "b"}])
+    pair.b.apply("cold", INC)
+    for n, t in enumerate((10.0, 20.0, 30.0), start=1):
+        # a writes "hot" a second before each session: its deltas are what one would see in flight.
+        pair.tick(t - 1.0)
+        pair.write("a", "hot", INC)
+        pair.sync_until_quiet()
+        pair.tick(t)  # a has the smaller id: it starts the session
+        pair.sync_until_quiet()
+        assert len(sessions(pair)) == n
+        assert pair.a.encoded()["cold"] == pair.b.encoded()["cold"]  # repaired by the first session
+    first, second, third = sessions(pair)
+    assert (first.docs_deferred, first.docs_pulled, first.docs_pushed) == (1, 1, 0)
+    assert (second.docs_deferred, second.docs_pulled) == (1, 0)
+    # Deferred by two sessions in a row (the bound): the third repairs it, though it is still hot.
+    assert (third.docs_deferred, third.docs_pulled, third.docs_pushed) == (0, 1, 1)
+    assert pair.a.encoded() == pair.b.encoded() and pair.a.merkle_root() == pair.b.merkle_root()
+
+
+def test_a_document_no_delta_touched_lately_is_not_deferred() -> None:
+    pair = Pair(config=periodic_config())
+    pair.sync_until_quiet()
+    pair.write("a", "doc", INC)  # at t=0
+    pair.sync_until_quiet()
+    pair.b.apply("doc", [{"op": "add", "path": ["s"], "value": "b"}])  # never announced
+    pair.tick(10.0)  # the write is 10 s old, more than the settle time
+    pair.sync_until_quiet()
+    (done,) = sessions(pair)
+    assert done.docs_deferred == 0 and pair.a.encoded() == pair.b.encoded()
+
+
+def test_a_session_started_on_demand_defers_nothing() -> None:
+    pair = Pair(config=periodic_config())
+    pair.sync_until_quiet()
+    pair.b.apply("hot", [{"op": "add", "path": ["s"], "value": "b"}])
+    pair.tick(9.0)
+    pair.write("a", "hot", INC)
+    pair.pa.start_anti_entropy()
+    pair.sync_until_quiet()
+    (done,) = sessions(pair)
+    assert done.docs_deferred == 0 and pair.a.encoded() == pair.b.encoded()
+
+
+def test_only_a_pushing_connection_starts_periodic_sessions() -> None:
+    # An adapter with two links to one peer switches one off (set_pushing): that one compares nothing.
+    pair = Pair(config=periodic_config())
+    pair.sync_until_quiet()
+    pair.b.apply("cold", INC)
+    pair.pa.set_pushing(False)
+    pair.tick(10.0)
+    pair.sync_until_quiet()
+    assert not sessions(pair) and not any(isinstance(e, ev.NeedMerkleRoot) for e in pair.events["b"])
+    assert "cold" not in pair.a.docs
+    pair.pa.set_pushing(True)
+    pair.tick(20.0)
+    pair.sync_until_quiet()
+    assert len(sessions(pair)) == 1 and pair.a.encoded() == pair.b.encoded()

@@ -14,11 +14,13 @@ import uvicorn
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
+from crdtstore.errors import DecodeError
 from crdtstore.node import DocumentNotFound, Node, NodeConfig
-from crdtstore.replicator import Consistency, Replicator, _coalesce_deltas
+from crdtstore.replicator import Consistency, Replicator, _coalesce_deltas, _Link
+from crdtstore.storage import LogEntry
 from sync import messages as m
 from sync._state import State
-from sync.events import ApplyDeltas, MergeStates, PeerInfo
+from sync.events import ApplyDeltas, Event, MergeStates, NeedMerkleRoot, PeerInfo
 from sync.exceptions import CloseCode
 from sync.messages import Entry
 from sync.protocol import PeerProtocol
@@ -278,3 +280,173 @@ def test_consecutive_delta_events_share_one_commit_in_order() -> None:
     assert _coalesce_deltas(events) is merge  # never reordered across another event
     assert _coalesce_deltas(events) == ApplyDeltas((e[3], e[4]))
     assert not events
+
+
+# The adapter's own scheduling, against stand-ins for the node, the link and (where its
+# outputs are scripted) the protocol object.
+
+
+class _StubConn:
+    remote = "stub"
+    close_code: int | None = None
+
+    async def send(self, data: bytes) -> None:
+        pass
+
+    async def recv(self) -> bytes | None:
+        return None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.close_code = code
+
+
+class _ScriptedProto:
+    """Outputs given in advance; records the answers and failures the adapter feeds back."""
+
+    pushing = True
+
+    def __init__(self, events: list[Event]) -> None:
+        self._events = events
+        self.answers: list[tuple[int, bytes]] = []
+        self.failures: list[int] = []
+
+    def messages_to_send(self) -> list[bytes]:
+        return []
+
+    def events_received(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def answer_merkle_root(self, request_id: int, root: bytes) -> None:
+        self.answers.append((request_id, root))
+
+    def local_update(self, origin: str, seq: int, doc_id: str, delta: bytes) -> None:
+        pass
+
+    def fail(self, code: int, reason: str = "") -> None:
+        self.failures.append(code)
+
+    def receive_eof(self) -> None:
+        pass
+
+
+def _open_protocols() -> tuple[PeerProtocol, PeerProtocol]:
+    """Two protocol objects that completed the handshake and the first acks, in memory."""
+    a = PeerProtocol(our=PeerInfo("a", "a.1.x", "r0", 1), secret=SECRET, nonce=b"a" * 16, now=0.0, our_vector={})
+    b = PeerProtocol(our=PeerInfo("b", "b.1.y", "r1", 1), secret=SECRET, nonce=b"b" * 16, now=0.0, our_vector={})
+    for _ in range(10):  # bounded: a handshake is two round trips
+        to_b, to_a = a.messages_to_send(), b.messages_to_send()
+        if not to_a and not to_b:
+            break
+        for data in to_b:
+            b.receive_message(data)
+        for data in to_a:
+            a.receive_message(data)
+    assert a.state is State.OPEN and b.state is State.OPEN
+    a.events_received()
+    return a, b
+
+
+def test_a_run_of_local_writes_leaves_as_one_deltas_message_per_link() -> None:
+    class Node1:
+        replica_id = "a.1.x"
+
+    replicator = Replicator(Node1(), secret=SECRET, region="r0")
+    links = [_Link(proto=_open_protocols()[0], conn=_StubConn()) for _ in range(2)]
+    replicator._links.update(links)
+    entries = [LogEntry("a.1.x", seq, f"doc{seq % 2}", b"delta") for seq in range(1, 6)]
+    replicator._announce(entries)  # what the tailer does with one page of the log: one group commit's writes
+    for link in links:
+        assert len(link.outbox) == 1
+        message = m.decode(link.outbox[0])
+        assert isinstance(message, m.Deltas) and [e.seq for e in message.entries] == [1, 2, 3, 4, 5]
+
+
+def test_reads_are_answered_while_a_commit_of_the_same_link_is_pending() -> None:
+    class SlowNode:
+        replica_id = "n.1.x"
+
+        def __init__(self) -> None:
+            self.applying = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def apply_remote_many(self, entries: list[LogEntry]) -> list[bool]:
+            self.applying.set()
+            await self.release.wait()
+            return [True] * len(entries)
+
+        async def merkle_root(self) -> bytes:
+            return b"root"
+
+    async def scenario() -> None:
+        node = SlowNode()
+        replicator = Replicator(node, secret=SECRET, region="r0")
+        proto = _ScriptedProto([ApplyDeltas((Entry("o.1.z", 1, "d", b"x"),)), NeedMerkleRoot(7)])
+        link = _Link(proto=proto, conn=_StubConn())
+        replicator._links.add(link)
+        replicator._flush(link)
+        workers = [
+            asyncio.create_task(replicator._effects_loop(link, link.events, link.events_ready)),
+            asyncio.create_task(replicator._effects_loop(link, link.reads, link.reads_ready)),
+        ]
+        try:
+            await asyncio.wait_for(node.applying.wait(), 5)
+            for _ in range(500):  # bounded
+                if proto.answers:
+                    break
+                await asyncio.sleep(0.01)
+            # The tree read queued behind the commit was answered before the commit finished.
+            assert proto.answers == [(7, b"root")] and not node.release.is_set()
+            node.release.set()
+            for _ in range(500):  # bounded
+                if replicator.stats["deltas_applied"]:
+                    break
+                await asyncio.sleep(0.01)
+            assert replicator.stats["deltas_applied"] == 1
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
+
+
+def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_fails_the_link() -> None:
+    class MergeNode:
+        replica_id = "n.1.x"
+
+        def __init__(self, expected: int) -> None:
+            self.expected = expected
+            self.started = 0
+            self.in_flight = 0
+            self.most = 0
+            self.everyone = asyncio.Event()
+
+        async def merge_state(self, doc_id: str, state: bytes) -> bool:
+            self.started += 1
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            if self.started == self.expected:
+                self.everyone.set()
+            try:
+                # One at a time, each would wait here in vain (bounded): a group commit needs them all queued.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.everyone.wait(), 0.5)
+                if state == b"bad":
+                    raise DecodeError("not a state")
+                return True
+            finally:
+                self.in_flight -= 1
+
+    async def scenario() -> None:
+        node = MergeNode(5)
+        replicator = Replicator(node, secret=SECRET, region="r0")
+        proto = _ScriptedProto([])
+        link = _Link(proto=proto, conn=_StubConn())
+        states = tuple((f"d{i}", b"bad" if i == 3 else b"s") for i in range(5))
+        await replicator._process(link, MergeStates(states))
+        assert node.most == 5
+        assert replicator.stats["protocol_errors"] == 1 and proto.failures == [CloseCode.PROTOCOL_ERROR]
+        assert replicator.stats["states_merged"] == 4  # the others were merged: joins need no order
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))
