@@ -15,7 +15,8 @@ near 100% would mean it, not the server, was the bottleneck.
 
 Closed loop (throughput): ``--concurrency`` connections each send a request
 as soon as the previous answer arrived, for ``--seconds`` or ``--requests``,
-whichever comes first. Open loop (fixed rate): requests are scheduled at
+whichever comes first; ``--rounds`` rounds run every phase in turn, and the
+median round of each phase is reported. Open loop (fixed rate): requests are scheduled at
 ``--rate`` per second whatever happens; a request's latency counts from its
 scheduled time, so a stall shows up in p99 instead of hiding in fewer sends
 (no coordinated omission).
@@ -288,29 +289,39 @@ async def populate(port: int) -> None:
 async def run(
     args: argparse.Namespace, bare: ServerProc | None, real: ServerProc, nonode: ServerProc | None
 ) -> dict[str, Any]:
-    summary: dict[str, Any] = {"concurrency": args.concurrency, "seconds": args.seconds}
+    summary: dict[str, Any] = {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds}
     if args.mode in ("all", "throughput"):
         assert bare is not None and nonode is not None
         await populate(real.port)
         opts = {"concurrency": args.concurrency, "seconds": args.seconds, "requests": args.requests}
-        results = [
-            await closed_loop("bare", bare.port, lambda c, i: BARE, **opts),
-            await closed_loop("write", real.port, write_request, **opts),
-            await closed_loop("read", real.port, read_request, **opts),
-            await closed_loop("write-http", nonode.port, write_request, **opts),
+        phases: list[tuple[str, ServerProc, RequestFactory]] = [
+            ("bare", bare, lambda c, i: BARE),
+            ("write", real, write_request),
+            ("read", real, read_request),
+            ("write-http", nonode, write_request),
         ]
-        for r in results:
+        # Rounds of every phase in turn: on a shared machine the background load
+        # drifts, and each ratio then compares phases run seconds apart; the
+        # median round of each phase is reported.
+        rounds: dict[str, list[Result]] = {name: [] for name, _, _ in phases}
+        for n in range(args.rounds):
+            for name, server, make in phases:
+                result = await closed_loop(name, server.port, make, **opts)
+                rounds[name].append(result)
+                print(f"round {n + 1}: {result.line()}", flush=True)
+        by_name = {name: sorted(results, key=lambda r: r.rps)[len(results) // 2] for name, results in rounds.items()}
+        print("median round of each phase:")
+        for r in by_name.values():
             print(r.line(), flush=True)
             summary[f"{r.name}_rps"] = round(r.rps, 1)
             summary[f"{r.name}_p50_ms"] = round(r.quantile(0.5) * 1e3, 3)
             summary[f"{r.name}_p99_ms"] = round(r.quantile(0.99) * 1e3, 3)
-            summary[f"{r.name}_errors"] = r.errors
-        by_name = {r.name: r for r in results}
+            summary[f"{r.name}_errors"] = sum(x.errors for x in rounds[r.name])
         summary["write_over_bare"] = round(by_name["write"].rps / by_name["bare"].rps, 4)
         summary["read_over_bare"] = round(by_name["read"].rps / by_name["bare"].rps, 4)
         # The same write requests against a node that stores nothing: the HTTP layer's own ceiling.
         summary["write_http_over_bare"] = round(by_name["write-http"].rps / by_name["bare"].rps, 4)
-        summary["loadgen_cpu_max"] = round(max(r.cpu for r in results), 2)
+        summary["loadgen_cpu_max"] = round(max(r.cpu for results in rounds.values() for r in results), 2)
     if args.mode in ("all", "fixed-rate"):
         r = await fixed_rate(
             f"write@{args.rate:g}/s",
@@ -333,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=["all", "throughput", "fixed-rate"], default="all")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=5.0, help="per closed-loop phase")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per closed-loop phase and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the closed-loop phases (median reported)")
     parser.add_argument("--requests", type=int, default=200_000, help="per closed-loop phase, at most")
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second in fixed-rate mode")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
