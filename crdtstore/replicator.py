@@ -254,6 +254,7 @@ class Replicator:
         self._request_ids = itertools.count(1)
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
+        self._acks_stored: dict[str, dict[str, int]] = {}  # what truncate_once last persisted of _acks
         self._write_waits: dict[int, set[str]] = {}  # request id -> peers that acked that write
         self._ack_changed = asyncio.Event()
         self._peer_ids: dict[str, str] = {}  # configured URL -> replica id it authenticated as
@@ -595,7 +596,10 @@ class Replicator:
             entries = await node.log_range(event.origin, event.after, event.limit)
             self._input(link, lambda p: p.send_log(event.origin, event.after, entries))
         elif name == "PeerAcked":
-            await node.set_acked(event.peer_id, dict(event.vector))
+            # Kept in memory; truncate_once persists it before relying on it. A
+            # commit per ack (one per remote commit, dozens a second per link)
+            # would cost the writer more than the acks are worth: after a restart
+            # an older stored ack only truncates less until the peer acks again.
             self._acks[event.peer_id] = dict(event.vector)
             self._ack_changed.set()
         elif name == "SkipLog":
@@ -665,6 +669,11 @@ class Replicator:
         if not self.peer_urls or any(url not in self._peer_ids for url in self.peer_urls):
             return 0  # a configured peer we cannot name yet holds every origin at 0
         peers = sorted({self._peer_ids[url] for url in self.peer_urls})
+        for peer in peers:
+            latest = self._acks.get(peer)
+            if latest is not None and self._acks_stored.get(peer) != latest:
+                await self.node.set_acked(peer, latest)  # never lowers what is stored
+                self._acks_stored[peer] = latest
         acked = {peer: await self.node.acked(peer) for peer in peers}
         vector = await self.node.version_vector()
         upto = sp.truncation_vector(vector, acked, peers)

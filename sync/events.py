@@ -90,7 +90,7 @@ class NeedLog(Event):
 
 @dataclass(frozen=True, slots=True)
 class PeerAcked(Event):
-    """The peer durably holds ``vector`` (persist with ``set_acked``; truncation may advance)."""
+    """The peer durably holds ``vector`` (truncation may advance; persist with ``set_acked`` before relying on it)."""
 
     peer_id: str
     vector: dict[str, int]

@@ -51,8 +51,8 @@ The constructor queues our ``Hello``. Then the adapter loops over these
                                     ``local_update`` for each on every PeerProtocol
   ``MergeStates(states)``           ``node.merge_state(doc_id, state)`` for each
   ``NeedLog(origin, after, limit)`` ``send_log(origin, after, node.log_range(origin, after, limit))``
-  ``PeerAcked(peer_id, vector)``    ``node.set_acked(peer_id, vector)``; maybe truncate the
-                                    log up to :func:`truncation_vector`
+  ``PeerAcked(peer_id, vector)``    remember it; maybe truncate the log up to
+                                    :func:`truncation_vector` (``node.set_acked`` first)
   ``SkipLog(origin, upto)``         raise the node's contiguous mark of ``origin`` to ``upto``
                                     (anti-entropy has merged everything up to it)
   ``NeedMerkleRoot(request_id)``    ``answer_merkle_root(request_id, node.merkle_root())``

@@ -16,7 +16,7 @@ from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.errors import DecodeError
 from crdtstore.node import DocumentNotFound, Node, NodeConfig
-from crdtstore.replicator import Consistency, Replicator, _coalesce_deltas, _Link
+from crdtstore.replicator import Consistency, Replicator, ReplicatorSettings, _coalesce_deltas, _Link
 from crdtstore.storage import LogEntry
 from sync import messages as m
 from sync._state import State
@@ -35,15 +35,20 @@ def test_writes_replicate_both_ways_and_quorum_levels_are_met(tmp_path: Path) ->
         socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
         ports = [s.getsockname()[1] for s in socks]
         servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+        nodes: list[Node] = []
+        replicators: list[Replicator] = []
         for i in range(2):
             node = Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False))
+            nodes.append(node)
             replicator = Replicator(
                 node,
                 secret=SECRET,
                 peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
                 region=f"r{i}",
                 transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
+                settings=ReplicatorSettings(truncate_interval=None),  # truncation only when the test asks
             )
+            replicators.append(replicator)
             auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
             server = uvicorn.Server(
                 uvicorn.Config(build_app(node, auth=auth, replicator=replicator), log_config=None, lifespan="on")
@@ -67,6 +72,13 @@ def test_writes_replicate_both_ways_and_quorum_levels_are_met(tmp_path: Path) ->
                 assert values[0] == values[1]
                 assert values[0]["n"] == 10
                 assert sorted(values[0]["s"]) == sorted(f"{u}-{i}" for u in urls for i in range(5))
+                # Acks live in memory until truncation stores them: then it relies on the stored ones.
+                for own, replicator in zip(nodes, replicators, strict=True):
+                    [peer_id] = replicator.peers()
+                    assert await own.acked(peer_id) == {}
+                    assert await replicator.truncate_once() >= 5  # w=all: the peer acked every write of ours
+                    assert (await own.acked(peer_id))[own.replica_id] == 5
+                    assert await own.log_range(own.replica_id, 0, 10) == []
         finally:
             for server, _ in servers:
                 server.should_exit = True
