@@ -380,10 +380,11 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         return _Endpoint(handler, ctx)
 
     return [
-        Route("/v1/docs", bind(list_docs), methods=["GET"]),
+        # The busiest first: the router tries routes in order.
         Route("/v1/docs/{id}", hot(read_doc), methods=["GET"]),
         Route("/v1/docs/{id}", hot(apply_batch), methods=["POST"]),
         Route("/v1/docs/{id}", bind(delete_doc), methods=["DELETE"]),
+        Route("/v1/docs", bind(list_docs), methods=["GET"]),
         WebSocketRoute("/v1/docs/{id}/changes", bind(changes_feed)),
         WebSocketRoute("/v1/peer", bind(peer_link)),
         Route("/v1/admin/partition", bind(admin_partition), methods=["POST"]),
