@@ -218,19 +218,27 @@ def test_concurrent_applies_share_commits_and_failures_stay_alone(tmp_path: Path
             blocker, parked, gate = block_writer(node)
             await asyncio.to_thread(parked.wait)
             commits_before = node.writer.stats()["commits"]
+            increment = [{"op": "increment", "path": ["n"]}]
+            before = [asyncio.ensure_future(node.apply("typed", increment)) for _ in range(3)]
             good = [asyncio.ensure_future(node.apply(f"d{i}", [set_op("i", i)])) for i in range(30)]
             bad = asyncio.ensure_future(node.apply("typed", [set_op("n", "not a counter")]))
+            after = [asyncio.ensure_future(node.apply("typed", increment)) for _ in range(2)]
             await asyncio.sleep(0)  # let every apply reach the queue
-            assert node.writer.pending == 31
+            assert node.writer.pending == 36
             gate.set()
             await blocker
             assert all(result.created for result in await asyncio.gather(*good))
             with pytest.raises(TypeMismatch):
                 await bad
-            # 31 requests behind the blocker went into one commit.
+            await asyncio.gather(*before, *after)
+            # 36 requests behind the blocker went into one commit; the failure made the
+            # batch run twice (once whole, once with a child transaction each).
             assert node.writer.stats()["commits"] - commits_before == 2
+            assert node.writer.stats()["rerun_batches"] == 1
             assert (await node.read("d29")).value == {"i": 29}
-            assert (await node.read("typed")).value == {"n": 1}
+            # The first run's changes to the cached document were dropped with it: each increment counts once.
+            assert (await node.read("typed")).value == {"n": 6}
+            assert load_stored(node, "typed").value() == {"n": 6}
         finally:
             await node.close()
 
