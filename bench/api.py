@@ -168,6 +168,7 @@ class Result:
     errors: int = 0
     elapsed: float = 0.0
     cpu: float = 0.0
+    server_cpu: float | None = None  # the server process's CPU seconds during the phase (Linux)
 
     @property
     def rps(self) -> float:
@@ -179,11 +180,18 @@ class Result:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
+    @property
+    def server_cpu_per_request_us(self) -> float | None:
+        done = len(self.latencies) + self.errors
+        return None if self.server_cpu is None or not done else self.server_cpu / done * 1e6
+
     def line(self) -> str:
+        per_request = self.server_cpu_per_request_us
         return (
             f"{self.name:<11} {len(self.latencies):>8} req {self.rps:>9.0f} req/s  "
             f"p50 {self.quantile(0.5) * 1e3:7.2f} ms  p99 {self.quantile(0.99) * 1e3:7.2f} ms  "
             f"errors {self.errors}  loadgen cpu {self.cpu:.0%}"
+            + (f"  server cpu {per_request:.0f} us/req" if per_request is not None else "")
         )
 
 
@@ -191,9 +199,10 @@ RequestFactory = Callable[[int, int], bytes]
 
 
 async def closed_loop(
-    name: str, port: int, make: RequestFactory, *, concurrency: int, seconds: float, requests: int
+    name: str, server: ServerProc, make: RequestFactory, *, concurrency: int, seconds: float, requests: int
 ) -> Result:
     result = Result(name)
+    port = server.port
     conns = [await Connection.open(port) for _ in range(concurrency)]
     budget = [requests]
     deadline = time.perf_counter() + seconds
@@ -210,10 +219,13 @@ async def closed_loop(
                 result.errors += 1
             i += 1
 
-    cpu0, start = _cpu(), time.perf_counter()
+    cpu0, server0, start = _cpu(), _process_cpu(server.proc.pid), time.perf_counter()
     await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
     result.elapsed = time.perf_counter() - start
     result.cpu = (_cpu() - cpu0) / result.elapsed
+    server1 = _process_cpu(server.proc.pid)
+    if server0 is not None and server1 is not None:
+        result.server_cpu = server1 - server0
     for conn in conns:
         conn.close()
     return result
@@ -252,6 +264,21 @@ async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float,
     while not idle.empty():
         idle.get_nowait().close()
     return result
+
+
+def _process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) another process used so far, or None off Linux.
+
+    Per request, it tells what a server spends, whatever the rate the shared
+    machine let it reach: the ratio of two servers' costs is steadier than
+    the ratio of their rates.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu() -> float:
@@ -306,7 +333,7 @@ async def run(
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in phases}
         for n in range(args.rounds):
             for name, server, make in phases:
-                result = await closed_loop(name, server.port, make, **opts)
+                result = await closed_loop(name, server, make, **opts)
                 rounds[name].append(result)
                 print(f"round {n + 1}: {result.line()}", flush=True)
         by_name = {name: sorted(results, key=lambda r: r.rps)[len(results) // 2] for name, results in rounds.items()}
@@ -317,6 +344,9 @@ async def run(
             summary[f"{r.name}_p50_ms"] = round(r.quantile(0.5) * 1e3, 3)
             summary[f"{r.name}_p99_ms"] = round(r.quantile(0.99) * 1e3, 3)
             summary[f"{r.name}_errors"] = sum(x.errors for x in rounds[r.name])
+            per_request = [x.server_cpu_per_request_us for x in rounds[r.name]]
+            if None not in per_request:
+                summary[f"{r.name}_server_cpu_us"] = round(sorted(per_request)[len(per_request) // 2], 1)  # type: ignore[type-var]
         summary["write_over_bare"] = round(by_name["write"].rps / by_name["bare"].rps, 4)
         summary["read_over_bare"] = round(by_name["read"].rps / by_name["bare"].rps, 4)
         # The same write requests against a node that stores nothing: the HTTP layer's own ceiling.

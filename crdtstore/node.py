@@ -527,8 +527,10 @@ class Node:
         Raises:
             DocumentNotFound: No live document has this id.
         """
-        self._require_running()
-        view = self.storage.read_view(doc_id)  # checks the id
+        storage = self._storage
+        if storage is None or self._closed:
+            raise NodeNotRunning("node is not running")
+        view = storage.read_view(doc_id)  # checks the id
         if view is not None:
             return split_view(view)
         result = await self._read(self._read_txn, doc_id, False)

@@ -122,22 +122,23 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
 async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
     _authorize(ctx, request, Scope.READ)
     doc_id = _doc_id(request, ctx)
-    with_siblings = _flag(request, "siblings")
-    level = _consistency(request, "r")
-    replicator = _replicator_for(ctx, level)
-    if replicator is not None:
-        # Gathers peers' states and joins them here first (read repair), so the local read below sees them.
-        outcome = await replicator.read(doc_id, level)
-        if not outcome.ok:
-            raise ApiError(
-                504, "quorum_timeout", f"read reached {outcome.reached} of {outcome.needed}", _quorum_detail(outcome)
-            )
-    if not with_siblings:
-        # The stored JSON goes out as it is: no parse and re-serialization of the value.
-        version, value = await ctx.node.read_json(doc_id)
-        return orjson.dumps({"id": doc_id, "value": orjson.Fragment(value), "version": version})
-    result = await ctx.node.read(doc_id, siblings=True)
-    return JSONResponse({"id": doc_id, "value": result.value, "version": result.version, "siblings": result.siblings})
+    if request.scope["query_string"]:  # most reads have none: one replica, no siblings
+        with_siblings = _flag(request, "siblings")
+        level = _consistency(request, "r")
+        replicator = _replicator_for(ctx, level)
+        if replicator is not None:
+            # Gathers peers' states and joins them here first (read repair), so the local read below sees them.
+            outcome = await replicator.read(doc_id, level)
+            if not outcome.ok:
+                detail = _quorum_detail(outcome)
+                raise ApiError(504, "quorum_timeout", f"read reached {outcome.reached} of {outcome.needed}", detail)
+        if with_siblings:
+            result = await ctx.node.read(doc_id, siblings=True)
+            body = {"id": doc_id, "value": result.value, "version": result.version, "siblings": result.siblings}
+            return JSONResponse(body)
+    # The stored JSON goes out as it is: no parse and re-serialization of the value.
+    version, value = await ctx.node.read_json(doc_id)
+    return orjson.dumps({"id": doc_id, "value": orjson.Fragment(value), "version": version})
 
 
 async def delete_doc(ctx: ApiContext, request: Request) -> Response:
