@@ -316,7 +316,8 @@ class _ResizeGate:
     def exit_shared(self) -> None:
         with self._lock:
             self._readers -= 1
-            if not self._readers:
+            # Only a resizer waits for the readers to drain (it set _resizing under this lock first).
+            if not self._readers and self._resizing:
                 self._cond.notify_all()
 
     @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -399,6 +400,20 @@ def test_grow_doubles_up_to_the_cap(tmp_path: Path) -> None:
         assert s.info()["map_grows"] == 2
     finally:
         s.close()
+
+
+def test_grow_waits_for_open_reads_and_new_reads_wait_for_it(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r", map_size=1 << 20, max_map_size=4 << 20)
+    grower = threading.Thread(target=s.grow, daemon=True)
+    with s.read():
+        grower.start()
+        grower.join(0.2)
+        assert grower.is_alive()  # a read is open: the map must not move under it
+    grower.join(10)  # the read's end wakes it (a read opened now would wait for the grow)
+    assert not grower.is_alive(), "the grow was never woken"  # (left open: close would wait for it too)
+    assert s.info()["map_size"] == 2 << 20
+    assert s.read_view("absent") is None  # reads go on after it
+    s.close()
 
 
 def test_grown_map_is_kept_on_reopen(tmp_path: Path) -> None:
