@@ -121,6 +121,7 @@ REGIONS = ("us", "eu", "ap")
 WINDOW = 10.0  # seconds per lag window in the report
 START_TIMEOUT = 60.0
 POOL = 64  # keep-alive connections of the writer (more than in flight at 1,000/s and a few ms per write)
+TRACE_MAX_SECONDS = 3600.0  # --trace samples a process's stalls for at most this long
 MAX_IN_FLIGHT = 4096  # writes outstanding before the generator stops scheduling (a stalled server)
 
 
@@ -280,14 +281,12 @@ class _Tracer:
             replicator._process = timed_process
         last: dict[str, int] = {}
         keys = ("anti_entropy_sessions", "states_merged", "log_truncated", "read_repairs")
-        tick = 0
-        while True:
+        for tick in range(1, int(TRACE_MAX_SECONDS / 0.005) + 1):  # bounded, like every loop of the bench
             before = time.perf_counter()
             await asyncio.sleep(0.005)
             late = time.perf_counter() - before - 0.005
             if late >= 0.02:
                 self._write("stall", ms=round(late * 1e3, 1))
-            tick += 1
             if replicator is not None and tick % 20 == 0:
                 now = {k: int(replicator.stats.get(k, 0)) for k in keys}
                 changed = {k: v - last.get(k, 0) for k, v in now.items() if v != last.get(k, 0)}
