@@ -205,7 +205,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
-            self.metrics.requests.observe(scope["method"], template, watched.status, time.perf_counter() - start)
+            self.metrics.observe_request(scope["method"], template, watched.status, time.perf_counter() - start)
 
 
 class _StatusSend:

@@ -6,6 +6,8 @@ import asyncio
 import collections
 import contextlib
 import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -30,33 +32,58 @@ TOKEN = "replicator-test-token-0123456789"
 SECRET = b"replicator-test-secret-0123456789"
 
 
+@dataclass
+class LinkedPair:
+    """Two region nodes served by uvicorn on loopback, each dialing the other."""
+
+    nodes: list[Node]
+    replicators: list[Replicator]
+    servers: list[uvicorn.Server]
+    urls: list[str]
+
+    def started(self) -> bool:
+        return all(server.started for server in self.servers)
+
+
+@contextlib.asynccontextmanager
+async def linked_pair(tmp_path: Path, settings: ReplicatorSettings | None = None) -> AsyncIterator[LinkedPair]:
+    socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
+    ports = [s.getsockname()[1] for s in socks]
+    nodes = [Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False)) for i in range(2)]
+    replicators = [
+        Replicator(
+            nodes[i],
+            secret=SECRET,
+            peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
+            region=f"r{i}",
+            transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
+            settings=settings,
+        )
+        for i in range(2)
+    ]
+    auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
+    servers, tasks = [], []
+    for i in range(2):
+        app = build_app(nodes[i], auth=auth, replicator=replicators[i])
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        servers.append(server)
+        tasks.append(asyncio.create_task(server.serve(sockets=[socks[i]])))
+    try:
+        yield LinkedPair(nodes, replicators, servers, [f"http://127.0.0.1:{p}" for p in ports])
+    finally:
+        for server in servers:
+            server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        for sock in socks:
+            sock.close()
+
+
 def test_writes_replicate_both_ways_and_quorum_levels_are_met(tmp_path: Path) -> None:
     async def scenario() -> None:
-        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-        ports = [s.getsockname()[1] for s in socks]
-        servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
-        nodes: list[Node] = []
-        replicators: list[Replicator] = []
-        for i in range(2):
-            node = Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False))
-            nodes.append(node)
-            replicator = Replicator(
-                node,
-                secret=SECRET,
-                peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
-                region=f"r{i}",
-                transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
-                settings=ReplicatorSettings(truncate_interval=None),  # truncation only when the test asks
-            )
-            replicators.append(replicator)
-            auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
-            server = uvicorn.Server(
-                uvicorn.Config(build_app(node, auth=auth, replicator=replicator), log_config=None, lifespan="on")
-            )
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-            servers.append((server, asyncio.create_task(server.serve(sockets=[socks[i]]))))
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        try:
+        # Truncation only when the test asks.
+        async with linked_pair(tmp_path, ReplicatorSettings(truncate_interval=None)) as pair:
+            urls = pair.urls
             async with httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as client:
                 for _ in range(300):  # bounded wait for both lifespans
                     if all([(await client.get(u + "/readyz")).status_code == 200 for u in urls]):
@@ -73,18 +100,12 @@ def test_writes_replicate_both_ways_and_quorum_levels_are_met(tmp_path: Path) ->
                 assert values[0]["n"] == 10
                 assert sorted(values[0]["s"]) == sorted(f"{u}-{i}" for u in urls for i in range(5))
                 # Acks live in memory until truncation stores them: then it relies on the stored ones.
-                for own, replicator in zip(nodes, replicators, strict=True):
+                for own, replicator in zip(pair.nodes, pair.replicators, strict=True):
                     [peer_id] = replicator.peers()
                     assert await own.acked(peer_id) == {}
                     assert await replicator.truncate_once() >= 5  # w=all: the peer acked every write of ours
                     assert (await own.acked(peer_id))[own.replica_id] == 5
                     assert await own.log_range(own.replica_id, 0, 10) == []
-        finally:
-            for server, _ in servers:
-                server.should_exit = True
-            await asyncio.wait_for(asyncio.gather(*(task for _, task in servers)), 20)
-            for sock in socks:
-                sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
@@ -170,28 +191,10 @@ def test_a_truncated_log_and_a_delete_are_repaired_by_anti_entropy_then_skipped(
 
     async def scenario() -> None:
         old_origin, last = await seed()
-        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-        ports = [s.getsockname()[1] for s in socks]
-        nodes = [Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False)) for i in range(2)]
-        servers = []
-        for i in range(2):
-            replicator = Replicator(
-                nodes[i],
-                secret=SECRET,
-                peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
-                region=f"r{i}",
-                transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
-            )
-            auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
-            server = uvicorn.Server(
-                uvicorn.Config(build_app(nodes[i], auth=auth, replicator=replicator), log_config=None, lifespan="on")
-            )
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-            servers.append((server, asyncio.create_task(server.serve(sockets=[socks[i]]))))
-        a, b = nodes
-        try:
+        async with linked_pair(tmp_path) as pair:
+            a, b = pair.nodes
             for _ in range(500):  # bounded: until b skipped a's truncated entries and the trees agree
-                if all(s.started for s, _ in servers):
+                if pair.started():
                     vector = await b.version_vector()
                     if vector.get(old_origin) == last and await a.merkle_root() == await b.merkle_root():
                         break
@@ -206,12 +209,6 @@ def test_a_truncated_log_and_a_delete_are_repaired_by_anti_entropy_then_skipped(
             with pytest.raises(DocumentNotFound):
                 await b.read("gone")  # deleted there too: no field is left
             assert await a.read_state("gone") == await b.read_state("gone")
-        finally:
-            for server, _ in servers:
-                server.should_exit = True
-            await asyncio.wait_for(asyncio.gather(*(task for _, task in servers)), 20)
-            for sock in socks:
-                sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
@@ -230,31 +227,11 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
             await other.close()
 
     async def scenario() -> None:
-        socks = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
-        ports = [s.getsockname()[1] for s in socks]
-        nodes = [Node(NodeConfig(region=f"r{i}", data_dir=tmp_path / f"r{i}", sync=False)) for i in range(2)]
-        reps = [
-            Replicator(
-                nodes[i],
-                secret=SECRET,
-                peers=[f"ws://127.0.0.1:{ports[1 - i]}/v1/peer"],
-                region=f"r{i}",
-                transport=TransportSettings(backoff_max=0.5, close_timeout=1.0),
-            )
-            for i in range(2)
-        ]
-        servers = []
-        for i in range(2):
-            auth = AuthPolicy(tokens=TokenStore({TOKEN: Scope.READWRITE}))
-            server = uvicorn.Server(
-                uvicorn.Config(build_app(nodes[i], auth=auth, replicator=reps[i]), log_config=None, lifespan="on")
-            )
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-            servers.append((server, asyncio.create_task(server.serve(sockets=[socks[i]]))))
-        a, b = nodes
-        try:
+        async with linked_pair(tmp_path) as pair:
+            a, b = pair.nodes
+            reps = pair.replicators
             for _ in range(500):  # bounded: until both have an authenticated link
-                if all(s.started for s, _ in servers) and reps[0].peers() and reps[1].peers():
+                if pair.started() and reps[0].peers() and reps[1].peers():
                     break
                 await asyncio.sleep(0.02)
             # merge_state is not logged, so these states only travel by quorum read (or anti-entropy).
@@ -272,12 +249,6 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
             assert await a.merkle_root() == await b.merkle_root()
             again = await reps[1].read("doc", Consistency.QUORUM)
             assert again.ok and again.repaired == ()  # nothing stale any more
-        finally:
-            for server, _ in servers:
-                server.should_exit = True
-            await asyncio.wait_for(asyncio.gather(*(task for _, task in servers)), 20)
-            for sock in socks:
-                sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
