@@ -21,12 +21,16 @@ median round of each phase is reported. Open loop (fixed rate): requests are sch
 scheduled time, so a stall shows up in p99 instead of hiding in fewer sends
 (no coordinated omission).
 
-A fourth server runs the real app over a node that stores nothing
-(``write-http``): the same write requests then measure what the HTTP layer
-alone allows, the ceiling of write/bare for any node behind it.
+Two more servers bound the write figure from both sides. One runs the real
+app over a node that stores nothing (``write-http``): the same write
+requests then measure what the HTTP layer alone allows, the ceiling of
+write/bare for any node behind it. The other is the real server committing
+without fsync (``write-nosync``, ``--no-sync``): write/write-nosync is what
+durability costs once group commit shares one fsync among a batch.
 
-The last line printed is one JSON object (ratios write/bare, read/bare and
-write-http/bare, and the fixed-rate p99 when measured).
+The last line printed is one JSON object (ratios write/bare, read/bare,
+write-http/bare, write-nosync/bare and write/write-nosync, and the
+fixed-rate p99 when measured).
 """
 
 from __future__ import annotations
@@ -77,10 +81,11 @@ def serve_bare(port_file: Path) -> int:
     return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))
 
 
-def serve_real(port_file: Path, data: Path) -> int:
+def serve_real(port_file: Path, data: Path, *, no_sync: bool = False) -> int:
+    """The real server; ``no_sync``: the same, committing without fsync (the ``write-nosync`` phase)."""
     from crdtstore.cli import build_server_app, run_servers, uvicorn_config
 
-    config = _server_settings(port=0, data=data)
+    config = _server_settings(port=0, data=data, no_sync=no_sync)
     app = build_server_app(config, env={"CRDTSTORE_TOKENS": f"{TOKEN}:readwrite"})
     return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))
 
@@ -188,7 +193,7 @@ class Result:
     def line(self) -> str:
         per_request = self.server_cpu_per_request_us
         return (
-            f"{self.name:<11} {len(self.latencies):>8} req {self.rps:>9.0f} req/s  "
+            f"{self.name:<12} {len(self.latencies):>8} req {self.rps:>9.0f} req/s  "
             f"p50 {self.quantile(0.5) * 1e3:7.2f} ms  p99 {self.quantile(0.99) * 1e3:7.2f} ms  "
             f"errors {self.errors}  loadgen cpu {self.cpu:.0%}"
             + (f"  server cpu {per_request:.0f} us/req" if per_request is not None else "")
@@ -313,19 +318,18 @@ async def populate(port: int) -> None:
     conn.close()
 
 
-async def run(
-    args: argparse.Namespace, bare: ServerProc | None, real: ServerProc, nonode: ServerProc | None
-) -> dict[str, Any]:
+async def run(args: argparse.Namespace, servers: dict[str, ServerProc]) -> dict[str, Any]:
     summary: dict[str, Any] = {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds}
+    real = servers["real"]
     if args.mode in ("all", "throughput"):
-        assert bare is not None and nonode is not None
         await populate(real.port)
         opts = {"concurrency": args.concurrency, "seconds": args.seconds, "requests": args.requests}
         phases: list[tuple[str, ServerProc, RequestFactory]] = [
-            ("bare", bare, lambda c, i: BARE),
+            ("bare", servers["bare"], lambda c, i: BARE),
             ("write", real, write_request),
             ("read", real, read_request),
-            ("write-http", nonode, write_request),
+            ("write-http", servers["nonode"], write_request),
+            ("write-nosync", servers["nosync"], write_request),
         ]
         # Rounds of every phase in turn: on a shared machine the background load
         # drifts, and each ratio then compares phases run seconds apart; the
@@ -351,6 +355,9 @@ async def run(
         summary["read_over_bare"] = round(by_name["read"].rps / by_name["bare"].rps, 4)
         # The same write requests against a node that stores nothing: the HTTP layer's own ceiling.
         summary["write_http_over_bare"] = round(by_name["write-http"].rps / by_name["bare"].rps, 4)
+        # The same server without fsync: what durability costs once group commit shares the fsync.
+        summary["write_nosync_over_bare"] = round(by_name["write-nosync"].rps / by_name["bare"].rps, 4)
+        summary["write_over_write_nosync"] = round(by_name["write"].rps / by_name["write-nosync"].rps, 4)
         summary["loadgen_cpu_max"] = round(max(r.cpu for results in rounds.values() for r in results), 2)
     if args.mode in ("all", "fixed-rate"):
         r = await fixed_rate(
@@ -379,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000, help="per closed-loop phase, at most")
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second in fixed-rate mode")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
-    parser.add_argument("--serve", choices=["bare", "real", "nonode"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["bare", "real", "nonode", "nosync"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -389,17 +396,16 @@ def main(argv: list[str] | None = None) -> int:
         return serve_real(args.workdir / "real.url", args.workdir / "data")
     if args.serve == "nonode":
         return serve_nonode(args.workdir / "nonode.url", args.workdir / "nonode-data")
+    if args.serve == "nosync":
+        return serve_real(args.workdir / "nosync.url", args.workdir / "nosync-data", no_sync=True)
 
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
         workdir = Path(tmp)
-        servers: list[ServerProc] = []
+        servers: dict[str, ServerProc] = {}
+        kinds = ["real"] if args.mode == "fixed-rate" else ["bare", "real", "nonode", "nosync"]
         try:
-            bare = start_server("bare", workdir) if args.mode != "fixed-rate" else None
-            servers += [bare] if bare else []
-            real = start_server("real", workdir)
-            servers.append(real)
-            nonode = start_server("nonode", workdir) if args.mode != "fixed-rate" else None
-            servers += [nonode] if nonode else []
+            for kind in kinds:
+                servers[kind] = start_server(kind, workdir)
             try:
                 import uvloop
 
@@ -407,9 +413,9 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 runner = asyncio.Runner()
             with runner:
-                summary = runner.run(run(args, bare, real, nonode))
+                summary = runner.run(run(args, servers))
         finally:
-            for server in servers:
+            for server in servers.values():
                 server.stop()
     print(orjson.dumps(summary).decode())
     return 0
