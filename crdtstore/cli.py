@@ -38,12 +38,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
 from starlette.applications import Starlette
 
 from crdtstore import __version__
-from crdtstore.api.app import build_app
+from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.limits import Limits
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, peer_ssl_context, resolve
@@ -65,6 +66,7 @@ __all__ = [
     "parse_duration",
     "plan_up",
     "run_servers",
+    "server_configs",
     "transport_settings",
     "uvicorn_config",
 ]
@@ -89,7 +91,9 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
     """The app of one node as ``config`` describes it (the node and its replicator start with the app's lifespan).
 
     A node gets a replicator when a cluster secret is configured (it then
-    accepts peers on ``/v1/peer``) and dials every ``peers`` URL.
+    accepts peers on ``/v1/peer``: on the API listener, or under
+    ``--peer-port`` on the listener :func:`server_configs` adds for them) and
+    dials every ``peers`` URL.
 
     Raises:
         ConfigError: Unusable tokens, secret or TLS files (checked before the node opens its data).
@@ -115,6 +119,8 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
     secret = cluster_secret(config, env=env)
     if config.peers and secret is None:
         raise ConfigError("--peer needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
+    if config.peer_port is not None and secret is None:
+        raise ConfigError("--peer-port needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
     replicator = None
     if secret is not None:
         replicator = Replicator(
@@ -126,7 +132,12 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             sync_config=SyncConfig(anti_entropy_interval=config.anti_entropy_interval),
         )
     return build_app(
-        node, auth=auth, limits=Limits(max_body_bytes=config.max_body_bytes), replicator=replicator, wan=wan
+        node,
+        auth=auth,
+        limits=Limits(max_body_bytes=config.max_body_bytes),
+        replicator=replicator,
+        wan=wan,
+        peer_links=config.peer_port is None,
     )
 
 
@@ -142,27 +153,72 @@ def transport_settings(config: ServeConfig) -> TransportSettings:
 
 
 def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
-    """Uvicorn's settings; its own limits rather than hand-written ones."""
+    """Uvicorn's settings for the API listener; its own limits rather than hand-written ones."""
+    # Peer links come in here unless --peer-port gives them a listener of their own.
+    peers_here = config.peer_port is None
+    # --peer-ca: the TLS handshake itself refuses a client without a certificate from that CA. On the
+    # one listener of a node without --peer-port, API clients need such a certificate too.
+    mutual = peers_here and config.peer_ca is not None
+    return _listener(
+        app,
+        config,
+        port=config.port,
+        mutual_tls=mutual,
+        # A node taking peer messages on this server: its limit is the larger of the two.
+        ws_max_size=max(config.ws_max_size, config.peer_max_size)
+        if peers_here and _clustered(config)
+        else config.ws_max_size,
+        lifespan="on",
+    )
+
+
+def server_configs(app: Starlette, config: ServeConfig) -> list[uvicorn.Config]:
+    """The listeners of one node: the API's, then under ``--peer-port`` the one for peer links.
+
+    The peer listener serves ``app``'s node and replicator (see
+    :func:`crdtstore.api.app.build_peer_app`); under ``--peer-ca`` it alone
+    asks clients for certificates, so API clients need none.
+    """
+    configs = [uvicorn_config(app, config)]
+    if config.peer_port is not None:
+        peer = _listener(
+            build_peer_app(app),
+            config,
+            port=config.peer_port,
+            mutual_tls=config.peer_ca is not None,
+            ws_max_size=config.peer_max_size,
+            lifespan="off",  # the API listener's app starts and closes the node
+        )
+        configs.append(peer)
+    return configs
+
+
+def _listener(
+    app: Starlette,
+    config: ServeConfig,
+    *,
+    port: int,
+    mutual_tls: bool,
+    ws_max_size: int,
+    lifespan: Literal["on", "off"],
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=config.host,
-        port=config.port,
+        port=port,
         ssl_certfile=config.certfile,
         ssl_keyfile=config.keyfile,
-        # --peer-ca: the TLS handshake itself refuses a client without a certificate from that CA. It is
-        # the one listener, so API clients need such a certificate too (see the README, Replication).
-        ssl_ca_certs=config.peer_ca,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if config.peer_ca is not None else ssl.CERT_NONE,
+        ssl_ca_certs=config.peer_ca if mutual_tls else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if mutual_tls else ssl.CERT_NONE,
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=config.timeout_keep_alive,
-        # A clustered node takes peer messages on the same server: its limit is the larger of the two.
-        ws_max_size=max(config.ws_max_size, config.peer_max_size) if _clustered(config) else config.ws_max_size,
+        ws_max_size=ws_max_size,
         ws_ping_interval=config.peer_ping_interval,
         ws_ping_timeout=config.peer_ping_timeout,
         access_log=config.access_log,
         log_level=config.log_level,
         log_config=None,  # keep our JSON logging (crdtstore.logs)
-        lifespan="on",
+        lifespan=lifespan,
         server_header=False,
         proxy_headers=False,
     )
@@ -347,7 +403,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = resolve(flags, env=os.environ, config_file=args.config)
     configure_logging(config.log_level)
     app = build_server_app(config, env=os.environ)
-    return run_servers([uvicorn_config(app, config)])
+    return run_servers(server_configs(app, config))
 
 
 def _up(args: argparse.Namespace) -> int:

@@ -21,12 +21,15 @@ that peers authenticate each other with comes from
 line would show in ``ps``). Without a secret the node accepts no peers.
 
 Mutual TLS between regions: ``--peer-ca FILE`` (``CRDTSTORE_PEER_CA``,
-``peer_ca``) names a CA bundle. It needs ``--certfile``/``--keyfile``; the
-HTTPS listener then requires a client certificate signed by that CA (on
-every connection, API clients included: it is one listener), and peers are
-dialed over ``wss://`` with our certificate as the client certificate,
-verifying theirs against the same CA and the host in the peer URL. The
-HMAC handshake over the cluster secret still runs on top.
+``peer_ca``) names a CA bundle. It needs ``--certfile``/``--keyfile``; peers
+are dialed over ``wss://`` with our certificate as the client certificate,
+verifying theirs against the same CA and the host in the peer URL, and the
+listener that takes peer links requires a client certificate signed by that
+CA. With ``--peer-port N`` peer links have a listener of their own (on
+``--host``, port N) and only it asks for client certificates; the API port
+then serves no peer links. Without it there is one listener, so API clients
+need such a certificate too. The HMAC handshake over the cluster secret
+still runs on top.
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ def _optional_int(raw: Any) -> int | None:
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "0")):
         return None
     return _int(raw)
+
+
+def _optional_port(raw: Any) -> int | None:
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none")):
+        return None
+    port = _int(raw)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{port} is not a TCP port")
+    return port
 
 
 def _path(raw: Any) -> Path:
@@ -182,6 +194,7 @@ class ServeConfig:
     peer_ping_timeout: float = 10.0
     peer_backoff_max: float = 5.0
     peer_ca: Path | None = None
+    peer_port: int | None = None
     anti_entropy_interval: float = 60.0
 
 
@@ -223,8 +236,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "peer_ca",
         _path,
-        "CA bundle (PEM) for mutual TLS: require client certificates it signed on this HTTPS server "
-        "(API clients too) and dial wss:// peers with --certfile/--keyfile, verifying them against it",
+        "CA bundle (PEM) for mutual TLS: require client certificates it signed on the listener of peer links "
+        "(the API one too without --peer-port) and dial wss:// peers with --certfile/--keyfile, verifying them",
+    ),
+    Setting(
+        "peer_port",
+        _optional_port,
+        "serve peer links (/v1/peer) on this port of --host, not on the API port; --peer-ca then applies there alone",
     ),
 )
 
@@ -267,6 +285,8 @@ def resolve(
     config = dataclasses.replace(defaults or ServeConfig(), **values)
     if (config.certfile is None) != (config.keyfile is None):
         raise ConfigError("--certfile and --keyfile go together")
+    if config.peer_port is not None and config.peer_port == config.port != 0:
+        raise ConfigError("--peer-port must differ from --port (peer links get a listener of their own)")
     if config.peer_ca is not None:
         if config.certfile is None:
             # Our certificate is both the server's and the client's on peer links: without it there is no mTLS.

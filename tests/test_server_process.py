@@ -23,6 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.protocol import State
+from websockets.sync.client import connect
 
 from crdtstore.client import ApiError, Client
 from tests.server_helpers import READ, RW, ServerProcess, write_tokens
@@ -128,6 +131,28 @@ def test_sigterm_stops_gracefully_and_data_survives(tmp_path: Path) -> None:
         assert second.stop() == 0
     finally:
         first.kill()
+
+
+def test_peer_port_gives_peer_links_a_listener_of_their_own(tmp_path: Path) -> None:
+    tokens = write_tokens(tmp_path / "tokens")
+    args = ["--region", "proc", "--data", str(tmp_path / "data"), "--tokens", str(tokens), "--peer-port", "0"]
+    proc = ServerProcess(tmp_path, args, env={"CRDTSTORE_CLUSTER_SECRET": "process-secret-0123456789abcdef"}).start()
+    try:
+        ports = [int(r["port"]) for r in proc.log_records() if r.get("msg") == "listening"]  # type: ignore[call-overload]
+        assert len(ports) == 2 and ports[0] == proc.port
+        peer_url = f"ws://127.0.0.1:{ports[1]}"
+        assert httpx.get(f"http://127.0.0.1:{ports[1]}/healthz", timeout=5).status_code == 200
+        with connect(f"{peer_url}/v1/peer", open_timeout=5, proxy=None) as ws:
+            assert ws.protocol.state is State.OPEN  # taken; the HMAC handshake would follow
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(f"ws://127.0.0.1:{proc.port}/v1/peer", open_timeout=5, proxy=None):
+                pass
+        assert refused.value.response.status_code == 403
+        # The peer listener serves nothing of the API.
+        assert httpx.get(f"http://127.0.0.1:{ports[1]}/v1/docs/x", timeout=5).status_code == 404
+        assert proc.stop() == 0
+    finally:
+        proc.kill()
 
 
 def test_startup_failure_exits_nonzero(tmp_path: Path) -> None:

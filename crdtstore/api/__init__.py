@@ -8,8 +8,8 @@ Modules: :mod:`.app` (build_app), :mod:`.routes` (thin handlers),
 
 from __future__ import annotations
 
-from crdtstore.api.app import build_app
+from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.api.limits import Limits
 
-__all__ = ["AuthPolicy", "Limits", "Scope", "TokenStore", "build_app"]
+__all__ = ["AuthPolicy", "Limits", "Scope", "TokenStore", "build_app", "build_peer_app"]

@@ -20,9 +20,9 @@ from crdtstore.api.context import ApiContext, NodeLike
 from crdtstore.api.errors import exception_handlers
 from crdtstore.api.limits import Limits
 from crdtstore.api.metrics import ApiMetrics, MetricsMiddleware
-from crdtstore.api.routes import routes
+from crdtstore.api.routes import peer_routes, routes
 
-__all__ = ["build_app"]
+__all__ = ["build_app", "build_peer_app"]
 
 logger = logging.getLogger("crdtstore.api")
 
@@ -34,6 +34,7 @@ def build_app(
     limits: Limits | None = None,
     replicator: Any = None,
     wan: Any = None,
+    peer_links: bool = True,
 ) -> Starlette:
     """The ASGI app serving ``node``.
 
@@ -44,6 +45,8 @@ def build_app(
         replicator: The node's :class:`crdtstore.replicator.Replicator` (started after the node,
             closed before it), or None for a node without peers.
         wan: The emulated WAN of ``crdtstore up`` for the admin routes, or None.
+        peer_links: Serve ``/v1/peer``; False when :func:`build_peer_app` serves peers on a listener
+            of their own.
     """
     ctx = ApiContext(
         node=node, auth=auth, limits=limits or Limits(), metrics=ApiMetrics(node.stats), replicator=replicator, wan=wan
@@ -67,11 +70,23 @@ def build_app(
             logger.info("node closed", extra={"replica_id": node.replica_id})
 
     app = Starlette(
-        routes=routes(ctx),
+        routes=routes(ctx, peer_links=peer_links),
         middleware=[Middleware(MetricsMiddleware, metrics=ctx.metrics)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    app.state.api = ctx
+    return app
+
+
+def build_peer_app(api: Starlette) -> Starlette:
+    """The app of a listener for peer links alone, serving the node and replicator of ``api`` (a :func:`build_app`).
+
+    It has no lifespan: ``api`` starts and closes the node and replicator,
+    and until it has, a peer that dials in is told to come back (close 4503).
+    """
+    ctx: ApiContext = api.state.api
+    app = Starlette(routes=peer_routes(ctx), exception_handlers=exception_handlers())
     app.state.api = ctx
     return app
 

@@ -374,19 +374,29 @@ class _Endpoint:
             await response(scope, receive, send)
 
 
-def routes(ctx: ApiContext) -> list[BaseRoute]:
+def _bind(ctx: ApiContext, handler: Callable[..., Any]) -> Callable[..., Any]:
+    return functools.wraps(handler)(functools.partial(handler, ctx))
+
+
+def routes(ctx: ApiContext, *, peer_links: bool = True) -> list[BaseRoute]:
     """Every route of the API, its handler bound to ``ctx``; the OpenAPI document describes each (a test checks it).
 
     Handlers get the context as an argument rather than from ``app.state``:
     that lookup costs a measurable share of a small read.
+
+    Args:
+        ctx: The API context.
+        peer_links: Serve ``/v1/peer`` here; False when peer links have a listener of their own
+            (:func:`peer_routes`), so no peer reaches the node past that listener's TLS checks.
     """
 
     def bind(handler: Callable[..., Any]) -> Callable[..., Any]:
-        return functools.wraps(handler)(functools.partial(handler, ctx))
+        return _bind(ctx, handler)
 
     def hot(handler: Callable[..., Any]) -> _Endpoint:
         return _Endpoint(handler, ctx)
 
+    peer = [WebSocketRoute("/v1/peer", bind(peer_link))] if peer_links else []
     return [
         # The busiest first: the router tries routes in order.
         Route("/v1/docs/{id}", hot(read_doc), methods=["GET"]),
@@ -394,7 +404,7 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         Route("/v1/docs/{id}", bind(delete_doc), methods=["DELETE"]),
         Route("/v1/docs", bind(list_docs), methods=["GET"]),
         WebSocketRoute("/v1/docs/{id}/changes", bind(changes_feed)),
-        WebSocketRoute("/v1/peer", bind(peer_link)),
+        *peer,
         Route("/v1/admin/partition", bind(admin_partition), methods=["POST"]),
         Route("/v1/admin/heal", bind(admin_heal), methods=["POST"]),
         Route("/v1/admin/links", bind(admin_links), methods=["GET"]),
@@ -405,4 +415,12 @@ def routes(ctx: ApiContext) -> list[BaseRoute]:
         Route("/metrics", bind(metrics), methods=["GET"]),
         # Last, so it only catches what no route above matched.
         Route("/v1/docs/{rest:path}", bind(slash_in_id), methods=["GET", "POST", "DELETE"], include_in_schema=False),
+    ]
+
+
+def peer_routes(ctx: ApiContext) -> list[BaseRoute]:
+    """The routes of a listener for peer links alone: ``/v1/peer``, and ``/healthz`` for probes."""
+    return [
+        WebSocketRoute("/v1/peer", _bind(ctx, peer_link)),
+        Route("/healthz", _bind(ctx, healthz), methods=["GET"]),
     ]

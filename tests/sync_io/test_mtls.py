@@ -21,8 +21,10 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
-from crdtstore.cli import build_server_app, main, uvicorn_config
+from crdtstore.cli import build_server_app, main, server_configs
 from crdtstore.config import ConfigError, ServeConfig, peer_ssl_context, resolve
 from sync.transport import TransportSettings, dial
 
@@ -95,7 +97,10 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(ca=ca[0], nodes=nodes, rogue_ca=rogue_ca[0], rogue=make_leaf(directory, "rogue", rogue_ca, serial=99))
 
 
-def node_config(tmp_path: Path, i: int, *, cert: tuple[Path, Path], ca: Path, peer_port: int) -> ServeConfig:
+def node_config(
+    tmp_path: Path, i: int, *, cert: tuple[Path, Path], ca: Path, peer_port: int, own_peer_port: int | None = None
+) -> ServeConfig:
+    """Node ``i`` dialing its peer's listener at ``peer_port``; ``own_peer_port``: its own ``--peer-port``."""
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN} readwrite\n", encoding="utf-8")
     secret = tmp_path / "secret"
@@ -112,6 +117,7 @@ def node_config(tmp_path: Path, i: int, *, cert: tuple[Path, Path], ca: Path, pe
         cluster_secret_file=secret,
         access_log=False,
         peer_backoff_max=0.5,
+        peer_port=own_peer_port,
     )
 
 
@@ -123,17 +129,21 @@ def client_context(ca: Path, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
 
 
 @contextlib.asynccontextmanager
-async def serve_nodes(configs: list[ServeConfig], socks: list[socket.socket]) -> AsyncIterator[list[Any]]:
-    """Serve each config on its bound socket (the CLI's own app and uvicorn settings); yields the replicators."""
+async def serve_nodes(configs: list[ServeConfig], socks: list[list[socket.socket]]) -> AsyncIterator[list[Any]]:
+    """Serve each config's listeners on its bound sockets (the CLI's own apps and uvicorn settings).
+
+    Yields the replicators.
+    """
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
     replicators = []
     try:
-        for config, sock in zip(configs, socks, strict=True):
+        for config, node_socks in zip(configs, socks, strict=True):
             app = build_server_app(config, env={})
             replicators.append(app.state.api.replicator)
-            server = uvicorn.Server(uvicorn_config(app, config))
-            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-            servers.append((server, asyncio.create_task(server.serve(sockets=[sock]))))
+            for listener, sock in zip(server_configs(app, config), node_socks, strict=True):
+                server = uvicorn.Server(listener)
+                server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+                servers.append((server, asyncio.create_task(server.serve(sockets=[sock]))))
         for _ in range(500):  # bounded wait for both lifespans
             if all(server.started for server, _ in servers):
                 break
@@ -165,7 +175,7 @@ def test_two_nodes_with_mutual_tls_replicate(tmp_path: Path, pki: Pki) -> None:
         configs = [node_config(tmp_path, i, cert=pki.nodes[i], ca=pki.ca, peer_port=ports[1 - i]) for i in range(2)]
         urls = [f"https://127.0.0.1:{p}" for p in ports]
         try:
-            async with serve_nodes(configs, socks) as replicators:
+            async with serve_nodes(configs, [[sock] for sock in socks]) as replicators:
                 # An API client needs a certificate from the cluster CA as well: it is one listener.
                 verify = client_context(pki.ca, pki.nodes[0])
                 headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -207,7 +217,7 @@ def test_a_peer_with_a_certificate_from_another_ca_is_refused_and_nothing_replic
             node_config(tmp_path, 1, cert=pki.rogue, ca=pki.ca, peer_port=ports[0]),
         ]
         try:
-            async with serve_nodes(configs, socks) as replicators:
+            async with serve_nodes(configs, [[sock] for sock in socks]) as replicators:
                 # The rogue certificate is refused by TLS, before any HTTP (or HMAC) exchange. Under TLS 1.2
                 # the server checks it inside the handshake, so the handshake itself fails; under TLS 1.3
                 # (the client's side finishes first) the connection ends without a byte of HTTP. The same
@@ -245,6 +255,77 @@ def test_a_peer_with_a_certificate_from_another_ca_is_refused_and_nothing_replic
                 sock.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=90))
+
+
+def test_with_a_peer_port_peers_use_mutual_tls_there_and_api_clients_need_no_certificate(
+    tmp_path: Path, pki: Pki
+) -> None:
+    async def scenario() -> None:
+        # Per node: its API listener, then its peer listener.
+        socks = [bound_sockets(2) for _ in range(2)]
+        api_ports = [node[0].getsockname()[1] for node in socks]
+        peer_ports = [node[1].getsockname()[1] for node in socks]
+        configs = [
+            node_config(
+                tmp_path, i, cert=pki.nodes[i], ca=pki.ca, peer_port=peer_ports[1 - i], own_peer_port=peer_ports[i]
+            )
+            for i in range(2)
+        ]
+        urls = [f"https://127.0.0.1:{p}" for p in api_ports]
+        try:
+            async with serve_nodes(configs, socks) as replicators:
+                for _ in range(500):  # bounded: until both links authenticated (HMAC on top of TLS)
+                    if replicators[0].peers() and replicators[1].peers():
+                        break
+                    await asyncio.sleep(0.02)
+                assert replicators[0].peers() == [replicators[1].node.storage.identity.base]
+                assert replicators[1].peers() == [replicators[0].node.storage.identity.base]
+                # An API client verifies the server against the CA but shows no certificate of its own.
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                async with httpx.AsyncClient(
+                    verify=client_context(pki.ca, None), headers=headers, timeout=10
+                ) as client:
+                    ops = [{"op": "set", "path": ["greeting"], "value": "peers apart"}]
+                    response = await client.post(f"{urls[0]}/v1/docs/d?w=all", json={"ops": ops})
+                    assert response.status_code == 200, response.text
+                    response = await client.get(f"{urls[1]}/v1/docs/d?r=one")
+                    assert response.status_code == 200, response.text
+                    assert response.json()["value"] == {"greeting": "peers apart"}
+                # The API listener takes no peer links: a peer cannot reach the node past the mTLS one.
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(f"wss://127.0.0.1:{api_ports[0]}/v1/peer", ssl=client_context(pki.ca, None)):
+                        pass
+                assert refused.value.response.status_code == 403
+                assert replicators[1].stats["deltas_applied"] >= 1
+                # The peer listener refuses a client without a certificate from the CA in the handshake
+                # (TLS 1.2: the server checks it there), and answers one with a cluster certificate.
+                anonymous, member = client_context(pki.ca, None), client_context(pki.ca, pki.nodes[1])
+                for context in (anonymous, member):
+                    context.maximum_version = ssl.TLSVersion.TLSv1_2
+                with pytest.raises(ssl.SSLError):
+                    await asyncio.to_thread(tls_probe, peer_ports[0], anonymous)
+                assert (await asyncio.to_thread(tls_probe, peer_ports[0], member)).startswith(b"HTTP/1.1 200")
+        finally:
+            for node in socks:
+                for sock in node:
+                    sock.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=90))
+
+
+def test_peer_port_settings_and_misconfiguration(tmp_path: Path, pki: Pki) -> None:
+    assert resolve({"peer_port": "9443"}, env={}).peer_port == 9443
+    assert resolve(NO_FLAGS, env={"CRDTSTORE_PEER_PORT": "9443"}).peer_port == 9443
+    assert resolve(NO_FLAGS, env={}).peer_port is None
+    with pytest.raises(ConfigError, match="--peer-port"):
+        resolve({"peer_port": "70000"}, env={})
+    with pytest.raises(ConfigError, match="--peer-port must differ from --port"):
+        resolve({"peer_port": "8080", "port": "8080"}, env={})
+    # Without a cluster secret nobody could authenticate on the peer listener.
+    data = tmp_path / "never-created"
+    with pytest.raises(ConfigError, match="--peer-port needs a cluster secret"):
+        build_server_app(ServeConfig(data=data, peer_port=9443), env={})
+    assert not data.exists()
 
 
 def test_peer_ca_settings_and_misconfiguration(tmp_path: Path, pki: Pki) -> None:
