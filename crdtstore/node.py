@@ -678,8 +678,13 @@ class Node:
         tree, and merging it is how a peer learns of the delete when the
         delete's delta is no longer in any log.
         """
-        check_doc_id(doc_id)
-        return await self._read(self._state_txn, doc_id)
+        return (await self.read_states([doc_id]))[0]
+
+    async def read_states(self, doc_ids: Sequence[str]) -> list[bytes | None]:
+        """:meth:`read_state` of each id, read in one transaction (one snapshot, one hop to a thread)."""
+        for doc_id in doc_ids:
+            check_doc_id(doc_id)
+        return await self._read(lambda txn: [self._state_txn(txn, doc_id) for doc_id in doc_ids])
 
     async def log_range(self, origin: str, after: int, limit: int) -> list[LogEntry]:
         """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``.
@@ -725,11 +730,24 @@ class Node:
         return await self._read(lambda txn: self.storage.merkle(txn).root())
 
     async def merkle_children(self, level: int, index: int) -> list[bytes]:
-        return await self._read(lambda txn: self.storage.merkle(txn).children(level, index))
+        return (await self.merkle_children_many([(level, index)]))[0]
+
+    async def merkle_children_many(self, nodes: Sequence[tuple[int, int]]) -> list[list[bytes]]:
+        """The children of each ``(level, index)`` node, read in one transaction (one snapshot, one hop)."""
+
+        def run(txn: Txn) -> list[list[bytes]]:
+            tree = self.storage.merkle(txn)
+            return [tree.children(level, index) for level, index in nodes]
+
+        return await self._read(run)
 
     async def bucket_items(self, bucket: int) -> list[tuple[str, bytes]]:
         """The ``(doc_id, digest)`` pairs of one Merkle leaf bucket."""
-        return await self._read(lambda txn: self.storage.bucket_items(txn, bucket))
+        return (await self.bucket_items_many([bucket]))[0]
+
+    async def bucket_items_many(self, buckets: Sequence[int]) -> list[list[tuple[str, bytes]]]:
+        """:meth:`bucket_items` of each bucket, read in one transaction (one snapshot, one hop)."""
+        return await self._read(lambda txn: [self.storage.bucket_items(txn, bucket) for bucket in buckets])
 
     # Private methods: plumbing.
 

@@ -5,9 +5,9 @@ Theory of operation
 
 The protocol objects are sans-I/O; this adapter owns everything else: the
 websocket links (:mod:`sync.transport`), the timer, and the calls into the
-node's replicator hooks (``apply_remote``, ``merge_state``, ``read_state``,
-``log_range``, ``version_vector``, ``set_acked``, ``merkle_*``,
-``bucket_items``).
+node's replicator hooks (``apply_remote_many``, ``merge_state``,
+``read_states``, ``log_range``, ``version_vector``, ``set_acked``,
+``merkle_root``, ``merkle_children_many``, ``bucket_items_many``).
 
 **Links.** The node dials every configured peer URL (a
 :class:`~sync.transport.Dialer` each, reconnecting with backoff) and
@@ -612,13 +612,15 @@ class Replicator:
             root = await node.merkle_root()
             self._input(link, lambda p: p.answer_merkle_root(event.request_id, root))
         elif name == "NeedMerkleChildren":
-            children = [await node.merkle_children(level, index) for level, index in event.nodes]
+            # One read transaction per request, not per item: a session asks for hundreds of
+            # nodes and states, and each read is a hop to a thread and back.
+            children = await node.merkle_children_many(event.nodes)
             self._input(link, lambda p: p.answer_merkle_children(event.request_id, children))
         elif name == "NeedBucketItems":
-            items = [await node.bucket_items(bucket) for bucket in event.buckets]
+            items = await node.bucket_items_many(event.buckets)
             self._input(link, lambda p: p.answer_bucket_items(event.request_id, items))
         elif name == "NeedStates":
-            states = [await node.read_state(doc_id) for doc_id in event.doc_ids]
+            states = await node.read_states(event.doc_ids)
             self._input(link, lambda p: p.answer_states(event.request_id, states))
         elif name == "ReadResponded":
             fut = self._waiters.pop(event.request_id, None)

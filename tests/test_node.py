@@ -589,6 +589,34 @@ def test_merkle_repair_with_full_states(tmp_path: Path) -> None:
     run(main)
 
 
+def test_batched_anti_entropy_reads_match_one_read_per_item(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "a")
+        try:
+            for i in range(12):
+                await node.apply(f"d{i}", [set_op("i", i)])
+            await node.apply("d3", [set_op("j", 3)])  # a tail on top of the snapshot
+            await node.delete("d5")  # a tombstone: its state ships too
+            ids = ["d3", "missing", "d5", "d0", "d3"]
+            assert await node.read_states(ids) == [await node.read_state(doc_id) for doc_id in ids]
+            states = await node.read_states(ids)
+            assert states[1] is None and all(state is not None for k, state in enumerate(states) if k != 1)
+            shape = node.storage.shape
+            nodes = [(level, index) for level in range(shape.depth) for index in sorted({0, shape.fanout**level - 1})]
+            assert await node.merkle_children_many(nodes) == [await node.merkle_children(*n) for n in nodes]
+            buckets = sorted({shape.bucket(f"d{i}") for i in range(12)}) + [shape.bucket("missing")]
+            items = await node.bucket_items_many(buckets)
+            assert items == [await node.bucket_items(b) for b in buckets]
+            assert sorted(doc_id for bucket in items[:-1] for doc_id, _ in bucket) == sorted(f"d{i}" for i in range(12))
+            assert await node.read_states([]) == [] and await node.merkle_children_many([]) == []
+            with pytest.raises(InvalidDocumentId):
+                await node.read_states(["fine", ""])
+        finally:
+            await node.close()
+
+    run(main)
+
+
 def test_remote_delta_on_a_deleted_document(tmp_path: Path) -> None:
     async def main() -> None:
         a = await started(tmp_path / "a")
