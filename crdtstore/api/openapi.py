@@ -234,7 +234,10 @@ def _document() -> dict[str, Any]:
             "/v1/peer": {
                 "get": {
                     "summary": "Replication link between regions (websocket, binary sync protocol)",
-                    "description": "Peers authenticate inside the protocol with the cluster secret.",
+                    "description": (
+                        "Peers authenticate inside the protocol with the cluster secret. A node started with "
+                        "--peer-port serves this route on that port alone, not on the API port."
+                    ),
                     "security": [],
                     "responses": {"101": {"description": "Switching protocols"}},
                 },
