@@ -85,6 +85,9 @@ good_ops = st.sampled_from(
 )
 
 
+MAX_PREFIX = 3  # valid ops before the bad one in a batch
+TEXT_END = len("hello") + MAX_PREFIX  # the longest the seeded text gets within a batch, before its bad op
+
 # orjson (the test's encoder) stops at 64 bits; bigger literals are covered in test_errors.py.
 I64 = {"min_value": -(2**63), "max_value": 2**63 - 1}
 NEGATIVE = st.integers(min_value=-(2**63), max_value=-1)
@@ -127,18 +130,20 @@ bad_ops = st.one_of(
         lambda b: {"op": "increment", "path": ["count"], "by": b},
         st.one_of(st.text(max_size=3), st.floats(allow_nan=False), st.just(2**63), st.lists(st.integers(**I64))),
     ),
+    # Indexes past the text's end: past the seed's 5 characters plus the one each earlier op of the
+    # batch may insert (test_a_bad_op_rejects_the_whole_batch puts up to 3 before the bad one).
     st.builds(
         lambda i: {"op": "insert", "path": ["text"], "index": i, "text": "x"},
         st.one_of(
             NEGATIVE,
-            st.integers(min_value=6, max_value=2**62),
+            st.integers(min_value=TEXT_END + 1, max_value=2**62),
             st.text(max_size=3),
             st.floats(allow_nan=False),
         ),
     ),
     st.builds(
         lambda c: {"op": "delete", "path": ["text"], "index": 0, "count": c},
-        st.one_of(NEGATIVE, st.integers(min_value=6, max_value=10**6), st.text(max_size=2)),
+        st.one_of(NEGATIVE, st.integers(min_value=TEXT_END + 1, max_value=10**6), st.text(max_size=2)),
     ),
     st.just({"op": "insert", "path": ["text"], "index": 0, "text": "x", "values": [1]}),
     st.just({"op": "insert", "path": ["text"], "index": 0, "text": "x", "version": "not-a-version"}),
@@ -189,7 +194,7 @@ def test_any_json_value_as_body(api: TestClient, body: Any) -> None:
     assert snapshot(api) == before
 
 
-@given(prefix=st.lists(good_ops, max_size=3), bad=bad_ops, suffix=st.lists(good_ops, max_size=3))
+@given(prefix=st.lists(good_ops, max_size=MAX_PREFIX), bad=bad_ops, suffix=st.lists(good_ops, max_size=3))
 def test_a_bad_op_rejects_the_whole_batch(api: TestClient, prefix: list[Any], bad: Any, suffix: list[Any]) -> None:
     before = snapshot(api)
     ops = [*prefix, bad, *suffix]
@@ -199,6 +204,27 @@ def test_a_bad_op_rejects_the_whole_batch(api: TestClient, prefix: list[Any], ba
     if isinstance(detail, dict) and detail.get("op_index") is not None:
         assert detail["op_index"] == len(prefix)
     assert snapshot(api) == before
+
+
+def test_an_index_an_earlier_op_of_the_batch_brought_in_range_is_accepted(api: TestClient) -> None:
+    # Shrunk by hypothesis (deep profile): the "bad" delete of 6 characters from the 5 of "hello" was
+    # valid after the batch's own insert, so the write rightly succeeded. The strategy now keeps its
+    # indexes past anything a batch can reach; this pins down the behaviour that case showed.
+    doc = "index-in-batch"
+    seed = {"ops": [{"op": "insert", "path": ["text"], "index": 0, "text": "hello"}]}
+    assert api.post(f"/v1/docs/{doc}", content=orjson.dumps(seed), headers=JSON).status_code == 200
+    ops = [
+        {"op": "insert", "path": ["text"], "index": 0, "text": "x"},
+        {"op": "delete", "path": ["text"], "index": 0, "count": 6},
+    ]
+    response = api.post(f"/v1/docs/{doc}", content=orjson.dumps({"ops": ops}), headers=JSON)
+    assert response.status_code == 200, response.text
+    assert api.get(f"/v1/docs/{doc}").json()["value"] == {"text": ""}
+    # Past the end even after the insert (the text is empty now): refused, nothing applied.
+    ops[1]["count"] = 2
+    response = api.post(f"/v1/docs/{doc}", content=orjson.dumps({"ops": ops}), headers=JSON)
+    assert response.status_code == 400 and response.json()["detail"]["op_index"] == 1
+    assert api.get(f"/v1/docs/{doc}").json()["value"] == {"text": ""}
 
 
 @given(doc_id=bad_ids, method=st.sampled_from(["GET", "POST", "DELETE"]))
