@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["all", "throughput", "fixed-rate"], default="all")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0, help="per closed-loop phase and round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of the closed-loop phases (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of the closed-loop phases (median reported)")
     parser.add_argument("--requests", type=int, default=200_000, help="per closed-loop phase, at most")
     parser.add_argument("--rate", type=float, default=1000.0, help="writes per second in fixed-rate mode")
     parser.add_argument("--rate-seconds", type=float, default=5.0)
