@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +50,7 @@ from typing import Any
 import httpx
 import loadgen
 import orjson
+import procs
 from loadgen import Connection
 
 __all__ = ["main"]
@@ -130,13 +129,7 @@ class ServerProc:
         return int(self.url.rsplit(":", 1)[1])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
+        procs.stop(self.proc)
 
 
 def start_server(kind: str, workdir: Path) -> ServerProc:
@@ -224,11 +217,11 @@ async def closed_loop(
                 result.errors += 1
             i += 1
 
-    cpu0, server0, start = _cpu(), _process_cpu(server.proc.pid), time.perf_counter()
+    cpu0, server0, start = _cpu(), procs.cpu_seconds(server.proc.pid), time.perf_counter()
     await asyncio.gather(*(worker(i, c) for i, c in enumerate(conns)))
     result.elapsed = time.perf_counter() - start
     result.cpu = (_cpu() - cpu0) / result.elapsed
-    server1 = _process_cpu(server.proc.pid)
+    server1 = procs.cpu_seconds(server.proc.pid)
     if server0 is not None and server1 is not None:
         result.server_cpu = server1 - server0
     for conn in conns:
@@ -269,21 +262,6 @@ async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float,
     while not idle.empty():
         idle.get_nowait().close()
     return result
-
-
-def _process_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) another process used so far, or None off Linux.
-
-    Per request, it tells what a server spends, whatever the rate the shared
-    machine let it reach: the ratio of two servers' costs is steadier than
-    the ratio of their rates.
-    """
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu() -> float:

@@ -112,6 +112,7 @@ from typing import Any
 
 import loadgen
 import orjson
+import procs
 from loadgen import Connection
 
 __all__ = ["main"]
@@ -432,22 +433,12 @@ class Proc:
     proc: subprocess.Popen[bytes]
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of this process so far (Linux /proc; NaN elsewhere): who the bottleneck was."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return math.nan
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU of this process so far (NaN where /proc cannot tell): who the bottleneck was."""
+        seconds = procs.cpu_seconds(self.proc.pid)
+        return math.nan if seconds is None else seconds
 
     def stop(self) -> None:
-        """SIGTERM this process (ours, by pid), then SIGKILL if it does not leave."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=20)
+        procs.stop(self.proc, timeout=20)
 
 
 def spawn(

@@ -164,6 +164,26 @@ def tls_probe(port: int, context: ssl.SSLContext) -> bytes:
             return tls.recv(64)
 
 
+async def both_linked(replicators: list[Any]) -> None:
+    """Wait (bounded) until the two nodes' links authenticated (HMAC on top of TLS), and check who is linked."""
+    for _ in range(500):
+        if replicators[0].peers() and replicators[1].peers():
+            break
+        await asyncio.sleep(0.02)
+    assert replicators[0].peers() == [replicators[1].node.storage.identity.base]
+    assert replicators[1].peers() == [replicators[0].node.storage.identity.base]
+
+
+async def write_all_read_one(client: httpx.AsyncClient, urls: list[str], value: str) -> None:
+    """Write with w=all on the first node; the second then holds it, so a local read there sees it."""
+    ops = [{"op": "set", "path": ["greeting"], "value": value}]
+    response = await client.post(f"{urls[0]}/v1/docs/d?w=all", json={"ops": ops})
+    assert response.status_code == 200, response.text
+    response = await client.get(f"{urls[1]}/v1/docs/d?r=one")
+    assert response.status_code == 200, response.text
+    assert response.json()["value"] == {"greeting": value}
+
+
 def bound_sockets(count: int) -> list[socket.socket]:
     return [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
 
@@ -180,19 +200,8 @@ def test_two_nodes_with_mutual_tls_replicate(tmp_path: Path, pki: Pki) -> None:
                 verify = client_context(pki.ca, pki.nodes[0])
                 headers = {"Authorization": f"Bearer {TOKEN}"}
                 async with httpx.AsyncClient(verify=verify, headers=headers, timeout=10) as client:
-                    for _ in range(500):  # bounded: until both links authenticated (HMAC on top of TLS)
-                        if replicators[0].peers() and replicators[1].peers():
-                            break
-                        await asyncio.sleep(0.02)
-                    assert replicators[0].peers() == [replicators[1].node.storage.identity.base]
-                    assert replicators[1].peers() == [replicators[0].node.storage.identity.base]
-                    ops = [{"op": "set", "path": ["greeting"], "value": "over mTLS"}]
-                    response = await client.post(f"{urls[0]}/v1/docs/d?w=all", json={"ops": ops})
-                    assert response.status_code == 200, response.text
-                    # w=all answered: r1 holds the write, so a local read there sees it.
-                    response = await client.get(f"{urls[1]}/v1/docs/d?r=one")
-                    assert response.status_code == 200, response.text
-                    assert response.json()["value"] == {"greeting": "over mTLS"}
+                    await both_linked(replicators)
+                    await write_all_read_one(client, urls, "over mTLS")
                     assert replicators[1].stats["deltas_applied"] >= 1
                 # Without a client certificate the TLS handshake itself fails; no HTTP status is ever sent.
                 async with httpx.AsyncClient(verify=client_context(pki.ca, None), timeout=10) as anonymous:
@@ -274,23 +283,13 @@ def test_with_a_peer_port_peers_use_mutual_tls_there_and_api_clients_need_no_cer
         urls = [f"https://127.0.0.1:{p}" for p in api_ports]
         try:
             async with serve_nodes(configs, socks) as replicators:
-                for _ in range(500):  # bounded: until both links authenticated (HMAC on top of TLS)
-                    if replicators[0].peers() and replicators[1].peers():
-                        break
-                    await asyncio.sleep(0.02)
-                assert replicators[0].peers() == [replicators[1].node.storage.identity.base]
-                assert replicators[1].peers() == [replicators[0].node.storage.identity.base]
+                await both_linked(replicators)
                 # An API client verifies the server against the CA but shows no certificate of its own.
                 headers = {"Authorization": f"Bearer {TOKEN}"}
                 async with httpx.AsyncClient(
                     verify=client_context(pki.ca, None), headers=headers, timeout=10
                 ) as client:
-                    ops = [{"op": "set", "path": ["greeting"], "value": "peers apart"}]
-                    response = await client.post(f"{urls[0]}/v1/docs/d?w=all", json={"ops": ops})
-                    assert response.status_code == 200, response.text
-                    response = await client.get(f"{urls[1]}/v1/docs/d?r=one")
-                    assert response.status_code == 200, response.text
-                    assert response.json()["value"] == {"greeting": "peers apart"}
+                    await write_all_read_one(client, urls, "peers apart")
                 # The API listener takes no peer links: a peer cannot reach the node past the mTLS one.
                 with pytest.raises(InvalidStatus) as refused:
                     async with connect(f"wss://127.0.0.1:{api_ports[0]}/v1/peer", ssl=client_context(pki.ca, None)):
