@@ -35,6 +35,7 @@ __all__ = [
     "container_env",
     "hostname_matches",
     "kubectl",
+    "pod_hosts",
     "render",
     "selector_matches",
     "tool",
@@ -156,6 +157,16 @@ def container_env(rendered: Rendered, *, pod_name: str = "crdtstore-0") -> dict[
         else:
             env[item["name"]] = field_values[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def pod_hosts(rendered: Rendered) -> list[str]:
+    """The DNS names of the StatefulSet's pods behind its headless Service."""
+    sts = rendered.statefulset
+    spec = sts["spec"]
+    return [
+        f"{sts['metadata']['name']}-{i}.{spec['serviceName']}.{rendered.namespace}.svc.cluster.local"
+        for i in range(spec["replicas"])
+    ]
 
 
 def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:

@@ -16,7 +16,16 @@ import pytest
 
 from crdtstore.cli import PEER_PATH, build_parser
 from crdtstore.config import SETTINGS, resolve
-from tests.k8s.manifests import K8S, OVERLAYS, REPO, Rendered, container_env, hostname_matches, selector_matches
+from tests.k8s.manifests import (
+    K8S,
+    OVERLAYS,
+    REPO,
+    Rendered,
+    container_env,
+    hostname_matches,
+    pod_hosts,
+    selector_matches,
+)
 
 # Variables the node reads that are not SETTINGS (see crdtstore/config.py and crdtstore/api/auth.py).
 EXTRA_ENV = frozenset({"CRDTSTORE_CONFIG", "CRDTSTORE_TOKENS", "CRDTSTORE_CLUSTER_SECRET"})
@@ -45,15 +54,6 @@ def mount_of(rendered: Rendered, path: str) -> dict[str, Any]:
 def volume(rendered: Rendered, name: str) -> dict[str, Any]:
     (found,) = [v for v in rendered.statefulset["spec"]["template"]["spec"]["volumes"] if v["name"] == name]
     return dict(found)
-
-
-def pod_hosts(rendered: Rendered) -> list[str]:
-    """The DNS names of the StatefulSet's pods behind its headless Service."""
-    sts = rendered.statefulset["spec"]
-    return [
-        f"{rendered.statefulset['metadata']['name']}-{i}.{sts['serviceName']}.{rendered.namespace}.svc.cluster.local"
-        for i in range(sts["replicas"])
-    ]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
