@@ -236,6 +236,30 @@ def test_statefulset_shape(rendered: dict[str, Rendered], overlay: str) -> None:
     assert pod["automountServiceAccountToken"] is False
 
 
+def service_link_variables(service: dict[str, Any]) -> set[str]:
+    """The variables the kubelet sets in every pod of the namespace for ``service`` (Docker-link style)."""
+    if service["spec"].get("clusterIP") == "None":
+        return set()  # the kubelet makes none for a headless Service
+    prefix = service["metadata"]["name"].upper().replace("-", "_")
+    names = {f"{prefix}_SERVICE_HOST", f"{prefix}_SERVICE_PORT", f"{prefix}_PORT"}
+    for port in service["spec"]["ports"]:
+        link = f"{prefix}_PORT_{port['port']}_{port.get('protocol', 'TCP')}"
+        names |= {link, f"{link}_PROTO", f"{link}_PORT", f"{link}_ADDR"}
+        if "name" in port:
+            names.add(f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}")
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_service_link_variable_can_pose_as_a_setting(rendered: dict[str, Rendered], overlay: str) -> None:
+    result = rendered[overlay]
+    settings = {s.env for s in SETTINGS} | EXTRA_ENV
+    posing = {v for service in result.all("Service") for v in service_link_variables(service)} & settings
+    # The client Service "crdtstore" gives CRDTSTORE_PORT=tcp://<ip>:8080: service links must be off.
+    assert posing == {"CRDTSTORE_PORT"}
+    assert result.statefulset["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_and_graceful_shutdown(rendered: dict[str, Rendered], overlay: str) -> None:
     result = rendered[overlay]
