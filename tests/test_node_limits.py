@@ -1,0 +1,224 @@
+"""Document size limits on local writes, and what a peer may make this node store or skip."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from crdtstore import codec
+from crdtstore.document import Document
+from crdtstore.errors import InvalidValue
+from crdtstore.limits import INT64_MAX
+from crdtstore.node import DocumentNotFound, DocumentTooLarge, Node, NodeConfig
+from crdtstore.storage import LogEntry
+
+T = TypeVar("T")
+
+
+def run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro_fn())
+
+
+async def started(path: Path, **kw: Any) -> Node:
+    node = Node(NodeConfig(region="eu", data_dir=path, sync=False, merkle_depth=2, **kw))
+    await node.start()
+    return node
+
+
+def insert(text: str, index: int = 0, path: str = "t") -> dict[str, Any]:
+    return {"op": "insert", "path": [path], "index": index, "text": text}
+
+
+async def snapshot(node: Node, doc_id: str) -> tuple[bytes | None, dict[str, int], int]:
+    """What a refused write must leave unchanged: the state, the vector and the log."""
+    state = await node.read_state(doc_id)
+    return state, await node.version_vector(), len(await node.log_range(node.replica_id, 0, 1000))
+
+
+def test_a_write_past_the_byte_limit_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", max_document_bytes=4000)
+        try:
+            await node.apply("doc", [insert("a" * 1000)])
+            before = await snapshot(node, "doc")
+            with pytest.raises(DocumentTooLarge) as info:
+                await node.apply("doc", [{"op": "set", "path": ["k"], "value": 1}, insert("b" * 3000, 1000)])
+            assert info.value.code == "document_too_large" and info.value.limit == 4000
+            assert info.value.size > 4000
+            assert await snapshot(node, "doc") == before
+            assert (await node.read("doc")).value == {"t": "a" * 1000}
+            # A new document that would start past the limit is refused too, and does not appear.
+            with pytest.raises(DocumentTooLarge):
+                await node.apply("big", [insert("c" * 5000)])
+            with pytest.raises(DocumentNotFound):
+                await node.read("big")
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_small_writes_fill_a_document_up_to_the_limit_then_are_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        limit = 6000
+        node = await started(tmp_path / "n", max_document_bytes=limit)
+        try:
+            accepted = 0
+            for _ in range(200):  # bounded
+                try:
+                    await node.apply("doc", [insert("x" * 50, accepted * 50)])
+                except DocumentTooLarge:
+                    break
+                accepted += 1
+            else:
+                pytest.fail("the limit never applied")
+            # The writer compacted before refusing: the document really is near the limit.
+            state = await node.read_state("doc")
+            assert state is not None and limit - 200 < len(state) <= limit
+            assert (await node.read("doc")).value == {"t": "x" * 50 * accepted}
+            # Removals are always allowed, so an oversized document can be cut down.
+            await node.apply("doc", [{"op": "delete", "path": ["t"], "index": 0, "count": 2000}])
+            await node.apply("doc", [insert("y" * 50)])
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_an_insert_past_the_sequence_length_limit_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n", max_sequence_length=100)
+        try:
+            await node.apply("doc", [insert("a" * 60), {"op": "insert", "path": ["m", "l"], "index": 0, "values": [1]}])
+            before = await snapshot(node, "doc")
+            with pytest.raises(DocumentTooLarge) as info:
+                await node.apply("doc", [insert("b" * 41, 60)])
+            assert info.value.path == ["t"] and info.value.size == 101 and info.value.limit == 100
+            with pytest.raises(DocumentTooLarge) as info:
+                await node.apply("doc", [{"op": "insert", "path": ["m", "l"], "index": 1, "values": list(range(100))}])
+            assert info.value.path == ["m", "l"]
+            assert await snapshot(node, "doc") == before
+            await node.apply("doc", [insert("b" * 40, 60)])  # exactly at the limit
+            assert len((await node.read("doc")).value["t"]) == 100
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_remote_merges_may_pass_the_write_limits_and_still_load(tmp_path: Path) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a", max_document_bytes=3000, max_sequence_length=1500)
+        b = await started(tmp_path / "b", max_document_bytes=3000, max_sequence_length=1500)
+        try:
+            # Concurrent writes, each inside the limits, together past both of them.
+            await a.apply("doc", [insert("a" * 1400)])
+            await b.apply("doc", [insert("b" * 1400)])
+            for src, dst in ((a, b), (b, a)):
+                for e in await src.log_range(src.replica_id, 0, 10):
+                    assert await dst.apply_remote(e.origin, e.seq, e.doc_id, e.delta)
+            for node in (a, b):
+                assert len((await node.read("doc")).value["t"]) == 2800
+                assert node.quarantined() == []
+                with pytest.raises(DocumentTooLarge):
+                    await node.apply("doc", [insert("z")])
+            assert await a.read_state("doc") == await b.read_state("doc")
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
+def test_a_placeholder_from_a_relay_quarantines_the_document_and_advances_the_mark(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            assert await node.apply_remote("o.1.x", 1, "doc", b"")
+            assert await node.version_vector() == {"o.1.x": 1}
+            assert [q.reason for q in node.quarantined()] == ["skipped by the peer that relayed it"]
+            assert await node.apply_remote("o.1.x", 1, "doc", b"") is False  # a duplicate stays one
+            assert node.stats()["quarantine"]["deltas_skipped"] == 1
+        finally:
+            await node.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("bad_id", ["a/b", "..", ".", "a\\b", "tab\there", "nul\x00", "c1\x85", "x" * 257])
+def test_unaddressable_remote_ids_are_never_stored(tmp_path: Path, bad_id: str) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            delta = codec.encode_delta(Document().apply([{"op": "set", "path": ["k"], "value": 1}], replica="o.1.x"))
+            state = codec.encode_document(Document())
+            assert await node.apply_remote("o.1.x", 1, bad_id, delta)
+            assert await node.merge_state(bad_id, state) is False
+            assert await node.version_vector() == {"o.1.x": 1}  # counted as received: never re-sent
+            assert await node.list("", None, 10) == ([], None)
+            assert node.quarantined() == []
+            assert node.stats()["quarantine"]["ids_rejected"] == 2
+            [entry] = await node.log_range("o.1.x", 0, 10)
+            assert entry.delta == b"" and entry.doc_id == "."  # not relayed either
+            # A good id next to it still joins.
+            assert await node.apply_remote("o.1.x", 2, "fine", delta)
+            assert (await node.read("fine")).value == {"k": 1}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_a_batch_with_a_bad_origin_is_refused_whole(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            delta = codec.encode_delta(Document().apply([{"op": "set", "path": ["k"], "value": 1}], replica="o.1.x"))
+            with pytest.raises(ValueError):
+                await node.apply_remote_many([LogEntry("o.1.x", 1, "a", delta), LogEntry("bad\x00", 1, "b", delta)])
+            assert await node.version_vector() == {}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_a_merge_that_fails_quarantines_and_changes_nothing_then_a_good_one_repairs(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.apply("doc", [{"op": "set", "path": ["k"], "value": 1}])
+            before = await node.read_state("doc")
+            assert await node.merge_state("doc", b'["D",1,[],{},{"x":[99,1]}]') is False
+            assert await node.read_state("doc") == before
+            [record] = node.quarantined()
+            assert record.doc_id == "doc" and record.origin is None and "DecodeError" in record.reason
+            other = Document()
+            other.apply([{"op": "set", "path": ["j"], "value": 2}], replica="o.1.x")
+            assert await node.merge_state("doc", codec.encode_document(other))
+            assert node.quarantined() == []
+            assert (await node.read("doc")).value == {"k": 1, "j": 2}
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_overflowing_counter_writes_are_refused_by_the_node(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.apply("doc", [{"op": "increment", "path": ["c"], "by": INT64_MAX}])
+            before = await snapshot(node, "doc")
+            with pytest.raises(InvalidValue) as info:
+                await node.apply("doc", [{"op": "increment", "path": ["c"]}])
+            assert info.value.op_index == 0
+            assert await snapshot(node, "doc") == before
+        finally:
+            await node.close()
+
+    run(main)
