@@ -1069,7 +1069,17 @@ class Node:
             # Still deleted, or deleted now (by a peer's delete): as on the peer.
             self._bury(ctx, entry.doc_id, loaded.doc, state, entry.origin, entry.seq, entry.delta)
         else:
-            self._store(ctx, entry.doc_id, loaded, state, "change", entry.origin, entry.seq, entry.delta)
+            self._store(
+                ctx,
+                entry.doc_id,
+                loaded,
+                state,
+                "change",
+                entry.origin,
+                entry.seq,
+                entry.delta,
+                limit=codec.MAX_ENCODED_BYTES,
+            )
         return True
 
     def _skip_txn(self, ctx: WriteContext, entry: LogEntry, error: BaseException | None, why: str = "") -> bool:
@@ -1139,7 +1149,7 @@ class Node:
             self._bury(ctx, doc_id, doc, state, None, None, None)
         else:
             # No delta to append: the full state goes in as a new snapshot.
-            self._store(ctx, doc_id, entry, state, "change", None, None, None)
+            self._store(ctx, doc_id, entry, state, "change", None, None, None, limit=codec.MAX_ENCODED_BYTES)
         return True
 
     def _bury(
@@ -1178,6 +1188,10 @@ class Node:
         states are exchanged and joined, which removes what the delete saw.
         """
         data = codec.encode_document(doc)
+        if len(data) > codec.MAX_ENCODED_BYTES:
+            raise DocumentTooLarge(
+                doc_id, "the decoder's bound on encodings", limit=codec.MAX_ENCODED_BYTES, size=len(data)
+            )
         self.storage.put_tombstone(ctx.txn, doc_id, data)
         self.storage.put_digest(ctx.txn, doc_id, _version_digest(doc.version()))
 
@@ -1197,10 +1211,13 @@ class Node:
         """Write a live document's change (tail append or new snapshot), digest, view and feed record.
 
         Args:
-            limit: For a local write: the stored bytes it may leave (snapshot plus
-                tail). Past it the document is compacted first, and refused
-                (``DocumentTooLarge``, before anything is stored here) if its
-                encoding alone is still too large.
+            limit: The stored bytes (snapshot plus tail) the change may leave:
+                ``max_document_bytes`` for a local write, the decoder's bound
+                for a remote join (past it the document could never be loaded
+                again: the join is refused and quarantined instead). Past it the
+                document is compacted first, and refused (``DocumentTooLarge``,
+                before anything is stored here) if its encoding alone is still
+                too large.
 
         Returns:
             The document's version token.

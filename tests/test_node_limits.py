@@ -222,3 +222,32 @@ def test_overflowing_counter_writes_are_refused_by_the_node(tmp_path: Path) -> N
             await node.close()
 
     run(main)
+
+
+def test_a_remote_join_the_decoder_could_not_load_again_is_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            await a.apply("doc", [insert("a" * 3000)])
+            await b.apply("doc", [insert("b" * 1000)])
+            await b.apply("small", [insert("s")])
+            before = await a.read_state("doc")
+            # Each delta decodes; the join would not (a stand-in for the decoder's hard bound).
+            monkeypatch.setattr(codec, "MAX_ENCODED_BYTES", 3500)
+            entries = await b.log_range(b.replica_id, 0, 10)
+            assert await a.apply_remote_many(entries) == [True, True]
+            assert await a.read_state("doc") == before
+            assert [q.doc_id for q in a.quarantined()] == ["doc"]
+            assert (await a.read("small")).value == {"t": "s"}
+            monkeypatch.setattr(codec, "MAX_ENCODED_BYTES", 256 << 20)
+            state = await b.read_state("doc")
+            assert state is not None and await a.merge_state("doc", state)
+            assert a.quarantined() == [] and len((await a.read("doc")).value["t"]) == 4000
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main)
