@@ -970,7 +970,8 @@ class Node:
         if _is_empty(entry.doc):
             version = self._bury(ctx, doc_id, entry.doc, state, self.replica_id, seq, delta)
         else:
-            limit = self.config.max_document_bytes if limited else None
+            # Never past the decoder's own bound, whatever the configuration: the document must load again.
+            limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else None
             version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta, limit=limit)
         return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
 
