@@ -651,7 +651,8 @@ class Replicator:
             await self._close_link(link, int(event.close_code), event.reason)
 
     def _reject(self, link: _Link | None, what: str, exc: Exception) -> None:
-        """A peer sent bytes the node cannot decode: log, fail the link, drop what it queued."""
+        """A peer sent what the node cannot take at all (a malformed origin or seq; bad document data is
+        quarantined by the node instead): log, fail the link, drop what it queued."""
         self.stats["protocol_errors"] += 1
         logger.warning(
             "rejected bad data from a peer",
