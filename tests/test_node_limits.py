@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import pytest
 
 from crdtstore import codec
+from crdtstore.cli import build_server_app
+from crdtstore.config import SETTINGS, ConfigError, resolve
 from crdtstore.document import Document
 from crdtstore.errors import InvalidValue
 from crdtstore.limits import INT64_MAX
@@ -251,3 +253,20 @@ def test_a_remote_join_the_decoder_could_not_load_again_is_quarantined(
             await b.close()
 
     run(main)
+
+
+def test_the_document_limits_are_settings_that_reach_the_node(tmp_path: Path) -> None:
+    no_flags = {s.name: None for s in SETTINGS}
+    toml = tmp_path / "c.toml"
+    toml.write_text("max-sequence-length = 5000\n")
+    env = {"CRDTSTORE_MAX_DOCUMENT_BYTES": "123456", "CRDTSTORE_CONFIG": str(toml)}
+    config = resolve(no_flags | {"data": str(tmp_path / "d")}, env=env)
+    assert (config.max_document_bytes, config.max_sequence_length) == (123456, 5000)
+    node = build_server_app(config, env={}).state.api.node
+    assert (node.config.max_document_bytes, node.config.max_sequence_length) == (123456, 5000)
+    assert resolve(no_flags | {"max_document_bytes": "99"}, env=env).max_document_bytes == 99
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(ConfigError):
+            resolve(no_flags | {"max_document_bytes": bad}, env={})
+        with pytest.raises(ConfigError):
+            resolve(no_flags, env={"CRDTSTORE_MAX_SEQUENCE_LENGTH": bad})
