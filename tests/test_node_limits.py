@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crdtstore import codec
 from crdtstore.cli import build_server_app
@@ -270,3 +272,44 @@ def test_the_document_limits_are_settings_that_reach_the_node(tmp_path: Path) ->
             resolve(no_flags | {"max_document_bytes": bad}, env={})
         with pytest.raises(ConfigError):
             resolve(no_flags, env={"CRDTSTORE_MAX_SEQUENCE_LENGTH": bad})
+
+
+_SAMPLE_OPS = [
+    {"op": "set", "path": ["k"], "value": 1},
+    {"op": "increment", "path": ["c"], "by": 5},
+    {"op": "add", "path": ["s"], "value": 1},
+    {"op": "insert", "path": ["t"], "index": 0, "text": "hello"},
+    {"op": "set", "path": ["m", "k"], "value": {"x": [1]}},
+]
+
+
+@settings(max_examples=30)
+@given(st.data())
+def test_whatever_a_peer_sends_every_document_stays_readable_and_the_origin_advances(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    good = codec.encode_delta(Document().apply(_SAMPLE_OPS, replica="o.1.x"))
+    entries = []
+    for seq in range(1, 5):
+        raw = good
+        if data.draw(st.booleans()):  # a corrupted copy: flip, cut or splice bytes
+            at = data.draw(st.integers(0, len(raw) - 1))
+            raw = raw[:at] + data.draw(st.binary(max_size=6)) + raw[at + data.draw(st.integers(0, 3)) :]
+        entries.append(LogEntry("o.1.x", seq, data.draw(st.sampled_from(["d1", "d2", "a/b"])), raw))
+
+    async def main() -> None:
+        node = await started(tmp_path_factory.mktemp("n"))
+        try:
+            assert await node.apply_remote_many(entries) == [True] * 4
+            assert await node.version_vector() == {"o.1.x": 4}
+            for doc_id in ("d1", "d2"):
+                state = await node.read_state(doc_id)
+                if state is not None:
+                    codec.decode_document(state)
+                    await node.read(doc_id, siblings=True)
+            # A local write still works on every document.
+            await node.apply("d1", [{"op": "increment", "path": ["n"]}])
+        finally:
+            await node.close()
+
+    run(main)
