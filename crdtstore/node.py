@@ -971,7 +971,7 @@ class Node:
             version = self._bury(ctx, doc_id, entry.doc, state, self.replica_id, seq, delta)
         else:
             # Never past the decoder's own bound, whatever the configuration: the document must load again.
-            limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else None
+            limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else codec.MAX_ENCODED_BYTES
             version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta, limit=limit)
         return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
 
