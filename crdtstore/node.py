@@ -88,8 +88,10 @@ document, which reads as ``{}`` there while the deleting region answers 404;
 digests, bytes and values (empty) agree.
 
 **Quarantine.** Nothing a peer sends about one document may stop the
-others. A remote delta that does not decode, join or store (or names an id
-the API could not address) is *skipped*: inside the batch's commit, a
+others. A remote delta that does not decode, join or store, claims dots of
+this incarnation it never minted (forged: joined, it would make our next
+write mint past them), or names an id the API could not address is
+*skipped*: inside the batch's commit, a
 savepoint (child transaction) rolls back just that entry, and a
 placeholder without a delta is logged under its ``(origin, seq)``, so the
 origin's contiguous mark advances, the peer's acks and truncation move on,
@@ -292,6 +294,10 @@ class Quarantined:
             "since": self.since,
             "failures": self.failures,
         }
+
+
+class ForgedDots(ValueError):
+    """Peer data claims dots of this replica's current incarnation that it never minted."""
 
 
 class _Poisoned(Exception):
@@ -1064,6 +1070,7 @@ class Node:
         delta = codec.decode_delta(entry.delta)  # before any change: bad bytes write nothing
         ctx.on_abort(lambda: self._cache.discard(entry.doc_id))
         loaded, state = self._load(ctx.txn, entry.doc_id)
+        self._check_own_dots(entry.doc_id, loaded.doc, delta.ctx)
         loaded.doc.join(delta)
         storage.append_remote(ctx.txn, entry)
         if _is_empty(loaded.doc):
@@ -1127,6 +1134,17 @@ class Node:
             extra={"doc_id": repr(doc_id)[:300], "what": what, "reason": problem},
         )
 
+    def _check_own_dots(self, doc_id: str, doc: Document, theirs: CausalContext) -> None:
+        """Refuse peer data claiming dots of this incarnation that it never minted for ``doc_id``.
+
+        Every dot of ours is in our own copy from the moment it is minted, so
+        such a claim is forged or corrupt; joined, it would make our next
+        local write mint past it (up to counters no encoding holds).
+        """
+        mine = self.replica_id
+        if theirs.max_counter(mine) > doc.ctx.max_counter(mine):
+            raise ForgedDots(f"peer data claims dots of this replica up to {theirs.max_counter(mine)}")
+
     def _repair_txn(self, ctx: WriteContext, doc_id: str, state_bytes: bytes) -> bool:
         """:meth:`_merge_txn`, then deltas of the document are no longer held back."""
         changed = self._merge_txn(ctx, doc_id, state_bytes)
@@ -1141,6 +1159,7 @@ class Node:
         entry, state = self._load(ctx.txn, doc_id)
         doc = entry.doc
         before = codec.encode_document(doc)
+        self._check_own_dots(doc_id, doc, other.ctx)
         doc.merge(other)
         if codec.encode_document(doc) == before:
             return False

@@ -313,3 +313,36 @@ def test_whatever_a_peer_sends_every_document_stays_readable_and_the_origin_adva
             await node.close()
 
     run(main)
+
+
+def test_peer_data_claiming_dots_this_replica_never_minted_is_quarantined(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.apply("doc", [{"op": "set", "path": ["k"], "value": 1}])
+            before = await node.read_state("doc")
+            me = node.replica_id.encode()
+            # A state whose context holds this replica's counters up to 2**64 - 1: merged, it would
+            # make the next local write mint a dot no encoding can hold (every write a 500).
+            forged = b'["D",1,["' + me + b'"],{"0":[1,18446744073709551615]},[]]'
+            assert await node.merge_state("doc", forged) is False
+            # The same as a delta: one fresh dot of ours, beyond what we minted.
+            forger = Document()
+            for _ in range(5):
+                forger.apply([{"op": "set", "path": ["j"], "value": 1}], replica="x")
+            fake = codec.encode_delta(forger.apply([{"op": "set", "path": ["j"], "value": 2}], replica="x"))
+            fake = fake.replace(b'["x"]', b'["' + me + b'"]')
+            assert await node.apply_remote("o.1.x", 1, "doc", fake)
+            assert await node.read_state("doc") == before
+            [record] = node.quarantined()
+            assert record.failures == 2 and "ForgedDots" in record.reason
+            await node.apply("doc", [{"op": "set", "path": ["k"], "value": 3}])  # local writes go on
+            # Our own delta relayed back to us claims nothing beyond what we minted.
+            await node.apply("doc2", [{"op": "set", "path": ["k"], "value": 1}])
+            [own] = await node.log_range(node.replica_id, 2, 1)
+            assert own.doc_id == "doc2" and await node.apply_remote("o.1.x", 2, "doc2", own.delta)
+            assert [q.doc_id for q in node.quarantined()] == ["doc"]
+        finally:
+            await node.close()
+
+    run(main)
