@@ -113,6 +113,8 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             data_dir=config.data,
             sync=not config.no_sync,
             max_map_size=config.max_map_size,
+            max_document_bytes=config.max_document_bytes,
+            max_sequence_length=config.max_sequence_length,
         )
     )
     auth = AuthPolicy(tokens=tokens, public_metrics=config.public_metrics, anonymous=anonymous)

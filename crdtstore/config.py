@@ -67,6 +67,13 @@ def _int(raw: Any) -> int:
     return int(raw)
 
 
+def _positive_int(raw: Any) -> int:
+    value = _int(raw)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {raw!r}")
+    return value
+
+
 def _optional_int(raw: Any) -> int | None:
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "0")):
         return None
@@ -182,6 +189,8 @@ class ServeConfig:
     anonymous: str | None = None
     max_body_bytes: int = 4 << 20
     max_map_size: int = 8 << 30
+    max_document_bytes: int = 16 << 20
+    max_sequence_length: int = 4 << 20
     limit_concurrency: int | None = 2048
     timeout_keep_alive: int = 5
     ws_max_size: int = 1 << 16
@@ -217,6 +226,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anonymous", _scope, "scope granted to requests without a token (read or readwrite; off by default)"),
     Setting("max_body_bytes", _int, "largest request body in bytes"),
     Setting("max_map_size", _int, "largest LMDB map in bytes (writes fail with 503 beyond it)"),
+    Setting("max_document_bytes", _positive_int, "largest document a local write may leave, stored bytes (else 413)"),
+    Setting("max_sequence_length", _positive_int, "longest text or list a local insert may leave (else 413)"),
     Setting("limit_concurrency", _optional_int, "uvicorn: connections+tasks before answering 503 (0: no limit)"),
     Setting("timeout_keep_alive", _int, "uvicorn: seconds an idle keep-alive connection stays open"),
     Setting("ws_max_size", _int, "uvicorn: largest incoming websocket message in bytes"),

@@ -21,10 +21,11 @@ from typing import Any
 
 from .causal import CausalContext, Dot
 from .crdt.awset import element_key
+from .crdt.counter import check_increment
 from .crdt.ormap import ORMap, empty_value, removal_of
 from .crdt.sequence import SeqDelta, Sequence
 from .crdt.tags import Tag
-from .errors import IndexOutOfRange, InvalidOp, TypeMismatch
+from .errors import IndexOutOfRange, InvalidOp, InvalidValue, TypeMismatch
 from .ops import Op, parse_ops
 from .version import decode_version, encode_version
 
@@ -143,15 +144,18 @@ class Document:
         if not isinstance(replica, str) or not replica:
             raise ValueError("replica must be a non-empty string")
         parsed = parse_ops(ops)
-        _Planner(self).check(parsed)
+        _Planner(self, replica).check(parsed)
         return _Executor(self, replica, now).run(parsed)
 
 
 class _Planner:
     """Checks a batch against the document as the earlier ops of the batch would leave it."""
 
-    def __init__(self, doc: Document) -> None:
+    def __init__(self, doc: Document, replica: str) -> None:
         self.doc = doc
+        self.replica = replica
+        # path -> what earlier increments of the batch added (they must stay inside int64 together)
+        self.counter_change: dict[tuple[str, ...], int] = {}
         # path -> (tag or None when removed, whether the document's own value there still counts)
         self.overlay: dict[tuple[str, ...], tuple[Tag | None, bool]] = {}
         self.length_change: dict[tuple[str, ...], int] = {}
@@ -160,7 +164,7 @@ class _Planner:
         for i, op in enumerate(ops):
             try:
                 self._check(op, last=i == len(ops) - 1)
-            except (InvalidOp, TypeMismatch, IndexOutOfRange) as exc:
+            except (InvalidOp, InvalidValue, TypeMismatch, IndexOutOfRange) as exc:
                 exc.op_index = i
                 exc.args = (f"op {i}: {exc.reason}",)
                 raise
@@ -177,6 +181,14 @@ class _Planner:
             raise TypeMismatch(f"{'/'.join(path)} is a {tag.label}; {op.kind} needs a {wanted.label}", path=list(path))
         if wanted in _SEQUENCES:
             self._check_index(op, wanted, tag, real)
+        if op.kind == "increment":
+            earlier = self.counter_change.get(path, 0)
+            try:
+                check_increment(real, self.replica, op.by, earlier)
+            except InvalidValue as exc:
+                exc.path = list(path)
+                raise
+            self.counter_change[path] = earlier + op.by
         if not last:  # only later ops of the batch read the overlay
             self._create(path, wanted)
 
@@ -230,6 +242,8 @@ class _Planner:
             del self.overlay[key]
         for key in [k for k in self.length_change if k[:n] == path]:
             del self.length_change[key]
+        for key in [k for k in self.counter_change if k[:n] == path]:
+            del self.counter_change[key]
         self.overlay[path] = (None, False)
 
     def _create(self, path: tuple[str, ...], tag: Tag) -> None:

@@ -87,6 +87,42 @@ delta (or joins the tombstone) into a live copy holds an *empty* live
 document, which reads as ``{}`` there while the deleting region answers 404;
 digests, bytes and values (empty) agree.
 
+**Quarantine.** Nothing a peer sends about one document may stop the
+others. A remote delta that does not decode, join or store, claims dots of
+this incarnation it never minted (forged: joined, it would make our next
+write mint past them), or names an id the API could not address is
+*skipped*: inside the batch's commit, a
+savepoint (child transaction) rolls back just that entry, and a
+placeholder without a delta is logged under its ``(origin, seq)``, so the
+origin's contiguous mark advances, the peer's acks and truncation move on,
+and nothing re-sends it. The placeholder, not the delta, is what a peer
+pulling our log gets: a bad delta is never relayed, and the next replica
+skips it the same way. Savepoints cost page copies, so a batch runs
+without them first and again with them only if an entry failed. The
+document is then *quarantined*: logged, counted in ``stats()["quarantine"]``
+(exported as metrics) and listed by :meth:`quarantined` (shown by
+``/v1/admin/links``). Later remote deltas of that document are skipped the
+same way: joined without the skipped one, out of causal order, they could
+show wrong values (a counter replica's replaced sum would stay), so the
+document stays as it was, consistent if stale; local writes to it go on.
+Its digest now differs from the peer's, so the next anti-entropy round
+ships the peer's full state; when a state merges the document leaves
+quarantine, and a state that does not merge keeps it there and changes
+nothing. Ids the API cannot address are never stored, only counted. The
+quarantine lives in memory: after a restart it starts empty (later deltas
+join again) and the repair does not depend on it (the digests still
+differ).
+
+**Size limits.** A local write may not leave a document stored in more
+than ``max_document_bytes`` (snapshot plus tail: what each load decodes;
+past it the writer compacts first and refuses only if the encoding alone
+is too large) nor a text or list it inserted into longer than
+``max_sequence_length``: ``DocumentTooLarge`` (413), nothing written. A
+batch of removals only is always allowed, so an oversized document can be
+cut down. Remote deltas and states are not limited by them: concurrent
+writes in several regions may together pass the limits, and the merge must
+load everywhere (the decoder's own bounds are much larger).
+
 **The change feed.** Each committed write appends a record to ``feed``
 under ``(doc id, local seq)``; the seq is global to the replica and never
 reused in this directory. Records are JSON objects::
@@ -120,22 +156,27 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import logging
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
+import lmdb
 import orjson
 
 from crdtstore import codec
 from crdtstore.causal import CausalContext
-from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed
-from crdtstore.document import Document
+from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed, WriterError
+from crdtstore.crdt.ormap import ORMap
+from crdtstore.crdt.sequence import SeqDelta
+from crdtstore.crdt.tags import Tag
+from crdtstore.document import Delta, Document
 from crdtstore.errors import InvalidVersion
 from crdtstore.hlc import HybridClock
-from crdtstore.limits import MAX_BATCH_OPS
+from crdtstore.limits import MAX_BATCH_OPS, MAX_DOCUMENT_BYTES, MAX_SEQUENCE_LENGTH, doc_id_problem
 from crdtstore.merkle import MerkleShape
 from crdtstore.storage import (
     IncompatibleStorage,
@@ -154,6 +195,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DocumentNotFound",
+    "DocumentTooLarge",
     "IncompatibleStorage",
     "InvalidCursor",
     "InvalidDocumentId",
@@ -161,6 +203,7 @@ __all__ = [
     "NodeConfig",
     "NodeNotRunning",
     "Overloaded",
+    "Quarantined",
     "ReadResult",
     "StorageError",
     "StorageFull",
@@ -170,6 +213,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("crdtstore.node")
 
 _CURSOR_PREFIX = "f1."
 _VERSION_PREFIX = "v1."
@@ -199,6 +244,78 @@ class NodeNotRunning(RuntimeError):
     code = "not_running"
 
 
+class DocumentTooLarge(Exception):
+    """A local write would take a document past ``max_document_bytes`` or ``max_sequence_length`` (HTTP 413).
+
+    Nothing was written.
+    """
+
+    code = "document_too_large"
+
+    def __init__(self, doc_id: str, reason: str, *, limit: int, size: int, path: list[str] | None = None) -> None:
+        self.doc_id = doc_id
+        self.reason = reason
+        self.limit = limit
+        self.size = size
+        self.path = path
+        super().__init__(f"document {doc_id!r}: {reason}")
+
+    def detail(self) -> dict[str, Any]:
+        """A JSON-able description for API error bodies."""
+        return {"id": self.doc_id, "reason": self.reason, "limit": self.limit, "size": self.size, "path": self.path}
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A document some peer data could not be joined into (see "Quarantine" in the module docstring).
+
+    Attributes:
+        doc_id: The document.
+        reason: Why the last failure happened (the exception, shortened).
+        origin: The origin of the skipped delta, None for a state.
+        seq: Its sequence number, None for a state.
+        since: Wall time (seconds) of the first failure.
+        failures: Failures since it entered quarantine.
+    """
+
+    doc_id: str
+    reason: str
+    origin: str | None
+    seq: int | None
+    since: float
+    failures: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.doc_id,
+            "reason": self.reason,
+            "origin": self.origin,
+            "seq": self.seq,
+            "since": self.since,
+            "failures": self.failures,
+        }
+
+
+class ForgedDots(ValueError):
+    """Peer data claims dots of this replica's current incarnation that it never minted."""
+
+
+class _Poisoned(Exception):
+    """A peer's entry failed inside a batch run without savepoints: run the batch again with them."""
+
+
+# Failures that are not the peer data's fault: the write path must see them
+# (the map grows on MapFullError; a full or closed store fails the request).
+_NOT_POISON: tuple[type[BaseException], ...] = (lmdb.Error, StorageError, WriterError, NodeNotRunning, _Poisoned)
+
+# The id a skipped entry with an unusable id is logged under: itself no valid
+# id, so a peer the placeholder is relayed to ignores it too.
+_NO_ID = "."
+
+MAX_QUARANTINE_LISTED = 10_000
+"""Quarantined documents listed at most (a hostile peer could name millions); beyond, only counted."""
+
+
 @dataclass
 class NodeConfig:
     """Configuration of one region node.
@@ -226,6 +343,9 @@ class NodeConfig:
         max_dbs: LMDB named databases allowed (room above the nine used, for migrations).
         merkle_fanout: Merkle tree fanout; all replicas must agree.
         merkle_depth: Merkle tree depth; all replicas must agree.
+        max_document_bytes: A local write may leave a document stored in at most this many
+            bytes (snapshot plus tail; the writer compacts before refusing), else 413.
+        max_sequence_length: A local insert may leave a text or list at most this long, else 413.
     """
 
     region: str
@@ -247,6 +367,8 @@ class NodeConfig:
     max_dbs: int = 16
     merkle_fanout: int = 16
     merkle_depth: int = 4
+    max_document_bytes: int = MAX_DOCUMENT_BYTES
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,6 +552,11 @@ class Node:
         self._cache: _DocCache[_Loaded] = _DocCache(config.cache_docs, config.cache_bytes)
         self._subscribers: dict[str, set[_Subscriber]] = {}
         self._closed = False
+        # Writer thread only: documents whose remote deltas are held back (skipped) until a state merges.
+        self._held: set[str] = set()
+        # Event loop only (updated by on_commit hooks and after merges): doc id -> record.
+        self._quarantine: collections.OrderedDict[str, Quarantined] = collections.OrderedDict()
+        self._quarantine_stats: collections.Counter[str] = collections.Counter()
 
     # Public methods for the lifecycle.
 
@@ -497,6 +624,8 @@ class Node:
         Raises:
             OpError: The batch was rejected (subclasses unchanged); nothing was written.
             InvalidDocumentId: Empty id, longer than 256 utf-8 bytes, or containing NUL.
+            DocumentTooLarge: The document would pass ``max_document_bytes`` or
+                ``max_sequence_length``; nothing was written.
             StorageFull: The write does not fit at ``max_map_size``.
             Overloaded: Too many writes are waiting.
         """
@@ -627,7 +756,18 @@ class Node:
             "commit": self.writer.stats(),
             "cache": self._cache.stats(),
             "subscribers": sum(len(s) for s in self._subscribers.values()),
+            "quarantine": {
+                "documents": len(self._quarantine),
+                "deltas_skipped": self._quarantine_stats["deltas_skipped"],
+                "states_rejected": self._quarantine_stats["states_rejected"],
+                "ids_rejected": self._quarantine_stats["ids_rejected"],
+                "repaired": self._quarantine_stats["repaired"],
+            },
         }
+
+    def quarantined(self) -> list[Quarantined]:
+        """The documents in quarantine, oldest first (at most ``MAX_QUARANTINE_LISTED``)."""
+        return list(self._quarantine.values())
 
     # Public methods for the replicator.
 
@@ -636,40 +776,63 @@ class Node:
 
         The log record needs the document id: a delta does not name its
         document, so it travels next to it (:class:`~crdtstore.storage.LogEntry`).
+        A delta that cannot be joined is skipped and its document quarantined
+        (see :meth:`apply_remote_many`).
 
         Returns:
             False if ``(origin, seq)`` was already received (nothing written).
-
-        Raises:
-            DecodeError: ``delta`` is not a valid encoded delta; nothing was written.
         """
-        check_doc_id(doc_id)
-        return await self._submit(lambda ctx: self._remote_txn(ctx, LogEntry(origin, seq, doc_id, delta)))
+        return (await self.apply_remote_many([LogEntry(origin, seq, doc_id, delta)]))[0]
 
     async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
         """Join a peer's batch of deltas, in order, in one commit (one fsync, not one each).
+
+        Total on the peer's data: an entry whose id the API could not address
+        is skipped, and one that does not decode or join (or whose result
+        cannot be stored) is skipped with its document quarantined. A skipped
+        entry still counts as received, so the origin's sequence advances and
+        the link goes on; its delta is not logged (so never relayed): a
+        placeholder with no delta takes its place, which a peer pulling the
+        log from us treats the same way. Anti-entropy repairs the document.
 
         Returns:
             Per entry, False if it was already received.
 
         Raises:
-            DecodeError: an entry is not a valid encoded delta; nothing of the batch was written.
+            ValueError: An origin or seq the log cannot hold (nothing of the batch was written).
         """
         for entry in entries:
-            check_doc_id(entry.doc_id)
-        return await self._submit(lambda ctx: [self._remote_txn(ctx, entry) for entry in entries])
+            _check_entry(entry)
+        entries = list(entries)
+        try:
+            return await self._submit(lambda ctx: self._remote_many_txn(ctx, entries, savepoints=False))
+        except _Poisoned:
+            # Rare: run the batch again with a savepoint per entry, so that only the bad ones are skipped.
+            return await self._submit(lambda ctx: self._remote_many_txn(ctx, entries, savepoints=True))
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
         """Join a peer's full document state (anti-entropy repair); not logged.
 
+        A state that merges clears the document's quarantine; one that does
+        not (undecodable, or failing to join or store) quarantines the
+        document and changes nothing. An id the API could not address is
+        ignored (counted, never stored).
+
         Returns:
             True if the local state changed.
-
-        Raises:
-            DecodeError: ``state`` is not a valid encoded document.
         """
-        check_doc_id(doc_id)
-        return await self._submit(lambda ctx: self._merge_txn(ctx, doc_id, state))
+        problem = doc_id_problem(doc_id)
+        if problem is not None:
+            self._reject_id(doc_id, problem, "state")
+            return False
+        outcome = await self._submit(lambda ctx: self._guarded(ctx, lambda sub: self._repair_txn(sub, doc_id, state)))
+        if isinstance(outcome, BaseException):
+            self._quarantine_add(doc_id, outcome, None, None, "states_rejected")
+            return False
+        if self._quarantine.pop(doc_id, None) is not None:
+            self._quarantine_stats["repaired"] += 1
+            logger.info("document left quarantine: a peer's state merged", extra={"doc_id": doc_id})
+        return outcome
 
     async def read_state(self, doc_id: str) -> bytes | None:
         """The encoded state of a document, live or deleted (what anti-entropy ships), or None.
@@ -802,15 +965,29 @@ class Node:
         ctx.on_abort(lambda: self._cache.discard(doc_id))
         entry, state = self._load(ctx.txn, doc_id)
         now = self._now()
-        delta = codec.encode_delta(entry.doc.apply(ops, replica=self.replica_id, now=now))
+        batch = entry.doc.apply(ops, replica=self.replica_id, now=now)
+        delta = codec.encode_delta(batch)
+        limited = not _only_removals(ops)
+        if limited:
+            self._check_lengths(doc_id, entry.doc, batch)
         storage = ctx.storage
         seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
         storage.set_hlc(ctx.txn, self._hlc.last)
         if _is_empty(entry.doc):
             version = self._bury(ctx, doc_id, entry.doc, state, self.replica_id, seq, delta)
         else:
-            version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta)
+            # Never past the decoder's own bound, whatever the configuration: the document must load again.
+            limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else codec.MAX_ENCODED_BYTES
+            version = self._store(ctx, doc_id, entry, state, "change", self.replica_id, seq, delta, limit=limit)
         return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
+
+    def _check_lengths(self, doc_id: str, doc: Document, batch: Delta) -> None:
+        limit = self.config.max_sequence_length
+        for path, length in _grown_sequences(doc.root, batch.root):
+            if length > limit:
+                raise DocumentTooLarge(
+                    doc_id, f"a text or list would hold {length} elements", limit=limit, size=length, path=path
+                )
 
     def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
         ctx.on_abort(lambda: self._cache.discard(doc_id))
@@ -835,21 +1012,146 @@ class Node:
         self._put_tombstone(ctx, doc_id, doc)
         self._append_feed(ctx, doc_id, "delete", self.replica_id, origin_seq, doc.version(), delta_bytes)
 
+    def _remote_many_txn(self, ctx: WriteContext, entries: list[LogEntry], *, savepoints: bool) -> list[bool]:
+        out = []
+        for entry in entries:
+            if savepoints:
+                result = self._guarded(ctx, lambda sub, entry=entry: self._remote_txn(sub, entry))
+                out.append(self._skip_txn(ctx, entry, result) if isinstance(result, BaseException) else result)
+                continue
+            try:
+                out.append(self._remote_txn(ctx, entry))
+            except _NOT_POISON:
+                raise
+            except Exception as exc:
+                raise _Poisoned(f"({entry.origin}, {entry.seq})") from exc
+        return out
+
+    def _guarded(self, ctx: WriteContext, fn: Callable[[WriteContext], T]) -> T | Exception:
+        """Run ``fn`` in a savepoint (a child transaction): its result, or the exception the peer's data caused.
+
+        On such an exception nothing ``fn`` wrote is kept and its abort hooks
+        ran; failures of the store itself propagate.
+        """
+        child = ctx.storage.begin_write(parent=ctx.txn)
+        sub = WriteContext(child, ctx.storage)
+        try:
+            result = fn(sub)
+            child.commit()
+        except BaseException as exc:
+            child.abort()
+            for hook in sub._on_abort:
+                hook()
+            if isinstance(exc, _NOT_POISON) or not isinstance(exc, Exception):
+                raise
+            return exc
+        # Kept: the hooks now belong to the enclosing request.
+        for hook in sub._on_commit:
+            ctx.on_commit(hook)
+        for hook in sub._on_abort:
+            ctx.on_abort(hook)
+        return result
+
     def _remote_txn(self, ctx: WriteContext, entry: LogEntry) -> bool:
         storage = self.storage
         if storage.has_log(ctx.txn, entry.origin, entry.seq):
             return False
+        problem = doc_id_problem(entry.doc_id)
+        if problem is not None:
+            return self._skip_txn(ctx, entry, None, problem)
+        if not entry.delta:
+            # A placeholder: the peer skipped this entry itself; we cannot have it either.
+            return self._skip_txn(ctx, entry, None, "skipped by the peer that relayed it")
+        if entry.doc_id in self._held:
+            # The document misses an earlier delta: joining later ones out of causal order
+            # could show wrong values (a counter replica's old sum would stay). It stays
+            # as it was, consistent if stale, until a full state repairs it.
+            return self._skip_txn(ctx, entry, None, "held: the document is in quarantine")
         delta = codec.decode_delta(entry.delta)  # before any change: bad bytes write nothing
         ctx.on_abort(lambda: self._cache.discard(entry.doc_id))
         loaded, state = self._load(ctx.txn, entry.doc_id)
+        self._check_own_dots(entry.doc_id, loaded.doc, delta.ctx)
         loaded.doc.join(delta)
         storage.append_remote(ctx.txn, entry)
         if _is_empty(loaded.doc):
             # Still deleted, or deleted now (by a peer's delete): as on the peer.
             self._bury(ctx, entry.doc_id, loaded.doc, state, entry.origin, entry.seq, entry.delta)
         else:
-            self._store(ctx, entry.doc_id, loaded, state, "change", entry.origin, entry.seq, entry.delta)
+            self._store(
+                ctx,
+                entry.doc_id,
+                loaded,
+                state,
+                "change",
+                entry.origin,
+                entry.seq,
+                entry.delta,
+                limit=codec.MAX_ENCODED_BYTES,
+            )
         return True
+
+    def _skip_txn(self, ctx: WriteContext, entry: LogEntry, error: BaseException | None, why: str = "") -> bool:
+        """Count ``entry`` as received without joining it: log a placeholder, quarantine its document."""
+        storage = self.storage
+        if storage.has_log(ctx.txn, entry.origin, entry.seq):
+            return False
+        valid = doc_id_problem(entry.doc_id) is None
+        storage.append_remote(ctx.txn, LogEntry(entry.origin, entry.seq, entry.doc_id if valid else _NO_ID, b""))
+        doc_id = entry.doc_id
+        if valid and doc_id not in self._held and len(self._held) < MAX_QUARANTINE_LISTED:
+            self._held.add(doc_id)
+            ctx.on_abort(lambda: self._held.discard(doc_id))
+        if valid:
+            reason: BaseException | str = error if error is not None else why
+            ctx.on_commit(lambda: self._quarantine_add(entry.doc_id, reason, entry.origin, entry.seq, "deltas_skipped"))
+        else:
+            ctx.on_commit(lambda: self._reject_id(entry.doc_id, why, f"delta ({entry.origin}, {entry.seq})"))
+        return True
+
+    # Quarantine bookkeeping: event loop only (on_commit hooks, merge_state).
+
+    def _quarantine_add(
+        self, doc_id: str, error: BaseException | str, origin: str | None, seq: int | None, counter: str
+    ) -> None:
+        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        reason = reason[:200]
+        self._quarantine_stats[counter] += 1
+        old = self._quarantine.get(doc_id)
+        if old is not None:
+            self._quarantine[doc_id] = Quarantined(doc_id, old.reason, old.origin, old.seq, old.since, old.failures + 1)
+            return  # logged when it entered quarantine
+        if len(self._quarantine) < MAX_QUARANTINE_LISTED:
+            self._quarantine[doc_id] = Quarantined(doc_id, reason, origin, seq, self._clock())
+        logger.warning(
+            "peer data quarantined a document",
+            extra={"doc_id": doc_id[:300], "origin": origin, "seq": seq, "reason": reason},
+        )
+
+    def _reject_id(self, doc_id: str, problem: str, what: str) -> None:
+        self._quarantine_stats["ids_rejected"] += 1
+        logger.warning(
+            "ignored peer data for an unaddressable id",
+            extra={"doc_id": repr(doc_id)[:300], "what": what, "reason": problem},
+        )
+
+    def _check_own_dots(self, doc_id: str, doc: Document, theirs: CausalContext) -> None:
+        """Refuse peer data claiming dots of this incarnation that it never minted for ``doc_id``.
+
+        Every dot of ours is in our own copy from the moment it is minted, so
+        such a claim is forged or corrupt; joined, it would make our next
+        local write mint past it (up to counters no encoding holds).
+        """
+        mine = self.replica_id
+        if theirs.max_counter(mine) > doc.ctx.max_counter(mine):
+            raise ForgedDots(f"peer data claims dots of this replica up to {theirs.max_counter(mine)}")
+
+    def _repair_txn(self, ctx: WriteContext, doc_id: str, state_bytes: bytes) -> bool:
+        """:meth:`_merge_txn`, then deltas of the document are no longer held back."""
+        changed = self._merge_txn(ctx, doc_id, state_bytes)
+        if doc_id in self._held:
+            self._held.discard(doc_id)
+            ctx.on_abort(lambda: self._held.add(doc_id))
+        return changed
 
     def _merge_txn(self, ctx: WriteContext, doc_id: str, state_bytes: bytes) -> bool:
         other = codec.decode_document(state_bytes)
@@ -857,6 +1159,7 @@ class Node:
         entry, state = self._load(ctx.txn, doc_id)
         doc = entry.doc
         before = codec.encode_document(doc)
+        self._check_own_dots(doc_id, doc, other.ctx)
         doc.merge(other)
         if codec.encode_document(doc) == before:
             return False
@@ -866,7 +1169,7 @@ class Node:
             self._bury(ctx, doc_id, doc, state, None, None, None)
         else:
             # No delta to append: the full state goes in as a new snapshot.
-            self._store(ctx, doc_id, entry, state, "change", None, None, None)
+            self._store(ctx, doc_id, entry, state, "change", None, None, None, limit=codec.MAX_ENCODED_BYTES)
         return True
 
     def _bury(
@@ -905,6 +1208,10 @@ class Node:
         states are exchanged and joined, which removes what the delete saw.
         """
         data = codec.encode_document(doc)
+        if len(data) > codec.MAX_ENCODED_BYTES:
+            raise DocumentTooLarge(
+                doc_id, "the decoder's bound on encodings", limit=codec.MAX_ENCODED_BYTES, size=len(data)
+            )
         self.storage.put_tombstone(ctx.txn, doc_id, data)
         self.storage.put_digest(ctx.txn, doc_id, _version_digest(doc.version()))
 
@@ -918,8 +1225,19 @@ class Node:
         origin: str | None,
         origin_seq: int | None,
         delta: bytes | None,
+        *,
+        limit: int | None = None,
     ) -> str:
         """Write a live document's change (tail append or new snapshot), digest, view and feed record.
+
+        Args:
+            limit: The stored bytes (snapshot plus tail) the change may leave:
+                ``max_document_bytes`` for a local write, the decoder's bound
+                for a remote join (past it the document could never be loaded
+                again: the join is refused and quarantined instead). Past it the
+                document is compacted first, and refused (``DocumentTooLarge``,
+                before anything is stored here) if its encoding alone is still
+                too large.
 
         Returns:
             The document's version token.
@@ -935,6 +1253,7 @@ class Node:
             and delta is not None
             and entry.tail < cfg.tail_max_deltas
             and entry.tail_bytes + len(delta) <= max(entry.snapshot, cfg.tail_min_bytes)
+            and (limit is None or entry.size + len(delta) <= limit)
         ):
             storage.append_tail(txn, doc_id, entry.next_seq, delta, digest)
             entry.tail += 1
@@ -943,6 +1262,10 @@ class Node:
         else:
             # Compaction (or a first write): one encoding of the whole document.
             data = codec.encode_document(doc)
+            if limit is not None and len(data) > limit:
+                raise DocumentTooLarge(
+                    doc_id, f"its encoding would take {len(data)} bytes", limit=limit, size=len(data)
+                )
             storage.put_doc(txn, doc_id, data, digest)
             entry.snapshot, entry.tail, entry.tail_bytes, entry.next_seq = len(data), 0, 0, 1
             if state == "tombstone":
@@ -1084,6 +1407,41 @@ class Node:
             return ids, (ids[-1] if more else None)
 
         return await self._read(run)
+
+
+def _check_entry(entry: LogEntry) -> None:
+    """What the log cannot hold at all: an origin or seq no peer of ours could have sent honestly."""
+    origin = entry.origin
+    if type(origin) is not str or not origin or "\x00" in origin or len(origin) > 200:
+        raise ValueError(f"bad origin {origin!r:.80}")
+    try:
+        if len(origin.encode()) > 200:
+            raise ValueError(f"bad origin {origin!r:.80}")
+    except UnicodeEncodeError as exc:
+        raise ValueError("origin is not valid unicode") from exc
+    if type(entry.seq) is not int or not 1 <= entry.seq < 1 << 64:
+        raise ValueError(f"bad seq {entry.seq!r:.40}")
+    if type(entry.doc_id) is not str or type(entry.delta) is not bytes:
+        raise ValueError("bad log entry")
+
+
+def _grown_sequences(node: ORMap | None, delta: ORMap, path: tuple[str, ...] = ()) -> Iterator[tuple[list[str], int]]:
+    """``(path, length)`` of every text or list ``delta`` inserted into, as ``node`` holds it now."""
+    for name, entries in delta.fields.items():
+        for tag, value in entries.items():
+            if isinstance(value, ORMap):
+                yield from _grown_sequences(node.get(name, Tag.MAP) if node is not None else None, value, (*path, name))
+            elif isinstance(value, SeqDelta) and value.inserts and node is not None:
+                seq = node.get(name, tag)
+                if seq is not None:
+                    yield [*path, name], len(seq)
+
+
+def _only_removals(ops: Any) -> bool:
+    """A batch that can only shrink a document: allowed even past the size limit, so it can be cut down."""
+    return isinstance(ops, list) and all(
+        isinstance(op, dict) and op.get("op") in ("delete", "remove", "disable") for op in ops
+    )
 
 
 def _join_tail(doc: Document, tail: list[tuple[int, bytes]]) -> Document:

@@ -71,10 +71,14 @@ A peer that lacks truncated entries is repaired by anti-entropy
 (``LogTruncated``, then ``SkipLog``, which the replicator turns into
 ``node.skip_log`` and ``raise_vector`` on every link).
 
-**Bad peer data.** A delta or state the node cannot decode
-(``DecodeError``, or any core error on bad bytes) writes nothing: the
-replicator logs it and fails the link with ``PROTOCOL_ERROR``; the events
-that link had queued are dropped.
+**Bad peer data.** One document never blocks a link. The node skips a
+delta it cannot decode or join and quarantines its document (see
+``crdtstore/node.py``): the batch's other deltas commit, the origin's
+sequence advances, the acknowledgement goes out as usual, and anti-entropy
+repairs the document later; a state that does not merge quarantines its
+document the same way. Only what the log cannot hold at all (a malformed
+origin or seq: no honest peer sends one) still fails the link with
+``PROTOCOL_ERROR``, dropping the events that link had queued.
 
 **Closing** is idempotent at every level: a ``Failed`` event closes the
 link with its close code (logged), EOF is ``receive_eof`` (idempotent in
@@ -566,7 +570,8 @@ class Replicator:
                 # remote deltas wait on one fsync each, and lag grow with rate.
                 await node.apply_remote_many(entries)
             except (CrdtError, ValueError) as exc:
-                # Bad bytes: the node wrote nothing of the batch. Later deltas depend on it.
+                # An origin or seq the log cannot hold: the node wrote nothing of the batch.
+                # (Bad delta bytes do not raise: the node quarantines their documents.)
                 first = event.entries[0]
                 self._reject(link, f"deltas from ({first.origin}, {first.seq})", exc)
                 return
@@ -589,9 +594,13 @@ class Replicator:
             for _, error in failed:
                 if not isinstance(error, CrdtError | ValueError):
                     raise error  # a node hook failed (storage full...): the effects worker fails the link
-            if failed:
-                doc_id, error = failed[0]
-                self._reject(link, f"state of {doc_id!r}", error)
+            for doc_id, error in failed:
+                # The node keeps such a document in quarantine; the others were merged, the link goes on.
+                self.stats["states_rejected"] += 1
+                logger.warning(
+                    "a peer's state was not merged",
+                    extra={"peer": link.peer_id, "doc_id": doc_id[:300], "error": repr(error)[:200]},
+                )
         elif name == "NeedLog":
             entries = await node.log_range(event.origin, event.after, event.limit)
             self._input(link, lambda p: p.send_log(event.origin, event.after, entries))
@@ -642,7 +651,8 @@ class Replicator:
             await self._close_link(link, int(event.close_code), event.reason)
 
     def _reject(self, link: _Link | None, what: str, exc: Exception) -> None:
-        """A peer sent bytes the node cannot decode: log, fail the link, drop what it queued."""
+        """A peer sent what the node cannot take at all (a malformed origin or seq; bad document data is
+        quarantined by the node instead): log, fail the link, drop what it queued."""
         self.stats["protocol_errors"] += 1
         logger.warning(
             "rejected bad data from a peer",

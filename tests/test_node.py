@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from crdtstore import codec
 from crdtstore.commit import WriteContext
 from crdtstore.document import Document
-from crdtstore.errors import DecodeError, InvalidOp, InvalidVersion, TypeMismatch
+from crdtstore.errors import InvalidOp, InvalidVersion, TypeMismatch
 from crdtstore.merkle import EMPTY, diff
 from crdtstore.node import (
     DocumentNotFound,
@@ -532,9 +532,11 @@ def test_remote_deltas_converge_two_nodes(tmp_path: Path) -> None:
             remote = await anext(feed)
             assert remote["origin"] == a.replica_id and remote["origin_seq"] == 3
             await feed.aclose()
-            with pytest.raises(DecodeError):
-                await b.apply_remote(a.replica_id, 4, "doc", b"garbage")
-            assert (await b.version_vector())[a.replica_id] == 3
+            # Garbage is skipped, not joined: the origin's mark advances and the document is quarantined.
+            assert await b.apply_remote(a.replica_id, 4, "doc", b"garbage")
+            assert (await b.version_vector())[a.replica_id] == 4
+            assert [q.doc_id for q in b.quarantined()] == ["doc"]
+            assert (await b.read("doc")).value == {"x": 1, "tags": ["red"], "n": 7}
             # And back: A gets B's delta; then both hold the same state and the same Merkle tree.
             for entry in await b.log_range(b.replica_id, 0, 100):
                 assert await a.apply_remote(entry.origin, entry.seq, entry.doc_id, entry.delta)
@@ -945,29 +947,46 @@ def test_a_delete_travels_by_anti_entropy_when_its_delta_is_gone(tmp_path: Path)
     run(main)
 
 
-def test_a_peer_batch_is_one_commit_and_all_or_nothing(tmp_path: Path) -> None:
+def test_a_peer_batch_is_one_commit_and_a_bad_delta_skips_only_itself(tmp_path: Path) -> None:
     async def main() -> None:
         a = await started(tmp_path / "a")
         b = await started(tmp_path / "b")
+        c = await started(tmp_path / "c")
         try:
             for i in range(5):
                 await a.apply("doc", [{"op": "increment", "path": ["n"], "by": 1}, set_op(f"k{i}", i)])
             entries = await a.log_range(a.replica_id, 0, 100)
-            # A bad delta in the batch: nothing of the batch is written.
+            # A bad delta in the batch: only it is skipped (logged as a placeholder), the rest joins.
             bad = [entries[0], LogEntry(a.replica_id, entries[1].seq, "doc", b"garbage"), *entries[2:]]
-            with pytest.raises(DecodeError):
-                await b.apply_remote_many(bad)
-            assert a.replica_id not in await b.version_vector()
-            with pytest.raises(DocumentNotFound):
-                await b.read("doc")
+            assert await c.apply_remote_many(bad) == [True] * 5
+            assert (await c.version_vector())[a.replica_id] == 5
+            # Later deltas of the document are held back too: joined without their cause, the
+            # counter would keep replica a's replaced first sum (1 + 5). It stays consistent, if stale.
+            assert (await c.read("doc")).value == {"n": 1, "k0": 0}
+            assert [(e.seq, e.delta) for e in await c.log_range(a.replica_id, 0, 5)][1:] == [
+                (s, b"") for s in range(2, 6)
+            ]
+            assert [(q.doc_id, q.origin, q.seq, q.failures) for q in c.quarantined()] == [("doc", a.replica_id, 2, 4)]
+            assert c.stats()["quarantine"]["deltas_skipped"] == 4
+            # Anti-entropy's full state repairs it and clears the quarantine.
+            state = await a.read_state("doc")
+            assert state is not None and await c.merge_state("doc", state)
+            assert (await c.read("doc")).value == (await a.read("doc")).value
+            assert c.quarantined() == [] and c.stats()["quarantine"]["repaired"] == 1
+            # Out of quarantine: deltas join again.
+            await a.apply("doc", [set_op("after", 1)])
+            [last] = await a.log_range(a.replica_id, 5, 10)
+            assert await c.apply_remote(last.origin, last.seq, last.doc_id, last.delta)
+            assert (await c.read("doc")).value == (await a.read("doc")).value
             commits = b.writer.stats()["commits"]
             assert await b.apply_remote_many(entries) == [True] * 5
             assert b.writer.stats()["commits"] == commits + 1  # one fsync for the whole batch
-            assert (await b.read("doc")).value == (await a.read("doc")).value
+            assert (await b.read("doc")).value == {"n": 5, **{f"k{i}": i for i in range(5)}}
             assert await b.apply_remote_many(entries) == [False] * 5  # already held
         finally:
             await a.close()
             await b.close()
+            await c.close()
 
     run(main)
 

@@ -21,6 +21,7 @@ unknown document or route                  404     not_found
 method not allowed                         405     method_not_allowed
 ``TypeMismatch``                           409     type_mismatch
 body over the size limit                   413     body_too_large
+document over its size limit (node)        413     document_too_large
 content type other than JSON               415     unsupported_media_type
 ``InvalidValue``, limit violations         422     invalid_value
 ``StorageFull``, ``Overloaded``, closing  503     storage_full / overloaded / not_running
@@ -41,7 +42,7 @@ from starlette.responses import Response
 
 from crdtstore.commit import Overloaded, WriterClosed
 from crdtstore.errors import IndexOutOfRange, InvalidOp, InvalidValue, InvalidVersion, OpError, TypeMismatch
-from crdtstore.node import DocumentNotFound, InvalidCursor, NodeNotRunning
+from crdtstore.node import DocumentNotFound, DocumentTooLarge, InvalidCursor, NodeNotRunning
 from crdtstore.storage import InvalidDocumentId, StorageClosed, StorageFull
 
 __all__ = [
@@ -106,6 +107,7 @@ STATUS_OF: dict[type[BaseException], int] = {
     InvalidDocumentId: 400,
     DocumentNotFound: 404,
     TypeMismatch: 409,
+    DocumentTooLarge: 413,
     InvalidValue: 422,
     StorageFull: 503,
     Overloaded: 503,
@@ -135,7 +137,7 @@ def status_and_body(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, 
         status = STATUS_OF.get(cls)
         if status is not None:
             code = str(getattr(exc, "code", "") or _snake(cls.__name__))
-            detail = exc.detail() if isinstance(exc, OpError) else None
+            detail = exc.detail() if isinstance(exc, OpError | DocumentTooLarge) else None
             # 503s are transient: tell well-behaved clients when to come back.
             headers = {"Retry-After": "1"} if status == 503 else {}
             return status, error_body(code, str(exc) or code, detail), headers

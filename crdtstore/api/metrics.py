@@ -48,6 +48,26 @@ _NAMED_GAUGES = {
     "documents": ("crdtstore_documents", "Documents stored in this replica."),
     "lmdb_map_size": ("crdtstore_lmdb_map_bytes", "Size of the LMDB memory map."),
     "lmdb_used_bytes": ("crdtstore_lmdb_used_bytes", "Bytes of the LMDB map in use."),
+    "quarantine_documents": (
+        "crdtstore_quarantined_documents",
+        "Documents in quarantine: peer data for them could not be joined; anti-entropy repairs them.",
+    ),
+    "quarantine_deltas_skipped": (
+        "crdtstore_quarantine_deltas_skipped",
+        "Peer deltas skipped since start because they could not be joined (their documents quarantined).",
+    ),
+    "quarantine_states_rejected": (
+        "crdtstore_quarantine_states_rejected",
+        "Peer states that could not be merged since start (their documents quarantined).",
+    ),
+    "quarantine_ids_rejected": (
+        "crdtstore_quarantine_ids_rejected",
+        "Peer deltas or states ignored since start because their document id is not addressable.",
+    ),
+    "quarantine_repaired": (
+        "crdtstore_quarantine_repaired",
+        "Documents that left quarantine since start (a peer's state merged).",
+    ),
 }
 
 

@@ -19,6 +19,7 @@ import orjson
 
 from ..causal import CausalContext, Dot
 from ..errors import DecodeError
+from ..limits import check_json
 from .base import ReplicaTable, decode_dots, encode_dots, join_dotset
 from .tags import Tag
 
@@ -110,8 +111,12 @@ class AWSet:
             if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
                 raise DecodeError("set: bad element")
             try:
-                orjson.loads(entry[0])
+                element = orjson.loads(entry[0])
             except orjson.JSONDecodeError as exc:
                 raise DecodeError("set: element key is not JSON") from exc
+            # Within the limits of a local add, so reads can render it (orjson stops at 254 levels).
+            reason = check_json(element)
+            if reason is not None:
+                raise DecodeError(f"set: {reason}")
             elements[entry[0]] = set(decode_dots(entry[1], table))
         return cls(set(decode_dots(data[0], table)), elements, is_delta=is_delta)

@@ -34,6 +34,7 @@ from ..errors import DecodeError
 from .tags import Tag
 
 __all__ = [
+    "MAX_DOT_COUNTER",
     "Crdt",
     "ReplicaTable",
     "decode_dot",
@@ -130,9 +131,15 @@ def encode_dots(dots: set[Dot] | dict[Dot, Any], table: ReplicaTable) -> list[in
     return out
 
 
+MAX_DOT_COUNTER = 1 << 62
+"""Largest dot counter a decoded dot may carry: a replica mints one per op, so no legal
+state comes near it, and ``counter + length`` (a context range, a sequence run) still
+encodes as a 64-bit integer."""
+
+
 def decode_dot(r: Any, c: Any, table: ReplicaTable) -> Dot:
-    if type(c) is not int or c < 1:
-        raise DecodeError(f"bad dot counter {c!r}")
+    if type(c) is not int or not 1 <= c <= MAX_DOT_COUNTER:
+        raise DecodeError(f"bad dot counter {c!r:.30}")
     return (table.name(r), c)
 
 

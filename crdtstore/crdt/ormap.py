@@ -18,6 +18,7 @@ from typing import Any
 
 from ..causal import CausalContext, Dot
 from ..errors import DecodeError
+from ..limits import MAX_DEPTH
 from .awset import AWSet
 from .base import ReplicaTable, decode_dots, encode_dots, join_dotset
 from .counter import Counter
@@ -169,7 +170,9 @@ class ORMap:
 
     @classmethod
     def from_json(cls, data: Any, table: ReplicaTable, *, is_delta: bool, depth: int = 0) -> ORMap:
-        if depth > 64:
+        # Paths hold at most MAX_DEPTH keys, so no legal document nests deeper; a deeper one would
+        # decode, then fail to encode (orjson stops at 254 levels, about 50 maps).
+        if depth > MAX_DEPTH:
             raise DecodeError("map: nested too deep")
         if not isinstance(data, list) or len(data) != 2 or not isinstance(data[1], list):
             raise DecodeError("map: bad body")

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Self
 
 from ..causal import CausalContext, Dot
 from ..errors import DecodeError
+from ..limits import check_json
 from .base import ReplicaTable, decode_dot, join_dotfun
 from .tags import Tag
 
@@ -82,7 +83,7 @@ class _DotFunRegister:
 
     @classmethod
     def _decode_payload(cls, payload: Any) -> Any:
-        return payload
+        return _checked(payload, cls.tag.label)
 
 
 def _by_dot(item: tuple[Dot, Any]) -> Dot:
@@ -126,4 +127,13 @@ class LWWRegister(_DotFunRegister):
     def _decode_payload(cls, payload: Any) -> Any:
         if not isinstance(payload, list) or len(payload) != 2 or type(payload[0]) is not int:
             raise DecodeError("lww-register: bad payload")
-        return (payload[0], payload[1])
+        return (payload[0], _checked(payload[1], cls.tag.label))
+
+
+def _checked(value: Any, label: str) -> Any:
+    # A peer's value must obey the limits a local write does (depth, sizes, int64):
+    # one that does not would decode, then fail to encode or render, much later.
+    reason = check_json(value)
+    if reason is not None:
+        raise DecodeError(f"{label}: {reason}")
+    return value

@@ -14,16 +14,17 @@ import httpx
 import pytest
 import uvicorn
 
+from crdtstore import codec
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
+from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.node import DocumentNotFound, Node, NodeConfig
 from crdtstore.replicator import Consistency, Replicator, ReplicatorSettings, _coalesce_deltas, _Link
 from crdtstore.storage import LogEntry
 from sync import messages as m
 from sync._state import State
-from sync.events import ApplyDeltas, Event, MergeStates, NeedMerkleRoot, PeerInfo
-from sync.exceptions import CloseCode
+from sync.events import ApplyDeltas, Event, MergeStates, NeedLog, NeedMerkleRoot, PeerInfo
 from sync.messages import Entry
 from sync.protocol import PeerProtocol
 from sync.transport import TransportSettings, dial
@@ -110,7 +111,7 @@ def test_writes_replicate_both_ways_and_quorum_levels_are_met(tmp_path: Path) ->
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
 
-def test_an_undecodable_delta_fails_the_link_with_protocol_error_and_writes_nothing(tmp_path: Path) -> None:
+def test_an_undecodable_delta_quarantines_its_document_and_the_link_goes_on(tmp_path: Path) -> None:
     async def scenario() -> None:
         sock = socket.create_server(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -136,7 +137,11 @@ def test_an_undecodable_delta_fails_the_link_with_protocol_error_and_writes_noth
                 await asyncio.sleep(0.02)
             # A member holding the secret (so it authenticates) that sends bytes no codec accepts.
             peer = PeerProtocol(
-                our=PeerInfo("evil", "evil.1.n", "r9", 1), secret=SECRET, nonce=b"n" * 16, now=0.0, our_vector={}
+                our=PeerInfo("evil", "evil.1.n", "r9", 1),
+                secret=SECRET,
+                nonce=b"n" * 16,
+                now=0.0,
+                our_vector={"evil.1.n": 5},
             )
             conn = await dial(f"ws://127.0.0.1:{port}/v1/peer", settings=TransportSettings())
             for _ in range(100):  # bounded handshake
@@ -149,14 +154,38 @@ def test_an_undecodable_delta_fails_the_link_with_protocol_error_and_writes_noth
                 peer.receive_message(data)
             assert peer.state is State.OPEN
             await node.apply("mine", [{"op": "increment", "path": ["n"]}])
-            await conn.send(m.Deltas((Entry("evil.1.n", 1, "d", b"not a delta"),)).encode())
-            for _ in range(1000):  # bounded: drain until the node closes the link
-                if await asyncio.wait_for(conn.recv(), 5) is None:
+            good = codec.encode_delta(Document().apply([{"op": "set", "path": ["k"], "value": 1}], replica="evil.1.n"))
+            entries = [
+                Entry("evil.1.n", 1, "d", b"not a delta"),
+                Entry("evil.1.n", 2, "a/b", good),
+                Entry("evil.1.n", 3, "..", good),
+                Entry("evil.1.n", 4, "ctl\x07", good),
+                Entry("evil.1.n", 5, "fine", good),
+            ]
+            acked = 0
+            for _ in range(1000):  # bounded: until the node acknowledged the whole batch
+                for event in peer.events_received():
+                    if isinstance(event, NeedLog):
+                        peer.send_log(event.origin, event.after, [e for e in entries if e.seq > event.after])
+                for data in peer.messages_to_send():
+                    await conn.send(data)
+                acked = peer.their_vector.get("evil.1.n", 0)
+                if acked == 5:
                     break
-            assert conn.close_code == CloseCode.PROTOCOL_ERROR
-            assert replicator.stats["protocol_errors"] == 1
-            assert "evil.1.n" not in await node.version_vector()
+                data = await asyncio.wait_for(conn.recv(), 5)
+                assert data is not None, "the link must stay open"
+                peer.receive_message(data)
+            assert acked == 5  # counted as received: the peer has nothing to re-send
+            assert replicator.stats["protocol_errors"] == 0
+            assert (await node.read("fine")).value == {"k": 1}
             assert await node.read_state("d") is None
+            assert [q.doc_id for q in node.quarantined()] == ["d"]
+            assert node.stats()["quarantine"]["ids_rejected"] == 3
+            ids, _ = await node.list("", None, 10)
+            assert ids == ["fine", "mine"]  # the unaddressable ids were never stored
+            # The bad delta is not relayed: the log holds placeholders without a delta.
+            logged = await node.log_range("evil.1.n", 0, 10)
+            assert [(e.doc_id, e.delta) for e in logged[:4]] == [("d", b""), (".", b""), (".", b""), (".", b"")]
             # The configured peer never identified itself: the log stays whole.
             assert await replicator.truncate_once() == 0
             assert len(await node.log_range(node.replica_id, 0, 10)) == 1
@@ -394,7 +423,7 @@ def test_reads_are_answered_while_a_commit_of_the_same_link_is_pending() -> None
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
 
 
-def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_fails_the_link() -> None:
+def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_keeps_the_link() -> None:
     class MergeNode:
         replica_id = "n.1.x"
 
@@ -429,7 +458,8 @@ def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_fail
         states = tuple((f"d{i}", b"bad" if i == 3 else b"s") for i in range(5))
         await replicator._process(link, MergeStates(states))
         assert node.most == 5
-        assert replicator.stats["protocol_errors"] == 1 and proto.failures == [CloseCode.PROTOCOL_ERROR]
+        assert replicator.stats["protocol_errors"] == 0 and proto.failures == []
+        assert replicator.stats["states_rejected"] == 1
         assert replicator.stats["states_merged"] == 4  # the others were merged: joins need no order
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
