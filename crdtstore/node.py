@@ -148,9 +148,11 @@ from crdtstore.storage import (
     check_doc_id,
 )
 from crdtstore.version import decode_version
+from sync.events import PeerInfo
 
 if TYPE_CHECKING:
     from crdtstore.storage import Txn
+    from sync.store import LogRecord
 
 __all__ = [
     "DocumentNotFound",
@@ -629,7 +631,13 @@ class Node:
             "subscribers": sum(len(s) for s in self._subscribers.values()),
         }
 
-    # Public methods for the replicator.
+    # Public methods for the replicator (the sync.store.ReplicaStore protocol).
+
+    @property
+    def info(self) -> PeerInfo:
+        """Who this replica is: stable id, this start's origin (``replica_id``), region, epoch."""
+        identity = self.storage.identity
+        return PeerInfo(identity.base, self.replica_id, self.config.region, identity.epoch)
 
     async def apply_remote(self, origin: str, seq: int, doc_id: str, delta: bytes) -> bool:
         """Join a delta received from a peer, log it under ``(origin, seq)``, wait until durable.
@@ -646,7 +654,7 @@ class Node:
         check_doc_id(doc_id)
         return await self._submit(lambda ctx: self._remote_txn(ctx, LogEntry(origin, seq, doc_id, delta)))
 
-    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
+    async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
         """Join a peer's batch of deltas, in order, in one commit (one fsync, not one each).
 
         Returns:
@@ -655,6 +663,7 @@ class Node:
         Raises:
             DecodeError: an entry is not a valid encoded delta; nothing of the batch was written.
         """
+        entries = [e if isinstance(e, LogEntry) else LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
         for entry in entries:
             check_doc_id(entry.doc_id)
         return await self._submit(lambda ctx: [self._remote_txn(ctx, entry) for entry in entries])
@@ -670,6 +679,15 @@ class Node:
         """
         check_doc_id(doc_id)
         return await self._submit(lambda ctx: self._merge_txn(ctx, doc_id, state))
+
+    async def merge_states(self, states: Sequence[tuple[str, bytes]]) -> list[bool | BaseException]:
+        """:meth:`merge_state` of each; per state its result or the error it raised.
+
+        Joins commute, so the states need no order among themselves: submitted
+        together they share one group commit, where one await each cost a
+        commit each.
+        """
+        return await asyncio.gather(*(self.merge_state(d, s) for d, s in states), return_exceptions=True)
 
     async def read_state(self, doc_id: str) -> bytes | None:
         """The encoded state of a document, live or deleted (what anti-entropy ships), or None.
