@@ -171,7 +171,7 @@ class Simulator:
         self.now = 0.0
         self.replicas: dict[str, SimReplica] = {}
         for n, r in names.items():
-            self.replicas[n] = SimReplica(n, self._run(self.backend.open(n, r, self._nonce_str(), self.shape)))
+            self.replicas[n] = SimReplica(n, self.drive(self.backend.open(n, r, self._nonce_str(), self.shape)))
         pairs = links if links is not None else [(a, b) for a in names for b in names if a < b]
         self.links: dict[frozenset[str], LinkFaults] = {frozenset(p): LinkFaults() for p in pairs}
         self.cut_links: set[frozenset[str]] = set()
@@ -184,14 +184,14 @@ class Simulator:
         self._conn_ids = 0
         self._next_tick = 0.0
 
-    def _run(self, step: Awaitable[T]) -> T:
+    def drive(self, step: Awaitable[T]) -> T:
         return self._runner(step)  # type: ignore[arg-type, no-any-return]
 
     # Public methods for the schedule.
 
     def write(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord | None:
         """A client write at ``name`` (None if the replica is down); acknowledged once it returns."""
-        return self._run(self.write_async(name, doc_id, ops))
+        return self.drive(self.write_async(name, doc_id, ops))
 
     async def write_async(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord | None:
         rep = self.replicas[name]
@@ -238,7 +238,7 @@ class Simulator:
         rep = self.replicas[name]
         if rep.up:
             return
-        rep.store = self._run(self.backend.restart(rep.store, self._nonce_str()))
+        rep.store = self.drive(self.backend.restart(rep.store, self._nonce_str()))
         rep.up = True
         self.trace.append(f"{self.now:.3f} restart {name} as {rep.store.info.origin}")
 
@@ -251,7 +251,7 @@ class Simulator:
 
     def add_replica(self, name: str, region: str, links: Iterable[str]) -> None:
         """A new, empty replica joining the cluster, linked to ``links``."""
-        store = self._run(self.backend.open(name, region, self._nonce_str(), self.shape))
+        store = self.drive(self.backend.open(name, region, self._nonce_str(), self.shape))
         self.replicas[name] = SimReplica(name, store)
         for other in links:
             self.links[frozenset((name, other))] = LinkFaults()
@@ -260,7 +260,7 @@ class Simulator:
 
     def run(self, duration: float) -> None:
         """Advance virtual time by ``duration``: deliver messages and tick, in time order."""
-        self._run(self.run_async(duration))
+        self.drive(self.run_async(duration))
 
     async def run_async(self, duration: float) -> None:
         end = self.now + duration
@@ -278,7 +278,7 @@ class Simulator:
 
     def run_until_converged(self, max_ticks: int) -> int | None:
         """Run tick by tick until every up replica holds the same documents; the ticks it took."""
-        return self._run(self.run_until_converged_async(max_ticks))
+        return self.drive(self.run_until_converged_async(max_ticks))
 
     async def run_until_converged_async(self, max_ticks: int) -> int | None:
         for n in range(max_ticks + 1):
@@ -289,7 +289,7 @@ class Simulator:
 
     def converged(self) -> bool:
         """Every replica up, identical document bytes and Merkle roots."""
-        return self._run(self.converged_async())
+        return self.drive(self.converged_async())
 
     async def converged_async(self) -> bool:
         reps = list(self.replicas.values())

@@ -50,9 +50,10 @@ steps = st.one_of(
 schedules = st.lists(steps, max_size=25)
 
 
-def play(schedule: list[tuple], seed: int, *, line: bool = False, truncate: bool = True) -> Simulator:
+def play(schedule: list[tuple], seed: int, *, line: bool = False, truncate: bool = True, **kwargs: Any) -> Simulator:
+    """Run ``schedule``, then heal everything; ``kwargs`` go to the Simulator (a backend and its runner)."""
     links = [("a", "b"), ("b", "c")] if line else None
-    sim = Simulator(NAMES, links=links, seed=seed, truncate=truncate)
+    sim = Simulator(NAMES, links=links, seed=seed, truncate=truncate, **kwargs)
     for step in schedule:
         kind = step[0]
         if kind == "write":
@@ -85,11 +86,15 @@ def check_converged(sim: Simulator) -> None:
     ticks = sim.run_until_converged(HEAL_TICKS)
     note("\n".join(sim.trace[-40:]))
     assert ticks is not None, "replicas did not converge after healing"
-    # No acknowledged write lost: every replica's document holds every write's dots.
+    assert_no_write_lost(sim)
+
+
+def assert_no_write_lost(sim: Simulator) -> None:
+    """Every replica's document holds the dots of every acknowledged write."""
     for _, entry in sim.acknowledged:
         dots = decode_delta(entry.delta).ctx
         for rep in sim.replicas.values():
-            (state,) = sim._run(rep.store.read_states([entry.doc_id]))
+            (state,) = sim.drive(rep.store.read_states([entry.doc_id]))
             assert state is not None, (rep.name, entry.doc_id)
             assert decode_document(state).ctx.contains_context(dots), (rep.name, entry.origin, entry.seq)
 
@@ -110,8 +115,8 @@ def test_same_seed_replays_exactly(schedule: list[tuple], seed: int) -> None:
     first.run(10)
     second.run(10)
     assert first.trace == second.trace
-    assert {n: first._run(first.snapshot(n)) for n in first.replicas} == {
-        n: second._run(second.snapshot(n)) for n in second.replicas
+    assert {n: first.drive(first.snapshot(n)) for n in first.replicas} == {
+        n: second.drive(second.snapshot(n)) for n in second.replicas
     }
 
 
