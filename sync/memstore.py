@@ -158,10 +158,10 @@ class MemStore:
         return dict(self.acked_by.get(peer, {}))
 
     async def set_acked(self, peer: str, vector: Mapping[str, int]) -> None:
-        """Raise ``peer``'s acknowledged vector (never lowers an entry)."""
+        """Raise ``peer``'s acknowledged vector (never lowers an entry; an ack of 0 is stored, as on Node)."""
         mine = self.acked_by.setdefault(peer, {})
         for origin, seq in vector.items():
-            if seq > mine.get(origin, 0):
+            if origin not in mine or seq > mine[origin]:
                 mine[origin] = seq
 
     async def skip_log(self, origin: str, upto: int) -> int:
