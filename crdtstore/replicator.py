@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 
 The protocol objects are sans-I/O; this adapter owns everything else: the
-websocket links (:mod:`sync.transport`), the timer, and the calls into the
-node's replicator hooks (``apply_remote_many``, ``merge_state``,
-``read_states``, ``log_range``, ``version_vector``, ``set_acked``,
-``merkle_root``, ``merkle_children_many``, ``bucket_items_many``).
+websocket links (:mod:`sync.transport`), the timer, and the thread hops into
+the node, a :class:`sync.store.ReplicaStore`. What each event does is not
+here: :func:`sync.dispatch.dispatch` runs the one table of handlers that the
+simulator runs too; this module supplies the link's
+:class:`sync.dispatch.Context` (:class:`_LinkContext`: inputs with a flush,
+acks kept in memory, quorum waiters, the pushing link, closing).
 
 **Links.** The node dials every configured peer URL (a
 :class:`~sync.transport.Dialer` each, reconnecting with backoff) and
@@ -95,7 +97,7 @@ import random as _random
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from crdtstore.errors import CrdtError
 from sync import protocol as sp
@@ -108,6 +110,7 @@ from sync.transport import Dialer, PeerConnection, ServerPeerConnection, Transpo
 __all__ = [
     "Consistency",
     "QuorumOutcome",
+    "ReplicatedNode",
     "Replicator",
     "ReplicatorSettings",
 ]
@@ -184,6 +187,15 @@ class ReplicatorSettings:
     truncate_interval: float | None = 1.0
 
 
+class ReplicatedNode(ReplicaStore, Protocol):
+    """What the replicator needs of its node: the store, and what it tails and says in its Hello."""
+
+    replica_id: str  # this start's origin: the replicator tails the node's own writes under it
+
+    @property
+    def storage(self) -> Any: ...  # its identity (stable id, epoch) goes into each link's Hello
+
+
 @dataclass(eq=False)
 class _Link:
     """One live session: the protocol object, its connection and its queues."""
@@ -219,7 +231,7 @@ class Replicator:
 
     def __init__(
         self,
-        node: Any,
+        node: ReplicatedNode,
         *,
         secret: bytes,
         peers: Sequence[str] = (),
@@ -692,7 +704,7 @@ class _LinkContext:
 
     @property
     def store(self) -> ReplicaStore:
-        return self.replicator.node  # type: ignore[no-any-return]
+        return self.replicator.node
 
     @property
     def stats(self) -> dict[str, int]:
