@@ -100,13 +100,7 @@ class MemStore:
         """Join a peer's delta and log it; False if ``(origin, seq)`` was already received."""
         if seq <= self.vector.get(origin, 0) or seq in self.log.get(origin, {}):
             return False
-        parsed = decode_delta(delta)  # before any change: bad bytes write nothing
-        doc = self.docs.setdefault(doc_id, Document())
-        doc.join(parsed)
-        self.log.setdefault(origin, {})[seq] = Entry(origin, seq, doc_id, delta)
-        self._advance(origin)
-        self._reindex(doc_id)
-        return True
+        return self._join_logged(Entry(origin, seq, doc_id, delta), decode_delta(delta))
 
     def read_state(self, doc_id: str) -> bytes | None:
         doc = self.docs.get(doc_id)
@@ -126,9 +120,9 @@ class MemStore:
 
     async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
         """Join a peer's deltas in order; nothing of the batch changes if one does not decode (as on Node)."""
-        for e in entries:
-            decode_delta(e.delta)
-        return [self.apply_remote(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
+        parsed = [decode_delta(e.delta) for e in entries]  # before any change: bad bytes write nothing
+        joins = zip(entries, parsed, strict=True)
+        return [self._join_logged(Entry(e.origin, e.seq, e.doc_id, e.delta), p) for e, p in joins]
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
         """Join a peer's full state (anti-entropy); True if ours changed. Not logged."""
@@ -198,6 +192,16 @@ class MemStore:
         return {d: encode_document(doc) for d, doc in sorted(self.docs.items())}
 
     # Private methods.
+
+    def _join_logged(self, entry: Entry, parsed: Any) -> bool:
+        """Join a decoded delta and log it; False if ``(origin, seq)`` was already received."""
+        if entry.seq <= self.vector.get(entry.origin, 0) or entry.seq in self.log.get(entry.origin, {}):
+            return False
+        self.docs.setdefault(entry.doc_id, Document()).join(parsed)
+        self.log.setdefault(entry.origin, {})[entry.seq] = entry
+        self._advance(entry.origin)
+        self._reindex(entry.doc_id)
+        return True
 
     def _merge_state(self, doc_id: str, state: bytes) -> bool:
         other = decode_document(state)
