@@ -663,10 +663,10 @@ class Node:
         Raises:
             DecodeError: an entry is not a valid encoded delta; nothing of the batch was written.
         """
-        entries = [e if isinstance(e, LogEntry) else LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
-        for entry in entries:
+        logged = [e if isinstance(e, LogEntry) else LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
+        for entry in logged:
             check_doc_id(entry.doc_id)
-        return await self._submit(lambda ctx: [self._remote_txn(ctx, entry) for entry in entries])
+        return await self._submit(lambda ctx: [self._remote_txn(ctx, entry) for entry in logged])
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
         """Join a peer's full document state (anti-entropy repair); not logged.

@@ -192,6 +192,8 @@ class ReplicatedNode(ReplicaStore, Protocol):
 
     replica_id: str  # this start's origin: the replicator tails the node's own writes under it
 
+    async def read_state(self, doc_id: str) -> bytes | None: ...  # a quorum read's joined state
+
     @property
     def storage(self) -> Any: ...  # its identity (stable id, epoch) goes into each link's Hello
 
