@@ -18,13 +18,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdtstore.merkle import MerkleShape
 from crdtstore.node import Node
 from crdtstore.testing.nodes import NodeBackend
 from sync import events as ev
-from sync.simulator import Simulator
+from sync.memstore import MemStore
+from sync.simulator import MemBackend, Simulator
 from tests.sync.test_simulator import HEAL_TICKS, NAMES, assert_no_write_lost, check_converged, op, play, schedules
 
-EXAMPLES = max(5, settings.default.max_examples // 5)
+EXAMPLES = max(5, settings.default.max_examples // 10)
 
 
 @contextlib.contextmanager
@@ -87,3 +89,25 @@ def test_nodes_restart_truncate_and_a_new_replica_is_repaired_by_anti_entropy() 
         sim.run(10)
         vectors = [sim.drive(r.store.version_vector()) for r in sim.replicas.values()]
         assert all(v == vectors[0] for v in vectors)
+
+
+class _MemLikeNodes(MemBackend):
+    """In-memory replicas named as NodeBackend names them (``f"{region}-{name}"``)."""
+
+    async def open(self, name: str, region: str, nonce: str, shape: MerkleShape) -> MemStore:
+        return MemStore(f"{region}-{name}", region=region, nonce=nonce, shape=shape)
+
+
+@settings(max_examples=EXAMPLES)
+@given(schedules, st.integers(0, 2**32 - 1))
+def test_a_schedule_runs_the_same_over_nodes_as_over_memory(schedule: list[tuple], seed: int) -> None:
+    # Same seed, same schedule: every message, event and truncation in the same order, the same bytes at the end.
+    memory = play(schedule, seed, backend=_MemLikeNodes())
+    memory.run(10)
+    with on_nodes() as kwargs:
+        nodes = play(schedule, seed, **kwargs)
+        nodes.run(10)
+        assert nodes.trace == memory.trace
+        assert {n: nodes.drive(nodes.snapshot(n)) for n in nodes.replicas} == {
+            n: memory.drive(memory.snapshot(n)) for n in memory.replicas
+        }
