@@ -760,6 +760,7 @@ def anti_entropy(docs: int, differ: int, latency: float) -> dict[str, Any]:
     from crdtstore.merkle import MerkleShape
     from sync.antientropy import run_local
     from sync.memstore import MemStore
+    from sync.store import run_sync
 
     shape = MerkleShape()  # the node's default shape (NodeConfig merkle_fanout/merkle_depth)
     a = MemStore("us-bench", region="us", nonce="a1", shape=shape)
@@ -779,9 +780,9 @@ def anti_entropy(docs: int, differ: int, latency: float) -> dict[str, Any]:
     built = time.perf_counter() - built
     full = sum(len(doc_id.encode()) + len(encode_document(doc)) for doc_id, doc in a.docs.items())
     start = time.perf_counter()
-    stats = run_local(a, b, shape)
+    stats = run_sync(run_local(a, b, shape))
     seconds = time.perf_counter() - start
-    equal = a.merkle_root() == b.merkle_root()
+    equal = run_sync(a.merkle_root()) == run_sync(b.merkle_root())
     wire = stats.bytes_sent + stats.bytes_received
     return {
         "docs": docs,

@@ -189,9 +189,11 @@ from crdtstore.storage import (
     check_doc_id,
 )
 from crdtstore.version import decode_version
+from sync.events import PeerInfo
 
 if TYPE_CHECKING:
     from crdtstore.storage import Txn
+    from sync.store import LogRecord
 
 __all__ = [
     "DocumentNotFound",
@@ -769,7 +771,13 @@ class Node:
         """The documents in quarantine, oldest first (at most ``MAX_QUARANTINE_LISTED``)."""
         return list(self._quarantine.values())
 
-    # Public methods for the replicator.
+    # Public methods for the replicator (the sync.store.ReplicaStore protocol).
+
+    @property
+    def info(self) -> PeerInfo:
+        """Who this replica is: stable id, this start's origin (``replica_id``), region, epoch."""
+        identity = self.storage.identity
+        return PeerInfo(identity.base, self.replica_id, self.config.region, identity.epoch)
 
     async def apply_remote(self, origin: str, seq: int, doc_id: str, delta: bytes) -> bool:
         """Join a delta received from a peer, log it under ``(origin, seq)``, wait until durable.
@@ -784,7 +792,7 @@ class Node:
         """
         return (await self.apply_remote_many([LogEntry(origin, seq, doc_id, delta)]))[0]
 
-    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
+    async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
         """Join a peer's batch of deltas, in order, in one commit (one fsync, not one each).
 
         Total on the peer's data: an entry whose id the API could not address
@@ -801,14 +809,14 @@ class Node:
         Raises:
             ValueError: An origin or seq the log cannot hold (nothing of the batch was written).
         """
-        for entry in entries:
+        logged = [e if isinstance(e, LogEntry) else LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
+        for entry in logged:
             _check_entry(entry)
-        entries = list(entries)
         try:
-            return await self._submit(lambda ctx: self._remote_many_txn(ctx, entries, savepoints=False))
+            return await self._submit(lambda ctx: self._remote_many_txn(ctx, logged, savepoints=False))
         except _Poisoned:
             # Rare: run the batch again with a savepoint per entry, so that only the bad ones are skipped.
-            return await self._submit(lambda ctx: self._remote_many_txn(ctx, entries, savepoints=True))
+            return await self._submit(lambda ctx: self._remote_many_txn(ctx, logged, savepoints=True))
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
         """Join a peer's full document state (anti-entropy repair); not logged.
@@ -833,6 +841,15 @@ class Node:
             self._quarantine_stats["repaired"] += 1
             logger.info("document left quarantine: a peer's state merged", extra={"doc_id": doc_id})
         return outcome
+
+    async def merge_states(self, states: Sequence[tuple[str, bytes]]) -> list[bool | BaseException]:
+        """:meth:`merge_state` of each; per state its result or the error it raised.
+
+        Joins commute, so the states need no order among themselves: submitted
+        together they share one group commit, where one await each cost a
+        commit each.
+        """
+        return await asyncio.gather(*(self.merge_state(d, s) for d, s in states), return_exceptions=True)
 
     async def read_state(self, doc_id: str) -> bytes | None:
         """The encoded state of a document, live or deleted (what anti-entropy ships), or None.

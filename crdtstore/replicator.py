@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 
 The protocol objects are sans-I/O; this adapter owns everything else: the
-websocket links (:mod:`sync.transport`), the timer, and the calls into the
-node's replicator hooks (``apply_remote_many``, ``merge_state``,
-``read_states``, ``log_range``, ``version_vector``, ``set_acked``,
-``merkle_root``, ``merkle_children_many``, ``bucket_items_many``).
+websocket links (:mod:`sync.transport`), the timer, and the thread hops into
+the node, a :class:`sync.store.ReplicaStore`. What each event does is not
+here: :func:`sync.dispatch.dispatch` runs the one table of handlers that the
+simulator runs too; this module supplies the link's
+:class:`sync.dispatch.Context` (:class:`_LinkContext`: inputs with a flush,
+acks kept in memory, quorum waiters, the pushing link, closing).
 
 **Links.** The node dials every configured peer URL (a
 :class:`~sync.transport.Dialer` each, reconnecting with backoff) and
@@ -99,26 +101,20 @@ import random as _random
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from crdtstore.errors import CrdtError
-from crdtstore.storage import LogEntry
 from sync import protocol as sp
-from sync.events import (
-    ApplyDeltas,
-    NeedBucketItems,
-    NeedLog,
-    NeedMerkleChildren,
-    NeedMerkleRoot,
-    NeedStates,
-    PeerInfo,
-)
+from sync.dispatch import READS, dispatch
+from sync.events import ApplyDeltas, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
+from sync.store import ReplicaStore
 from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings
 
 __all__ = [
     "Consistency",
     "QuorumOutcome",
+    "ReplicatedNode",
     "Replicator",
     "ReplicatorSettings",
 ]
@@ -126,7 +122,7 @@ __all__ = [
 logger = logging.getLogger("crdtstore.replicator")
 
 # Events that only read the node: the reads worker answers them (see "One session").
-_READS = (NeedLog, NeedMerkleRoot, NeedMerkleChildren, NeedBucketItems, NeedStates)
+_READS = READS
 
 
 class Consistency(enum.Enum):
@@ -195,6 +191,17 @@ class ReplicatorSettings:
     truncate_interval: float | None = 1.0
 
 
+class ReplicatedNode(ReplicaStore, Protocol):
+    """What the replicator needs of its node: the store, and what it tails and says in its Hello."""
+
+    replica_id: str  # this start's origin: the replicator tails the node's own writes under it
+
+    async def read_state(self, doc_id: str) -> bytes | None: ...  # a quorum read's joined state
+
+    @property
+    def storage(self) -> Any: ...  # its identity (stable id, epoch) goes into each link's Hello
+
+
 @dataclass(eq=False)
 class _Link:
     """One live session: the protocol object, its connection and its queues."""
@@ -230,7 +237,7 @@ class Replicator:
 
     def __init__(
         self,
-        node: Any,
+        node: ReplicatedNode,
         *,
         secret: bytes,
         peers: Sequence[str] = (),
@@ -550,105 +557,10 @@ class Replicator:
             await ready.wait()
 
     async def _process(self, link: _Link, event: Any) -> None:
-        node = self.node
-        name = type(event).__name__
         if isinstance(event, tuple) and event and event[0] == "local_error":
             await self._close_link(link, 1011, "internal error")
-        elif name == "Authenticated":
-            link.peer_id = event.peer.replica_id
-            link.peer = event.peer
-            if link.url is not None:
-                self._peer_ids[link.url] = event.peer.replica_id
-            if any(other.proto.pushing for other in self._links_to(link.peer_id, besides=link)):
-                # Both sides dial, so a peer is often reached twice: deltas go on one link only.
-                self._input(link, lambda p: p.set_pushing(False))
-            logger.info("peer authenticated", extra={"peer": link.peer_id, "remote": link.conn.remote})
-        elif name == "ApplyDeltas":
-            entries = [LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in event.entries]
-            try:
-                # One commit for the whole batch: a commit a delta would make
-                # remote deltas wait on one fsync each, and lag grow with rate.
-                await node.apply_remote_many(entries)
-            except (CrdtError, ValueError) as exc:
-                # An origin or seq the log cannot hold: the node wrote nothing of the batch.
-                # (Bad delta bytes do not raise: the node quarantines their documents.)
-                first = event.entries[0]
-                self._reject(link, f"deltas from ({first.origin}, {first.seq})", exc)
-                return
-            self.stats["deltas_applied"] += len(event.entries)
-            # Durable now: tell every link (relay to the others, ack on this one).
-            self._announce(event.entries)
-        elif name == "MergeStates":
-            # Joins commute, so the states need no order among themselves: submitted together they
-            # share one group commit, where one await each cost a commit each, and every delta
-            # queued behind them on this link waited for all of those commits.
-            results = await asyncio.gather(
-                *(node.merge_state(doc_id, state) for doc_id, state in event.states), return_exceptions=True
-            )
-            failed = [
-                (doc_id, r)
-                for (doc_id, _), r in zip(event.states, results, strict=True)
-                if isinstance(r, BaseException)
-            ]
-            self.stats["states_merged"] += len(results) - len(failed)
-            for _, error in failed:
-                if not isinstance(error, CrdtError | ValueError):
-                    raise error  # a node hook failed (storage full...): the effects worker fails the link
-            for doc_id, error in failed:
-                # The node keeps such a document in quarantine; the others were merged, the link goes on.
-                self.stats["states_rejected"] += 1
-                logger.warning(
-                    "a peer's state was not merged",
-                    extra={"peer": link.peer_id, "doc_id": doc_id[:300], "error": repr(error)[:200]},
-                )
-        elif name == "NeedLog":
-            entries = await node.log_range(event.origin, event.after, event.limit)
-            self._input(link, lambda p: p.send_log(event.origin, event.after, entries))
-        elif name == "PeerAcked":
-            # Kept in memory; truncate_once persists it before relying on it. A
-            # commit per ack (one per remote commit, dozens a second per link)
-            # would cost the writer more than the acks are worth: after a restart
-            # an older stored ack only truncates less until the peer acks again.
-            self._acks[event.peer_id] = dict(event.vector)
-            self._ack_changed.set()
-        elif name == "SkipLog":
-            await node.skip_log(event.origin, event.upto)
-            # The node's whole vector: the raised mark may have run on over entries logged beyond it.
-            vector = await node.version_vector()
-            for other in list(self._links):
-                self._input(other, lambda p: p.raise_vector(vector))
-        elif name == "NeedMerkleRoot":
-            root = await node.merkle_root()
-            self._input(link, lambda p: p.answer_merkle_root(event.request_id, root))
-        elif name == "NeedMerkleChildren":
-            # One read transaction per request, not per item: a session asks for hundreds of
-            # nodes and states, and each read is a hop to a thread and back.
-            children = await node.merkle_children_many(event.nodes)
-            self._input(link, lambda p: p.answer_merkle_children(event.request_id, children))
-        elif name == "NeedBucketItems":
-            items = await node.bucket_items_many(event.buckets)
-            self._input(link, lambda p: p.answer_bucket_items(event.request_id, items))
-        elif name == "NeedStates":
-            states = await node.read_states(event.doc_ids)
-            self._input(link, lambda p: p.answer_states(event.request_id, states))
-        elif name == "ReadResponded":
-            fut = self._waiters.pop(event.request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result((event.peer_id, event.state))
-        elif name == "WriteAcked":
-            waiting = self._write_waits.get(event.request_id)
-            if waiting is not None:
-                waiting.add(event.peer_id)
-                self._ack_changed.set()
-        elif name == "AntiEntropyDone":
-            self.stats["anti_entropy_sessions"] += 1
-            self.stats["anti_entropy_deferred"] += event.docs_deferred
-        elif name == "Failed":
-            logger.warning(
-                "peer link failed",
-                extra={"peer": link.peer_id, "code": event.close_code, "reason": event.reason},
-            )
-            await self._close_link(link, int(event.close_code), event.reason)
+        else:
+            await dispatch(_LinkContext(self, link), event)
 
     def _reject(self, link: _Link | None, what: str, exc: Exception) -> None:
         """A peer sent what the node cannot take at all (a malformed origin or seq; bad document data is
@@ -786,6 +698,65 @@ class Replicator:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _LinkContext:
+    """The :class:`sync.dispatch.Context` of one link: what the shared event handlers may use here."""
+
+    __slots__ = ("link", "replicator")
+
+    def __init__(self, replicator: Replicator, link: _Link) -> None:
+        self.replicator = replicator
+        self.link = link
+
+    @property
+    def store(self) -> ReplicaStore:
+        return self.replicator.node
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.replicator.stats
+
+    def input(self, call: Callable[[Any], object]) -> None:
+        self.replicator._input(self.link, call)
+
+    def input_all(self, call: Callable[[Any], object]) -> None:
+        for other in list(self.replicator._links):
+            self.replicator._input(other, call)
+
+    def authenticated(self, peer: PeerInfo) -> None:
+        rep, link = self.replicator, self.link
+        link.peer_id = peer.replica_id
+        link.peer = peer
+        if link.url is not None:
+            rep._peer_ids[link.url] = peer.replica_id
+        if any(other.proto.pushing for other in rep._links_to(link.peer_id, besides=link)):
+            # Both sides dial, so a peer is often reached twice: deltas go on one link only.
+            rep._input(link, lambda p: p.set_pushing(False))
+        logger.info("peer authenticated", extra={"peer": link.peer_id, "remote": link.conn.remote})
+
+    def peer_acked(self, peer_id: str, vector: dict[str, int]) -> None:
+        # truncate_once persists it before relying on it.
+        self.replicator._acks[peer_id] = vector
+        self.replicator._ack_changed.set()
+
+    def read_responded(self, event: ReadResponded) -> None:
+        fut = self.replicator._waiters.pop(event.request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result((event.peer_id, event.state))
+
+    def write_acked(self, event: WriteAcked) -> None:
+        waiting = self.replicator._write_waits.get(event.request_id)
+        if waiting is not None:
+            waiting.add(event.peer_id)
+            self.replicator._ack_changed.set()
+
+    def reject(self, what: str, exc: Exception) -> None:
+        self.replicator._reject(self.link, what, exc)
+
+    async def close(self, code: int, reason: str) -> None:
+        logger.warning("peer link failed", extra={"peer": self.link.peer_id, "code": code, "reason": reason})
+        await self.replicator._close_link(self.link, code, reason)
 
 
 def _coalesce_deltas(events: collections.deque[Any]) -> Any:

@@ -52,11 +52,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from crdtstore.merkle import MerkleShape, NodeId, diff_children
 
 from .exceptions import InvalidState
+
+if TYPE_CHECKING:
+    from .store import ReplicaStore
 
 __all__ = [
     "AntiEntropySession",
@@ -64,7 +67,6 @@ __all__ = [
     "Kind",
     "Query",
     "Side",
-    "SyncSource",
     "run_local",
 ]
 
@@ -301,23 +303,9 @@ class AntiEntropySession:
                 self._step = _Step.DONE
 
 
-class SyncSource(Protocol):
-    """What :func:`run_local` reads from each side (the in-memory store has it)."""
-
-    def merkle_root(self) -> bytes: ...
-
-    def merkle_children(self, level: int, index: int) -> list[bytes]: ...
-
-    def bucket_items(self, bucket: int) -> list[tuple[str, bytes]]: ...
-
-    def read_state(self, doc_id: str) -> bytes | None: ...
-
-    def merge_state(self, doc_id: str, state: bytes) -> bool: ...
-
-
-def run_local(
-    ours: SyncSource,
-    theirs: SyncSource,
+async def run_local(
+    ours: ReplicaStore,
+    theirs: ReplicaStore,
     shape: MerkleShape,
     *,
     defer: Callable[[str], bool] | None = None,
@@ -327,6 +315,7 @@ def run_local(
 
     Bytes are those of the wire messages the protocol would exchange for the
     remote reads (requests sent, responses received, and the state push).
+    Over MemStores nothing suspends: ``sync.store.run_sync(run_local(...))``.
     """
     from . import messages as m
 
@@ -339,40 +328,43 @@ def run_local(
             source = ours if q.side is Side.LOCAL else theirs
             remote = q.side is Side.REMOTE
             if q.kind is Kind.ROOT:
-                root = source.merkle_root()
+                root = await source.merkle_root()
                 if remote:
                     req = m.MerkleRootRequest(0).encode()
                     resp = m.MerkleRootResponse(0, shape.fanout, shape.depth, root).encode()
                     session.count_bytes(sent=len(req), received=len(resp))
                 session.receive_root(q.side, root)
             elif q.kind is Kind.CHILDREN:
-                children = [source.merkle_children(*node) for node in q.items]
+                children = await source.merkle_children_many(q.items)
                 if remote:
                     req = m.MerkleChildrenRequest(0, q.items).encode()
                     resp = m.MerkleChildrenResponse(0, tuple(tuple(c) for c in children)).encode()
                     session.count_bytes(sent=len(req), received=len(resp))
                 session.receive_children(q.side, q.items, children)
             elif q.kind is Kind.BUCKETS:
-                items = [source.bucket_items(b) for b in q.items]
+                items = await source.bucket_items_many(q.items)
                 if remote:
                     req = m.BucketItemsRequest(0, q.items).encode()
                     resp = m.BucketItemsResponse(0, tuple(tuple(i) for i in items)).encode()
                     session.count_bytes(sent=len(req), received=len(resp))
                 session.receive_bucket_items(q.side, q.items, items)
             else:
-                states = [(d, source.read_state(d)) for d in q.items]
+                states = list(zip(q.items, await source.read_states(q.items), strict=True))
                 if remote:
                     req = m.StateRequest(0, q.items).encode()
                     resp = m.StateResponse(0, tuple(states)).encode()
                     session.count_bytes(sent=len(req), received=len(resp))
-                    for d, s in states:
-                        if s is not None:
-                            ours.merge_state(d, s)
+                    await _merge_all(ours, [(d, s) for d, s in states if s is not None])
                 else:
                     present = tuple((d, s) for d, s in states if s is not None)
                     if present:
                         session.count_bytes(sent=len(m.StatePush(present).encode()))
-                    for d, s in present:
-                        theirs.merge_state(d, s)
+                    await _merge_all(theirs, present)
                 session.receive_states(q.side, q.items)
     return session.stats
+
+
+async def _merge_all(store: ReplicaStore, states: Sequence[tuple[str, bytes]]) -> None:
+    for result in await store.merge_states(states):
+        if isinstance(result, BaseException):
+            raise result

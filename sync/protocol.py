@@ -65,6 +65,8 @@ The constructor queues our ``Hello``. Then the adapter loops over these
   ``Failed(close_code, reason)``    close the websocket with ``close_code``; reconnect later
   ================================  =================================================
 
+:data:`sync.dispatch.HANDLERS` is this table as code, shared by every adapter.
+
 Answers may come later and in any order (they carry the request id), but
 ``ApplyDeltas``/``MergeStates`` must be applied in event order. Properties:
 ``state`` (:class:`sync._state.State`), ``peer`` (``PeerInfo | None``),

@@ -3,10 +3,20 @@
 Theory of operation
 -------------------
 
-Each replica is a :class:`~sync.memstore.MemStore` (its durable state) plus
-one :class:`~sync.protocol.PeerProtocol` per live connection (volatile).
-:meth:`Simulator._handle` is the adapter: the same event handling the
-websocket transport does against the node, with the ``await`` taken out.
+Each replica is a :class:`~sync.store.ReplicaStore` (its durable state: a
+:class:`~sync.memstore.MemStore` by default, or a ``Node`` on LMDB through
+another :class:`Backend`) plus one :class:`~sync.protocol.PeerProtocol` per
+live connection (volatile). Events go through :func:`sync.dispatch.dispatch`,
+the table the production replicator uses too: the simulator supplies only
+what an adapter supplies (links, virtual time, the hooks of
+:class:`sync.dispatch.Context`).
+
+The simulator's steps are coroutines, awaited one after another: a handler
+runs to completion before the next delivery or tick, whatever it awaits.
+Over memory nothing ever suspends, so the public methods run their step with
+:func:`sync.store.run_sync` (no event loop); over LMDB, pass the loop's
+``run_until_complete`` as ``runner``. Virtual time is the simulator's own in
+both cases, independent of the loop's clock.
 
 Links connect pairs of replicas (any topology: a line A-B-C tests relaying).
 A link delivers each message after ``delay`` plus a jitter in
@@ -30,18 +40,62 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from crdtstore.merkle import MerkleShape
 
 from . import events as ev
+from .dispatch import dispatch
+from .exceptions import CloseCode
 from .memstore import MemStore
-from .messages import Entry
 from .protocol import PeerProtocol, SyncConfig, truncation_vector
+from .store import LogRecord, ReplicaStore, run_sync
 
-__all__ = ["LinkFaults", "SimReplica", "Simulator", "dispatch"]
+__all__ = ["Backend", "LinkFaults", "MemBackend", "SimReplica", "Simulator", "all_states"]
+
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """How the simulator makes, writes to and restarts the stores of its replicas."""
+
+    async def open(self, name: str, region: str, nonce: str, shape: MerkleShape) -> ReplicaStore:
+        """A new, empty replica's store; ``name`` is its stable replica id or part of it."""
+        ...
+
+    async def write(self, store: ReplicaStore, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord:
+        """A local write, durable when it returns; the logged entry (a rejected batch raises OpError)."""
+        ...
+
+    async def restart(self, store: ReplicaStore, nonce: str) -> ReplicaStore:
+        """The store of the same directory after a restart (new epoch and nonce, same data)."""
+        ...
+
+
+class MemBackend:
+    """Replicas in memory (:class:`~sync.memstore.MemStore`): nothing suspends."""
+
+    async def open(self, name: str, region: str, nonce: str, shape: MerkleShape) -> MemStore:
+        return MemStore(name, region=region, nonce=nonce, shape=shape)
+
+    async def write(self, store: ReplicaStore, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord:
+        assert isinstance(store, MemStore)
+        return store.apply(doc_id, ops)
+
+    async def restart(self, store: ReplicaStore, nonce: str) -> ReplicaStore:
+        assert isinstance(store, MemStore)
+        store.restart(nonce)
+        return store
+
+
+async def all_states(store: ReplicaStore, shape: MerkleShape) -> dict[str, bytes | None]:
+    """Every document's encoded state (deleted ones included), found through the Merkle buckets."""
+    buckets = await store.bucket_items_many(range(shape.leaves))
+    doc_ids = sorted(d for items in buckets for d, _ in items)
+    return dict(zip(doc_ids, await store.read_states(doc_ids), strict=True))
 
 
 @dataclass(slots=True)
@@ -56,12 +110,14 @@ class LinkFaults:
 
 @dataclass(slots=True)
 class SimReplica:
-    """A replica in the simulation: its store and its live connections by peer name."""
+    """A replica in the simulation: its store, its live connections by peer name, acks kept in memory."""
 
     name: str
-    store: MemStore
+    store: ReplicaStore
     up: bool = True
     protocols: dict[str, tuple[int, PeerProtocol]] = field(default_factory=dict)
+    acks: dict[str, dict[str, int]] = field(default_factory=dict)  # lost on a crash, as in the replicator
+    acks_stored: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Simulator:
@@ -74,6 +130,9 @@ class Simulator:
         config: The protocol configuration for every connection.
         secret: The cluster secret (replicas in ``wrong_secret`` use another one).
         truncate: Whether replicas truncate their logs to what every peer acknowledged.
+        backend: Makes the replicas' stores (default: in memory).
+        runner: Runs one step to completion (default: :func:`sync.store.run_sync`;
+            a loop's ``run_until_complete`` for stores that suspend).
     """
 
     def __init__(
@@ -86,6 +145,8 @@ class Simulator:
         secret: bytes = b"cluster-secret",
         truncate: bool = False,
         shape: MerkleShape | None = None,
+        backend: Backend | None = None,
+        runner: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.shape = shape if shape is not None else MerkleShape(fanout=4, depth=3)
@@ -102,35 +163,44 @@ class Simulator:
                 anti_entropy_timeout=10.0,
             )
         )
+        self.backend: Backend = backend if backend is not None else MemBackend()
+        self._runner = runner if runner is not None else run_sync
         self.secret = secret
         self.secrets: dict[str, bytes] = {}
         self.truncate = truncate
         self.now = 0.0
-        self.replicas = {
-            n: SimReplica(n, MemStore(n, region=r, nonce=self._nonce_str(), shape=self.shape)) for n, r in names.items()
-        }
+        self.replicas: dict[str, SimReplica] = {}
+        for n, r in names.items():
+            self.replicas[n] = SimReplica(n, self.drive(self.backend.open(n, r, self._nonce_str(), self.shape)))
         pairs = links if links is not None else [(a, b) for a in names for b in names if a < b]
         self.links: dict[frozenset[str], LinkFaults] = {frozenset(p): LinkFaults() for p in pairs}
         self.cut_links: set[frozenset[str]] = set()
         self.trace: list[str] = []
         self.events: list[tuple[str, str, ev.Event]] = []
-        self.acknowledged: list[tuple[str, Entry]] = []
+        self.acknowledged: list[tuple[str, LogRecord]] = []
+        self.stats: Counter[str] = Counter()
         self._queue: list[tuple[float, int, int, str, str, bytes]] = []
         self._seq = 0
         self._conn_ids = 0
         self._next_tick = 0.0
 
+    def drive(self, step: Awaitable[T]) -> T:
+        return self._runner(step)  # type: ignore[arg-type, no-any-return]
+
     # Public methods for the schedule.
 
-    def write(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> Entry | None:
+    def write(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord | None:
         """A client write at ``name`` (None if the replica is down); acknowledged once it returns."""
+        return self.drive(self.write_async(name, doc_id, ops))
+
+    async def write_async(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord | None:
         rep = self.replicas[name]
         if not rep.up:
             return None
-        entry = rep.store.apply(doc_id, ops)
+        entry = await self.backend.write(rep.store, doc_id, ops)
         self.acknowledged.append((name, entry))
         self.trace.append(f"{self.now:.3f} write {name} {entry.origin}:{entry.seq} {doc_id}")
-        self._notify(rep, entry)
+        await self._notify(rep, entry)
         return entry
 
     def set_faults(self, a: str, b: str, faults: LinkFaults) -> None:
@@ -153,6 +223,7 @@ class Simulator:
         self.trace.append(f"{self.now:.3f} heal {a}-{b}")
 
     def crash(self, name: str) -> None:
+        """Lose every connection and in-memory state of ``name``; what its store committed stays."""
         rep = self.replicas[name]
         if not rep.up:
             return
@@ -160,17 +231,19 @@ class Simulator:
         for peer in list(rep.protocols):
             self._close(name, peer)
         rep.up = False
+        rep.acks.clear()
+        rep.acks_stored.clear()
 
     def restart(self, name: str) -> None:
         rep = self.replicas[name]
         if rep.up:
             return
-        rep.store.restart(self._nonce_str())
+        rep.store = self.drive(self.backend.restart(rep.store, self._nonce_str()))
         rep.up = True
-        self.trace.append(f"{self.now:.3f} restart {name} as {rep.store.origin}")
+        self.trace.append(f"{self.now:.3f} restart {name} as {rep.store.info.origin}")
 
     def restore(self, name: str, backup: MemStore) -> None:
-        """Replace ``name``'s store with an old copy (the replica restarts)."""
+        """Replace ``name``'s store with an old copy (the replica restarts; in-memory stores only)."""
         self.crash(name)
         rep = self.replicas[name]
         rep.store = backup.copy()
@@ -178,7 +251,8 @@ class Simulator:
 
     def add_replica(self, name: str, region: str, links: Iterable[str]) -> None:
         """A new, empty replica joining the cluster, linked to ``links``."""
-        self.replicas[name] = SimReplica(name, MemStore(name, region=region, nonce=self._nonce_str(), shape=self.shape))
+        store = self.drive(self.backend.open(name, region, self._nonce_str(), self.shape))
+        self.replicas[name] = SimReplica(name, store)
         for other in links:
             self.links[frozenset((name, other))] = LinkFaults()
 
@@ -186,55 +260,74 @@ class Simulator:
 
     def run(self, duration: float) -> None:
         """Advance virtual time by ``duration``: deliver messages and tick, in time order."""
+        self.drive(self.run_async(duration))
+
+    async def run_async(self, duration: float) -> None:
         end = self.now + duration
         while True:
             next_msg = self._queue[0][0] if self._queue else None
             if next_msg is not None and next_msg < self._next_tick and next_msg <= end:
-                self._deliver(*heapq.heappop(self._queue))
+                await self._deliver(*heapq.heappop(self._queue))
             elif self._next_tick <= end:
                 self.now = self._next_tick
                 self._next_tick += 1.0
-                self._tick()
+                await self._tick()
             else:
                 break
         self.now = end
 
     def run_until_converged(self, max_ticks: int) -> int | None:
         """Run tick by tick until every up replica holds the same documents; the ticks it took."""
+        return self.drive(self.run_until_converged_async(max_ticks))
+
+    async def run_until_converged_async(self, max_ticks: int) -> int | None:
         for n in range(max_ticks + 1):
-            if self.converged():
+            if await self.converged_async():
                 return n
-            self.run(1.0)
+            await self.run_async(1.0)
         return None
 
     def converged(self) -> bool:
         """Every replica up, identical document bytes and Merkle roots."""
+        return self.drive(self.converged_async())
+
+    async def converged_async(self) -> bool:
         reps = list(self.replicas.values())
         if not all(r.up for r in reps):
             return False
-        first = reps[0].store
-        return all(r.store.encoded() == first.encoded() and r.store.merkle_root() == first.merkle_root() for r in reps)
+        first = await self.snapshot(reps[0].name)
+        for r in reps[1:]:
+            if await self.snapshot(r.name) != first:
+                return False
+        return True
+
+    async def snapshot(self, name: str) -> tuple[bytes, dict[str, bytes | None]]:
+        """A replica's Merkle root and every document's encoded state."""
+        store = self.replicas[name].store
+        return await store.merkle_root(), await all_states(store, self.shape)
 
     # Private methods: the network.
 
     def _nonce_str(self) -> str:
         return f"{self.rng.getrandbits(32):08x}"
 
-    def _tick(self) -> None:
+    async def _tick(self) -> None:
         self.trace.append(f"{self.now:.3f} tick")
         for name in sorted(self.replicas):
             rep = self.replicas[name]
             if not rep.up:
                 continue
             for peer in sorted(rep.protocols):
-                _, proto = rep.protocols[peer]
-                proto.receive_tick(self.now)
-                self._pump(rep)
-        self._connect_all()
+                conn = rep.protocols.get(peer)
+                if conn is None:
+                    continue  # closed by an event handled on an earlier peer's tick
+                conn[1].receive_tick(self.now)
+                await self._pump(rep)
+        await self._connect_all()
         if self.truncate:
-            self._truncate_all()
+            await self._truncate_all()
 
-    def _connect_all(self) -> None:
+    async def _connect_all(self) -> None:
         for key in sorted(self.links, key=sorted):
             a, b = sorted(key)
             ra, rb = self.replicas[a], self.replicas[b]
@@ -244,20 +337,20 @@ class Simulator:
                 continue
             self._conn_ids += 1
             cid = self._conn_ids
-            ra.protocols[b] = (cid, self._protocol(ra))
-            rb.protocols[a] = (cid, self._protocol(rb))
+            ra.protocols[b] = (cid, await self._protocol(ra))
+            rb.protocols[a] = (cid, await self._protocol(rb))
             self.trace.append(f"{self.now:.3f} connect {a}-{b} #{cid}")
-            self._pump(ra)
-            self._pump(rb)
+            await self._pump(ra)
+            await self._pump(rb)
 
-    def _protocol(self, rep: SimReplica) -> PeerProtocol:
+    async def _protocol(self, rep: SimReplica) -> PeerProtocol:
         store = rep.store
         return PeerProtocol(
-            our=ev.PeerInfo(store.replica_id, store.origin, store.region, store.epoch),
+            our=store.info,
             secret=self.secrets.get(rep.name, self.secret),
             nonce=self.rng.getrandbits(128).to_bytes(16, "big"),
             now=self.now,
-            our_vector=store.version_vector(),
+            our_vector=await store.version_vector(),
             config=self.config,
         )
 
@@ -280,7 +373,7 @@ class Simulator:
             self._seq += 1
             heapq.heappush(self._queue, (at, self._seq, cid, src, dst, data))
 
-    def _deliver(self, at: float, _seq: int, cid: int, src: str, dst: str, data: bytes) -> None:
+    async def _deliver(self, at: float, _seq: int, cid: int, src: str, dst: str, data: bytes) -> None:
         self.now = at
         rep = self.replicas[dst]
         conn = rep.protocols.get(src)
@@ -288,11 +381,11 @@ class Simulator:
             return  # the connection it was sent on is gone
         self.trace.append(f"{at:.3f} deliver {src}->{dst} #{cid} {data[0]:02x} {len(data)}")
         conn[1].receive_message(data)
-        self._pump(rep)
+        await self._pump(rep)
 
-    # Private methods: the adapter (what the transport does against the node).
+    # Private methods: the adapter (links and hooks; the event handlers are sync.dispatch's).
 
-    def _pump(self, rep: SimReplica) -> None:
+    async def _pump(self, rep: SimReplica) -> None:
         """Drain every protocol of ``rep`` until no event is left; send what they queued."""
         busy = True
         while busy:
@@ -302,73 +395,98 @@ class Simulator:
                 if conn is None:
                     continue
                 cid, proto = conn
-                events = proto.events_received()
-                for event in events:
+                ctx = _SimContext(self, rep, peer, cid, proto)
+                for event in proto.events_received():
                     busy = True
-                    self._handle(rep, peer, proto, event)
+                    if ctx.rejected and not isinstance(event, ev.Failed):
+                        continue  # queued behind bad peer data: dropped, as the replicator drops them
+                    self.events.append((rep.name, peer, event))
+                    self.trace.append(f"{self.now:.3f} event {rep.name}->{peer} {type(event).__name__}")
+                    await dispatch(ctx, event)
                 for data in proto.messages_to_send():
                     busy = True
                     self._send(rep.name, peer, cid, data)
 
-    def _notify(self, rep: SimReplica, entry: Entry) -> None:
+    async def _notify(self, rep: SimReplica, entry: LogRecord) -> None:
         for _, proto in list(rep.protocols.values()):
-            proto.local_update(*entry)
-        self._pump(rep)
+            proto.local_update(entry.origin, entry.seq, entry.doc_id, entry.delta)
+        await self._pump(rep)
 
-    def _handle(self, rep: SimReplica, peer: str, proto: PeerProtocol, event: ev.Event) -> None:
-        self.events.append((rep.name, peer, event))
-        if isinstance(event, ev.Failed):
-            self.trace.append(f"{self.now:.3f} failed {rep.name}->{peer} {event.close_code} {event.reason}")
-            self._close(rep.name, peer)
-        elif not dispatch(rep.store, proto, event, [p for _, p in rep.protocols.values()]):
-            self.trace.append(f"{self.now:.3f} event {rep.name}->{peer} {type(event).__name__}")
-
-    def _truncate_all(self) -> None:
+    async def _truncate_all(self) -> None:
+        """What the replicator's ``truncate_once`` does: store the acks kept in memory, truncate to them."""
         for name in sorted(self.replicas):
             rep = self.replicas[name]
             if not rep.up:
                 continue
-            peers = [p for p in self.replicas if p != name and frozenset((p, name)) in self.links]
+            peers = sorted(
+                self.replicas[p].store.info.replica_id
+                for p in self.replicas
+                if p != name and frozenset((p, name)) in self.links
+            )
             store = rep.store
-            upto = truncation_vector(store.version_vector(), store.acked_by, peers)
+            for peer in peers:
+                latest = rep.acks.get(peer)
+                if latest is not None and rep.acks_stored.get(peer) != latest:
+                    await store.set_acked(peer, latest)
+                    rep.acks_stored[peer] = latest
+            acked = {peer: await store.acked(peer) for peer in peers}
+            upto = truncation_vector(await store.version_vector(), acked, peers)
             for origin, seq in sorted(upto.items()):
-                if store.truncate_log(origin, seq):
+                if await store.truncate_log({origin: seq}):
                     self.trace.append(f"{self.now:.3f} truncate {name} {origin} <= {seq}")
 
 
-def dispatch(store: MemStore, proto: PeerProtocol, event: ev.Event, protocols: list[PeerProtocol]) -> bool:
-    """Do what one event asks of a replica's adapter (see ``sync.protocol``).
+class _SimContext:
+    """The :class:`sync.dispatch.Context` of one simulated link."""
 
-    ``protocols`` are all of the replica's links: applied deltas go on to
-    every one of them (relay), and a raised vector too. The websocket
-    replicator does the same against the LMDB node, with awaits in between.
-    Returns False for an event that asks nothing of the store.
-    """
-    if isinstance(event, ev.ApplyDeltas):
-        for e in event.entries:
-            store.apply_remote(*e)
-        for e in event.entries:
-            for p in protocols:
-                p.local_update(*e)
-    elif isinstance(event, ev.MergeStates):
-        for doc_id, state in event.states:
-            store.merge_state(doc_id, state)
-    elif isinstance(event, ev.NeedLog):
-        proto.send_log(event.origin, event.after, store.log_range(event.origin, event.after, event.limit))
-    elif isinstance(event, ev.PeerAcked):
-        store.set_acked(event.peer_id, event.vector)
-    elif isinstance(event, ev.SkipLog):
-        store.skip_log(event.origin, event.upto)
-        for p in protocols:
-            p.raise_vector(store.version_vector())
-    elif isinstance(event, ev.NeedMerkleRoot):
-        proto.answer_merkle_root(event.request_id, store.merkle_root())
-    elif isinstance(event, ev.NeedMerkleChildren):
-        proto.answer_merkle_children(event.request_id, [store.merkle_children(*n) for n in event.nodes])
-    elif isinstance(event, ev.NeedBucketItems):
-        proto.answer_bucket_items(event.request_id, [store.bucket_items(b) for b in event.buckets])
-    elif isinstance(event, ev.NeedStates):
-        proto.answer_states(event.request_id, [store.read_state(d) for d in event.doc_ids])
-    else:
-        return False
-    return True
+    __slots__ = ("cid", "peer", "proto", "rejected", "rep", "sim")
+
+    def __init__(self, sim: Simulator, rep: SimReplica, peer: str, cid: int, proto: PeerProtocol) -> None:
+        self.sim = sim
+        self.rep = rep
+        self.peer = peer
+        self.cid = cid
+        self.proto = proto
+        self.rejected = False
+
+    @property
+    def store(self) -> ReplicaStore:
+        return self.rep.store
+
+    @property
+    def stats(self) -> MutableMapping[str, int]:
+        return self.sim.stats
+
+    def _live(self) -> bool:
+        conn = self.rep.protocols.get(self.peer)
+        return self.rep.up and conn is not None and conn[0] == self.cid
+
+    def input(self, call: Callable[[PeerProtocol], object]) -> None:
+        if self._live():
+            call(self.proto)
+
+    def input_all(self, call: Callable[[PeerProtocol], object]) -> None:
+        for _, proto in list(self.rep.protocols.values()):
+            call(proto)
+
+    def authenticated(self, peer: ev.PeerInfo) -> None:
+        pass  # one connection per pair of replicas: no second link to stop pushing on
+
+    def peer_acked(self, peer_id: str, vector: dict[str, int]) -> None:
+        self.rep.acks[peer_id] = vector
+
+    def read_responded(self, event: ev.ReadResponded) -> None:
+        pass  # the simulator asks for no quorum reads
+
+    def write_acked(self, event: ev.WriteAcked) -> None:
+        pass
+
+    def reject(self, what: str, exc: Exception) -> None:
+        self.sim.stats["protocol_errors"] += 1
+        self.sim.trace.append(f"{self.sim.now:.3f} reject {self.rep.name}->{self.peer} {what}: {exc!r}"[:200])
+        self.rejected = True
+        self.input(lambda p: p.fail(CloseCode.PROTOCOL_ERROR, f"undecodable {what}"[:120]))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.sim.trace.append(f"{self.sim.now:.3f} failed {self.rep.name}->{self.peer} {code} {reason}")
+        self.sim._close(self.rep.name, self.peer)

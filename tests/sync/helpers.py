@@ -9,15 +9,18 @@ anything to send, and fails after ``max_rounds``.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from sync import events as ev
+from sync.dispatch import dispatch
 from sync.memstore import MemStore
 from sync.messages import Entry
 from sync.protocol import PeerProtocol, SyncConfig
-from sync.simulator import dispatch
+from sync.store import run_sync
 
-__all__ = ["Pair", "handle", "make_protocol"]
+__all__ = ["Pair", "StoreContext", "handle", "make_protocol"]
 
 SECRET = b"test-secret"
 
@@ -30,14 +33,56 @@ def make_protocol(
         secret=secret,
         nonce=nonce.to_bytes(16, "big"),
         now=0.0,
-        our_vector=store.version_vector(),
+        our_vector=run_sync(store.version_vector()),
         config=config if config is not None else SyncConfig(shape=store.shape, anti_entropy_interval=None),
     )
 
 
-def handle(store: MemStore, proto: PeerProtocol, event: ev.Event, others: list[PeerProtocol] | None = None) -> None:
-    """The adapter's job for one event: the simulator's own dispatch."""
-    dispatch(store, proto, event, [proto, *(others or [])])
+class StoreContext:
+    """The :class:`sync.dispatch.Context` of a hand-driven link: inputs go straight to the protocols."""
+
+    def __init__(self, store: MemStore, proto: PeerProtocol, others: list[PeerProtocol]) -> None:
+        self.store = store
+        self.proto = proto
+        self.others = others
+        self.stats: Counter[str] = Counter()
+        self.acks: dict[str, dict[str, int]] = {}
+        self.rejected: list[tuple[str, Exception]] = []
+        self.closed: list[tuple[int, str]] = []
+
+    def input(self, call: Callable[[PeerProtocol], object]) -> None:
+        call(self.proto)
+
+    def input_all(self, call: Callable[[PeerProtocol], object]) -> None:
+        for p in [self.proto, *self.others]:
+            call(p)
+
+    def authenticated(self, peer: ev.PeerInfo) -> None:
+        pass
+
+    def peer_acked(self, peer_id: str, vector: dict[str, int]) -> None:
+        self.acks[peer_id] = vector
+
+    def read_responded(self, event: ev.ReadResponded) -> None:
+        pass
+
+    def write_acked(self, event: ev.WriteAcked) -> None:
+        pass
+
+    def reject(self, what: str, exc: Exception) -> None:
+        self.rejected.append((what, exc))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+
+def handle(
+    store: MemStore, proto: PeerProtocol, event: ev.Event, others: list[PeerProtocol] | None = None
+) -> StoreContext:
+    """The adapter's job for one event: the shared dispatch table, run without an event loop."""
+    ctx = StoreContext(store, proto, others or [])
+    run_sync(dispatch(ctx, event))
+    return ctx
 
 
 class Pair:
@@ -48,6 +93,7 @@ class Pair:
         self.b = MemStore("b", region="us", nonce="n2")
         self.config = config
         self.events: dict[str, list[ev.Event]] = {"a": [], "b": []}
+        self.acks: dict[str, dict[str, dict[str, int]]] = {"a": {}, "b": {}}  # kept in memory, as the replicator
         self.connect(secret_b=secret_b)
 
     def connect(self, *, secret_b: bytes = SECRET) -> None:
@@ -67,7 +113,7 @@ class Pair:
             events = proto.events_received()
             self.events[side] += events
             for event in events:
-                handle(store, proto, event)
+                self.acks[side].update(handle(store, proto, event).acks)
             msgs = proto.messages_to_send()
             out += msgs
             if not events and not msgs:
