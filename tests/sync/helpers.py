@@ -12,12 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from sync import events as ev
+from sync import messages as m
 from sync.memstore import MemStore
 from sync.messages import Entry
 from sync.protocol import PeerProtocol, SyncConfig
 from sync.simulator import dispatch
 
-__all__ = ["Pair", "handle", "make_protocol"]
+__all__ = ["Pair", "handle", "make_protocol", "sealed"]
 
 SECRET = b"test-secret"
 
@@ -33,6 +34,17 @@ def make_protocol(
         our_vector=store.version_vector(),
         config=config if config is not None else SyncConfig(shape=store.shape, anti_entropy_interval=None),
     )
+
+
+def sealed(sender: PeerProtocol, msg: m.Message | bytes) -> bytes:
+    """``msg`` as ``sender`` would put it on its open link: a member that holds the keys says anything.
+
+    It takes the next counter of ``sender``'s direction, as a message the
+    protocol sent itself would (so send it next, or the peer fails the link).
+    """
+    channel = sender._channel
+    assert channel is not None, "no session keys before the peer's Hello"
+    return channel.seal(msg if isinstance(msg, bytes) else msg.encode())
 
 
 def handle(store: MemStore, proto: PeerProtocol, event: ev.Event, others: list[PeerProtocol] | None = None) -> None:
