@@ -52,7 +52,7 @@ from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
 from sync.protocol import SyncConfig
-from sync.transport import TransportSettings
+from sync.transport import GatedWebSocketProtocol, TransportSettings
 from sync.wanproxy import WanController
 
 __all__ = [
@@ -213,6 +213,8 @@ def _listener(
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=config.timeout_keep_alive,
         ws_max_size=ws_max_size,
+        # Peer links get 4 KiB messages until the peer authenticates (see sync.transport).
+        ws=GatedWebSocketProtocol,
         ws_ping_interval=config.peer_ping_interval,
         ws_ping_timeout=config.peer_ping_timeout,
         access_log=config.access_log,

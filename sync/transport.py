@@ -26,6 +26,19 @@ the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
 The accepting side's keepalive and size limit are the HTTP server's
 (uvicorn's ``ws_ping_interval``, ``ws_ping_timeout``, ``ws_max_size``);
 the CLI sets them from the same settings.
+
+**Messages before the handshake** are limited to
+:data:`sync.messages.MAX_HANDSHAKE_BYTES` (4 KiB) by the websocket parser
+itself, on both sides: a stranger's 16 MiB frame is refused from its header
+(close 1009) before its payload is read, so it costs no memory. Once the
+protocol reports ``peer_verified``, the adapter calls
+:meth:`PeerConnection.lift_limit` and the link's full ``max_size`` applies.
+The ``websockets`` parser reads its limit afresh for every frame
+(``Protocol.max_message_size``), so a dialed link just sets it. uvicorn
+offers no setting for a limit that changes during a connection, so the
+node's servers run :class:`GatedWebSocketProtocol`: uvicorn's own
+websockets (sans-I/O) protocol, whose peer-link paths start at the small
+limit and expose the lift to the app as an ASGI extension in the scope.
 """
 
 from __future__ import annotations
@@ -41,13 +54,19 @@ from typing import Protocol
 
 import websockets
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.http11 import Request
 
 from sync.backoff import backoff
+from sync.messages import MAX_HANDSHAKE_BYTES
 
 __all__ = [
+    "LIFT_EXTENSION",
+    "PEER_PATHS",
     "ClientPeerConnection",
     "Dialer",
+    "GatedWebSocketProtocol",
     "PeerConnection",
     "ServerPeerConnection",
     "TransportSettings",
@@ -55,6 +74,12 @@ __all__ = [
 ]
 
 logger = logging.getLogger("sync.transport")
+
+LIFT_EXTENSION = "crdtstore.peer.lift_limit"
+"""The ASGI scope extension of :class:`GatedWebSocketProtocol`: ``{"lift": callable}``."""
+
+PEER_PATHS = frozenset({"/v1/peer"})
+"""Websocket paths that carry peer links (gated until the peer authenticates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +136,29 @@ class PeerConnection(Protocol):
         """Close the link (idempotent; never raises)."""
         ...
 
+    def lift_limit(self) -> None:
+        """The peer authenticated: accept messages up to the link's full size from now on."""
+        ...
+
 
 class ClientPeerConnection:
-    """The dialing side, over a ``websockets`` client connection."""
+    """The dialing side, over a ``websockets`` client connection.
 
-    def __init__(self, ws: ClientConnection, remote: str) -> None:
+    Args:
+        ws: The connection, opened with the pre-handshake message limit.
+        remote: The dialed URL.
+        max_size: The limit :meth:`lift_limit` sets.
+    """
+
+    def __init__(self, ws: ClientConnection, remote: str, *, max_size: int | None = None) -> None:
         self._ws = ws
         self.remote = remote
         self.close_code: int | None = None
+        self._max_size = max_size
+
+    def lift_limit(self) -> None:
+        # Read by the parser for each frame it starts: frames after this call get the full limit.
+        self._ws.protocol.max_message_size = self._max_size
 
     async def send(self, data: bytes) -> None:
         try:
@@ -156,6 +196,16 @@ class ServerPeerConnection:
         client = websocket.client
         self.remote = f"{client.host}:{client.port}" if client else "unknown"
         self.close_code: int | None = None
+
+    @property
+    def gated(self) -> bool:
+        """Whether the server limits this link's messages until :meth:`lift_limit` (see the module docstring)."""
+        return LIFT_EXTENSION in self._ws.scope.get("extensions", {})
+
+    def lift_limit(self) -> None:
+        extension = self._ws.scope.get("extensions", {}).get(LIFT_EXTENSION)
+        if extension is not None:
+            extension["lift"]()
 
     async def send(self, data: bytes) -> None:
         if self.close_code is not None:
@@ -215,7 +265,8 @@ async def dial(
     ws = await connect(
         url,
         additional_headers=dict(headers or {}),
-        max_size=settings.max_size,
+        # Until the peer proves it holds the secret; lift_limit() raises it (see the module docstring).
+        max_size=min(MAX_HANDSHAKE_BYTES, settings.max_size),
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         open_timeout=settings.open_timeout,
@@ -227,7 +278,38 @@ async def dial(
         proxy=None,
         **tls,
     )
-    return ClientPeerConnection(ws, url)
+    return ClientPeerConnection(ws, url, max_size=settings.max_size)
+
+
+class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol, with a small message limit on peer links until lifted.
+
+    Pass the class as ``uvicorn.Config(ws=...)``. On a path of
+    :data:`PEER_PATHS` the limit is :data:`~sync.messages.MAX_HANDSHAKE_BYTES`
+    until the app calls ``scope["extensions"][LIFT_EXTENSION]["lift"]()``
+    (:meth:`ServerPeerConnection.lift_limit` does), then uvicorn's
+    ``ws_max_size``. Other paths get ``ws_max_size`` from the start. The
+    parser checks the limit against each frame's header, so a frame over it
+    closes the connection with 1009 before its payload is read.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # Small until the request names its path: a client sends no frame before the 101 it waits for.
+        self.conn.max_message_size = min(MAX_HANDSHAKE_BYTES, self.config.ws_max_size)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is None:
+            return  # the upgrade was refused: no app runs
+        if scope["path"][len(self.root_path) :] in PEER_PATHS:
+            scope["extensions"][LIFT_EXTENSION] = {"lift": self._lift}  # type: ignore[index]
+        else:
+            self._lift()
+
+    def _lift(self) -> None:
+        self.conn.max_message_size = self.config.ws_max_size
 
 
 Session = Callable[[PeerConnection], Awaitable[None]]

@@ -55,16 +55,21 @@ def handle(store: MemStore, proto: PeerProtocol, event: ev.Event, others: list[P
 class Pair:
     """Replicas ``a`` and ``b`` with one protocol each, and a perfect link between them."""
 
-    def __init__(self, *, secret_b: bytes = SECRET, config: SyncConfig | None = None) -> None:
+    def __init__(
+        self, *, secret_b: bytes = SECRET, config: SyncConfig | None = None, nonces: tuple[int, int] = (1, 2)
+    ) -> None:
         self.a = MemStore("a", region="eu", nonce="n1")
         self.b = MemStore("b", region="us", nonce="n2")
         self.config = config
+        self.nonces = nonces
         self.events: dict[str, list[ev.Event]] = {"a": [], "b": []}
+        # Every message a sent b, as it crossed the link (what an eavesdropper or a relay sees).
+        self.wire_a_to_b: list[bytes] = []
         self.connect(secret_b=secret_b)
 
     def connect(self, *, secret_b: bytes = SECRET) -> None:
-        self.pa = make_protocol(self.a, nonce=1, config=self.config)
-        self.pb = make_protocol(self.b, nonce=2, secret=secret_b, config=self.config)
+        self.pa = make_protocol(self.a, nonce=self.nonces[0], config=self.config)
+        self.pb = make_protocol(self.b, nonce=self.nonces[1], secret=secret_b, config=self.config)
 
     def write(self, side: str, doc_id: str, ops: list[dict[str, Any]]) -> Entry:
         store, proto = (self.a, self.pa) if side == "a" else (self.b, self.pb)
@@ -91,6 +96,7 @@ class Pair:
             to_b, to_a = self._drain("a"), self._drain("b")
             if not to_a and not to_b:
                 return rounds
+            self.wire_a_to_b += to_b
             for data in to_b:
                 self.pb.receive_message(data)
             for data in to_a:

@@ -22,11 +22,13 @@ from crdtstore.replicator import Consistency, Replicator, ReplicatorSettings, _c
 from crdtstore.storage import LogEntry
 from sync import messages as m
 from sync._state import State
+from sync.channel import TAG_SIZE
 from sync.events import ApplyDeltas, Event, MergeStates, NeedMerkleRoot, PeerInfo
 from sync.exceptions import CloseCode
 from sync.messages import Entry
 from sync.protocol import PeerProtocol
 from sync.transport import TransportSettings, dial
+from tests.sync.helpers import sealed
 
 TOKEN = "replicator-test-token-0123456789"
 SECRET = b"replicator-test-secret-0123456789"
@@ -149,7 +151,7 @@ def test_an_undecodable_delta_fails_the_link_with_protocol_error_and_writes_noth
                 peer.receive_message(data)
             assert peer.state is State.OPEN
             await node.apply("mine", [{"op": "increment", "path": ["n"]}])
-            await conn.send(m.Deltas((Entry("evil.1.n", 1, "d", b"not a delta"),)).encode())
+            await conn.send(sealed(peer, m.Deltas((Entry("evil.1.n", 1, "d", b"not a delta"),))))
             for _ in range(1000):  # bounded: drain until the node closes the link
                 if await asyncio.wait_for(conn.recv(), 5) is None:
                     break
@@ -282,11 +284,15 @@ class _StubConn:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.close_code = code
 
+    def lift_limit(self) -> None:
+        pass
+
 
 class _ScriptedProto:
     """Outputs given in advance; records the answers and failures the adapter feeds back."""
 
     pushing = True
+    peer_verified = False
 
     def __init__(self, events: list[Event]) -> None:
         self._events = events
@@ -341,7 +347,7 @@ def test_a_run_of_local_writes_leaves_as_one_deltas_message_per_link() -> None:
     replicator._announce(entries)  # what the tailer does with one page of the log: one group commit's writes
     for link in links:
         assert len(link.outbox) == 1
-        message = m.decode(link.outbox[0])
+        message = m.decode(link.outbox[0][:-TAG_SIZE])  # the tag is the channel's (tests/sync/test_channel.py)
         assert isinstance(message, m.Deltas) and [e.seq for e in message.entries] == [1, 2, 3, 4, 5]
 
 
