@@ -184,8 +184,9 @@ class ClientPeerConnection:
 
     def _closed(self, exc: websockets.ConnectionClosed) -> None:
         if self.close_code is None:
-            rcvd = exc.rcvd
-            self.close_code = rcvd.code if rcvd is not None else 1006
+            # The peer's code; else ours, when we failed the link (a frame over our limit: 1009).
+            frame = exc.rcvd if exc.rcvd is not None else exc.sent
+            self.close_code = frame.code if frame is not None else 1006
 
 
 class ServerPeerConnection:
