@@ -47,7 +47,15 @@ from crdtstore import __version__
 from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.limits import Limits
-from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, peer_ssl_context, resolve
+from crdtstore.config import (
+    SETTINGS,
+    ConfigError,
+    ServeConfig,
+    check_peer_transport,
+    cluster_secret,
+    peer_ssl_context,
+    resolve,
+)
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
@@ -121,6 +129,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
         raise ConfigError("--peer needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
     if config.peer_port is not None and secret is None:
         raise ConfigError("--peer-port needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
+    check_peer_transport(config, accepts_peers=secret is not None)
     replicator = None
     if secret is not None:
         replicator = Replicator(
