@@ -85,6 +85,11 @@ def test_serve_exits_with_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CRDTSTORE_CLUSTER_SECRET", "s" * 32)
+
+    def must_not_serve(*args: object, **kwargs: object) -> int:
+        raise AssertionError("serve started servers instead of refusing")
+
+    monkeypatch.setattr("crdtstore.cli.run_servers", must_not_serve)
     code = main(["serve", "--peer", "ws://10.0.0.2:8080/v1/peer", "--data", str(tmp_path / "d")])
     assert code == 2
     err = capsys.readouterr().err
