@@ -126,10 +126,11 @@ buffer (overflow fails the connection: a correct peer never opens a gap
 that large). We ack with our vector once the node reports (via
 ``local_update``) that the entries are durable, and every ``ack_interval``.
 
-**Loss.** The simulator's links drop, duplicate and reorder; a real
-websocket does not, but the same machinery makes both safe: if the peer's
-ack has not moved for ``retransmit_timeout`` while entries are unacked, we
-rewind ``sent`` to their vector and pull from the log again.
+**Loss.** A message lost, duplicated or reordered on a link fails its tag
+and the link (see "Sealed messages"); the next link catches up from the
+acknowledged vectors. Within a link, if the peer's ack has not moved for
+``retransmit_timeout`` while entries are unacked, we rewind ``sent`` to
+their vector and pull from the log again.
 
 **Truncated logs.** If the log no longer holds what the peer lacks, we send
 ``LogTruncated(origin, first)`` instead. The peer then runs an anti-entropy
