@@ -60,7 +60,7 @@ from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
 from sync.protocol import SyncConfig
-from sync.transport import GatedWebSocketProtocol, TransportSettings
+from sync.transport import TransportSettings, gated_protocol
 from sync.wanproxy import WanController
 
 __all__ = [
@@ -173,10 +173,7 @@ def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
         config,
         port=config.port,
         mutual_tls=mutual,
-        # A node taking peer messages on this server: its limit is the larger of the two.
-        ws_max_size=max(config.ws_max_size, config.peer_max_size)
-        if peers_here and _clustered(config)
-        else config.ws_max_size,
+        ws_max_size=config.ws_max_size,
         lifespan="on",
     )
 
@@ -211,6 +208,9 @@ def _listener(
     ws_max_size: int,
     lifespan: Literal["on", "off"],
 ) -> uvicorn.Config:
+    # Peer links get 4 KiB messages until the peer authenticates, then peer_max_size; API websockets
+    # ws_max_size (see sync.transport).
+    ws = gated_protocol(peer_max_size=config.peer_max_size)
     return uvicorn.Config(
         app,
         host=config.host,
@@ -222,8 +222,7 @@ def _listener(
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=config.timeout_keep_alive,
         ws_max_size=ws_max_size,
-        # Peer links get 4 KiB messages until the peer authenticates (see sync.transport).
-        ws=GatedWebSocketProtocol,
+        ws=ws,
         ws_ping_interval=config.peer_ping_interval,
         ws_ping_timeout=config.peer_ping_timeout,
         access_log=config.access_log,
@@ -233,10 +232,6 @@ def _listener(
         server_header=False,
         proxy_headers=False,
     )
-
-
-def _clustered(config: ServeConfig) -> bool:
-    return bool(config.peers) or config.cluster_secret_file is not None
 
 
 class _GroupServer(uvicorn.Server):

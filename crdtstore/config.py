@@ -243,7 +243,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", _log_level, "debug, info, warning or error"),
     Setting("peers", _peers, "a peer's websocket URL (repeatable; env: comma-separated)", "list"),
     Setting("cluster_secret_file", _path, "file holding the secret peers authenticate each other with"),
-    Setting("peer_max_size", _int, "largest peer message in bytes (raises the server's ws limit when clustered)"),
+    Setting("peer_max_size", _int, "largest peer message in bytes, once the peer authenticated (4 KiB before)"),
     Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
     Setting("peer_ping_timeout", _seconds, "seconds without a pong before a peer link counts as dead"),
     Setting("peer_backoff_max", _seconds, "longest wait between reconnects to a peer"),

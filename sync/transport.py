@@ -67,6 +67,7 @@ __all__ = [
     "ClientPeerConnection",
     "Dialer",
     "GatedWebSocketProtocol",
+    "gated_protocol",
     "PeerConnection",
     "ServerPeerConnection",
     "TransportSettings",
@@ -285,14 +286,17 @@ async def dial(
 class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets (sans-I/O) protocol, with a small message limit on peer links until lifted.
 
-    Pass the class as ``uvicorn.Config(ws=...)``. On a path of
-    :data:`PEER_PATHS` the limit is :data:`~sync.messages.MAX_HANDSHAKE_BYTES`
-    until the app calls ``scope["extensions"][LIFT_EXTENSION]["lift"]()``
-    (:meth:`ServerPeerConnection.lift_limit` does), then uvicorn's
-    ``ws_max_size``. Other paths get ``ws_max_size`` from the start. The
-    parser checks the limit against each frame's header, so a frame over it
-    closes the connection with 1009 before its payload is read.
+    Pass the class, or a :func:`gated_protocol`, as ``uvicorn.Config(ws=...)``.
+    On a path of :data:`PEER_PATHS` the limit is
+    :data:`~sync.messages.MAX_HANDSHAKE_BYTES` until the app calls
+    ``scope["extensions"][LIFT_EXTENSION]["lift"]()``
+    (:meth:`ServerPeerConnection.lift_limit` does), then :attr:`peer_max_size`
+    (None: uvicorn's ``ws_max_size``). Other paths get ``ws_max_size`` from the
+    start. The parser checks the limit against each frame's header, so a frame
+    over it closes the connection with 1009 before its payload is read.
     """
+
+    peer_max_size: int | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -307,10 +311,19 @@ class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope["path"][len(self.root_path) :] in PEER_PATHS:
             scope["extensions"][LIFT_EXTENSION] = {"lift": self._lift}  # type: ignore[index]
         else:
-            self._lift()
+            self.conn.max_message_size = self.config.ws_max_size
 
     def _lift(self) -> None:
-        self.conn.max_message_size = self.config.ws_max_size
+        self.conn.max_message_size = self.peer_max_size if self.peer_max_size is not None else self.config.ws_max_size
+
+
+def gated_protocol(*, peer_max_size: int) -> type[GatedWebSocketProtocol]:
+    """:class:`GatedWebSocketProtocol` whose peer links, once authenticated, take messages up to ``peer_max_size``.
+
+    A listener then keeps ``ws_max_size`` for its API websockets and gives peer
+    links their own limit (uvicorn has one size for every websocket).
+    """
+    return type("GatedWebSocketProtocol", (GatedWebSocketProtocol,), {"peer_max_size": peer_max_size})
 
 
 Session = Callable[[PeerConnection], Awaitable[None]]

@@ -108,7 +108,6 @@ async def run_region(
         region=name,
         port=ports[0],
         peer_port=ports[1] if peer_port else None,
-        cluster_secret_file=tmp_path / "unused-secret-file",  # clustered: the peer message limit applies
         access_log=False,
         log_level="warning",
     )

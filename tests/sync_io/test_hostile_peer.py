@@ -112,8 +112,8 @@ acts = st.one_of(
     # Just beyond the mark (it would apply at once) or far beyond (it would wait in the buffer).
     st.tuples(st.just("own_beyond"), st.integers(1, 3) | st.integers(4, 2**40), docs, garbage),
     st.tuples(st.just("own_echo"), docs, garbage),
-    st.tuples(st.just("backwards"),),
-    st.tuples(st.just("oversized_batch"),),
+    st.tuples(st.just("backwards")),
+    st.tuples(st.just("oversized_batch")),
     st.tuples(st.just("bad_state"), docs, garbage),
     st.tuples(st.just("unknown_answer"), st.integers(0, 2**64 - 1)),
     st.tuples(st.just("read"), docs),
@@ -122,7 +122,7 @@ acts = st.one_of(
     st.tuples(st.just("huge_ack"), foreign, st.integers(1, 2**64 - 1)),
     st.tuples(st.just("log_truncated"), foreign, st.integers(2, 2**64 - 1)),
     st.tuples(st.just("write_ack_wait"), foreign, st.integers(1, 2**64 - 1)),
-    st.tuples(st.just("hello_again"),),
+    st.tuples(st.just("hello_again")),
     st.tuples(st.just("garbage_sealed"), garbage),
     st.tuples(st.just("garbage_unsealed"), garbage),
 )
@@ -281,4 +281,3 @@ def test_after_the_hostile_members_a_fresh_member_link_still_replicates(live: Li
         await member.close()
 
     live.call(scenario())
-

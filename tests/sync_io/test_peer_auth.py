@@ -19,11 +19,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from crdtstore.config import ServeConfig
 from sync import messages as m
 from sync.exceptions import CloseCode
+from sync.memstore import MemStore
 from sync.transport import ClientPeerConnection, TransportSettings, dial
-from tests.sync_io.regions import Member, Region, run_region, wait_for
+from tests.sync_io.regions import TOKEN, Member, Region, run_region, wait_for
 
 DOCS = ["x", "big"]
 BIG = "y" * (20 << 10)  # a state well over the pre-handshake limit: it crosses only once the limit is lifted
@@ -224,6 +228,31 @@ def test_a_member_link_carries_large_messages_both_ways_once_authenticated(tmp_p
 
                 assert await wait_for(converged)
                 assert a.replicator.stats["protocol_errors"] == 0 and b.replicator.stats["protocol_errors"] == 0
+
+    run(scenario())
+
+
+def test_after_the_handshake_peer_links_take_peer_max_size_and_api_websockets_keep_theirs(tmp_path: Path) -> None:
+    # One listener for both: uvicorn has one ws_max_size, so the peer paths' limit is the gate's own.
+    async def scenario() -> None:
+        async with run_region(tmp_path, "ra") as a:
+            member = Member()
+            await member.handshake(a.peer_url)
+            huge = MemStore("m", region="rx", nonce="n").apply(
+                "huge", [{"op": "set", "path": ["s"], "value": "h" * 200_000}]
+            )
+            assert len(huge.delta) > ServeConfig().ws_max_size  # over the API's websocket limit
+            await member.send_raw(member.proto._channel.seal(m.Deltas((huge,)).encode()))  # type: ignore[union-attr]
+            assert await wait_for(lambda: a.node.read_state("huge"))
+            await member.close()
+            # The change feed, an API websocket, still refuses a message over ws_max_size.
+            feed = f"ws://127.0.0.1:{a.api_port}/v1/docs/huge/changes"
+            async with connect(feed, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+                await ws.send(bytes(ServeConfig().ws_max_size + 1))
+                with pytest.raises(ConnectionClosed) as closed:
+                    for _ in range(100):  # bounded: feed records, then the close
+                        await asyncio.wait_for(ws.recv(), 5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
 
     run(scenario())
 
