@@ -2,7 +2,7 @@
 
 This module moves opaque binary messages; it knows nothing of what they
 mean (that is :mod:`sync.protocol`) nor of what to do with them (that is
-the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
+the replicator adapter, :mod:`crdtstore.replicator`). It has four parts:
 
 * :class:`PeerConnection`, one link as the adapter sees it: ``send``,
   ``recv`` (None once the link is closed), an idempotent ``close``. Two
@@ -22,10 +22,14 @@ the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
   the connection to a session callback, and when it ends wait the next
   delay of :func:`sync.backoff.backoff` (reset after a session that got
   going), until closed.
+* :class:`GatedWebSocketProtocol`, the websocket protocol of the node's
+  uvicorn servers, which holds peer links to a small message size until
+  the peer authenticates (below).
 
-The accepting side's keepalive and size limit are the HTTP server's
-(uvicorn's ``ws_ping_interval``, ``ws_ping_timeout``, ``ws_max_size``);
-the CLI sets them from the same settings.
+The accepting side's keepalive and size limits are the HTTP server's
+(uvicorn's ``ws_ping_interval``, ``ws_ping_timeout``, ``ws_max_size`` for
+API websockets, and :func:`gated_protocol`'s ``peer_max_size`` for peer
+links); the CLI sets them from the same settings.
 
 **Messages before the handshake** are limited to
 :data:`sync.messages.MAX_HANDSHAKE_BYTES` (4 KiB) by the websocket parser
@@ -67,11 +71,11 @@ __all__ = [
     "ClientPeerConnection",
     "Dialer",
     "GatedWebSocketProtocol",
-    "gated_protocol",
     "PeerConnection",
     "ServerPeerConnection",
     "TransportSettings",
     "dial",
+    "gated_protocol",
 ]
 
 logger = logging.getLogger("sync.transport")
@@ -199,12 +203,9 @@ class ServerPeerConnection:
         self.remote = f"{client.host}:{client.port}" if client else "unknown"
         self.close_code: int | None = None
 
-    @property
-    def gated(self) -> bool:
-        """Whether the server limits this link's messages until :meth:`lift_limit` (see the module docstring)."""
-        return LIFT_EXTENSION in self._ws.scope.get("extensions", {})
-
     def lift_limit(self) -> None:
+        # Absent under another ASGI server: its own limit applies from the start, and the protocol
+        # still refuses a message over MAX_HANDSHAKE_BYTES before the handshake (once buffered).
         extension = self._ws.scope.get("extensions", {}).get(LIFT_EXTENSION)
         if extension is not None:
             extension["lift"]()
