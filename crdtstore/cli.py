@@ -47,12 +47,20 @@ from crdtstore import __version__
 from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.limits import Limits
-from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, peer_ssl_context, resolve
+from crdtstore.config import (
+    SETTINGS,
+    ConfigError,
+    ServeConfig,
+    check_peer_transport,
+    cluster_secret,
+    peer_ssl_context,
+    resolve,
+)
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
 from sync.protocol import SyncConfig
-from sync.transport import TransportSettings
+from sync.transport import TransportSettings, gated_protocol
 from sync.wanproxy import WanController
 
 __all__ = [
@@ -123,6 +131,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
         raise ConfigError("--peer needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
     if config.peer_port is not None and secret is None:
         raise ConfigError("--peer-port needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
+    check_peer_transport(config, accepts_peers=secret is not None)
     replicator = None
     if secret is not None:
         replicator = Replicator(
@@ -166,10 +175,7 @@ def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
         config,
         port=config.port,
         mutual_tls=mutual,
-        # A node taking peer messages on this server: its limit is the larger of the two.
-        ws_max_size=max(config.ws_max_size, config.peer_max_size)
-        if peers_here and _clustered(config)
-        else config.ws_max_size,
+        ws_max_size=config.ws_max_size,
         lifespan="on",
     )
 
@@ -204,6 +210,9 @@ def _listener(
     ws_max_size: int,
     lifespan: Literal["on", "off"],
 ) -> uvicorn.Config:
+    # Peer links get 4 KiB messages until the peer authenticates, then peer_max_size; API websockets
+    # ws_max_size (see sync.transport).
+    ws = gated_protocol(peer_max_size=config.peer_max_size)
     return uvicorn.Config(
         app,
         host=config.host,
@@ -215,6 +224,7 @@ def _listener(
         limit_concurrency=config.limit_concurrency,
         timeout_keep_alive=config.timeout_keep_alive,
         ws_max_size=ws_max_size,
+        ws=ws,
         ws_ping_interval=config.peer_ping_interval,
         ws_ping_timeout=config.peer_ping_timeout,
         access_log=config.access_log,
@@ -224,10 +234,6 @@ def _listener(
         server_header=False,
         proxy_headers=False,
     )
-
-
-def _clustered(config: ServeConfig) -> bool:
-    return bool(config.peers) or config.cluster_secret_file is not None
 
 
 class _GroupServer(uvicorn.Server):

@@ -30,11 +30,19 @@ CA. With ``--peer-port N`` peer links have a listener of their own (on
 then serves no peer links. Without it there is one listener, so API clients
 need such a certificate too. The HMAC handshake over the cluster secret
 still runs on top.
+
+Plaintext peer links leave loopback only when asked: ``serve`` refuses a
+``ws://`` peer URL whose host is not a loopback address, and, with a
+cluster secret, a listener for peer links on a non-loopback ``--host``
+without TLS, unless ``--insecure-peers`` (``CRDTSTORE_INSECURE_PEERS``,
+``insecure_peers``) says the network is trusted. Peer messages are
+authenticated either way; without TLS anyone on the path reads them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import ssl
 import tomllib
@@ -42,8 +50,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["SETTINGS", "ConfigError", "ServeConfig", "Setting", "cluster_secret", "peer_ssl_context", "resolve"]
+__all__ = [
+    "SETTINGS",
+    "ConfigError",
+    "ServeConfig",
+    "Setting",
+    "check_peer_transport",
+    "cluster_secret",
+    "peer_ssl_context",
+    "resolve",
+]
 
 
 class ConfigError(ValueError):
@@ -205,6 +223,7 @@ class ServeConfig:
     peer_ca: Path | None = None
     peer_port: int | None = None
     anti_entropy_interval: float = 60.0
+    insecure_peers: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -235,7 +254,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", _log_level, "debug, info, warning or error"),
     Setting("peers", _peers, "a peer's websocket URL (repeatable; env: comma-separated)", "list"),
     Setting("cluster_secret_file", _path, "file holding the secret peers authenticate each other with"),
-    Setting("peer_max_size", _int, "largest peer message in bytes (raises the server's ws limit when clustered)"),
+    Setting("peer_max_size", _int, "largest peer message in bytes, once the peer authenticated (4 KiB before)"),
     Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
     Setting("peer_ping_timeout", _seconds, "seconds without a pong before a peer link counts as dead"),
     Setting("peer_backoff_max", _seconds, "longest wait between reconnects to a peer"),
@@ -254,6 +273,13 @@ SETTINGS: tuple[Setting, ...] = (
         "peer_port",
         _optional_port,
         "serve peer links (/v1/peer) on this port of --host, not on the API port; --peer-ca then applies there alone",
+    ),
+    Setting(
+        "insecure_peers",
+        _bool,
+        "allow plaintext peer links off loopback (ws:// peers, a peer listener without TLS): anyone on the "
+        "network path reads the replicated documents (they cannot change them)",
+        "switch",
     ),
 )
 
@@ -329,6 +355,47 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
     return normalized
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere, and serve looks up nothing to check
+
+
+def check_peer_transport(config: ServeConfig, *, accepts_peers: bool) -> None:
+    """Refuse plaintext peer links that leave loopback, unless ``insecure_peers``.
+
+    Every peer message is authenticated (``sync.channel``), but without TLS it
+    crosses the network readable: every replicated document, to anyone on the path.
+
+    Args:
+        config: The settings.
+        accepts_peers: Whether the node takes peer links (it has a cluster secret).
+
+    Raises:
+        ConfigError: A ``ws://`` peer URL whose host is not a loopback address, or a listener for
+            peer links on a non-loopback ``host`` without ``--certfile``.
+    """
+    if config.insecure_peers:
+        return
+    plain = [url for url in config.peers if url.startswith("ws://") and not _is_loopback(urlsplit(url).hostname)]
+    if plain:
+        raise ConfigError(
+            f"plaintext peer links to {', '.join(plain)}: anyone on the path would read every replicated document. "
+            "Use wss:// peers with --peer-ca (mutual TLS), or --insecure-peers on a network you trust"
+        )
+    if accepts_peers and config.certfile is None and not _is_loopback(config.host):
+        raise ConfigError(
+            f"peer links would be accepted in plaintext on {config.host}: anyone on the path would read every "
+            "replicated document. Give --certfile/--keyfile (and --peer-ca), or --insecure-peers on a network "
+            "you trust"
+        )
 
 
 def cluster_secret(config: ServeConfig, *, env: Mapping[str, str]) -> bytes | None:

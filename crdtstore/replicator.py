@@ -218,6 +218,7 @@ class _Link:
     peer: Any = None
     closed: bool = False
     url: str | None = None  # the configured URL we dialed, None for a link a peer opened
+    lifted: bool = False  # the transport's pre-handshake message limit was lifted
 
 
 class Replicator:
@@ -504,6 +505,11 @@ class Replicator:
     def _flush(self, link: _Link) -> None:
         messages = link.proto.messages_to_send()
         events = link.proto.events_received()
+        if not link.lifted and link.proto.peer_verified:
+            # Now, before our Ready goes out (it is in ``messages``): the peer sends nothing larger than
+            # the pre-handshake limit until it has our Ready, so no message of its can meet the old limit.
+            link.lifted = True
+            link.conn.lift_limit()
         if messages:
             link.outbox.extend(messages)
             link.outbox_ready.set()

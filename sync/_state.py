@@ -9,13 +9,16 @@ and asks :meth:`ConnectionState.process` where that leads.
 
 Theory of operation::
 
-    CONNECTING --Hello--> AUTHENTICATING --Auth--> OPEN --(data)--> OPEN
-        |                      |                    |
-        +-------- FAIL --------+------ FAIL --------+--> FAILED --EOF--> CLOSED
-        +-------- EOF  ----------------------------------------------------^
+    CONNECTING --Hello--> AUTHENTICATING --Auth--> CONFIRMING --Ready--> OPEN --(data)--> OPEN
+        |                      |                    |                  |
+        +-------- FAIL --------+------ FAIL --------+------ FAIL ------+--> FAILED --EOF--> CLOSED
+        +-------- EOF  ------------------------------------------------------------------------^
 
 Both sides start in CONNECTING with their Hello already queued (there are
-no client and server roles). Any input missing from the table for the
+no client and server roles). The peer's Auth, once its MAC checks out,
+leads to CONFIRMING: the peer is known, and every message from then on is
+sealed (``sync.channel``); the first must be its ``Ready``, which says it
+checked our Auth too. Only then is the link OPEN for data. Any input missing from the table for the
 current state is illegal: the protocol turns it into an
 :class:`~sync.exceptions.AuthenticationFailed` before OPEN (nothing is
 accepted before authentication) and an
@@ -29,7 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 
-__all__ = ["IGNORED", "TRANSITIONS", "ConnectionState", "Input", "State"]
+__all__ = ["IGNORED", "SEALED", "TRANSITIONS", "ConnectionState", "Input", "State"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +40,15 @@ logger = logging.getLogger(__name__)
 class State(enum.IntEnum):
     CONNECTING = 0
     AUTHENTICATING = 1
-    OPEN = 2
-    FAILED = 3
-    CLOSED = 4
+    CONFIRMING = 2
+    OPEN = 3
+    FAILED = 4
+    CLOSED = 5
 
 
 CONNECTING = State.CONNECTING
 AUTHENTICATING = State.AUTHENTICATING
+CONFIRMING = State.CONFIRMING
 OPEN = State.OPEN
 FAILED = State.FAILED
 CLOSED = State.CLOSED
@@ -52,6 +57,7 @@ CLOSED = State.CLOSED
 class Input(enum.Enum):
     HELLO = "hello"  # the peer's Hello
     AUTH = "auth"  # the peer's Auth, MAC verified
+    READY = "ready"  # the peer's Ready (sealed, tag verified)
     DATA = "data"  # any other peer message
     FAIL = "fail"  # a protocol error (theirs or a local fail())
     EOF = "eof"  # the connection is gone
@@ -59,7 +65,8 @@ class Input(enum.Enum):
 
 TRANSITIONS: dict[State, dict[Input, State]] = {
     CONNECTING: {Input.HELLO: AUTHENTICATING, Input.FAIL: FAILED, Input.EOF: CLOSED},
-    AUTHENTICATING: {Input.AUTH: OPEN, Input.FAIL: FAILED, Input.EOF: CLOSED},
+    AUTHENTICATING: {Input.AUTH: CONFIRMING, Input.FAIL: FAILED, Input.EOF: CLOSED},
+    CONFIRMING: {Input.READY: OPEN, Input.FAIL: FAILED, Input.EOF: CLOSED},
     OPEN: {Input.DATA: OPEN, Input.FAIL: FAILED, Input.EOF: CLOSED},
     FAILED: {Input.FAIL: FAILED, Input.EOF: CLOSED},
     CLOSED: {Input.FAIL: CLOSED, Input.EOF: CLOSED},
@@ -67,6 +74,9 @@ TRANSITIONS: dict[State, dict[Input, State]] = {
 
 IGNORED: frozenset[State] = frozenset({FAILED, CLOSED})
 """States in which peer messages are dropped unread."""
+
+SEALED: frozenset[State] = frozenset({CONFIRMING, OPEN})
+"""States in which every message, either way, is sealed (the peer's Auth checked out)."""
 
 
 class ConnectionState:

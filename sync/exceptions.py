@@ -10,9 +10,12 @@ Every error raised by ``sync`` derives from :class:`SyncError`::
         │                           the receive path, recorded as ``protocol_error`` instead)
         ├── MalformedMessage        bytes that do not decode to a valid message
         ├── UnsupportedProtocol     a protocol version we do not speak
-        ├── AuthenticationFailed    bad MAC, our own id, or a message before authentication
+        ├── AuthenticationFailed    bad Auth MAC, our own id, or a message before authentication
+        ├── FrameAuthFailed         a message after the handshake whose tag fails: injected,
+        │                           replayed, reordered, or moved from another link or direction
         ├── ForbiddenOrigin         a delta for an origin the peer may not speak for
         ├── LimitExceeded           an oversize message or batch, or too many pending requests
+        │   └── MessageTooBig       a message over the small limit before the handshake is done
         └── UnexpectedMessage       a valid message that makes no sense now (unknown request id)
 
 Each :class:`RemoteProtocolError` carries the websocket close code the
@@ -28,11 +31,13 @@ __all__ = [
     "AuthenticationFailed",
     "CloseCode",
     "ForbiddenOrigin",
+    "FrameAuthFailed",
     "InvalidMessage",
     "InvalidState",
     "LimitExceeded",
     "LocalProtocolError",
     "MalformedMessage",
+    "MessageTooBig",
     "RemoteProtocolError",
     "SyncError",
     "UnexpectedMessage",
@@ -46,6 +51,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     PROTOCOL_ERROR = 1002
     MESSAGE_TOO_BIG = 1009
+    """RFC 6455's code, also for a message over the pre-handshake limit."""
     INTERNAL_ERROR = 1011
     AUTH_FAILED = 4001
     UNSUPPORTED_PROTOCOL = 4002
@@ -53,6 +59,8 @@ class CloseCode(enum.IntEnum):
     LIMIT_EXCEEDED = 4004
     TIMEOUT = 4005
     UNEXPECTED_MESSAGE = 4006
+    FRAME_AUTH_FAILED = 4007
+    """A message after the handshake failed its tag (see :mod:`sync.channel`)."""
 
 
 class SyncError(Exception):
@@ -109,3 +117,15 @@ class UnexpectedMessage(RemoteProtocolError):
     """A well-formed message that makes no sense now (e.g. an answer to no request)."""
 
     close_code = CloseCode.UNEXPECTED_MESSAGE
+
+
+class FrameAuthFailed(RemoteProtocolError):
+    """A message after the handshake whose tag fails: injected, replayed, reordered or misplaced."""
+
+    close_code = CloseCode.FRAME_AUTH_FAILED
+
+
+class MessageTooBig(LimitExceeded):
+    """A message larger than allowed before the handshake completes."""
+
+    close_code = CloseCode.MESSAGE_TOO_BIG

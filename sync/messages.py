@@ -41,6 +41,7 @@ from .exceptions import InvalidMessage, MalformedMessage
 __all__ = [
     "MAX_BATCH",
     "MAX_BLOB_BYTES",
+    "MAX_HANDSHAKE_BYTES",
     "MAX_ID_BYTES",
     "MAX_LIST",
     "PROTOCOL_VERSION",
@@ -60,6 +61,7 @@ __all__ = [
     "MessageType",
     "ReadRequest",
     "ReadResponse",
+    "Ready",
     "StatePush",
     "StateRequest",
     "StateResponse",
@@ -67,8 +69,8 @@ __all__ = [
     "decode",
 ]
 
-PROTOCOL_VERSION = 1
-"""Bumped on any incompatible change of the messages or the state machine."""
+PROTOCOL_VERSION = 2
+"""Bumped on any incompatible change of the messages or the state machine (2: sealed messages, Ready)."""
 
 MAX_ID_BYTES = 256
 """Longest id (replica, origin, region, document) in UTF-8 bytes; the node's limit too."""
@@ -82,6 +84,13 @@ MAX_LIST = 4096
 MAX_BLOB_BYTES = 64 << 20
 """Largest delta or state carried by one message."""
 
+MAX_HANDSHAKE_BYTES = 4096
+"""Largest message accepted before the peer proved it holds the secret (a Hello is under 1 KiB).
+
+A stranger may open a link and talk: before its Auth checks out, nothing it
+sends may cost more memory than this (the transports bound the websocket
+message size to it until then, see ``sync.transport``)."""
+
 MAX_U64 = (1 << 64) - 1
 
 
@@ -90,6 +99,7 @@ class MessageType(enum.IntEnum):
 
     HELLO = 0x01
     AUTH = 0x02
+    READY = 0x03
     DELTAS = 0x10
     ACK = 0x11
     LOG_TRUNCATED = 0x12
@@ -345,6 +355,26 @@ class Auth(Message):
     @classmethod
     def _read(cls, r: _Reader) -> Auth:
         return cls(r.blob(32))
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """The first sealed message each way: "I checked your Auth and hold the session keys".
+
+    Nothing else is sent until the peer's Ready arrived, so a side raises its
+    transport's message limit (``MAX_HANDSHAKE_BYTES`` until then) before the
+    peer can send anything larger. It also confirms the keys: its tag can only
+    be made with the frame key of that direction.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.READY
+
+    def _write(self, w: _Writer) -> None:
+        pass
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Ready:
+        return cls()
 
 
 @dataclass(frozen=True, slots=True)
@@ -779,6 +809,7 @@ _REGISTRY: dict[int, type[Message]] = {
     for cls in (
         Hello,
         Auth,
+        Ready,
         Deltas,
         Ack,
         LogTruncated,

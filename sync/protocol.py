@@ -46,7 +46,8 @@ The constructor queues our ``Hello``. Then the adapter loops over these
   ================================  =================================================
   event                             the adapter must ...
   ================================  =================================================
-  ``Authenticated(peer)``           note the peer (``PeerInfo``); nothing is accepted before it
+  ``Authenticated(peer)``           note the peer (``PeerInfo``); the link is OPEN, nothing
+                                    is accepted before it
   ``ApplyDeltas(entries)``          ``node.apply_remote`` each in order, then call
                                     ``local_update`` for each on every PeerProtocol
   ``MergeStates(states)``           ``node.merge_state(doc_id, state)`` for each
@@ -70,6 +71,8 @@ The constructor queues our ``Hello``. Then the adapter loops over these
 Answers may come later and in any order (they carry the request id), but
 ``ApplyDeltas``/``MergeStates`` must be applied in event order. Properties:
 ``state`` (:class:`sync._state.State`), ``peer`` (``PeerInfo | None``),
+``peer_verified`` (the peer's Auth checked out: lift the transport's
+pre-handshake message limit *before* sending what that input queued),
 ``their_vector`` (what the peer acknowledged), ``close_code``,
 ``close_reason``, ``protocol_error``. The receive path never raises on peer
 input; misuse by the adapter raises :class:`sync.exceptions.LocalProtocolError`.
@@ -78,12 +81,25 @@ Theory of operation
 -------------------
 
 **Handshake.** Each side sends ``Hello`` (ids, region, epoch, protocol
-version, a fresh nonce). On the peer's Hello each side answers ``Auth``:
-HMAC-SHA256 with the cluster secret over the *peer's* nonce and both
-identities in (sender, receiver) order, so a MAC can neither be replayed on
-another connection (fresh nonce) nor reflected back (order). Any other
-message before a valid Auth, a bad MAC, an unknown version or our own id
-fails the connection with no effect emitted.
+version, a fresh nonce). On the peer's Hello each side answers ``Auth``: a
+MAC keyed by the cluster secret over both Hellos in (sender, receiver)
+order, so it binds both nonces, both identities and the direction; it can
+neither be replayed on another connection nor reflected back
+(:mod:`sync.channel`). Any other message before a valid Auth, a bad MAC,
+an unknown version, our own id or nonce, or a message over
+``max_handshake_bytes`` fails the connection with no effect emitted.
+
+**Sealed messages.** From the peer's valid Auth on, every message either
+way carries an HMAC tag under a per-direction session key derived from the
+secret and both Hellos, over a per-direction counter and the message
+(:class:`sync.channel.Channel`): a message injected, replayed, reordered,
+dropped from the middle, reflected or moved from another link fails the
+connection (``FRAME_AUTH_FAILED``). So a relay that forwards a handshake
+between two members gets a link it can read (without TLS) but not speak on.
+Each side's first sealed message is ``Ready``, and nothing else goes out
+until the peer's Ready came in: a side lifts its transport's small
+pre-handshake message limit when it checks the peer's Auth, before its own
+Ready leaves, so nothing large reaches it before the limit is lifted.
 
 **Who may speak for an origin.** Origins are per-incarnation ids (the node's
 ``replica_id`` changes on every start), so a peer cannot declare in advance
@@ -112,10 +128,11 @@ buffer (overflow fails the connection: a correct peer never opens a gap
 that large). We ack with our vector once the node reports (via
 ``local_update``) that the entries are durable, and every ``ack_interval``.
 
-**Loss.** The simulator's links drop, duplicate and reorder; a real
-websocket does not, but the same machinery makes both safe: if the peer's
-ack has not moved for ``retransmit_timeout`` while entries are unacked, we
-rewind ``sent`` to their vector and pull from the log again.
+**Loss.** A message lost, duplicated or reordered on a link fails its tag
+and the link (see "Sealed messages"); the next link catches up from the
+acknowledged vectors. Within a link, if the peer's ack has not moved for
+``retransmit_timeout`` while entries are unacked, we rewind ``sent`` to
+their vector and pull from the log again.
 
 **Truncated logs.** If the log no longer holds what the peer lacks, we send
 ``LogTruncated(origin, first)`` instead. The peer then runs an anti-entropy
@@ -148,8 +165,6 @@ sessions cheap under load:
 from __future__ import annotations
 
 import collections
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,8 +172,9 @@ from typing import Any
 from crdtstore.merkle import MerkleShape
 
 from . import messages as m
-from ._state import IGNORED, OPEN, ConnectionState, Input, State
+from ._state import IGNORED, OPEN, SEALED, ConnectionState, Input, State
 from .antientropy import AntiEntropySession, Kind, Query, Side
+from .channel import TAG_SIZE, Channel, auth_mac
 from .events import (
     AntiEntropyDone,
     ApplyDeltas,
@@ -184,6 +200,7 @@ from .exceptions import (
     InvalidState,
     LimitExceeded,
     LocalProtocolError,
+    MessageTooBig,
     RemoteProtocolError,
     UnexpectedMessage,
     UnsupportedProtocol,
@@ -192,7 +209,8 @@ from .messages import Entry
 
 __all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "truncation_vector"]
 
-_AUTH_DOMAIN = b"crdtstore-sync-auth-v1"
+# auth_mac is re-exported: the handshake's MAC lives in sync.channel with the rest of the key schedule.
+
 _MAX_TOUCHED = 1 << 16  # documents remembered as touched lately (a bound on memory, not a setting)
 
 
@@ -208,6 +226,8 @@ class SyncConfig:
         max_buffered: Most out-of-order entries held per connection; more fails it.
         max_pending_requests: Most unanswered peer requests; more fails the connection.
         max_message_bytes: Larger incoming messages fail the connection.
+        max_handshake_bytes: Larger incoming messages before the peer's Auth checked out fail
+            the connection (``MESSAGE_TOO_BIG``): a stranger costs no more memory than this.
         handshake_timeout: Fail if not authenticated by then.
         idle_timeout: Fail if nothing was received for this long (acks double as keepalives).
         ack_interval: Send our vector at least this often.
@@ -228,6 +248,7 @@ class SyncConfig:
     max_buffered: int = 4096
     max_pending_requests: int = 256
     max_message_bytes: int = m.MAX_BLOB_BYTES + (1 << 20)
+    max_handshake_bytes: int = m.MAX_HANDSHAKE_BYTES
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
     ack_interval: float = 1.0
@@ -247,18 +268,6 @@ class SyncConfig:
             raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
         if self.anti_entropy_settle < 0 or self.anti_entropy_max_deferrals < 0:
             raise ValueError("anti_entropy_settle and anti_entropy_max_deferrals must be >= 0")
-
-
-def auth_mac(secret: bytes, their_nonce: bytes, sender: PeerInfo, receiver_id: str, receiver_origin: str) -> bytes:
-    """The MAC ``sender`` proves itself with: HMAC-SHA256 over the receiver's nonce and both identities.
-
-    Every field is length-prefixed so that no two different transcripts
-    serialize alike.
-    """
-    parts = [_AUTH_DOMAIN, their_nonce, sender.replica_id.encode(), sender.origin.encode()]
-    parts += [receiver_id.encode(), receiver_origin.encode()]
-    data = b"".join(len(p).to_bytes(4, "big") + p for p in parts)
-    return hmac.new(secret, data, hashlib.sha256).digest()
 
 
 def min_acked(vectors: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -319,6 +328,9 @@ class PeerProtocol:
         self.config = config if config is not None else SyncConfig()
         self._secret = bytes(secret)
         self._nonce = bytes(nonce)
+        self._hello = m.Hello(our.replica_id, our.origin, our.region, our.epoch, m.PROTOCOL_VERSION, self._nonce)
+        self._channel: Channel | None = None  # once the peer's Hello is known
+        self._verified = False
         self._conn = ConnectionState()
         self._messages: list[bytes] = []
         self._events: list[Event] = []
@@ -367,15 +379,23 @@ class PeerProtocol:
         # periodic sessions in a row deferred each document.
         self._touched: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._deferrals: dict[str, int] = {}
-        self._send(
-            m.Hello(our.replica_id, our.origin, our.region, our.epoch, m.PROTOCOL_VERSION, self._nonce),
-        )
+        self._messages.append(self._hello.encode())  # the handshake goes in clear: nothing to seal it with yet
 
     # Public properties.
 
     @property
     def state(self) -> State:
         return self._conn.state
+
+    @property
+    def peer_verified(self) -> bool:
+        """Whether the peer proved it holds the cluster secret (its Auth checked out).
+
+        From then on the adapter may accept messages up to ``max_message_bytes``
+        at the transport; it must lift the limit before it sends the messages
+        queued by the input that made this true (our ``Ready`` is among them).
+        """
+        return self._verified
 
     @property
     def their_vector(self) -> dict[str, int]:
@@ -404,8 +424,14 @@ class PeerProtocol:
             return
         self._last_received = self._now
         try:
+            sealed = self._conn.state in SEALED
+            if not sealed and len(data) > self.config.max_handshake_bytes:
+                raise MessageTooBig(f"message of {len(data)} bytes before authentication")
             if len(data) > self.config.max_message_bytes:
                 raise LimitExceeded(f"message of {len(data)} bytes exceeds {self.config.max_message_bytes}")
+            if sealed:
+                assert self._channel is not None
+                data = self._channel.open(data)
             msg = m.decode(data, max_size=self.config.max_message_bytes)
             self._dispatch(msg)
         except RemoteProtocolError as exc:
@@ -630,6 +656,9 @@ class PeerProtocol:
             self._receive_hello(msg)
         elif isinstance(msg, m.Auth):
             self._receive_auth(msg)
+        elif isinstance(msg, m.Ready):
+            self._transition(Input.READY)
+            self._receive_ready()
         else:
             self._transition(Input.DATA)
             handler = _HANDLERS[type(msg)]
@@ -651,17 +680,22 @@ class PeerProtocol:
         if msg.nonce == self._nonce:
             raise AuthenticationFailed("the peer reflected our nonce")
         self.peer = PeerInfo(msg.replica_id, msg.origin, msg.region, msg.epoch)
-        self._their_nonce = msg.nonce
-        self._send(m.Auth(auth_mac(self._secret, msg.nonce, self.our, msg.replica_id, msg.origin)))
+        # The Hello as received: decode() accepts canonical encodings only, so this is its exact bytes.
+        self._channel = Channel(self._secret, self._hello.encode(), msg.encode())
+        self._messages.append(m.Auth(self._channel.our_auth).encode())  # in clear, like the Hello
 
     def _receive_auth(self, msg: m.Auth) -> None:
         if self._conn.state is not State.AUTHENTICATING:
             self._transition(Input.AUTH)  # raises: Auth is only valid right after Hello
-        assert self.peer is not None
-        expected = auth_mac(self._secret, self._nonce, self.peer, self.our.replica_id, self.our.origin)
-        if not hmac.compare_digest(expected, msg.mac):
-            raise AuthenticationFailed("bad MAC: the peer does not hold the cluster secret")
+        assert self._channel is not None
+        if not self._channel.check_auth(msg.mac):
+            raise AuthenticationFailed("bad MAC: the peer does not hold the cluster secret, or relayed another link's")
         self._transition(Input.AUTH)
+        self._verified = True
+        self._send(m.Ready())  # sealed: the first message under the session key
+
+    def _receive_ready(self) -> None:
+        assert self.peer is not None
         self._last_progress = self._now
         self._last_ae = self._now
         self._events.append(Authenticated(self.peer))
@@ -756,7 +790,7 @@ class PeerProtocol:
         query = self._remote.pop(msg.request_id, None)
         if query is None or self._ae is None:
             return  # an abandoned session's late answer, or a duplicate
-        self._ae.count_bytes(received=len(msg.encode()))
+        self._ae.count_bytes(received=len(msg.encode()) + TAG_SIZE)
         session = self._ae
         if isinstance(msg, m.MerkleRootResponse):
             shape = self.config.shape
@@ -1010,7 +1044,12 @@ class PeerProtocol:
             raise InvalidState(f"connection is {self._conn.state.name}, not OPEN")
 
     def _send(self, msg: m.Message, *, count: bool = False) -> None:
-        data = msg.encode()
+        """Queue ``msg`` sealed: only the handshake (Hello, Auth) goes out in clear, and not through here."""
+        if self._conn.state in IGNORED:
+            return  # a failed or closed link sends nothing more
+        if self._conn.state not in SEALED or self._channel is None:
+            raise InvalidState(f"cannot send {type(msg).__name__} before the handshake")
+        data = self._channel.seal(msg.encode())
         if count and self._ae is not None:
             self._ae.count_bytes(sent=len(data))
         self._messages.append(data)

@@ -22,8 +22,12 @@ Links connect pairs of replicas (any topology: a line A-B-C tests relaying).
 A link delivers each message after ``delay`` plus a jitter in
 ``[0, reorder]`` (so later messages may overtake earlier ones), drops it
 with probability ``drop`` and delivers it twice with probability
-``duplicate``. ``cut`` partitions a link (its connection dies, nothing
-crosses until ``heal``). ``crash`` loses every connection and message of a
+``duplicate``. Every message after the handshake is sealed with a
+per-direction counter (``sync.channel``), so a dropped, duplicated or
+overtaken message fails its connection (``FRAME_AUTH_FAILED``), as an
+attacker's would on a real link; the link reconnects on the next tick, so
+these faults now test reconnection and catch-up. ``cut`` partitions a link
+(its connection dies, nothing crosses until ``heal``). ``crash`` loses every connection and message of a
 replica but keeps its store (everything committed is durable);
 ``restart`` brings it back under a new epoch. ``restore`` replaces a store
 with an old copy, as an operator restoring a backup would.

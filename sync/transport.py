@@ -2,7 +2,7 @@
 
 This module moves opaque binary messages; it knows nothing of what they
 mean (that is :mod:`sync.protocol`) nor of what to do with them (that is
-the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
+the replicator adapter, :mod:`crdtstore.replicator`). It has four parts:
 
 * :class:`PeerConnection`, one link as the adapter sees it: ``send``,
   ``recv`` (None once the link is closed), an idempotent ``close``. Two
@@ -22,10 +22,27 @@ the replicator adapter, :mod:`crdtstore.replicator`). It has three parts:
   the connection to a session callback, and when it ends wait the next
   delay of :func:`sync.backoff.backoff` (reset after a session that got
   going), until closed.
+* :class:`GatedWebSocketProtocol`, the websocket protocol of the node's
+  uvicorn servers, which holds peer links to a small message size until
+  the peer authenticates (below).
 
-The accepting side's keepalive and size limit are the HTTP server's
-(uvicorn's ``ws_ping_interval``, ``ws_ping_timeout``, ``ws_max_size``);
-the CLI sets them from the same settings.
+The accepting side's keepalive and size limits are the HTTP server's
+(uvicorn's ``ws_ping_interval``, ``ws_ping_timeout``, ``ws_max_size`` for
+API websockets, and :func:`gated_protocol`'s ``peer_max_size`` for peer
+links); the CLI sets them from the same settings.
+
+**Messages before the handshake** are limited to
+:data:`sync.messages.MAX_HANDSHAKE_BYTES` (4 KiB) by the websocket parser
+itself, on both sides: a stranger's 16 MiB frame is refused from its header
+(close 1009) before its payload is read, so it costs no memory. Once the
+protocol reports ``peer_verified``, the adapter calls
+:meth:`PeerConnection.lift_limit` and the link's full ``max_size`` applies.
+The ``websockets`` parser reads its limit afresh for every frame
+(``Protocol.max_message_size``), so a dialed link just sets it. uvicorn
+offers no setting for a limit that changes during a connection, so the
+node's servers run :class:`GatedWebSocketProtocol`: uvicorn's own
+websockets (sans-I/O) protocol, whose peer-link paths start at the small
+limit and expose the lift to the app as an ASGI extension in the scope.
 """
 
 from __future__ import annotations
@@ -41,20 +58,33 @@ from typing import Protocol
 
 import websockets
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.http11 import Request
 
 from sync.backoff import backoff
+from sync.messages import MAX_HANDSHAKE_BYTES
 
 __all__ = [
+    "LIFT_EXTENSION",
+    "PEER_PATHS",
     "ClientPeerConnection",
     "Dialer",
+    "GatedWebSocketProtocol",
     "PeerConnection",
     "ServerPeerConnection",
     "TransportSettings",
     "dial",
+    "gated_protocol",
 ]
 
 logger = logging.getLogger("sync.transport")
+
+LIFT_EXTENSION = "crdtstore.peer.lift_limit"
+"""The ASGI scope extension of :class:`GatedWebSocketProtocol`: ``{"lift": callable}``."""
+
+PEER_PATHS = frozenset({"/v1/peer"})
+"""Websocket paths that carry peer links (gated until the peer authenticates)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +141,29 @@ class PeerConnection(Protocol):
         """Close the link (idempotent; never raises)."""
         ...
 
+    def lift_limit(self) -> None:
+        """The peer authenticated: accept messages up to the link's full size from now on."""
+        ...
+
 
 class ClientPeerConnection:
-    """The dialing side, over a ``websockets`` client connection."""
+    """The dialing side, over a ``websockets`` client connection.
 
-    def __init__(self, ws: ClientConnection, remote: str) -> None:
+    Args:
+        ws: The connection, opened with the pre-handshake message limit.
+        remote: The dialed URL.
+        max_size: The limit :meth:`lift_limit` sets.
+    """
+
+    def __init__(self, ws: ClientConnection, remote: str, *, max_size: int | None = None) -> None:
         self._ws = ws
         self.remote = remote
         self.close_code: int | None = None
+        self._max_size = max_size
+
+    def lift_limit(self) -> None:
+        # Read by the parser for each frame it starts: frames after this call get the full limit.
+        self._ws.protocol.max_message_size = self._max_size
 
     async def send(self, data: bytes) -> None:
         try:
@@ -144,8 +189,9 @@ class ClientPeerConnection:
 
     def _closed(self, exc: websockets.ConnectionClosed) -> None:
         if self.close_code is None:
-            rcvd = exc.rcvd
-            self.close_code = rcvd.code if rcvd is not None else 1006
+            # The peer's code; else ours, when we failed the link (a frame over our limit: 1009).
+            frame = exc.rcvd if exc.rcvd is not None else exc.sent
+            self.close_code = frame.code if frame is not None else 1006
 
 
 class ServerPeerConnection:
@@ -156,6 +202,13 @@ class ServerPeerConnection:
         client = websocket.client
         self.remote = f"{client.host}:{client.port}" if client else "unknown"
         self.close_code: int | None = None
+
+    def lift_limit(self) -> None:
+        # Absent under another ASGI server: its own limit applies from the start, and the protocol
+        # still refuses a message over MAX_HANDSHAKE_BYTES before the handshake (once buffered).
+        extension = self._ws.scope.get("extensions", {}).get(LIFT_EXTENSION)
+        if extension is not None:
+            extension["lift"]()
 
     async def send(self, data: bytes) -> None:
         if self.close_code is not None:
@@ -215,7 +268,8 @@ async def dial(
     ws = await connect(
         url,
         additional_headers=dict(headers or {}),
-        max_size=settings.max_size,
+        # Until the peer proves it holds the secret; lift_limit() raises it (see the module docstring).
+        max_size=min(MAX_HANDSHAKE_BYTES, settings.max_size),
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         open_timeout=settings.open_timeout,
@@ -227,7 +281,50 @@ async def dial(
         proxy=None,
         **tls,
     )
-    return ClientPeerConnection(ws, url)
+    return ClientPeerConnection(ws, url, max_size=settings.max_size)
+
+
+class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets (sans-I/O) protocol, with a small message limit on peer links until lifted.
+
+    Pass the class, or a :func:`gated_protocol`, as ``uvicorn.Config(ws=...)``.
+    On a path of :data:`PEER_PATHS` the limit is
+    :data:`~sync.messages.MAX_HANDSHAKE_BYTES` until the app calls
+    ``scope["extensions"][LIFT_EXTENSION]["lift"]()``
+    (:meth:`ServerPeerConnection.lift_limit` does), then :attr:`peer_max_size`
+    (None: uvicorn's ``ws_max_size``). Other paths get ``ws_max_size`` from the
+    start. The parser checks the limit against each frame's header, so a frame
+    over it closes the connection with 1009 before its payload is read.
+    """
+
+    peer_max_size: int | None = None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        # Small until the request names its path: a client sends no frame before the 101 it waits for.
+        self.conn.max_message_size = min(MAX_HANDSHAKE_BYTES, self.config.ws_max_size)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is None:
+            return  # the upgrade was refused: no app runs
+        if scope["path"][len(self.root_path) :] in PEER_PATHS:
+            scope["extensions"][LIFT_EXTENSION] = {"lift": self._lift}  # type: ignore[index]
+        else:
+            self.conn.max_message_size = self.config.ws_max_size
+
+    def _lift(self) -> None:
+        self.conn.max_message_size = self.peer_max_size if self.peer_max_size is not None else self.config.ws_max_size
+
+
+def gated_protocol(*, peer_max_size: int) -> type[GatedWebSocketProtocol]:
+    """:class:`GatedWebSocketProtocol` whose peer links, once authenticated, take messages up to ``peer_max_size``.
+
+    A listener then keeps ``ws_max_size`` for its API websockets and gives peer
+    links their own limit (uvicorn has one size for every websocket).
+    """
+    return type("GatedWebSocketProtocol", (GatedWebSocketProtocol,), {"peer_max_size": peer_max_size})
 
 
 Session = Callable[[PeerConnection], Awaitable[None]]

@@ -235,8 +235,9 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "Replication link between regions (websocket, binary sync protocol)",
                     "description": (
-                        "Peers authenticate inside the protocol with the cluster secret. A node started with "
-                        "--peer-port serves this route on that port alone, not on the API port."
+                        "Peers authenticate inside the protocol with the cluster secret, and every message "
+                        "after the handshake carries a tag; messages are at most 4 KiB until then (close 1009). "
+                        "A node started with --peer-port serves this route on that port alone, not on the API port."
                     ),
                     "security": [],
                     "responses": {"101": {"description": "Switching protocols"}},

@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from sync import events as ev
+from sync import messages as m
 from sync.dispatch import dispatch
 from sync.memstore import MemStore
 from sync.messages import Entry
 from sync.protocol import PeerProtocol, SyncConfig
 from sync.store import run_sync
 
-__all__ = ["Pair", "StoreContext", "handle", "make_protocol"]
+__all__ = ["Pair", "StoreContext", "handle", "make_protocol", "sealed"]
 
 SECRET = b"test-secret"
 
@@ -36,6 +37,17 @@ def make_protocol(
         our_vector=run_sync(store.version_vector()),
         config=config if config is not None else SyncConfig(shape=store.shape, anti_entropy_interval=None),
     )
+
+
+def sealed(sender: PeerProtocol, msg: m.Message | bytes) -> bytes:
+    """``msg`` as ``sender`` would put it on its open link: a member that holds the keys says anything.
+
+    It takes the next counter of ``sender``'s direction, as a message the
+    protocol sent itself would (so send it next, or the peer fails the link).
+    """
+    channel = sender._channel
+    assert channel is not None, "no session keys before the peer's Hello"
+    return channel.seal(msg if isinstance(msg, bytes) else msg.encode())
 
 
 class StoreContext:
@@ -88,17 +100,22 @@ def handle(
 class Pair:
     """Replicas ``a`` and ``b`` with one protocol each, and a perfect link between them."""
 
-    def __init__(self, *, secret_b: bytes = SECRET, config: SyncConfig | None = None) -> None:
+    def __init__(
+        self, *, secret_b: bytes = SECRET, config: SyncConfig | None = None, nonces: tuple[int, int] = (1, 2)
+    ) -> None:
         self.a = MemStore("a", region="eu", nonce="n1")
         self.b = MemStore("b", region="us", nonce="n2")
         self.config = config
+        self.nonces = nonces
         self.events: dict[str, list[ev.Event]] = {"a": [], "b": []}
         self.acks: dict[str, dict[str, dict[str, int]]] = {"a": {}, "b": {}}  # kept in memory, as the replicator
+        # Every message a sent b, as it crossed the link (what an eavesdropper or a relay sees).
+        self.wire_a_to_b: list[bytes] = []
         self.connect(secret_b=secret_b)
 
     def connect(self, *, secret_b: bytes = SECRET) -> None:
-        self.pa = make_protocol(self.a, nonce=1, config=self.config)
-        self.pb = make_protocol(self.b, nonce=2, secret=secret_b, config=self.config)
+        self.pa = make_protocol(self.a, nonce=self.nonces[0], config=self.config)
+        self.pb = make_protocol(self.b, nonce=self.nonces[1], secret=secret_b, config=self.config)
 
     def write(self, side: str, doc_id: str, ops: list[dict[str, Any]]) -> Entry:
         store, proto = (self.a, self.pa) if side == "a" else (self.b, self.pb)
@@ -125,6 +142,7 @@ class Pair:
             to_b, to_a = self._drain("a"), self._drain("b")
             if not to_a and not to_b:
                 return rounds
+            self.wire_a_to_b += to_b
             for data in to_b:
                 self.pb.receive_message(data)
             for data in to_a:

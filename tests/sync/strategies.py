@@ -20,6 +20,7 @@ def _vectors() -> st.SearchStrategy[m.Ack]:
 messages: st.SearchStrategy[m.Message] = st.one_of(
     st.builds(m.Hello, ids, ids, ids, u64, u64, st.binary(min_size=16, max_size=64)),
     st.builds(m.Auth, st.binary(min_size=32, max_size=32)),
+    st.just(m.Ready()),
     st.builds(m.Deltas, st.lists(st.builds(m.Entry, ids, seqs, ids, blobs), max_size=4).map(tuple)),
     _vectors(),
     st.builds(m.LogTruncated, ids, st.integers(2, 2**64 - 1)),

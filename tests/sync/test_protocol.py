@@ -9,7 +9,7 @@ from sync.exceptions import CloseCode
 from sync.memstore import MemStore
 from sync.protocol import SyncConfig, auth_mac, min_acked, truncation_vector
 from sync.store import run_sync
-from tests.sync.helpers import SECRET, Pair, handle, make_protocol
+from tests.sync.helpers import SECRET, Pair, handle, make_protocol, sealed
 
 INC = [{"op": "increment", "path": ["n"]}]
 
@@ -80,16 +80,15 @@ def test_reflected_mac_is_rejected() -> None:
     assert isinstance(own, m.Auth)
     pb.receive_message(own.encode())
     assert failed(pb.events_received())[0].close_code == CloseCode.AUTH_FAILED
-    # The MAC binds the order of the identities.
-    peer = ev.PeerInfo("a", a.origin, "eu", 1)
-    me = ev.PeerInfo("b", b.origin, "us", 1)
-    assert auth_mac(SECRET, b"n" * 16, peer, "b", b.origin) != auth_mac(SECRET, b"n" * 16, me, "a", a.origin)
+    # The MAC binds the direction: the same two Hellos in the other order give another MAC.
+    hello_a = m.Hello("a", a.origin, "eu", 1, m.PROTOCOL_VERSION, b"n" * 16).encode()
+    assert auth_mac(SECRET, hello_a, hello_b.encode()) != auth_mac(SECRET, hello_b.encode(), hello_a)
 
 
 def test_malformed_message_after_auth_fails_with_no_effect() -> None:
     pair = Pair()
     pair.sync_until_quiet()
-    pair.pb.receive_message(b"\x10\x05")  # a truncated Deltas
+    pair.pb.receive_message(sealed(pair.pa, b"\x10\x05"))  # a truncated Deltas, sealed by a member
     events = pair.pb.events_received()
     assert failed(events)[0].close_code == CloseCode.PROTOCOL_ERROR and not effects(events)
 
@@ -112,7 +111,7 @@ def test_forbidden_origin_fails_whole_batch() -> None:
     # A delta claiming b's own origin beyond what b minted is forged: the whole batch is refused.
     forged = m.Entry(pair.b.origin, 5, "doc", b"{}")
     other = m.Entry("c.1.z", 1, "doc2", pair.b.log[pair.b.origin][1].delta)
-    pair.pb.receive_message(m.Deltas((other, forged, *good)).encode())
+    pair.pb.receive_message(sealed(pair.pa, m.Deltas((other, forged, *good))))
     events = pair.pb.events_received()
     assert failed(events)[0].close_code == CloseCode.FORBIDDEN_ORIGIN and not effects(events)
 
@@ -122,9 +121,9 @@ def test_out_of_order_is_buffered_and_applied_in_order() -> None:
     pair.sync_until_quiet()
     src = MemStore("c", region="ap", nonce="n3")
     entries = [src.apply("doc", INC) for _ in range(3)]
-    pair.pb.receive_message(m.Deltas((entries[2], entries[1])).encode())
+    pair.pb.receive_message(sealed(pair.pa, m.Deltas((entries[2], entries[1]))))
     assert not effects(pair.pb.events_received())
-    pair.pb.receive_message(m.Deltas((entries[0],)).encode())
+    pair.pb.receive_message(sealed(pair.pa, m.Deltas((entries[0],))))
     (apply,) = effects(pair.pb.events_received())
     assert isinstance(apply, ev.ApplyDeltas) and [e.seq for e in apply.entries] == [1, 2, 3]
 
@@ -135,7 +134,7 @@ def test_buffer_overflow_fails() -> None:
     )
     pair.sync_until_quiet()
     far = [m.Entry("c.1.z", s, "doc", b"{}") for s in (5, 6, 7)]
-    pair.pb.receive_message(m.Deltas(tuple(far)).encode())
+    pair.pb.receive_message(sealed(pair.pa, m.Deltas(tuple(far))))
     assert failed(pair.pb.events_received())[0].close_code == CloseCode.LIMIT_EXCEEDED
 
 
