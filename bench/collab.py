@@ -326,7 +326,9 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
             if s0 is not None and s1 is not None:
                 r["server_cpu_s"] = round(s1 - s0, 3)
                 r["server_cpu_util"] = round((s1 - s0) / wall, 3)
-                r["server_cpu_ms_per_op"] = round((s1 - s0) / r["acked_in_window"] * 1e3, 4) if r["acked_in_window"] else None
+                r["server_cpu_ms_per_op"] = (
+                    round((s1 - s0) / r["acked_in_window"] * 1e3, 4) if r["acked_in_window"] else None
+                )
             if d0 is not None and d1 is not None:
                 r["driver_cpu_util"] = round((d1 - d0) / wall, 3)
         r["persisted"] = check_store(side, db, r)
@@ -373,7 +375,11 @@ def table(runs: list[Run]) -> str:
         stored_ok = (
             "error"
             if "error" in stored
-            else ("ok" if stored.get("text_identical") and not stored.get("acked_missing") else f"-{stored.get('acked_missing')}")
+            else (
+                "ok"
+                if stored.get("text_identical") and not stored.get("acked_missing")
+                else f"-{stored.get('acked_missing')}"
+            )
         )
         lines.append(
             f"{run.side:<17}{run.editors:>5}{r['offered_ops'] / r['seconds']:>10.0f}{r['ops_per_s']:>9.0f}"

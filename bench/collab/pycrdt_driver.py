@@ -246,9 +246,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
         emit({"event": event})
 
-    await asyncio.gather(
-        mark("start", t0), mark("end", t_end), *(e.type_until(t0, t_end, args.rate) for e in editors)
-    )
+    await asyncio.gather(mark("start", t0), mark("end", t_end), *(e.type_until(t0, t_end, args.rate) for e in editors))
 
     # Stragglers: wait (bounded) until every keystroke is acknowledged and visible everywhere.
     sent_by = {e.client_id: e.sent for e in editors}

@@ -26,6 +26,7 @@ from typing import Any
 from pycrdt.store import SQLiteYStore
 from pycrdt.websocket import WebsocketServer, YRoom, exception_logger
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 __all__ = ["main"]
 
@@ -51,7 +52,13 @@ class WebsocketsChannel:
             raise StopAsyncIteration from exc
 
     async def send(self, message: bytes) -> None:
-        await self._websocket.send(message)
+        # A room broadcasts from tasks of its own task group: a send to a client that just left would
+        # fail the group and stop the room for everyone (then the server, as the room's stop path raises
+        # "Awareness not started"). A client that left needs nothing more.
+        try:
+            await self._websocket.send(message)
+        except ConnectionClosed:
+            pass
 
     async def recv(self) -> bytes:
         message = await self._websocket.recv()
