@@ -8,12 +8,16 @@
 // batching) and no awareness (the pycrdt side sends none either; the
 // typing keeps the connection alive). It types one ASCII character per
 // transaction at --rate per second (open loop: keystroke k is scheduled at
-// phase + k / rate whatever happened before, so a stall shows in the
-// latencies rather than in fewer keystrokes), at a cursor that follows its
+// phase + k / rate whatever happened before), at a cursor that follows its
 // own typing (a Yjs relative position) and jumps to a random spot every few
 // characters.
 //
-// What is measured, per keystroke, from its scheduled time:
+// What is measured, per keystroke, from the moment it is typed and sent
+// (editors never wait for acks, so a server stall cannot hold sends back
+// and hide itself; how late the driver types against the schedule is
+// reported apart, as send_lag_ms_p99: when it grows, the driver's own
+// process is short of CPU and every latency it reports is inflated by as
+// much):
 // - ack: the Hocuspocus server answers every update message with a
 //   SyncStatus message once the update is applied in memory (not stored:
 //   stores are debounced); the provider counts it down in `unsyncedChanges`.
@@ -22,7 +26,7 @@
 // - remote-visible: the moment another editor's document applied it (its
 //   `update` event, read with Y.parseUpdateMeta). A fresh editor that only
 //   inserts one ASCII character per transaction gives its k-th keystroke
-//   clock k, so (client id, clock) keys the keystroke's scheduled time.
+//   clock k, so (client id, clock) keys the keystroke's send time.
 //
 // Standard output: {"event":"start"} when typing starts and {"event":"end"}
 // when it stops (the harness reads the server's CPU time at both), then one
@@ -65,7 +69,7 @@ const now = () => performance.now() / 1000;
 const sleep = (s) => new Promise((resolve) => setTimeout(resolve, Math.max(0, s * 1000)));
 
 // What all editors share: each client's keystroke schedule, and the latencies measured.
-const scheduled = new Map(); // client id -> scheduled time of its k-th keystroke
+const sentAt = new Map(); // client id -> when its k-th keystroke was typed and sent
 const ackLatency = [];
 const visibleLatency = [];
 const sendLag = [];
@@ -87,7 +91,7 @@ class Editor {
 		this.runLeft = 0;
 		this.lastUnsynced = 0;
 		this.typing = false;
-		scheduled.set(this.clientId, []);
+		sentAt.set(this.clientId, []);
 		this.provider = new HocuspocusProvider({
 			url,
 			name: opts.name,
@@ -115,7 +119,7 @@ class Editor {
 	onUnsynced(number) {
 		if (!this.typing) return;
 		const t = now();
-		const times = scheduled.get(this.clientId);
+		const times = sentAt.get(this.clientId);
 		for (let n = this.lastUnsynced - number; n > 0 && this.acked < this.sent; n--) {
 			ackLatency.push(t - times[this.acked]);
 			this.acked++;
@@ -129,7 +133,7 @@ class Editor {
 		const { to } = Y.parseUpdateMeta(update);
 		for (const [client, end] of to) {
 			if (client === this.clientId) continue;
-			const times = scheduled.get(client);
+			const times = sentAt.get(client);
 			if (times === undefined) continue;
 			const seen = this.seen.get(client) ?? 0;
 			const last = Math.min(end, times.length);
@@ -148,19 +152,20 @@ class Editor {
 
 	async typeUntil(t0, tEnd) {
 		const phase = prng.real53(this.gen) / rate;
-		const times = scheduled.get(this.clientId);
+		const times = sentAt.get(this.clientId);
 		for (let k = 0; ; k++) {
 			const due = t0 + phase + k / rate;
 			if (due >= tEnd) return;
 			await sleep(due - now());
 			const index = this.nextIndex();
-			times.push(due);
+			const typed = now();
+			times.push(typed);
+			sendLag.push(typed - due);
 			this.sent++;
 			// The provider sends the update from inside the transaction's update event.
 			this.text.insert(index, this.char);
 			this.cursor = Y.createRelativePositionFromTypeIndex(this.text, index + 1, -1);
 			this.runLeft--;
-			sendLag.push(now() - due);
 		}
 	}
 
