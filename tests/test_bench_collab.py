@@ -343,3 +343,23 @@ def test_the_pycrdt_store_check_reads_what_the_library_wrote(tmp_path: Path) -> 
     side = collab.SIDES["pycrdt-websocket"]
     stored = collab.check_store(side, db, _result("x" * 14, {7: 10, 8: 4}))
     assert stored == {"text_identical": False, "text_length": 11, "acked_missing": 3}
+
+
+def test_the_target_is_the_higher_of_the_two_bars_from_the_same_run() -> None:
+    sides = {
+        "crdtstore": {"status": "unavailable: live channel not built yet"},
+        "hocuspocus": {"max_sustained_ops_per_s": 125.0},
+        "pycrdt-websocket": {"max_sustained_ops_per_s": 50.0},
+    }
+    assert collab.target(sides) == {"needed_ops_per_s": 62.5, "crdtstore_ops_per_s": None, "met": None}
+    sides["pycrdt-websocket"]["max_sustained_ops_per_s"] = 80.0
+    sides["crdtstore"]["max_sustained_ops_per_s"] = 70.0
+    assert collab.target(sides)["needed_ops_per_s"] == 80.0 and collab.target(sides)["met"] is False
+    sides["crdtstore"]["max_sustained_ops_per_s"] = 80.0
+    assert collab.target(sides)["met"] is True
+    # A peer that could not be installed sets no bar; with neither, there is nothing to meet.
+    assert collab.target({"crdtstore": {"max_sustained_ops_per_s": 1.0}}) == {
+        "needed_ops_per_s": None,
+        "crdtstore_ops_per_s": 1.0,
+        "met": None,
+    }
