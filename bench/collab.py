@@ -205,7 +205,7 @@ SIDES = {
         server_cmd=lambda db: [],
         driver_cmd=lambda port, args, editors: [],
         read_store=read_nothing,
-        acks="after fsync (LMDB group commit), once the channel exists",
+        acks="after fsync (LMDB group commit), as HTTP writes are today; the live channel is not built",
         persists="before the ack",
     ),
     "hocuspocus": Side(
