@@ -1,0 +1,522 @@
+"""Live-editing benchmark (issue #12, section 6): E editors typing into one shared text, against each side.
+
+Usage::
+
+    python bench/collab.py                      # every available side, 50 editors x 5 keystrokes/s, 60 s
+    python bench/collab.py --seconds 20         # shorter
+    python bench/collab.py --ramp --seconds 20  # also E = 10, 25, 50, 100, 200, ... per side
+    python bench/collab.py --peers pycrdt-websocket --editors 10
+    python bench/collab.py --crash --seconds 20  # also SIGKILL each server as typing stops: what did acks promise?
+
+The sides, each one region on loopback (neither peer replicates across regions):
+
+- ``hocuspocus``: ``@hocuspocus/server`` with ``@hocuspocus/extension-sqlite``
+  (``collab/hocuspocus_server.mjs``), driven by Yjs editors behind
+  ``@hocuspocus/provider`` in Node (``collab/yjs_driver.mjs``). Installed
+  here by ``npm ci`` in ``bench/collab`` from its ``package-lock.json``;
+  better-sqlite3's native module is built from source against the system's
+  Node headers when it does not load (npm's install-scripts policy skips
+  its install script, and its prebuilt download cannot be reached here).
+- ``pycrdt-websocket``: ``WebsocketServer`` with pycrdt-store's
+  ``SQLiteYStore`` (``collab/pycrdt_server.py``), driven by pycrdt editors
+  over ``websockets`` (``collab/pycrdt_driver.py``). Installed by the
+  project's ``test`` extra (pip).
+- ``crdtstore``: the hook for our own live channel (``/v1/docs/{id}/live``);
+  it reports ``unavailable`` until the channel exists.
+
+Each run starts the side's server in its own process (a fresh database in
+a temporary directory), then its driver in another, and reads the server's
+CPU seconds from ``/proc`` when the driver says typing starts and stops.
+After the driver is done it stops the server (SIGTERM: each side's own
+graceful shutdown), opens the side's SQLite file, and checks that the
+stored text is the editors' text and that every acknowledged keystroke is
+in it. ``--crash`` adds one run per side whose server is SIGKILLed the
+moment typing stops: how many acknowledged keystrokes the store lacks
+then is what an ack guarantees about durability.
+
+The ramp raises E (10, 25, 50, 100, 200, ... up to ``--ramp-max``) until
+a run is not sustained: local ack p99 above 100 ms, or fewer keystrokes
+acknowledged within the window than 95% of those offered. A side's
+maximum sustained rate is the highest acknowledged rate among its
+sustained runs; the JSON's ``target`` says what our side must reach in the
+same run (the issue's bar: at least pycrdt-websocket's and half of
+Hocuspocus's). Drivers report their own CPU use and how late they typed
+against their schedule (``lag p99``): a driver short of CPU inflates every
+latency it reports, so its run bounds the server from below.
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import procs
+
+__all__ = ["main"]
+
+HERE = Path(__file__).resolve().parent
+COLLAB = HERE / "collab"
+ROOT = HERE.parent
+ACK_P99_LIMIT_MS = 100.0
+DRIVER_LAG_LIMIT_MS = 20.0  # a driver typing later than this at p99 (against its schedule) is short of CPU
+SUSTAINED_FRACTION = 0.95
+RAMP_STEPS = (10, 25, 50, 100, 200, 400, 800)
+DOC_NAME = "doc"
+
+
+# The sides.
+
+
+@dataclass
+class Side:
+    """One system under test: how to install it, start its server and driver, and read its store."""
+
+    name: str
+    install: Callable[[], str | None]  # None when ready, else why it is unavailable
+    server_cmd: Callable[[Path], list[str]]  # (database path) -> argv; the server prints "listening PORT"
+    driver_cmd: Callable[[int, argparse.Namespace, int], list[str]]  # (port, args, editors) -> argv
+    read_store: Callable[[Path], tuple[str, dict[int, int]]]  # (database path) -> (text, clock per client)
+    acks: str  # what an ack means on this side
+    persists: str  # when this side's store has a change
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _better_sqlite3_loads() -> bool:
+    probe = "require('better-sqlite3')(':memory:').prepare('select 1').get()"
+    return _run(["node", "-e", probe], COLLAB, 60).returncode == 0
+
+
+def _node_headers_dir() -> Path | None:
+    """The prefix whose include/node has the headers of the running Node (a distribution's package has them)."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    prefix = Path(node).resolve().parent.parent
+    return prefix if (prefix / "include" / "node" / "node_api.h").exists() else None
+
+
+def install_hocuspocus() -> str | None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "unavailable: node and npm are not installed"
+    if not (COLLAB / "node_modules" / "@hocuspocus" / "server").is_dir():
+        print("hocuspocus: npm ci in bench/collab ...", flush=True)
+        done = _run(["npm", "ci", "--no-audit", "--no-fund"], COLLAB, 900)
+        if done.returncode != 0:
+            return f"unavailable: npm ci failed: {done.stderr.strip()[-300:]}"
+    if not _better_sqlite3_loads():
+        headers = _node_headers_dir()
+        if headers is None:
+            return "unavailable: better-sqlite3 has no native module and the Node headers to build one are missing"
+        print(f"hocuspocus: building better-sqlite3 from source against {headers}/include/node ...", flush=True)
+        built = _run(
+            ["npx", "--yes", "node-gyp", "rebuild", "--release", f"--nodedir={headers}"],
+            COLLAB / "node_modules" / "better-sqlite3",
+            1200,
+        )
+        if built.returncode != 0 or not _better_sqlite3_loads():
+            return f"unavailable: better-sqlite3 does not build: {built.stderr.strip()[-300:]}"
+    return None
+
+
+def install_pycrdt() -> str | None:
+    try:
+        import pycrdt.store  # noqa: F401
+        import pycrdt.websocket  # noqa: F401
+    except ImportError:
+        print("pycrdt-websocket: pip install -e '.[test]' ...", flush=True)
+        done = _run([sys.executable, "-m", "pip", "install", "-q", "-e", ".[test]"], ROOT, 900)
+        if done.returncode != 0:
+            return f"unavailable: pip install failed: {done.stderr.strip()[-300:]}"
+        # A fresh interpreter sees what pip just installed.
+        check = _run([sys.executable, "-c", "import pycrdt.store, pycrdt.websocket"], ROOT, 60)
+        if check.returncode != 0:
+            return f"unavailable: pycrdt-websocket does not import: {check.stderr.strip()[-300:]}"
+    return None
+
+
+def install_crdtstore() -> str | None:
+    # The hook for our own side: once /v1/docs/{id}/live exists, return None here and give the side a
+    # server_cmd (a `crdtstore serve` on loopback), a driver_cmd and a read_store.
+    return "unavailable: live channel not built yet"
+
+
+def _driver_args(args: argparse.Namespace, editors: int) -> list[str]:
+    return [
+        f"--editors={editors}",
+        f"--rate={args.rate}",
+        f"--seconds={args.seconds}",
+        f"--drain={args.drain}",
+        f"--seed={args.seed}",
+    ]
+
+
+def _doc_text(updates: list[bytes]) -> tuple[str, dict[int, int]]:
+    from pycrdt import Doc, Text
+    from yupdate import decode_state_vector
+
+    doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return str(doc.get("text", type=Text)), decode_state_vector(doc.get_state())
+
+
+def read_hocuspocus_store(db: Path) -> tuple[str, dict[int, int]]:
+    # extension-sqlite keeps one row per document: the whole Y.Doc state as one update.
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute('SELECT data FROM "documents" WHERE name = ?', (DOC_NAME,)).fetchall()
+    return _doc_text([bytes(r[0]) for r in rows])
+
+
+def read_pycrdt_store(db: Path) -> tuple[str, dict[int, int]]:
+    # pycrdt-store keeps every update as a row, and now and then a checkpoint of the whole document.
+    path = "/" + DOC_NAME
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT yupdate FROM yupdates WHERE path = ?", (path,)).fetchall()
+        rows += conn.execute("SELECT checkpoint FROM ycheckpoints WHERE path = ?", (path,)).fetchall()
+    return _doc_text([bytes(r[0]) for r in rows])
+
+
+def read_nothing(db: Path) -> tuple[str, dict[int, int]]:
+    raise NotImplementedError
+
+
+SIDES = {
+    "crdtstore": Side(
+        name="crdtstore",
+        install=install_crdtstore,
+        server_cmd=lambda db: [],
+        driver_cmd=lambda port, args, editors: [],
+        read_store=read_nothing,
+        acks="after fsync (LMDB group commit), as HTTP writes are today; the live channel is not built",
+        persists="before the ack",
+    ),
+    "hocuspocus": Side(
+        name="hocuspocus",
+        install=install_hocuspocus,
+        server_cmd=lambda db: ["node", str(COLLAB / "hocuspocus_server.mjs"), "0", str(db)],
+        driver_cmd=lambda port, args, editors: [
+            "node",
+            str(COLLAB / "yjs_driver.mjs"),
+            f"--url=ws://127.0.0.1:{port}",
+            f"--name={DOC_NAME}",
+            *_driver_args(args, editors),
+        ],
+        read_store=read_hocuspocus_store,
+        acks="SyncStatus reply once the update is applied in memory",
+        persists="whole document, debounced: 2 s after the last change, at most 10 s after the first unsaved one",
+    ),
+    "pycrdt-websocket": Side(
+        name="pycrdt-websocket",
+        install=install_pycrdt,
+        server_cmd=lambda db: [sys.executable, str(COLLAB / "pycrdt_server.py"), "0", str(db)],
+        driver_cmd=lambda port, args, editors: [
+            sys.executable,
+            str(COLLAB / "pycrdt_driver.py"),
+            f"--url=ws://127.0.0.1:{port}/{DOC_NAME}",
+            *_driver_args(args, editors),
+        ],
+        read_store=read_pycrdt_store,
+        acks="none; the echo of the sender's own update, broadcast once applied in memory",
+        persists="each update, one SQLite transaction, started in the background after the broadcast",
+    ),
+}
+
+
+# One run.
+
+
+@dataclass
+class Run:
+    side: str
+    editors: int
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def sustained(self) -> bool:
+        if self.error is not None or not self.result:
+            return False
+        p99 = self.result["ack_ms"]["p99"]
+        offered = self.result["offered_ops"]
+        return (
+            p99 is not None
+            and p99 <= ACK_P99_LIMIT_MS
+            and self.result["acked_in_window"] >= SUSTAINED_FRACTION * offered
+        )
+
+
+def _start_server(side: Side, db: Path) -> tuple[subprocess.Popen[bytes], int]:
+    proc = subprocess.Popen(side.server_cmd(db), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
+    assert proc.stdout is not None
+    port: list[int] = []
+
+    def read_port() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(b"listening "):
+                port.append(int(line.split()[1]))
+                break
+        # Keep draining, so a chatty server never blocks on a full pipe.
+        for _ in proc.stdout:
+            pass
+
+    threading.Thread(target=read_port, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not port:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            procs.stop(proc)
+            raise RuntimeError(f"{side.name} server did not start (exit {proc.returncode})")
+        time.sleep(0.02)
+    return proc, port[0]
+
+
+def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool = False) -> Run:
+    """One run of the workload against ``side``; ``crash``: SIGKILL the server the moment typing stops."""
+    run = Run(side.name, editors)
+    with tempfile.TemporaryDirectory(prefix=f"collab-{side.name}-") as tmp:
+        db = Path(tmp) / "store.db"
+        server, port = _start_server(side, db)
+        driver = subprocess.Popen(
+            side.driver_cmd(port, args, editors), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None
+        )
+        assert driver.stdout is not None
+        marks: dict[str, tuple[float, float | None, float | None]] = {}
+        load1 = os.getloadavg()[0]
+        # The driver bounds itself; this bounds the driver.
+        killer = threading.Timer(args.seconds + args.drain + 180, lambda: procs.stop(driver, timeout=5))
+        killer.start()
+        try:
+            for line in driver.stdout:
+                record = orjson.loads(line)
+                event = record.get("event")
+                if event in ("start", "end"):
+                    marks[event] = (
+                        time.monotonic(),
+                        procs.cpu_seconds(server.pid),
+                        procs.cpu_seconds(driver.pid),
+                    )
+                    if event == "end" and crash:
+                        server.kill()
+                elif event == "result":
+                    run.result = record
+            driver.wait(timeout=30)
+        finally:
+            killer.cancel()
+            procs.stop(driver, timeout=5)
+            procs.stop(server)
+        if driver.returncode != 0 or not run.result:
+            run.error = f"driver exited with {driver.returncode}"
+            return run
+        r = run.result
+        r["load1_at_start"] = round(load1, 2)
+        if "start" in marks and "end" in marks:
+            (w0, s0, d0), (w1, s1, d1) = marks["start"], marks["end"]
+            wall = w1 - w0
+            if s0 is not None and s1 is not None:
+                r["server_cpu_s"] = round(s1 - s0, 3)
+                r["server_cpu_util"] = round((s1 - s0) / wall, 3)
+                r["server_cpu_ms_per_op"] = (
+                    round((s1 - s0) / r["acked_in_window"] * 1e3, 4) if r["acked_in_window"] else None
+                )
+            if d0 is not None and d1 is not None:
+                r["driver_cpu_util"] = round((d1 - d0) / wall, 3)
+        r["persisted"] = check_store(side, db, r)
+    return run
+
+
+def check_store(side: Side, db: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Is the editors' text in the side's store, with every acknowledged keystroke?"""
+    try:
+        text, clocks = side.read_store(db)
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        return {"error": str(exc)}
+    acked = {int(c): n for c, n in result["acked_by_client"].items()}
+    # Each editor's k-th keystroke is its clock k: a store that has clock n of a client has its first n.
+    missing = sum(max(0, n - clocks.get(c, 0)) for c, n in acked.items())
+    return {
+        "text_identical": hashlib.sha256(text.encode()).hexdigest() == result["text_sha256"],
+        "text_length": len(text),
+        "acked_missing": missing,
+    }
+
+
+# Reporting.
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(runs: list[Run]) -> str:
+    head = (
+        f"{'side':<17}{'E':>5}{'offered/s':>10}{'acked/s':>9}{'ack p50':>9}{'ack p99':>9}{'vis p50':>9}"
+        f"{'vis p99':>9}{'lag p99':>9}{'cpu ms/op':>10}{'srv cpu':>8}{'drv cpu':>8}{'same text':>10}"
+        f"{'stored':>8}{'load1':>7}"
+    )
+    lines = [head]
+    for run in runs:
+        if run.error is not None:
+            lines.append(f"{run.side:<17}{run.editors:>5}  {run.error}")
+            continue
+        r = run.result
+        stored = r.get("persisted", {})
+        stored_ok = (
+            "error"
+            if "error" in stored
+            else (
+                "ok"
+                if stored.get("text_identical") and not stored.get("acked_missing")
+                else f"-{stored.get('acked_missing')}"
+            )
+        )
+        lines.append(
+            f"{run.side:<17}{run.editors:>5}{r['offered_ops'] / r['seconds']:>10.0f}{r['ops_per_s']:>9.0f}"
+            f"{_fmt(r['ack_ms']['p50'], '.1f'):>9}{_fmt(r['ack_ms']['p99'], '.1f'):>9}"
+            f"{_fmt(r['visible_ms']['p50'], '.1f'):>9}{_fmt(r['visible_ms']['p99'], '.1f'):>9}"
+            f"{_fmt(r['send_lag_ms_p99'], '.1f'):>9}"
+            f"{_fmt(r.get('server_cpu_ms_per_op'), '.3f'):>10}{_fmt(r.get('server_cpu_util'), '.0%'):>8}"
+            f"{_fmt(r.get('driver_cpu_util'), '.0%'):>8}{'yes' if r['texts_identical'] else 'NO':>10}"
+            f"{stored_ok:>8}{r['load1_at_start']:>7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def summary(run: Run) -> dict[str, Any]:
+    if run.error is not None:
+        return {"editors": run.editors, "error": run.error}
+    r = run.result
+    keep = (
+        "editors", "offered_ops", "acked_in_window", "ops_per_s", "ack_ms", "visible_ms", "visible_missing",
+        "send_lag_ms_p99", "server_cpu_ms_per_op", "server_cpu_util", "driver_cpu_util", "texts_identical",
+        "text_length", "persisted", "load1_at_start", "unreadable_updates",
+    )  # fmt: skip
+    out = {k: r.get(k) for k in keep}
+    # One region per peer: every remote-visible latency is within the region.
+    out["visible_ms_within_region"] = out.pop("visible_ms")
+    out["visible_ms_across_regions"] = None
+    out["sustained"] = run.sustained()
+    # A driver that types late is short of CPU itself: its latencies are inflated by as much, so the
+    # run bounds the server from below rather than measuring it.
+    lag = r.get("send_lag_ms_p99")
+    out["driver_late"] = lag is not None and lag > DRIVER_LAG_LIMIT_MS
+    return out
+
+
+def target(sides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The issue's bar, from one run: our maximum sustained ops/s >= pycrdt-websocket's and >= 0.5x Hocuspocus's."""
+    hocuspocus = sides.get("hocuspocus", {}).get("max_sustained_ops_per_s")
+    pycrdt = sides.get("pycrdt-websocket", {}).get("max_sustained_ops_per_s")
+    ours = sides.get("crdtstore", {}).get("max_sustained_ops_per_s")
+    bars = [b for b in (pycrdt, None if hocuspocus is None else 0.5 * hocuspocus) if b is not None]
+    needed = max(bars) if bars else None
+    return {
+        "needed_ops_per_s": needed,
+        "crdtstore_ops_per_s": ours,
+        "met": None if ours is None or needed is None else ours >= needed,
+    }
+
+
+# Entry.
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--peers", default="crdtstore,hocuspocus,pycrdt-websocket", help="comma-separated sides")
+    p.add_argument("--editors", type=int, default=50, help="E, editors per run (default 50)")
+    p.add_argument("--rate", type=float, default=5.0, help="R, keystrokes per second per editor (default 5)")
+    p.add_argument("--seconds", type=float, default=60.0, help="typing time per run (default 60)")
+    p.add_argument("--drain", type=float, default=15.0, help="most seconds a driver waits for stragglers")
+    p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--ramp", action="store_true", help="also raise E until ack p99 > 100 ms")
+    p.add_argument("--ramp-max", type=int, default=400, help="largest E the ramp tries (default 400)")
+    p.add_argument("--crash", action="store_true", help="also one run per side killed (SIGKILL) as typing stops")
+    args = p.parse_args(argv)
+    unknown = set(args.peers.split(",")) - set(SIDES)
+    if unknown:
+        p.error(f"unknown sides: {', '.join(sorted(unknown))}")
+    if args.editors < 1 or args.rate <= 0 or args.seconds <= 0 or args.drain < 0:
+        p.error("--editors, --rate, --seconds must be positive")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    sys.path.insert(0, str(COLLAB))
+    report: dict[str, Any] = {
+        "workload": {"editors": args.editors, "rate": args.rate, "seconds": args.seconds, "regions": 1},
+        "cores": os.cpu_count(),
+        "load1_before": round(os.getloadavg()[0], 2),
+        "sides": {},
+    }
+    runs: list[Run] = []
+    for name in args.peers.split(","):
+        side = SIDES[name]
+        status = side.install()
+        entry: dict[str, Any] = {"acks": side.acks, "persists": side.persists}
+        report["sides"][name] = entry
+        if status is not None:
+            print(f"{name}: {status}", flush=True)
+            entry["status"] = status
+            continue
+        entry["status"] = "ok"
+        print(f"{name}: {args.editors} editors x {args.rate:g}/s for {args.seconds:g} s ...", flush=True)
+        main_run = run_once(side, args.editors, args)
+        runs.append(main_run)
+        entry["run"] = summary(main_run)
+        if args.ramp:
+            ramp: list[Run] = []
+            for editors in [e for e in RAMP_STEPS if e <= args.ramp_max]:
+                print(f"{name}: ramp, {editors} editors ...", flush=True)
+                step = main_run if editors == args.editors else run_once(side, editors, args)
+                ramp.append(step)
+                if step is not main_run:
+                    runs.append(step)
+                if not step.sustained():
+                    break
+            best = max((s for s in ramp if s.sustained()), key=lambda s: s.result["ops_per_s"], default=None)
+            entry["ramp"] = [summary(s) for s in ramp]
+            entry["max_sustained_ops_per_s"] = best.result["ops_per_s"] if best else None
+            entry["max_sustained_editors"] = best.editors if best else None
+        if args.crash:
+            print(f"{name}: crash run (SIGKILL as typing stops) ...", flush=True)
+            crash_run = run_once(side, args.editors, args, crash=True)
+            entry["crash"] = {
+                "editors": args.editors,
+                "acked_ops": crash_run.result.get("acked_ops"),
+                "persisted": crash_run.result.get("persisted"),
+                "error": crash_run.error,
+            }
+    if args.ramp:
+        report["target"] = target(report["sides"])
+    report["load1_after"] = round(os.getloadavg()[0], 2)
+    print()
+    print(table(runs))
+    print(
+        f"\nack p99 limit {ACK_P99_LIMIT_MS:g} ms. 'lag p99': how late the driver typed against its schedule; past "
+        f"{DRIVER_LAG_LIMIT_MS:g} ms the driver was short of CPU and the run's latencies are inflated by it. 'stored': "
+        "the side's SQLite file after a graceful stop holds the editors' text and every acknowledged keystroke "
+        "(-N: N acknowledged keystrokes missing). One region per side."
+    )
+    print(orjson.dumps(report).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

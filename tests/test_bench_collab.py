@@ -1,0 +1,365 @@
+"""The live-editing benchmark's update reader (``bench/collab/yupdate.py``) against pycrdt's own updates.
+
+The pycrdt driver keys keystrokes by (client id, clock) and learns which
+keystrokes an update carries from ``clock_ranges``: a wrong range would
+silently misattribute acks and remote-visible latencies, so its result is
+checked here against the state vectors pycrdt itself reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pycrdt import Doc, Text, TransactionEvent, merge_updates
+from pycrdt.store import SQLiteYStore
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+# The bench scripts import their siblings by name (procs, yupdate); appended, not prepended, so that
+# bench/trace.py never shadows the standard library's trace.
+for _folder in (BENCH, BENCH / "collab"):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+yupdate = _load("bench_collab_yupdate", BENCH / "collab" / "yupdate.py")
+collab = _load("bench_collab_entry", BENCH / "collab.py")
+driver = _load("bench_collab_pycrdt_driver", BENCH / "collab" / "pycrdt_driver.py")
+
+# Inserts take text as editors type it: ASCII, accents, and characters past the BMP (two UTF-16 units in
+# Yjs). Deletes and formats run on ASCII-only scripts: pycrdt 0.14 panics deleting around multi-byte
+# characters (its indexes and yrs' disagree), which is not what this reader is tested for.
+inserts = st.lists(
+    st.tuples(st.just("insert"), st.integers(0, 10**6), st.text(st.sampled_from("ab é\n😀字"), min_size=1)),
+    min_size=1,
+    max_size=25,
+)
+ascii_edits = st.lists(
+    st.tuples(
+        st.sampled_from(["insert", "delete", "format"]),
+        st.integers(0, 10**6),
+        st.text(st.sampled_from("ab \n"), min_size=1),
+    ),
+    min_size=1,
+    max_size=25,
+)
+edits = st.one_of(inserts, ascii_edits)
+
+
+def _apply(doc: Doc, text: Text, kind: str, at: int, s: str) -> None:
+    n = len(text)
+    if kind == "insert":
+        text.insert(at % (n + 1), s)
+    elif n and kind == "delete":
+        start = at % n
+        del text[start : min(n, start + len(s))]
+    elif n:
+        start = at % n
+        text.format(start, min(n, start + len(s)), {"bold": True})
+
+
+def _state(doc: Doc) -> dict[int, int]:
+    return yupdate.decode_state_vector(doc.get_state())
+
+
+class Recorder:
+    """The updates ``doc`` emits, each with the document's state before and after the step that emitted it.
+
+    The state cannot be read inside pycrdt's observer (the transaction is still borrowed), so each step
+    is wrapped: ``with recorder.step(): ...`` runs one transaction.
+    """
+
+    def __init__(self, doc: Doc) -> None:
+        self.doc = doc
+        self.pending: list[bytes] = []
+        self.steps: list[tuple[bytes, dict[int, int], dict[int, int]]] = []
+        doc.observe(self._on_transaction)
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        self.pending.append(event.update)
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        before = _state(self.doc)
+        yield
+        after = _state(self.doc)
+        assert len(self.pending) <= 1, "one step, one transaction"
+        self.steps += [(u, before, after) for u in self.pending]
+        self.pending.clear()
+
+
+def _advanced(before: dict[int, int], after: dict[int, int]) -> dict[int, tuple[int, int]]:
+    return {c: (before.get(c, 0), end) for c, end in after.items() if end > before.get(c, 0)}
+
+
+@given(client=st.integers(1, 2**53 - 1), script=edits)
+def test_each_local_update_carries_exactly_the_clocks_its_transaction_added(client: int, script: list) -> None:
+    doc = Doc(client_id=client)
+    text = doc.get("text", type=Text)
+    recorder = Recorder(doc)
+    for kind, at, s in script:
+        with recorder.step():
+            _apply(doc, text, kind, at, s)
+    for update, before, after in recorder.steps:
+        assert yupdate.clock_ranges(update) == _advanced(before, after)
+    # The whole document as one update: every client from clock 0.
+    state = yupdate.decode_state_vector(doc.get_state())
+    assert yupdate.clock_ranges(doc.get_update()) == {c: (0, n) for c, n in state.items() if n}
+
+
+@given(scripts=st.lists(edits, min_size=2, max_size=4))
+def test_merged_and_relayed_updates_carry_every_writers_clocks(scripts: list) -> None:
+    # Several writers; a relay (the server) applies their updates in turn. What the relay's document
+    # emits per applied update, and all updates merged into one, name each writer's clocks.
+    writers = [Doc(client_id=i + 1) for i in range(len(scripts))]
+    relay = Doc(client_id=10_000)
+    relayed = Recorder(relay)
+    updates: list[bytes] = []
+    for doc, script in zip(writers, scripts, strict=True):
+        local: list[bytes] = []
+        doc.observe(lambda event, local=local: local.append(event.update))
+        text = doc.get("text", type=Text)
+        for kind, at, s in script:
+            _apply(doc, text, kind, at, s)
+        for update in local:
+            with relayed.step():
+                relay.apply_update(update)
+        updates += local
+    for update, before, after in relayed.steps:
+        assert yupdate.clock_ranges(update) == _advanced(before, after)
+    expected = {
+        d.client_id: (0, n) for d in writers if (n := yupdate.decode_state_vector(d.get_state()).get(d.client_id))
+    }
+    assert yupdate.clock_ranges(merge_updates(*updates)) == expected
+
+
+def test_a_keystroke_is_one_clock_of_its_editor() -> None:
+    # The driver's keying: an editor that types one ASCII character per transaction gives keystroke k clock k.
+    doc = Doc(client_id=7)
+    text = doc.get("text", type=Text)
+    recorder = Recorder(doc)
+    for k in range(20):
+        with recorder.step():
+            text.insert(k % (len(text) + 1), "x")
+    assert [yupdate.clock_ranges(u) for u, _, _ in recorder.steps] == [{7: (k, k + 1)} for k in range(20)]
+
+
+@given(data=st.binary(max_size=200))
+def test_arbitrary_bytes_give_ranges_or_the_typed_error(data: bytes) -> None:
+    try:
+        ranges = yupdate.clock_ranges(data)
+    except yupdate.UpdateFormatError:
+        return
+    assert all(0 <= start <= end for start, end in ranges.values())
+
+
+def test_truncated_updates_raise_the_typed_error() -> None:
+    doc = Doc(client_id=3)
+    text = doc.get("text", type=Text)
+    text.insert(0, "hello 😀")
+    update = doc.get_update()
+    for cut in range(1, len(update) - 1):
+        # Only the delete set may be cut without losing a struct; that must not be read as fewer clocks.
+        try:
+            ranges = yupdate.clock_ranges(update[:cut])
+        except yupdate.UpdateFormatError:
+            continue
+        assert ranges == {3: (0, 8)}
+
+
+def test_unknown_content_is_refused_not_guessed() -> None:
+    # ContentAny (ref 8): one client, one struct, clock 0, a root parent named "a", then content the reader skips.
+    update = bytes([1, 1, 5, 0, 8, 1, 1, ord("a"), 1, 0x77, 0, 0])
+    with pytest.raises(yupdate.UpdateFormatError, match="content ref 8"):
+        yupdate.clock_ranges(update)
+
+
+# The pycrdt driver's accounting: which keystroke an update acknowledges or shows, counted once.
+
+
+def _typist(shared: object, index: int, client: int) -> object:
+    editor = driver.Editor(index, "ws://127.0.0.1:1/doc", shared, None)
+    editor.doc = Doc(client_id=client)  # a known client id; the constructor's random one is replaced
+    editor.text = editor.doc.get("text", type=Text)
+    editor.client_id = client
+    editor.doc.observe(editor._on_transaction)
+    shared.sent_at[client] = []
+    return editor
+
+
+def _type(editor: object, at: float) -> bytes:
+    # What Editor.type_until does per keystroke, without the socket.
+    editor._local = True
+    editor.text.insert(len(editor.text), editor.char)
+    editor._local = False
+    update, editor._outgoing = editor._outgoing, None
+    editor.shared.sent_at[editor.client_id].append(at)
+    editor.sent += 1
+    return update
+
+
+def test_the_driver_counts_each_ack_and_each_remote_keystroke_once() -> None:
+    shared = driver.Shared()
+    shared.window_end = 100.0
+    a, b = _typist(shared, 0, 11), _typist(shared, 1, 22)
+    first = _type(a, 1.0)
+    rest = [_type(a, 2.0), _type(a, 3.0)]
+    b.doc.apply_update(first)
+    b._measure(first, 1.5)
+    a._measure(first, 1.25)  # the server's echo of a's own keystroke
+    a._measure(first, 9.0)  # a duplicate echo acknowledges nothing more
+    merged = merge_updates(*rest)  # a server may broadcast two keystrokes as one update
+    b.doc.apply_update(merged)
+    b._measure(merged, 4.0)
+    a._measure(merged, 3.5)
+    assert (a.acked, shared.acked_in_window) == (3, 3)
+    assert shared.ack_latency == [0.25, 1.5, 0.5]
+    assert shared.visible_latency == [0.5, 2.0, 1.0]
+    assert b.seen == {11: 3} and b.caught_up({11: 3, 22: 0}) and a.caught_up({11: 3, 22: 0})
+
+
+def test_the_driver_does_not_count_an_ack_for_a_keystroke_it_never_sent() -> None:
+    # A forged or replayed update claiming later clocks of this editor acknowledges nothing it did not type.
+    shared = driver.Shared()
+    a = _typist(shared, 0, 11)
+    _type(a, 1.0)
+    impostor = Doc(client_id=11)
+    impostor.get("text", type=Text).insert(0, "xxxxx")
+    a._measure(impostor.get_update(), 2.0)
+    assert a.acked == 1 and shared.ack_latency == [1.0]
+    a._measure(b"\x01\x01", 3.0)  # unreadable: counted, not guessed
+    assert shared.unreadable_updates == 1 and a.acked == 1
+
+
+def test_the_driver_refuses_servers_off_loopback() -> None:
+    with pytest.raises(SystemExit):
+        driver.parse_args(["--url", "ws://10.0.0.1:8080/doc"])
+    with pytest.raises(SystemExit):
+        driver.parse_args(["--url", "ws://127.0.0.1:8080/doc", "--editors", "0"])
+    assert driver.parse_args(["--url", "ws://127.0.0.1:8080/doc"]).editors == 50
+
+
+def test_the_harness_refuses_unknown_sides() -> None:
+    with pytest.raises(SystemExit):
+        collab.parse_args(["--peers", "hocuspocus,etherpad"])
+    assert collab.parse_args([]).seconds == 60
+
+
+def test_our_side_reports_unavailable_until_the_live_channel_exists() -> None:
+    assert collab.SIDES["crdtstore"].install() == "unavailable: live channel not built yet"
+
+
+# The store check: the side's SQLite file, read back with pycrdt, against what the editors saw acknowledged.
+
+
+def _typed(client: int, n: int) -> tuple[Doc, list[bytes]]:
+    doc = Doc(client_id=client)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    text = doc.get("text", type=Text)
+    for k in range(n):
+        text.insert(k, "x")
+    return doc, updates
+
+
+def _result(text: str, acked: dict[int, int]) -> dict[str, object]:
+    return {
+        "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "acked_by_client": {str(c): n for c, n in acked.items()},
+    }
+
+
+def _hocuspocus_db(path: Path, state: bytes | None) -> Path:
+    # @hocuspocus/extension-sqlite's schema: one row per document, its whole state.
+    with sqlite3.connect(path) as conn:
+        conn.execute('CREATE TABLE "documents" ("name" varchar(255) NOT NULL, "data" blob NOT NULL, UNIQUE(name))')
+        if state is not None:
+            conn.execute('INSERT INTO "documents" VALUES (?, ?)', (collab.DOC_NAME, state))
+    return path
+
+
+def test_the_hocuspocus_store_check_counts_acknowledged_keystrokes_it_lacks(tmp_path: Path) -> None:
+    doc, _ = _typed(5, 10)
+    db = _hocuspocus_db(tmp_path / "h.db", doc.get_update())
+    side = collab.SIDES["hocuspocus"]
+    assert collab.check_store(side, db, _result("x" * 10, {5: 10})) == {
+        "text_identical": True,
+        "text_length": 10,
+        "acked_missing": 0,
+    }
+    # The store may hold keystrokes whose ack never arrived: no loss, and no credit against another's loss.
+    assert collab.check_store(side, db, _result("x" * 10, {5: 8, 6: 2}))["acked_missing"] == 2
+    # Two more were acknowledged than the store holds, and another editor's three are not there at all.
+    assert collab.check_store(side, db, _result("x" * 15, {5: 12, 6: 3})) == {
+        "text_identical": False,
+        "text_length": 10,
+        "acked_missing": 5,
+    }
+
+
+def test_a_missing_or_corrupt_store_is_reported_not_raised(tmp_path: Path) -> None:
+    side = collab.SIDES["hocuspocus"]
+    empty = _hocuspocus_db(tmp_path / "empty.db", None)
+    assert collab.check_store(side, empty, _result("xy", {5: 2}))["acked_missing"] == 2
+    corrupt = _hocuspocus_db(tmp_path / "corrupt.db", b"\x05\x01\x02not an update")
+    assert "error" in collab.check_store(side, corrupt, _result("xy", {5: 2}))
+    assert "error" in collab.check_store(side, tmp_path / "no-such-dir" / "x.db", _result("", {}))
+
+
+def test_the_pycrdt_store_check_reads_what_the_library_wrote(tmp_path: Path) -> None:
+    a, a_updates = _typed(7, 10)
+    b, b_updates = _typed(8, 4)
+    db = tmp_path / "p.db"
+
+    class Store(SQLiteYStore):
+        db_path = str(db)
+        checkpoint_interval = 5  # the library also writes checkpoints (whole-document copies) beside the updates
+
+    async def write() -> None:
+        async with Store(path="/" + collab.DOC_NAME) as store:
+            for update in a_updates[:7] + b_updates:
+                await store.write(update)
+
+    anyio.run(write)
+    side = collab.SIDES["pycrdt-websocket"]
+    stored = collab.check_store(side, db, _result("x" * 14, {7: 10, 8: 4}))
+    assert stored == {"text_identical": False, "text_length": 11, "acked_missing": 3}
+
+
+def test_the_target_is_the_higher_of_the_two_bars_from_the_same_run() -> None:
+    sides = {
+        "crdtstore": {"status": "unavailable: live channel not built yet"},
+        "hocuspocus": {"max_sustained_ops_per_s": 125.0},
+        "pycrdt-websocket": {"max_sustained_ops_per_s": 50.0},
+    }
+    assert collab.target(sides) == {"needed_ops_per_s": 62.5, "crdtstore_ops_per_s": None, "met": None}
+    sides["pycrdt-websocket"]["max_sustained_ops_per_s"] = 80.0
+    sides["crdtstore"]["max_sustained_ops_per_s"] = 70.0
+    assert collab.target(sides)["needed_ops_per_s"] == 80.0 and collab.target(sides)["met"] is False
+    sides["crdtstore"]["max_sustained_ops_per_s"] = 80.0
+    assert collab.target(sides)["met"] is True
+    # A peer that could not be installed sets no bar; with neither, there is nothing to meet.
+    assert collab.target({"crdtstore": {"max_sustained_ops_per_s": 1.0}}) == {
+        "needed_ops_per_s": None,
+        "crdtstore_ops_per_s": 1.0,
+        "met": None,
+    }
