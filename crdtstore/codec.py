@@ -29,7 +29,7 @@ import orjson
 from .causal import CausalContext
 from .crdt.base import ReplicaTable
 from .crdt.ormap import ORMap
-from .crdt.sequence import SeqDelta
+from .crdt.sequence import SeqDelta, Sequence
 from .document import Delta, Document
 from .errors import DecodeError, UnsupportedVersion
 
@@ -66,6 +66,7 @@ def encode_delta(delta: Delta) -> bytes:
 
 def decode_document(data: bytes) -> Document:
     root, ctx = _decode(data, "D")
+    _check_deleters(root, ctx)
     return Document(root, ctx)
 
 
@@ -73,7 +74,26 @@ def decode_delta(data: bytes) -> Delta:
     root, ctx = _decode(data, "d")
     for replica, lo, hi in _implied(root):
         ctx.add_range(replica, lo, hi)
+    _check_deleters(root, ctx)
     return Delta(root, ctx)
+
+
+def _check_deleters(node: ORMap, ctx: CausalContext) -> None:
+    """Every delete's dot must be in the context, as every dot a legal write mints is.
+
+    Joins skip the deletes whose deleter they have already seen (a deleter's
+    deletes travel whole), which keeps the deletion log free of duplicates;
+    a deleter missing from the context would break that.
+    """
+    for entries in node.fields.values():
+        for value in entries.values():
+            if isinstance(value, ORMap):
+                _check_deleters(value, ctx)
+            elif isinstance(value, SeqDelta):
+                if any(dot not in ctx for d in value.deletes for dot in d[3]):
+                    raise DecodeError(f"{value.tag.label}: a delete's dot is not in the context")
+            elif isinstance(value, Sequence) and not value.deleters_seen(ctx):
+                raise DecodeError(f"{value.tag.label}: a deletion's dot is not in the context")
 
 
 def _implied(node: ORMap) -> Iterator[tuple[str, int, int]]:

@@ -460,7 +460,7 @@ class Sequence:
             self._integrate(ins)
         for replica, lo, hi, _ in delta.deletes:
             self._delete_range(replica, lo, hi)
-        self._record(delta.deletes)
+        self._record(delta.deletes, ours)
         self._retry_pending()
         self._rebalance()
 
@@ -473,10 +473,24 @@ class Sequence:
             self._integrate(ins)
         for d in other.pending_deletes:
             self._delete_range(*d)
-        self.deletions = _normalize(self.deletions + other.deletions)
-        self.deletions_normal = True
+        added = _unseen(other.deletions, ours)
+        if added:
+            self.deletions += added
+            self.deletions_normal = False
         self._retry_pending()
         self._rebalance()
+
+    def deleters_seen(self, ctx: CausalContext) -> bool:
+        """Whether ``ctx`` holds every deleter of the log (true of every state legal writes make)."""
+        ranges = ctx.ranges
+        for dr, d0, dstep, _, _, _, n in self.deletions:
+            flat = ranges.get(dr)
+            if flat is None:
+                return False
+            i = bisect_right(flat, d0)
+            if not i & 1 or flat[i] < d0 + dstep * (n - 1) + 1:
+                return False
+        return True
 
     def removal(self, ctx: CausalContext, deleter: Callable[[], Dot]) -> SeqDelta:
         """The delta that removes this value from its map: presence and every live element."""
@@ -603,6 +617,9 @@ class Sequence:
                 blk = Block(len(seq.blocks), [], [])
                 seq.blocks.append(blk)
         seq.deletions = _decode_segments(data[2], table)
+        if _chains_overlap(sorted(seq.deletions)):
+            # Legal writes never give a deleter two chains; normalizing them would expand them.
+            raise DecodeError(f"{tag.label}: deletion runs share a deleter")
         seq.deletions_normal = False  # untrusted input: normalize before writing it out again
         seq.pending = [_decode_insert(tag, x, table) for x in data[3]]
         for x in data[4]:
@@ -775,11 +792,13 @@ class Sequence:
             blk.lens[j] = 0
             self._grew(blk, -n)
 
-    def _record(self, deletes: list[Delete]) -> None:
+    def _record(self, deletes: list[Delete], seen: CausalContext | None = None) -> None:
+        """Log who deleted what; deleters in ``seen`` are logged already (a deleter's deletes travel whole)."""
         for replica, lo, hi, deleters in deletes:
-            for dr, dc in deleters:
-                self.deletions.append((dr, dc, 0, replica, lo, 1, hi - lo))
-                self.deletions_normal = False
+            for dot in deleters:
+                if seen is None or dot not in seen:
+                    self.deletions.append((dot[0], dot[1], 0, replica, lo, 1, hi - lo))
+                    self.deletions_normal = False
 
     # Private methods: integrating remote work.
 
@@ -915,25 +934,130 @@ def _coalesce_ranges(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int,
 
 
 def _normalize(segments: list[Segment]) -> list[Segment]:
-    """The canonical segments of a set of (deleter, target) pairs: sorted, deduplicated, greedily merged."""
-    pairs = sorted(
-        {(dr, d0 + k * dstep, tr, t0 + k * tstep) for dr, d0, dstep, tr, t0, tstep, n in segments for k in range(n)}
-    )
+    """The canonical segments of a set of (deleter, target) pairs, in O(S log S) for S segments.
+
+    The canonical form is defined per deleter dot: its targets as maximal
+    ranges (one ``dstep 0`` segment each, sorted). A deleter whose only target
+    is one element is *simple*; consecutive simple deleters of one replica
+    whose targets step by +1 or -1 in one target replica chain into one
+    segment (a run of backspaces or of forward deletes), greedily from the
+    left. This depends only on the pairs, and it never expands a run: a
+    deleter dot names one op, whose deletes travel whole, so two sources that
+    both know a deleter know the same targets for it (``_unseen`` drops the
+    ones a join already has), and segments overlap only in range segments of
+    one deleter, which merge as ranges. Overlapping chains cannot come from
+    legal writes (decoding refuses them); they are expanded, so that the
+    result still depends only on the pairs.
+    """
+    segs = sorted(set(segments))
+    if _chains_overlap(segs):
+        segs = sorted(set(_expand_chains(segs)))
     out: list[list[Any]] = []
-    for dr, dc, tr, tc in pairs:
-        if out:
-            s = out[-1]
-            if s[0] == dr and s[3] == tr:
-                if s[6] == 1:
-                    steps = (dc - s[1], tc - s[4])
-                    if steps in _STEP_CODES:
-                        s[2], s[5], s[6] = steps[0], steps[1], 2
-                        continue
-                elif dc == s[1] + s[6] * s[2] and tc == s[4] + s[6] * s[5]:
-                    s[6] += 1
-                    continue
-        out.append([dr, dc, 0, tr, tc, 1, 1])
+    # Merge overlapping or touching ranges of one deleter and target replica.
+    for s in segs:
+        if s[2] == 0 and out:
+            last = out[-1]
+            if last[2] == 0 and last[0] == s[0] and last[1] == s[1] and last[3] == s[3] and last[4] + last[6] >= s[4]:
+                last[6] = max(last[4] + last[6], s[4] + s[6]) - last[4]
+                continue
+        out.append(list(s))
+    return _chain(out)
+
+
+def _chain(atoms: list[list[Any]]) -> list[Segment]:
+    """Chain the simple deleters of sorted, merged atoms (see ``_normalize``)."""
+    out: list[Segment | list[Any]] = []
+    cur: list[Any] | None = None  # the open chain: the last segment written, while it may grow
+    n_atoms = len(atoms)
+    for i, (dr, d0, dstep, tr, t0, tstep, n) in enumerate(atoms):
+        if dstep == 0:
+            simple = (
+                n == 1
+                and not (i and atoms[i - 1][2] == 0 and atoms[i - 1][0] == dr and atoms[i - 1][1] == d0)
+                and not (i + 1 < n_atoms and atoms[i + 1][2] == 0 and atoms[i + 1][0] == dr and atoms[i + 1][1] == d0)
+            )
+            if not simple:
+                out.append((dr, d0, 0, tr, t0, 1, n))
+                cur = None
+                continue
+        # A simple pair (d0, t0), possibly the head of a chain of n pairs with steps (1, tstep).
+        if cur is not None and cur[0] == dr and cur[3] == tr and cur[1] + cur[2] * (cur[6] - 1) + 1 == d0:
+            last_t = cur[4] + cur[5] * (cur[6] - 1)
+            if cur[6] == 1 and t0 - last_t in (1, -1):
+                cur[2], cur[5], cur[6] = 1, t0 - last_t, 2
+            elif cur[6] > 1 and t0 == last_t + cur[5]:
+                cur[6] += 1
+            else:
+                cur = None
+        else:
+            cur = None
+        if cur is None:
+            cur = [dr, d0, 0, tr, t0, 1, 1]
+            out.append(cur)
+        if dstep == 0 or n == 1:
+            continue
+        # The chain's tail: n - 1 more pairs, each one deleter on and tstep away.
+        if cur[6] == 1:
+            cur[2], cur[5], cur[6] = 1, tstep, n
+        elif cur[5] == tstep:
+            cur[6] += n - 1
+        elif n == 2:
+            cur = [dr, d0 + 1, 0, tr, t0 + tstep, 1, 1]
+            out.append(cur)
+        else:
+            cur = [dr, d0 + 1, 1, tr, t0 + tstep, tstep, n - 1]
+            out.append(cur)
     return [tuple(s) for s in out]  # type: ignore[misc]
+
+
+def _chains_overlap(segs: list[Segment]) -> bool:
+    """Whether a chain shares a deleter with another segment (sorted input)."""
+    reach: tuple[str, int, bool] | None = None  # replica, last deleter so far, whether a chain reached it
+    for dr, d0, dstep, _, _, _, n in segs:
+        last = d0 + dstep * (n - 1)
+        chain = dstep != 0
+        if reach is not None and reach[0] == dr and d0 <= reach[1]:
+            if chain or reach[2]:
+                return True
+            if last > reach[1]:
+                reach = (dr, last, chain)
+        else:
+            reach = (dr, last, chain)
+    return False
+
+
+def _expand_chains(segs: list[Segment]) -> Iterator[Segment]:
+    for dr, d0, dstep, tr, t0, tstep, n in segs:
+        if dstep == 0:
+            yield (dr, d0, 0, tr, t0, 1, n)
+        else:
+            for k in range(n):
+                yield (dr, d0 + k, 0, tr, t0 + k * tstep, 1, 1)
+
+def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
+    """The parts of ``segments`` whose deleters ``ctx`` has not seen (a join already holds the rest)."""
+    out: list[Segment] = []
+    for s in segments:
+        dr, d0, dstep, tr, t0, tstep, n = s
+        flat = ctx.ranges.get(dr)
+        if not flat:
+            out.append(s)
+        elif dstep == 0:
+            if not bisect_right(flat, d0) & 1:
+                out.append(s)
+        else:
+            d, end = d0, d0 + n
+            while d < end:
+                i = bisect_right(flat, d)
+                if i & 1:  # d is seen: skip to the end of its range
+                    d = flat[i]
+                    continue
+                stop = min(end, flat[i]) if i < len(flat) else end
+                m = stop - d
+                t = t0 + (d - d0) * tstep
+                out.append((dr, d, 1, tr, t, tstep, m) if m > 1 else (dr, d, 0, tr, t, 1, 1))
+                d = stop
+    return out
 
 
 def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
