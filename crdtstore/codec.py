@@ -44,7 +44,14 @@ __all__ = [
 ]
 
 FORMAT = 1
-MAX_ENCODED_BYTES = 256 << 20
+# The largest encoding decoding accepts: 64 times the node's per-document
+# write limit (16 MiB), so that a document many regions filled concurrently
+# still loads. What peers may send is capped much lower by the transport.
+MAX_ENCODED_BYTES = 1 << 30
+# orjson returns bytes inside an allocation of at least 4 KiB; an encoding
+# that is kept (a delta log, a replay) is copied out below this size, so a
+# 30-byte delta costs about 30 bytes, not 4,097.
+_COMPACT_BELOW = 1 << 16
 
 
 def encode_document(doc: Document) -> bytes:
@@ -123,7 +130,8 @@ def _encode(kind: str, root: ORMap, ctx: CausalContext) -> bytes:
     context = {}
     for replica in sorted(ctx.ranges):
         context[str(table.ref(replica))] = ctx.ranges[replica]
-    return orjson.dumps([kind, FORMAT, table.names, context, body], option=orjson.OPT_SORT_KEYS)
+    out = orjson.dumps([kind, FORMAT, table.names, context, body], option=orjson.OPT_SORT_KEYS)
+    return bytes(memoryview(out)) if len(out) < _COMPACT_BELOW else out
 
 
 def _decode(data: Any, kind: str) -> tuple[ORMap, CausalContext]:

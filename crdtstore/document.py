@@ -16,7 +16,7 @@ in; the core never reads a clock. See ``CORE_API``/README for the op formats.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from .causal import CausalContext, Dot
@@ -118,12 +118,22 @@ class Document:
     # Public methods for joining.
 
     def join(self, delta: Delta) -> None:
-        """Join a delta in place (idempotent, commutative, associative)."""
+        """Join a delta in place (idempotent, commutative, associative).
+
+        Raises:
+            DecodeError: the join would hold more than a decoder accepts; nothing changed.
+        """
+        _check_join(self.root, delta.root)
         self.root.join(delta.root, self.ctx, delta.ctx, False)
         self.ctx.join(delta.ctx)
 
     def merge(self, other: Document) -> None:
-        """Join another full state in place."""
+        """Join another full state in place.
+
+        Raises:
+            DecodeError: the join would hold more than a decoder accepts; nothing changed.
+        """
+        _check_join(self.root, other.root)
         self.root.join(other.root, self.ctx, other.ctx, True)
         self.ctx.join(other.ctx)
 
@@ -190,7 +200,7 @@ class _Planner:
         elif real is None:
             length = self.length_change.get(op.path, 0)
         else:
-            base = real.total if op.version is None else real.length_at(op.version.__contains__)
+            base = real.total if op.version is None else real.length_at(op.version)
             length = base + self.length_change.get(op.path, 0)
         assert op.index is not None
         if op.kind == "insert":
@@ -394,12 +404,25 @@ class _Executor:
         node = self._parent(path)
         return node.get(path[-1], tag) if node is not None else None
 
-    def _seen(self, op: Op) -> Callable[[Dot], bool] | None:
+    def _seen(self, op: Op) -> CausalContext | None:
         """With a version, the view is what the caller saw plus what this batch did before."""
         if op.version is None:
             return None
-        version, batch = op.version, self.batch.ctx if self.batch is not None else CausalContext()
-        return lambda dot: dot in version or dot in batch
+        seen = op.version.copy()
+        if self.batch is not None:
+            seen.join(self.batch.ctx)
+        return seen
+
+
+def _check_join(ours: ORMap | None, theirs: ORMap) -> None:
+    """Refuse, before any change, a join whose sequences would pass the decoder's bounds."""
+    for name, entries in theirs.fields.items():
+        for tag, value in entries.items():
+            mine = ours.get(name, tag) if ours is not None else None
+            if isinstance(value, ORMap):
+                _check_join(mine, value)
+            elif isinstance(value, SeqDelta | Sequence):
+                (mine if mine is not None else Sequence(tag)).check_join(value)
 
 
 def _wrap(path: tuple[str, ...], entries: dict[Tag, Any], created: dict[int, Dot]) -> ORMap:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
+
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
+from crdtstore.crdt.sequence import MAX_ELEMENTS, Sequence
+from crdtstore.crdt.tags import Tag
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError, InvalidVersion, UnsupportedVersion
 from crdtstore.version import decode_version
@@ -107,3 +112,105 @@ def test_huge_claimed_runs_are_refused_before_any_work() -> None:
     for bad in (huge_run, huge_deletes):
         with pytest.raises(DecodeError):
             decode_document(orjson.dumps(bad))
+
+
+def _dead_run_delta(replica: str, length: int) -> bytes:
+    """A forged delta: one insert by ``replica`` that claims a dead run of ``length`` elements."""
+    tree = orjson.loads(
+        encode_delta(Document().apply([{"op": "insert", "path": ["t"], "index": 0, "text": "x"}], replica=replica))
+    )
+    seq_body = tree[4][0][1][0][1]  # [presence, inserts]
+    seq_body[1][0][4] = length  # the insert's content becomes a dead run's length
+    return orjson.dumps(tree)
+
+
+def test_claimed_dead_runs_never_make_a_document_unreadable() -> None:
+    """Tiny deltas that claim huge dead runs: a join past the decoder's bounds is refused whole."""
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "hello"}], replica="a")
+    refused = 0
+    for replica in ("p", "q", "r"):
+        delta = decode_delta(_dead_run_delta(replica, MAX_ELEMENTS // 2))  # each alone passes the bounds
+        before = encode_document(doc)
+        try:
+            doc.join(delta)
+        except DecodeError:
+            refused += 1
+            assert encode_document(doc) == before  # nothing changed
+    assert refused == 2
+    loaded = decode_document(encode_document(doc))  # still loads, reads and replicates
+    assert loaded.value() == {"t": "hello"}
+    assert encode_document(loaded) == encode_document(doc)
+    state = Document()
+    state.join(decode_delta(_dead_run_delta("s", MAX_ELEMENTS)))
+    with pytest.raises(DecodeError):
+        doc.merge(state)
+    assert decode_document(encode_document(doc)).value() == {"t": "hello"}
+
+
+def test_documents_many_regions_filled_concurrently_still_load() -> None:
+    """Regions each at a 4M-element write limit, merged: the decoder must accept the result."""
+    regions = 6
+    merged = Document()
+    for r in range(regions):
+        doc = Document()
+        for _ in range(4):
+            doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "x" * (1 << 20)}], replica=f"r{r}")
+        doc.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 4 << 20}], replica=f"r{r}")
+        merged.merge(doc)
+    assert text_size(merged) == regions * (4 << 20) > 1 << 24
+    loaded = decode_document(encode_document(merged))
+    assert loaded.value() == {"t": ""}
+    assert text_size(loaded) == text_size(merged)
+
+
+def text_size(doc: Document) -> int:
+    seq = doc.root.get("t", Tag.TEXT)
+    assert isinstance(seq, Sequence)
+    return sum(it.length for it in seq._items())
+
+
+def test_deletes_outside_the_context_are_refused() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abc"}], replica="a")
+    delta = doc.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 1}], replica="b")
+    tree = orjson.loads(encode_delta(delta))
+    tree[3] = {}  # drop the delete's own dot from the context
+    with pytest.raises(DecodeError):
+        decode_delta(orjson.dumps(tree))
+    state = orjson.loads(encode_document(doc))
+    state[3] = {k: v for k, v in state[3].items() if state[2][int(k)] != "b"}
+    with pytest.raises(DecodeError):
+        decode_document(orjson.dumps(state))
+
+
+def test_deletion_chains_sharing_a_deleter_are_refused() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdef"}], replica="a")
+    for k in range(3):  # backspaces: one chain
+        doc.apply([{"op": "delete", "path": ["t"], "index": 5 - k, "count": 1}], replica="a")
+    tree = orjson.loads(encode_document(doc))
+    deletions = tree[4][0][1][0][1][2]
+    assert len(deletions) == 6 and deletions[5] == 1  # one segment, a backspace chain
+    deletions += [0, 0, 0, -2, 3, 1]  # the same deleters again, other targets
+    with pytest.raises(DecodeError):
+        decode_document(orjson.dumps(tree))
+
+
+def test_kept_encodings_cost_their_size() -> None:
+    """orjson's output sits in a 4 KiB allocation; what the codec returns must not."""
+    doc = Document()
+    deltas = []
+    tracemalloc.start()
+    try:
+        for k in range(200):
+            deltas.append(
+                encode_delta(doc.apply([{"op": "insert", "path": ["t"], "index": k, "text": "x"}], replica="a"))
+            )
+        held = sum(sys.getsizeof(d) for d in deltas)
+        traced = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert all(len(d) < 100 for d in deltas)
+    assert held < 200 * 200
+    assert traced < 200 * 1024  # 200 kept 4 KiB buffers would be 800 KiB

@@ -57,8 +57,8 @@ def test_every_old_version_reads_back_exactly_as_it_was(steps: list[Any], merges
         final.merge(d)
     seq = text_of(final)
     for ctx, ids in snapshots:
-        assert seq.length_at(ctx.__contains__) == len(ids)
-        assert seq.ids_at(ctx.__contains__, 0, len(ids)) == (ids if ids else None)
+        assert seq.length_at(ctx) == len(ids)
+        assert seq.ids_at(ctx, 0, len(ids)) == (ids if ids else None)
 
 
 def test_backspacing_is_one_deletion_segment_and_one_dead_run() -> None:

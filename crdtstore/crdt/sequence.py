@@ -27,7 +27,9 @@ blocks' visible lengths finds the block of a visible index in O(log n), and
 a C-level prefix sum finds the item inside it. Ids are found through a
 per-replica sorted list of run starts, each with its few pieces. No
 operation walks the whole sequence, except reading an index against an
-older version (which must look at every tombstone) and encoding.
+older version (which must look at every tombstone) and encoding, and none
+walks it element by element: what a few bytes may claim (a dead run of
+millions) costs no more than one run.
 
 Deltas carry inserts ``(replica, counter, lamport, origin, content)`` and
 deletes ``(replica, lo, hi, deleter)``. One whose origin (or target) has not
@@ -43,7 +45,7 @@ from itertools import accumulate
 from operator import attrgetter
 from typing import Any
 
-from ..causal import CausalContext, Dot
+from ..causal import CausalContext, Dot, ranges_add
 from ..errors import DecodeError
 from .base import ReplicaTable, decode_dot, decode_dots, encode_dots, join_dotset
 from .tags import Tag
@@ -51,10 +53,14 @@ from .tags import Tag
 __all__ = ["BLOCK_MAX", "Insert", "Item", "SeqDelta", "Sequence"]
 
 BLOCK_MAX = 256
-# The most elements (live and dead) one decoded sequence, run or delete may
-# span: untrusted bytes must not make later work (reading an old version,
-# normalizing the deletion log) run away.
-MAX_ELEMENTS = 1 << 24
+# The most element ids (live, dead and waiting) one sequence may hold, and
+# one run or delete may span. Decoding refuses more and so does a join
+# (``check_join``), so whatever joins cleanly also loads. No work walks
+# elements one by one, so the bound is about what bytes may claim, not about
+# time: a local write stops at the node's per-document limit (4M elements),
+# and this sits 64 times above it, for documents that many regions filled
+# concurrently.
+MAX_ELEMENTS = 1 << 28
 # Local typing extends the run it continues; past this the run is closed so
 # that extending (which copies the content) stays O(1) amortized.
 RUN_MAX = 256
@@ -261,6 +267,7 @@ class Sequence:
         "pending",
         "pending_deletes",
         "presence",
+        "size",
         "tag",
         "total",
         "tree",
@@ -272,6 +279,7 @@ class Sequence:
         self.blocks: list[Block] = [Block(0, [], [])]
         self.tree: list[int] = [0, 0]
         self.total = 0
+        self.size = 0  # element ids held in items, live or dead
         # replica -> (sorted run starts, pieces of each run sorted by counter)
         self.by_replica: dict[str, tuple[list[int], list[list[Item]]]] = {}
         self.max_lamport = 0
@@ -366,6 +374,7 @@ class Sequence:
             # Typing on at the end of our own run: extend it.
             item.content = item.content + content  # type: ignore[operator]
             item.length += n
+            self.size += n
             blk.lens[j] += n
             self._grew(blk, n)
             return (replica, counter, lamport, origin, content)
@@ -414,7 +423,7 @@ class Sequence:
 
     # Public methods for reading an index against an older version.
 
-    def ids_at(self, seen: Callable[[Dot], bool], start: int, count: int) -> list[Dot] | None:
+    def ids_at(self, seen: CausalContext, start: int, count: int) -> list[Dot] | None:
         """The ids of visible elements ``start .. start+count-1`` in the view holding only dots ``seen``.
 
         Also answers the origin lookup for inserts: ``ids_at(seen, i - 1, 1)``.
@@ -422,29 +431,51 @@ class Sequence:
         """
         out: list[Dot] = []
         pos = 0
-        for dot in self._visible_at(seen):
-            if pos >= start:
-                out.append(dot)
+        for replica, lo, hi in self._visible_at(seen):
+            if pos + hi - lo > start:
+                first = lo + max(0, start - pos)
+                last = min(hi, first + count - len(out))
+                out += ((replica, c) for c in range(first, last))
                 if len(out) == count:
                     return out
-            pos += 1
+            pos += hi - lo
         return None
 
-    def length_at(self, seen: Callable[[Dot], bool]) -> int:
-        return sum(1 for _ in self._visible_at(seen))
+    def length_at(self, seen: CausalContext) -> int:
+        return sum(hi - lo for _, lo, hi in self._visible_at(seen))
 
-    def _visible_at(self, seen: Callable[[Dot], bool]) -> Iterator[Dot]:
-        """Every element visible in the view holding only dots ``seen``, in order: O(elements), by design rare."""
-        deleted_by: dict[Dot, list[Dot]] = {}
+    def _visible_at(self, seen: CausalContext) -> Iterator[tuple[str, int, int]]:
+        """The runs ``(replica, lo, hi)`` visible in the view holding only dots ``seen``, in order.
+
+        O(items + deletion segments), never per element: a view is what
+        ``seen`` inserted minus what a deleter in ``seen`` deleted, and both
+        are ranges (a chain's targets step by one, so they are a range too).
+        """
+        deleted: dict[str, list[int]] = {}
         for dr, d0, dstep, tr, t0, tstep, n in self.deletions:
-            for k in range(n):
-                deleted_by.setdefault((tr, t0 + k * tstep), []).append((dr, d0 + k * dstep))
+            flat = seen.ranges.get(dr)
+            if flat is None:
+                continue
+            for lo, hi in _intersect(flat, d0, d0 + (n if dstep else 1)):
+                if dstep == 0:
+                    a, b = t0, t0 + n
+                elif tstep == 1:
+                    a, b = t0 + lo - d0, t0 + hi - d0
+                else:
+                    a, b = t0 - (hi - 1 - d0), t0 - (lo - d0) + 1
+                ranges_add(deleted.setdefault(tr, []), a, b)
+        ranges = seen.ranges
         for it in self._items():
-            r = it.replica
-            for c in range(it.counter, it.counter + it.length):
-                dot = (r, c)
-                if seen(dot) and not any(seen(d) for d in deleted_by.get(dot, ())):
-                    yield dot
+            flat = ranges.get(it.replica)
+            if flat is None:
+                continue
+            gone = deleted.get(it.replica)
+            for lo, hi in _intersect(flat, it.counter, it.counter + it.length):
+                if gone is None:
+                    yield (it.replica, lo, hi)
+                else:
+                    for a, b in _subtract(gone, lo, hi):
+                        yield (it.replica, a, b)
 
     # Public methods for joining.
 
@@ -479,6 +510,35 @@ class Sequence:
             self.deletions_normal = False
         self._retry_pending()
         self._rebalance()
+
+    def check_join(self, other: SeqDelta | Sequence) -> None:
+        """Raise ``DecodeError`` if joining ``other`` would hold more than ``MAX_ELEMENTS`` ids.
+
+        Called before any change, so that a peer's claims (a few bytes can
+        claim a dead run of millions) can never make a document that no
+        longer decodes: the join is refused instead, and nothing changed.
+        """
+        held = self.size + sum(_insert_length(ins) for ins in self.pending)
+        if isinstance(other, SeqDelta):
+            claims = other.inserts
+        else:
+            claims = [(it.replica, it.counter, 0, None, it.length) for it in other._items()] + other.pending
+        if held + sum(_insert_length(ins) for ins in claims) <= MAX_ELEMENTS:
+            return
+        # Only the ids not held yet count: a join adds no others.
+        for ins in claims:
+            replica, counter, n = ins[0], ins[1], _insert_length(ins)
+            end = counter + n
+            while counter < end:
+                found = self._lookup((replica, counter))
+                if found is not None:
+                    counter += found[0].length - found[1]
+                else:
+                    step = min(end - counter, self._unknown_extent(replica, counter))
+                    held += step
+                    counter += step
+            if held > MAX_ELEMENTS:
+                raise DecodeError(f"{self.tag.label}: the join would hold more than {MAX_ELEMENTS} elements")
 
     def deleters_seen(self, ctx: CausalContext) -> bool:
         """Whether ``ctx`` holds every deleter of the log (true of every state legal writes make)."""
@@ -629,6 +689,9 @@ class Sequence:
             if type(x[2]) is not int or x[2] <= lo:
                 raise DecodeError(f"{tag.label}: bad pending delete range")
             seq.pending_deletes.append((replica, lo, x[2]))
+        seq.size = elements
+        if elements + sum(_insert_length(ins) for ins in seq.pending) > MAX_ELEMENTS:
+            raise DecodeError(f"{tag.label}: more than {MAX_ELEMENTS} elements")
         for b in seq.blocks:
             b.vis = sum(b.lens)
         seq._rebuild()
@@ -683,6 +746,7 @@ class Sequence:
         return blk, j, rem - (cum[j - 1] if j else 0)
 
     def _place(self, blk: Block, j: int, item: Item) -> None:
+        self.size += item.length
         item.block = blk
         blk.items.insert(j, item)
         n = item.length if item.content is not None else 0
@@ -907,6 +971,33 @@ _STEP_CODES = {(0, 1): 0, (1, -1): 1, (1, 1): 2}
 _CODE_STEPS = {code: steps for steps, code in _STEP_CODES.items()}
 
 
+def _intersect(flat: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The parts of ``[lo, hi)`` inside the sorted ranges ``flat``."""
+    i = bisect_right(flat, lo)
+    if i & 1:
+        i -= 1
+    while i < len(flat) and flat[i] < hi:
+        a, b = max(flat[i], lo), min(flat[i + 1], hi)
+        if a < b:
+            yield (a, b)
+        i += 2
+
+
+def _subtract(flat: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The parts of ``[lo, hi)`` outside the sorted ranges ``flat``."""
+    for a, b in _intersect(flat, lo, hi):
+        if lo < a:
+            yield (lo, a)
+        lo = b
+    if lo < hi:
+        yield (lo, hi)
+
+
+def _insert_length(ins: Insert) -> int:
+    content = ins[4]
+    return content if type(content) is int else len(content)  # type: ignore[arg-type, return-value]
+
+
 def _insert_order(ins: Insert) -> tuple[int, str, int]:
     return (ins[2], ins[0], ins[1])
 
@@ -1064,7 +1155,7 @@ def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
     if len(flat) % 6:
         raise DecodeError("bad deletion segments")
     out: list[Segment] = []
-    prev_d = prev_t = pairs = 0
+    prev_d = prev_t = 0
     for k in range(0, len(flat), 6):
         dref, dd, tref, dt, n, code = flat[k : k + 6]
         if type(dd) is not int or type(dt) is not int or type(n) is not int or n < 1 or code not in _CODE_STEPS:
@@ -1075,9 +1166,6 @@ def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
         tr, _ = decode_dot(tref, max(t0, 1), table)
         if d0 < 1 or t0 < 1 or d0 + (n - 1) * dstep < 1 or t0 + (n - 1) * tstep < 1 or n > MAX_ELEMENTS:
             raise DecodeError("bad deletion segment counters")
-        pairs += n
-        if pairs > 4 * MAX_ELEMENTS:
-            raise DecodeError("deletion log too large")
         out.append((dr, d0, dstep, tr, t0, tstep, n))
         prev_d, prev_t = d0, t0
     return out
