@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import sys
 import tracemalloc
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
+from crdtstore.codec import _encode_full_delta, decode_delta, decode_document, encode_delta, encode_document
 from crdtstore.crdt.sequence import MAX_ELEMENTS, Sequence
 from crdtstore.crdt.tags import Tag
 from crdtstore.document import Document
-from crdtstore.errors import DecodeError, InvalidVersion, UnsupportedVersion
+from crdtstore.errors import DecodeError, InvalidVersion, OpError, UnsupportedVersion
 from crdtstore.version import decode_version
 
 
@@ -117,7 +118,9 @@ def test_huge_claimed_runs_are_refused_before_any_work() -> None:
 def _dead_run_delta(replica: str, length: int) -> bytes:
     """A forged delta: one insert by ``replica`` that claims a dead run of ``length`` elements."""
     tree = orjson.loads(
-        encode_delta(Document().apply([{"op": "insert", "path": ["t"], "index": 0, "text": "x"}], replica=replica))
+        _encode_full_delta(
+            Document().apply([{"op": "insert", "path": ["t"], "index": 0, "text": "x"}], replica=replica)
+        )
     )
     seq_body = tree[4][0][1][0][1]  # [presence, inserts]
     seq_body[1][0][4] = length  # the insert's content becomes a dead run's length
@@ -214,3 +217,73 @@ def test_kept_encodings_cost_their_size() -> None:
     assert all(len(d) < 100 for d in deltas)
     assert held < 200 * 200
     assert traced < 200 * 1024  # 200 kept 4 KiB buffers would be 800 KiB
+
+
+one_op_batches = st.one_of(
+    st.builds(
+        lambda path, index, text: [{"op": "insert", "path": path, "index": index, "text": text}],
+        st.sampled_from([["t"], ["m", "t"], ["m", "n", "t"]]),
+        st.integers(0, 4),
+        st.text(min_size=1, max_size=3),
+    ),
+    st.builds(
+        lambda index, values: [{"op": "insert", "path": ["l"], "index": index, "values": values}],
+        st.integers(0, 4),
+        st.lists(st.one_of(st.integers(), st.none(), st.text(max_size=2)), min_size=1, max_size=3),
+    ),
+    st.builds(
+        lambda path, index, count: [{"op": "delete", "path": path, "index": index, "count": count}],
+        st.sampled_from([["t"], ["m", "t"], ["l"]]),
+        st.integers(0, 3),
+        st.integers(1, 3),
+    ),
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "long-replica.1.0f9a"]), one_op_batches), max_size=12))
+def test_short_deltas_decode_as_their_full_form(steps: list[tuple[str, list[Any]]]) -> None:
+    """The short form is only a spelling: it decodes to the very delta the full form does."""
+    docs = {"a": Document(), "b": Document(), "long-replica.1.0f9a": Document()}
+    for replica, ops in steps:
+        doc = docs[replica]
+        try:
+            delta = doc.apply(ops, replica=replica)
+        except OpError:
+            continue
+        short, full = encode_delta(delta), _encode_full_delta(delta)
+        assert decode_delta(short) == decode_delta(full) == delta
+        assert len(short) <= len(full)
+        for other in docs.values():
+            other.join(decode_delta(short))
+    encodings = {encode_document(d) for d in docs.values()}
+    assert len(encodings) == 1
+
+
+def test_one_character_edits_take_the_short_form() -> None:
+    doc = Document()
+    first = encode_delta(doc.apply([{"op": "insert", "path": ["text"], "index": 0, "text": "a"}], replica="a0"))
+    typed = encode_delta(doc.apply([{"op": "insert", "path": ["text"], "index": 1, "text": "b"}], replica="a0"))
+    deleted = encode_delta(doc.apply([{"op": "delete", "path": ["text"], "index": 0, "count": 1}], replica="a0"))
+    assert first == b'["I","a0","text",2,-1,null,"a"]'
+    assert typed == b'["i","a0","text",3,-1,1,"b"]'
+    assert deleted == b'["x","a0","text",4,"a0",2,1]'
+    assert max(len(first), len(typed), len(deleted)) <= 32
+
+
+@given(st.data())
+def test_mutated_short_deltas_raise_decode_errors_only(data: st.DataObject) -> None:
+    doc = Document()
+    samples = [
+        doc.apply([{"op": "insert", "path": ["m", "t"], "index": 0, "text": "ab"}], replica="a"),
+        doc.apply([{"op": "insert", "path": ["m", "t"], "index": 1, "text": "c"}], replica="b"),
+        doc.apply([{"op": "insert", "path": ["l"], "index": 0, "values": [1, None]}], replica="a"),
+        doc.apply([{"op": "delete", "path": ["m", "t"], "index": 0, "count": 2}], replica="b"),
+        doc.apply([{"op": "delete", "path": ["l"], "index": 1, "count": 1}], replica="b"),
+    ]
+    tree = orjson.loads(encode_delta(data.draw(st.sampled_from(samples))))
+    i = data.draw(st.integers(0, len(tree) - 1))
+    tree[i] = data.draw(_mutations(tree[i]) | st.sampled_from(["i", "I", "x", "y", "", 0, -1, 2**62]))
+    try:
+        decode_delta(orjson.dumps(tree))
+    except DecodeError:
+        pass
