@@ -287,3 +287,35 @@ def test_mutated_short_deltas_raise_decode_errors_only(data: st.DataObject) -> N
         decode_delta(orjson.dumps(tree))
     except DecodeError:
         pass
+
+
+def _two_replica_text() -> tuple[Document, list[Any]]:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abc"}], replica="a")
+    doc.apply([{"op": "insert", "path": ["t"], "index": 2, "text": "XY"}], replica="b")  # origin in a: [ref, c]
+    doc.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 1}], replica="b")
+    tree = orjson.loads(encode_document(doc))
+    return doc, tree
+
+
+def test_loading_checks_every_run_against_the_others() -> None:
+    doc, tree = _two_replica_text()
+    assert encode_document(decode_document(orjson.dumps(tree))) == encode_document(doc)
+    runs = tree[4][0][1][0][1][1]
+    assert any(isinstance(x, list) for x in runs[3::5])  # an origin in another replica
+    bad: list[list[Any]] = []
+    swapped = orjson.loads(orjson.dumps(tree))  # the first two runs' order reversed: an origin comes later
+    r = swapped[4][0][1][0][1][1]
+    r[0:10] = r[5:10] + r[0:5]
+    bad.append(swapped)
+    duplicate = orjson.loads(orjson.dumps(tree))  # a run claims ids another run holds
+    duplicate[4][0][1][0][1][1] += [0, -3, 0, None, "zz"]
+    bad.append(duplicate)
+    for k in range(3, len(runs), 5):  # every origin pointed past anything there
+        missing = orjson.loads(orjson.dumps(tree))
+        rel = missing[4][0][1][0][1][1][k]
+        missing[4][0][1][0][1][1][k] = [rel[0], 99] if isinstance(rel, list) else -5
+        bad.append(missing)
+    for b in bad:
+        with pytest.raises(DecodeError):
+            decode_document(orjson.dumps(b))
