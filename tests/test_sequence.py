@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from crdtstore.causal import CausalContext, Dot
 from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
-from crdtstore.crdt.sequence import BLOCK_MAX, Sequence, _normalize
+from crdtstore.crdt.sequence import BLOCK_MAX, Sequence, _normalize, _normalize_tail
 from crdtstore.crdt.tags import Tag
 from crdtstore.document import Document
 
@@ -98,6 +98,21 @@ def test_normalized_deletions_depend_only_on_the_pairs(raw: list[tuple[int, int,
     assert pairs_of(normal) == pairs_of(segments)
     # The same pairs written one by one normalize the same way.
     assert _normalize([("d", d, 0, "t", t, 1, 1) for _, d, _, t in pairs_of(segments)]) == normal
+
+
+@given(segment_lists, segment_lists, st.sampled_from(["c", "d", "e"]))
+def test_normalizing_only_the_new_tail_agrees_with_normalizing_everything(
+    old: list[tuple[int, int, int, int]], new: list[tuple[int, int, int, int]], replica: str
+) -> None:
+    def segs(raw: list[tuple[int, int, int, int]], dr: str, shift: int) -> list[Any]:
+        return [
+            (dr, d + shift, 0, "t", t, 1, n) if st_ == 0 else (dr, d + shift, 1, "t", t, st_, n) for st_, d, t, n in raw
+        ]
+
+    canonical = _normalize(segs(old, "d", 0))
+    for shift in (0, 10):  # new deleters among the old ones, then after them (the usual case)
+        fresh = segs(new, replica, shift)
+        assert _normalize_tail(canonical + fresh, len(canonical)) == _normalize(canonical + fresh)
 
 
 def test_normalizing_never_expands_runs() -> None:

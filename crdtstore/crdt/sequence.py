@@ -39,6 +39,7 @@ deltas may be joined in any order.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import accumulate, repeat
@@ -292,7 +293,9 @@ class Sequence:
         self.pending_deletes: list[tuple[str, int, int]] = []
         # Who deleted what; only reading an index against an older version needs it.
         self.deletions: list[Segment] = []
-        self.deletions_normal = True  # whether ``deletions`` is in canonical form
+        # ``deletions[:deletions_normal]`` is in canonical form; what joins and
+        # local deletes appended after it is not yet.
+        self.deletions_normal = 0
 
     # Public methods for reading.
 
@@ -510,7 +513,6 @@ class Sequence:
         added = _unseen(other.deletions, ours)
         if added:
             self.deletions += added
-            self.deletions_normal = False
         self._retry_pending()
         self._rebalance()
 
@@ -602,10 +604,10 @@ class Sequence:
             prev_dl = dl
         deletions: list[int] = []
         prev_d = prev_t = 0
-        if not self.deletions_normal:
+        if self.deletions_normal < len(self.deletions):
             # Normalizing costs O(deletions log deletions): keep the result.
-            self.deletions = _normalize(self.deletions)
-            self.deletions_normal = True
+            self.deletions = _normalize_tail(self.deletions, self.deletions_normal)
+            self.deletions_normal = len(self.deletions)
         for dr, d0, dstep, tr, t0, tstep, n in self.deletions:
             deletions += (table.ref(dr), d0 - prev_d, table.ref(tr), t0 - prev_t, n, _STEP_CODES[(dstep, tstep)])
             prev_d, prev_t = d0, t0
@@ -651,7 +653,7 @@ class Sequence:
         if _chains_overlap(sorted(seq.deletions)):
             # Legal writes never give a deleter two chains; normalizing them would expand them.
             raise DecodeError(f"{tag.label}: deletion runs share a deleter")
-        seq.deletions_normal = False  # untrusted input: normalize before writing it out again
+        seq.deletions_normal = 0  # untrusted input: normalize before writing it out again
         seq.pending = [_decode_insert(tag, x, table) for x in data[3]]
         for x in data[4]:
             if not isinstance(x, list) or len(x) != 3:
@@ -942,7 +944,6 @@ class Sequence:
             for dot in deleters:
                 if seen is None or dot not in seen:
                     self.deletions.append((dot[0], dot[1], 0, replica, lo, 1, hi - lo))
-                    self.deletions_normal = False
 
     # Private methods: integrating remote work.
 
@@ -1134,6 +1135,40 @@ def _normalize(segments: list[Segment]) -> list[Segment]:
                 continue
         out.append(list(s))
     return _chain(out)
+
+
+def _normalize_tail(segments: list[Segment], k: int) -> list[Segment]:
+    """``_normalize(segments)`` where ``segments[:k]`` is canonical already: O(new + log S) in the usual case.
+
+    New deletes nearly always have a deleter newer than every logged one of
+    its replica (a replica's ops count up, and arrive in order), so they sort
+    at the end of that replica's group, after everything a greedy left-to-
+    right pass has already decided: only the group's last segment (and the
+    other targets of its deleter) can change, and only those are redone.
+    Anything else falls back to the full pass.
+    """
+    fresh = segments[k:]
+    if not k or len(fresh) > k:
+        return _normalize(segments)
+    out = segments[:k]
+    groups: dict[str, list[Segment]] = {}
+    for s in fresh:
+        groups.setdefault(s[0], []).append(s)
+    # From the last group back, so that earlier indexes stay valid.
+    for dr in sorted(groups, reverse=True):
+        new = groups[dr]
+        lo = bisect_left(out, (dr,))
+        hi = bisect_left(out, (dr, math.inf))
+        start = hi
+        if hi > lo:
+            last = out[hi - 1]
+            if min(s[1] for s in new) <= last[1] + last[2] * (last[6] - 1):
+                return _normalize(segments)  # an older deleter: not at the end
+            start = hi - 1
+            while start > lo and last[2] == 0 and out[start - 1][1] == last[1] and out[start - 1][2] == 0:
+                start -= 1
+        out[start:hi] = _normalize(out[start:hi] + new)
+    return out
 
 
 def _chain(atoms: list[list[Any]]) -> list[Segment]:
