@@ -714,12 +714,21 @@ class Sequence:
             raise DecodeError(f"{label}: duplicate element ids")
         origins: list[Dot | None]
         if set(map(type, rels)) <= {int, type(None)}:  # origins in the same replica, or the start
-            ocs = [1 if r is None else c - r for c, r in zip(counters, rels, strict=True)]
+            starts_at = [k for k, r in enumerate(rels) if r is None] if None in rels else []
+            for k in starts_at:
+                rels[k] = 0  # placeholders, dropped below
+            ocs = list(map(sub, counters, rels))
+            origins = list(zip(replicas, ocs, strict=True))
+            keys = list(map(add, bases, ocs))
+            at = list(range(m))
+            if starts_at:
+                for k in starts_at:
+                    origins[k] = None
+                    ocs[k] = 1
+                at = sorted(set(at).difference(starts_at))
+                keys = [keys[k] for k in at]
             if min(ocs) < 1:
                 raise DecodeError(f"{label}: bad origin")
-            origins = [None if r is None else (x, oc) for x, oc, r in zip(replicas, ocs, rels, strict=True)]
-            at = [k for k, r in enumerate(rels) if r is not None]
-            keys = [bases[k] + ocs[k] for k in at]
         else:
             at, keys, origins = [], [], [None] * m
             for k, rel in enumerate(rels):
@@ -739,8 +748,12 @@ class Sequence:
                 keys.append(oref * _KEY + oc)
                 origins[k] = (names[oref], oc)
         if keys:
-            js = [j - 1 for j in map(bisect_right, repeat(s_starts), keys)]
-            if min(js) < 0 or any(map(ge, keys, [s_ends[j] for j in js])) or any(map(ge, [order[j] for j in js], at)):
+            # The run holding each origin is the last one starting at or before it; index 0 of
+            # the shifted columns stands for "none", which fails both checks.
+            js = list(map(bisect_right, repeat(s_starts), keys))
+            if any(map(ge, keys, map([-1, *s_ends].__getitem__, js))) or any(
+                map(ge, map([m, *order].__getitem__, js), at)
+            ):
                 raise DecodeError(f"{label}: an element precedes its origin")
         lives = [None if type(c) is int else c for c in contents]
         self.max_lamport = max(map(add, lamports, ns)) - 1
@@ -774,7 +787,10 @@ class Sequence:
             ref = refs[order[lo]]
             hi = bisect_left(s_starts, (ref + 1) * _KEY, lo)
             ks = order[lo:hi]
-            self.by_replica[names[ref]] = ([counters[k] for k in ks], [[items[k]] for k in ks])
+            self.by_replica[names[ref]] = (
+                list(map(counters.__getitem__, ks)),
+                list(map(list, zip(map(items.__getitem__, ks)))),
+            )
             lo = hi
         self.size = elements
         return elements
