@@ -165,19 +165,18 @@ def _short_form(delta: Delta) -> list[Any] | None:
     if not isinstance(node, SeqDelta) or len(path) > _MAX_PATH:
         return None
     key: Any = path[0] if len(path) == 1 else path
-    expected = CausalContext()
     if len(node.inserts) == 1 and not node.deletes:
         replica, counter, lamport, origin, content = node.inserts[0]
         if type(content) is int:
             return None
         kind = "i"
+        first = counter
         if node.presence:
             if node.presence != {(replica, counter - 1)}:
                 return None
             kind = "I"
-            expected.add_range(replica, counter - 1, counter)
-        expected.add_range(replica, counter, counter + len(content))
-        if delta.ctx != expected:
+            first = counter - 1
+        if delta.ctx.ranges != {replica: [first, counter + len(content)]}:
             return None
         rel: Any = None
         if origin is not None:
@@ -188,8 +187,7 @@ def _short_form(delta: Delta) -> list[Any] | None:
         if len(deleters) != 1:
             return None
         ((replica, counter),) = deleters
-        expected.add_range(replica, counter, counter + 1)
-        if delta.ctx != expected:
+        if delta.ctx.ranges != {replica: [counter, counter + 1]}:
             return None
         return ["x" if node.tag is Tag.TEXT else "y", replica, key, counter, target, lo, hi - lo]
     return None
@@ -208,7 +206,6 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
         raise DecodeError("bad short delta path")
     if not isinstance(replica, str) or not replica or type(counter) is not int or counter < 1:
         raise DecodeError("bad short delta dot")
-    ctx = CausalContext()
     if kind in ("i", "I"):
         tag = Tag.TEXT if isinstance(c, str) else Tag.LIST
         if not c or not isinstance(c, str | list):
@@ -227,12 +224,13 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
         elif b is not None:
             raise DecodeError("bad short delta origin")
         presence: set[Dot] = set()
+        first = counter
         if kind == "I":
             if counter < 2:
                 raise DecodeError("bad short delta dot")
             presence.add((replica, counter - 1))
-            ctx.add_range(replica, counter - 1, counter)
-        ctx.add_range(replica, counter, counter + len(c))
+            first = counter - 1
+        ctx = CausalContext({replica: [first, counter + len(c)]})
         leaf = SeqDelta(tag, presence, [(replica, counter, counter + a, origin, c)])
     elif kind in ("x", "y"):
         tag = Tag.TEXT if kind == "x" else Tag.LIST
@@ -240,7 +238,7 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
             raise DecodeError("bad short delete")
         if not 1 <= c <= MAX_ELEMENTS:
             raise DecodeError("bad short delete range")
-        ctx.add_range(replica, counter, counter + 1)
+        ctx = CausalContext({replica: [counter, counter + 1]})
         leaf = SeqDelta(tag, set(), [], [(a, b, b + c, ((replica, counter),))])
     else:
         raise DecodeError(f"unknown delta kind {kind!r}")

@@ -523,9 +523,11 @@ class Sequence:
         claim a dead run of millions) can never make a document that no
         longer decodes: the join is refused instead, and nothing changed.
         """
-        held = self.size + sum(_insert_length(ins) for ins in self.pending)
+        held = self.size + (sum(_insert_length(ins) for ins in self.pending) if self.pending else 0)
         if isinstance(other, SeqDelta):
             claims = other.inserts
+            if len(claims) == 1 and held + _insert_length(claims[0]) <= MAX_ELEMENTS:
+                return  # the usual delta: one insert, far below the bound
         else:
             claims = [(it.replica, it.counter, 0, None, it.length) for it in other._items()] + other.pending
         if held + sum(_insert_length(ins) for ins in claims) <= MAX_ELEMENTS:
@@ -999,16 +1001,20 @@ class Sequence:
     def _integrate_new(
         self, replica: str, counter: int, lamport: int, origin: Dot | None, content: Content | int
     ) -> None:
+        live = type(content) is not int
+        n = len(content) if live else content  # type: ignore[arg-type]
+        prev: Item | None = None
         if origin is None:
             blk, j = self.blocks[0], 0
         else:
             found = self._lookup(origin)
             assert found is not None
-            item, off = found
-            if off < item.length - 1:
-                self._split(item, off + 1)
-            blk = item.block
-            j = blk.items.index(item) + 1
+            prev, off = found
+            if off < prev.length - 1:
+                self._split(prev, off + 1)
+            blk = prev.block
+            j = blk.items.index(prev) + 1
+        start_blk, start_j = blk, j
         # Skip every element with a greater timestamp: later siblings and their subtrees.
         while True:
             if j == len(blk.items):
@@ -1022,12 +1028,29 @@ class Sequence:
                 j += 1
             else:
                 break
-        live = type(content) is not int
-        n = len(content) if live else content  # type: ignore[arg-type]
-        item = Item(replica, counter, lamport, origin, n, content if live else None, blk)  # type: ignore[arg-type]
-        self._place(blk, j, item)
         if lamport + n - 1 > self.max_lamport:
             self.max_lamport = lamport + n - 1
+        if (
+            prev is not None
+            and blk is start_blk
+            and j == start_j
+            and prev.replica == replica
+            and prev.counter + prev.length == counter
+            and prev.lamport + prev.length == lamport
+            and (prev.content is not None) == live
+            and prev.length < RUN_MAX
+        ):
+            # It continues the run it was typed after, right where that run ends: extend the run,
+            # as the replica that typed it did, rather than keep an item a keystroke.
+            prev.length += n
+            self.size += n
+            if live:
+                prev.content = prev.content + content  # type: ignore[operator]
+                blk.lens[j - 1] += n
+                self._grew(blk, n)
+            return
+        item = Item(replica, counter, lamport, origin, n, content if live else None, blk)  # type: ignore[arg-type]
+        self._place(blk, j, item)
 
     def _delete_range(self, replica: str, lo: int, hi: int) -> None:
         """Mark elements dead; those not here yet wait in ``pending_deletes``."""
