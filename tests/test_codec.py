@@ -187,17 +187,44 @@ def test_deletes_outside_the_context_are_refused() -> None:
         decode_document(orjson.dumps(state))
 
 
-def test_deletion_chains_sharing_a_deleter_are_refused() -> None:
+def test_deletion_chains_may_share_a_few_deleters_but_not_millions() -> None:
+    """Logs written before the per-deleter form could end one chain and start another on one deleter."""
     doc = Document()
-    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdef"}], replica="a")
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdefgh"}], replica="a")
     for k in range(3):  # backspaces: one chain
         doc.apply([{"op": "delete", "path": ["t"], "index": 5 - k, "count": 1}], replica="a")
     tree = orjson.loads(encode_document(doc))
     deletions = tree[4][0][1][0][1][2]
     assert len(deletions) == 6 and deletions[5] == 1  # one segment, a backspace chain
-    deletions += [0, 0, 0, -2, 3, 1]  # the same deleters again, other targets
-    with pytest.raises(DecodeError):
-        decode_document(orjson.dumps(tree))
+    shared = orjson.loads(orjson.dumps(tree))
+    shared[4][0][1][0][1][2] += [0, 2, 0, 4, 1, 0]  # its last deleter also deleted another element
+    loaded = decode_document(orjson.dumps(shared))
+    pairs = {(d0 + k * ds, t0 + k * ts) for _, d0, ds, _, t0, ts, n in text_seq(loaded).deletions for k in range(n)}
+    assert encode_document(decode_document(encode_document(loaded))) == encode_document(loaded)
+    assert len(pairs) == 4
+    claims = orjson.loads(orjson.dumps(tree))
+    claims[4][0][1][0][1][2] = [
+        0,
+        20,
+        0,
+        30,
+        1 << 20,
+        2,
+        0,
+        0,
+        0,
+        1 << 21,
+        1 << 20,
+        1,
+    ]  # two long chains, one deleter range
+    with pytest.raises(DecodeError, match="share"):
+        decode_document(orjson.dumps(claims))
+
+
+def text_seq(doc: Document) -> Sequence:
+    seq = doc.root.get("t", Tag.TEXT)
+    assert isinstance(seq, Sequence)
+    return seq
 
 
 def test_kept_encodings_cost_their_size() -> None:

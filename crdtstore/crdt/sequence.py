@@ -652,9 +652,10 @@ class Sequence:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
         seq.deletions = _decode_segments(data[2], table)
-        if _chains_overlap(sorted(seq.deletions)):
-            # Legal writes never give a deleter two chains; normalizing them would expand them.
-            raise DecodeError(f"{tag.label}: deletion runs share a deleter")
+        if _shared_count(_shared_deleters(sorted(seq.deletions))) > len(seq.deletions) + 1024:
+            # Normalizing cuts chains into pairs where they share deleters: legal
+            # logs share a few; claims of millions must not cost millions.
+            raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
         seq.deletions_normal = 0  # untrusted input: normalize before writing it out again
         seq.pending = [_decode_insert(tag, x, table) for x in data[3]]
         for x in data[4]:
@@ -1158,12 +1159,13 @@ def _normalize(segments: list[Segment]) -> list[Segment]:
     both know a deleter know the same targets for it (``_unseen`` drops the
     ones a join already has), and segments overlap only in range segments of
     one deleter, which merge as ranges. Overlapping chains cannot come from
-    legal writes (decoding refuses them); they are expanded, so that the
-    result still depends only on the pairs.
+    legal writes but in a few shared deleters (decoding refuses more); chains
+    are cut into pairs there, and only there.
     """
     segs = sorted(set(segments))
-    if _chains_overlap(segs):
-        segs = sorted(set(_expand_chains(segs)))
+    shared = _shared_deleters(segs)
+    if shared:
+        segs = sorted(set(_split_shared(segs, shared)))
     out: list[list[Any]] = []
     # Merge overlapping or touching ranges of one deleter and target replica.
     for s in segs:
@@ -1256,29 +1258,46 @@ def _chain(atoms: list[list[Any]]) -> list[Segment]:
     return [tuple(s) for s in out]  # type: ignore[misc]
 
 
-def _chains_overlap(segs: list[Segment]) -> bool:
-    """Whether a chain shares a deleter with another segment (sorted input)."""
-    reach: tuple[str, int, bool] | None = None  # replica, last deleter so far, whether a chain reached it
+def _shared_deleters(segs: list[Segment]) -> dict[str, list[int]]:
+    """The deleters that two segments of sorted ``segs`` both cover, as flat ranges per replica.
+
+    Legal writes share one only where a deleter deleted several ranges (one
+    segment each), and, in logs written before this form, where a deleter
+    with two targets also ended one chain and began another: a few each.
+    """
+    shared: dict[str, list[int]] = {}
+    replica: str | None = None
+    reach = 0
     for dr, d0, dstep, _, _, _, n in segs:
         last = d0 + dstep * (n - 1)
-        chain = dstep != 0
-        if reach is not None and reach[0] == dr and d0 <= reach[1]:
-            if chain or reach[2]:
-                return True
-            if last > reach[1]:
-                reach = (dr, last, chain)
+        if dr == replica and d0 <= reach:
+            ranges_add(shared.setdefault(dr, []), d0, min(last, reach) + 1)
+            reach = max(reach, last)
         else:
-            reach = (dr, last, chain)
-    return False
+            replica, reach = dr, last
+    return shared
 
 
-def _expand_chains(segs: list[Segment]) -> Iterator[Segment]:
-    for dr, d0, dstep, tr, t0, tstep, n in segs:
-        if dstep == 0:
-            yield (dr, d0, 0, tr, t0, 1, n)
-        else:
-            for k in range(n):
-                yield (dr, d0 + k, 0, tr, t0 + k * tstep, 1, 1)
+def _shared_count(shared: dict[str, list[int]]) -> int:
+    return sum(flat[k + 1] - flat[k] for flat in shared.values() for k in range(0, len(flat), 2))
+
+
+def _split_shared(segs: list[Segment], shared: dict[str, list[int]]) -> Iterator[Segment]:
+    """``segs`` with every chain cut into single pairs where its deleters are shared (and only there)."""
+    for seg in segs:
+        dr, d0, dstep, tr, t0, tstep, n = seg
+        flat = shared.get(dr)
+        if dstep == 0 or not flat:
+            yield seg
+            continue
+        d, end = d0, d0 + n
+        for a, b in [*_intersect(flat, d0, end), (end, end)]:
+            if d < a:  # the part before: still a chain
+                t = t0 + (d - d0) * tstep
+                yield (dr, d, 1, tr, t, tstep, a - d) if a - d > 1 else (dr, d, 0, tr, t, 1, 1)
+            for x in range(a, b):
+                yield (dr, x, 0, tr, t0 + (x - d0) * tstep, 1, 1)
+            d = b
 
 
 def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
