@@ -53,7 +53,7 @@ from .tags import Tag
 
 __all__ = ["BLOCK_MAX", "Insert", "Item", "SeqDelta", "Sequence"]
 
-BLOCK_MAX = 256
+BLOCK_MAX = 128
 # The most element ids (live, dead and waiting) one sequence may hold, and
 # one run or delete may span. Decoding refuses more and so does a join
 # (``check_join``), so whatever joins cleanly also loads. No work walks
@@ -979,11 +979,14 @@ class Sequence:
                     self._delete_range(replica, counter, counter + n)
             else:
                 n = min(length, self._unknown_extent(replica, counter))
-                piece = n if dead else content[:n]  # type: ignore[index]
-                if origin is not None and self._lookup(origin) is None:
+                piece = content if n == length else (n if dead else content[:n])  # type: ignore[index]
+                at = None if origin is None else self._lookup(origin)
+                if origin is not None and at is None:
                     self.pending.append((replica, counter, lamport, origin, piece))
                 else:
-                    self._integrate_new(replica, counter, lamport, origin, piece)
+                    self._integrate_new(replica, counter, lamport, origin, piece, at)
+            if n == length:
+                return
             if not dead:
                 content = content[n:]  # type: ignore[index]
             origin = (replica, counter + n - 1)
@@ -1000,15 +1003,23 @@ class Sequence:
         return starts[k] - counter if k < len(starts) else 1 << 62
 
     def _integrate_new(
-        self, replica: str, counter: int, lamport: int, origin: Dot | None, content: Content | int
+        self,
+        replica: str,
+        counter: int,
+        lamport: int,
+        origin: Dot | None,
+        content: Content | int,
+        found: tuple[Item, int] | None = None,
     ) -> None:
+        """Place new elements after ``origin``; ``found`` is the origin's lookup when the caller has it."""
         live = type(content) is not int
         n = len(content) if live else content  # type: ignore[arg-type]
         prev: Item | None = None
         if origin is None:
             blk, j = self.blocks[0], 0
         else:
-            found = self._lookup(origin)
+            if found is None:
+                found = self._lookup(origin)
             assert found is not None
             prev, off = found
             if off < prev.length - 1:
