@@ -43,7 +43,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import accumulate, repeat
-from operator import add, attrgetter, ge, lt, sub
+from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub
 from typing import Any
 
 from ..causal import CausalContext, Dot, ranges_add
@@ -652,7 +652,8 @@ class Sequence:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
         seq.deletions = _decode_segments(data[2], table)
-        if _shared_count(_shared_deleters(sorted(seq.deletions))) > len(seq.deletions) + 1024:
+        ordered = sorted(seq.deletions)
+        if _sharing(ordered) and _shared_count(_shared_deleters(ordered)) > len(seq.deletions) + 1024:
             # Normalizing cuts chains into pairs where they share deleters: legal
             # logs share a few; claims of millions must not cost millions.
             raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
@@ -1174,7 +1175,7 @@ def _normalize(segments: list[Segment]) -> list[Segment]:
     are cut into pairs there, and only there.
     """
     segs = sorted(set(segments))
-    shared = _shared_deleters(segs)
+    shared = _shared_deleters(segs) if _sharing(segs) else None
     if shared:
         segs = sorted(set(_split_shared(segs, shared)))
     out: list[list[Any]] = []
@@ -1287,6 +1288,15 @@ def _shared_deleters(segs: list[Segment]) -> dict[str, list[int]]:
         else:
             replica, reach = dr, last
     return shared
+
+
+def _sharing(segs: list[Segment]) -> bool:
+    """Whether two segments of sorted ``segs`` share a deleter: neighbours overlap then, and only then."""
+    if len(segs) < 2:
+        return False
+    drs, d0s, dsteps, _, _, _, ns = zip(*segs, strict=True)
+    lasts = list(map(add, d0s, map(mul, dsteps, map(sub, ns, repeat(1)))))
+    return any(map(and_, map(eq, drs[1:], drs), map(le, d0s[1:], lasts)))
 
 
 def _shared_count(shared: dict[str, list[int]]) -> int:
