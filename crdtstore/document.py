@@ -123,9 +123,42 @@ class Document:
         Raises:
             DecodeError: the join would hold more than a decoder accepts; nothing changed.
         """
-        _check_join(self.root, delta.root)
-        self.root.join(delta.root, self.ctx, delta.ctx, False)
+        seq = self._sequence_of(delta)
+        if seq is not None:
+            # The usual delta, one keystroke into a text or list that is here already:
+            # what the map joins on the way down would do changes nothing, so go straight there.
+            seq[0].check_join(seq[1])
+            seq[0].join_delta(seq[1], self.ctx, delta.ctx)
+        else:
+            _check_join(self.root, delta.root)
+            self.root.join(delta.root, self.ctx, delta.ctx, False)
         self.ctx.join(delta.ctx)
+
+    def _sequence_of(self, delta: Delta) -> tuple[Sequence, SeqDelta] | None:
+        """Our sequence and the delta's change to it, when the delta changes one existing sequence only.
+
+        On the way down, each of the delta's maps must hold nothing but the
+        one field, and none of our maps' presence dots may be in the delta's
+        context: then joining those maps keeps them exactly as they are. (A
+        sequence with elements is never empty, so nothing is dropped either.)
+        """
+        theirs: Any = delta.root
+        ours: Any = self.root
+        ctx = delta.ctx
+        while type(theirs) is ORMap:
+            if theirs.presence or len(theirs.fields) != 1 or any(d in ctx for d in ours.presence):
+                return None
+            ((name, entries),) = theirs.fields.items()
+            if len(entries) != 1:
+                return None
+            ((tag, theirs),) = entries.items()
+            ours = ours.get(name, tag)
+            if ours is None:
+                return None
+        # With elements here or coming, nothing on the path can end up empty and be dropped.
+        if type(theirs) is SeqDelta and type(ours) is Sequence and (ours.by_replica or theirs.inserts):
+            return ours, theirs
+        return None
 
     def merge(self, other: Document) -> None:
         """Join another full state in place.
