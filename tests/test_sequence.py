@@ -181,3 +181,22 @@ def test_many_blocks_keep_positions_right() -> None:
         expected = expected[: k // 2] + expected[k // 2 + 1 :]
     assert doc.value()["t"] == expected
     assert decode_document(encode_document(doc)).value()["t"] == expected
+
+
+def test_sequence_deltas_joined_remotely_leave_the_state_their_replica_has() -> None:
+    """Keystrokes, deletes and a removal of the whole text, each joined as bytes elsewhere."""
+    doc = Document()
+    other = Document()
+    batches: list[list[dict[str, Any]]] = [
+        [{"op": "insert", "path": ["m", "t"], "index": 0, "text": "ab"}],
+        [{"op": "insert", "path": ["m", "t"], "index": 2, "text": "c"}],
+        [{"op": "delete", "path": ["m", "t"], "index": 0, "count": 3}],
+        [{"op": "insert", "path": ["m", "t"], "index": 0, "text": "d"}],
+        [{"op": "delete", "path": ["m", "t"]}],
+        [{"op": "delete", "path": ["m"]}],
+    ]
+    for ops in batches:
+        delta = other.apply(ops, replica="a")
+        doc.join(decode_delta(encode_delta(delta)))
+        assert encode_document(doc) == encode_document(other)
+    assert doc.value() == {}
