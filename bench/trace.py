@@ -4,9 +4,12 @@ Usage: ``python bench/trace.py FILE [--window 10000]`` (FILE: a gzipped JSON tra
 ``tests/data/traces/sveltecomponent.json.gz`` or ``../shared/traces/automerge-paper.json.gz``).
 
 Each patch is one batch (ours) or one transaction (pycrdt) and its delta / update is encoded, as an
-editor shipping every keystroke would. Human-readable lines come first, with the time of each
-window of ``--window`` patches for our core so one can see whether the cost per op stays flat as the
-document grows; the last line is one JSON object for scripts.
+editor shipping every keystroke would. Both sides are timed in CPU seconds of this process
+(``time.process_time``): wall time swings with whatever else the machine runs, so it is printed as
+information only. The per-window lines show, for both sides, whether the cost per op stays flat as
+the document grows. Then the final document's load (decode), an encode right after a one-character
+delete against a repeat encode, and the delta of a one-character insert. The last line is one JSON
+object for scripts.
 
 Exit status: 0 when both replays end with the trace's ``endContent``; 1 when ours does not;
 2 when only pycrdt does not (a harness problem, since the peer is assumed correct).
@@ -26,12 +29,12 @@ import pycrdt
 
 from crdtstore import codec
 from crdtstore.document import Document
-from crdtstore.testing.traces import TEXT_KEY, Trace, load_trace, patch_ops, replay_ours, replay_pycrdt
+from crdtstore.testing.traces import TEXT_KEY, Replay, Trace, load_trace, patch_ops, replay_ours, replay_pycrdt
 
 __all__ = ["main"]
 
-# Decoding is quick and noisy; the best of a few runs is the figure that repeats.
-LOAD_RUNS = 3
+# Decoding and encoding are quick: the best of a few runs is the figure that repeats.
+BEST_OF = 5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,52 +55,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours = _run_ours(trace, args.window)
     if ours is None:
         return 1
-    peer, peer_ok = _run_pycrdt(trace)
+    peer, peer_ok = _run_pycrdt(trace, args.window)
     ours["one_char_delta_bytes"] = _our_one_char_delta()
     peer["one_char_delta_bytes"] = _peer_one_char_update()
     print(
         f"one-char insert delta on a fresh doc: ours {ours['one_char_delta_bytes']} bytes, "
         f"pycrdt {peer['one_char_delta_bytes']} bytes"
     )
-    ratio = round(ours["seconds"] / peer["seconds"], 3)
-    print(f"time ours/pycrdt: {ratio:.2f}x")
-    print(json.dumps({"trace": args.file.name, "ops": trace.ops, "ours": ours, "pycrdt": peer, "ratio_seconds": ratio}))
+    ratio = round(ours["cpu_seconds"] / peer["cpu_seconds"], 3)
+    load_ratio = round(ours["load_ms"] / max(peer["load_ms"], 1e-6), 2)
+    print(f"CPU ours/pycrdt: replay {ratio:.2f}x, load {load_ratio:.2f}x")
+    print(f"wall ours/pycrdt (information only): {ours['wall_seconds'] / peer['wall_seconds']:.2f}x")
+    print(
+        json.dumps(
+            {
+                "trace": args.file.name,
+                "ops": trace.ops,
+                "ours": ours,
+                "pycrdt": peer,
+                "ratio_cpu": ratio,
+                "ratio_load": load_ratio,
+            }
+        )
+    )
     return 0 if peer_ok else 2
 
 
+class _Windows:
+    """Prints the CPU (and wall) time of each window of patches as the replay reaches it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.marks = [(0, time.process_time(), time.perf_counter())]
+
+    def __call__(self, done: int) -> None:
+        cpu, wall = time.process_time(), time.perf_counter()
+        last_done, last_cpu, last_wall = self.marks[-1]
+        self.marks.append((done, cpu, wall))
+        n = done - last_done
+        print(
+            f"  {self.name:6} ops {last_done:>9,}-{done:<9,} cpu {cpu - last_cpu:7.3f} s "
+            f"{(cpu - last_cpu) / n * 1e6:7.1f} us/op  (wall {(wall - last_wall) / n * 1e6:7.1f} us/op)",
+            flush=True,
+        )
+
+    def totals(self) -> tuple[float, float]:
+        _, cpu0, wall0 = self.marks[0]
+        _, cpu1, wall1 = self.marks[-1]
+        return cpu1 - cpu0, wall1 - wall0
+
+
 def _run_ours(trace: Trace, window: int) -> dict[str, Any] | None:
-    marks: list[tuple[int, float]] = []
-
-    def on_window(done: int) -> None:
-        now = time.perf_counter()
-        last_done, last_time = marks[-1]
-        marks.append((done, now))
-        seconds = now - last_time
-        per_op = seconds / (done - last_done) * 1e6
-        print(f"  ours ops {last_done:>9,}-{done:<9,} {seconds:8.3f} s  {per_op:8.1f} us/op", flush=True)
-
     print(f"ours: replaying, {window:,} ops per window", flush=True)
-    marks.append((0, time.perf_counter()))
-    replay = replay_ours(trace, on_window=on_window, window=window)
-    seconds = time.perf_counter() - marks[0][1]
+    windows = _Windows("ours")
+    replay = replay_ours(trace, on_window=windows, window=window)
+    cpu, wall = windows.totals()
     for replica, text in enumerate(replay.texts):
         if text != trace.end_content:
             print(f"FAIL ours: replica a{replica} {_difference(text, trace.end_content)}", file=sys.stderr)
             return None
     print(f"ours: final text matches endContent on all {len(replay.texts)} replica(s)")
 
-    encoded = codec.encode_document(replay.replicas[0])
+    doc = replay.replicas[0]
+    encoded = codec.encode_document(doc)
     load_ms = _best_ms(lambda: codec.decode_document(encoded))
     if codec.decode_document(encoded).value().get(TEXT_KEY) != trace.end_content:
         print("FAIL ours: the decoded final document does not hold endContent", file=sys.stderr)
         return None
-    return _summary("ours", trace, seconds, replay.delta_bytes, len(encoded), load_ms)
+    figures = _summary("ours", trace, cpu, wall, replay, len(encoded), load_ms)
+    figures.update(_encode_after_delete(doc, len(trace.end_content)))
+    return figures
 
 
-def _run_pycrdt(trace: Trace) -> tuple[dict[str, Any], bool]:
-    started = time.perf_counter()
-    replay = replay_pycrdt(trace)
-    seconds = time.perf_counter() - started
+def _encode_after_delete(doc: Document, length: int) -> dict[str, float]:
+    """An encode right after a one-character delete, against a repeat encode of the same state.
+
+    Each round deletes one more character (the middle one), so every first encode follows a fresh
+    delete; what it costs over a repeat encode is the price of the deletion log's bookkeeping.
+    """
+    after: list[float] = []
+    repeat: list[float] = []
+    for k in range(min(BEST_OF, length)):
+        doc.apply([{"op": "delete", "path": [TEXT_KEY], "index": (length - k) // 2, "count": 1}], replica="bench")
+        started = time.process_time()
+        codec.encode_document(doc)
+        after.append(time.process_time() - started)
+        started = time.process_time()
+        codec.encode_document(doc)
+        repeat.append(time.process_time() - started)
+    if not after:
+        return {}
+    figures = {"encode_after_delete_ms": round(min(after) * 1e3, 3), "encode_repeat_ms": round(min(repeat) * 1e3, 3)}
+    print(
+        f"ours: encode after a one-char delete {figures['encode_after_delete_ms']:.2f} ms CPU, "
+        f"repeat encode {figures['encode_repeat_ms']:.2f} ms CPU (best of {len(after)})"
+    )
+    return figures
+
+
+def _run_pycrdt(trace: Trace, window: int) -> tuple[dict[str, Any], bool]:
+    print(f"pycrdt: replaying, {window:,} ops per window", flush=True)
+    windows = _Windows("pycrdt")
+    replay = replay_pycrdt(trace, on_window=windows, window=window)
+    cpu, wall = windows.totals()
     ok = replay.matches(trace.end_content)
     for replica, text in enumerate(replay.texts):
         if text != trace.end_content:
@@ -116,24 +176,25 @@ def _run_pycrdt(trace: Trace) -> tuple[dict[str, Any], bool]:
         ok = False
     if ok:
         print(f"pycrdt: final text matches endContent on all {len(replay.texts)} replica(s)")
-    return _summary("pycrdt", trace, seconds, replay.delta_bytes, len(full), load_ms), ok
+    return _summary("pycrdt", trace, cpu, wall, replay, len(full), load_ms), ok
 
 
 def _summary(
-    name: str, trace: Trace, seconds: float, delta_bytes: int, doc_bytes: int, load_ms: float
+    name: str, trace: Trace, cpu: float, wall: float, replay: Replay[Any], doc_bytes: int, load_ms: float
 ) -> dict[str, Any]:
     ops = max(trace.ops, 1)
     figures: dict[str, Any] = {
-        "seconds": round(seconds, 4),
-        "us_per_op": round(seconds / ops * 1e6, 2),
-        "delta_bytes_per_op": round(delta_bytes / ops, 2),
+        "cpu_seconds": round(cpu, 4),
+        "cpu_us_per_op": round(cpu / ops * 1e6, 2),
+        "wall_seconds": round(wall, 4),
+        "delta_bytes_per_op": round(replay.delta_bytes / ops, 2),
         "doc_bytes": doc_bytes,
         "load_ms": round(load_ms, 3),
     }
     print(
-        f"{name}: {figures['seconds']:.3f} s, {figures['us_per_op']:.1f} us/op, "
+        f"{name}: {cpu:.3f} s CPU, {figures['cpu_us_per_op']:.1f} us/op CPU (wall {wall:.3f} s), "
         f"{figures['delta_bytes_per_op']:.1f} delta bytes/op, doc {doc_bytes:,} bytes (encoded), "
-        f"load {figures['load_ms']:.2f} ms (best of {LOAD_RUNS})"
+        f"load {figures['load_ms']:.2f} ms CPU (best of {BEST_OF})"
     )
     return figures
 
@@ -154,10 +215,10 @@ def _peer_one_char_update() -> int:
 
 def _best_ms(action: Callable[[], object]) -> float:
     best = float("inf")
-    for _ in range(LOAD_RUNS):
-        started = time.perf_counter()
+    for _ in range(BEST_OF):
+        started = time.process_time()
         action()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.process_time() - started)
     return best * 1e3
 
 

@@ -16,7 +16,7 @@ in; the core never reads a clock. See ``CORE_API``/README for the op formats.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from .causal import CausalContext, Dot
@@ -119,12 +119,55 @@ class Document:
     # Public methods for joining.
 
     def join(self, delta: Delta) -> None:
-        """Join a delta in place (idempotent, commutative, associative)."""
-        self.root.join(delta.root, self.ctx, delta.ctx, False)
+        """Join a delta in place (idempotent, commutative, associative).
+
+        Raises:
+            DecodeError: the join would hold more than a decoder accepts; nothing changed.
+        """
+        seq = self._sequence_of(delta)
+        if seq is not None:
+            # The usual delta, one keystroke into a text or list that is here already:
+            # what the map joins on the way down would do changes nothing, so go straight there.
+            seq[0].check_join(seq[1])
+            seq[0].join_delta(seq[1], self.ctx, delta.ctx)
+        else:
+            _check_join(self.root, delta.root)
+            self.root.join(delta.root, self.ctx, delta.ctx, False)
         self.ctx.join(delta.ctx)
 
+    def _sequence_of(self, delta: Delta) -> tuple[Sequence, SeqDelta] | None:
+        """Our sequence and the delta's change to it, when the delta changes one existing sequence only.
+
+        On the way down, each of the delta's maps must hold nothing but the
+        one field, and none of our maps' presence dots may be in the delta's
+        context: then joining those maps keeps them exactly as they are. (A
+        sequence with elements is never empty, so nothing is dropped either.)
+        """
+        theirs: Any = delta.root
+        ours: Any = self.root
+        ctx = delta.ctx
+        while type(theirs) is ORMap:
+            if theirs.presence or len(theirs.fields) != 1 or any(d in ctx for d in ours.presence):
+                return None
+            ((name, entries),) = theirs.fields.items()
+            if len(entries) != 1:
+                return None
+            ((tag, theirs),) = entries.items()
+            ours = ours.get(name, tag)
+            if ours is None:
+                return None
+        # With elements here or coming, nothing on the path can end up empty and be dropped.
+        if type(theirs) is SeqDelta and type(ours) is Sequence and (ours.by_replica or theirs.inserts):
+            return ours, theirs
+        return None
+
     def merge(self, other: Document) -> None:
-        """Join another full state in place."""
+        """Join another full state in place.
+
+        Raises:
+            DecodeError: the join would hold more than a decoder accepts; nothing changed.
+        """
+        _check_join(self.root, other.root)
         self.root.join(other.root, self.ctx, other.ctx, True)
         self.ctx.join(other.ctx)
 
@@ -202,7 +245,7 @@ class _Planner:
         elif real is None:
             length = self.length_change.get(op.path, 0)
         else:
-            base = real.total if op.version is None else real.length_at(op.version.__contains__)
+            base = real.total if op.version is None else real.length_at(op.version)
             length = base + self.length_change.get(op.path, 0)
         assert op.index is not None
         if op.kind == "insert":
@@ -408,12 +451,25 @@ class _Executor:
         node = self._parent(path)
         return node.get(path[-1], tag) if node is not None else None
 
-    def _seen(self, op: Op) -> Callable[[Dot], bool] | None:
+    def _seen(self, op: Op) -> CausalContext | None:
         """With a version, the view is what the caller saw plus what this batch did before."""
         if op.version is None:
             return None
-        version, batch = op.version, self.batch.ctx if self.batch is not None else CausalContext()
-        return lambda dot: dot in version or dot in batch
+        seen = op.version.copy()
+        if self.batch is not None:
+            seen.join(self.batch.ctx)
+        return seen
+
+
+def _check_join(ours: ORMap | None, theirs: ORMap) -> None:
+    """Refuse, before any change, a join whose sequences would pass the decoder's bounds."""
+    for name, entries in theirs.fields.items():
+        for tag, value in entries.items():
+            mine = ours.get(name, tag) if ours is not None else None
+            if isinstance(value, ORMap):
+                _check_join(mine, value)
+            elif isinstance(value, SeqDelta | Sequence):
+                (mine if mine is not None else Sequence(tag)).check_join(value)
 
 
 def _wrap(path: tuple[str, ...], entries: dict[Tag, Any], created: dict[int, Dot]) -> ORMap:

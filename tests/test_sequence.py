@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtstore.causal import CausalContext, Dot
-from crdtstore.codec import decode_document, encode_document
-from crdtstore.crdt.sequence import BLOCK_MAX, Sequence, _normalize
+from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
+from crdtstore.crdt.sequence import BLOCK_MAX, Sequence, _normalize, _normalize_tail
 from crdtstore.crdt.tags import Tag
 from crdtstore.document import Document
 
@@ -56,8 +57,8 @@ def test_every_old_version_reads_back_exactly_as_it_was(steps: list[Any], merges
         final.merge(d)
     seq = text_of(final)
     for ctx, ids in snapshots:
-        assert seq.length_at(ctx.__contains__) == len(ids)
-        assert seq.ids_at(ctx.__contains__, 0, len(ids)) == (ids if ids else None)
+        assert seq.length_at(ctx) == len(ids)
+        assert seq.ids_at(ctx, 0, len(ids)) == (ids if ids else None)
 
 
 def test_backspacing_is_one_deletion_segment_and_one_dead_run() -> None:
@@ -73,15 +74,95 @@ def test_backspacing_is_one_deletion_segment_and_one_dead_run() -> None:
     assert encode_document(decode_document(encoded)) == encoded
 
 
-@given(st.lists(st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 3)), max_size=12))
-def test_normalized_deletions_depend_only_on_the_pairs(raw: list[tuple[int, int, int]]) -> None:
-    segments = [("d", d, 0, "t", t, 1, n) for d, t, n in raw]
-    pairs = {(d, t + k) for d, t, n in raw for k in range(n)}
+def pairs_of(segments: list[Any]) -> set[tuple[str, int, str, int]]:
+    return {(dr, d0 + k * ds, tr, t0 + k * ts) for dr, d0, ds, tr, t0, ts, n in segments for k in range(n)}
+
+
+segment_lists = st.lists(
+    st.one_of(
+        st.tuples(st.just(0), st.integers(1, 6), st.integers(1, 6), st.integers(1, 3)),  # one deleter, a range
+        st.tuples(st.sampled_from([1, -1]), st.integers(1, 6), st.integers(4, 9), st.integers(2, 4)),  # a chain
+    ),
+    max_size=12,
+)
+
+
+@given(segment_lists, st.randoms(use_true_random=False))
+def test_normalized_deletions_depend_only_on_the_pairs(raw: list[tuple[int, int, int, int]], rnd: Any) -> None:
+    segments = [("d", d, 0, "t", t, 1, n) if step == 0 else ("d", d, 1, "t", t, step, n) for step, d, t, n in raw]
     normal = _normalize(segments)
-    assert _normalize(list(reversed(segments))) == normal
+    shuffled = list(segments)
+    rnd.shuffle(shuffled)
+    assert _normalize(shuffled) == normal
     assert _normalize(normal) == normal
-    expanded = {(d0 + k * ds, t0 + k * ts) for _, d0, ds, _, t0, ts, n in normal for k in range(n)}
-    assert expanded == pairs
+    assert pairs_of(normal) == pairs_of(segments)
+    # The same pairs written one by one normalize the same way.
+    assert _normalize([("d", d, 0, "t", t, 1, 1) for _, d, _, t in pairs_of(segments)]) == normal
+
+
+@given(segment_lists, segment_lists, st.sampled_from(["c", "d", "e"]))
+def test_normalizing_only_the_new_tail_agrees_with_normalizing_everything(
+    old: list[tuple[int, int, int, int]], new: list[tuple[int, int, int, int]], replica: str
+) -> None:
+    def segs(raw: list[tuple[int, int, int, int]], dr: str, shift: int) -> list[Any]:
+        return [
+            (dr, d + shift, 0, "t", t, 1, n) if st_ == 0 else (dr, d + shift, 1, "t", t, st_, n) for st_, d, t, n in raw
+        ]
+
+    canonical = _normalize(segs(old, "d", 0))
+    for shift in (0, 10):  # new deleters among the old ones, then after them (the usual case)
+        fresh = segs(new, replica, shift)
+        assert _normalize_tail(canonical + fresh, len(canonical)) == _normalize(canonical + fresh)
+
+
+def test_normalizing_never_expands_runs() -> None:
+    """A long range delete and a long run of backspaces stay one segment each, in memory as on the wire."""
+    n = 1 << 20
+    segments = [("a", 5, 0, "b", 1, 1, n), ("a", 6, 1, "b", 3 * n, -1, n), ("a", 6 + n, 0, "b", 4 * n, 1, 1)]
+    tracemalloc.start()
+    try:
+        normal = _normalize(list(reversed(segments)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert normal == [segments[0], ("a", 6, 1, "b", 3 * n, -1, n), ("a", 6 + n, 0, "b", 4 * n, 1, 1)]
+    assert peak < 64 << 10  # the old expansion held a tuple per pair: tens of MiB
+
+
+def test_encoding_after_a_delete_costs_a_repeat_encode_in_memory() -> None:
+    """An encode after one small delete on a long-edited text holds no more than a repeat encode does."""
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "x" * 300_000}], replica="a")
+    doc.apply([{"op": "delete", "path": ["t"], "index": 10, "count": 299_000}], replica="a")
+    for k in range(50):  # some backspacing
+        doc.apply([{"op": "delete", "path": ["t"], "index": 900 - k, "count": 1}], replica="b")
+    doc = decode_document(encode_document(doc))  # a loaded document's log is untrusted until normalized
+    doc.apply([{"op": "delete", "path": ["t"], "index": 5, "count": 1}], replica="a")
+    tracemalloc.start()
+    try:
+        after = encode_document(doc)
+        peak_after = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert encode_document(doc) == after
+        peak_repeat = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak_after < 2 * peak_repeat + (64 << 10)
+    assert len(text_of(doc).deletions) == 3
+
+
+def test_a_delete_joined_twice_is_logged_once() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdef"}], replica="a")
+    other = doc.copy()
+    delta = other.apply([{"op": "delete", "path": ["t"], "index": 1, "count": 3}], replica="b")
+    wire = encode_delta(delta)
+    doc.join(decode_delta(wire))
+    before = list(text_of(doc).deletions)
+    doc.join(decode_delta(wire))
+    doc.merge(other)
+    assert text_of(doc).deletions == before == [("b", 1, 0, "a", 3, 1, 3)]
+    assert encode_document(doc) == encode_document(other)
 
 
 def test_many_blocks_keep_positions_right() -> None:
@@ -100,3 +181,22 @@ def test_many_blocks_keep_positions_right() -> None:
         expected = expected[: k // 2] + expected[k // 2 + 1 :]
     assert doc.value()["t"] == expected
     assert decode_document(encode_document(doc)).value()["t"] == expected
+
+
+def test_sequence_deltas_joined_remotely_leave_the_state_their_replica_has() -> None:
+    """Keystrokes, deletes and a removal of the whole text, each joined as bytes elsewhere."""
+    doc = Document()
+    other = Document()
+    batches: list[list[dict[str, Any]]] = [
+        [{"op": "insert", "path": ["m", "t"], "index": 0, "text": "ab"}],
+        [{"op": "insert", "path": ["m", "t"], "index": 2, "text": "c"}],
+        [{"op": "delete", "path": ["m", "t"], "index": 0, "count": 3}],
+        [{"op": "insert", "path": ["m", "t"], "index": 0, "text": "d"}],
+        [{"op": "delete", "path": ["m", "t"]}],
+        [{"op": "delete", "path": ["m"]}],
+    ]
+    for ops in batches:
+        delta = other.apply(ops, replica="a")
+        doc.join(decode_delta(encode_delta(delta)))
+        assert encode_document(doc) == encode_document(other)
+    assert doc.value() == {}

@@ -27,7 +27,9 @@ blocks' visible lengths finds the block of a visible index in O(log n), and
 a C-level prefix sum finds the item inside it. Ids are found through a
 per-replica sorted list of run starts, each with its few pieces. No
 operation walks the whole sequence, except reading an index against an
-older version (which must look at every tombstone) and encoding.
+older version (which must look at every tombstone) and encoding, and none
+walks it element by element: what a few bytes may claim (a dead run of
+millions) costs no more than one run.
 
 Deltas carry inserts ``(replica, counter, lamport, origin, content)`` and
 deletes ``(replica, lo, hi, deleter)``. One whose origin (or target) has not
@@ -37,24 +39,29 @@ deltas may be joined in any order.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
-from itertools import accumulate
-from operator import attrgetter
+from itertools import accumulate, repeat
+from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub
 from typing import Any
 
-from ..causal import CausalContext, Dot
+from ..causal import CausalContext, Dot, ranges_add
 from ..errors import DecodeError
 from .base import ReplicaTable, decode_dot, decode_dots, encode_dots, join_dotset
 from .tags import Tag
 
 __all__ = ["BLOCK_MAX", "Insert", "Item", "SeqDelta", "Sequence"]
 
-BLOCK_MAX = 256
-# The most elements (live and dead) one decoded sequence, run or delete may
-# span: untrusted bytes must not make later work (reading an old version,
-# normalizing the deletion log) run away.
-MAX_ELEMENTS = 1 << 24
+BLOCK_MAX = 128
+# The most element ids (live, dead and waiting) one sequence may hold, and
+# one run or delete may span. Decoding refuses more and so does a join
+# (``check_join``), so whatever joins cleanly also loads. No work walks
+# elements one by one, so the bound is about what bytes may claim, not about
+# time: a local write stops at the node's per-document limit (4M elements),
+# and this sits 64 times above it, for documents that many regions filled
+# concurrently.
+MAX_ELEMENTS = 1 << 28
 # Local typing extends the run it continues; past this the run is closed so
 # that extending (which copies the content) stays O(1) amortized.
 RUN_MAX = 256
@@ -70,6 +77,9 @@ Delete = tuple[str, int, int, tuple[Dot, ...]]
 Segment = tuple[str, int, int, str, int, int, int]
 
 _counter = attrgetter("counter")
+# Loading sorts runs by one integer key, replica index * _KEY + counter; no
+# legal counter comes near it (counters count a replica's ops).
+_KEY = 1 << 64
 
 
 class Item:
@@ -261,6 +271,7 @@ class Sequence:
         "pending",
         "pending_deletes",
         "presence",
+        "size",
         "tag",
         "total",
         "tree",
@@ -272,6 +283,7 @@ class Sequence:
         self.blocks: list[Block] = [Block(0, [], [])]
         self.tree: list[int] = [0, 0]
         self.total = 0
+        self.size = 0  # element ids held in items, live or dead
         # replica -> (sorted run starts, pieces of each run sorted by counter)
         self.by_replica: dict[str, tuple[list[int], list[list[Item]]]] = {}
         self.max_lamport = 0
@@ -281,7 +293,9 @@ class Sequence:
         self.pending_deletes: list[tuple[str, int, int]] = []
         # Who deleted what; only reading an index against an older version needs it.
         self.deletions: list[Segment] = []
-        self.deletions_normal = True  # whether ``deletions`` is in canonical form
+        # ``deletions[:deletions_normal]`` is in canonical form; what joins and
+        # local deletes appended after it is not yet.
+        self.deletions_normal = 0
 
     # Public methods for reading.
 
@@ -366,6 +380,7 @@ class Sequence:
             # Typing on at the end of our own run: extend it.
             item.content = item.content + content  # type: ignore[operator]
             item.length += n
+            self.size += n
             blk.lens[j] += n
             self._grew(blk, n)
             return (replica, counter, lamport, origin, content)
@@ -414,7 +429,7 @@ class Sequence:
 
     # Public methods for reading an index against an older version.
 
-    def ids_at(self, seen: Callable[[Dot], bool], start: int, count: int) -> list[Dot] | None:
+    def ids_at(self, seen: CausalContext, start: int, count: int) -> list[Dot] | None:
         """The ids of visible elements ``start .. start+count-1`` in the view holding only dots ``seen``.
 
         Also answers the origin lookup for inserts: ``ids_at(seen, i - 1, 1)``.
@@ -422,29 +437,51 @@ class Sequence:
         """
         out: list[Dot] = []
         pos = 0
-        for dot in self._visible_at(seen):
-            if pos >= start:
-                out.append(dot)
+        for replica, lo, hi in self._visible_at(seen):
+            if pos + hi - lo > start:
+                first = lo + max(0, start - pos)
+                last = min(hi, first + count - len(out))
+                out += ((replica, c) for c in range(first, last))
                 if len(out) == count:
                     return out
-            pos += 1
+            pos += hi - lo
         return None
 
-    def length_at(self, seen: Callable[[Dot], bool]) -> int:
-        return sum(1 for _ in self._visible_at(seen))
+    def length_at(self, seen: CausalContext) -> int:
+        return sum(hi - lo for _, lo, hi in self._visible_at(seen))
 
-    def _visible_at(self, seen: Callable[[Dot], bool]) -> Iterator[Dot]:
-        """Every element visible in the view holding only dots ``seen``, in order: O(elements), by design rare."""
-        deleted_by: dict[Dot, list[Dot]] = {}
+    def _visible_at(self, seen: CausalContext) -> Iterator[tuple[str, int, int]]:
+        """The runs ``(replica, lo, hi)`` visible in the view holding only dots ``seen``, in order.
+
+        O(items + deletion segments), never per element: a view is what
+        ``seen`` inserted minus what a deleter in ``seen`` deleted, and both
+        are ranges (a chain's targets step by one, so they are a range too).
+        """
+        deleted: dict[str, list[int]] = {}
         for dr, d0, dstep, tr, t0, tstep, n in self.deletions:
-            for k in range(n):
-                deleted_by.setdefault((tr, t0 + k * tstep), []).append((dr, d0 + k * dstep))
+            flat = seen.ranges.get(dr)
+            if flat is None:
+                continue
+            for lo, hi in _intersect(flat, d0, d0 + (n if dstep else 1)):
+                if dstep == 0:
+                    a, b = t0, t0 + n
+                elif tstep == 1:
+                    a, b = t0 + lo - d0, t0 + hi - d0
+                else:
+                    a, b = t0 - (hi - 1 - d0), t0 - (lo - d0) + 1
+                ranges_add(deleted.setdefault(tr, []), a, b)
+        ranges = seen.ranges
         for it in self._items():
-            r = it.replica
-            for c in range(it.counter, it.counter + it.length):
-                dot = (r, c)
-                if seen(dot) and not any(seen(d) for d in deleted_by.get(dot, ())):
-                    yield dot
+            flat = ranges.get(it.replica)
+            if flat is None:
+                continue
+            gone = deleted.get(it.replica)
+            for lo, hi in _intersect(flat, it.counter, it.counter + it.length):
+                if gone is None:
+                    yield (it.replica, lo, hi)
+                else:
+                    for a, b in _subtract(gone, lo, hi):
+                        yield (it.replica, a, b)
 
     # Public methods for joining.
 
@@ -460,7 +497,7 @@ class Sequence:
             self._integrate(ins)
         for replica, lo, hi, _ in delta.deletes:
             self._delete_range(replica, lo, hi)
-        self._record(delta.deletes)
+        self._record(delta.deletes, ours)
         self._retry_pending()
         self._rebalance()
 
@@ -473,10 +510,54 @@ class Sequence:
             self._integrate(ins)
         for d in other.pending_deletes:
             self._delete_range(*d)
-        self.deletions = _normalize(self.deletions + other.deletions)
-        self.deletions_normal = True
+        added = _unseen(other.deletions, ours)
+        if added:
+            self.deletions += added
         self._retry_pending()
         self._rebalance()
+
+    def check_join(self, other: SeqDelta | Sequence) -> None:
+        """Raise ``DecodeError`` if joining ``other`` would hold more than ``MAX_ELEMENTS`` ids.
+
+        Called before any change, so that a peer's claims (a few bytes can
+        claim a dead run of millions) can never make a document that no
+        longer decodes: the join is refused instead, and nothing changed.
+        """
+        held = self.size + (sum(_insert_length(ins) for ins in self.pending) if self.pending else 0)
+        if isinstance(other, SeqDelta):
+            claims = other.inserts
+            if len(claims) == 1 and held + _insert_length(claims[0]) <= MAX_ELEMENTS:
+                return  # the usual delta: one insert, far below the bound
+        else:
+            claims = [(it.replica, it.counter, 0, None, it.length) for it in other._items()] + other.pending
+        if held + sum(_insert_length(ins) for ins in claims) <= MAX_ELEMENTS:
+            return
+        # Only the ids not held yet count: a join adds no others.
+        for ins in claims:
+            replica, counter, n = ins[0], ins[1], _insert_length(ins)
+            end = counter + n
+            while counter < end:
+                found = self._lookup((replica, counter))
+                if found is not None:
+                    counter += found[0].length - found[1]
+                else:
+                    step = min(end - counter, self._unknown_extent(replica, counter))
+                    held += step
+                    counter += step
+            if held > MAX_ELEMENTS:
+                raise DecodeError(f"{self.tag.label}: the join would hold more than {MAX_ELEMENTS} elements")
+
+    def deleters_seen(self, ctx: CausalContext) -> bool:
+        """Whether ``ctx`` holds every deleter of the log (true of every state legal writes make)."""
+        ranges = ctx.ranges
+        for dr, d0, dstep, _, _, _, n in self.deletions:
+            flat = ranges.get(dr)
+            if flat is None:
+                return False
+            i = bisect_right(flat, d0)
+            if not i & 1 or flat[i] < d0 + dstep * (n - 1) + 1:
+                return False
+        return True
 
     def removal(self, ctx: CausalContext, deleter: Callable[[], Dot]) -> SeqDelta:
         """The delta that removes this value from its map: presence and every live element."""
@@ -525,10 +606,10 @@ class Sequence:
             prev_dl = dl
         deletions: list[int] = []
         prev_d = prev_t = 0
-        if not self.deletions_normal:
+        if self.deletions_normal < len(self.deletions):
             # Normalizing costs O(deletions log deletions): keep the result.
-            self.deletions = _normalize(self.deletions)
-            self.deletions_normal = True
+            self.deletions = _normalize_tail(self.deletions, self.deletions_normal)
+            self.deletions_normal = len(self.deletions)
         for dr, d0, dstep, tr, t0, tstep, n in self.deletions:
             deletions += (table.ref(dr), d0 - prev_d, table.ref(tr), t0 - prev_t, n, _STEP_CODES[(dstep, tstep)])
             prev_d, prev_t = d0, t0
@@ -569,41 +650,14 @@ class Sequence:
         runs = data[1]
         if len(runs) % 5:
             raise DecodeError(f"{tag.label}: bad runs")
-        blk = seq.blocks[0]
-        prev_end = 0
-        prev_dl = 0
-        elements = 0
-        for k in range(0, len(runs), 5):
-            ref, dc, ddl, rel, content = runs[k : k + 5]
-            if type(dc) is not int or type(ddl) is not int:
-                raise DecodeError(f"{tag.label}: bad run numbers")
-            replica, counter = decode_dot(ref, prev_end + dc, table)
-            lamport = counter + prev_dl + ddl
-            if lamport < 1:
-                raise DecodeError(f"{tag.label}: bad timestamp")
-            origin = _decode_origin(rel, ref, counter, table)
-            _check_content(tag, content)
-            if origin is not None and seq._lookup(origin) is None:
-                raise DecodeError(f"{tag.label}: an element precedes its origin")
-            live = type(content) is not int
-            n = len(content) if live else content
-            if seq._lookup_any(replica, counter, counter + n):
-                raise DecodeError(f"{tag.label}: duplicate element ids")
-            elements += n
-            if elements > MAX_ELEMENTS:
-                raise DecodeError(f"{tag.label}: more than {MAX_ELEMENTS} elements")
-            item = Item(replica, counter, lamport, origin, n, content if live else None, blk)
-            blk.items.append(item)
-            blk.lens.append(n if live else 0)
-            seq._register(item)
-            seq.max_lamport = max(seq.max_lamport, lamport + n - 1)
-            prev_end = counter + n
-            prev_dl = lamport - counter
-            if len(blk.items) >= BLOCK_MAX // 2:
-                blk = Block(len(seq.blocks), [], [])
-                seq.blocks.append(blk)
+        elements = seq._load_runs(runs, table) if runs else 0
         seq.deletions = _decode_segments(data[2], table)
-        seq.deletions_normal = False  # untrusted input: normalize before writing it out again
+        ordered = sorted(seq.deletions)
+        if _sharing(ordered) and _shared_count(_shared_deleters(ordered)) > len(seq.deletions) + 1024:
+            # Normalizing cuts chains into pairs where they share deleters: legal
+            # logs share a few; claims of millions must not cost millions.
+            raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
+        seq.deletions_normal = 0  # untrusted input: normalize before writing it out again
         seq.pending = [_decode_insert(tag, x, table) for x in data[3]]
         for x in data[4]:
             if not isinstance(x, list) or len(x) != 3:
@@ -612,10 +666,138 @@ class Sequence:
             if type(x[2]) is not int or x[2] <= lo:
                 raise DecodeError(f"{tag.label}: bad pending delete range")
             seq.pending_deletes.append((replica, lo, x[2]))
-        for b in seq.blocks:
-            b.vis = sum(b.lens)
+        if elements + sum(_insert_length(ins) for ins in seq.pending) > MAX_ELEMENTS:
+            raise DecodeError(f"{tag.label}: more than {MAX_ELEMENTS} elements")
         seq._rebuild()
         return seq
+
+    def _load_runs(self, runs: list[Any], table: ReplicaTable) -> int:
+        """Build the items of a decoded state from its flat runs; returns the element count.
+
+        Loading is a large share of a node's work (every read of a stored
+        document), so the checks run column by column in C where they can:
+        the numbers' types and ranges, the counters and timestamps (prefix
+        sums), no two runs sharing an id and every origin placed before its
+        element (one sort, one pass).
+        """
+        tag = self.tag
+        label = tag.label
+        refs, dcs, ddls, rels, contents = runs[0::5], runs[1::5], runs[2::5], runs[3::5], runs[4::5]
+        m = len(refs)
+        names = table.names
+        if not set().union(map(type, refs), map(type, dcs), map(type, ddls)) <= {int}:
+            raise DecodeError(f"{label}: bad run numbers")
+        if min(refs) < 0 or max(refs) >= len(names):
+            raise DecodeError(f"{label}: unknown replica reference")
+        kinds = set(map(type, contents))
+        if not kinds <= ({str, int} if tag is Tag.TEXT else {list, int}):
+            raise DecodeError(f"{label}: bad content")
+        ns = [c if type(c) is int else len(c) for c in contents]
+        if min(ns) < 1 or max(ns) > MAX_ELEMENTS:
+            raise DecodeError(f"{label}: bad run length")
+        elements = sum(ns)
+        if elements > MAX_ELEMENTS:
+            raise DecodeError(f"{label}: more than {MAX_ELEMENTS} elements")
+        ends = list(accumulate(map(add, dcs, ns)))
+        counters = list(map(sub, ends, ns))
+        lamports = list(map(add, counters, accumulate(ddls)))
+        if min(counters) < 1 or min(lamports) < 1:
+            raise DecodeError(f"{label}: bad run counters")
+        if max(ends) >= _KEY:
+            raise DecodeError(f"{label}: bad run counters")
+        replicas = [names[r] for r in refs]
+        # One sort of every run by (replica, counter) as one integer key: no
+        # two neighbours may overlap, and every origin must fall inside a run
+        # placed before its element.
+        bases = [r * _KEY for r in refs]
+        starts = list(map(add, bases, counters))
+        order = sorted(range(m), key=starts.__getitem__)
+        s_starts = [starts[k] for k in order]
+        s_ends = [bases[k] + ends[k] for k in order]
+        if any(map(lt, s_starts[1:], s_ends)):
+            raise DecodeError(f"{label}: duplicate element ids")
+        origins: list[Dot | None]
+        if set(map(type, rels)) <= {int, type(None)}:  # origins in the same replica, or the start
+            starts_at = [k for k, r in enumerate(rels) if r is None] if None in rels else []
+            for k in starts_at:
+                rels[k] = 0  # placeholders, dropped below
+            ocs = list(map(sub, counters, rels))
+            origins = list(zip(replicas, ocs, strict=True))
+            keys = list(map(add, bases, ocs))
+            at = list(range(m))
+            if starts_at:
+                for k in starts_at:
+                    origins[k] = None
+                    ocs[k] = 1
+                at = sorted(set(at).difference(starts_at))
+                keys = [keys[k] for k in at]
+            if min(ocs) < 1:
+                raise DecodeError(f"{label}: bad origin")
+        else:
+            at, keys, origins = [], [], [None] * m
+            for k, rel in enumerate(rels):
+                if rel is None:
+                    continue
+                if type(rel) is int:
+                    oref, oc = refs[k], counters[k] - rel
+                elif isinstance(rel, list) and len(rel) == 2 and type(rel[0]) is int and type(rel[1]) is int:
+                    oref, oc = rel
+                    if not 0 <= oref < len(names):
+                        raise DecodeError(f"{label}: unknown replica reference")
+                else:
+                    raise DecodeError(f"{label}: bad origin")
+                if not 1 <= oc < _KEY:
+                    raise DecodeError(f"{label}: bad origin")
+                at.append(k)
+                keys.append(oref * _KEY + oc)
+                origins[k] = (names[oref], oc)
+        if keys:
+            # The run holding each origin is the last one starting at or before it; index 0 of
+            # the shifted columns stands for "none", which fails both checks.
+            js = list(map(bisect_right, repeat(s_starts), keys))
+            if any(map(ge, keys, map([-1, *s_ends].__getitem__, js))) or any(
+                map(ge, map([m, *order].__getitem__, js), at)
+            ):
+                raise DecodeError(f"{label}: an element precedes its origin")
+        lives = [None if type(c) is int else c for c in contents]
+        self.max_lamport = max(map(add, lamports, ns)) - 1
+        # Items in blocks half full, so that local edits split few of them at first.
+        step = BLOCK_MAX // 2
+        blocks: list[Block] = []
+        items: list[Item] = []
+        for lo in range(0, m, step):
+            hi = lo + step
+            blk = Block(len(blocks), [], [])
+            chunk = list(
+                map(
+                    Item,
+                    replicas[lo:hi],
+                    counters[lo:hi],
+                    lamports[lo:hi],
+                    origins[lo:hi],
+                    ns[lo:hi],
+                    lives[lo:hi],
+                    repeat(blk),
+                )
+            )
+            blk.items = chunk
+            blk.lens = [0 if live is None else n for n, live in zip(ns[lo:hi], lives[lo:hi], strict=True)]
+            blk.vis = sum(blk.lens)
+            blocks.append(blk)
+            items += chunk
+        self.blocks = blocks
+        lo = 0
+        while lo < m:
+            ref = refs[order[lo]]
+            hi = bisect_left(s_starts, (ref + 1) * _KEY, lo)
+            ks = order[lo:hi]
+            self.by_replica[names[ref]] = (
+                list(map(counters.__getitem__, ks)),
+                list(map(list, zip(map(items.__getitem__, ks)))),
+            )
+            lo = hi
+        self.size = elements
+        return elements
 
     # Private methods: the position index.
 
@@ -666,6 +848,7 @@ class Sequence:
         return blk, j, rem - (cum[j - 1] if j else 0)
 
     def _place(self, blk: Block, j: int, item: Item) -> None:
+        self.size += item.length
         item.block = blk
         blk.items.insert(j, item)
         n = item.length if item.content is not None else 0
@@ -775,11 +958,12 @@ class Sequence:
             blk.lens[j] = 0
             self._grew(blk, -n)
 
-    def _record(self, deletes: list[Delete]) -> None:
+    def _record(self, deletes: list[Delete], seen: CausalContext | None = None) -> None:
+        """Log who deleted what; deleters in ``seen`` are logged already (a deleter's deletes travel whole)."""
         for replica, lo, hi, deleters in deletes:
-            for dr, dc in deleters:
-                self.deletions.append((dr, dc, 0, replica, lo, 1, hi - lo))
-                self.deletions_normal = False
+            for dot in deleters:
+                if seen is None or dot not in seen:
+                    self.deletions.append((dot[0], dot[1], 0, replica, lo, 1, hi - lo))
 
     # Private methods: integrating remote work.
 
@@ -796,11 +980,14 @@ class Sequence:
                     self._delete_range(replica, counter, counter + n)
             else:
                 n = min(length, self._unknown_extent(replica, counter))
-                piece = n if dead else content[:n]  # type: ignore[index]
-                if origin is not None and self._lookup(origin) is None:
+                piece = content if n == length else (n if dead else content[:n])  # type: ignore[index]
+                at = None if origin is None else self._lookup(origin)
+                if origin is not None and at is None:
                     self.pending.append((replica, counter, lamport, origin, piece))
                 else:
-                    self._integrate_new(replica, counter, lamport, origin, piece)
+                    self._integrate_new(replica, counter, lamport, origin, piece, at)
+            if n == length:
+                return
             if not dead:
                 content = content[n:]  # type: ignore[index]
             origin = (replica, counter + n - 1)
@@ -817,18 +1004,30 @@ class Sequence:
         return starts[k] - counter if k < len(starts) else 1 << 62
 
     def _integrate_new(
-        self, replica: str, counter: int, lamport: int, origin: Dot | None, content: Content | int
+        self,
+        replica: str,
+        counter: int,
+        lamport: int,
+        origin: Dot | None,
+        content: Content | int,
+        found: tuple[Item, int] | None = None,
     ) -> None:
+        """Place new elements after ``origin``; ``found`` is the origin's lookup when the caller has it."""
+        live = type(content) is not int
+        n = len(content) if live else content  # type: ignore[arg-type]
+        prev: Item | None = None
         if origin is None:
             blk, j = self.blocks[0], 0
         else:
-            found = self._lookup(origin)
+            if found is None:
+                found = self._lookup(origin)
             assert found is not None
-            item, off = found
-            if off < item.length - 1:
-                self._split(item, off + 1)
-            blk = item.block
-            j = blk.items.index(item) + 1
+            prev, off = found
+            if off < prev.length - 1:
+                self._split(prev, off + 1)
+            blk = prev.block
+            j = blk.items.index(prev) + 1
+        start_blk, start_j = blk, j
         # Skip every element with a greater timestamp: later siblings and their subtrees.
         while True:
             if j == len(blk.items):
@@ -842,12 +1041,29 @@ class Sequence:
                 j += 1
             else:
                 break
-        live = type(content) is not int
-        n = len(content) if live else content  # type: ignore[arg-type]
-        item = Item(replica, counter, lamport, origin, n, content if live else None, blk)  # type: ignore[arg-type]
-        self._place(blk, j, item)
         if lamport + n - 1 > self.max_lamport:
             self.max_lamport = lamport + n - 1
+        if (
+            prev is not None
+            and blk is start_blk
+            and j == start_j
+            and prev.replica == replica
+            and prev.counter + prev.length == counter
+            and prev.lamport + prev.length == lamport
+            and (prev.content is not None) == live
+            and prev.length < RUN_MAX
+        ):
+            # It continues the run it was typed after, right where that run ends: extend the run,
+            # as the replica that typed it did, rather than keep an item a keystroke.
+            prev.length += n
+            self.size += n
+            if live:
+                prev.content = prev.content + content  # type: ignore[operator]
+                blk.lens[j - 1] += n
+                self._grew(blk, n)
+            return
+        item = Item(replica, counter, lamport, origin, n, content if live else None, blk)  # type: ignore[arg-type]
+        self._place(blk, j, item)
 
     def _delete_range(self, replica: str, lo: int, hi: int) -> None:
         """Mark elements dead; those not here yet wait in ``pending_deletes``."""
@@ -885,7 +1101,35 @@ class Sequence:
 
 
 _STEP_CODES = {(0, 1): 0, (1, -1): 1, (1, 1): 2}
-_CODE_STEPS = {code: steps for steps, code in _STEP_CODES.items()}
+_DSTEP = (0, 1, 1)  # by code
+_TSTEP = (1, -1, 1)
+
+
+def _intersect(flat: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The parts of ``[lo, hi)`` inside the sorted ranges ``flat``."""
+    i = bisect_right(flat, lo)
+    if i & 1:
+        i -= 1
+    while i < len(flat) and flat[i] < hi:
+        a, b = max(flat[i], lo), min(flat[i + 1], hi)
+        if a < b:
+            yield (a, b)
+        i += 2
+
+
+def _subtract(flat: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """The parts of ``[lo, hi)`` outside the sorted ranges ``flat``."""
+    for a, b in _intersect(flat, lo, hi):
+        if lo < a:
+            yield (lo, a)
+        lo = b
+    if lo < hi:
+        yield (lo, hi)
+
+
+def _insert_length(ins: Insert) -> int:
+    content = ins[4]
+    return content if type(content) is int else len(content)  # type: ignore[arg-type, return-value]
 
 
 def _insert_order(ins: Insert) -> tuple[int, str, int]:
@@ -915,45 +1159,223 @@ def _coalesce_ranges(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int,
 
 
 def _normalize(segments: list[Segment]) -> list[Segment]:
-    """The canonical segments of a set of (deleter, target) pairs: sorted, deduplicated, greedily merged."""
-    pairs = sorted(
-        {(dr, d0 + k * dstep, tr, t0 + k * tstep) for dr, d0, dstep, tr, t0, tstep, n in segments for k in range(n)}
-    )
+    """The canonical segments of a set of (deleter, target) pairs, in O(S log S) for S segments.
+
+    The canonical form is defined per deleter dot: its targets as maximal
+    ranges (one ``dstep 0`` segment each, sorted). A deleter whose only target
+    is one element is *simple*; consecutive simple deleters of one replica
+    whose targets step by +1 or -1 in one target replica chain into one
+    segment (a run of backspaces or of forward deletes), greedily from the
+    left. This depends only on the pairs, and it never expands a run: a
+    deleter dot names one op, whose deletes travel whole, so two sources that
+    both know a deleter know the same targets for it (``_unseen`` drops the
+    ones a join already has), and segments overlap only in range segments of
+    one deleter, which merge as ranges. Overlapping chains cannot come from
+    legal writes but in a few shared deleters (decoding refuses more); chains
+    are cut into pairs there, and only there.
+    """
+    segs = sorted(set(segments))
+    shared = _shared_deleters(segs) if _sharing(segs) else None
+    if shared:
+        segs = sorted(set(_split_shared(segs, shared)))
     out: list[list[Any]] = []
-    for dr, dc, tr, tc in pairs:
-        if out:
-            s = out[-1]
-            if s[0] == dr and s[3] == tr:
-                if s[6] == 1:
-                    steps = (dc - s[1], tc - s[4])
-                    if steps in _STEP_CODES:
-                        s[2], s[5], s[6] = steps[0], steps[1], 2
-                        continue
-                elif dc == s[1] + s[6] * s[2] and tc == s[4] + s[6] * s[5]:
-                    s[6] += 1
-                    continue
-        out.append([dr, dc, 0, tr, tc, 1, 1])
+    # Merge overlapping or touching ranges of one deleter and target replica.
+    for s in segs:
+        if s[2] == 0 and out:
+            last = out[-1]
+            if last[2] == 0 and last[0] == s[0] and last[1] == s[1] and last[3] == s[3] and last[4] + last[6] >= s[4]:
+                last[6] = max(last[4] + last[6], s[4] + s[6]) - last[4]
+                continue
+        out.append(list(s))
+    return _chain(out)
+
+
+def _normalize_tail(segments: list[Segment], k: int) -> list[Segment]:
+    """``_normalize(segments)`` where ``segments[:k]`` is canonical already: O(new + log S) in the usual case.
+
+    New deletes nearly always have a deleter newer than every logged one of
+    its replica (a replica's ops count up, and arrive in order), so they sort
+    at the end of that replica's group, after everything a greedy left-to-
+    right pass has already decided: only the group's last segment (and the
+    other targets of its deleter) can change, and only those are redone.
+    Anything else falls back to the full pass.
+    """
+    fresh = segments[k:]
+    if not k or len(fresh) > k:
+        return _normalize(segments)
+    out = segments[:k]
+    groups: dict[str, list[Segment]] = {}
+    for s in fresh:
+        groups.setdefault(s[0], []).append(s)
+    # From the last group back, so that earlier indexes stay valid.
+    for dr in sorted(groups, reverse=True):
+        new = groups[dr]
+        lo = bisect_left(out, (dr,))
+        hi = bisect_left(out, (dr, math.inf))
+        start = hi
+        if hi > lo:
+            last = out[hi - 1]
+            if min(s[1] for s in new) <= last[1] + last[2] * (last[6] - 1):
+                return _normalize(segments)  # an older deleter: not at the end
+            start = hi - 1
+            while start > lo and last[2] == 0 and out[start - 1][1] == last[1] and out[start - 1][2] == 0:
+                start -= 1
+        out[start:hi] = _normalize(out[start:hi] + new)
+    return out
+
+
+def _chain(atoms: list[list[Any]]) -> list[Segment]:
+    """Chain the simple deleters of sorted, merged atoms (see ``_normalize``)."""
+    out: list[Segment | list[Any]] = []
+    cur: list[Any] | None = None  # the open chain: the last segment written, while it may grow
+    n_atoms = len(atoms)
+    for i, (dr, d0, dstep, tr, t0, tstep, n) in enumerate(atoms):
+        if dstep == 0:
+            simple = (
+                n == 1
+                and not (i and atoms[i - 1][2] == 0 and atoms[i - 1][0] == dr and atoms[i - 1][1] == d0)
+                and not (i + 1 < n_atoms and atoms[i + 1][2] == 0 and atoms[i + 1][0] == dr and atoms[i + 1][1] == d0)
+            )
+            if not simple:
+                out.append((dr, d0, 0, tr, t0, 1, n))
+                cur = None
+                continue
+        # A simple pair (d0, t0), possibly the head of a chain of n pairs with steps (1, tstep).
+        if cur is not None and cur[0] == dr and cur[3] == tr and cur[1] + cur[2] * (cur[6] - 1) + 1 == d0:
+            last_t = cur[4] + cur[5] * (cur[6] - 1)
+            if cur[6] == 1 and t0 - last_t in (1, -1):
+                cur[2], cur[5], cur[6] = 1, t0 - last_t, 2
+            elif cur[6] > 1 and t0 == last_t + cur[5]:
+                cur[6] += 1
+            else:
+                cur = None
+        else:
+            cur = None
+        if cur is None:
+            cur = [dr, d0, 0, tr, t0, 1, 1]
+            out.append(cur)
+        if dstep == 0 or n == 1:
+            continue
+        # The chain's tail: n - 1 more pairs, each one deleter on and tstep away.
+        if cur[6] == 1:
+            cur[2], cur[5], cur[6] = 1, tstep, n
+        elif cur[5] == tstep:
+            cur[6] += n - 1
+        elif n == 2:
+            cur = [dr, d0 + 1, 0, tr, t0 + tstep, 1, 1]
+            out.append(cur)
+        else:
+            cur = [dr, d0 + 1, 1, tr, t0 + tstep, tstep, n - 1]
+            out.append(cur)
     return [tuple(s) for s in out]  # type: ignore[misc]
 
 
+def _shared_deleters(segs: list[Segment]) -> dict[str, list[int]]:
+    """The deleters that two segments of sorted ``segs`` both cover, as flat ranges per replica.
+
+    Legal writes share one only where a deleter deleted several ranges (one
+    segment each), and, in logs written before this form, where a deleter
+    with two targets also ended one chain and began another: a few each.
+    """
+    shared: dict[str, list[int]] = {}
+    replica: str | None = None
+    reach = 0
+    for dr, d0, dstep, _, _, _, n in segs:
+        last = d0 + dstep * (n - 1)
+        if dr == replica and d0 <= reach:
+            ranges_add(shared.setdefault(dr, []), d0, min(last, reach) + 1)
+            reach = max(reach, last)
+        else:
+            replica, reach = dr, last
+    return shared
+
+
+def _sharing(segs: list[Segment]) -> bool:
+    """Whether two segments of sorted ``segs`` share a deleter: neighbours overlap then, and only then."""
+    if len(segs) < 2:
+        return False
+    drs, d0s, dsteps, _, _, _, ns = zip(*segs, strict=True)
+    lasts = list(map(add, d0s, map(mul, dsteps, map(sub, ns, repeat(1)))))
+    return any(map(and_, map(eq, drs[1:], drs), map(le, d0s[1:], lasts)))
+
+
+def _shared_count(shared: dict[str, list[int]]) -> int:
+    return sum(flat[k + 1] - flat[k] for flat in shared.values() for k in range(0, len(flat), 2))
+
+
+def _split_shared(segs: list[Segment], shared: dict[str, list[int]]) -> Iterator[Segment]:
+    """``segs`` with every chain cut into single pairs where its deleters are shared (and only there)."""
+    for seg in segs:
+        dr, d0, dstep, tr, t0, tstep, n = seg
+        flat = shared.get(dr)
+        if dstep == 0 or not flat:
+            yield seg
+            continue
+        d, end = d0, d0 + n
+        for a, b in [*_intersect(flat, d0, end), (end, end)]:
+            if d < a:  # the part before: still a chain
+                t = t0 + (d - d0) * tstep
+                yield (dr, d, 1, tr, t, tstep, a - d) if a - d > 1 else (dr, d, 0, tr, t, 1, 1)
+            for x in range(a, b):
+                yield (dr, x, 0, tr, t0 + (x - d0) * tstep, 1, 1)
+            d = b
+
+
+def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
+    """The parts of ``segments`` whose deleters ``ctx`` has not seen (a join already holds the rest)."""
+    out: list[Segment] = []
+    for s in segments:
+        dr, d0, dstep, tr, t0, tstep, n = s
+        flat = ctx.ranges.get(dr)
+        if not flat:
+            out.append(s)
+        elif dstep == 0:
+            if not bisect_right(flat, d0) & 1:
+                out.append(s)
+        else:
+            d, end = d0, d0 + n
+            while d < end:
+                i = bisect_right(flat, d)
+                if i & 1:  # d is seen: skip to the end of its range
+                    d = flat[i]
+                    continue
+                stop = min(end, flat[i]) if i < len(flat) else end
+                m = stop - d
+                t = t0 + (d - d0) * tstep
+                out.append((dr, d, 1, tr, t, tstep, m) if m > 1 else (dr, d, 0, tr, t, 1, 1))
+                d = stop
+    return out
+
+
 def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
+    """Segments from their flat columns, checked column by column (see ``Sequence._load_runs``)."""
     if len(flat) % 6:
         raise DecodeError("bad deletion segments")
-    out: list[Segment] = []
-    prev_d = prev_t = pairs = 0
-    for k in range(0, len(flat), 6):
-        dref, dd, tref, dt, n, code = flat[k : k + 6]
-        if type(dd) is not int or type(dt) is not int or type(n) is not int or n < 1 or code not in _CODE_STEPS:
-            raise DecodeError("bad deletion segment")
-        dstep, tstep = _CODE_STEPS[code]
-        d0, t0 = prev_d + dd, prev_t + dt
-        dr, _ = decode_dot(dref, max(d0, 1), table)
-        tr, _ = decode_dot(tref, max(t0, 1), table)
-        if d0 < 1 or t0 < 1 or d0 + (n - 1) * dstep < 1 or t0 + (n - 1) * tstep < 1 or n > MAX_ELEMENTS:
-            raise DecodeError("bad deletion segment counters")
-        pairs += n
-        if pairs > 4 * MAX_ELEMENTS:
-            raise DecodeError("deletion log too large")
-        out.append((dr, d0, dstep, tr, t0, tstep, n))
-        prev_d, prev_t = d0, t0
-    return out
+    if not flat:
+        return []
+    drefs, dds, trefs, dts, ns, codes = flat[0::6], flat[1::6], flat[2::6], flat[3::6], flat[4::6], flat[5::6]
+    if not set().union(*(map(type, column) for column in (drefs, dds, trefs, dts, ns, codes))) <= {int}:
+        raise DecodeError("bad deletion segment")
+    names = table.names
+    if min(min(drefs), min(trefs)) < 0 or max(max(drefs), max(trefs)) >= len(names):
+        raise DecodeError("bad deletion segment replica")
+    if min(codes) < 0 or max(codes) > 2 or min(ns) < 1 or max(ns) > MAX_ELEMENTS:
+        raise DecodeError("bad deletion segment")
+    d0s = list(accumulate(dds))
+    t0s = list(accumulate(dts))
+    if min(d0s) < 1 or min(t0s) < 1:
+        raise DecodeError("bad deletion segment counters")
+    if any(t0 < n for t0, n, code in zip(t0s, ns, codes, strict=True) if code == 1):  # a backspace chain's last target
+        raise DecodeError("bad deletion segment counters")
+    return list(
+        zip(
+            [names[r] for r in drefs],
+            d0s,
+            [_DSTEP[c] for c in codes],
+            [names[r] for r in trefs],
+            t0s,
+            [_TSTEP[c] for c in codes],
+            ns,
+            strict=True,
+        )
+    )
