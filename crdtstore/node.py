@@ -88,11 +88,11 @@ document, which reads as ``{}`` there while the deleting region answers 404;
 digests, bytes and values (empty) agree.
 
 **Quarantine.** Nothing a peer sends about one document may stop the
-others (the rules, shared with the simulator's in-memory store, are
-:mod:`sync.quarantine`'s). A remote delta that does not decode, join or store, claims dots of
-this incarnation it never minted (forged: joined, it would make our next
-write mint past them), or names an id the API could not address is
-*skipped*: inside the batch's commit, a
+others (the rules, which the simulator's in-memory store follows too, are
+:mod:`sync.quarantine`'s). A remote delta that does not decode, join or
+store, claims dots of this incarnation it never minted (forged: joined, it
+would make our next write mint past them), or names an id the API could
+not address is *skipped*: inside the batch's commit, a
 savepoint (child transaction) rolls back just that entry, and a
 placeholder without a delta is logged under its ``(origin, seq)``, so the
 origin's contiguous mark advances, the peer's acks and truncation move on,
