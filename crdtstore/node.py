@@ -88,10 +88,11 @@ document, which reads as ``{}`` there while the deleting region answers 404;
 digests, bytes and values (empty) agree.
 
 **Quarantine.** Nothing a peer sends about one document may stop the
-others. A remote delta that does not decode, join or store, claims dots of
-this incarnation it never minted (forged: joined, it would make our next
-write mint past them), or names an id the API could not address is
-*skipped*: inside the batch's commit, a
+others (the rules, which the simulator's in-memory store follows too, are
+:mod:`sync.quarantine`'s). A remote delta that does not decode, join or
+store, claims dots of this incarnation it never minted (forged: joined, it
+would make our next write mint past them), or names an id the API could
+not address is *skipped*: inside the batch's commit, a
 savepoint (child transaction) rolls back just that entry, and a
 placeholder without a delta is logged under its ``(origin, seq)``, so the
 origin's contiguous mark advances, the peer's acks and truncation move on,
@@ -190,6 +191,18 @@ from crdtstore.storage import (
 )
 from crdtstore.version import decode_version
 from sync.events import PeerInfo
+from sync.quarantine import (
+    ForgedDots,
+    Quarantine,
+    Quarantined,
+    Rejected,
+    check_entry,
+    check_own_dots,
+    describe,
+    hold,
+    placeholder,
+    screen,
+)
 
 if TYPE_CHECKING:
     from crdtstore.storage import Txn
@@ -198,6 +211,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DocumentNotFound",
     "DocumentTooLarge",
+    "ForgedDots",
     "IncompatibleStorage",
     "InvalidCursor",
     "InvalidDocumentId",
@@ -267,41 +281,6 @@ class DocumentTooLarge(Exception):
         return {"id": self.doc_id, "reason": self.reason, "limit": self.limit, "size": self.size, "path": self.path}
 
 
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """A document some peer data could not be joined into (see "Quarantine" in the module docstring).
-
-    Attributes:
-        doc_id: The document.
-        reason: Why the last failure happened (the exception, shortened).
-        origin: The origin of the skipped delta, None for a state.
-        seq: Its sequence number, None for a state.
-        since: Wall time (seconds) of the first failure.
-        failures: Failures since it entered quarantine.
-    """
-
-    doc_id: str
-    reason: str
-    origin: str | None
-    seq: int | None
-    since: float
-    failures: int = 1
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.doc_id,
-            "reason": self.reason,
-            "origin": self.origin,
-            "seq": self.seq,
-            "since": self.since,
-            "failures": self.failures,
-        }
-
-
-class ForgedDots(ValueError):
-    """Peer data claims dots of this replica's current incarnation that it never minted."""
-
-
 class _Poisoned(Exception):
     """A peer's entry failed inside a batch run without savepoints: run the batch again with them."""
 
@@ -309,14 +288,6 @@ class _Poisoned(Exception):
 # Failures that are not the peer data's fault: the write path must see them
 # (the map grows on MapFullError; a full or closed store fails the request).
 _NOT_POISON: tuple[type[BaseException], ...] = (lmdb.Error, StorageError, WriterError, NodeNotRunning, _Poisoned)
-
-# The id a skipped entry with an unusable id is logged under: itself no valid
-# id, so a peer the placeholder is relayed to ignores it too.
-_NO_ID = "."
-
-MAX_QUARANTINE_LISTED = 10_000
-"""Quarantined documents listed at most (a hostile peer could name millions); beyond, only counted."""
-
 
 @dataclass
 class NodeConfig:
@@ -557,8 +528,7 @@ class Node:
         # Writer thread only: documents whose remote deltas are held back (skipped) until a state merges.
         self._held: set[str] = set()
         # Event loop only (updated by on_commit hooks and after merges): doc id -> record.
-        self._quarantine: collections.OrderedDict[str, Quarantined] = collections.OrderedDict()
-        self._quarantine_stats: collections.Counter[str] = collections.Counter()
+        self._quarantine = Quarantine()
 
     # Public methods for the lifecycle.
 
@@ -758,18 +728,12 @@ class Node:
             "commit": self.writer.stats(),
             "cache": self._cache.stats(),
             "subscribers": sum(len(s) for s in self._subscribers.values()),
-            "quarantine": {
-                "documents": len(self._quarantine),
-                "deltas_skipped": self._quarantine_stats["deltas_skipped"],
-                "states_rejected": self._quarantine_stats["states_rejected"],
-                "ids_rejected": self._quarantine_stats["ids_rejected"],
-                "repaired": self._quarantine_stats["repaired"],
-            },
+            "quarantine": self._quarantine.stats(),
         }
 
     def quarantined(self) -> list[Quarantined]:
-        """The documents in quarantine, oldest first (at most ``MAX_QUARANTINE_LISTED``)."""
-        return list(self._quarantine.values())
+        """The documents in quarantine, oldest first (at most ``sync.quarantine.MAX_LISTED``)."""
+        return self._quarantine.listed()
 
     # Public methods for the replicator (the sync.store.ReplicaStore protocol).
 
@@ -811,7 +775,7 @@ class Node:
         """
         logged = [e if isinstance(e, LogEntry) else LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
         for entry in logged:
-            _check_entry(entry)
+            check_entry(entry)
         try:
             return await self._submit(lambda ctx: self._remote_many_txn(ctx, logged, savepoints=False))
         except _Poisoned:
@@ -829,27 +793,33 @@ class Node:
         Returns:
             True if the local state changed.
         """
-        problem = doc_id_problem(doc_id)
-        if problem is not None:
-            self._reject_id(doc_id, problem, "state")
-            return False
-        outcome = await self._submit(lambda ctx: self._guarded(ctx, lambda sub: self._repair_txn(sub, doc_id, state)))
-        if isinstance(outcome, BaseException):
-            self._quarantine_add(doc_id, outcome, None, None, "states_rejected")
-            return False
-        if self._quarantine.pop(doc_id, None) is not None:
-            self._quarantine_stats["repaired"] += 1
-            logger.info("document left quarantine: a peer's state merged", extra={"doc_id": doc_id})
-        return outcome
+        outcome = await self._merge_one(doc_id, state)
+        return outcome if isinstance(outcome, bool) else False
 
     async def merge_states(self, states: Sequence[tuple[str, bytes]]) -> list[bool | BaseException]:
-        """:meth:`merge_state` of each; per state its result or the error it raised.
+        """:meth:`merge_state` of each; per state its result, :class:`~sync.quarantine.Rejected` for
+        a state it did not merge (quarantined, or an unaddressable id), or the error a store failure raised.
 
         Joins commute, so the states need no order among themselves: submitted
         together they share one group commit, where one await each cost a
         commit each.
         """
-        return await asyncio.gather(*(self.merge_state(d, s) for d, s in states), return_exceptions=True)
+        return await asyncio.gather(*(self._merge_one(d, s) for d, s in states), return_exceptions=True)
+
+    async def _merge_one(self, doc_id: str, state: bytes) -> bool | Rejected:
+        problem = doc_id_problem(doc_id)
+        if problem is not None:
+            self._reject_id(doc_id, problem, "state")
+            return Rejected(f"state of an unaddressable id: {problem}")
+        outcome = await self._submit(lambda ctx: self._guarded(ctx, lambda sub: self._repair_txn(sub, doc_id, state)))
+        if isinstance(outcome, BaseException):
+            self._quarantine_add(doc_id, outcome, None, None, "states_rejected")
+            rejected = Rejected(f"state of {doc_id!r:.80}: {describe(outcome)}")
+            rejected.__cause__ = outcome
+            return rejected
+        if self._quarantine.release(doc_id):
+            logger.info("document left quarantine: a peer's state merged", extra={"doc_id": doc_id})
+        return outcome
 
     async def read_state(self, doc_id: str) -> bytes | None:
         """The encoded state of a document, live or deleted (what anti-entropy ships), or None.
@@ -1034,7 +1004,7 @@ class Node:
         for entry in entries:
             if savepoints:
                 result = self._guarded(ctx, lambda sub, entry=entry: self._remote_txn(sub, entry))
-                out.append(self._skip_txn(ctx, entry, result) if isinstance(result, BaseException) else result)
+                out.append(self._skip_txn(ctx, entry, result) if isinstance(result, Exception) else result)
                 continue
             try:
                 out.append(self._remote_txn(ctx, entry))
@@ -1073,21 +1043,13 @@ class Node:
         storage = self.storage
         if storage.has_log(ctx.txn, entry.origin, entry.seq):
             return False
-        problem = doc_id_problem(entry.doc_id)
-        if problem is not None:
-            return self._skip_txn(ctx, entry, None, problem)
-        if not entry.delta:
-            # A placeholder: the peer skipped this entry itself; we cannot have it either.
-            return self._skip_txn(ctx, entry, None, "skipped by the peer that relayed it")
-        if entry.doc_id in self._held:
-            # The document misses an earlier delta: joining later ones out of causal order
-            # could show wrong values (a counter replica's old sum would stay). It stays
-            # as it was, consistent if stale, until a full state repairs it.
-            return self._skip_txn(ctx, entry, None, "held: the document is in quarantine")
+        why = screen(entry.doc_id, entry.delta, self._held)
+        if why is not None:
+            return self._skip_txn(ctx, entry, why)
         delta = codec.decode_delta(entry.delta)  # before any change: bad bytes write nothing
         ctx.on_abort(lambda: self._cache.discard(entry.doc_id))
         loaded, state = self._load(ctx.txn, entry.doc_id)
-        self._check_own_dots(entry.doc_id, loaded.doc, delta.ctx)
+        check_own_dots(self.replica_id, loaded.doc.ctx, delta.ctx)
         loaded.doc.join(delta)
         storage.append_remote(ctx.txn, entry)
         if _is_empty(loaded.doc):
@@ -1107,22 +1069,19 @@ class Node:
             )
         return True
 
-    def _skip_txn(self, ctx: WriteContext, entry: LogEntry, error: BaseException | None, why: str = "") -> bool:
+    def _skip_txn(self, ctx: WriteContext, entry: LogEntry, reason: BaseException | str) -> bool:
         """Count ``entry`` as received without joining it: log a placeholder, quarantine its document."""
         storage = self.storage
         if storage.has_log(ctx.txn, entry.origin, entry.seq):
             return False
-        valid = doc_id_problem(entry.doc_id) is None
-        storage.append_remote(ctx.txn, LogEntry(entry.origin, entry.seq, entry.doc_id if valid else _NO_ID, b""))
+        storage.append_remote(ctx.txn, LogEntry(*placeholder(entry)))
         doc_id = entry.doc_id
-        if valid and doc_id not in self._held and len(self._held) < MAX_QUARANTINE_LISTED:
-            self._held.add(doc_id)
+        if doc_id_problem(doc_id) is not None:
+            ctx.on_commit(lambda: self._reject_id(doc_id, describe(reason), f"delta ({entry.origin}, {entry.seq})"))
+            return True
+        if hold(self._held, doc_id):
             ctx.on_abort(lambda: self._held.discard(doc_id))
-        if valid:
-            reason: BaseException | str = error if error is not None else why
-            ctx.on_commit(lambda: self._quarantine_add(entry.doc_id, reason, entry.origin, entry.seq, "deltas_skipped"))
-        else:
-            ctx.on_commit(lambda: self._reject_id(entry.doc_id, why, f"delta ({entry.origin}, {entry.seq})"))
+        ctx.on_commit(lambda: self._quarantine_add(doc_id, reason, entry.origin, entry.seq, "deltas_skipped"))
         return True
 
     # Quarantine bookkeeping: event loop only (on_commit hooks, merge_state).
@@ -1130,37 +1089,20 @@ class Node:
     def _quarantine_add(
         self, doc_id: str, error: BaseException | str, origin: str | None, seq: int | None, counter: str
     ) -> None:
-        reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-        reason = reason[:200]
-        self._quarantine_stats[counter] += 1
-        old = self._quarantine.get(doc_id)
-        if old is not None:
-            self._quarantine[doc_id] = Quarantined(doc_id, old.reason, old.origin, old.seq, old.since, old.failures + 1)
+        record = self._quarantine.add(doc_id, error, origin, seq, counter, now=self._clock())
+        if record is None:
             return  # logged when it entered quarantine
-        if len(self._quarantine) < MAX_QUARANTINE_LISTED:
-            self._quarantine[doc_id] = Quarantined(doc_id, reason, origin, seq, self._clock())
         logger.warning(
             "peer data quarantined a document",
-            extra={"doc_id": doc_id[:300], "origin": origin, "seq": seq, "reason": reason},
+            extra={"doc_id": doc_id[:300], "origin": origin, "seq": seq, "reason": record.reason},
         )
 
     def _reject_id(self, doc_id: str, problem: str, what: str) -> None:
-        self._quarantine_stats["ids_rejected"] += 1
+        self._quarantine.reject_id()
         logger.warning(
             "ignored peer data for an unaddressable id",
             extra={"doc_id": repr(doc_id)[:300], "what": what, "reason": problem},
         )
-
-    def _check_own_dots(self, doc_id: str, doc: Document, theirs: CausalContext) -> None:
-        """Refuse peer data claiming dots of this incarnation that it never minted for ``doc_id``.
-
-        Every dot of ours is in our own copy from the moment it is minted, so
-        such a claim is forged or corrupt; joined, it would make our next
-        local write mint past it (up to counters no encoding holds).
-        """
-        mine = self.replica_id
-        if theirs.max_counter(mine) > doc.ctx.max_counter(mine):
-            raise ForgedDots(f"peer data claims dots of this replica up to {theirs.max_counter(mine)}")
 
     def _repair_txn(self, ctx: WriteContext, doc_id: str, state_bytes: bytes) -> bool:
         """:meth:`_merge_txn`, then deltas of the document are no longer held back."""
@@ -1176,7 +1118,7 @@ class Node:
         entry, state = self._load(ctx.txn, doc_id)
         doc = entry.doc
         before = codec.encode_document(doc)
-        self._check_own_dots(doc_id, doc, other.ctx)
+        check_own_dots(self.replica_id, doc.ctx, other.ctx)
         doc.merge(other)
         if codec.encode_document(doc) == before:
             return False
@@ -1424,22 +1366,6 @@ class Node:
             return ids, (ids[-1] if more else None)
 
         return await self._read(run)
-
-
-def _check_entry(entry: LogEntry) -> None:
-    """What the log cannot hold at all: an origin or seq no peer of ours could have sent honestly."""
-    origin = entry.origin
-    if type(origin) is not str or not origin or "\x00" in origin or len(origin) > 200:
-        raise ValueError(f"bad origin {origin!r:.80}")
-    try:
-        if len(origin.encode()) > 200:
-            raise ValueError(f"bad origin {origin!r:.80}")
-    except UnicodeEncodeError as exc:
-        raise ValueError("origin is not valid unicode") from exc
-    if type(entry.seq) is not int or not 1 <= entry.seq < 1 << 64:
-        raise ValueError(f"bad seq {entry.seq!r:.40}")
-    if type(entry.doc_id) is not str or type(entry.delta) is not bytes:
-        raise ValueError("bad log entry")
 
 
 def _grown_sequences(node: ORMap | None, delta: ORMap, path: tuple[str, ...] = ()) -> Iterator[tuple[list[str], int]]:

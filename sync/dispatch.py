@@ -25,10 +25,11 @@ Handlers hold no state of their own and read nothing but the event and the
 context. A store method that raises propagates out of :func:`dispatch`
 (storage full, a closing node): the adapter fails the link. Nothing one
 document's data does may stop the others: a store quarantines a delta or
-state it cannot join (the link goes on, anti-entropy repairs the document),
-and a state a store refuses by raising ``CrdtError`` or ``ValueError`` is
-counted and logged. Only a batch the log cannot hold at all (a malformed
-origin or seq) goes to ``ctx.reject``, which fails the link.
+state it cannot join (the link goes on, anti-entropy repairs the document;
+the rules are :mod:`sync.quarantine`'s), and a state it did not merge
+(``Rejected``, or a ``CrdtError`` or ``ValueError`` in its place) is counted
+as ``states_rejected`` and logged. Only a batch the log cannot hold at all
+(a malformed origin or seq) goes to ``ctx.reject``, which fails the link.
 """
 
 from __future__ import annotations

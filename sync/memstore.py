@@ -15,6 +15,16 @@ writes under a fresh ``origin`` and never reuses a seq a peer already holds
 The Merkle tree covers ``Document.version_digest()``: every op mints a dot,
 so equal causal contexts mean equal states, and the digest costs
 O(replicas) instead of an encode of the whole document.
+
+Peer data it cannot join is quarantined exactly as on the node, by the
+rules of :mod:`sync.quarantine` (placeholders logged for skipped deltas,
+held-back documents, merges that release them, unaddressable ids ignored),
+so the simulator's fault schedules test what ships;
+``crdtstore.testing.stores.StoreComparison`` checks the two agree step for
+step. Like the node's, the quarantine is memory: :meth:`MemStore.restart`
+empties it. One difference is left on purpose: the node also refuses a join
+whose document would no longer load (past the decoder's bound on encodings,
+256 MiB); checking that here would encode the whole document on every join.
 """
 
 from __future__ import annotations
@@ -25,10 +35,12 @@ from typing import Any
 
 from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
 from crdtstore.document import Document
+from crdtstore.limits import doc_id_problem
 from crdtstore.merkle import MerkleShape, MerkleTree, NodeId
 
 from .events import PeerInfo
 from .messages import Entry
+from .quarantine import Quarantine, Quarantined, Rejected, check_entry, check_own_dots, hold, placeholder, screen
 from .store import LogRecord
 
 __all__ = ["MemStore"]
@@ -59,6 +71,9 @@ class MemStore:
         self.nodes: dict[bytes, bytes] = {}
         self.tree = MerkleTree(self.nodes, shape=self.shape)
         self.now = 0
+        # Memory of this start, as on the node: documents whose remote deltas are held back, the records.
+        self.held: set[str] = set()
+        self.quarantine = Quarantine()
 
     @property
     def origin(self) -> str:
@@ -69,6 +84,8 @@ class MemStore:
         """A new start of the same directory: new epoch and nonce, same documents and log."""
         self.epoch += 1
         self.nonce = nonce
+        self.held = set()
+        self.quarantine = Quarantine()
 
     def copy(self) -> MemStore:
         """A deep copy (a backup to restore later)."""
@@ -97,10 +114,14 @@ class MemStore:
     # Public methods for tests that drive the store by hand (synchronous).
 
     def apply_remote(self, origin: str, seq: int, doc_id: str, delta: bytes) -> bool:
-        """Join a peer's delta and log it; False if ``(origin, seq)`` was already received."""
-        if seq <= self.vector.get(origin, 0) or seq in self.log.get(origin, {}):
-            return False
-        return self._join_logged(Entry(origin, seq, doc_id, delta), decode_delta(delta))
+        """Join a peer's delta (or skip it) and log it; False if ``(origin, seq)`` was already received.
+
+        Raises:
+            ValueError: An origin or seq the log cannot hold.
+        """
+        entry = Entry(origin, seq, doc_id, delta)
+        check_entry(entry)
+        return self._receive(entry)
 
     def read_state(self, doc_id: str) -> bytes | None:
         doc = self.docs.get(doc_id)
@@ -119,23 +140,30 @@ class MemStore:
         return PeerInfo(self.replica_id, self.origin, self.region, self.epoch)
 
     async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
-        """Join a peer's deltas in order; nothing of the batch changes if one does not decode (as on Node)."""
-        parsed = [decode_delta(e.delta) for e in entries]  # before any change: bad bytes write nothing
-        joins = zip(entries, parsed, strict=True)
-        return [self._join_logged(Entry(e.origin, e.seq, e.doc_id, e.delta), p) for e, p in joins]
+        """Join a peer's deltas in order, skipping (and quarantining) the ones that cannot join, as Node.
+
+        Returns:
+            Per entry, False if it was already received.
+
+        Raises:
+            ValueError: An origin or seq the log cannot hold (nothing of the batch was written).
+        """
+        for e in entries:
+            check_entry(e)
+        return [self._receive(Entry(e.origin, e.seq, e.doc_id, e.delta)) for e in entries]
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
-        """Join a peer's full state (anti-entropy); True if ours changed. Not logged."""
-        return self._merge_state(doc_id, state)
+        """Join a peer's full state (anti-entropy); True if ours changed. Not logged.
+
+        A state that merges releases the document from quarantine; one that
+        does not quarantines it and changes nothing (False), as on Node.
+        """
+        outcome = self._merge_one(doc_id, state)
+        return outcome if isinstance(outcome, bool) else False
 
     async def merge_states(self, states: Sequence[tuple[str, bytes]]) -> list[bool | BaseException]:
-        results: list[bool | BaseException] = []
-        for doc_id, state in states:
-            try:
-                results.append(self._merge_state(doc_id, state))
-            except Exception as exc:  # per state, as Node's gather(return_exceptions=True)
-                results.append(exc)
-        return results
+        """:meth:`merge_state` of each; :class:`~sync.quarantine.Rejected` for a state it did not merge."""
+        return [self._merge_one(doc_id, state) for doc_id, state in states]
 
     async def read_states(self, doc_ids: Sequence[str]) -> list[bytes | None]:
         return [self.read_state(d) for d in doc_ids]
@@ -191,29 +219,79 @@ class MemStore:
         """Every document's canonical encoding (what convergence compares)."""
         return {d: encode_document(doc) for d, doc in sorted(self.docs.items())}
 
+    def quarantined(self) -> list[Quarantined]:
+        """The documents in quarantine, oldest first (``Node.quarantined``)."""
+        return self.quarantine.listed()
+
     # Private methods.
 
-    def _join_logged(self, entry: Entry, parsed: Any) -> bool:
-        """Join a decoded delta and log it; False if ``(origin, seq)`` was already received."""
-        if entry.seq <= self.vector.get(entry.origin, 0) or entry.seq in self.log.get(entry.origin, {}):
+    def _has(self, origin: str, seq: int) -> bool:
+        return seq <= self.vector.get(origin, 0) or seq in self.log.get(origin, {})
+
+    def _receive(self, entry: Entry) -> bool:
+        """Join one checked entry and log it, or skip it (see :mod:`sync.quarantine`); False if already held."""
+        if self._has(entry.origin, entry.seq):
             return False
-        self.docs.setdefault(entry.doc_id, Document()).join(parsed)
-        self.log.setdefault(entry.origin, {})[entry.seq] = entry
-        self._advance(entry.origin)
+        why = screen(entry.doc_id, entry.delta, self.held)
+        if why is not None:
+            return self._skip(entry, why)
+        try:
+            delta = decode_delta(entry.delta)
+            doc = self.docs.get(entry.doc_id)
+            # A copy, as Node's savepoint: a join that fails halfway leaves the document as it was.
+            work = doc.copy() if doc is not None else Document()
+            check_own_dots(self.origin, work.ctx, delta.ctx)
+            work.join(delta)
+        except Exception as exc:  # the peer's data, whatever failed: Node's savepoint catches the same
+            return self._skip(entry, exc)
+        self.docs[entry.doc_id] = work
+        self._log(entry)
         self._reindex(entry.doc_id)
         return True
 
-    def _merge_state(self, doc_id: str, state: bytes) -> bool:
+    def _skip(self, entry: Entry, reason: BaseException | str) -> bool:
+        """Count ``entry`` as received without joining it: log a placeholder, quarantine its document."""
+        self._log(placeholder(entry))
+        if doc_id_problem(entry.doc_id) is not None:
+            self.quarantine.reject_id()
+            return True
+        hold(self.held, entry.doc_id)
+        self.quarantine.add(entry.doc_id, reason, entry.origin, entry.seq, "deltas_skipped", now=self.now)
+        return True
+
+    def _log(self, entry: Entry) -> None:
+        self.log.setdefault(entry.origin, {})[entry.seq] = entry
+        self._advance(entry.origin)
+
+    def _merge_one(self, doc_id: str, state: bytes) -> bool | Rejected:
+        problem = doc_id_problem(doc_id)
+        if problem is not None:
+            self.quarantine.reject_id()
+            return Rejected(f"state of an unaddressable id: {problem}")
+        try:
+            changed = self._merge(doc_id, state)
+        except Exception as exc:  # the peer's state, whatever failed (as Node's savepoint)
+            self.quarantine.add(doc_id, exc, None, None, "states_rejected", now=self.now)
+            rejected = Rejected(f"state of {doc_id!r:.80}: {exc}"[:300])
+            rejected.__cause__ = exc
+            return rejected
+        self.held.discard(doc_id)
+        self.quarantine.release(doc_id)
+        return changed
+
+    def _merge(self, doc_id: str, state: bytes) -> bool:
+        """Merge into a copy, kept only if it differs: a failure anywhere changes nothing."""
         other = decode_document(state)
         doc = self.docs.get(doc_id)
-        if doc is None:
-            self.docs[doc_id] = other
-            self._reindex(doc_id)
-            return True
-        before = doc.version_digest()
-        doc.merge(other)
+        before = encode_document(doc if doc is not None else Document())
+        work = decode_document(before)
+        check_own_dots(self.origin, work.ctx, other.ctx)
+        work.merge(other)
+        if encode_document(work) == before:
+            return False  # as Node: equal bytes, nothing stored (not even an empty document)
+        self.docs[doc_id] = work
         self._reindex(doc_id)
-        return doc.version_digest() != before
+        return True
 
     def _advance(self, origin: str) -> None:
         seq = self.vector.get(origin, 0)

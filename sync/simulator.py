@@ -30,7 +30,12 @@ these faults now test reconnection and catch-up. ``cut`` partitions a link
 (its connection dies, nothing crosses until ``heal``). ``crash`` loses every connection and message of a
 replica but keeps its store (everything committed is durable);
 ``restart`` brings it back under a new epoch. ``restore`` replaces a store
-with an old copy, as an operator restoring a backup would.
+with an old copy, as an operator restoring a backup would. ``inject`` hands
+a replica peer data from outside the cluster (a buggy or hostile peer: bytes
+that do not decode, placeholders, ids the API cannot address), as a link's
+``ApplyDeltas`` would: the store quarantines what it cannot join
+(:mod:`sync.quarantine`), and the schedule checks that placeholders neither
+stop relays nor anti-entropy.
 
 Time is virtual: :meth:`Simulator.run` processes deliveries in time order
 (ties broken by a sequence number) and ticks every protocol once per unit
@@ -45,7 +50,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -252,6 +257,24 @@ class Simulator:
         rep = self.replicas[name]
         rep.store = backup.copy()
         self.restart(name)
+
+    def inject(self, name: str, entries: Sequence[LogRecord]) -> list[bool] | None:
+        """Peer data from outside the cluster, applied at ``name`` and announced to its links (None if down)."""
+        return self.drive(self.inject_async(name, entries))
+
+    async def inject_async(self, name: str, entries: Sequence[LogRecord]) -> list[bool] | None:
+        rep = self.replicas[name]
+        if not rep.up:
+            return None
+        results = await rep.store.apply_remote_many(entries)
+        got = [(e.origin, e.seq, r) for e, r in zip(entries, results, strict=True)]
+        self.trace.append(f"{self.now:.3f} inject {name} {got}")
+        # What sync.dispatch.announce does for an applied batch: durable, so every link hears of it.
+        for _, proto in list(rep.protocols.values()):
+            for e in entries:
+                proto.local_update(e.origin, e.seq, e.doc_id, e.delta)
+        await self._pump(rep)
+        return results
 
     def add_replica(self, name: str, region: str, links: Iterable[str]) -> None:
         """A new, empty replica joining the cluster, linked to ``links``."""

@@ -48,8 +48,10 @@ class ReplicaStore(Protocol):
     """One replica's durable state, as replication reads and changes it.
 
     A method that returns has made its change durable (Node: committed with
-    the configured fsync; MemStore: at once). Bad peer bytes raise a
-    ``CrdtError`` (``DecodeError``) or ``ValueError`` and change nothing.
+    the configured fsync; MemStore: at once). Peer data a store cannot join
+    does not raise: it is skipped and its document quarantined, by the rules
+    of :mod:`sync.quarantine`, which both stores follow. Only a batch whose
+    origin or seq the log cannot hold raises ``ValueError`` (nothing changed).
     """
 
     @property
@@ -60,15 +62,24 @@ class ReplicaStore(Protocol):
     # Writes from peers.
 
     async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
-        """Join a peer's deltas in order and log them, all in one commit; per entry, False if already held."""
+        """Join a peer's deltas in order and log them, all in one commit; per entry, False if already held.
+
+        An entry that cannot be joined is skipped (a placeholder logged, its
+        document quarantined) and still counts as received (True).
+        """
         ...
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
-        """Join a peer's full state of a document (not logged); True if ours changed."""
+        """Join a peer's full state of a document (not logged); True if ours changed.
+
+        A state that merges releases the document from quarantine; one that
+        does not quarantines it, changes nothing and returns False.
+        """
         ...
 
     async def merge_states(self, states: Sequence[tuple[str, bytes]]) -> list[bool | BaseException]:
-        """:meth:`merge_state` of each, sharing commits; per state its result or the error it raised."""
+        """:meth:`merge_state` of each, sharing commits; per state its result, or
+        :class:`sync.quarantine.Rejected` for one it did not merge, or the error a store failure raised."""
         ...
 
     async def skip_log(self, origin: str, upto: int) -> int:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import sys
 from typing import Any
 
 import pytest
 
-from crdtstore.errors import DecodeError
 from sync import dispatch as sd
 from sync import events as ev
 from sync.memstore import MemStore
 from sync.messages import Entry
+from sync.quarantine import RELAYED
 from sync.simulator import Simulator
 from sync.store import ReplicaStore, Suspended, run_sync
 from tests.sync.helpers import StoreContext, make_protocol
@@ -119,24 +120,57 @@ def test_apply_deltas_applies_the_batch_and_counts_it() -> None:
     assert dst.encoded() == src.encoded() and ctx.stats["deltas_applied"] == 3 and not ctx.rejected
 
 
-def test_apply_deltas_with_a_bad_delta_is_rejected_whole_and_writes_nothing() -> None:
+def test_a_bad_delta_in_a_batch_skips_only_itself_and_the_link_goes_on() -> None:
     src, dst, ctx = scene()
     good = src.apply("doc", INC)
-    bad = Entry(good.origin, 2, "doc", b"not a delta")
-    run_sync(sd.dispatch(ctx, ev.ApplyDeltas((good, bad))))
-    assert dst.docs == {} and dst.log == {} and ctx.stats["deltas_applied"] == 0
-    assert [what for what, _ in ctx.rejected] == [f"deltas from ({good.origin}, 1)"]
-    assert isinstance(ctx.rejected[0][1], DecodeError)
+    other = src.apply("other", INC)
+    bad = Entry(good.origin, 3, "doc", b"not a delta")
+    later = src.apply("doc", INC)._replace(seq=4)  # the same document, after the bad one: held back
+    run_sync(sd.dispatch(ctx, ev.ApplyDeltas((good, other, bad, later))))
+    assert not ctx.rejected and ctx.stats["deltas_applied"] == 4
+    assert run_sync(dst.version_vector()) == {good.origin: 4}  # every one counts as received: acked
+    assert dst.docs["doc"].value() == {"n": 1} and dst.docs["other"].value() == {"n": 1}
+    logged = run_sync(dst.log_range(good.origin, 0, 10))
+    assert [(e.seq, e.delta) for e in logged] == [(1, good.delta), (2, other.delta), (3, b""), (4, b"")]
+    [record] = dst.quarantined()
+    assert (record.doc_id, record.seq, record.failures) == ("doc", 3, 2)
+    assert record.reason.startswith("DecodeError")
 
 
-def test_merge_states_merges_the_good_ones_and_rejects_the_first_bad_one() -> None:
+def test_relays_pull_the_placeholder_never_the_bad_bytes() -> None:
+    src, dst, ctx = scene()
+    bad = Entry(src.origin, 1, "doc", b"not a delta")
+    run_sync(sd.dispatch(ctx, ev.ApplyDeltas((bad,))))
+    (relayed,) = run_sync(dst.log_range(src.origin, 0, 10))
+    assert relayed == Entry(src.origin, 1, "doc", b"")
+    # The next replica skips the placeholder the same way: its mark moves on, the document is quarantined.
+    third = MemStore("c", region="ap", nonce="3")
+    assert third.apply_remote(*relayed) and run_sync(third.version_vector()) == {src.origin: 1}
+    assert [(q.doc_id, q.reason) for q in third.quarantined()] == [("doc", RELAYED)] and third.docs == {}
+
+
+def test_a_batch_the_log_cannot_hold_is_rejected_whole_and_writes_nothing() -> None:
+    src, dst, ctx = scene()
+    good = src.apply("doc", INC)
+    for bad in (Entry("bad\x00", 1, "doc", good.delta), Entry(good.origin, 0, "doc", good.delta)):
+        run_sync(sd.dispatch(ctx, ev.ApplyDeltas((good, bad))))
+        assert dst.docs == {} and dst.log == {} and ctx.stats["deltas_applied"] == 0
+        assert isinstance(ctx.rejected[-1][1], ValueError)
+    assert [what for what, _ in ctx.rejected] == [f"deltas from ({good.origin}, 1)"] * 2
+
+
+def test_merge_states_merges_the_good_ones_and_counts_and_logs_the_bad_one(caplog: pytest.LogCaptureFixture) -> None:
     src, dst, ctx = scene()
     src.apply("x", INC)
     src.apply("y", INC)
-    states = (("x", src.read_state("x")), ("bad", b"junk"), ("y", src.read_state("y")))
-    run_sync(sd.dispatch(ctx, ev.MergeStates(states)))  # type: ignore[arg-type]
+    states = (("x", src.read_state("x")), ("bad", b"junk"), ("y", src.read_state("y")), ("a/b", src.read_state("x")))
+    with caplog.at_level(logging.WARNING, logger="sync.dispatch"):
+        run_sync(sd.dispatch(ctx, ev.MergeStates(states)))  # type: ignore[arg-type]
     assert set(dst.docs) == {"x", "y"} and ctx.stats["states_merged"] == 2
-    assert [what for what, _ in ctx.rejected] == ["state of 'bad'"]
+    assert ctx.stats["states_rejected"] == 2 and not ctx.rejected and not ctx.closed
+    assert [r.doc_id for r in caplog.records] == ["bad", "a/b"]  # type: ignore[attr-defined]
+    assert [q.doc_id for q in dst.quarantined()] == ["bad"]  # the unaddressable id is only counted
+    assert dst.quarantine.stats()["ids_rejected"] == 1
 
 
 def test_a_store_failure_that_is_not_bad_data_propagates_to_the_adapter() -> None:

@@ -8,12 +8,17 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from crdtstore.codec import decode_delta, decode_document
+from sync.memstore import MemStore
+from sync.messages import Entry
+from sync.quarantine import NO_ID
 from sync.simulator import LinkFaults, Simulator
 from sync.store import run_sync
 
 NAMES = {"a": "eu", "b": "us", "c": "ap"}
 DOCS = ["d0", "d1", "d2"]
 HEAL_TICKS = 60  # the bound on convergence after every fault is healed
+ROGUE = "rogue.1.x"  # the origin of peer data from outside the cluster (``poison`` steps)
+POISON = {"junk": b"not a delta", "placeholder": b""}  # and "bad_id": junk under an id the API cannot address
 
 
 def op(kind: str, n: int) -> list[dict[str, Any]]:
@@ -32,6 +37,7 @@ steps = st.one_of(
     st.tuples(st.just("run"), st.integers(1, 4)),
     st.tuples(st.just("cut"), names, names),
     st.tuples(st.just("heal"), names, names),
+    st.tuples(st.just("poison"), names, st.sampled_from(DOCS), st.sampled_from(["junk", "placeholder", "bad_id"])),
     st.tuples(st.just("crash"), names),
     st.tuples(st.just("restart"), names),
     st.tuples(
@@ -54,11 +60,18 @@ def play(schedule: list[tuple], seed: int, *, line: bool = False, truncate: bool
     """Run ``schedule``, then heal everything; ``kwargs`` go to the Simulator (a backend and its runner)."""
     links = [("a", "b"), ("b", "c")] if line else None
     sim = Simulator(NAMES, links=links, seed=seed, truncate=truncate, **kwargs)
+    rogue_seq = 0
     for step in schedule:
         kind = step[0]
         if kind == "write":
             _, name, doc, what, n = step
             sim.write(name, doc, op(what, n))
+        elif kind == "poison":
+            _, name, doc, what = step
+            if sim.replicas[name].up:
+                rogue_seq += 1
+                bad = Entry(ROGUE, rogue_seq, "a/b" if what == "bad_id" else doc, POISON.get(what, b"junk"))
+                assert sim.inject(name, [bad]) == [True]  # skipped, yet received
         elif kind == "run":
             sim.run(float(step[1]))
         elif kind in ("cut", "heal", "faults"):
@@ -142,3 +155,30 @@ def test_anti_entropy_repairs_truncated_log_restored_copy_and_new_replica() -> N
     sim.run(10)
     vectors = [run_sync(r.store.version_vector()) for r in sim.replicas.values()]
     assert all(v == vectors[0] for v in vectors)
+
+
+def test_poison_in_the_middle_of_a_line_is_relayed_as_placeholders_and_repaired_by_anti_entropy() -> None:
+    sim = Simulator(NAMES, links=[("a", "b"), ("b", "c")], seed=11)
+    sim.run(3)
+    sim.write("a", "d0", op("inc", 0))
+    sim.run(3)
+    b, c = sim.replicas["b"].store, sim.replicas["c"].store
+    assert isinstance(b, MemStore) and isinstance(c, MemStore)
+    assert sim.inject("b", [Entry(ROGUE, 1, "d0", b"not a delta"), Entry(ROGUE, 2, "a/b", b"junk")]) == [True, True]
+    assert [q.doc_id for q in b.quarantined()] == ["d0"]
+    # a's next writes of d0 are held back at b, so c (behind b) gets placeholders, never bytes b could not join.
+    for i in range(3):
+        sim.write("a", "d0", op("inc", i))
+    sim.run(3)  # a relay waits for the peer's next ack (ack_interval 1)
+    assert b.docs["d0"].value() == {"n": 1} and b.quarantined()[0].failures == 4
+    relayed = run_sync(c.log_range(sim.replicas["a"].store.info.origin, 1, 10))
+    assert [e.delta for e in relayed] == [b""] * 3
+    assert [(q.doc_id, q.origin) for q in c.quarantined()] == [("d0", ROGUE)]
+    assert run_sync(c.log_range(ROGUE, 0, 10)) == [Entry(ROGUE, 1, "d0", b""), Entry(ROGUE, 2, NO_ID, b"")]
+    # Anti-entropy ships full states: both leave quarantine, every write is everywhere, deltas flow again.
+    assert sim.run_until_converged(HEAL_TICKS) is not None
+    assert_no_write_lost(sim)
+    assert b.quarantined() == [] and c.quarantined() == []
+    sim.write("a", "d0", op("inc", 9))
+    assert sim.run_until_converged(5) is not None and c.docs["d0"].value() == {"n": 5}
+    assert sim.stats["protocol_errors"] == 0

@@ -98,3 +98,28 @@ def test_with_the_delta_handler_dropped_neither_adapter_applies_deltas(
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=30))
     assert ("_SimContext", ev.ApplyDeltas) in seen and ("_LinkContext", ev.ApplyDeltas) in seen
+
+
+def test_a_bad_state_from_a_peer_is_counted_by_the_replicator_over_a_real_node(tmp_path: Path) -> None:
+    # Node's merge_states reports a state it quarantined as Rejected, so the link counts and logs
+    # it (states_rejected) and merges the others; the link is not failed.
+    src = MemStore("src", region="eu", nonce="1")
+    src.apply("x", INC)
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(region="r0", data_dir=tmp_path / "r0", sync=False))
+        await node.start()
+        try:
+            replicator = Replicator(node, secret=SECRET, region="r0")
+            proto = _ScriptedProto([])
+            link = _Link(proto=proto, conn=_StubConn())
+            states = (("x", src.read_state("x")), ("y", b"junk"), ("a/b", src.read_state("x")))
+            await replicator._process(link, ev.MergeStates(states))  # type: ignore[arg-type]
+            assert replicator.stats["states_merged"] == 1 and replicator.stats["states_rejected"] == 2
+            assert replicator.stats["protocol_errors"] == 0 and proto.failures == []
+            assert [q.doc_id for q in node.quarantined()] == ["y"]
+            assert await node.read_states(["x", "y"]) == [src.read_state("x"), None]
+        finally:
+            await node.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=30))

@@ -439,7 +439,7 @@ def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_keep
             self.most = 0
             self.everyone = asyncio.Event()
 
-        async def merge_state(self, doc_id: str, state: bytes) -> bool:
+        async def _merge_one(self, doc_id: str, state: bytes) -> bool:  # what Node.merge_states gathers
             self.started += 1
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)
@@ -455,7 +455,7 @@ def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_keep
             finally:
                 self.in_flight -= 1
 
-        # The group commit is Node's: its merge_states submits every merge_state at once.
+        # The group commit is Node's: its merge_states submits every state's merge at once.
         merge_states = Node.merge_states
 
     async def scenario() -> None:
