@@ -66,7 +66,6 @@ PLANNED_METRICS = frozenset(
         "crdtstore_peer_received_messages",
         "crdtstore_anti_entropy_sessions",
         "crdtstore_anti_entropy_repaired_documents",
-        "crdtstore_quarantined_documents",
         "crdtstore_quorum_requests",
         "crdtstore_log_oldest_entry_age_seconds",
     }
