@@ -54,7 +54,7 @@ def _header(conn: HTTPConnection, name: bytes) -> str | None:
 
 
 def _doc_id(conn: HTTPConnection, ctx: ApiContext) -> str:
-    return checks.check_doc_id(conn.path_params["id"], ctx.limits)
+    return checks.check_doc_id(conn.path_params["id"], ctx.limits, conn.scope.get("raw_path"))
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -151,9 +151,10 @@ async def delete_doc(ctx: ApiContext, request: Request) -> Response:
 async def list_docs(ctx: ApiContext, request: Request) -> Response:
     _authorize(ctx, request, Scope.READ)
     params = request.query_params
-    prefix = checks.check_prefix(params.get("prefix", ""), ctx.limits)
+    raw_query = request.scope["query_string"]
+    prefix = checks.check_prefix(params.get("prefix", ""), ctx.limits, raw_query)
     limit = checks.parse_page_limit(params.get("limit"), ctx.limits)
-    cursor = checks.check_cursor(params.get("cursor"), ctx.limits)
+    cursor = checks.check_cursor(params.get("cursor"), ctx.limits, raw_query)
     ids, next_cursor = await ctx.node.list(prefix, cursor, limit)
     return JSONResponse({"ids": ids, "cursor": next_cursor})
 
