@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from crdtstore.api import limits as checks
 from crdtstore.api.auth import Scope
+from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -38,7 +39,12 @@ logger = logging.getLogger("crdtstore.api")
 
 def _authorize(ctx: ApiContext, conn: HTTPConnection, needed: Scope, *, allow_query_token: bool = False) -> None:
     query_token = conn.query_params.get("token") if allow_query_token else None
-    ctx.auth.authorize(_header(conn, b"authorization"), query_token, needed)
+    authorization = _header(conn, b"authorization")
+    ctx.auth.authorize(authorization, query_token, needed)
+    if authorization is not None or query_token is not None:
+        # A valid token (anonymous access does not count): the listener keeps this connection out of the
+        # unauthenticated cap (crdtstore.api.connections).
+        mark_authenticated(conn.scope)
 
 
 def _header(conn: HTTPConnection, name: bytes) -> str | None:
