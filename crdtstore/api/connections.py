@@ -26,9 +26,13 @@ per connection, one timer and a phase:
   ``body_timeout``;
 * app: the request is the app's; no deadline (the app bounds its own work).
 
-Past a deadline the connection is closed, with a JSON 408 when a request
-had begun and no response has, and counted. One summary line per
-``log_interval`` says how many were closed and why, not a line each.
+Each deadline falls at a random point of the last quarter of its limit, so
+that a thousand sockets opened together do not all expire (and reconnect)
+in one turn of the event loop: such a burst stalled reads for tens of
+milliseconds in ``bench/connections.py``. Past a deadline the connection
+is closed, with a JSON 408 when a request had begun and no response has,
+and counted. One summary line per ``log_interval`` says how many were
+closed and why, not a line each.
 
 The cap (:class:`ConnectionGuard`, one per listener): a connection is
 *unauthenticated* until a request on it carries a valid token (the app
@@ -54,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -299,7 +304,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._cancel_deadline()
-        self._deadline = self.loop.call_later(seconds, self._expire, reason)
+        # Somewhere in the last quarter of the limit: sockets opened together (a flood) then expire over
+        # a while instead of in one turn of the event loop, which would stall every other request.
+        self._deadline = self.loop.call_later(seconds * (0.75 + 0.25 * random.random()), self._expire, reason)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:
