@@ -48,6 +48,7 @@ from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.connections import ConnectionLimits, guarded_protocol
 from crdtstore.api.limits import Limits
+from crdtstore.api.versions import version_key
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, peer_ssl_context, resolve
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
@@ -139,6 +140,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
         replicator=replicator,
         wan=wan,
         peer_links=config.peer_port is None,
+        version_key=version_key(secret=secret, data_dir=config.data),
     )
 
 

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from crdtstore.api import limits as checks
+from crdtstore.api import versions
 from crdtstore.api.auth import Scope
 from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
@@ -27,6 +28,7 @@ from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
 from crdtstore.replicator import Consistency, QuorumOutcome
+from crdtstore.version import seal_version
 from sync.transport import ServerPeerConnection
 
 __all__ = ["routes"]
@@ -110,19 +112,21 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     checks.check_content_type(_header(request, b"content-type"))
     body = await checks.read_body(_header(request, b"content-length"), request.stream(), ctx.limits.max_body_bytes)
     ops = checks.check_batch(checks.parse_json(body), ctx.limits, body)
+    versions.open_op_versions(ops, doc_id, ctx.version_key)
     level = _consistency(request, "w")
     result = await ctx.node.apply(doc_id, ops)
+    version = seal_version(result.version, doc_id, ctx.version_key)
     replicator = _replicator_for(ctx, level)
     if replicator is not None:
         # Wait for exactly this write, not for whatever our origin logged since.
         outcome = await replicator.wait_for_acks(doc_id, level, origin=result.origin or None, seq=result.seq or None)
         if not outcome.ok:
             # The write is durable here and will still replicate; the caller learns how far it got.
-            detail = _quorum_detail(outcome) | {"version": result.version, "durable_locally": True}
+            detail = _quorum_detail(outcome) | {"version": version, "durable_locally": True}
             raise ApiError(
                 504, "quorum_timeout", f"write acknowledged by {outcome.reached} of {outcome.needed}", detail
             )
-    return orjson.dumps({"version": result.version, "created": result.created})
+    return orjson.dumps({"version": version, "created": result.created})
 
 
 async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
@@ -140,10 +144,12 @@ async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
                 raise ApiError(504, "quorum_timeout", f"read reached {outcome.reached} of {outcome.needed}", detail)
         if with_siblings:
             result = await ctx.node.read(doc_id, siblings=True)
-            body = {"id": doc_id, "value": result.value, "version": result.version, "siblings": result.siblings}
+            version = seal_version(result.version, doc_id, ctx.version_key)
+            body = {"id": doc_id, "value": result.value, "version": version, "siblings": result.siblings}
             return JSONResponse(body)
     # The stored JSON goes out as it is: no parse and re-serialization of the value.
     version, value = await ctx.node.read_json(doc_id)
+    version = seal_version(version, doc_id, ctx.version_key)
     return orjson.dumps({"id": doc_id, "value": orjson.Fragment(value), "version": version})
 
 
@@ -177,12 +183,13 @@ async def changes_feed(ctx: ApiContext, websocket: WebSocket) -> None:
     try:
         _authorize(ctx, websocket, Scope.READ, allow_query_token=True)
         doc_id = _doc_id(websocket, ctx)
-        feed = ctx.node.changes(doc_id, websocket.query_params.get("since") or None)
+        since = versions.open_since(websocket.query_params.get("since") or None, doc_id, ctx.version_key)
+        feed = ctx.node.changes(doc_id, since)
     except Exception as exc:
         await _deny(websocket, exc)
         return
     await websocket.accept()
-    session = _FeedSession(websocket, feed)
+    session = _FeedSession(websocket, feed, doc_id, ctx.version_key)
     try:
         await session.run()
     finally:
@@ -210,9 +217,11 @@ class _FeedSession:
     ExceptionGroup and the handler maps the error to a close code.
     """
 
-    def __init__(self, websocket: WebSocket, feed: AsyncIterator[dict[str, Any]]) -> None:
+    def __init__(self, websocket: WebSocket, feed: AsyncIterator[dict[str, Any]], doc_id: str, key: bytes) -> None:
         self.websocket = websocket
         self.feed = feed
+        self.doc_id = doc_id
+        self.key = key
         self.client_left = False
         self.error: Exception | None = None
 
@@ -224,6 +233,7 @@ class _FeedSession:
     async def _relay(self, scope: anyio.CancelScope) -> None:
         try:
             async for record in self.feed:
+                record = versions.seal_record(record, self.doc_id, self.key)
                 await self.websocket.send_text(orjson.dumps(record).decode())
         except Exception as exc:
             self.error = exc
