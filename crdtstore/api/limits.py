@@ -269,11 +269,11 @@ def check_prefix(prefix: str, limits: Limits, raw_query: bytes | None = None) ->
 
 
 def check_cursor(cursor: str | None, limits: Limits, raw_query: bytes | None = None) -> str | None:
-    """A listing cursor is the last id of the previous page: it follows the id character rule."""
-    if not cursor:
+    """A listing cursor is the last id of the previous page: it follows the id rule (so is never empty)."""
+    if cursor is None:
         return None
     bad_bytes = "\ufffd" in cursor and raw_query is not None and not _query_is_utf8(raw_query)
-    if bad_bytes or _id_chars_reason(cursor, limits) is not None:
+    if bad_bytes or not cursor or _id_chars_reason(cursor, limits) is not None:
         raise ApiError(400, "invalid_cursor", "not a cursor this API returned", {"cursor": cursor[:300]})
     return cursor
 

@@ -72,6 +72,25 @@ def _query(request: Request, name: str) -> str | None:
     return request.query_params.get(name)
 
 
+def _known_params(request: Request, known: frozenset[str]) -> None:
+    """400 for a query parameter the route does not take, or one given twice: neither should pass silently
+    (a typo such as ``limt``; ``prefix=a&prefix=b``, of which a proxy and this server might read different ones).
+    """
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted(set(names) - known)
+    if unknown:
+        detail = {"parameters": [u[:40] for u in unknown[:10]]}
+        raise ApiError(400, "invalid_request", "unknown query parameters", detail)
+    if len(names) != len(set(names)):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ApiError(400, "invalid_request", "a query parameter is given more than once", {"parameters": repeated})
+
+
+_READ_PARAMS = frozenset({"siblings", "r"})
+_WRITE_PARAMS = frozenset({"w"})
+_LIST_PARAMS = frozenset({"prefix", "limit", "cursor"})
+
+
 def _flag(request: Request, name: str) -> bool:
     raw = _query(request, name)
     if raw is None or raw in ("false", "0"):
@@ -113,6 +132,8 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     body = await checks.read_body(_header(request, b"content-length"), request.stream(), ctx.limits.max_body_bytes)
     ops = checks.check_batch(checks.parse_json(body), ctx.limits, body)
     versions.open_op_versions(ops, doc_id, ctx.version_key)
+    if request.scope["query_string"]:
+        _known_params(request, _WRITE_PARAMS)
     level = _consistency(request, "w")
     result = await ctx.node.apply(doc_id, ops)
     version = seal_version(result.version, doc_id, ctx.version_key)
@@ -133,6 +154,7 @@ async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
     _authorize(ctx, request, Scope.READ)
     doc_id = _doc_id(request, ctx)
     if request.scope["query_string"]:  # most reads have none: one replica, no siblings
+        _known_params(request, _READ_PARAMS)
         with_siblings = _flag(request, "siblings")
         level = _consistency(request, "r")
         replicator = _replicator_for(ctx, level)
@@ -163,6 +185,7 @@ async def delete_doc(ctx: ApiContext, request: Request) -> Response:
 async def list_docs(ctx: ApiContext, request: Request) -> Response:
     _authorize(ctx, request, Scope.READ)
     params = request.query_params
+    _known_params(request, _LIST_PARAMS)
     raw_query = request.scope["query_string"]
     prefix = checks.check_prefix(params.get("prefix", ""), ctx.limits, raw_query)
     limit = checks.parse_page_limit(params.get("limit"), ctx.limits)

@@ -171,3 +171,35 @@ def test_negative_numbers_other_than_zero_keep_their_sign(client: TestClient) ->
     body = '{"ops": [{"op": "set", "path": ["r"], "value": [-0.5, -0, -1e-300]}]}'
     assert client.post("/v1/docs/d", content=body, headers=JSON).status_code == 200
     assert client.get("/v1/docs/d").json()["value"] == {"r": [-0.5, 0, -1e-300]}
+
+
+# Query parameters: unknown, repeated or empty ones are refused (schemathesis found each).
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/docs?limt=5",
+        "/v1/docs?prefix=a&prefix=b",
+        "/v1/docs/d?siblings=true&siblings=false",
+        "/v1/docs/d?x=1",
+    ],
+)
+def test_unknown_or_repeated_query_parameters_are_400(client: TestClient, url: str) -> None:
+    assert_error(client.get(url), 400, "invalid_request")
+
+
+def test_unknown_query_parameters_on_a_write_change_nothing(client: TestClient) -> None:
+    response = client.post("/v1/docs/d?ww=all", json={"ops": [{"op": "set", "path": ["a"], "value": 1}]})
+    assert_error(response, 400, "invalid_request")
+    assert ids(client) == []
+
+
+def test_known_query_parameters_still_work(client: TestClient) -> None:
+    client.post("/v1/docs/d?w=one", json={"ops": [{"op": "set", "path": ["a"], "value": 1}]})
+    assert client.get("/v1/docs/d?siblings=true&r=one").status_code == 200
+    assert client.get("/v1/docs?prefix=&limit=5").json() == {"ids": ["d"], "cursor": None}
+
+
+def test_an_empty_cursor_is_not_a_cursor(client: TestClient) -> None:
+    assert_error(client.get("/v1/docs?cursor="), 400, "invalid_cursor")
