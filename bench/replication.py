@@ -142,7 +142,7 @@ def free_port() -> int:
 
 def version_ranges(token: str) -> dict[str, list[int]]:
     """The ``{replica: [lo, hi, ...]}`` half-open dot ranges of a version token (``crdtstore.version``)."""
-    body = token[3:]
+    body = token.split(".")[1]  # v1.BODY inside a node, v2.BODY.TAG as the API gives it
     return dict(orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
 
 

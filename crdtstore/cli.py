@@ -46,7 +46,9 @@ from starlette.applications import Starlette
 from crdtstore import __version__
 from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
+from crdtstore.api.connections import ConnectionLimits, guarded_protocol
 from crdtstore.api.limits import Limits
+from crdtstore.api.versions import version_key
 from crdtstore.config import (
     SETTINGS,
     ConfigError,
@@ -149,6 +151,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
         replicator=replicator,
         wan=wan,
         peer_links=config.peer_port is None,
+        version_key=version_key(secret=secret, data_dir=config.data),
     )
 
 
@@ -221,7 +224,9 @@ def _listener(
         ssl_keyfile=config.keyfile,
         ssl_ca_certs=config.peer_ca if mutual_tls else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if mutual_tls else ssl.CERT_NONE,
-        limit_concurrency=config.limit_concurrency,
+        # Our protocol class, not limit_concurrency: that one answers everyone, /healthz and peers included,
+        # with a plain-text 503 once idle sockets fill it (crdtstore.api.connections).
+        http=guarded_protocol(connection_limits(config)),
         timeout_keep_alive=config.timeout_keep_alive,
         ws_max_size=ws_max_size,
         ws=ws,
@@ -233,6 +238,16 @@ def _listener(
         lifespan=lifespan,
         server_header=False,
         proxy_headers=False,
+    )
+
+
+def connection_limits(config: ServeConfig) -> ConnectionLimits:
+    """Deadlines and the connection cap of one listener."""
+    return ConnectionLimits(
+        max_connections=config.max_connections,
+        reserve=config.max_connections // 8,
+        header_timeout=config.timeout_request_headers,
+        body_timeout=config.timeout_request_body,
     )
 
 

@@ -99,7 +99,7 @@ def _error_from(status: int, body: bytes) -> ApiError:
         data = orjson.loads(body)
         return ApiError(status, str(data["error"]), str(data["message"]), data.get("detail"))
     except (orjson.JSONDecodeError, KeyError, TypeError):
-        # Not our JSON shape: a proxy, or uvicorn's own limit_concurrency 503.
+        # Not our JSON shape: a proxy or load balancer in front of the node.
         return ApiError(status, "http_error", body[:200].decode("utf-8", "replace") or f"HTTP {status}")
 
 

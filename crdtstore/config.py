@@ -92,12 +92,6 @@ def _positive_int(raw: Any) -> int:
     return value
 
 
-def _optional_int(raw: Any) -> int | None:
-    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "0")):
-        return None
-    return _int(raw)
-
-
 def _optional_port(raw: Any) -> int | None:
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none")):
         return None
@@ -209,8 +203,10 @@ class ServeConfig:
     max_map_size: int = 8 << 30
     max_document_bytes: int = 16 << 20
     max_sequence_length: int = 4 << 20
-    limit_concurrency: int | None = 2048
+    max_connections: int = 4096
     timeout_keep_alive: int = 5
+    timeout_request_headers: float = 10.0
+    timeout_request_body: float = 30.0
     ws_max_size: int = 1 << 16
     access_log: bool = True
     log_level: str = "info"
@@ -245,10 +241,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anonymous", _scope, "scope granted to requests without a token (read or readwrite; off by default)"),
     Setting("max_body_bytes", _int, "largest request body in bytes"),
     Setting("max_map_size", _int, "largest LMDB map in bytes (writes fail with 503 beyond it)"),
-    Setting("max_document_bytes", _positive_int, "largest document a local write may leave, stored bytes (else 413)"),
-    Setting("max_sequence_length", _positive_int, "longest text or list a local insert may leave (else 413)"),
-    Setting("limit_concurrency", _optional_int, "uvicorn: connections+tasks before answering 503 (0: no limit)"),
     Setting("timeout_keep_alive", _int, "uvicorn: seconds an idle keep-alive connection stays open"),
+    Setting("timeout_request_headers", _seconds, "seconds a client has to send a request's headers (from connect)"),
+    Setting("timeout_request_body", _seconds, "seconds a client has to send a request's body (from its headers)"),
     Setting("ws_max_size", _int, "uvicorn: largest incoming websocket message in bytes"),
     Setting("access_log", _bool, "log every request (JSON lines)"),
     Setting("log_level", _log_level, "debug, info, warning or error"),

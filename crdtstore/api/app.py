@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,6 +36,7 @@ def build_app(
     replicator: Any = None,
     wan: Any = None,
     peer_links: bool = True,
+    version_key: bytes | None = None,
 ) -> Starlette:
     """The ASGI app serving ``node``.
 
@@ -47,9 +49,17 @@ def build_app(
         wan: The emulated WAN of ``crdtstore up`` for the admin routes, or None.
         peer_links: Serve ``/v1/peer``; False when :func:`build_peer_app` serves peers on a listener
             of their own.
+        version_key: The key version tokens are sealed with (:func:`crdtstore.api.versions.version_key`);
+            None: a random one, so tokens stay valid only as long as this app.
     """
     ctx = ApiContext(
-        node=node, auth=auth, limits=limits or Limits(), metrics=ApiMetrics(node.stats), replicator=replicator, wan=wan
+        node=node,
+        auth=auth,
+        limits=limits or Limits(),
+        metrics=ApiMetrics(node.stats),
+        replicator=replicator,
+        wan=wan,
+        version_key=secrets.token_bytes(32) if version_key is None else version_key,
     )
 
     @contextlib.asynccontextmanager

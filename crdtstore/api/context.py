@@ -48,6 +48,7 @@ class ApiContext:
         ready: True between the node's start and the beginning of its close.
         replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no peers, no quorum).
         wan: The emulated WAN of ``crdtstore up`` (:class:`sync.wanproxy.WanController`), or None.
+        version_key: The key version tokens are sealed with (:mod:`crdtstore.version`).
     """
 
     node: NodeLike
@@ -57,3 +58,4 @@ class ApiContext:
     ready: bool = False
     replicator: Any = None
     wan: Any = None
+    version_key: bytes = b""

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from crdtstore.commit import Overloaded, WriterClosed
@@ -105,6 +105,8 @@ STATUS_OF: dict[type[BaseException], int] = {
     InvalidVersion: 400,
     InvalidCursor: 400,
     InvalidDocumentId: 400,
+    # The client left (or was closed past a deadline) mid-body: nobody reads the answer, and it is no bug.
+    ClientDisconnect: 400,
     DocumentNotFound: 404,
     TypeMismatch: 409,
     DocumentTooLarge: 413,

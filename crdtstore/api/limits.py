@@ -25,12 +25,21 @@ Bodies
 * Values inside an op nest at most 32 deep; object keys are at most 256
   bytes; strings at most 1 MiB; integers fit in int64; numbers are finite.
   Violations answer 422 ``invalid_value``.
+* An object that repeats a key is refused with 400 ``malformed_json``: JSON
+  parsers disagree on which value wins (orjson keeps the last, others the
+  first or refuse), so accepting it would mean something different to a
+  client's own parser than to ours.
+* ``-0.0`` is read as ``0.0``. JSON numbers are values and ``-0 == 0``;
+  normalizing keeps equal values' canonical encodings equal, so a set that
+  holds ``0.0`` does not gain a second, ``-0.0`` member on another replica.
+  (An integer ``-0`` is already ``0``.)
 """
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -127,13 +136,23 @@ async def read_body(content_length: str | None, chunks: AsyncIterator[bytes], li
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body; 400 ``malformed_json`` if it is not JSON."""
+    """Parse a JSON body; 400 ``malformed_json`` if it is not JSON or an object repeats a key.
+
+    ``-0.0`` (any spelling of a negative zero float) is read as ``0.0``; see
+    the module docstring.
+    """
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", "the body is not valid JSON", {"reason": str(exc)}) from None
-    if _LONG_DIGITS.search(body):
+    if type(value) is not dict and type(value) is not list:
+        return value
+    fix_zero = b"-0" in body
+    keys = _walk(value, fix_zero=fix_zero)
+    if _LONG_DIGITS.search(body) or not _no_repeated_keys(body, value, keys):
         value = _reparse_exact(body, value)
+        if fix_zero:
+            _walk(value, fix_zero=True)
     return value
 
 
@@ -219,9 +238,18 @@ def check_value(value: Any, limits: Limits, *, max_depth: int) -> str | None:
 # Public functions for URL parts.
 
 
-def check_doc_id(doc_id: str, limits: Limits) -> str:
-    """Return ``doc_id`` if it follows the id rule (module docstring), else raise 400 ``invalid_id``."""
+def check_doc_id(doc_id: str, limits: Limits, raw_path: bytes | None = None) -> str:
+    """Return ``doc_id`` if it follows the id rule (module docstring), else raise 400 ``invalid_id``.
+
+    Args:
+        doc_id: The id, percent-decoded by the server.
+        limits: The limits to check against.
+        raw_path: The request's path as sent (ASGI ``raw_path``): where the
+            decoded id holds U+FFFD, the bytes it came from are checked too.
+    """
     reason = _id_chars_reason(doc_id, limits)
+    if reason is None and "\ufffd" in doc_id and raw_path is not None and not _utf8_after_unquote(raw_path):
+        reason = _NOT_UTF8
     if reason is None and not doc_id:
         reason = "a document id must not be empty"
     if reason is None and doc_id in (".", ".."):
@@ -231,18 +259,21 @@ def check_doc_id(doc_id: str, limits: Limits) -> str:
     return doc_id
 
 
-def check_prefix(prefix: str, limits: Limits) -> str:
+def check_prefix(prefix: str, limits: Limits, raw_query: bytes | None = None) -> str:
     reason = _id_chars_reason(prefix, limits)
+    if reason is None and "\ufffd" in prefix and raw_query is not None and not _query_is_utf8(raw_query):
+        reason = _NOT_UTF8
     if reason is not None:
         raise ApiError(400, "invalid_id", f"prefix: {reason}", {"prefix": prefix[:300]})
     return prefix
 
 
-def check_cursor(cursor: str | None, limits: Limits) -> str | None:
-    """A listing cursor is the last id of the previous page: it follows the id character rule."""
-    if not cursor:
+def check_cursor(cursor: str | None, limits: Limits, raw_query: bytes | None = None) -> str | None:
+    """A listing cursor is the last id of the previous page: it follows the id rule (so is never empty)."""
+    if cursor is None:
         return None
-    if _id_chars_reason(cursor, limits) is not None:
+    bad_bytes = "\ufffd" in cursor and raw_query is not None and not _query_is_utf8(raw_query)
+    if bad_bytes or not cursor or _id_chars_reason(cursor, limits) is not None:
         raise ApiError(400, "invalid_cursor", "not a cursor this API returned", {"cursor": cursor[:300]})
     return cursor
 
@@ -271,6 +302,27 @@ def _over(s: str, limit: int) -> bool:
     return len(s.encode("utf-8", "surrogatepass")) > limit
 
 
+_NOT_UTF8 = "must be valid UTF-8 once percent-decoded"
+
+
+def _utf8_after_unquote(raw: bytes) -> bool:
+    """True if the percent-decoded bytes of ``raw`` are UTF-8.
+
+    Servers decode ``%FF`` or the overlong ``%C0%AF`` to U+FFFD without a
+    word, so distinct invalid ids would all name one document; only called
+    when a decoded value holds U+FFFD, which a valid id rarely does.
+    """
+    try:
+        urllib.parse.unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _query_is_utf8(raw_query: bytes) -> bool:
+    return _utf8_after_unquote(raw_query.replace(b"+", b" "))
+
+
 def _id_chars_reason(s: str, limits: Limits) -> str | None:
     if _over(s, limits.max_key_bytes):
         return f"at most {limits.max_key_bytes} bytes of UTF-8"
@@ -296,15 +348,85 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _walk(value: Any, *, fix_zero: bool) -> int:
+    """Count the keys of every object in ``value``; with ``fix_zero``, replace each ``-0.0`` by ``0.0`` in place."""
+    keys = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            keys += len(item)
+            for key, child in item.items():
+                t = type(child)
+                if t is dict or t is list:
+                    stack.append(child)
+                elif fix_zero and t is float and child == 0.0:
+                    item[key] = 0.0
+        else:
+            for index, child in enumerate(item):
+                t = type(child)
+                if t is dict or t is list:
+                    stack.append(child)
+                elif fix_zero and t is float and child == 0.0:
+                    item[index] = 0.0
+    return keys
+
+
+def _no_repeated_keys(body: bytes, value: Any, keys: int) -> bool:
+    """True if no object of ``body`` (parsed as ``value``, holding ``keys`` keys) repeats a key; False: unknown.
+
+    Every object member takes one ':' outside strings, so as many ':' as
+    parsed keys proves no key was repeated. A ':' inside a string is
+    written as itself (or as a ``\\u003a`` escape: then the answer is
+    unknown), so the ':' of parsed strings account for the rest.
+    """
+    colons = body.count(b":")
+    if colons == keys:
+        return True
+    if b"\\u003a" in body or b"\\u003A" in body:
+        return False
+    return colons - _string_colons(value) == keys
+
+
+def _string_colons(value: Any) -> int:
+    count = 0
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        t = type(item)
+        if t is str:
+            count += item.count(":")
+        elif t is dict:
+            for key, child in item.items():
+                count += key.count(":")
+                stack.append(child)
+        elif t is list:
+            stack.extend(item)
+    return count
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ApiError(400, "malformed_json", "an object repeats a key", {"key": key[:300]})
+            seen.add(key)
+    return result
+
+
 def _reparse_exact(body: bytes, fast: Any) -> Any:
+    """Parse ``body`` again with exact integers, refusing repeated keys (orjson keeps the last silently)."""
+
     def exact_int(text: str) -> int:
-        value = int(text)
-        if not core_limits.INT64_MIN <= value <= core_limits.INT64_MAX:
+        # 20+ digits cannot fit in int64 (and int() of thousands of digits raises ValueError).
+        if len(text.lstrip("-")) > 19 or not core_limits.INT64_MIN <= int(text) <= core_limits.INT64_MAX:
             raise ApiError(422, "invalid_value", "integers must fit in 64 bits (signed)", {"integer": text[:40]})
-        return value
+        return int(text)
 
     # orjson accepted the body, so it is valid JSON; but the stdlib parser
     # recurses, so a deep body keeps the fast result (the depth limit refuses it anyway).
     if _depth(fast) > _REPARSE_MAX_DEPTH:
         return fast
-    return json.loads(body, parse_int=exact_int)
+    return json.loads(body, parse_int=exact_int, object_pairs_hook=_unique_keys)

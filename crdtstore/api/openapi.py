@@ -29,16 +29,23 @@ _ERROR = {
     },
 }
 
+# The character rule of ids, prefixes and cursors (crdtstore.api.limits). JSON Schema cannot count
+# UTF-8 bytes: maxLength bounds the characters, the description states the byte limit the server applies.
+_ID_CHARS = "[^\\u0000-\\u001f\\u007f-\\u009f/\\\\]"
+_ID_RULE = (
+    "1-256 bytes of UTF-8 once percent-decoded (invalid UTF-8 such as %FF is refused), "
+    "no control characters (U+0000-U+001F, U+007F-U+009F), no '/' or '\\\\', not '.' or '..'. "
+    "Percent-encode everything else."
+)
 _ID_PARAM = {
     "name": "id",
     "in": "path",
     "required": True,
-    "description": (
-        "Document id: 1-256 bytes of UTF-8, no control characters (U+0000-U+001F, U+007F-U+009F), "
-        "no '/' or '\\\\', not '.' or '..'. Percent-encode everything else."
-    ),
-    "schema": {"type": "string", "minLength": 1},
+    "description": f"Document id: {_ID_RULE}",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": f"^{_ID_CHARS}+$"},
 }
+_INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
+_INDEX = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 
 _LEVELS = ["one", "local_quorum", "quorum", "all"]
 
@@ -66,12 +73,12 @@ _OP = {
         "path": {"type": "array", "items": {"type": "string"}},
         "value": {},
         "lww": {"type": "boolean"},
-        "by": {"type": "integer"},
-        "index": {"type": "integer", "minimum": 0},
-        "count": {"type": "integer", "minimum": 0},
+        "by": _INT64,
+        "index": _INDEX,
+        "count": _INDEX,
         "text": {"type": "string"},
         "values": {"type": "array"},
-        "version": {"type": "string"},
+        "version": {"type": "string", "description": "A version token this API gave for this document."},
     },
 }
 
@@ -110,7 +117,9 @@ def _document() -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "Multi-master JSON CRDT documents. Every error is JSON {error, message, detail}. "
-                "Bearer tokens carry scope read or readwrite."
+                "Bearer tokens carry scope read or readwrite. A method a path does not list answers 405 "
+                "method_not_allowed with an Allow header; a request line and headers over 64 KiB answer 431, "
+                "headers or a body sent slower than the server's deadlines answer 408."
             ),
         },
         "components": {
@@ -122,7 +131,14 @@ def _document() -> dict[str, Any]:
                     "type": "object",
                     "required": ["ops"],
                     "additionalProperties": False,
-                    "properties": {"ops": {"type": "array", "items": {"$ref": "#/components/schemas/Op"}}},
+                    "properties": {
+                        "ops": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 10_000,
+                            "items": {"$ref": "#/components/schemas/Op"},
+                        }
+                    },
                 },
                 "WriteResult": {
                     "type": "object",
@@ -158,8 +174,24 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "List document ids by prefix, in UTF-8 byte order",
                     "parameters": [
-                        {"name": "prefix", "in": "query", "schema": {"type": "string", "default": ""}},
-                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "prefix",
+                            "in": "query",
+                            "allowEmptyValue": True,
+                            "description": f"Ids starting with this (empty: all). Same rule as ids: {_ID_RULE}",
+                            "schema": {"type": "string", "default": "", "maxLength": 256, "pattern": f"^{_ID_CHARS}*$"},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "description": "The cursor of the previous page (an id: the same rule).",
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 256,
+                                "pattern": f"^{_ID_CHARS}+$",
+                            },
+                        },
                         {
                             "name": "limit",
                             "in": "query",
@@ -177,10 +209,16 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "Read a document",
                     "parameters": [
-                        {"name": "siblings", "in": "query", "schema": {"type": "boolean", "default": False}},
+                        {
+                            "name": "siblings",
+                            "in": "query",
+                            "allowEmptyValue": True,
+                            "schema": {"type": "boolean", "default": False},
+                        },
                         {
                             "name": "r",
                             "in": "query",
+                            "allowEmptyValue": True,
                             "description": "Replicas to gather and join before answering (this one counts).",
                             "schema": {"enum": _LEVELS, "default": "one"},
                         },
@@ -196,6 +234,7 @@ def _document() -> dict[str, Any]:
                         {
                             "name": "w",
                             "in": "query",
+                            "allowEmptyValue": True,
                             "description": "Replicas that must hold the write before the answer (this one counts).",
                             "schema": {"enum": _LEVELS, "default": "one"},
                         },
@@ -225,8 +264,8 @@ def _document() -> dict[str, Any]:
                         "JSON error body; later ones close the socket with code 4000 + HTTP status."
                     ),
                     "parameters": [
-                        {"name": "since", "in": "query", "schema": {"type": "string"}},
-                        {"name": "token", "in": "query", "schema": {"type": "string"}},
+                        {"name": "since", "in": "query", "allowEmptyValue": True, "schema": {"type": "string"}},
+                        {"name": "token", "in": "query", "allowEmptyValue": True, "schema": {"type": "string"}},
                     ],
                     "responses": {"101": {"description": "Switching protocols"}, **_errors(400, 401, 403, 404)},
                 },

@@ -20,12 +20,15 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from crdtstore.api import limits as checks
+from crdtstore.api import versions
 from crdtstore.api.auth import Scope
+from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
 from crdtstore.replicator import Consistency, QuorumOutcome
+from crdtstore.version import seal_version
 from sync.transport import ServerPeerConnection
 
 __all__ = ["routes"]
@@ -38,7 +41,12 @@ logger = logging.getLogger("crdtstore.api")
 
 def _authorize(ctx: ApiContext, conn: HTTPConnection, needed: Scope, *, allow_query_token: bool = False) -> None:
     query_token = conn.query_params.get("token") if allow_query_token else None
-    ctx.auth.authorize(_header(conn, b"authorization"), query_token, needed)
+    authorization = _header(conn, b"authorization")
+    ctx.auth.authorize(authorization, query_token, needed)
+    if authorization is not None or query_token is not None:
+        # A valid token (anonymous access does not count): the listener keeps this connection out of the
+        # unauthenticated cap (crdtstore.api.connections).
+        mark_authenticated(conn.scope)
 
 
 def _header(conn: HTTPConnection, name: bytes) -> str | None:
@@ -54,7 +62,7 @@ def _header(conn: HTTPConnection, name: bytes) -> str | None:
 
 
 def _doc_id(conn: HTTPConnection, ctx: ApiContext) -> str:
-    return checks.check_doc_id(conn.path_params["id"], ctx.limits)
+    return checks.check_doc_id(conn.path_params["id"], ctx.limits, conn.scope.get("raw_path"))
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -62,6 +70,25 @@ def _query(request: Request, name: str) -> str | None:
     if not request.scope["query_string"]:
         return None
     return request.query_params.get(name)
+
+
+def _known_params(request: Request, known: frozenset[str]) -> None:
+    """400 for a query parameter the route does not take, or one given twice: neither should pass silently
+    (a typo such as ``limt``; ``prefix=a&prefix=b``, of which a proxy and this server might read different ones).
+    """
+    names = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted(set(names) - known)
+    if unknown:
+        detail = {"parameters": [u[:40] for u in unknown[:10]]}
+        raise ApiError(400, "invalid_request", "unknown query parameters", detail)
+    if len(names) != len(set(names)):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise ApiError(400, "invalid_request", "a query parameter is given more than once", {"parameters": repeated})
+
+
+_READ_PARAMS = frozenset({"siblings", "r"})
+_WRITE_PARAMS = frozenset({"w"})
+_LIST_PARAMS = frozenset({"prefix", "limit", "cursor"})
 
 
 def _flag(request: Request, name: str) -> bool:
@@ -104,25 +131,30 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     checks.check_content_type(_header(request, b"content-type"))
     body = await checks.read_body(_header(request, b"content-length"), request.stream(), ctx.limits.max_body_bytes)
     ops = checks.check_batch(checks.parse_json(body), ctx.limits, body)
+    versions.open_op_versions(ops, doc_id, ctx.version_key)
+    if request.scope["query_string"]:
+        _known_params(request, _WRITE_PARAMS)
     level = _consistency(request, "w")
     result = await ctx.node.apply(doc_id, ops)
+    version = seal_version(result.version, doc_id, ctx.version_key)
     replicator = _replicator_for(ctx, level)
     if replicator is not None:
         # Wait for exactly this write, not for whatever our origin logged since.
         outcome = await replicator.wait_for_acks(doc_id, level, origin=result.origin or None, seq=result.seq or None)
         if not outcome.ok:
             # The write is durable here and will still replicate; the caller learns how far it got.
-            detail = _quorum_detail(outcome) | {"version": result.version, "durable_locally": True}
+            detail = _quorum_detail(outcome) | {"version": version, "durable_locally": True}
             raise ApiError(
                 504, "quorum_timeout", f"write acknowledged by {outcome.reached} of {outcome.needed}", detail
             )
-    return orjson.dumps({"version": result.version, "created": result.created})
+    return orjson.dumps({"version": version, "created": result.created})
 
 
 async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
     _authorize(ctx, request, Scope.READ)
     doc_id = _doc_id(request, ctx)
     if request.scope["query_string"]:  # most reads have none: one replica, no siblings
+        _known_params(request, _READ_PARAMS)
         with_siblings = _flag(request, "siblings")
         level = _consistency(request, "r")
         replicator = _replicator_for(ctx, level)
@@ -134,10 +166,12 @@ async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
                 raise ApiError(504, "quorum_timeout", f"read reached {outcome.reached} of {outcome.needed}", detail)
         if with_siblings:
             result = await ctx.node.read(doc_id, siblings=True)
-            body = {"id": doc_id, "value": result.value, "version": result.version, "siblings": result.siblings}
+            version = seal_version(result.version, doc_id, ctx.version_key)
+            body = {"id": doc_id, "value": result.value, "version": version, "siblings": result.siblings}
             return JSONResponse(body)
     # The stored JSON goes out as it is: no parse and re-serialization of the value.
     version, value = await ctx.node.read_json(doc_id)
+    version = seal_version(version, doc_id, ctx.version_key)
     return orjson.dumps({"id": doc_id, "value": orjson.Fragment(value), "version": version})
 
 
@@ -151,9 +185,11 @@ async def delete_doc(ctx: ApiContext, request: Request) -> Response:
 async def list_docs(ctx: ApiContext, request: Request) -> Response:
     _authorize(ctx, request, Scope.READ)
     params = request.query_params
-    prefix = checks.check_prefix(params.get("prefix", ""), ctx.limits)
+    _known_params(request, _LIST_PARAMS)
+    raw_query = request.scope["query_string"]
+    prefix = checks.check_prefix(params.get("prefix", ""), ctx.limits, raw_query)
     limit = checks.parse_page_limit(params.get("limit"), ctx.limits)
-    cursor = checks.check_cursor(params.get("cursor"), ctx.limits)
+    cursor = checks.check_cursor(params.get("cursor"), ctx.limits, raw_query)
     ids, next_cursor = await ctx.node.list(prefix, cursor, limit)
     return JSONResponse({"ids": ids, "cursor": next_cursor})
 
@@ -170,12 +206,13 @@ async def changes_feed(ctx: ApiContext, websocket: WebSocket) -> None:
     try:
         _authorize(ctx, websocket, Scope.READ, allow_query_token=True)
         doc_id = _doc_id(websocket, ctx)
-        feed = ctx.node.changes(doc_id, websocket.query_params.get("since") or None)
+        since = versions.open_since(websocket.query_params.get("since") or None, doc_id, ctx.version_key)
+        feed = ctx.node.changes(doc_id, since)
     except Exception as exc:
         await _deny(websocket, exc)
         return
     await websocket.accept()
-    session = _FeedSession(websocket, feed)
+    session = _FeedSession(websocket, feed, doc_id, ctx.version_key)
     try:
         await session.run()
     finally:
@@ -203,9 +240,11 @@ class _FeedSession:
     ExceptionGroup and the handler maps the error to a close code.
     """
 
-    def __init__(self, websocket: WebSocket, feed: AsyncIterator[dict[str, Any]]) -> None:
+    def __init__(self, websocket: WebSocket, feed: AsyncIterator[dict[str, Any]], doc_id: str, key: bytes) -> None:
         self.websocket = websocket
         self.feed = feed
+        self.doc_id = doc_id
+        self.key = key
         self.client_left = False
         self.error: Exception | None = None
 
@@ -217,6 +256,7 @@ class _FeedSession:
     async def _relay(self, scope: anyio.CancelScope) -> None:
         try:
             async for record in self.feed:
+                record = versions.seal_record(record, self.doc_id, self.key)
                 await self.websocket.send_text(orjson.dumps(record).decode())
         except Exception as exc:
             self.error = exc
