@@ -241,6 +241,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anonymous", _scope, "scope granted to requests without a token (read or readwrite; off by default)"),
     Setting("max_body_bytes", _int, "largest request body in bytes"),
     Setting("max_map_size", _int, "largest LMDB map in bytes (writes fail with 503 beyond it)"),
+    Setting("max_document_bytes", _positive_int, "largest document a local write may leave, stored bytes (else 413)"),
+    Setting("max_sequence_length", _positive_int, "longest text or list a local insert may leave (else 413)"),
+    Setting(
+        "max_connections",
+        _positive_int,
+        "most open HTTP connections per listener; 1/8 of them kept for connections that carried a valid token",
+    ),
     Setting("timeout_keep_alive", _int, "uvicorn: seconds an idle keep-alive connection stays open"),
     Setting("timeout_request_headers", _seconds, "seconds a client has to send a request's headers (from connect)"),
     Setting("timeout_request_body", _seconds, "seconds a client has to send a request's body (from its headers)"),
