@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 
 The protocol objects are sans-I/O; this adapter owns everything else: the
-websocket links (:mod:`sync.transport`), the timer, and the thread hops into
+websocket links (:mod:`sync.io.transport`), the timer, and the thread hops into
 the node, a :class:`sync.store.ReplicaStore`. What each event does is not
 here: :func:`sync.dispatch.dispatch` runs the one table of handlers that the
 simulator runs too; this module supplies the link's
@@ -12,7 +12,7 @@ simulator runs too; this module supplies the link's
 acks kept in memory, quorum waiters, the pushing link, closing).
 
 **Links.** The node dials every configured peer URL (a
-:class:`~sync.transport.Dialer` each, reconnecting with backoff) and
+:class:`~sync.io.transport.Dialer` each, reconnecting with backoff) and
 accepts peers on ``/v1/peer``. Both kinds of link run the same
 :meth:`Replicator._session`, since the protocol has no client or server
 role. Two regions that both list each other hold two links; each pushes
@@ -108,8 +108,8 @@ from sync import protocol as sp
 from sync.dispatch import READS, dispatch
 from sync.events import ApplyDeltas, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
+from sync.io.transport import Dialer, PeerConnection, TransportSettings
 from sync.store import ReplicaStore
-from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings
 
 __all__ = [
     "Consistency",
@@ -325,7 +325,7 @@ class Replicator:
             if not fut.done():
                 fut.cancel()
 
-    async def accept(self, conn: ServerPeerConnection) -> None:
+    async def accept(self, conn: PeerConnection) -> None:
         """Run a session on a link a peer opened (the ``/v1/peer`` endpoint calls this)."""
         if not self._running:
             await conn.close(1013, "not ready")

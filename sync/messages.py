@@ -89,7 +89,7 @@ MAX_HANDSHAKE_BYTES = 4096
 
 A stranger may open a link and talk: before its Auth checks out, nothing it
 sends may cost more memory than this (the transports bound the websocket
-message size to it until then, see ``sync.transport``)."""
+message size to it until then, see :mod:`sync.io.transport`)."""
 
 MAX_U64 = (1 << 64) - 1
 

@@ -25,8 +25,8 @@ from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
+from crdtstore.api.peerlink import ServerPeerConnection
 from crdtstore.replicator import Consistency, QuorumOutcome
-from sync.transport import ServerPeerConnection
 
 __all__ = ["routes"]
 

@@ -31,8 +31,8 @@ from crdtstore.replicator import Replicator, ReplicatorSettings
 from sync import messages as m
 from sync._state import State
 from sync.events import PeerInfo
+from sync.io.transport import ClientPeerConnection, TransportSettings, dial
 from sync.protocol import PeerProtocol, SyncConfig
-from sync.transport import ClientPeerConnection, TransportSettings, dial
 
 __all__ = ["SECRET", "TOKEN", "Member", "Region", "run_region", "wait_for"]
 

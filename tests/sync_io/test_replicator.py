@@ -26,9 +26,9 @@ from sync import messages as m
 from sync._state import State
 from sync.channel import TAG_SIZE
 from sync.events import ApplyDeltas, Event, MergeStates, NeedLog, NeedMerkleRoot, PeerInfo
+from sync.io.transport import TransportSettings, dial
 from sync.messages import Entry
 from sync.protocol import PeerProtocol
-from sync.transport import TransportSettings, dial
 
 TOKEN = "replicator-test-token-0123456789"
 SECRET = b"replicator-test-secret-0123456789"
