@@ -54,7 +54,7 @@ applied in one commit is announced the same way.
 
 **Quorum.** :meth:`Replicator.read` and :meth:`Replicator.wait_for_acks`
 implement the consistency levels of the HTTP API (see
-:class:`Consistency`): a read asks every authenticated peer for its state
+:class:`sync.quorum.Level`): a read asks every authenticated peer for its state
 of the document, joins what it gets into the local replica (``merge_state``,
 which repairs the local copy) and pushes the joined state back to every
 peer whose state was stale (read repair). A write waits until enough
@@ -93,7 +93,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import functools
 import itertools
 import logging
@@ -109,11 +108,10 @@ from sync.dispatch import READS, dispatch
 from sync.events import ApplyDeltas, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
 from sync.io.transport import Dialer, PeerConnection, TransportSettings
+from sync.quorum import Level, QuorumOutcome, required
 from sync.store import ReplicaStore
 
 __all__ = [
-    "Consistency",
-    "QuorumOutcome",
     "ReplicatedNode",
     "Replicator",
     "ReplicatorSettings",
@@ -123,51 +121,6 @@ logger = logging.getLogger("crdtstore.replicator")
 
 # Events that only read the node: the reads worker answers them (see "One session").
 _READS = READS
-
-
-class Consistency(enum.Enum):
-    """How many replicas a read gathers or a write waits for (this node counts as one).
-
-    * ``one``: this replica only.
-    * ``local_quorum``: a majority of this region's replicas. A region is one
-      node here, so it is the same as ``one``; kept so clients can say what
-      they mean when regions grow replicas.
-    * ``quorum``: a majority of all replicas (configured peers + 1).
-    * ``all``: every replica.
-    """
-
-    ONE = "one"
-    LOCAL_QUORUM = "local_quorum"
-    QUORUM = "quorum"
-    ALL = "all"
-
-    def needed(self, cluster_size: int) -> int:
-        if self is Consistency.QUORUM:
-            return cluster_size // 2 + 1
-        if self is Consistency.ALL:
-            return cluster_size
-        return 1
-
-
-@dataclass(frozen=True, slots=True)
-class QuorumOutcome:
-    """What a quorum read or write reached.
-
-    Attributes:
-        needed: Replicas the level asked for (this one included).
-        reached: Replicas that answered in time (this one included).
-        replicas: Their replica ids.
-        repaired: Peers sent a joined state because theirs was stale (reads).
-    """
-
-    needed: int
-    reached: int
-    replicas: tuple[str, ...]
-    repaired: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.reached >= self.needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,13 +291,13 @@ class Replicator:
         """Replica ids of the peers authenticated right now."""
         return sorted({link.peer_id for link in self._links if link.peer_id is not None and not link.closed})
 
-    async def read(self, doc_id: str, level: Consistency, *, timeout: float | None = None) -> QuorumOutcome:
+    async def read(self, doc_id: str, level: Level, *, timeout: float | None = None) -> QuorumOutcome:
         """Gather peers' states of ``doc_id``, join them here, repair stale peers.
 
         Returns once ``level`` is reached or at the deadline, whichever first;
         the caller then reads the (joined) local document.
         """
-        needed = level.needed(self.cluster_size)
+        needed = self._needed(level)
         if needed <= 1:
             return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
         timeout = self.settings.quorum_timeout if timeout is None else timeout
@@ -397,7 +350,7 @@ class Replicator:
     async def wait_for_acks(
         self,
         doc_id: str,
-        level: Consistency,
+        level: Level,
         *,
         origin: str | None = None,
         seq: int | None = None,
@@ -409,7 +362,7 @@ class Replicator:
         least the write's own (it committed before this call): correct, but it
         may also wait for later writes of other clients.
         """
-        needed = level.needed(self.cluster_size)
+        needed = self._needed(level)
         if needed <= 1:
             return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
         timeout = self.settings.quorum_timeout if timeout is None else timeout
@@ -446,6 +399,10 @@ class Replicator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ack_changed.wait(), min(left, 0.5))
         return holders
+
+    def _needed(self, level: Level) -> int:
+        # This node is its region's only replica: it meets a local requirement by itself.
+        return required(level, replicas=self.cluster_size, local_replicas=1).total
 
     # Private methods: sessions.
 

@@ -20,7 +20,7 @@ from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.node import DocumentNotFound, Node, NodeConfig
-from crdtstore.replicator import Consistency, Replicator, ReplicatorSettings, _coalesce_deltas, _Link
+from crdtstore.replicator import Replicator, ReplicatorSettings, _coalesce_deltas, _Link
 from crdtstore.storage import LogEntry
 from sync import messages as m
 from sync._state import State
@@ -29,6 +29,7 @@ from sync.events import ApplyDeltas, Event, MergeStates, NeedLog, NeedMerkleRoot
 from sync.io.transport import TransportSettings, dial
 from sync.messages import Entry
 from sync.protocol import PeerProtocol
+from sync.quorum import Level
 
 TOKEN = "replicator-test-token-0123456789"
 SECRET = b"replicator-test-secret-0123456789"
@@ -267,7 +268,7 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
             # merge_state is not logged, so these states only travel by quorum read (or anti-entropy).
             await a.merge_state("doc", await state_of(tmp_path / "x", [{"op": "set", "path": ["x"], "value": 1}]))
             await b.merge_state("doc", await state_of(tmp_path / "y", [{"op": "set", "path": ["y"], "value": 2}]))
-            outcome = await reps[0].read("doc", Consistency.ALL)
+            outcome = await reps[0].read("doc", Level.ALL)
             assert outcome.ok and outcome.reached == 2
             assert outcome.repaired == (b.storage.identity.base,)  # b lacked x: it gets the join pushed
             assert (await a.read("doc")).value == {"x": 1, "y": 2}  # a joined b's state
@@ -277,7 +278,7 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
                 await asyncio.sleep(0.02)
             assert (await b.read("doc")).value == {"x": 1, "y": 2}
             assert await a.merkle_root() == await b.merkle_root()
-            again = await reps[1].read("doc", Consistency.QUORUM)
+            again = await reps[1].read("doc", Level.QUORUM)
             assert again.ok and again.repaired == ()  # nothing stale any more
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
