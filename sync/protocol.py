@@ -205,7 +205,7 @@ from .exceptions import (
     UnexpectedMessage,
     UnsupportedProtocol,
 )
-from .messages import Entry
+from .types import LogEntry
 
 __all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "truncation_vector"]
 
@@ -334,7 +334,7 @@ class PeerProtocol:
         self._conn = ConnectionState()
         self._messages: list[bytes] = []
         self._events: list[Event] = []
-        self._outbox: list[Entry] = []
+        self._outbox: list[LogEntry] = []
         # Whether this connection sends deltas. An adapter holding two links
         # to one peer (each side dials) switches one off, or every delta
         # would cross twice. See :meth:`set_pushing`.
@@ -350,7 +350,7 @@ class PeerProtocol:
         # Receiving side: what the node durably holds, and what we handed it to apply.
         self._our_vector = {o: s for o, s in our_vector.items() if s > 0}
         self._delivered: dict[str, int] = {}
-        self._buffer: dict[str, dict[int, Entry]] = {}
+        self._buffer: dict[str, dict[int, LogEntry]] = {}
         self._buffered = 0
         self._awaiting_durable: dict[str, int] = {}
         self._gaps: dict[str, int] = {}
@@ -499,7 +499,7 @@ class PeerProtocol:
             and origin not in self._blocked
             and self._room() > 0
         ):
-            self._outbox.append(Entry(origin, seq, doc_id, delta))
+            self._outbox.append(LogEntry(origin, seq, doc_id, delta))
             self._sent[origin] = seq
         else:
             self._pump(origin)
@@ -520,17 +520,13 @@ class PeerProtocol:
         if self._conn.state is OPEN and self._their_known:
             self._pump_all()
 
-    def send_log(self, origin: str, after: int, entries: Sequence[Any]) -> None:
-        """Answer a ``NeedLog``: the node's log entries of ``origin`` after ``after`` (in seq order).
-
-        ``entries`` may be :class:`~sync.messages.Entry` tuples or any objects with
-        ``origin``, ``seq``, ``doc_id`` and ``delta`` (the node's ``LogEntry``).
-        """
+    def send_log(self, origin: str, after: int, entries: Sequence[LogEntry]) -> None:
+        """Answer a ``NeedLog``: the node's log entries of ``origin`` after ``after`` (in seq order)."""
         self._log_pending.discard(origin)
         if self._conn.state is not OPEN:
             return
         floor = self._floor(origin)
-        fresh = [e for e in (_entry(e) for e in entries) if e.origin == origin and e.seq > floor]
+        fresh = [e for e in entries if e.origin == origin and e.seq > floor]
         if after == floor and self._our_vector.get(origin, 0) > floor and (not fresh or fresh[0].seq > floor + 1):
             # The log no longer holds what the peer lacks: it must repair by anti-entropy.
             first = fresh[0].seq if fresh else self._our_vector[origin] + 1
@@ -707,7 +703,7 @@ class PeerProtocol:
         for e in msg.entries:
             if e.origin == self.our.origin and e.seq > self._our_vector.get(e.origin, 0):
                 raise ForbiddenOrigin(f"delta ({e.origin}, {e.seq}) for our own origin, beyond what we minted")
-        to_apply: list[Entry] = []
+        to_apply: list[LogEntry] = []
         duplicate = False
         for e in msg.entries:
             self._touch(e.doc_id)
@@ -870,9 +866,9 @@ class PeerProtocol:
     def _held(self, origin: str) -> int:
         return max(self._our_vector.get(origin, 0), self._delivered.get(origin, 0))
 
-    def _take_buffered(self, origin: str) -> list[Entry]:
+    def _take_buffered(self, origin: str) -> list[LogEntry]:
         pending = self._buffer.get(origin)
-        out: list[Entry] = []
+        out: list[LogEntry] = []
         if not pending:
             return out
         for seq in sorted(pending):
@@ -1069,10 +1065,6 @@ class PeerProtocol:
         self._messages.clear()
         self._events = [e for e in self._events if not isinstance(e, ApplyDeltas | MergeStates)]
         self._events.append(Failed(int(code), reason))
-
-
-def _entry(e: Any) -> Entry:
-    return e if isinstance(e, Entry) else Entry(e.origin, e.seq, e.doc_id, e.delta)
 
 
 _HANDLERS: dict[type, Any] = {

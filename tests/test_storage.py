@@ -16,10 +16,10 @@ from crdtstore.merkle import MerkleShape, MerkleTree
 from crdtstore.storage import (
     IncompatibleStorage,
     InvalidDocumentId,
-    LogEntry,
     Storage,
     check_doc_id,
 )
+from sync.types import LogEntry
 
 SHAPE = MerkleShape(fanout=4, depth=3)
 
