@@ -172,6 +172,8 @@ from typing import Any
 from crdtstore.merkle import MerkleShape
 
 from . import messages as m
+from ._inbound import Inbound
+from ._outbound import Outbound
 from ._state import IGNORED, OPEN, SEALED, ConnectionState, Input, State
 from .antientropy import AntiEntropySession, Kind, Query, Side
 from .channel import TAG_SIZE, Channel, auth_mac
@@ -334,7 +336,6 @@ class PeerProtocol:
         self._conn = ConnectionState()
         self._messages: list[bytes] = []
         self._events: list[Event] = []
-        self._outbox: list[LogEntry] = []
         # Whether this connection sends deltas. An adapter holding two links
         # to one peer (each side dials) switches one off, or every delta
         # would cross twice. See :meth:`set_pushing`.
@@ -347,27 +348,15 @@ class PeerProtocol:
         self._started = now
         self._last_received = now
         self._last_ack_sent = now
-        # Receiving side: what the node durably holds, and what we handed it to apply.
-        self._our_vector = {o: s for o, s in our_vector.items() if s > 0}
-        self._delivered: dict[str, int] = {}
-        self._buffer: dict[str, dict[int, LogEntry]] = {}
-        self._buffered = 0
-        self._awaiting_durable: dict[str, int] = {}
-        self._gaps: dict[str, int] = {}
-        # Sending side: see "Delta push" in the module docstring.
-        self._their_known = False
-        self._acked: dict[str, int] = {}
-        self._known: dict[str, int] = {}
-        self._sent: dict[str, int] = {}
-        self._log_pending: set[str] = set()
-        self._blocked: dict[str, int] = {}
-        self._last_progress = now
+        # The two directions of the delta flow, each with its own state (sync._inbound, sync._outbound).
+        limits = self.config
+        self._in = Inbound(our_vector, max_buffered=limits.max_buffered, max_write_waits=limits.max_pending_requests)
+        self._out = Outbound(window=limits.window, now=now)
         # Requests: ids we minted -> what the answer is for.
         self._next_id = 1
         self._local: dict[int, tuple[str, int, tuple[Any, ...]]] = {}
         self._remote: dict[int, Query] = {}
         self._peer_requests = 0
-        self._write_waits: dict[int, tuple[str, str, int]] = {}
         # Anti-entropy.
         self._ae: AntiEntropySession | None = None
         self._ae_started = now
@@ -400,12 +389,12 @@ class PeerProtocol:
     @property
     def their_vector(self) -> dict[str, int]:
         """What the peer acknowledged on this connection."""
-        return dict(self._acked)
+        return dict(self._out.acked)
 
     @property
     def our_vector(self) -> dict[str, int]:
         """What this protocol believes the node durably holds."""
-        return dict(self._our_vector)
+        return dict(self._in.vector)
 
     @property
     def anti_entropy_running(self) -> bool:
@@ -452,11 +441,9 @@ class PeerProtocol:
             return
         if now - self._last_ack_sent >= self.config.ack_interval:
             self._send_ack()
-        if self._in_flight() and now - self._last_progress >= self.config.retransmit_timeout:
+        if self._out.in_flight() and now - self._out.last_progress >= self.config.retransmit_timeout:
             # Acks stalled: something was lost. Resend from what the peer acknowledged.
-            self._sent = dict(self._acked)
-            self._last_progress = now
-            self._outbox.clear()
+            self._out.rewind(now)
             self._pump_all()
         if self._ae is not None and now - self._ae_started >= self.config.anti_entropy_timeout:
             self._ae = None  # answers still in flight are ignored (unknown request ids)
@@ -477,70 +464,56 @@ class PeerProtocol:
     def receive_eof(self) -> None:
         """The connection is gone. Idempotent."""
         self._conn.process(Input.EOF)
-        self._outbox.clear()
+        self._out.outbox.clear()
 
     # Public methods for the node's side.
 
     def local_update(self, origin: str, seq: int, doc_id: str, delta: bytes) -> None:
         """The node durably committed ``(origin, seq)`` (a local write or an applied remote delta)."""
         self._touch(doc_id)
-        if self._our_vector.get(origin, 0) + 1 == seq:
-            self._our_vector[origin] = seq
+        if self._in.committed(origin, seq):
             self._check_durable(origin)
-        if self._conn.state is not OPEN or not self._their_known or not self.pushing:
+        if self._conn.state is not OPEN or not self._out.their_known or not self.pushing:
             return
         if origin != self.our.origin:
             # A relay waits for the peer's next ack: in a mesh the peer most
             # likely got it from its origin directly, and the ack says so.
             return
-        if (
-            seq == self._floor(origin) + 1
-            and origin not in self._log_pending
-            and origin not in self._blocked
-            and self._room() > 0
-        ):
-            self._outbox.append(LogEntry(origin, seq, doc_id, delta))
-            self._sent[origin] = seq
+        if self._out.can_push(origin, seq):
+            self._out.push(LogEntry(origin, seq, doc_id, delta))
         else:
             self._pump(origin)
 
     def set_pushing(self, pushing: bool) -> None:
         """Switch sending deltas on or off; switched on, catch up on what the peer lacks."""
         self.pushing = pushing
-        if pushing and self._conn.state is OPEN and self._their_known:
+        if pushing and self._conn.state is OPEN and self._out.their_known:
             self._pump_all()
 
     def raise_vector(self, vector: Mapping[str, int]) -> None:
         """The node holds at least ``vector`` (e.g. after a ``SkipLog`` on any connection)."""
         for origin, seq in vector.items():
-            if seq > self._our_vector.get(origin, 0):
-                self._our_vector[origin] = seq
+            if self._in.raise_to(origin, seq):
                 self._check_durable(origin)
                 self._drain_buffer(origin)
-        if self._conn.state is OPEN and self._their_known:
+        if self._conn.state is OPEN and self._out.their_known:
             self._pump_all()
 
     def send_log(self, origin: str, after: int, entries: Sequence[LogEntry]) -> None:
         """Answer a ``NeedLog``: the node's log entries of ``origin`` after ``after`` (in seq order)."""
-        self._log_pending.discard(origin)
+        out = self._out
+        out.log_pending.discard(origin)
         if self._conn.state is not OPEN:
             return
-        floor = self._floor(origin)
+        floor = out.floor(origin)
         fresh = [e for e in entries if e.origin == origin and e.seq > floor]
-        if after == floor and self._our_vector.get(origin, 0) > floor and (not fresh or fresh[0].seq > floor + 1):
+        first = out.truncated_at(origin, after, fresh, self._in.vector.get(origin, 0))
+        if first is not None:
             # The log no longer holds what the peer lacks: it must repair by anti-entropy.
-            first = fresh[0].seq if fresh else self._our_vector[origin] + 1
-            if self._blocked.get(origin) != first:
-                self._blocked[origin] = first
+            if out.block(origin, first):
                 self._send(m.LogTruncated(origin, first))
             return
-        room = self._room()
-        for e in fresh:
-            if room <= 0 or e.seq != self._floor(origin) + 1:
-                break
-            self._outbox.append(e)
-            self._sent[origin] = e.seq
-            room -= 1
+        out.push_run(origin, fresh)
         self._pump(origin)
 
     def answer_merkle_root(self, request_id: int, root: bytes) -> None:
@@ -692,7 +665,7 @@ class PeerProtocol:
 
     def _receive_ready(self) -> None:
         assert self.peer is not None
-        self._last_progress = self._now
+        self._out.last_progress = self._now
         self._last_ae = self._now
         self._events.append(Authenticated(self.peer))
         self._send_ack()  # our vector: the peer pushes what we lack (catch-up)
@@ -701,58 +674,33 @@ class PeerProtocol:
         assert self.peer is not None
         # Check the whole batch before any effect.
         for e in msg.entries:
-            if e.origin == self.our.origin and e.seq > self._our_vector.get(e.origin, 0):
+            if e.origin == self.our.origin and e.seq > self._in.vector.get(e.origin, 0):
                 raise ForbiddenOrigin(f"delta ({e.origin}, {e.seq}) for our own origin, beyond what we minted")
         to_apply: list[LogEntry] = []
         duplicate = False
         for e in msg.entries:
             self._touch(e.doc_id)
-            self._known[e.origin] = max(self._known.get(e.origin, 0), e.seq)
-            held = self._held(e.origin)
-            if e.seq <= held:
+            self._out.saw(e.origin, e.seq)
+            ready = self._in.receive(e)
+            if ready is None:
                 duplicate = True
-            elif e.seq == held + 1:
-                to_apply.append(e)
-                self._delivered[e.origin] = e.seq
-                to_apply.extend(self._take_buffered(e.origin))
             else:
-                pending = self._buffer.setdefault(e.origin, {})
-                if e.seq not in pending:
-                    if self._buffered >= self.config.max_buffered:
-                        raise LimitExceeded(f"more than {self.config.max_buffered} out-of-order deltas")
-                    pending[e.seq] = e
-                    self._buffered += 1
+                to_apply.extend(ready)
         if to_apply:
-            for e in to_apply:
-                self._awaiting_durable[e.origin] = max(self._awaiting_durable.get(e.origin, 0), e.seq)
+            self._in.await_durable(to_apply)
             self._events.append(ApplyDeltas(tuple(to_apply)))
         if duplicate and not to_apply:
             self._send_ack()  # the peer resent what we hold: our last ack was probably lost
 
     def _receive_ack(self, msg: m.Ack) -> None:
         assert self.peer is not None
-        first = not self._their_known
-        self._their_known = True
-        changed = False
-        for origin, seq in msg.vector:
-            if seq > self._acked.get(origin, 0):
-                self._acked[origin] = seq
-                changed = True
-            self._known[origin] = max(self._known.get(origin, 0), seq)
-            if origin in self._blocked and seq >= self._blocked[origin] - 1:
-                del self._blocked[origin]
-        if changed or first:
-            self._last_progress = self._now
-        if changed:
-            self._events.append(PeerAcked(self.peer.replica_id, dict(self._acked)))
+        if self._out.receive_ack(msg.vector, self._now):
+            self._events.append(PeerAcked(self.peer.replica_id, dict(self._out.acked)))
         self._pump_all()
 
     def _receive_log_truncated(self, msg: m.LogTruncated) -> None:
-        upto = msg.first - 1
-        if self._held(msg.origin) >= upto:
-            return
-        self._gaps[msg.origin] = max(self._gaps.get(msg.origin, 0), upto)
-        self.start_anti_entropy()
+        if self._in.note_gap(msg.origin, msg.first - 1):
+            self.start_anti_entropy()
 
     def _receive_peer_request(self, msg: m.Message) -> None:
         if self._peer_requests >= self.config.max_pending_requests:
@@ -818,97 +766,44 @@ class PeerProtocol:
         assert self.peer is not None
         if msg.reached:
             self._events.append(WriteAcked(self.peer.replica_id, msg.request_id, msg.doc_id))
-        elif self._our_vector.get(msg.origin, 0) >= msg.seq:
+        elif self._in.wait_for_write(msg.request_id, msg.doc_id, msg.origin, msg.seq):
             self._send(m.WriteAck(msg.request_id, msg.doc_id, msg.origin, msg.seq, True))
-        else:
-            if len(self._write_waits) >= self.config.max_pending_requests:
-                raise LimitExceeded("too many pending write acknowledgements")
-            self._write_waits[msg.request_id] = (msg.doc_id, msg.origin, msg.seq)
 
-    # Private methods: sending deltas.
-
-    def _floor(self, origin: str) -> int:
-        """The highest seq of ``origin`` the peer is known to hold or was sent."""
-        return max(self._sent.get(origin, 0), self._known.get(origin, 0))
-
-    def _in_flight(self) -> int:
-        return sum(max(0, s - self._acked.get(o, 0)) for o, s in self._sent.items())
-
-    def _room(self) -> int:
-        return self.config.window - self._in_flight()
+    # Private methods: the delta flow (the state is sync._outbound's and sync._inbound's).
 
     def _pump(self, origin: str) -> None:
         """Ask the node's log for what the peer lacks of ``origin``, if anything and if allowed."""
         if not self.pushing:
             return
-        floor = self._floor(origin)
-        if (
-            self._our_vector.get(origin, 0) > floor
-            and origin not in self._log_pending
-            and origin not in self._blocked
-            and self._room() > 0
-        ):
-            self._log_pending.add(origin)
-            self._events.append(NeedLog(origin, floor, min(self.config.log_fetch, self._room())))
+        floor = self._out.floor(origin)
+        limit = self._out.log_request(origin, self._in.vector.get(origin, 0), self.config.log_fetch)
+        if limit is not None:
+            self._events.append(NeedLog(origin, floor, limit))
 
     def _pump_all(self) -> None:
-        for origin in sorted(self._our_vector):
+        for origin in sorted(self._in.vector):
             self._pump(origin)
 
     def _flush(self) -> None:
-        size = self.config.batch_size
-        while self._outbox:
-            batch, self._outbox = self._outbox[:size], self._outbox[size:]
-            self._send(m.Deltas(tuple(batch)))
-
-    # Private methods: receiving deltas.
-
-    def _held(self, origin: str) -> int:
-        return max(self._our_vector.get(origin, 0), self._delivered.get(origin, 0))
-
-    def _take_buffered(self, origin: str) -> list[LogEntry]:
-        pending = self._buffer.get(origin)
-        out: list[LogEntry] = []
-        if not pending:
-            return out
-        for seq in sorted(pending):
-            if seq <= self._held(origin):
-                del pending[seq]
-                self._buffered -= 1
-            elif seq == self._held(origin) + 1:
-                out.append(pending.pop(seq))
-                self._delivered[origin] = seq
-                self._buffered -= 1
-            else:
-                break
-        if not pending:
-            del self._buffer[origin]
-        return out
+        for batch in self._out.take_batches(self.config.batch_size):
+            self._send(m.Deltas(batch))
 
     def _drain_buffer(self, origin: str) -> None:
-        entries = self._take_buffered(origin)
+        entries = self._in.take_buffered(origin)
         if entries:
-            for e in entries:
-                self._awaiting_durable[e.origin] = max(self._awaiting_durable.get(e.origin, 0), e.seq)
+            self._in.await_durable(entries)
             self._events.append(ApplyDeltas(tuple(entries)))
 
     def _check_durable(self, origin: str) -> None:
-        seq = self._our_vector.get(origin, 0)
-        waiting = self._awaiting_durable.get(origin)
-        if waiting is not None and seq >= waiting:
-            del self._awaiting_durable[origin]
-            if not self._awaiting_durable and self._conn.state is OPEN:
-                self._send_ack()  # everything this peer sent us is durable: tell it
-        if self._write_waits and self._conn.state is OPEN:
-            for rid, (doc_id, o, s) in list(self._write_waits.items()):
-                if o == origin and s <= seq:
-                    del self._write_waits[rid]
-                    self._send(m.WriteAck(rid, doc_id, o, s, True))
+        if self._in.settle(origin) and self._conn.state is OPEN:
+            self._send_ack()  # everything this peer sent us is durable: tell it
+        if self._in.write_waits and self._conn.state is OPEN:
+            for rid, doc_id, o, s in self._in.writes_reached(origin):
+                self._send(m.WriteAck(rid, doc_id, o, s, True))
 
     def _send_ack(self) -> None:
         self._last_ack_sent = self._now
-        vector = dict(self._our_vector)
-        self._send(m.Ack.of(vector))
+        self._send(m.Ack.of(dict(self._in.vector)))
 
     # Private methods: anti-entropy.
 
@@ -920,7 +815,7 @@ class PeerProtocol:
         self._ae_again = False
         self._ae_gen += 1
         # Gaps announced before the session starts are covered by it.
-        self._ae_gaps = dict(self._gaps)
+        self._ae_gaps = dict(self._in.gaps)
         # A session repairing a gap must leave both sides equal: the SkipLog after it says so.
         defer = self._settling if periodic and not self._ae_gaps and self.config.anti_entropy_settle > 0 else None
         self._ae = AntiEntropySession(self.config.shape, states_chunk=self.config.states_chunk, defer=defer)
@@ -996,16 +891,10 @@ class PeerProtocol:
         self._deferrals = {d: previous.get(d, 0) + 1 for d in session.deferred}
         # Every MergeStates of the session precedes this point in the event list, so the
         # node has merged the peer's states, which include each skipped delta.
-        skipped = False
-        for origin, upto in sorted(self._ae_gaps.items()):
-            if upto > self._our_vector.get(origin, 0):
-                self._events.append(SkipLog(origin, upto))
-                self._our_vector[origin] = upto
-                skipped = True
-            if self._gaps.get(origin, 0) <= upto:
-                self._gaps.pop(origin, None)
+        skipped = self._in.skip_gaps(self._ae_gaps)
+        self._events.extend(SkipLog(origin, upto) for origin, upto in skipped)
         self._ae_gaps = {}
-        for origin in sorted(self._buffer):
+        for origin in sorted(self._in.buffer):
             self._drain_buffer(origin)
         if skipped:
             self._send_ack()
@@ -1061,7 +950,7 @@ class PeerProtocol:
         self.close_code = int(code)
         self.close_reason = reason
         # Nothing more goes out: queued deltas and answers are dropped with the connection.
-        self._outbox.clear()
+        self._out.outbox.clear()
         self._messages.clear()
         self._events = [e for e in self._events if not isinstance(e, ApplyDeltas | MergeStates)]
         self._events.append(Failed(int(code), reason))
