@@ -164,7 +164,6 @@ sessions cheap under load:
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,21 +173,16 @@ from crdtstore.merkle import MerkleShape
 from . import messages as m
 from ._inbound import Inbound
 from ._outbound import Outbound
+from ._requests import Requests
 from ._state import IGNORED, OPEN, SEALED, ConnectionState, Input, State
-from .antientropy import AntiEntropySession, Kind, Query, Side
-from .channel import TAG_SIZE, Channel, auth_mac
+from .channel import Channel, auth_mac
 from .events import (
-    AntiEntropyDone,
     ApplyDeltas,
     Authenticated,
     Event,
     Failed,
     MergeStates,
-    NeedBucketItems,
     NeedLog,
-    NeedMerkleChildren,
-    NeedMerkleRoot,
-    NeedStates,
     PeerAcked,
     PeerInfo,
     ReadResponded,
@@ -213,7 +207,6 @@ __all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "t
 
 # auth_mac is re-exported: the handshake's MAC lives in sync.channel with the rest of the key schedule.
 
-_MAX_TOUCHED = 1 << 16  # documents remembered as touched lately (a bound on memory, not a setting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,22 +345,15 @@ class PeerProtocol:
         limits = self.config
         self._in = Inbound(our_vector, max_buffered=limits.max_buffered, max_write_waits=limits.max_pending_requests)
         self._out = Outbound(window=limits.window, now=now)
-        # Requests: ids we minted -> what the answer is for.
-        self._next_id = 1
-        self._local: dict[int, tuple[str, int, tuple[Any, ...]]] = {}
-        self._remote: dict[int, Query] = {}
-        self._peer_requests = 0
-        # Anti-entropy.
-        self._ae: AntiEntropySession | None = None
-        self._ae_started = now
-        self._ae_gaps: dict[str, int] = {}
-        self._ae_again = False
-        self._ae_gen = 0
-        self._last_ae = now
-        # Documents deltas touched lately, oldest first (periodic sessions defer them), and how many
-        # periodic sessions in a row deferred each document.
-        self._touched: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._deferrals: dict[str, int] = {}
+        # Anti-entropy sessions and the requests both ways (sync._requests).
+        self._req = Requests(
+            self.config,
+            now=now,
+            emit=self._emit,
+            send=self._send,
+            is_open=lambda: self._conn.state is OPEN,
+            on_finish=self._anti_entropy_finished,
+        )
         self._messages.append(self._hello.encode())  # the handshake goes in clear: nothing to seal it with yet
 
     # Public properties.
@@ -398,7 +384,7 @@ class PeerProtocol:
 
     @property
     def anti_entropy_running(self) -> bool:
-        return self._ae is not None
+        return self._req.session is not None
 
     # Public methods for receiving data.
 
@@ -428,7 +414,7 @@ class PeerProtocol:
 
     def receive_tick(self, now: float) -> None:
         """Advance time: timeouts, periodic acks, retransmission, anti-entropy."""
-        self._now = now
+        self._now = self._req.now = now
         state = self._conn.state
         if state in IGNORED:
             return
@@ -445,21 +431,16 @@ class PeerProtocol:
             # Acks stalled: something was lost. Resend from what the peer acknowledged.
             self._out.rewind(now)
             self._pump_all()
-        if self._ae is not None and now - self._ae_started >= self.config.anti_entropy_timeout:
-            self._ae = None  # answers still in flight are ignored (unknown request ids)
-            self._remote.clear()
-        touched, settle = self._touched, self.config.anti_entropy_settle
-        while touched and now - next(iter(touched.values())) >= settle:
-            touched.popitem(last=False)
-        interval = self.config.anti_entropy_interval
-        if self._ae is None and (self._ae_again or (interval is not None and now - self._last_ae >= interval)):
+        req = self._req
+        req.expire(now)
+        if req.due(now):
             assert self.peer is not None
-            if self._ae_again:
+            if req.again:
                 self.start_anti_entropy()
             elif self.our.replica_id < self.peer.replica_id and self.pushing:
-                self._start_ae(periodic=True)
+                req.start(periodic=True, gaps=self._in.gaps)
             else:
-                self._last_ae = now
+                req.last = now
 
     def receive_eof(self) -> None:
         """The connection is gone. Idempotent."""
@@ -470,7 +451,7 @@ class PeerProtocol:
 
     def local_update(self, origin: str, seq: int, doc_id: str, delta: bytes) -> None:
         """The node durably committed ``(origin, seq)`` (a local write or an applied remote delta)."""
-        self._touch(doc_id)
+        self._req.touch(doc_id)
         if self._in.committed(origin, seq):
             self._check_durable(origin)
         if self._conn.state is not OPEN or not self._out.their_known or not self.pushing:
@@ -517,54 +498,17 @@ class PeerProtocol:
         self._pump(origin)
 
     def answer_merkle_root(self, request_id: int, root: bytes) -> None:
-        purpose, peer_rid, _ = self._take(request_id)
-        if purpose == "peer":
-            shape = self.config.shape
-            self._peer_answered(m.MerkleRootResponse(peer_rid, shape.fanout, shape.depth, root))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            self._ae.receive_root(Side.LOCAL, root)
-            self._drive_ae()
+        self._req.answer_merkle_root(request_id, root)
 
     def answer_merkle_children(self, request_id: int, children: Sequence[Sequence[bytes]]) -> None:
-        purpose, peer_rid, nodes = self._take(request_id)
-        if len(children) != len(nodes):
-            raise InvalidState("one list of children per requested node")
-        if purpose == "peer":
-            self._peer_answered(m.MerkleChildrenResponse(peer_rid, tuple(tuple(c) for c in children)))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            self._ae.receive_children(Side.LOCAL, nodes, children)
-            self._drive_ae()
+        self._req.answer_merkle_children(request_id, children)
 
     def answer_bucket_items(self, request_id: int, items: Sequence[Sequence[tuple[str, bytes]]]) -> None:
-        purpose, peer_rid, buckets = self._take(request_id)
-        if len(items) != len(buckets):
-            raise InvalidState("one list of items per requested bucket")
-        if purpose == "peer":
-            self._peer_answered(m.BucketItemsResponse(peer_rid, tuple(tuple(i) for i in items)))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            self._ae.receive_bucket_items(Side.LOCAL, buckets, items)
-            self._drive_ae()
+        self._req.answer_bucket_items(request_id, items)
 
     def answer_states(self, request_id: int, states: Sequence[bytes | None]) -> None:
         """Answer a ``NeedStates``: one state (or None) per requested document, in order."""
-        purpose, peer_rid, doc_ids = self._take(request_id)
-        if len(states) != len(doc_ids):
-            raise InvalidState("one state per requested document")
-        pairs = tuple(zip(doc_ids, states, strict=True))
-        if purpose == "peer":
-            self._peer_answered(m.StateResponse(peer_rid, pairs))
-        elif purpose == "read":
-            self._peer_answered(m.ReadResponse(peer_rid, doc_ids[0], states[0]))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            present = tuple((d, s) for d, s in pairs if s is not None)
-            if present:
-                self._send(m.StatePush(present), count=True)
-            self._ae.receive_states(Side.LOCAL, doc_ids)
-            self._drive_ae()
+        self._req.answer_states(request_id, states)
 
     # Public methods for quorum reads and writes.
 
@@ -598,7 +542,8 @@ class PeerProtocol:
 
         It repairs every document that differs (it defers none, unlike the periodic sessions).
         """
-        self._start_ae(periodic=False)
+        self._require_open()
+        self._req.start(periodic=False, gaps=self._in.gaps)
 
     def fail(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close for a local reason (shutdown, the node rejected a delta)."""
@@ -665,8 +610,7 @@ class PeerProtocol:
 
     def _receive_ready(self) -> None:
         assert self.peer is not None
-        self._out.last_progress = self._now
-        self._last_ae = self._now
+        self._out.last_progress = self._req.last = self._now
         self._events.append(Authenticated(self.peer))
         self._send_ack()  # our vector: the peer pushes what we lack (catch-up)
 
@@ -679,7 +623,7 @@ class PeerProtocol:
         to_apply: list[LogEntry] = []
         duplicate = False
         for e in msg.entries:
-            self._touch(e.doc_id)
+            self._req.touch(e.doc_id)
             self._out.saw(e.origin, e.seq)
             ready = self._in.receive(e)
             if ready is None:
@@ -703,56 +647,10 @@ class PeerProtocol:
             self.start_anti_entropy()
 
     def _receive_peer_request(self, msg: m.Message) -> None:
-        if self._peer_requests >= self.config.max_pending_requests:
-            raise LimitExceeded(f"more than {self.config.max_pending_requests} unanswered requests")
-        self._peer_requests += 1
-        rid = self._mint_id()
-        if isinstance(msg, m.MerkleRootRequest):
-            self._local[rid] = ("peer", msg.request_id, ())
-            self._events.append(NeedMerkleRoot(rid))
-        elif isinstance(msg, m.MerkleChildrenRequest):
-            shape = self.config.shape
-            for level, index in msg.nodes:
-                if not (level < shape.depth and index < shape.width(level)):
-                    raise UnexpectedMessage(f"no inner node ({level}, {index}) in {shape}")
-            self._local[rid] = ("peer", msg.request_id, msg.nodes)
-            self._events.append(NeedMerkleChildren(rid, msg.nodes))
-        elif isinstance(msg, m.BucketItemsRequest):
-            if any(b >= self.config.shape.leaves for b in msg.buckets):
-                raise UnexpectedMessage("bucket out of range")
-            self._local[rid] = ("peer", msg.request_id, msg.buckets)
-            self._events.append(NeedBucketItems(rid, msg.buckets))
-        elif isinstance(msg, m.StateRequest):
-            self._local[rid] = ("peer", msg.request_id, msg.doc_ids)
-            self._events.append(NeedStates(rid, msg.doc_ids))
-        else:
-            assert isinstance(msg, m.ReadRequest)
-            self._local[rid] = ("read", msg.request_id, (msg.doc_id,))
-            self._events.append(NeedStates(rid, (msg.doc_id,)))
+        self._req.receive_request(msg)
 
     def _receive_response(self, msg: Any) -> None:
-        query = self._remote.pop(msg.request_id, None)
-        if query is None or self._ae is None:
-            return  # an abandoned session's late answer, or a duplicate
-        self._ae.count_bytes(received=len(msg.encode()) + TAG_SIZE)
-        session = self._ae
-        if isinstance(msg, m.MerkleRootResponse):
-            shape = self.config.shape
-            if (msg.fanout, msg.depth) != (shape.fanout, shape.depth):
-                raise UnexpectedMessage(f"peer tree is {msg.fanout}x{msg.depth}, ours {shape.fanout}x{shape.depth}")
-            self._ae_call(session.receive_root, Side.REMOTE, msg.root)
-        elif isinstance(msg, m.MerkleChildrenResponse):
-            self._ae_call(session.receive_children, Side.REMOTE, query.items, msg.children)
-        elif isinstance(msg, m.BucketItemsResponse):
-            self._ae_call(session.receive_bucket_items, Side.REMOTE, query.items, msg.items)
-        else:
-            assert isinstance(msg, m.StateResponse)
-            if tuple(d for d, _ in msg.states) != query.items:
-                raise UnexpectedMessage("state response does not match the request")
-            present = tuple((d, s) for d, s in msg.states if s is not None)
-            if present:
-                self._events.append(MergeStates(present))
-            self._ae_call(session.receive_states, Side.REMOTE, query.items)
+        self._req.receive_response(msg)
 
     def _receive_state_push(self, msg: m.StatePush) -> None:
         if msg.states:
@@ -801,128 +699,22 @@ class PeerProtocol:
             for rid, doc_id, o, s in self._in.writes_reached(origin):
                 self._send(m.WriteAck(rid, doc_id, o, s, True))
 
+    def _anti_entropy_finished(self, gaps: dict[str, int]) -> None:
+        """A session ended, having merged the peer's states: raise our vector over the gaps it covered."""
+        skipped = self._in.skip_gaps(gaps)
+        self._events.extend(SkipLog(origin, upto) for origin, upto in skipped)
+        for origin in sorted(self._in.buffer):
+            self._drain_buffer(origin)
+        if skipped:
+            self._send_ack()
+
     def _send_ack(self) -> None:
         self._last_ack_sent = self._now
         self._send(m.Ack.of(dict(self._in.vector)))
 
     # Private methods: anti-entropy.
 
-    def _start_ae(self, *, periodic: bool) -> None:
-        self._require_open()
-        if self._ae is not None:
-            self._ae_again = True
-            return
-        self._ae_again = False
-        self._ae_gen += 1
-        # Gaps announced before the session starts are covered by it.
-        self._ae_gaps = dict(self._in.gaps)
-        # A session repairing a gap must leave both sides equal: the SkipLog after it says so.
-        defer = self._settling if periodic and not self._ae_gaps and self.config.anti_entropy_settle > 0 else None
-        self._ae = AntiEntropySession(self.config.shape, states_chunk=self.config.states_chunk, defer=defer)
-        self._ae_started = self._now
-        self._last_ae = self._now
-        self._drive_ae()
-
-    def _touch(self, doc_id: str) -> None:
-        touched = self._touched
-        touched[doc_id] = self._now
-        touched.move_to_end(doc_id)
-        if len(touched) > _MAX_TOUCHED:
-            touched.popitem(last=False)  # forgetting one only means repairing it if it differs
-
-    def _settling(self, doc_id: str) -> bool:
-        """Whether a periodic session leaves ``doc_id`` alone (see "Anti-entropy" in the module docstring)."""
-        touched = self._touched.get(doc_id)
-        return (
-            touched is not None
-            and self._now - touched < self.config.anti_entropy_settle
-            and self._deferrals.get(doc_id, 0) < self.config.anti_entropy_max_deferrals
-        )
-
-    def _drive_ae(self) -> None:
-        session = self._ae
-        if session is None:
-            return
-        for q in session.queries_to_send():
-            rid = self._mint_id()
-            if q.side is Side.LOCAL:
-                self._local[rid] = ("ae", self._ae_gen, q.items)
-                if q.kind is Kind.ROOT:
-                    self._events.append(NeedMerkleRoot(rid))
-                elif q.kind is Kind.CHILDREN:
-                    self._events.append(NeedMerkleChildren(rid, q.items))
-                elif q.kind is Kind.BUCKETS:
-                    self._events.append(NeedBucketItems(rid, q.items))
-                else:
-                    self._events.append(NeedStates(rid, q.items))
-                continue
-            self._remote[rid] = q
-            if q.kind is Kind.ROOT:
-                msg: m.Message = m.MerkleRootRequest(rid)
-            elif q.kind is Kind.CHILDREN:
-                msg = m.MerkleChildrenRequest(rid, q.items)
-            elif q.kind is Kind.BUCKETS:
-                msg = m.BucketItemsRequest(rid, q.items)
-            else:
-                msg = m.StateRequest(rid, q.items)
-            self._send(msg, count=True)
-        if session.done:
-            self._finish_ae(session)
-
-    def _ae_call(self, method: Any, *args: Any) -> None:
-        try:
-            method(*args)
-        except InvalidState as exc:
-            # A remote answer that does not fit the session (wrong node count...): the peer's fault.
-            # Local answers are checked by the adapter's own code; they cannot reach here wrongly.
-            raise UnexpectedMessage(str(exc)) from exc
-        self._drive_ae()
-
-    def _finish_ae(self, session: AntiEntropySession) -> None:
-        self._ae = None
-        self._remote.clear()
-        s = session.stats
-        done = AntiEntropyDone(
-            s.round_trips, s.bytes_sent, s.bytes_received, s.docs_pulled, s.docs_pushed, s.docs_deferred
-        )
-        self._events.append(done)
-        # Deferred in a row: a document this session repaired, or found equal, starts over.
-        previous = self._deferrals
-        self._deferrals = {d: previous.get(d, 0) + 1 for d in session.deferred}
-        # Every MergeStates of the session precedes this point in the event list, so the
-        # node has merged the peer's states, which include each skipped delta.
-        skipped = self._in.skip_gaps(self._ae_gaps)
-        self._events.extend(SkipLog(origin, upto) for origin, upto in skipped)
-        self._ae_gaps = {}
-        for origin in sorted(self._in.buffer):
-            self._drain_buffer(origin)
-        if skipped:
-            self._send_ack()
-
     # Private methods: requests and plumbing.
-
-    def _mint_id(self) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        return rid
-
-    def _take(self, request_id: int) -> tuple[str, int, tuple[Any, ...]]:
-        """Forget a pending local read: its purpose, the peer's request id, and what was asked."""
-        try:
-            purpose, peer_rid, items = self._local.pop(request_id)
-        except KeyError:
-            raise InvalidState(f"no pending request {request_id}") from None
-        if purpose != "ae":
-            self._peer_requests -= 1
-        return purpose, peer_rid, items
-
-    def _for_session(self, generation: int) -> bool:
-        """Whether a local answer belongs to the running session (not an abandoned one) and can be used."""
-        return self._ae is not None and generation == self._ae_gen and self._conn.state is OPEN
-
-    def _peer_answered(self, msg: m.Message) -> None:
-        if self._conn.state is OPEN:
-            self._send(msg)
 
     def _require_open(self) -> None:
         if self._conn.state is not OPEN:
@@ -935,9 +727,13 @@ class PeerProtocol:
         if self._conn.state not in SEALED or self._channel is None:
             raise InvalidState(f"cannot send {type(msg).__name__} before the handshake")
         data = self._channel.seal(msg.encode())
-        if count and self._ae is not None:
-            self._ae.count_bytes(sent=len(data))
+        session = self._req.session
+        if count and session is not None:
+            session.count_bytes(sent=len(data))
         self._messages.append(data)
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
 
     def _fail_remote(self, exc: RemoteProtocolError) -> None:
         self.protocol_error = exc
