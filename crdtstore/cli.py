@@ -60,9 +60,9 @@ from crdtstore.config import (
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
+from sync.config import SyncConfig
 from sync.io.transport import TransportSettings
 from sync.io.wanproxy import WanController
-from sync.protocol import SyncConfig
 
 __all__ = [
     "UP_REGIONS",

@@ -62,7 +62,7 @@ peers acknowledged our origin up to the write's sequence number. Both stop
 at a deadline and report what they reached.
 
 **Log truncation.** Every ``truncate_interval`` the replicator truncates the
-delta log up to :func:`sync.protocol.truncation_vector` over *every
+delta log up to :func:`sync.truncation.truncation_vector` over *every
 configured peer*, connected or not, using the acknowledgements the node
 persisted. A configured peer is known by the replica id it authenticated
 with on the link dialed to its URL; until every configured URL has been
@@ -110,6 +110,7 @@ from sync.exceptions import CloseCode
 from sync.io.transport import Dialer, PeerConnection, TransportSettings
 from sync.quorum import Level, QuorumOutcome, required
 from sync.store import ReplicaStore
+from sync.truncation import truncation_vector
 
 __all__ = [
     "ReplicatedNode",
@@ -125,7 +126,7 @@ _READS = READS
 
 @dataclass(frozen=True, slots=True)
 class ReplicatorSettings:
-    """Knobs of the adapter (the protocol's own are in ``sync.protocol.SyncConfig``).
+    """Knobs of the adapter (the protocol's own are in ``sync.config.SyncConfig``).
 
     Attributes:
         tick_interval: Seconds between ``receive_tick`` calls.
@@ -563,7 +564,7 @@ class Replicator:
                 self._acks_stored[peer] = latest
         acked = {peer: await self.node.acked(peer) for peer in peers}
         vector = await self.node.version_vector()
-        upto = sp.truncation_vector(vector, acked, peers)
+        upto = truncation_vector(vector, acked, peers)
         own = self.node.replica_id
         if own in upto:
             upto[own] = min(upto[own], self._tail_after)

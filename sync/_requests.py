@@ -45,6 +45,7 @@ from typing import Any
 from . import messages as m
 from .antientropy import AntiEntropySession, Kind, Query, Side
 from .channel import TAG_SIZE
+from .config import SyncConfig
 from .events import (
     AntiEntropyDone,
     Event,
@@ -65,7 +66,7 @@ class Requests:
     """Anti-entropy and request bookkeeping of one link.
 
     Args:
-        config: The protocol's config (a :class:`sync.protocol.SyncConfig`).
+        config: The link's limits and intervals.
         now: The caller's clock when the link opened.
         emit: Appends an event to the protocol's output.
         send: Seals and queues a message (``count=True``: count its bytes to the session).
@@ -75,7 +76,7 @@ class Requests:
 
     def __init__(
         self,
-        config: Any,
+        config: SyncConfig,
         *,
         now: float,
         emit: Callable[[Event], None],

@@ -53,15 +53,15 @@ The constructor queues our ``Hello``. Then the adapter loops over these
   ``MergeStates(states)``           ``node.merge_state(doc_id, state)`` for each
   ``NeedLog(origin, after, limit)`` ``send_log(origin, after, node.log_range(origin, after, limit))``
   ``PeerAcked(peer_id, vector)``    remember it; maybe truncate the log up to
-                                    :func:`truncation_vector` (``node.set_acked`` first)
+                                    :func:`sync.truncation.truncation_vector` (``node.set_acked`` first)
   ``SkipLog(origin, upto)``         raise the node's contiguous mark of ``origin`` to ``upto``
                                     (anti-entropy has merged everything up to it)
   ``NeedMerkleRoot(request_id)``    ``answer_merkle_root(request_id, node.merkle_root())``
   ``NeedMerkleChildren(rid, nodes)``  ``answer_merkle_children(rid, [children(l, i) ...])``
   ``NeedBucketItems(rid, buckets)`` ``answer_bucket_items(rid, [bucket_items(b) ...])``
   ``NeedStates(rid, doc_ids)``      ``answer_states(rid, [read_state(d) ...])`` (None if absent)
-  ``ReadResponded(...)``            feed a ``sync.quorum.ReadCoordinator``
-  ``WriteAcked(...)``               feed a ``sync.quorum.WriteCoordinator``
+  ``ReadResponded(...)``            hand the state to the quorum read waiting on the request id
+  ``WriteAcked(...)``               count the peer toward the quorum write waiting on it
   ``AntiEntropyDone(stats)``        nothing (metrics)
   ``Failed(close_code, reason)``    close the websocket with ``close_code``; reconnect later
   ================================  =================================================
@@ -112,70 +112,39 @@ accepting it would make us later mint a seq that peers drop as a duplicate,
 silently losing a write. It fails the connection (``FORBIDDEN_ORIGIN``).
 Our origin at or below our mark is a harmless echo and is dropped.
 
-**Delta push.** We track per origin ``their_vector`` (the peer's
-acknowledged contiguous vector) and ``sent`` (the highest seq sent on this
-connection). An entry goes out only if it is exactly ``sent + 1`` and the
-unacknowledged window has room, so the peer sees each origin in order on a
-healthy link. Anything we could not push live (window full, a gap, a
-reconnect) is pulled from the node's log through ``NeedLog``. On
-authentication each side sends ``Ack(our_vector)``, which makes the other
-side pull from its log exactly what we lack (catch-up).
+**The parts.** :class:`PeerProtocol` owns the connection: the handshake,
+the sealed channel, timeouts, and the single ordered output. The rest has
+state objects of its own, each module opening with its theory of operation
+(as Automerge keeps its per-peer sync state apart):
 
-**Receiving.** Per origin we apply ``seq n`` only after ``n - 1``: an entry
-at or below what we hold is a duplicate (re-acked, so a lost ack heals), the
-next one is emitted in ``ApplyDeltas``, a later one waits in a bounded
-buffer (overflow fails the connection: a correct peer never opens a gap
-that large). We ack with our vector once the node reports (via
-``local_update``) that the entries are durable, and every ``ack_interval``.
+* :class:`sync._outbound.Outbound`, the sending half of the delta flow:
+  what the peer acknowledged and was sent, the window, retransmission,
+  ``LogTruncated`` when our log cannot serve the peer;
+* :class:`sync._inbound.Inbound`, the receiving half: in-order delivery per
+  origin, the buffer for entries that came early, the acks and
+  ``WriteAck`` answers we owe, the gaps a peer's truncated log left us;
+* :class:`sync._requests.Requests`, anti-entropy sessions
+  (:mod:`sync.antientropy`) and the requests both ways, answered by the
+  node through the ``answer_*`` inputs.
 
-**Loss.** A message lost, duplicated or reordered on a link fails its tag
-and the link (see "Sealed messages"); the next link catches up from the
-acknowledged vectors. Within a link, if the peer's ack has not moved for
-``retransmit_timeout`` while entries are unacked, we rewind ``sent`` to
-their vector and pull from the log again.
-
-**Truncated logs.** If the log no longer holds what the peer lacks, we send
-``LogTruncated(origin, first)`` instead. The peer then runs an anti-entropy
-session with us; once it has merged our states (which include every delta
-below ``first``) it emits ``SkipLog(origin, first - 1)``, raises its vector
-and acks, and the push resumes from ``first``.
-
-**Anti-entropy.** Every ``anti_entropy_interval`` the side with the smaller
-replica id (or either side, on demand) runs a
-:class:`sync.antientropy.AntiEntropySession`: local tree reads become
-``Need*`` events, remote ones become requests; differing documents are
-pulled (``MergeStates``) and pushed (``StatePush``), so both sides end
-equal. See :mod:`sync.antientropy`. Two refinements keep the periodic
-sessions cheap under load:
-
-* Only a pushing connection starts them: an adapter holding two links to
-  one peer would otherwise compare (and repair) everything twice.
-* They defer documents a delta touched (committed here, or received) less
-  than ``anti_entropy_settle`` ago. While writes stream, every such
-  document differs between the trees only because of deltas in flight,
-  which will make it equal anyway; repairing it would ship whole states
-  and make both nodes merge them, a burst of work that delays the very
-  deltas it duplicates. A document deferred by
-  ``anti_entropy_max_deferrals`` periodic sessions in a row is repaired by
-  the next one all the same, so a real divergence in a document written
-  without pause is still repaired. Sessions started on demand, or to
-  repair a truncated log, defer nothing.
+On a healthy link each side pushes its deltas in order and the peer acks
+what became durable; anything not pushed live is pulled from the log;
+whatever the logs cannot ship (truncated, lost, restored from a backup)
+anti-entropy repairs, and the delta flow resumes past it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
-
-from crdtstore.merkle import MerkleShape
 
 from . import messages as m
 from ._inbound import Inbound
 from ._outbound import Outbound
 from ._requests import Requests
 from ._state import IGNORED, OPEN, SEALED, ConnectionState, Input, State
-from .channel import Channel, auth_mac
+from .channel import Channel
+from .config import SyncConfig
 from .events import (
     ApplyDeltas,
     Authenticated,
@@ -203,96 +172,8 @@ from .exceptions import (
 )
 from .types import LogEntry
 
-__all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "truncation_vector"]
+__all__ = ["PeerProtocol"]
 
-# auth_mac is re-exported: the handshake's MAC lives in sync.channel with the rest of the key schedule.
-
-
-
-@dataclass(frozen=True, slots=True)
-class SyncConfig:
-    """Limits and intervals of a :class:`PeerProtocol` (times in seconds of the caller's clock).
-
-    Attributes:
-        shape: The Merkle tree shape (must match the peers').
-        batch_size: Most entries per ``Deltas`` message.
-        window: Most entries sent and not yet acknowledged (flow control).
-        log_fetch: Most entries asked per ``NeedLog``.
-        max_buffered: Most out-of-order entries held per connection; more fails it.
-        max_pending_requests: Most unanswered peer requests; more fails the connection.
-        max_message_bytes: Larger incoming messages fail the connection.
-        max_handshake_bytes: Larger incoming messages before the peer's Auth checked out fail
-            the connection (``MESSAGE_TOO_BIG``): a stranger costs no more memory than this.
-        handshake_timeout: Fail if not authenticated by then.
-        idle_timeout: Fail if nothing was received for this long (acks double as keepalives).
-        ack_interval: Send our vector at least this often.
-        retransmit_timeout: Resend from the acknowledged vector if acks stall this long.
-        anti_entropy_interval: Start a session this often (the side with the smaller
-            replica id does, on a pushing connection); None disables periodic sessions.
-        anti_entropy_timeout: Abandon a session after this long.
-        anti_entropy_settle: Periodic sessions defer a document a delta touched less than this
-            long ago (see "Anti-entropy" in the module docstring); 0 defers nothing.
-        anti_entropy_max_deferrals: Periodic sessions in a row that may defer one document.
-        states_chunk: Most documents per state request or push.
-    """
-
-    shape: MerkleShape = field(default_factory=MerkleShape)
-    batch_size: int = 256
-    window: int = 4096
-    log_fetch: int = 1024
-    max_buffered: int = 4096
-    max_pending_requests: int = 256
-    max_message_bytes: int = m.MAX_BLOB_BYTES + (1 << 20)
-    max_handshake_bytes: int = m.MAX_HANDSHAKE_BYTES
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 60.0
-    ack_interval: float = 1.0
-    retransmit_timeout: float = 5.0
-    anti_entropy_interval: float | None = 60.0
-    anti_entropy_timeout: float = 120.0
-    anti_entropy_settle: float = 5.0
-    anti_entropy_max_deferrals: int = 3
-    states_chunk: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= m.MAX_BATCH:
-            raise ValueError(f"batch_size must be in [1, {m.MAX_BATCH}]")
-        if self.window < 1 or self.log_fetch < 1 or self.max_buffered < 1 or self.max_pending_requests < 1:
-            raise ValueError("window, log_fetch, max_buffered and max_pending_requests must be positive")
-        if not 1 <= self.states_chunk <= m.MAX_BATCH:
-            raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
-        if self.anti_entropy_settle < 0 or self.anti_entropy_max_deferrals < 0:
-            raise ValueError("anti_entropy_settle and anti_entropy_max_deferrals must be >= 0")
-
-
-def min_acked(vectors: Iterable[Mapping[str, int]]) -> dict[str, int]:
-    """Per origin, the lowest seq over ``vectors`` (an origin missing from one vector counts as 0)."""
-    vectors = list(vectors)
-    if not vectors:
-        return {}
-    origins = set().union(*vectors)
-    out = {o: min(v.get(o, 0) for v in vectors) for o in origins}
-    return {o: s for o, s in out.items() if s > 0}
-
-
-def truncation_vector(
-    our_vector: Mapping[str, int], acked: Mapping[str, Mapping[str, int]], peers: Iterable[str]
-) -> dict[str, int]:
-    """How far the node may truncate its log: what *every* configured peer acknowledged.
-
-    Args:
-        our_vector: The node's own contiguous vector (never truncate past it).
-        acked: Persisted acknowledgements, by peer replica id.
-        peers: Every peer the node is configured to replicate with, connected or not:
-            a peer that never acknowledged holds every origin at 0.
-
-    Returns:
-        ``origin -> seq``: entries with seq <= it are held by every peer. A peer added
-        later, or restored from an old copy, catches up through anti-entropy
-        (``LogTruncated``).
-    """
-    floor = min_acked([acked.get(p, {}) for p in peers])
-    return {o: min(s, our_vector.get(o, 0)) for o, s in floor.items() if min(s, our_vector.get(o, 0)) > 0}
 
 
 class PeerProtocol:

@@ -57,11 +57,13 @@ from typing import Any, Protocol, TypeVar
 from crdtstore.merkle import MerkleShape
 
 from . import events as ev
+from .config import SyncConfig
 from .dispatch import dispatch
 from .exceptions import CloseCode
 from .memstore import MemStore
-from .protocol import PeerProtocol, SyncConfig, truncation_vector
+from .protocol import PeerProtocol
 from .store import ReplicaStore, run_sync
+from .truncation import truncation_vector
 from .types import LogEntry
 
 __all__ = ["Backend", "LinkFaults", "MemBackend", "SimReplica", "Simulator", "all_states"]

@@ -15,9 +15,10 @@ from typing import Any
 
 from sync import events as ev
 from sync import messages as m
+from sync.config import SyncConfig
 from sync.dispatch import dispatch
 from sync.memstore import MemStore
-from sync.protocol import PeerProtocol, SyncConfig
+from sync.protocol import PeerProtocol
 from sync.store import run_sync
 from sync.types import LogEntry
 

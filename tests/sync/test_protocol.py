@@ -5,10 +5,12 @@ from __future__ import annotations
 from sync import events as ev
 from sync import messages as m
 from sync._state import State
+from sync.channel import auth_mac
+from sync.config import SyncConfig
 from sync.exceptions import CloseCode
 from sync.memstore import MemStore
-from sync.protocol import SyncConfig, auth_mac, min_acked, truncation_vector
 from sync.store import run_sync
+from sync.truncation import min_acked, truncation_vector
 from sync.types import LogEntry
 from tests.sync.helpers import SECRET, Pair, handle, make_protocol, sealed
 
