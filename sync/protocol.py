@@ -564,8 +564,9 @@ class PeerProtocol:
             self._pump(origin)
 
     def _flush(self) -> None:
-        for batch in self._out.take_batches(self.config.batch_size):
-            self._send(m.Deltas(batch))
+        if self._out.outbox:  # the common case, on every drain: nothing queued
+            for batch in self._out.take_batches(self.config.batch_size):
+                self._send(m.Deltas(batch))
 
     def _drain_buffer(self, origin: str) -> None:
         entries = self._in.take_buffered(origin)
