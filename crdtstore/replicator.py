@@ -103,6 +103,7 @@ from typing import Any, Protocol
 
 from crdtstore.quorum import Quorum
 from sync import protocol as sp
+from sync.config import SyncConfig
 from sync.dispatch import READS, dispatch
 from sync.events import ApplyDeltas, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
@@ -198,7 +199,7 @@ class Replicator:
         region: str,
         transport: TransportSettings | None = None,
         settings: ReplicatorSettings | None = None,
-        sync_config: Any = None,
+        sync_config: SyncConfig | None = None,
         random: Callable[[], float] | None = None,
         nonce: Callable[[], bytes] = lambda: secrets.token_bytes(16),
     ) -> None:

@@ -175,7 +175,6 @@ from .types import LogEntry
 __all__ = ["PeerProtocol"]
 
 
-
 class PeerProtocol:
     """The replication state machine for one peer connection (see the module docstring).
 
