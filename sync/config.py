@@ -33,7 +33,7 @@ class SyncConfig:
             replica id does, on a pushing connection); None disables periodic sessions.
         anti_entropy_timeout: Abandon a session after this long.
         anti_entropy_settle: Periodic sessions defer a document a delta touched less than this
-            long ago (see "Anti-entropy" in the module docstring); 0 defers nothing.
+            long ago (see "Anti-entropy" in :mod:`sync._requests`); 0 defers nothing.
         anti_entropy_max_deferrals: Periodic sessions in a row that may defer one document.
         states_chunk: Most documents per state request or push.
     """
