@@ -593,9 +593,7 @@ class PeerProtocol:
         self._last_ack_sent = self._now
         self._send(m.Ack.of(dict(self._in.vector)))
 
-    # Private methods: anti-entropy.
-
-    # Private methods: requests and plumbing.
+    # Private methods: plumbing.
 
     def _require_open(self) -> None:
         if self._conn.state is not OPEN:
