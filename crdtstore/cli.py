@@ -9,7 +9,7 @@ embedded default: N region nodes (3 by default, named by
 :data:`UP_REGIONS`) in this process on loopback, each with its own uvicorn
 server, port and data directory under ``./data``, a read-write token and a
 cluster secret generated on the first run (mode 0600). Every region dials
-every other one through an emulated WAN (:mod:`sync.wanproxy`) that adds
+every other one through an emulated WAN (:mod:`sync.io.wanproxy`) that adds
 the one-way latency and jitter. While it runs, ``crdtstore partition A B``
 and ``crdtstore heal A B`` cut and restore the link between two regions
 (through the ``/v1/admin/*`` routes of the first region, which ``up``
@@ -48,6 +48,7 @@ from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.connections import ConnectionLimits, guarded_protocol
 from crdtstore.api.limits import Limits
+from crdtstore.api.peerlink import gated_protocol
 from crdtstore.api.versions import version_key
 from crdtstore.config import (
     SETTINGS,
@@ -61,9 +62,9 @@ from crdtstore.config import (
 from crdtstore.logs import configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator
-from sync.protocol import SyncConfig
-from sync.transport import TransportSettings, gated_protocol
-from sync.wanproxy import WanController
+from sync.config import SyncConfig
+from sync.io.transport import TransportSettings
+from sync.io.wanproxy import WanController
 
 __all__ = [
     "UP_REGIONS",
@@ -214,7 +215,7 @@ def _listener(
     lifespan: Literal["on", "off"],
 ) -> uvicorn.Config:
     # Peer links get 4 KiB messages until the peer authenticates, then peer_max_size; API websockets
-    # ws_max_size (see sync.transport).
+    # ws_max_size (see crdtstore.api.peerlink).
     ws = gated_protocol(peer_max_size=config.peer_max_size)
     return uvicorn.Config(
         app,

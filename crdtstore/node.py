@@ -182,7 +182,6 @@ from crdtstore.merkle import MerkleShape
 from crdtstore.storage import (
     IncompatibleStorage,
     InvalidDocumentId,
-    LogEntry,
     Storage,
     StorageClosed,
     StorageError,
@@ -203,10 +202,10 @@ from sync.quarantine import (
     placeholder,
     screen,
 )
+from sync.types import LogEntry
 
 if TYPE_CHECKING:
     from crdtstore.storage import Txn
-    from sync.store import LogRecord
 
 __all__ = [
     "DocumentNotFound",
@@ -747,7 +746,7 @@ class Node:
         """Join a delta received from a peer, log it under ``(origin, seq)``, wait until durable.
 
         The log record needs the document id: a delta does not name its
-        document, so it travels next to it (:class:`~crdtstore.storage.LogEntry`).
+        document, so it travels next to it (:class:`~sync.types.LogEntry`).
         A delta that cannot be joined is skipped and its document quarantined
         (see :meth:`apply_remote_many`).
 
@@ -756,7 +755,7 @@ class Node:
         """
         return (await self.apply_remote_many([LogEntry(origin, seq, doc_id, delta)]))[0]
 
-    async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
+    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
         """Join a peer's batch of deltas, in order, in one commit (one fsync, not one each).
 
         Total on the peer's data: an entry whose id the API could not address

@@ -26,7 +26,7 @@ from crdtstore.cli import (
 )
 from crdtstore.client import Client
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
-from sync.wanproxy import WanController
+from sync.io.wanproxy import WanController
 from tests.server_helpers import child_env
 
 NO_FLAGS = {s.name: None for s in SETTINGS}

@@ -47,7 +47,7 @@ class ApiContext:
         metrics: This app's Prometheus registry and series.
         ready: True between the node's start and the beginning of its close.
         replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no peers, no quorum).
-        wan: The emulated WAN of ``crdtstore up`` (:class:`sync.wanproxy.WanController`), or None.
+        wan: The emulated WAN of ``crdtstore up`` (:class:`sync.io.wanproxy.WanController`), or None.
         version_key: The key version tokens are sealed with (:mod:`crdtstore.version`).
     """
 

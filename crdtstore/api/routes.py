@@ -27,9 +27,9 @@ from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
-from crdtstore.replicator import Consistency, QuorumOutcome
+from crdtstore.api.peerlink import ServerPeerConnection
 from crdtstore.version import seal_version
-from sync.transport import ServerPeerConnection
+from sync.quorum import Level, QuorumOutcome
 
 __all__ = ["routes"]
 
@@ -100,19 +100,19 @@ def _flag(request: Request, name: str) -> bool:
     raise ApiError(400, "invalid_request", f"{name} must be true or false", {name: raw[:40]})
 
 
-def _consistency(request: Request, name: str) -> Consistency:
+def _consistency(request: Request, name: str) -> Level:
     raw = _query(request, name)
     if raw is None or raw == "":
-        return Consistency.ONE
+        return Level.ONE
     try:
-        return Consistency(raw)
+        return Level(raw)
     except ValueError:
-        allowed = ", ".join(c.value for c in Consistency)
+        allowed = ", ".join(c.value for c in Level)
         raise ApiError(400, "invalid_request", f"{name} must be one of {allowed}", {name: raw[:40]}) from None
 
 
-def _replicator_for(ctx: ApiContext, level: Consistency) -> Any:
-    if level in (Consistency.ONE, Consistency.LOCAL_QUORUM) or ctx.replicator is None:
+def _replicator_for(ctx: ApiContext, level: Level) -> Any:
+    if level in (Level.ONE, Level.LOCAL_QUORUM) or ctx.replicator is None:
         # This replica answers alone: it is the whole region (and, without peers, the whole cluster).
         return None
     return ctx.replicator

@@ -55,7 +55,7 @@ from typing import Literal
 
 __all__ = ["CutMode", "LinkStats", "WanController", "WanLink"]
 
-logger = logging.getLogger("sync.wanproxy")
+logger = logging.getLogger("sync.io.wanproxy")
 
 CutMode = Literal["close", "hold"]
 
