@@ -474,13 +474,16 @@ def _up(args: argparse.Namespace) -> int:
     wan = None
     if args.regions > 1:
         ensure_secret(root)
-        wan = WanController(
-            UP_REGIONS[: args.regions],
-            latency=args.latency,
-            jitter=args.jitter,
-            base_port=args.wan_port + 1 if args.wan_port else 0,
-        )
-        wan.bind()  # the links' ports go into every node's peer list before anything runs
+        try:
+            wan = WanController(
+                UP_REGIONS[: args.regions],
+                latency=args.latency,
+                jitter=args.jitter,
+                base_port=args.wan_port + 1 if args.wan_port else 0,
+            )
+            wan.bind()  # the links' ports go into every node's peer list before anything runs
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--wan-port {args.wan_port}: {exc}") from None
     plans = plan_up(root, host="127.0.0.1", base_port=args.port, regions=args.regions, wan=wan)
     plans = _with_ports(plans)
     logs = None if args.log_console else root / "logs"
@@ -576,7 +579,7 @@ def _status(args: argparse.Namespace) -> int:
     root, token = _token_and_data(args, Scope.READ)
     wan = args.wan
     if args.urls:
-        nodes = {url: url.rstrip("/") for url in args.urls}
+        nodes = {url.rstrip("/"): url.rstrip("/") for url in args.urls}
     else:
         plan = load_plan(root)
         nodes = {region: entry["url"] for region, entry in plan["regions"].items()}
