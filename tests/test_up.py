@@ -211,3 +211,32 @@ def test_up_runs_each_region_as_a_process_that_can_die_alone(up: tuple[subproces
     # SIGTERM to up stops every region by its pid (checked by the fixture) and exits cleanly.
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_regions_stop_when_up_is_killed(tmp_path: Path) -> None:
+    # kill -9 of `up` leaves no orphaned region holding its port and data directory.
+    out = tmp_path / "console.log"
+    with out.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crdtstore.cli", "up", "--port", "0", "--regions", "2"],
+            cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    pids: list[int] = []
+    try:
+        wait_for("the admin token line", lambda: proc.poll() is None and "token (admin" in out.read_text())
+        plan = json.loads((tmp_path / "data" / "up.json").read_text())
+        pids = [entry["pid"] for entry in plan["regions"].values()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    try:
+        for pid in pids:
+            wait_for(f"region pid {pid} to exit after up died", lambda pid=pid: not _alive(pid), timeout=40)
+    finally:
+        for pid in pids:  # on failure, no region outlives the test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
