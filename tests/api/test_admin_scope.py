@@ -13,7 +13,7 @@ from crdtstore.api.auth import AuthPolicy, Scope, TokenStore, parse_token_file
 from crdtstore.cli import build_server_app
 from crdtstore.config import SETTINGS, ConfigError, resolve
 from crdtstore.node import Node, NodeConfig
-from sync.quorum import Level, QuorumOutcome
+from sync.quorum import Level, QuorumOutcome, required
 from tests.api.helpers import ADMIN_TOKEN, READ_TOKEN, RW_TOKEN, TestClient, auth_headers
 
 NO_FLAGS = {s.name: None for s in SETTINGS}
@@ -92,7 +92,8 @@ class RecordingReplicator:
         self.timeouts: list[float | None] = []
 
     def _outcome(self, level: Level) -> QuorumOutcome:
-        return QuorumOutcome(needed=level.needed(self.cluster_size), reached=1, replicas=("me",))
+        needed = required(level, replicas=self.cluster_size, local_replicas=1).total
+        return QuorumOutcome(needed=needed, reached=1, replicas=("me",))
 
     async def read(self, doc_id: str, level: Level, *, timeout: float | None = None) -> QuorumOutcome:
         self.timeouts.append(timeout)
