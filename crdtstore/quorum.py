@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from crdtstore.errors import CrdtError
 from sync.events import ReadResponded, WriteAcked
+from sync.protocol import PeerProtocol
 from sync.quorum import Level, QuorumOutcome, required
 
 __all__ = ["Quorum"]
@@ -115,7 +117,7 @@ class Quorum:
             rid = next(self._request_ids)
             fut = self._expect(rid)
             futures[fut] = link
-            self._input(link, lambda p, rid=rid: p.request_read(rid, doc_id))
+            self._input(link, functools.partial(PeerProtocol.request_read, request_id=rid, doc_id=doc_id))
         answered: dict[str, bytes | None] = {}
         pending = set(futures)
         deadline = asyncio.get_running_loop().time() + timeout
@@ -185,7 +187,8 @@ class Quorum:
             rid = next(self._request_ids)
             rids.append(rid)
             self._write_waits[rid] = acked
-            self._input(link, lambda p, rid=rid: p.request_write_ack(rid, doc_id, origin, seq))
+            ask = functools.partial(PeerProtocol.request_write_ack, request_id=rid, doc_id=doc_id, origin=origin, seq=seq)
+            self._input(link, ask)
         try:
             holders = await self._until_acked(acked, origin, seq, needed, deadline)
         finally:

@@ -348,7 +348,7 @@ class Replicator:
                     break
                 self.stats["messages_in"] += 1
                 self.stats["bytes_in"] += len(data)
-                self._input(link, lambda p, data=data: p.receive_message(data))
+                self._input(link, functools.partial(sp.PeerProtocol.receive_message, data=data))
         finally:
             if not link.closed:
                 self._input(link, lambda p: p.receive_eof())

@@ -52,7 +52,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crdtstore.merkle import MerkleShape, NodeId, diff_children
 
@@ -100,7 +100,8 @@ class Query:
 
     side: Side
     kind: Kind
-    items: tuple = ()
+    # Their type follows ``kind`` (NodeId, int or str), which every reader switches on first.
+    items: tuple[Any, ...] = ()
 
 
 @dataclass(slots=True)
@@ -129,8 +130,8 @@ class _Step(enum.IntEnum):
 class _Wave:
     """The answers awaited for one step, per side."""
 
-    local: set = field(default_factory=set)
-    remote: set = field(default_factory=set)
+    local: set[object] = field(default_factory=set)
+    remote: set[object] = field(default_factory=set)
 
     def empty(self) -> bool:
         return not self.local and not self.remote
@@ -209,7 +210,7 @@ class AntiEntropySession:
             if len(values) != self.shape.fanout:
                 raise InvalidState(f"node {node} has {len(values)} children, expected {self.shape.fanout}")
             self._expect(_Step.DESCEND, side, tuple(node))
-            self._children[side][tuple(node)] = list(values)
+            self._children[side][(node[0], node[1])] = list(values)
         self._advance()
 
     def receive_bucket_items(
@@ -238,7 +239,7 @@ class AntiEntropySession:
             raise InvalidState(f"no {step.name.lower()} answer {key!r} expected from {side.value}")
         pending.discard(key)
 
-    def _issue(self, kind: Kind, keys: list, *, sides: tuple[Side, ...] = (Side.LOCAL, Side.REMOTE)) -> None:
+    def _issue(self, kind: Kind, keys: Sequence[Any], *, sides: tuple[Side, ...] = (Side.LOCAL, Side.REMOTE)) -> None:
         """Queue chunked queries for ``keys`` on ``sides`` and await their answers."""
         size = self.states_chunk if kind is Kind.STATES else self.chunk
         for side in sides:
@@ -282,9 +283,9 @@ class AntiEntropySession:
                     self.stats.buckets_compared += len(buckets)
                     self._issue(Kind.BUCKETS, buckets)
             elif self._step is _Step.BUCKETS:
-                ours, theirs = self._items[Side.LOCAL], self._items[Side.REMOTE]
-                self.pulled = sorted(d for d, digest in theirs.items() if ours.get(d) != digest)
-                self.pushed = sorted(d for d, digest in ours.items() if theirs.get(d) != digest)
+                our_items, their_items = self._items[Side.LOCAL], self._items[Side.REMOTE]
+                self.pulled = sorted(d for d, digest in their_items.items() if our_items.get(d) != digest)
+                self.pushed = sorted(d for d, digest in our_items.items() if their_items.get(d) != digest)
                 if self._defer is not None:
                     self.deferred = [d for d in sorted({*self.pulled, *self.pushed}) if self._defer(d)]
                     if self.deferred:

@@ -120,7 +120,7 @@ class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is None:
             return  # the upgrade was refused: no app runs
         if scope["path"][len(self.root_path) :] in PEER_PATHS:
-            scope["extensions"][LIFT_EXTENSION] = {"lift": self._lift}  # type: ignore[index]
+            scope["extensions"][LIFT_EXTENSION] = {"lift": self._lift}
         else:
             self.conn.max_message_size = self.config.ws_max_size
 

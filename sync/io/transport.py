@@ -47,7 +47,7 @@ import random as _random
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -189,7 +189,7 @@ async def dial(
         websockets.InvalidHandshake: The server answered but refused the upgrade.
         ValueError: ``settings.ssl_context`` with a ``ws://`` URL.
     """
-    tls: dict[str, ssl.SSLContext] = {}
+    tls: dict[str, Any] = {}  # ssl= only for wss:// (websockets refuses ssl= on ws://)
     if settings.ssl_context is not None:
         if not url.startswith("wss://"):
             raise ValueError(f"a TLS context is set but {url} is not a wss:// URL")
