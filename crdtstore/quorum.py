@@ -187,7 +187,9 @@ class Quorum:
             rid = next(self._request_ids)
             rids.append(rid)
             self._write_waits[rid] = acked
-            ask = functools.partial(PeerProtocol.request_write_ack, request_id=rid, doc_id=doc_id, origin=origin, seq=seq)
+            ask = functools.partial(
+                PeerProtocol.request_write_ack, request_id=rid, doc_id=doc_id, origin=origin, seq=seq
+            )
             self._input(link, ask)
         try:
             holders = await self._until_acked(acked, origin, seq, needed, deadline)
