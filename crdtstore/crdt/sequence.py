@@ -978,17 +978,17 @@ class Sequence:
             live, length = None, content
         else:
             live, length = content, len(content)
-        dead = live is None
         while length > 0:
             found = self._lookup((replica, counter))
             if found is not None:
                 item, off = found
                 n = min(length, item.length - off)
-                if dead:
+                if live is None:
                     self._delete_range(replica, counter, counter + n)
             else:
                 n = min(length, self._unknown_extent(replica, counter))
-                piece: Content | int = content if n == length else (n if live is None else live[:n])
+                # A dead run ships its length: the n ids left, not the length it arrived with.
+                piece: Content | int = n if live is None else (live if n == length else live[:n])
                 at = None if origin is None else self._lookup(origin)
                 if origin is not None and at is None:
                     self.pending.append((replica, counter, lamport, origin, piece))
@@ -997,7 +997,7 @@ class Sequence:
             if n == length:
                 return
             if live is not None:
-                content = live = live[n:]
+                live = live[n:]
             origin = (replica, counter + n - 1)
             counter += n
             lamport += n
