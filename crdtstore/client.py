@@ -94,7 +94,7 @@ def _list_params(prefix: str, cursor: str | None, limit: int | None) -> dict[str
     return params
 
 
-def _error_from(status: int, body: bytes) -> ApiError:
+def _error_from(status: int, body: bytes | bytearray) -> ApiError:
     try:
         data = orjson.loads(body)
         return ApiError(status, str(data["error"]), str(data["message"]), data.get("detail"))

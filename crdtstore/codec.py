@@ -88,7 +88,7 @@ def _implied(node: ORMap) -> Iterator[tuple[str, int, int]]:
                 yield (replica, counter, counter + 1)
             if isinstance(value, SeqDelta):
                 for replica, counter, _, _, content in value.inserts:
-                    yield (replica, counter, counter + (content if type(content) is int else len(content)))
+                    yield (replica, counter, counter + (content if isinstance(content, int) else len(content)))
 
 
 # The short forms: most deltas are one keystroke, one insert or one delete in
@@ -127,7 +127,7 @@ def _short_form(delta: Delta) -> list[Any] | None:
     key: Any = path[0] if len(path) == 1 else path
     if len(node.inserts) == 1 and not node.deletes:
         replica, counter, lamport, origin, content = node.inserts[0]
-        if type(content) is int:
+        if isinstance(content, int):
             return None
         kind = "i"
         first = counter

@@ -218,7 +218,7 @@ class _Planner:
     def _check(self, op: Op, *, last: bool) -> None:
         path = op.path
         tag, real = self._resolve(path)
-        if op.kind == "delete" and op.index is None:
+        if op.kind == "delete" and op.at is None:
             if tag is not None:
                 self._remove(path)
             return
@@ -250,15 +250,15 @@ class _Planner:
         else:
             base = real.total if op.version is None else real.length_at(op.version)
             length = base + self.length_change.get(op.path, 0)
-        assert op.index is not None
+        assert op.at is not None
         if op.kind == "insert":
-            if op.index > length:
-                raise IndexOutOfRange(f"insert at {op.index} past the end ({length})", path=list(op.path))
+            if op.at > length:
+                raise IndexOutOfRange(f"insert at {op.at} past the end ({length})", path=list(op.path))
             self.length_change[op.path] = self.length_change.get(op.path, 0) + len(op.content or ())
         else:
-            if op.index + op.count > length:
-                raise IndexOutOfRange(f"delete of {op.count} at {op.index} past the end ({length})", path=list(op.path))
-            self.length_change[op.path] = self.length_change.get(op.path, 0) - op.count
+            if op.at + op.span > length:
+                raise IndexOutOfRange(f"delete of {op.span} at {op.at} past the end ({length})", path=list(op.path))
+            self.length_change[op.path] = self.length_change.get(op.path, 0) - op.span
 
     def _resolve(self, path: tuple[str, ...]) -> tuple[Tag | None, Any]:
         """The visible type at ``path`` after the earlier ops, and the document's value there if it still counts."""
@@ -306,7 +306,7 @@ def _wanted_tag(op: Op, current: Tag | None) -> Tag:
         return Tag.LWW if op.lww else Tag.REGISTER
     if op.kind in ("insert", "delete"):
         if current in _SEQUENCES:
-            return current  # type: ignore[return-value]
+            return current
         if op.kind == "insert":
             return Tag.TEXT if isinstance(op.content, str) else Tag.LIST
         return Tag.TEXT  # an index delete on another type mismatches; on nothing, is out of range
@@ -354,7 +354,7 @@ class _Executor:
     def _run(self, op: Op) -> None:
         path = op.path
         ctx = CausalContext()
-        if op.kind == "delete" and op.index is None:
+        if op.kind == "delete" and op.at is None:
             # Every op mints a dot, removals included: then two replicas with
             # equal contexts have joined the same ops and hold equal states,
             # so a digest of the context can stand for the document's.
@@ -428,23 +428,27 @@ class _Executor:
             seq = self._lookup(path, tag)
         leaf = SeqDelta(tag, set(presence))
         seen = self._seen(op)
-        assert op.index is not None
+        assert op.at is not None
         if op.kind == "insert":
             assert op.content is not None
             counter = self.next_counter
             self.next_counter += len(op.content)
             if seen is None:
-                leaf.inserts.append(seq.insert(op.index, op.content, self.replica, counter))
+                leaf.inserts.append(seq.insert(op.at, op.content, self.replica, counter))
             else:
-                origin = None if op.index == 0 else seq.ids_at(seen, op.index - 1, 1)[0]
+                origin = None
+                if op.at:
+                    before = seq.ids_at(seen, op.at - 1, 1)
+                    assert before is not None  # the batch check read op.at against this view
+                    origin = before[0]
                 leaf.inserts.append(seq.insert_after(origin, op.content, self.replica, counter))
             ctx.add_range(self.replica, counter, counter + len(op.content))
         else:
             deleter = self.mint(ctx)
             if seen is None:
-                leaf.deletes = seq.delete(op.index, op.count, deleter)
+                leaf.deletes = seq.delete(op.at, op.span, deleter)
             else:
-                ids = seq.ids_at(seen, op.index, op.count)
+                ids = seq.ids_at(seen, op.at, op.span)
                 assert ids is not None
                 leaf.deletes = seq.delete_ids(ids, deleter)
         self._add_to_batch(_wrap(path, {tag: leaf}, created), ctx)

@@ -40,8 +40,9 @@ class Op(NamedTuple):
     value: Any = None
     lww: bool = False
     by: int = 1
-    index: int | None = None
-    count: int = 1
+    # ``at`` and ``span`` are the wire's ``index`` and ``count``: those names would shadow tuple.index and tuple.count.
+    at: int | None = None
+    span: int = 1
     content: str | list[Any] | None = None  # insert: text (str) or values (list)
     version: CausalContext | None = None
 
@@ -110,7 +111,7 @@ def _parse(raw: Any) -> Op:
         count = _natural(raw.get("count", 1), "count")
         if count < 1:
             raise InvalidOp("delete: count must be at least 1", path=list(path))
-        return Op(kind, path, index=index, count=count, version=version)
+        return Op(kind, path, at=index, span=count, version=version)
     # insert
     index = _natural(raw["index"], "index")
     has_text, has_values = "text" in raw, "values" in raw
@@ -122,13 +123,13 @@ def _parse(raw: Any) -> Op:
             raise InvalidOp("insert: text must be a non-empty string", path=list(path))
         if reason := check_json(text):
             raise InvalidValue(reason, path=list(path))
-        return Op(kind, path, index=index, content=text, version=version)
+        return Op(kind, path, at=index, content=text, version=version)
     values = raw["values"]
     if not isinstance(values, list) or not values:
         raise InvalidOp("insert: values must be a non-empty list", path=list(path))
     if reason := check_json(values, len(path)):
         raise InvalidValue(reason, path=list(path))
-    return Op(kind, path, index=index, content=values, version=version)
+    return Op(kind, path, at=index, content=values, version=version)
 
 
 def _path(raw: Any) -> tuple[str, ...]:

@@ -151,6 +151,23 @@ def test_encoding_after_a_delete_costs_a_repeat_encode_in_memory() -> None:
     assert len(text_of(doc).deletions) == 3
 
 
+def test_a_dead_run_merged_onto_its_own_start_claims_no_more_ids() -> None:
+    """Regression: the receiver held the run's first 4 ids live; the sender's state has all 10 dead.
+
+    Merging it placed the unknown tail as a dead run of the full 10 (the length it arrived with),
+    not the 6 left: ids r:11..14 that no one minted, and replicas that no longer encoded alike.
+    """
+    sender, receiver = Document(), Document()
+    first = sender.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcd"}], replica="r")
+    receiver.join(decode_delta(encode_delta(first)))
+    sender.apply([{"op": "insert", "path": ["t"], "index": 4, "text": "efghij"}], replica="r")
+    sender.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 10}], replica="r")
+    receiver.merge(sender)
+    assert text_of(receiver).size == text_of(sender).size == 10
+    assert encode_document(receiver) == encode_document(sender)
+    assert receiver.value() == sender.value() == {"t": ""}
+
+
 def test_a_delete_joined_twice_is_logged_once() -> None:
     doc = Document()
     doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdef"}], replica="a")

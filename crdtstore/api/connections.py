@@ -219,12 +219,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # Protocol interface (uvicorn's methods, extended).
 
+    # asyncio.Protocol takes a BaseTransport; uvicorn narrows it to Transport with the same ignore.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._phase = _HEADERS
         self._received = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._oversized = False
-        self._extension = {"authenticated": self._authenticated}
+        # The ASGI spec types an extension as dict[object, object] (uvicorn's scope TypedDict too).
+        self._extension: dict[object, object] = {"authenticated": self._authenticated}
         super().connection_made(transport)
         if not self.guard.admit(self):
             transport.abort()  # no request yet: nothing to answer, and no lingering in TIME_WAIT here

@@ -154,7 +154,7 @@ class _RequestCollector(Collector):
             cumulative, running = [], 0
             for bound, n in zip((*self._bounds, float("inf")), buckets, strict=True):
                 running += n
-                cumulative.append((floatToGoString(bound), running))
+                cumulative.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
             latency.add_metric([method, route], cumulative, total)
         yield requests
         yield latency

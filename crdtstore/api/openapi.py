@@ -115,7 +115,7 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 @cache
 def _document() -> dict[str, Any]:
-    auth = [{"bearer": []}]
+    auth: list[dict[str, list[str]]] = [{"bearer": []}]
     return {
         "openapi": "3.1.0",
         "info": {

@@ -36,7 +36,7 @@ class _DotFunRegister:
         self.entries: dict[Dot, Any] = entries if entries is not None else {}
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.entries == other.entries  # type: ignore[attr-defined]
+        return type(other) is type(self) and self.entries == other.entries
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.entries!r})"

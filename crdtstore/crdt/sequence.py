@@ -44,7 +44,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import accumulate, repeat
 from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub
-from typing import Any
+from typing import Any, cast
 
 from ..causal import CausalContext, Dot, ranges_add
 from ..errors import DecodeError
@@ -311,7 +311,8 @@ class Sequence:
 
     def value(self) -> Content:
         if self.tag is Tag.TEXT:
-            return "".join(it.content for it in self._items() if it.content is not None)  # type: ignore[misc]
+            # A text's runs hold str (its tag says so, which the item type cannot).
+            return "".join(cast("Iterator[str]", (it.content for it in self._items() if it.content is not None)))
         out: list[Any] = []
         for it in self._items():
             if it.content is not None:
@@ -377,8 +378,10 @@ class Sequence:
             and item.content is not None
             and item.length < RUN_MAX
         ):
-            # Typing on at the end of our own run: extend it.
-            item.content = item.content + content  # type: ignore[operator]
+            # Typing on at the end of our own run: extend it. ``run`` is str for a text and list for a list,
+            # as ``content`` is: the tag decides, which the types cannot say (and a cast would cost a call).
+            run: Any = item.content
+            item.content = run + content
             item.length += n
             self.size += n
             blk.lens[j] += n
@@ -593,7 +596,7 @@ class Sequence:
         prev_end = 0
         prev_dl = 0
         for replica, counter, lamport, origin, content in merged:
-            n = content if type(content) is int else len(content)  # type: ignore[arg-type]
+            n = content if type(content) is int else len(content)
             dl = lamport - counter
             runs += (
                 table.ref(replica),
@@ -969,18 +972,23 @@ class Sequence:
 
     def _integrate(self, ins: Insert) -> None:
         replica, counter, lamport, origin, content = ins
-        dead = type(content) is int
-        length = content if dead else len(content)  # type: ignore[arg-type]
+        # ``live`` is the content still to place, None for a dead run (which ships its length instead).
+        live: Content | None
+        if isinstance(content, int):
+            live, length = None, content
+        else:
+            live, length = content, len(content)
         while length > 0:
             found = self._lookup((replica, counter))
             if found is not None:
                 item, off = found
                 n = min(length, item.length - off)
-                if dead:
+                if live is None:
                     self._delete_range(replica, counter, counter + n)
             else:
                 n = min(length, self._unknown_extent(replica, counter))
-                piece = content if n == length else (n if dead else content[:n])  # type: ignore[index]
+                # A dead run ships its length: the n ids left, not the length it arrived with.
+                piece: Content | int = n if live is None else (live if n == length else live[:n])
                 at = None if origin is None else self._lookup(origin)
                 if origin is not None and at is None:
                     self.pending.append((replica, counter, lamport, origin, piece))
@@ -988,8 +996,8 @@ class Sequence:
                     self._integrate_new(replica, counter, lamport, origin, piece, at)
             if n == length:
                 return
-            if not dead:
-                content = content[n:]  # type: ignore[index]
+            if live is not None:
+                live = live[n:]
             origin = (replica, counter + n - 1)
             counter += n
             lamport += n
@@ -1013,8 +1021,13 @@ class Sequence:
         found: tuple[Item, int] | None = None,
     ) -> None:
         """Place new elements after ``origin``; ``found`` is the origin's lookup when the caller has it."""
-        live = type(content) is not int
-        n = len(content) if live else content  # type: ignore[arg-type]
+        # The content to place, None for a dead run (``content`` is then its length).
+        run: Content | None
+        if isinstance(content, int):
+            run, n = None, content
+        else:
+            run, n = content, len(content)
+        live = run is not None
         prev: Item | None = None
         if origin is None:
             blk, j = self.blocks[0], 0
@@ -1058,11 +1071,13 @@ class Sequence:
             prev.length += n
             self.size += n
             if live:
-                prev.content = prev.content + content  # type: ignore[operator]
+                # str + str for a text, list + list for a list: the tag decides, which the types cannot say.
+                ext: Any = prev.content
+                prev.content = ext + run
                 blk.lens[j - 1] += n
                 self._grew(blk, n)
             return
-        item = Item(replica, counter, lamport, origin, n, content if live else None, blk)  # type: ignore[arg-type]
+        item = Item(replica, counter, lamport, origin, n, run, blk)
         self._place(blk, j, item)
 
     def _delete_range(self, replica: str, lo: int, hi: int) -> None:
@@ -1129,7 +1144,7 @@ def _subtract(flat: list[int], lo: int, hi: int) -> Iterator[tuple[int, int]]:
 
 def _insert_length(ins: Insert) -> int:
     content = ins[4]
-    return content if type(content) is int else len(content)  # type: ignore[arg-type, return-value]
+    return content if isinstance(content, int) else len(content)
 
 
 def _insert_order(ins: Insert) -> tuple[int, str, int]:
@@ -1267,7 +1282,8 @@ def _chain(atoms: list[list[Any]]) -> list[Segment]:
         else:
             cur = [dr, d0 + 1, 1, tr, t0 + tstep, tstep, n - 1]
             out.append(cur)
-    return [tuple(s) for s in out]  # type: ignore[misc]
+    # Every atom and chain has Segment's seven fields; tuple() cannot say so.
+    return cast("list[Segment]", [tuple(s) for s in out])
 
 
 def _shared_deleters(segs: list[Segment]) -> dict[str, list[int]]:

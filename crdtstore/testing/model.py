@@ -72,7 +72,7 @@ class Model:
         self.root: dict[str, Any] = {}
 
     def value(self) -> dict[str, Any]:
-        return _export(self.root)
+        return _export_map(self.root)
 
     def apply(self, ops: list[dict[str, Any]]) -> None:
         for op in ops:
@@ -83,9 +83,10 @@ class Model:
         node = self.root
         if op["op"] == "delete" and "index" not in op:
             for p in parents:
-                node = node.get(p)
-                if not isinstance(node, dict):
+                child = node.get(p)
+                if not isinstance(child, dict):
                     return
+                node = child
             node.pop(key, None)
             return
         for p in parents:
@@ -118,8 +119,12 @@ def _export(value: Any) -> Any:
     if isinstance(value, _Set):
         return [value[k] for k in sorted(value)]
     if isinstance(value, dict):
-        return {k: _export(v) for k, v in sorted(value.items())}
+        return _export_map(value)
     return value
+
+
+def _export_map(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: _export(v) for k, v in sorted(node.items())}
 
 
 def document_matches(doc: Document, model: Model) -> bool:

@@ -96,7 +96,7 @@ class StoreComparison(RuleBasedStateMachine):
         self.rogue_seq = 0
 
     def run(self, step: Awaitable[T]) -> T:
-        return self.loop.run_until_complete(step)  # type: ignore[arg-type]
+        return self.loop.run_until_complete(step)
 
     def both(self, make: Any) -> tuple[Any, Any]:
         """``make(store)`` awaited on each store: the two outcomes, or the two error types."""

@@ -179,7 +179,7 @@ def replay_ours(
 
 def replay_pycrdt(
     trace: Trace, *, on_window: Callable[[int], None] | None = None, window: int = 10_000
-) -> Replay[pycrdt.Doc]:
+) -> Replay[pycrdt.Doc[pycrdt.Text]]:
     """Replay ``trace`` on pycrdt: one ``Doc`` per agent, one transaction per patch.
 
     The update each transaction emits (captured with ``Doc.observe``) is counted in ``delta_bytes``;
@@ -310,7 +310,7 @@ class _OurEngine(_Engine[Document]):
         return value
 
 
-class _PeerEngine(_Engine[pycrdt.Doc]):
+class _PeerEngine(_Engine[pycrdt.Doc[pycrdt.Text]]):
     def __init__(self, *, convert: bool) -> None:
         self.docs = []
         self.texts: list[pycrdt.Text] = []
@@ -324,7 +324,7 @@ class _PeerEngine(_Engine[pycrdt.Doc]):
 
     def add_replica(self, agent: int) -> None:
         # Fixed client ids keep update bytes (and so the measured sizes) reproducible run to run.
-        doc = pycrdt.Doc(client_id=agent + 1)
+        doc: pycrdt.Doc[pycrdt.Text] = pycrdt.Doc(client_id=agent + 1)
         captured: list[bytes] = []
         doc.observe(lambda event: captured.append(event.update))
         self.docs.append(doc)
@@ -370,7 +370,7 @@ def _units(s: str, unit: OffsetUnit) -> int:
 
 
 def _probe(initial: str, index: int) -> str:
-    doc = pycrdt.Doc()
+    doc: pycrdt.Doc[pycrdt.Text] = pycrdt.Doc()
     text = doc.get("probe", type=pycrdt.Text)
     text.insert(0, initial)
     text.insert(index, "|")
