@@ -56,7 +56,8 @@ def _header(conn: HTTPConnection, name: bytes) -> str | None:
     On the hot routes, instead of ``conn.headers``: building Starlette's
     Headers object costs about as much as reading a small document.
     """
-    for key, value in conn.scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = conn.scope["headers"]
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None
