@@ -70,13 +70,17 @@ from __future__ import annotations
 
 import collections
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
 
 from crdtstore import codec
-from crdtstore.document import Document
+from crdtstore.crdt.ormap import ORMap
+from crdtstore.crdt.sequence import SeqDelta
+from crdtstore.crdt.tags import Tag
+from crdtstore.document import Delta, Document
 
 if TYPE_CHECKING:
     from crdtstore.commit import WriteContext
@@ -92,8 +96,10 @@ __all__ = [
     "NodeNotRunning",
     "ReadResult",
     "State",
+    "check_lengths",
     "is_empty",
     "join_tail",
+    "only_removals",
     "split_view",
     "version_digest",
 ]
@@ -475,3 +481,35 @@ def is_empty(doc: Document) -> bool:
     """No visible field: the document reads as deleted (cheaper than ``not doc.value()``)."""
     root = doc.root
     return all(root.visible_tag(name) is None for name in root.fields)
+
+
+def check_lengths(doc_id: str, doc: Document, batch: Delta, limit: int) -> None:
+    """Refuse a local batch that leaves a text or list it inserted into longer than ``limit``.
+
+    Raises:
+        DocumentTooLarge: Naming the path of the first such sequence; nothing was written.
+    """
+    for path, length in _grown_sequences(doc.root, batch.root):
+        if length > limit:
+            raise DocumentTooLarge(
+                doc_id, f"a text or list would hold {length} elements", limit=limit, size=length, path=path
+            )
+
+
+def _grown_sequences(node: ORMap | None, delta: ORMap, path: tuple[str, ...] = ()) -> Iterator[tuple[list[str], int]]:
+    """``(path, length)`` of every text or list ``delta`` inserted into, as ``node`` holds it now."""
+    for name, entries in delta.fields.items():
+        for tag, value in entries.items():
+            if isinstance(value, ORMap):
+                yield from _grown_sequences(node.get(name, Tag.MAP) if node is not None else None, value, (*path, name))
+            elif isinstance(value, SeqDelta) and value.inserts and node is not None:
+                seq = node.get(name, tag)
+                if seq is not None:
+                    yield [*path, name], len(seq)
+
+
+def only_removals(ops: Any) -> bool:
+    """A batch that can only shrink a document: allowed even past the size limit, so it can be cut down."""
+    return isinstance(ops, list) and all(
+        isinstance(op, dict) and op.get("op") in ("delete", "remove", "disable") for op in ops
+    )

@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -62,18 +62,16 @@ import orjson
 
 from crdtstore import codec
 from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed
-from crdtstore.crdt.ormap import ORMap
-from crdtstore.crdt.sequence import SeqDelta
-from crdtstore.crdt.tags import Tag
 from crdtstore.docstore import (
     DocStore,
     DocumentNotFound,
     DocumentTooLarge,
     NodeNotRunning,
     ReadResult,
+    check_lengths,
+    only_removals,
     split_view,
 )
-from crdtstore.document import Delta, Document
 from crdtstore.feed import ChangeFeed, InvalidCursor, parse_since
 from crdtstore.hlc import HybridClock
 from crdtstore.limits import MAX_BATCH_OPS, MAX_DOCUMENT_BYTES, MAX_SEQUENCE_LENGTH
@@ -592,9 +590,9 @@ class Node:
         now = self._now()
         batch = entry.doc.apply(ops, replica=self.replica_id, now=now)
         delta = codec.encode_delta(batch)
-        limited = not _only_removals(ops)
+        limited = not only_removals(ops)
         if limited:
-            self._check_lengths(doc_id, entry.doc, batch)
+            check_lengths(doc_id, entry.doc, batch, self.config.max_sequence_length)
         storage = ctx.storage
         seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
         storage.set_hlc(ctx.txn, self._hlc.last)
@@ -602,14 +600,6 @@ class Node:
         limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else codec.MAX_ENCODED_BYTES
         version = docs.settle(ctx, doc_id, entry, state, self.replica_id, seq, delta, limit=limit)
         return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
-
-    def _check_lengths(self, doc_id: str, doc: Document, batch: Delta) -> None:
-        limit = self.config.max_sequence_length
-        for path, length in _grown_sequences(doc.root, batch.root):
-            if length > limit:
-                raise DocumentTooLarge(
-                    doc_id, f"a text or list would hold {length} elements", limit=limit, size=length, path=path
-                )
 
     def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
         docs = self.docs
@@ -653,22 +643,3 @@ class Node:
             return ids, (ids[-1] if more else None)
 
         return await self._read(run)
-
-
-def _grown_sequences(node: ORMap | None, delta: ORMap, path: tuple[str, ...] = ()) -> Iterator[tuple[list[str], int]]:
-    """``(path, length)`` of every text or list ``delta`` inserted into, as ``node`` holds it now."""
-    for name, entries in delta.fields.items():
-        for tag, value in entries.items():
-            if isinstance(value, ORMap):
-                yield from _grown_sequences(node.get(name, Tag.MAP) if node is not None else None, value, (*path, name))
-            elif isinstance(value, SeqDelta) and value.inserts and node is not None:
-                seq = node.get(name, tag)
-                if seq is not None:
-                    yield [*path, name], len(seq)
-
-
-def _only_removals(ops: Any) -> bool:
-    """A batch that can only shrink a document: allowed even past the size limit, so it can be cut down."""
-    return isinstance(ops, list) and all(
-        isinstance(op, dict) and op.get("op") in ("delete", "remove", "disable") for op in ops
-    )
