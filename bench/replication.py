@@ -8,7 +8,7 @@ Usage::
 Setup. Three regions (``us``, ``eu``, ``ap``), each a real node (its own
 process, uvicorn server, LMDB data directory under a temporary directory,
 fsync on), on 127.0.0.1 only. Every region dials the two others through
-the in-repository WAN proxy (:class:`sync.wanproxy.WanController`), which
+the in-repository WAN proxy (:class:`sync.io.wanproxy.WanController`), which
 runs in a process of its own and adds ``--latency-ms`` one way to every
 chunk. The load generator (raw HTTP/1.1 keep-alive connections, as in
 ``bench/api.py``) runs in this process, and the visibility observer in
@@ -300,7 +300,7 @@ class _Tracer:
 
 
 def run_wan(args: argparse.Namespace) -> int:
-    from sync.wanproxy import WanController
+    from sync.io.wanproxy import WanController
 
     targets = dict(item.split("=", 1) for item in args.target)
     wan = WanController(list(targets), latency=args.latency_ms / 1e3)

@@ -5,15 +5,17 @@ runs one node; every flag also comes from ``CRDTSTORE_*`` variables or a
 TOML file (see :mod:`crdtstore.config`).
 
 ``crdtstore up [--regions N] [--latency 80ms] [--jitter 10ms]`` is the
-embedded default: N region nodes (3 by default, named by
-:data:`UP_REGIONS`) in this process on loopback, each with its own uvicorn
-server, port and data directory under ``./data``, a read-write token and a
-cluster secret generated on the first run (mode 0600). Every region dials
-every other one through an emulated WAN (:mod:`sync.wanproxy`) that adds
-the one-way latency and jitter. While it runs, ``crdtstore partition A B``
-and ``crdtstore heal A B`` cut and restore the link between two regions
-(through the ``/v1/admin/*`` routes of the first region, which ``up``
-records in ``./data/up.json``).
+embedded default: N regions (3 by default, named by :data:`UP_REGIONS`), each
+a ``crdtstore serve`` process of its own on loopback with its own port, data
+directory and log file under ``./data`` (:mod:`crdtstore.supervisor`), a
+read-write and an admin token and a cluster secret generated on the first
+run (mode 0600). Every region dials every other one through an emulated WAN
+(:mod:`sync.io.wanproxy`) that stays in the ``up`` process and adds the one-way
+latency and jitter; its admin API (:mod:`crdtstore.wanadmin`) cuts and heals
+links. ``crdtstore status``, ``partition A B``, ``isolate A`` and ``heal``
+work against any running cluster over HTTP (:mod:`crdtstore.clusterctl`):
+given node URLs, a WAN admin URL and a token, or else from the plan ``up``
+records in ``./data/up.json``.
 
 Servers are uvicorn servers driven by :func:`run_servers`: one event loop,
 one set of signal handlers for all of them (uvicorn's per-server handlers
@@ -28,16 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
-import json
 import logging
 import os
 import signal
 import socket
 import ssl
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -45,12 +45,14 @@ from typing import Literal
 import uvicorn
 from starlette.applications import Starlette
 
-from crdtstore import __version__
+from crdtstore import __version__, clusterctl
 from crdtstore.api.app import build_app, build_peer_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
 from crdtstore.api.connections import ConnectionLimits, guarded_protocol
 from crdtstore.api.limits import Limits
+from crdtstore.api.peerlink import gated_protocol
 from crdtstore.api.versions import version_key
+from crdtstore.clusterctl import load_plan, pick_token
 from crdtstore.config import (
     SETTINGS,
     ConfigError,
@@ -60,19 +62,22 @@ from crdtstore.config import (
     peer_ssl_context,
     resolve,
 )
-from crdtstore.logs import configure_logging
+from crdtstore.logs import JsonFormatter, configure_logging
 from crdtstore.node import Node, NodeConfig
 from crdtstore.region import Region
-from crdtstore.replicator import Replicator
-from sync.protocol import SyncConfig
-from sync.transport import TransportSettings, gated_protocol
-from sync.wanproxy import WanController
+from crdtstore.replicator import Replicator, ReplicatorSettings
+from crdtstore.supervisor import Child, Supervisor, write_plan
+from crdtstore.wanadmin import build_wan_admin_app
+from sync.config import SyncConfig
+from sync.io.transport import TransportSettings
+from sync.io.wanproxy import WanController
 
 __all__ = [
     "UP_REGIONS",
     "bind",
     "build_parser",
     "build_server_app",
+    "ensure_admin_token",
     "ensure_secret",
     "ensure_token",
     "main",
@@ -146,6 +151,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             region=config.region,
             transport=transport,
             sync_config=SyncConfig(anti_entropy_interval=config.anti_entropy_interval),
+            settings=ReplicatorSettings(quorum_timeout=config.quorum_timeout),
         )
     return build_app(
         Region(node, replicator=replicator),
@@ -217,7 +223,7 @@ def _listener(
     lifespan: Literal["on", "off"],
 ) -> uvicorn.Config:
     # Peer links get 4 KiB messages until the peer authenticates, then peer_max_size; API websockets
-    # ws_max_size (see sync.transport).
+    # ws_max_size (see crdtstore.api.peerlink).
     ws = gated_protocol(peer_max_size=config.peer_max_size)
     return uvicorn.Config(
         app,
@@ -438,6 +444,31 @@ def parse_duration(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port")
+    return port
+
+
+def ensure_admin_token(root: Path) -> str:
+    """The admin token of ``up``; added (mode 0600 kept) to its token file when the file has none.
+
+    A token file from before the admin scope keeps its tokens: the new one is appended.
+    """
+    path = root / UP_TOKEN_FILE
+    for token, scope in parse_token_file(path.read_text(encoding="utf-8"), source=str(path)).items():
+        if scope is Scope.ADMIN:
+            return token
+    token = generate_token()
+    with path.open("a", encoding="utf-8") as file:
+        file.write(f"{token} admin\n")
+    return token
+
+
 def ensure_token(root: Path) -> str:
     """The read-write token of ``up``; generated and saved (mode 0600) on the first run."""
     path = root / UP_TOKEN_FILE
@@ -467,66 +498,139 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    root = Path(args.data)
+    """Run every region as its own ``serve`` process, the emulated WAN and its admin API here."""
+    root = Path(args.data).absolute()
+    if args.replicas != 1:
+        # local_quorum is answered by one replica today (sync.quorum.Level), and peers
+        # are configured URLs rather than found by name: several replicas per region would be all peers.
+        raise ConfigError("--replicas: only 1 replica per region is supported yet (local_quorum spans one replica)")
     configure_logging("info")
+    if not args.log_console:
+        _log_to_file(root / "logs" / "up.log")  # the console keeps the table and reports of regions that exit
     token = ensure_token(root)
+    admin = ensure_admin_token(root)
     wan = None
     if args.regions > 1:
         ensure_secret(root)
-        wan = WanController(UP_REGIONS[: args.regions], latency=args.latency, jitter=args.jitter)
-        wan.bind()  # the links' ports go into every node's peer list before anything runs
+        try:
+            wan = WanController(
+                UP_REGIONS[: args.regions],
+                latency=args.latency,
+                jitter=args.jitter,
+                base_port=args.wan_port + 1 if args.wan_port else 0,
+            )
+            wan.bind()  # the links' ports go into every node's peer list before anything runs
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"--wan-port {args.wan_port}: {exc}") from None
     plans = plan_up(root, host="127.0.0.1", base_port=args.port, regions=args.regions, wan=wan)
-    # Only the generated files count for `up`, not CRDTSTORE_TOKENS or a secret of the caller's shell.
-    configs = [uvicorn_config(build_server_app(plan, env={}, wan=wan), plan) for plan in plans]
+    plans = _with_ports(plans)
+    logs = None if args.log_console else root / "logs"
+    supervisor = Supervisor(
+        [Child(plan, log=logs / f"{plan.region}.log" if logs is not None else None) for plan in plans]
+    )
+    tokens = TokenStore.load(root / UP_TOKEN_FILE, env={})
+    admin_app = build_wan_admin_app(wan or WanController([]), auth=AuthPolicy(tokens=tokens))
+    admin_config = uvicorn.Config(
+        admin_app, host="127.0.0.1", port=args.wan_port, log_config=None, access_log=False, lifespan="off"
+    )
+    wan_url: list[str] = []
 
     def announce(urls: list[str]) -> None:
-        for plan, url in zip(plans, urls, strict=True):
-            print(f"crdtstore up: region {plan.region} at {url}", flush=True)
-            if wan is not None:
-                host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
-                wan.set_target(plan.region, host, int(port))
-        print(f"token (readwrite, kept in {root / UP_TOKEN_FILE}): {token}", flush=True)
-        state = {"admin": urls[0], "regions": dict(zip([p.region for p in plans], urls, strict=True))}
-        (root / UP_STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        wan_url.append(urls[0])
 
     async def on_start() -> None:
         if wan is not None:
             await wan.start()
+            for plan in plans:
+                wan.set_target(plan.region, "127.0.0.1", plan.port)
+        supervisor.start()
+        write_plan(root / UP_STATE_FILE, supervisor.plan(wan_admin=wan_url[0] if wan is not None else None))
+        late = await supervisor.wait_ready()
+        print(f"crdtstore up: {len(plans)} region(s), one process each", flush=True)
+        print(supervisor.table(), flush=True)
+        if late:
+            print(f"crdtstore up: not ready: {', '.join(late)} (see their logs)", flush=True)
+        if wan is not None:
+            print(f"WAN admin: {wan_url[0]} (crdtstore partition/isolate/heal; status)", flush=True)
+        print(f"token (readwrite, kept in {root / UP_TOKEN_FILE}): {token}", flush=True)
+        print(f"token (admin, kept in {root / UP_TOKEN_FILE}): {admin}", flush=True)
 
     async def on_stop() -> None:
+        await supervisor.stop()
         if wan is not None:
             await wan.close()
 
-    return run_servers(configs, announce=announce, on_start=on_start, on_stop=on_stop)
+    return run_servers([admin_config], announce=announce, on_start=on_start, on_stop=on_stop)
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().handlers[:] = [handler]
+
+
+def _with_ports(plans: list[ServeConfig]) -> list[ServeConfig]:
+    """Give each plan of port 0 a free port now: the WAN's targets and the table need it before the child runs."""
+    held = [bind("127.0.0.1", 0) for plan in plans if plan.port == 0]
+    try:
+        ports = iter([sock.getsockname()[1] for sock in held])
+        return [plan if plan.port else dataclasses.replace(plan, port=next(ports)) for plan in plans]
+    finally:
+        for sock in held:
+            sock.close()  # a child binds it next; on loopback nothing else is racing for it in practice
+
+
+def _token_and_data(args: argparse.Namespace, needed: Scope) -> tuple[Path, str]:
+    root = Path(args.data)
+    return root, pick_token(args.token, env=os.environ, root=root, needed=needed)
 
 
 def _link_command(args: argparse.Namespace) -> int:
-    """``partition A B`` / ``heal A B``: ask the running ``up`` (its admin routes) to cut or heal."""
-    root = Path(args.data)
-    try:
-        state = json.loads((root / UP_STATE_FILE).read_text(encoding="utf-8"))
-        token = ensure_token(root)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"no running `crdtstore up` under {root}: {exc}") from None
-    body: dict[str, str] = {"a": args.a, "b": args.b}
+    """``partition A B`` / ``isolate A`` / ``heal [A B]`` through a WAN admin API (``--wan`` or ``up``'s plan)."""
+    root, token = _token_and_data(args, Scope.ADMIN)
+    wan = args.wan or load_plan(root).get("wan")
+    if not wan:
+        raise ConfigError("no emulated WAN to cut: give --wan URL (the `up` of one region has none)")
+    body: dict[str, str] = {}
     if args.command == "partition":
-        body["mode"] = args.mode
-    request = urllib.request.Request(
-        f"{state['admin']}/v1/admin/{args.command}",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
+        body = {"a": args.a, "b": args.b, "mode": args.mode}
+    elif args.command == "isolate":
+        body = {"region": args.region, "mode": args.mode}
+    elif args.a is not None or args.b is not None:
+        if args.a is None or args.b is None:
+            raise ConfigError("heal takes two regions, or none to heal every link")
+        body = {"a": args.a, "b": args.b}
     try:
-        with urllib.request.urlopen(request, timeout=10.0) as response:  # noqa: S310 (our own loopback URL)
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        print(f"crdtstore {args.command}: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+        answer = clusterctl.admin_call(f"{wan.rstrip('/')}/v1/admin/{args.command}", token, body=body)
+    except clusterctl.AdminError as exc:
+        print(f"crdtstore {args.command}: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot reach `crdtstore up` at {state['admin']}: {exc}") from None
-    print(f"cut links: {answer['cut']}", flush=True)
+        raise ConfigError(f"cannot reach the WAN admin API at {wan}: {exc}") from None
+    print("cut links: " + (", ".join("-".join(pair) for pair in answer["cut"]) or "none"), flush=True)
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """Every node's links and Merkle root (URLs given, or those of ``up``'s plan), and the WAN's cut links."""
+    root, token = _token_and_data(args, Scope.READ)
+    wan = args.wan
+    if args.urls:
+        nodes = {url.rstrip("/"): url.rstrip("/") for url in args.urls}
+    else:
+        plan = load_plan(root)
+        nodes = {region: entry["url"] for region, entry in plan["regions"].items()}
+        wan = wan or plan.get("wan")
+    statuses = clusterctl.fetch_status(nodes, token)
+    cut = None
+    if wan:
+        try:
+            cut = clusterctl.admin_call(f"{wan.rstrip('/')}/v1/admin/wan", token)["cut"]
+        except (clusterctl.AdminError, OSError, ValueError, KeyError) as exc:
+            print(f"crdtstore status: WAN admin API at {wan}: {exc}", file=sys.stderr)
+    print(clusterctl.render_status(statuses, cut=cut), flush=True)
+    return 0 if all(s.error is None for s in statuses) else 1
 
 
 def _url_host(host: str) -> str:
@@ -554,22 +658,51 @@ def build_parser() -> argparse.ArgumentParser:
             serve.add_argument(setting.option, dest=setting.name, default=None, help=setting.help)
     serve.set_defaults(func=_serve)
 
-    up = commands.add_parser("up", help="run a local multi-region cluster on loopback (data under ./data)")
+    up = commands.add_parser(
+        "up",
+        help="run a local multi-region cluster on loopback, one process per region (data under ./data)",
+        description="Run a local cluster: one `crdtstore serve` process per region on 127.0.0.1, an emulated "
+        "WAN between them, logs under DATA/logs. Ctrl-C stops every region.",
+    )
     up.add_argument("--data", default="data", help="root directory (default ./data)")
     up.add_argument("--port", type=int, default=8080, help="first port (default 8080; 0: any free ports)")
     up.add_argument("--regions", type=int, default=UP_DEFAULT_REGIONS, help="regions to run (default 3)")
+    up.add_argument("--replicas", type=int, default=1, help="replicas per region (only 1 is supported yet)")
     up.add_argument("--latency", type=parse_duration, default=0.0, help="one-way latency between regions (80ms)")
     up.add_argument("--jitter", type=parse_duration, default=0.0, help="extra random one-way delay (10ms)")
+    up.add_argument(
+        "--wan-port",
+        type=_port,
+        default=0,
+        help="the WAN admin API's port; its links take the next N*(N-1) ports (default 0: any free ports)",
+    )
+    up.add_argument("--log-console", action="store_true", help="the regions' JSON logs on this console, not in files")
     up.set_defaults(func=_up)
 
-    for name, text in (("partition", "cut the link between two regions of a running `up`"), ("heal", "restore it")):
-        cmd = commands.add_parser(name, help=text)
-        cmd.add_argument("a", help="region")
-        cmd.add_argument("b", help="region")
-        cmd.add_argument("--data", default="data", help="the root directory of the running `up` (default ./data)")
-        if name == "partition":
-            cmd.add_argument("--mode", choices=["close", "hold"], default="close", help="drop or blackhole (hold)")
+    def common(cmd: argparse.ArgumentParser, *, wan: bool = True) -> None:
+        cmd.add_argument("--data", default="data", help="the root directory of a running `up` (default ./data)")
+        cmd.add_argument("--token", default=None, help="bearer token (or CRDTSTORE_TOKEN; default: up's token file)")
+        if wan:
+            cmd.add_argument("--wan", default=None, help="the WAN admin API's URL (default: from up's plan)")
+
+    partition = commands.add_parser("partition", help="cut the link between two regions")
+    partition.add_argument("a", help="region")
+    partition.add_argument("b", help="region")
+    isolate = commands.add_parser("isolate", help="cut one region off from every other")
+    isolate.add_argument("region", help="region")
+    for cmd in (partition, isolate):
+        cmd.add_argument("--mode", choices=["close", "hold"], default="close", help="drop or blackhole (hold)")
+    heal = commands.add_parser("heal", help="restore the link between two regions (none: every link)")
+    heal.add_argument("a", nargs="?", default=None, help="region")
+    heal.add_argument("b", nargs="?", default=None, help="region")
+    for cmd in (partition, isolate, heal):
+        common(cmd)
         cmd.set_defaults(func=_link_command)
+
+    status = commands.add_parser("status", help="links, counters and Merkle roots of every node")
+    status.add_argument("urls", nargs="*", help="node base URLs (default: those of up's plan)")
+    common(status)
+    status.set_defaults(func=_status)
     return parser
 
 

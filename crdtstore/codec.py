@@ -1,39 +1,26 @@
-"""The canonical, versioned encoding of documents and deltas.
+"""Documents and deltas to bytes and back: the canonical encoding, and short forms of small deltas.
 
-An encoding is the JSON array ``[kind, format, replicas, context, root]``
-serialized by orjson with sorted object keys:
-
-- ``kind`` is ``"D"`` for a document state, ``"d"`` for a delta;
-- ``format`` is the encoding version (``FORMAT``); an unknown one raises
-  ``UnsupportedVersion``;
-- ``replicas`` lists the replica ids once, in the order the canonical
-  traversal meets them; everything else names a replica by its index;
-- ``context`` maps replica index to half-open counter ranges;
-- ``root`` is the root map (see ``crdt/ormap.py``); every value inside is
-  ``[tag, body]`` with the tag from ``crdt/tags.py``.
-
-Canonical: maps, sets and dots are written sorted, sequences in document
-order with runs merged, so replicas that joined the same deltas in any
-order write identical bytes. Decoding untrusted bytes raises a
-``DecodeError`` and never anything else.
+A document state and a delta are written in the canonical encoding of
+:mod:`crdtstore.canonical` (kind ``"D"`` and ``"d"``); a delta of one
+insert or one delete in one text or list takes a short form instead (below).
+Decoding untrusted bytes raises a ``DecodeError`` and never anything else.
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
+from .canonical import FORMAT, MAX_ENCODED_BYTES, check_deleters, decode_state, encode_state
 from .causal import CausalContext, Dot
-from .crdt.base import ReplicaTable
 from .crdt.ormap import ORMap
-from .crdt.sequence import MAX_ELEMENTS, SeqDelta, Sequence
+from .crdt.sequence import MAX_ELEMENTS, SeqDelta
 from .crdt.tags import Tag
 from .document import Delta, Document
-from .errors import DecodeError, UnsupportedVersion
+from .errors import DecodeError
 
 __all__ = [
     "FORMAT",
@@ -45,20 +32,11 @@ __all__ = [
     "encode_document",
 ]
 
-FORMAT = 1
-# The largest encoding decoding accepts: 64 times the node's per-document
-# write limit (16 MiB), so that a document many regions filled concurrently
-# still loads. What peers may send is capped much lower by the transport.
-MAX_ENCODED_BYTES = 1 << 30
-# orjson returns bytes inside an allocation of at least 4 KiB; an encoding
-# that is kept (a delta log, a replay) is copied out below this size, so a
-# 30-byte delta costs about 30 bytes, not 4,097.
-_COMPACT_BELOW = 1 << 16
 _MAX_PATH = 64  # as deep as a decoded map may nest
 
 
 def encode_document(doc: Document) -> bytes:
-    return _encode("D", doc.root, doc.ctx)
+    return encode_state("D", doc.root, doc.ctx)
 
 
 def encode_delta(delta: Delta) -> bytes:
@@ -78,41 +56,23 @@ def _encode_full_delta(delta: Delta) -> bytes:
         ctx = ctx.copy()
         for replica, lo, hi in implied:
             ctx.remove_range(replica, lo, hi)
-    return _encode("d", delta.root, ctx)
+    return encode_state("d", delta.root, ctx)
 
 
 def decode_document(data: bytes) -> Document:
-    root, ctx = _decode(data, "D")
-    _check_deleters(root, ctx)
+    root, ctx = decode_state(data, "D")
+    check_deleters(root, ctx)
     return Document(root, ctx)
 
 
 def decode_delta(data: bytes) -> Delta:
     if isinstance(data, bytes | bytearray | memoryview) and len(data) <= _SHORT_MAX and data[2:3] in _SHORT_KINDS:
         return _decode_short(data)
-    root, ctx = _decode(data, "d")
+    root, ctx = decode_state(data, "d")
     for replica, lo, hi in _implied(root):
         ctx.add_range(replica, lo, hi)
-    _check_deleters(root, ctx)
+    check_deleters(root, ctx)
     return Delta(root, ctx)
-
-
-def _check_deleters(node: ORMap, ctx: CausalContext) -> None:
-    """Every delete's dot must be in the context, as every dot a legal write mints is.
-
-    Joins skip the deletes whose deleter they have already seen (a deleter's
-    deletes travel whole), which keeps the deletion log free of duplicates;
-    a deleter missing from the context would break that.
-    """
-    for entries in node.fields.values():
-        for value in entries.values():
-            if isinstance(value, ORMap):
-                _check_deleters(value, ctx)
-            elif isinstance(value, SeqDelta):
-                if any(dot not in ctx for d in value.deletes for dot in d[3]):
-                    raise DecodeError(f"{value.tag.label}: a delete's dot is not in the context")
-            elif isinstance(value, Sequence) and not value.deleters_seen(ctx):
-                raise DecodeError(f"{value.tag.label}: a deletion's dot is not in the context")
 
 
 def _implied(node: ORMap) -> Iterator[tuple[str, int, int]]:
@@ -253,71 +213,3 @@ def digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _encode(kind: str, root: ORMap, ctx: CausalContext) -> bytes:
-    table = ReplicaTable()
-    body = root.to_json(table)[1]  # the root map has no presence: write its fields only
-    context = {}
-    for replica in sorted(ctx.ranges):
-        context[str(table.ref(replica))] = ctx.ranges[replica]
-    out = orjson.dumps([kind, FORMAT, table.names, context, body], option=orjson.OPT_SORT_KEYS)
-    return bytes(memoryview(out)) if len(out) < _COMPACT_BELOW else out
-
-
-def _decode(data: Any, kind: str) -> tuple[ORMap, CausalContext]:
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise DecodeError("expected bytes")
-    if len(data) > MAX_ENCODED_BYTES:
-        raise DecodeError("encoding too large")
-    # Decoding a large document allocates tens of thousands of objects that
-    # all live on: collecting in between finds nothing and costs a fifth of
-    # the load. (Another thread may switch it back on early; that only costs time.)
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _decode_body(data, kind)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _decode_body(data: bytes | bytearray | memoryview, kind: str) -> tuple[ORMap, CausalContext]:
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(doc, list) or len(doc) != 5:
-        raise DecodeError("expected [kind, format, replicas, context, root]")
-    got_kind, fmt, names, context, body = doc
-    if got_kind != kind:
-        raise DecodeError(f"expected kind {kind!r}, got {got_kind!r}")
-    if fmt != FORMAT:
-        raise UnsupportedVersion(f"encoding format {fmt!r} is not supported (this build reads {FORMAT})")
-    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-        raise DecodeError("bad replica table")
-    if len(set(names)) != len(names):
-        raise DecodeError("duplicate replica in table")
-    table = ReplicaTable(list(names))
-    if not isinstance(context, dict):
-        raise DecodeError("bad context")
-    ranges: dict[str, list[int]] = {}
-    for ref, flat in context.items():
-        try:
-            replica = table.name(int(ref))
-        except ValueError as exc:
-            raise DecodeError("bad context replica") from exc
-        if not isinstance(flat, list) or not flat or len(flat) % 2:
-            raise DecodeError("bad context ranges")
-        prev = 0
-        for n in flat:
-            if type(n) is not int or n <= prev:
-                raise DecodeError("context ranges must increase")
-            prev = n
-        ranges[replica] = flat
-    try:
-        root = ORMap.from_json([[], body], table, is_delta=kind == "d")
-    except DecodeError:
-        raise
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
-        # A malformed body that slipped past the structural checks: still the caller's bad bytes.
-        raise DecodeError(f"malformed body: {type(exc).__name__}") from exc
-    return root, CausalContext(ranges)

@@ -54,11 +54,13 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "SETTINGS",
+    "MAX_QUORUM_TIMEOUT",
     "ConfigError",
     "ServeConfig",
     "Setting",
     "check_peer_transport",
     "cluster_secret",
+    "quorum_timeout",
     "peer_ssl_context",
     "resolve",
 ]
@@ -133,6 +135,18 @@ def _seconds(raw: Any) -> float:
     value = float(raw)
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+MAX_QUORUM_TIMEOUT = 60.0
+"""Longest a quorum read or write may wait, as a setting or per request (``?timeout=``)."""
+
+
+def quorum_timeout(raw: Any) -> float:
+    """Seconds in ``(0, MAX_QUORUM_TIMEOUT]``: a request that waits longer holds its connection for nothing."""
+    value = _seconds(raw)
+    if value > MAX_QUORUM_TIMEOUT:
+        raise ValueError(f"expected at most {MAX_QUORUM_TIMEOUT:g} seconds, got {raw!r}")
     return value
 
 
@@ -219,6 +233,7 @@ class ServeConfig:
     peer_ca: Path | None = None
     peer_port: int | None = None
     anti_entropy_interval: float = 60.0
+    quorum_timeout: float = 5.0
     insecure_peers: bool = False
 
 
@@ -230,7 +245,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tokens",
         _path,
-        "token file: one 'TOKEN SCOPE' per line (scope read or readwrite)",
+        "token file: one 'TOKEN SCOPE' per line (scope read, readwrite or admin)",
         # CRDTSTORE_TOKENS holds tokens themselves (crdtstore.api.auth), so the file's variable differs.
         env_name="CRDTSTORE_TOKENS_FILE",
     ),
@@ -241,6 +256,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("anonymous", _scope, "scope granted to requests without a token (read or readwrite; off by default)"),
     Setting("max_body_bytes", _int, "largest request body in bytes"),
     Setting("max_map_size", _int, "largest LMDB map in bytes (writes fail with 503 beyond it)"),
+    Setting("max_document_bytes", _positive_int, "largest document a local write may leave, stored bytes (else 413)"),
+    Setting("max_sequence_length", _positive_int, "longest text or list a local insert may leave (else 413)"),
+    Setting(
+        "max_connections",
+        _positive_int,
+        "most open HTTP connections per listener; 1/8 of them kept for connections that carried a valid token",
+    ),
     Setting("timeout_keep_alive", _int, "uvicorn: seconds an idle keep-alive connection stays open"),
     Setting("timeout_request_headers", _seconds, "seconds a client has to send a request's headers (from connect)"),
     Setting("timeout_request_body", _seconds, "seconds a client has to send a request's body (from its headers)"),
@@ -257,6 +279,11 @@ SETTINGS: tuple[Setting, ...] = (
         "anti_entropy_interval",
         _seconds,
         "seconds between Merkle anti-entropy rounds with each peer (repairs what deltas missed)",
+    ),
+    Setting(
+        "quorum_timeout",
+        quorum_timeout,
+        "default seconds a w=/r= quorum or all request waits for other regions (at most 60; per request: ?timeout=)",
     ),
     Setting(
         "peer_ca",

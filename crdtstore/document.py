@@ -10,7 +10,7 @@
    document in place and collect one delta for the whole batch.
 
 The replica id and the timestamp for last-writer-wins registers are passed
-in; the core never reads a clock. See ``CORE_API``/README for the op formats.
+in; the core never reads a clock. The README's "Documents and ops" gives the op formats.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+from .canonical import check_deleters, decode_state, encode_state
 from .causal import CausalContext, Dot
 from .crdt.awset import element_key
 from .crdt.counter import check_increment
@@ -70,9 +71,7 @@ class Document:
         self.ctx = ctx if ctx is not None else CausalContext()
 
     def __eq__(self, other: object) -> bool:
-        from .codec import encode_document
-
-        return isinstance(other, Document) and encode_document(self) == encode_document(other)
+        return isinstance(other, Document) and self._encode() == other._encode()
 
     def __repr__(self) -> str:
         return f"Document({self.value()!r})"
@@ -97,9 +96,7 @@ class Document:
 
     def digest(self) -> bytes:
         """blake2b of the canonical encoding: equal exactly when the states are equal."""
-        from .codec import encode_document
-
-        return hashlib.blake2b(encode_document(self), digest_size=16).digest()
+        return hashlib.blake2b(self._encode(), digest_size=16).digest()
 
     def version_digest(self) -> bytes:
         """blake2b of the causal context alone: O(replicas), not O(document).
@@ -112,9 +109,15 @@ class Document:
         return hashlib.blake2b(encode_version(self.ctx).encode(), digest_size=16).digest()
 
     def copy(self) -> Document:
-        from .codec import decode_document, encode_document
+        # Through the canonical bytes, as crdtstore.codec.decode_document reads them: a deep copy
+        # that shares nothing and is checked as any loaded state is.
+        root, ctx = decode_state(self._encode(), "D")
+        check_deleters(root, ctx)
+        return Document(root, ctx)
 
-        return decode_document(encode_document(self))
+    def _encode(self) -> bytes:
+        # What crdtstore.codec.encode_document writes.
+        return encode_state("D", self.root, self.ctx)
 
     # Public methods for joining.
 

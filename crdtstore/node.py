@@ -80,7 +80,6 @@ from crdtstore.remote import RemoteJoin
 from crdtstore.storage import (
     IncompatibleStorage,
     InvalidDocumentId,
-    LogEntry,
     Storage,
     StorageError,
     StorageFull,
@@ -88,10 +87,10 @@ from crdtstore.storage import (
 )
 from sync.events import PeerInfo
 from sync.quarantine import ForgedDots, Quarantined, Rejected
+from sync.types import LogEntry
 
 if TYPE_CHECKING:
     from crdtstore.storage import Txn
-    from sync.store import LogRecord
 
 __all__ = [
     "DocumentNotFound",
@@ -415,7 +414,7 @@ class Node:
         """Join a delta received from a peer, log it under ``(origin, seq)``, wait until durable.
 
         The log record needs the document id: a delta does not name its
-        document, so it travels next to it (:class:`~crdtstore.storage.LogEntry`).
+        document, so it travels next to it (:class:`~sync.types.LogEntry`).
         A delta that cannot be joined is skipped and its document quarantined
         (see :meth:`apply_remote_many`).
 
@@ -424,7 +423,7 @@ class Node:
         """
         return (await self.apply_remote_many([LogEntry(origin, seq, doc_id, delta)]))[0]
 
-    async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
+    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
         """Join a peer's batch of deltas, in order, in one commit (one fsync, not one each).
 
         Total on the peer's data: an entry whose id the API could not address

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -47,7 +47,7 @@ from crdtstore import codec
 from crdtstore.commit import WriteContext, WriterError
 from crdtstore.docstore import DocStore, NodeNotRunning
 from crdtstore.limits import doc_id_problem
-from crdtstore.storage import LogEntry, StorageError
+from crdtstore.storage import StorageError
 from sync.quarantine import (
     Quarantine,
     Quarantined,
@@ -59,9 +59,7 @@ from sync.quarantine import (
     placeholder,
     screen,
 )
-
-if TYPE_CHECKING:
-    from sync.store import LogRecord
+from sync.types import LogEntry
 
 __all__ = ["RemoteJoin"]
 
@@ -103,7 +101,7 @@ class RemoteJoin:
 
     # Public methods for the event loop.
 
-    async def apply_many(self, entries: Sequence[LogRecord]) -> list[bool]:
+    async def apply_many(self, entries: Sequence[LogEntry]) -> list[bool]:
         """See :meth:`crdtstore.node.Node.apply_remote_many`."""
         logged = [e if isinstance(e, LogEntry) else LogEntry(e.origin, e.seq, e.doc_id, e.delta) for e in entries]
         for entry in logged:

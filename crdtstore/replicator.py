@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 
 The protocol objects are sans-I/O; this adapter owns everything else: the
-websocket links (:mod:`sync.transport`), the timer, and the thread hops into
+websocket links (:mod:`sync.io.transport`), the timer, and the thread hops into
 the node, a :class:`sync.store.ReplicaStore`. What each event does is not
 here: :func:`sync.dispatch.dispatch` runs the one table of handlers that the
 simulator runs too; this module supplies the link's
@@ -12,12 +12,16 @@ simulator runs too; this module supplies the link's
 acks kept in memory, quorum waiters, the pushing link, closing).
 
 **Links.** The node dials every configured peer URL (a
-:class:`~sync.transport.Dialer` each, reconnecting with backoff) and
+:class:`~sync.io.transport.Dialer` each, reconnecting with backoff) and
 accepts peers on ``/v1/peer``. Both kinds of link run the same
 :meth:`Replicator._session`, since the protocol has no client or server
-role. Two regions that both list each other hold two links; each pushes
-deltas on both, and the receive side drops duplicates by ``(origin, seq)``,
-which costs some bandwidth but keeps a link's loss from stalling anything.
+role. Two regions that both list each other hold two links, but only one
+of them pushes our deltas to that peer: the first to authenticate; a later
+one is switched off (``set_pushing(False)``) and takes over when the
+pushing link closes, so each delta crosses once. Either link answers the
+peer's requests and carries acks; a quorum read or write asks one live
+link per peer. A handover may resend some deltas, which the receive side
+drops by ``(origin, seq)``.
 
 **One session** is four tasks around one protocol object, all on the event
 loop, so the object has a single writer as the protocol requires:
@@ -53,16 +57,12 @@ so a group commit's writes cross as one ``Deltas`` message; a remote batch
 applied in one commit is announced the same way.
 
 **Quorum.** :meth:`Replicator.read` and :meth:`Replicator.wait_for_acks`
-implement the consistency levels of the HTTP API (see
-:class:`Consistency`): a read asks every authenticated peer for its state
-of the document, joins what it gets into the local replica (``merge_state``,
-which repairs the local copy) and pushes the joined state back to every
-peer whose state was stale (read repair). A write waits until enough
-peers acknowledged our origin up to the write's sequence number. Both stop
-at a deadline and report what they reached.
+implement the consistency levels of the HTTP API (:class:`sync.quorum.Level`)
+over the live links; :class:`crdtstore.quorum.Quorum` holds the reads and
+writes waiting for peers' answers.
 
 **Log truncation.** Every ``truncate_interval`` the replicator truncates the
-delta log up to :func:`sync.protocol.truncation_vector` over *every
+delta log up to :func:`sync.truncation.truncation_vector` over *every
 configured peer*, connected or not, using the acknowledgements the node
 persisted. A configured peer is known by the replica id it authenticated
 with on the link dialed to its URL; until every configured URL has been
@@ -93,9 +93,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import functools
-import itertools
 import logging
 import random as _random
 import secrets
@@ -103,17 +101,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from crdtstore.errors import CrdtError
+from crdtstore.quorum import Quorum
 from sync import protocol as sp
+from sync.config import SyncConfig
 from sync.dispatch import READS, dispatch
 from sync.events import ApplyDeltas, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
+from sync.io.transport import Dialer, PeerConnection, TransportSettings
+from sync.quorum import Level, QuorumOutcome
 from sync.store import ReplicaStore
-from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings
+from sync.truncation import truncation_vector
 
 __all__ = [
-    "Consistency",
-    "QuorumOutcome",
     "ReplicatedNode",
     "Replicator",
     "ReplicatorSettings",
@@ -125,54 +124,9 @@ logger = logging.getLogger("crdtstore.replicator")
 _READS = READS
 
 
-class Consistency(enum.Enum):
-    """How many replicas a read gathers or a write waits for (this node counts as one).
-
-    * ``one``: this replica only.
-    * ``local_quorum``: a majority of this region's replicas. A region is one
-      node here, so it is the same as ``one``; kept so clients can say what
-      they mean when regions grow replicas.
-    * ``quorum``: a majority of all replicas (configured peers + 1).
-    * ``all``: every replica.
-    """
-
-    ONE = "one"
-    LOCAL_QUORUM = "local_quorum"
-    QUORUM = "quorum"
-    ALL = "all"
-
-    def needed(self, cluster_size: int) -> int:
-        if self is Consistency.QUORUM:
-            return cluster_size // 2 + 1
-        if self is Consistency.ALL:
-            return cluster_size
-        return 1
-
-
-@dataclass(frozen=True, slots=True)
-class QuorumOutcome:
-    """What a quorum read or write reached.
-
-    Attributes:
-        needed: Replicas the level asked for (this one included).
-        reached: Replicas that answered in time (this one included).
-        replicas: Their replica ids.
-        repaired: Peers sent a joined state because theirs was stale (reads).
-    """
-
-    needed: int
-    reached: int
-    replicas: tuple[str, ...]
-    repaired: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.reached >= self.needed
-
-
 @dataclass(frozen=True, slots=True)
 class ReplicatorSettings:
-    """Knobs of the adapter (the protocol's own are in ``sync.protocol.SyncConfig``).
+    """Knobs of the adapter (the protocol's own are in ``sync.config.SyncConfig``).
 
     Attributes:
         tick_interval: Seconds between ``receive_tick`` calls.
@@ -245,7 +199,7 @@ class Replicator:
         region: str,
         transport: TransportSettings | None = None,
         settings: ReplicatorSettings | None = None,
-        sync_config: Any = None,
+        sync_config: SyncConfig | None = None,
         random: Callable[[], float] | None = None,
         nonce: Callable[[], bytes] = lambda: secrets.token_bytes(16),
     ) -> None:
@@ -263,17 +217,24 @@ class Replicator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tail_wake = asyncio.Event()
         self._tail_after = 0
-        self._request_ids = itertools.count(1)
-        self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
         self._acks_stored: dict[str, dict[str, int]] = {}  # what truncate_once last persisted of _acks
-        self._write_waits: dict[int, set[str]] = {}  # request id -> peers that acked that write
-        self._ack_changed = asyncio.Event()
         self._peer_ids: dict[str, str] = {}  # configured URL -> replica id it authenticated as
         self._truncated: dict[str, int] = {}  # origin -> highest seq truncated in this run
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self.stats: dict[str, int] = collections.Counter()
+        self._quorum = Quorum(
+            node=node,
+            cluster_size=lambda: self.cluster_size,
+            timeout=self.settings.quorum_timeout,
+            acks=self._acks,
+            stats=self.stats,
+            live_links=self._live_links,
+            input=self._input,
+            link_of=self._link_of,
+            reject=self._reject,
+        )
 
     # Public methods for the lifecycle.
 
@@ -321,11 +282,9 @@ class Replicator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.cancel()
+        self._quorum.cancel()
 
-    async def accept(self, conn: ServerPeerConnection) -> None:
+    async def accept(self, conn: PeerConnection) -> None:
         """Run a session on a link a peer opened (the ``/v1/peer`` endpoint calls this)."""
         if not self._running:
             await conn.close(1013, "not ready")
@@ -338,114 +297,21 @@ class Replicator:
         """Replica ids of the peers authenticated right now."""
         return sorted({link.peer_id for link in self._links if link.peer_id is not None and not link.closed})
 
-    async def read(self, doc_id: str, level: Consistency, *, timeout: float | None = None) -> QuorumOutcome:
-        """Gather peers' states of ``doc_id``, join them here, repair stale peers.
-
-        Returns once ``level`` is reached or at the deadline, whichever first;
-        the caller then reads the (joined) local document.
-        """
-        needed = level.needed(self.cluster_size)
-        if needed <= 1:
-            return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
-        timeout = self.settings.quorum_timeout if timeout is None else timeout
-        links = self._live_links()
-        futures: dict[asyncio.Future[Any], _Link] = {}
-        for link in links:
-            rid = next(self._request_ids)
-            fut = self._expect(rid)
-            futures[fut] = link
-            self._input(link, lambda p, rid=rid: p.request_read(rid, doc_id))
-        answered: dict[str, bytes | None] = {}
-        pending = set(futures)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while pending and 1 + len(answered) < needed:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                break
-            done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            for fut in done:
-                if not fut.cancelled() and fut.exception() is None:
-                    peer_id, state = fut.result()
-                    answered[peer_id] = state
-        for fut in pending:
-            fut.cancel()
-        # Join what we got into our replica (repairs us), then push the join to stale peers.
-        for peer_id, state in sorted(answered.items()):
-            if state is None:
-                continue
-            try:
-                await self.node.merge_state(doc_id, state)
-            except (CrdtError, ValueError) as exc:
-                self._reject(self._link_of(peer_id), "a quorum read answer", exc)
-                answered[peer_id] = None  # merged nothing from it; it still answered
-        repaired: list[str] = []
-        joined = await self.node.read_state(doc_id)
-        if joined is not None:
-            for peer_id, state in sorted(answered.items()):
-                link = self._link_of(peer_id)
-                if state != joined and link is not None:
-                    self._input(link, lambda p: p.push_states(((doc_id, joined),)))
-                    repaired.append(peer_id)
-        self.stats["read_repairs"] += len(repaired)
-        return QuorumOutcome(
-            needed=needed,
-            reached=1 + len(answered),
-            replicas=(self.node.replica_id, *sorted(answered)),
-            repaired=tuple(sorted(repaired)),
-        )
+    async def read(self, doc_id: str, level: Level, *, timeout: float | None = None) -> QuorumOutcome:
+        """Gather peers' states of ``doc_id``, join them here, repair stale peers (:meth:`Quorum.read`)."""
+        return await self._quorum.read(doc_id, level, timeout=timeout)
 
     async def wait_for_acks(
         self,
         doc_id: str,
-        level: Consistency,
+        level: Level,
         *,
         origin: str | None = None,
         seq: int | None = None,
         timeout: float | None = None,
     ) -> QuorumOutcome:
-        """Wait until enough peers durably hold the write ``(origin, seq)`` (``WriteResult`` has both).
-
-        Without them, it waits for our origin's current mark, which is at
-        least the write's own (it committed before this call): correct, but it
-        may also wait for later writes of other clients.
-        """
-        needed = level.needed(self.cluster_size)
-        if needed <= 1:
-            return QuorumOutcome(needed=needed, reached=1, replicas=(self.node.replica_id,))
-        timeout = self.settings.quorum_timeout if timeout is None else timeout
-        if origin is None or seq is None or seq < 1:
-            origin = self.node.replica_id
-            seq = int((await self.node.version_vector()).get(origin, 0))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        acked: set[str] = set()
-        rids = []
-        for link in self._live_links():
-            rid = next(self._request_ids)
-            rids.append(rid)
-            self._write_waits[rid] = acked
-            self._input(link, lambda p, rid=rid: p.request_write_ack(rid, doc_id, origin, seq))
-        try:
-            holders = await self._until_acked(acked, origin, seq, needed, deadline)
-        finally:
-            for rid in rids:
-                self._write_waits.pop(rid, None)
-        return QuorumOutcome(needed=needed, reached=1 + len(holders), replicas=(self.node.replica_id, *holders))
-
-    async def _until_acked(self, acked: set[str], origin: str, seq: int, needed: int, deadline: float) -> list[str]:
-        loop = asyncio.get_running_loop()
-        while True:
-            # A WriteAcked answer, or a periodic Ack vector that covers the write, both count.
-            holders = sorted(acked | {peer for peer, vector in self._acks.items() if vector.get(origin, 0) >= seq})
-            if 1 + len(holders) >= needed:
-                break
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            self._ack_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ack_changed.wait(), min(left, 0.5))
-        return holders
+        """Wait until enough peers durably hold the write ``(origin, seq)`` (:meth:`Quorum.wait_for_acks`)."""
+        return await self._quorum.wait_for_acks(doc_id, level, origin=origin, seq=seq, timeout=timeout)
 
     # Private methods: sessions.
 
@@ -606,7 +472,7 @@ class Replicator:
                 self._acks_stored[peer] = latest
         acked = {peer: await self.node.acked(peer) for peer in peers}
         vector = await self.node.version_vector()
-        upto = sp.truncation_vector(vector, acked, peers)
+        upto = truncation_vector(vector, acked, peers)
         own = self.node.replica_id
         if own in upto:
             upto[own] = min(upto[own], self._tail_after)
@@ -695,11 +561,6 @@ class Replicator:
                 return link
         return None
 
-    def _expect(self, request_id: int) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = fut
-        return fut
-
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
@@ -744,18 +605,13 @@ class _LinkContext:
     def peer_acked(self, peer_id: str, vector: dict[str, int]) -> None:
         # truncate_once persists it before relying on it.
         self.replicator._acks[peer_id] = vector
-        self.replicator._ack_changed.set()
+        self.replicator._quorum.acks_changed()
 
     def read_responded(self, event: ReadResponded) -> None:
-        fut = self.replicator._waiters.pop(event.request_id, None)
-        if fut is not None and not fut.done():
-            fut.set_result((event.peer_id, event.state))
+        self.replicator._quorum.read_responded(event)
 
     def write_acked(self, event: WriteAcked) -> None:
-        waiting = self.replicator._write_waits.get(event.request_id)
-        if waiting is not None:
-            waiting.add(event.peer_id)
-            self.replicator._ack_changed.set()
+        self.replicator._quorum.write_acked(event)
 
     def reject(self, what: str, exc: Exception) -> None:
         self.replicator._reject(self.link, what, exc)

@@ -16,7 +16,7 @@ tail          doc id + NUL + seq (u32 BE)            encoded delta joined after 
 views         doc id (utf-8)                         read view: JSON ``[version, value]`` (optional)
 buckets       Merkle bucket (u32 BE) + doc id        the document's digest
 merkle        level (u8) + index (u32 BE)            Merkle node value (sparse: no empty nodes)
-log           origin + NUL + seq (u64 BE)            :class:`LogEntry` envelope (doc id + delta)
+log           origin + NUL + seq (u64 BE)            doc id + delta (:class:`sync.types.LogEntry`)
 feed          doc id + NUL + local seq (u64 BE)      one change-feed record (JSON)
 tombstones    doc id (utf-8)                         encoded state of a deleted document
 meta          see ``_META_*`` below                  identity, counters, vectors
@@ -109,6 +109,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import lmdb
 
 from crdtstore.merkle import EMPTY, HASH_SIZE, MerkleShape, MerkleTree, hash_children, item_hash, node_key
+from sync.types import LogEntry
 
 if TYPE_CHECKING:
     # Every transaction here is opened with buffers=False: values are bytes.
@@ -118,7 +119,6 @@ __all__ = [
     "DB_NAMES",
     "IncompatibleStorage",
     "InvalidDocumentId",
-    "LogEntry",
     "MAX_ID_BYTES",
     "ReplicaIdentity",
     "Storage",
@@ -247,27 +247,15 @@ class ReplicaIdentity:
         return f"{self.epoch}.{self.nonce}"
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One delta in the log, as a replicator ships it.
+def _encode_log_value(entry: LogEntry) -> bytes:
+    """The ``log`` value of an entry: its document id (a delta does not name its document), then the delta."""
+    raw = entry.doc_id.encode()
+    return struct.pack(">H", len(raw)) + raw + entry.delta
 
-    The log value stores the document id next to the delta because a delta
-    does not name its document.
-    """
 
-    origin: str
-    seq: int
-    doc_id: str
-    delta: bytes
-
-    def encode_value(self) -> bytes:
-        raw = self.doc_id.encode()
-        return struct.pack(">H", len(raw)) + raw + self.delta
-
-    @classmethod
-    def decode(cls, origin: str, seq: int, value: bytes) -> LogEntry:
-        (n,) = struct.unpack_from(">H", value)
-        return cls(origin, seq, bytes(value[2 : 2 + n]).decode(), bytes(value[2 + n :]))
+def _decode_log_value(origin: str, seq: int, value: bytes) -> LogEntry:
+    (n,) = struct.unpack_from(">H", value)
+    return LogEntry(origin, seq, bytes(value[2 : 2 + n]).decode(), bytes(value[2 + n :]))
 
 
 def _restore_map_size(env: lmdb.Environment, map_size: int, max_map_size: int) -> None:
@@ -832,7 +820,7 @@ class Storage:
                 for key, value in cur:
                     if not key.startswith(prefix) or len(key) != len(prefix) + 8:
                         break
-                    entries.append(LogEntry.decode(origin, _U64.unpack(key[len(prefix) :])[0], value))
+                    entries.append(_decode_log_value(origin, _U64.unpack(key[len(prefix) :])[0], value))
                     if len(entries) == limit:
                         break
         return entries
@@ -980,7 +968,7 @@ class Storage:
         return _check_origin(origin) + _SEP + _U64.pack(seq)
 
     def _put_log(self, txn: Txn, entry: LogEntry) -> None:
-        txn.put(self._log_key(entry.origin, entry.seq), entry.encode_value(), db=self.dbs["log"])
+        txn.put(self._log_key(entry.origin, entry.seq), _encode_log_value(entry), db=self.dbs["log"])
 
     def _set_seq(self, txn: Txn, origin: str, seq: int) -> None:
         txn.put(_META_VV + _check_origin(origin), _U64.pack(seq), db=self.dbs["meta"])

@@ -42,7 +42,8 @@ from crdtstore.errors import CrdtError
 
 from . import events as ev
 from .protocol import PeerProtocol
-from .store import LogRecord, ReplicaStore
+from .store import ReplicaStore
+from .types import LogEntry
 
 __all__ = ["HANDLERS", "READS", "Context", "Handler", "announce", "dispatch"]
 
@@ -121,7 +122,7 @@ async def _apply_deltas(ctx: Context, event: ev.ApplyDeltas) -> None:
     announce(ctx, event.entries)
 
 
-def announce(ctx: Context, entries: Sequence[LogRecord]) -> None:
+def announce(ctx: Context, entries: Sequence[LogEntry]) -> None:
     """``local_update`` for each of ``entries`` (durable, in seq order) on every link, as one input each.
 
     One input per link for the whole run, hence one flush: a batch applied

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from crdtstore.merkle import NodeId
 
-from .messages import Entry
+from .types import LogEntry
 
 __all__ = [
     "AntiEntropyDone",
@@ -69,7 +69,7 @@ class Authenticated(Event):
 class ApplyDeltas(Event):
     """Apply these deltas durably, in order; then call ``local_update`` for each on every protocol."""
 
-    entries: tuple[Entry, ...]
+    entries: tuple[LogEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,9 +39,8 @@ from crdtstore.limits import doc_id_problem
 from crdtstore.merkle import MerkleShape, MerkleTree, NodeId
 
 from .events import PeerInfo
-from .messages import Entry
 from .quarantine import Quarantine, Quarantined, Rejected, check_entry, check_own_dots, hold, placeholder, screen
-from .store import LogRecord
+from .types import LogEntry
 
 __all__ = ["MemStore"]
 
@@ -63,7 +62,7 @@ class MemStore:
         self.nonce = nonce
         self.shape = shape if shape is not None else MerkleShape(fanout=4, depth=3)
         self.docs: dict[str, Document] = {}
-        self.log: dict[str, dict[int, Entry]] = {}
+        self.log: dict[str, dict[int, LogEntry]] = {}
         self.vector: dict[str, int] = {}
         self.acked_by: dict[str, dict[str, int]] = {}
         self.digests: dict[str, bytes] = {}
@@ -93,7 +92,7 @@ class MemStore:
 
     # Public methods for local writes.
 
-    def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Entry:
+    def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> LogEntry:
         """Apply a local batch, log its delta under the next seq of our origin; return the entry.
 
         Raises:
@@ -105,7 +104,7 @@ class MemStore:
         delta = encode_delta(doc.apply(ops, replica=self.origin, now=self.now))
         self.docs[doc_id] = doc
         seq = self.vector.get(self.origin, 0) + 1
-        entry = Entry(self.origin, seq, doc_id, delta)
+        entry = LogEntry(self.origin, seq, doc_id, delta)
         self.log.setdefault(self.origin, {})[seq] = entry
         self.vector[self.origin] = seq
         self._reindex(doc_id)
@@ -119,7 +118,7 @@ class MemStore:
         Raises:
             ValueError: An origin or seq the log cannot hold.
         """
-        entry = Entry(origin, seq, doc_id, delta)
+        entry = LogEntry(origin, seq, doc_id, delta)
         check_entry(entry)
         return self._receive(entry)
 
@@ -139,7 +138,7 @@ class MemStore:
     def info(self) -> PeerInfo:
         return PeerInfo(self.replica_id, self.origin, self.region, self.epoch)
 
-    async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
+    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
         """Join a peer's deltas in order, skipping (and quarantining) the ones that cannot join, as Node.
 
         Returns:
@@ -150,7 +149,7 @@ class MemStore:
         """
         for e in entries:
             check_entry(e)
-        return [self._receive(Entry(e.origin, e.seq, e.doc_id, e.delta)) for e in entries]
+        return [self._receive(e) for e in entries]
 
     async def merge_state(self, doc_id: str, state: bytes) -> bool:
         """Join a peer's full state (anti-entropy); True if ours changed. Not logged.
@@ -168,7 +167,7 @@ class MemStore:
     async def read_states(self, doc_ids: Sequence[str]) -> list[bytes | None]:
         return [self.read_state(d) for d in doc_ids]
 
-    async def log_range(self, origin: str, after: int, limit: int) -> list[Entry]:
+    async def log_range(self, origin: str, after: int, limit: int) -> list[LogEntry]:
         """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``, in seq order."""
         entries = self.log.get(origin, {})
         return [entries[s] for s in sorted(s for s in entries if s > after)[:limit]]
@@ -228,7 +227,7 @@ class MemStore:
     def _has(self, origin: str, seq: int) -> bool:
         return seq <= self.vector.get(origin, 0) or seq in self.log.get(origin, {})
 
-    def _receive(self, entry: Entry) -> bool:
+    def _receive(self, entry: LogEntry) -> bool:
         """Join one checked entry and log it, or skip it (see :mod:`sync.quarantine`); False if already held."""
         if self._has(entry.origin, entry.seq):
             return False
@@ -249,7 +248,7 @@ class MemStore:
         self._reindex(entry.doc_id)
         return True
 
-    def _skip(self, entry: Entry, reason: BaseException | str) -> bool:
+    def _skip(self, entry: LogEntry, reason: BaseException | str) -> bool:
         """Count ``entry`` as received without joining it: log a placeholder, quarantine its document."""
         self._log(placeholder(entry))
         if doc_id_problem(entry.doc_id) is not None:
@@ -259,7 +258,7 @@ class MemStore:
         self.quarantine.add(entry.doc_id, reason, entry.origin, entry.seq, "deltas_skipped", now=self.now)
         return True
 
-    def _log(self, entry: Entry) -> None:
+    def _log(self, entry: LogEntry) -> None:
         self.log.setdefault(entry.origin, {})[entry.seq] = entry
         self._advance(entry.origin)
 

@@ -32,11 +32,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 from crdtstore.merkle import HASH_SIZE
 
 from .exceptions import InvalidMessage, MalformedMessage
+from .types import LogEntry
 
 __all__ = [
     "MAX_BATCH",
@@ -50,7 +51,6 @@ __all__ = [
     "BucketItemsRequest",
     "BucketItemsResponse",
     "Deltas",
-    "Entry",
     "Hello",
     "LogTruncated",
     "MerkleChildrenRequest",
@@ -89,7 +89,7 @@ MAX_HANDSHAKE_BYTES = 4096
 
 A stranger may open a link and talk: before its Auth checks out, nothing it
 sends may cost more memory than this (the transports bound the websocket
-message size to it until then, see ``sync.transport``)."""
+message size to it until then, see :mod:`sync.io.transport`)."""
 
 MAX_U64 = (1 << 64) - 1
 
@@ -115,15 +115,6 @@ class MessageType(enum.IntEnum):
     READ_REQUEST = 0x40
     READ_RESPONSE = 0x41
     WRITE_ACK = 0x42
-
-
-class Entry(NamedTuple):
-    """One logged delta, as replication ships it (same fields as ``crdtstore.storage.LogEntry``)."""
-
-    origin: str
-    seq: int
-    doc_id: str
-    delta: bytes
 
 
 # Encoding primitives.
@@ -382,13 +373,13 @@ class Deltas(Message):
     """A batch of logged deltas, each origin's in increasing seq order."""
 
     TYPE: ClassVar[MessageType] = MessageType.DELTAS
-    entries: tuple[Entry, ...]
+    entries: tuple[LogEntry, ...]
 
     def __post_init__(self) -> None:
         _check_list(self.entries, "entries", MAX_BATCH)
         for e in self.entries:
-            if not isinstance(e, Entry):
-                raise InvalidMessage("entries must be Entry tuples")
+            if not isinstance(e, LogEntry):
+                raise InvalidMessage("entries must be LogEntry tuples")
             _check_id(e.origin, "origin")
             _check_uint(e.seq, "seq", low=1)
             _check_id(e.doc_id, "doc_id")
@@ -404,7 +395,7 @@ class Deltas(Message):
 
     @classmethod
     def _read(cls, r: _Reader) -> Deltas:
-        return cls(r.list(MAX_BATCH, lambda: Entry(r.text(), r.uint(), r.text(), r.blob())))
+        return cls(r.list(MAX_BATCH, lambda: LogEntry(r.text(), r.uint(), r.text(), r.blob())))
 
 
 def _vector_tuple(vector: Mapping[str, int]) -> tuple[tuple[str, int], ...]:

@@ -53,15 +53,15 @@ The constructor queues our ``Hello``. Then the adapter loops over these
   ``MergeStates(states)``           ``node.merge_state(doc_id, state)`` for each
   ``NeedLog(origin, after, limit)`` ``send_log(origin, after, node.log_range(origin, after, limit))``
   ``PeerAcked(peer_id, vector)``    remember it; maybe truncate the log up to
-                                    :func:`truncation_vector` (``node.set_acked`` first)
+                                    :func:`sync.truncation.truncation_vector` (``node.set_acked`` first)
   ``SkipLog(origin, upto)``         raise the node's contiguous mark of ``origin`` to ``upto``
                                     (anti-entropy has merged everything up to it)
   ``NeedMerkleRoot(request_id)``    ``answer_merkle_root(request_id, node.merkle_root())``
   ``NeedMerkleChildren(rid, nodes)``  ``answer_merkle_children(rid, [children(l, i) ...])``
   ``NeedBucketItems(rid, buckets)`` ``answer_bucket_items(rid, [bucket_items(b) ...])``
   ``NeedStates(rid, doc_ids)``      ``answer_states(rid, [read_state(d) ...])`` (None if absent)
-  ``ReadResponded(...)``            feed a ``sync.quorum.ReadCoordinator``
-  ``WriteAcked(...)``               feed a ``sync.quorum.WriteCoordinator``
+  ``ReadResponded(...)``            hand the state to the quorum read waiting on the request id
+  ``WriteAcked(...)``               count the peer toward the quorum write waiting on it
   ``AntiEntropyDone(stats)``        nothing (metrics)
   ``Failed(close_code, reason)``    close the websocket with ``close_code``; reconnect later
   ================================  =================================================
@@ -112,81 +112,46 @@ accepting it would make us later mint a seq that peers drop as a duplicate,
 silently losing a write. It fails the connection (``FORBIDDEN_ORIGIN``).
 Our origin at or below our mark is a harmless echo and is dropped.
 
-**Delta push.** We track per origin ``their_vector`` (the peer's
-acknowledged contiguous vector) and ``sent`` (the highest seq sent on this
-connection). An entry goes out only if it is exactly ``sent + 1`` and the
-unacknowledged window has room, so the peer sees each origin in order on a
-healthy link. Anything we could not push live (window full, a gap, a
-reconnect) is pulled from the node's log through ``NeedLog``. On
-authentication each side sends ``Ack(our_vector)``, which makes the other
-side pull from its log exactly what we lack (catch-up).
+**The parts.** :class:`PeerProtocol` owns the connection: the handshake,
+the sealed channel, timeouts, and the single ordered output. The rest has
+state objects of its own, each module opening with its theory of operation
+(as Automerge keeps its per-peer sync state apart):
 
-**Receiving.** Per origin we apply ``seq n`` only after ``n - 1``: an entry
-at or below what we hold is a duplicate (re-acked, so a lost ack heals), the
-next one is emitted in ``ApplyDeltas``, a later one waits in a bounded
-buffer (overflow fails the connection: a correct peer never opens a gap
-that large). We ack with our vector once the node reports (via
-``local_update``) that the entries are durable, and every ``ack_interval``.
+* :class:`sync._outbound.Outbound`, the sending half of the delta flow:
+  what the peer acknowledged and was sent, the window, retransmission,
+  ``LogTruncated`` when our log cannot serve the peer;
+* :class:`sync._inbound.Inbound`, the receiving half: in-order delivery per
+  origin, the buffer for entries that came early, the acks and
+  ``WriteAck`` answers we owe, the gaps a peer's truncated log left us;
+* :class:`sync._requests.Requests`, anti-entropy sessions
+  (:mod:`sync.antientropy`) and the requests both ways, answered by the
+  node through the ``answer_*`` inputs.
 
-**Loss.** A message lost, duplicated or reordered on a link fails its tag
-and the link (see "Sealed messages"); the next link catches up from the
-acknowledged vectors. Within a link, if the peer's ack has not moved for
-``retransmit_timeout`` while entries are unacked, we rewind ``sent`` to
-their vector and pull from the log again.
-
-**Truncated logs.** If the log no longer holds what the peer lacks, we send
-``LogTruncated(origin, first)`` instead. The peer then runs an anti-entropy
-session with us; once it has merged our states (which include every delta
-below ``first``) it emits ``SkipLog(origin, first - 1)``, raises its vector
-and acks, and the push resumes from ``first``.
-
-**Anti-entropy.** Every ``anti_entropy_interval`` the side with the smaller
-replica id (or either side, on demand) runs a
-:class:`sync.antientropy.AntiEntropySession`: local tree reads become
-``Need*`` events, remote ones become requests; differing documents are
-pulled (``MergeStates``) and pushed (``StatePush``), so both sides end
-equal. See :mod:`sync.antientropy`. Two refinements keep the periodic
-sessions cheap under load:
-
-* Only a pushing connection starts them: an adapter holding two links to
-  one peer would otherwise compare (and repair) everything twice.
-* They defer documents a delta touched (committed here, or received) less
-  than ``anti_entropy_settle`` ago. While writes stream, every such
-  document differs between the trees only because of deltas in flight,
-  which will make it equal anyway; repairing it would ship whole states
-  and make both nodes merge them, a burst of work that delays the very
-  deltas it duplicates. A document deferred by
-  ``anti_entropy_max_deferrals`` periodic sessions in a row is repaired by
-  the next one all the same, so a real divergence in a document written
-  without pause is still repaired. Sessions started on demand, or to
-  repair a truncated log, defer nothing.
+On a healthy link each side pushes its deltas in order and the peer acks
+what became durable; anything not pushed live is pulled from the log;
+whatever the logs cannot ship (truncated, lost, restored from a backup)
+anti-entropy repairs, and the delta flow resumes past it.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from crdtstore.merkle import MerkleShape
-
 from . import messages as m
+from ._inbound import Inbound
+from ._outbound import Outbound
+from ._requests import Requests
 from ._state import IGNORED, OPEN, SEALED, ConnectionState, Input, State
-from .antientropy import AntiEntropySession, Kind, Query, Side
-from .channel import TAG_SIZE, Channel, auth_mac
+from .channel import Channel
+from .config import SyncConfig
 from .events import (
-    AntiEntropyDone,
     ApplyDeltas,
     Authenticated,
     Event,
     Failed,
     MergeStates,
-    NeedBucketItems,
     NeedLog,
-    NeedMerkleChildren,
-    NeedMerkleRoot,
-    NeedStates,
     PeerAcked,
     PeerInfo,
     ReadResponded,
@@ -205,99 +170,9 @@ from .exceptions import (
     UnexpectedMessage,
     UnsupportedProtocol,
 )
-from .messages import Entry
+from .types import LogEntry
 
-__all__ = ["PeerInfo", "PeerProtocol", "SyncConfig", "auth_mac", "min_acked", "truncation_vector"]
-
-# auth_mac is re-exported: the handshake's MAC lives in sync.channel with the rest of the key schedule.
-
-_MAX_TOUCHED = 1 << 16  # documents remembered as touched lately (a bound on memory, not a setting)
-
-
-@dataclass(frozen=True, slots=True)
-class SyncConfig:
-    """Limits and intervals of a :class:`PeerProtocol` (times in seconds of the caller's clock).
-
-    Attributes:
-        shape: The Merkle tree shape (must match the peers').
-        batch_size: Most entries per ``Deltas`` message.
-        window: Most entries sent and not yet acknowledged (flow control).
-        log_fetch: Most entries asked per ``NeedLog``.
-        max_buffered: Most out-of-order entries held per connection; more fails it.
-        max_pending_requests: Most unanswered peer requests; more fails the connection.
-        max_message_bytes: Larger incoming messages fail the connection.
-        max_handshake_bytes: Larger incoming messages before the peer's Auth checked out fail
-            the connection (``MESSAGE_TOO_BIG``): a stranger costs no more memory than this.
-        handshake_timeout: Fail if not authenticated by then.
-        idle_timeout: Fail if nothing was received for this long (acks double as keepalives).
-        ack_interval: Send our vector at least this often.
-        retransmit_timeout: Resend from the acknowledged vector if acks stall this long.
-        anti_entropy_interval: Start a session this often (the side with the smaller
-            replica id does, on a pushing connection); None disables periodic sessions.
-        anti_entropy_timeout: Abandon a session after this long.
-        anti_entropy_settle: Periodic sessions defer a document a delta touched less than this
-            long ago (see "Anti-entropy" in the module docstring); 0 defers nothing.
-        anti_entropy_max_deferrals: Periodic sessions in a row that may defer one document.
-        states_chunk: Most documents per state request or push.
-    """
-
-    shape: MerkleShape = field(default_factory=MerkleShape)
-    batch_size: int = 256
-    window: int = 4096
-    log_fetch: int = 1024
-    max_buffered: int = 4096
-    max_pending_requests: int = 256
-    max_message_bytes: int = m.MAX_BLOB_BYTES + (1 << 20)
-    max_handshake_bytes: int = m.MAX_HANDSHAKE_BYTES
-    handshake_timeout: float = 10.0
-    idle_timeout: float = 60.0
-    ack_interval: float = 1.0
-    retransmit_timeout: float = 5.0
-    anti_entropy_interval: float | None = 60.0
-    anti_entropy_timeout: float = 120.0
-    anti_entropy_settle: float = 5.0
-    anti_entropy_max_deferrals: int = 3
-    states_chunk: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.batch_size <= m.MAX_BATCH:
-            raise ValueError(f"batch_size must be in [1, {m.MAX_BATCH}]")
-        if self.window < 1 or self.log_fetch < 1 or self.max_buffered < 1 or self.max_pending_requests < 1:
-            raise ValueError("window, log_fetch, max_buffered and max_pending_requests must be positive")
-        if not 1 <= self.states_chunk <= m.MAX_BATCH:
-            raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
-        if self.anti_entropy_settle < 0 or self.anti_entropy_max_deferrals < 0:
-            raise ValueError("anti_entropy_settle and anti_entropy_max_deferrals must be >= 0")
-
-
-def min_acked(vectors: Iterable[Mapping[str, int]]) -> dict[str, int]:
-    """Per origin, the lowest seq over ``vectors`` (an origin missing from one vector counts as 0)."""
-    vectors = list(vectors)
-    if not vectors:
-        return {}
-    origins = set().union(*vectors)
-    out = {o: min(v.get(o, 0) for v in vectors) for o in origins}
-    return {o: s for o, s in out.items() if s > 0}
-
-
-def truncation_vector(
-    our_vector: Mapping[str, int], acked: Mapping[str, Mapping[str, int]], peers: Iterable[str]
-) -> dict[str, int]:
-    """How far the node may truncate its log: what *every* configured peer acknowledged.
-
-    Args:
-        our_vector: The node's own contiguous vector (never truncate past it).
-        acked: Persisted acknowledgements, by peer replica id.
-        peers: Every peer the node is configured to replicate with, connected or not:
-            a peer that never acknowledged holds every origin at 0.
-
-    Returns:
-        ``origin -> seq``: entries with seq <= it are held by every peer. A peer added
-        later, or restored from an old copy, catches up through anti-entropy
-        (``LogTruncated``).
-    """
-    floor = min_acked([acked.get(p, {}) for p in peers])
-    return {o: min(s, our_vector.get(o, 0)) for o, s in floor.items() if min(s, our_vector.get(o, 0)) > 0}
+__all__ = ["PeerProtocol"]
 
 
 class PeerProtocol:
@@ -334,7 +209,6 @@ class PeerProtocol:
         self._conn = ConnectionState()
         self._messages: list[bytes] = []
         self._events: list[Event] = []
-        self._outbox: list[Entry] = []
         # Whether this connection sends deltas. An adapter holding two links
         # to one peer (each side dials) switches one off, or every delta
         # would cross twice. See :meth:`set_pushing`.
@@ -347,38 +221,19 @@ class PeerProtocol:
         self._started = now
         self._last_received = now
         self._last_ack_sent = now
-        # Receiving side: what the node durably holds, and what we handed it to apply.
-        self._our_vector = {o: s for o, s in our_vector.items() if s > 0}
-        self._delivered: dict[str, int] = {}
-        self._buffer: dict[str, dict[int, Entry]] = {}
-        self._buffered = 0
-        self._awaiting_durable: dict[str, int] = {}
-        self._gaps: dict[str, int] = {}
-        # Sending side: see "Delta push" in the module docstring.
-        self._their_known = False
-        self._acked: dict[str, int] = {}
-        self._known: dict[str, int] = {}
-        self._sent: dict[str, int] = {}
-        self._log_pending: set[str] = set()
-        self._blocked: dict[str, int] = {}
-        self._last_progress = now
-        # Requests: ids we minted -> what the answer is for.
-        self._next_id = 1
-        self._local: dict[int, tuple[str, int, tuple[Any, ...]]] = {}
-        self._remote: dict[int, Query] = {}
-        self._peer_requests = 0
-        self._write_waits: dict[int, tuple[str, str, int]] = {}
-        # Anti-entropy.
-        self._ae: AntiEntropySession | None = None
-        self._ae_started = now
-        self._ae_gaps: dict[str, int] = {}
-        self._ae_again = False
-        self._ae_gen = 0
-        self._last_ae = now
-        # Documents deltas touched lately, oldest first (periodic sessions defer them), and how many
-        # periodic sessions in a row deferred each document.
-        self._touched: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._deferrals: dict[str, int] = {}
+        # The two directions of the delta flow, each with its own state (sync._inbound, sync._outbound).
+        limits = self.config
+        self._in = Inbound(our_vector, max_buffered=limits.max_buffered, max_write_waits=limits.max_pending_requests)
+        self._out = Outbound(window=limits.window, now=now)
+        # Anti-entropy sessions and the requests both ways (sync._requests).
+        self._req = Requests(
+            self.config,
+            now=now,
+            emit=self._emit,
+            send=self._send,
+            is_open=lambda: self._conn.state is OPEN,
+            on_finish=self._anti_entropy_finished,
+        )
         self._messages.append(self._hello.encode())  # the handshake goes in clear: nothing to seal it with yet
 
     # Public properties.
@@ -400,16 +255,16 @@ class PeerProtocol:
     @property
     def their_vector(self) -> dict[str, int]:
         """What the peer acknowledged on this connection."""
-        return dict(self._acked)
+        return dict(self._out.acked)
 
     @property
     def our_vector(self) -> dict[str, int]:
         """What this protocol believes the node durably holds."""
-        return dict(self._our_vector)
+        return dict(self._in.vector)
 
     @property
     def anti_entropy_running(self) -> bool:
-        return self._ae is not None
+        return self._req.session is not None
 
     # Public methods for receiving data.
 
@@ -439,7 +294,7 @@ class PeerProtocol:
 
     def receive_tick(self, now: float) -> None:
         """Advance time: timeouts, periodic acks, retransmission, anti-entropy."""
-        self._now = now
+        self._now = self._req.now = now
         state = self._conn.state
         if state in IGNORED:
             return
@@ -452,150 +307,88 @@ class PeerProtocol:
             return
         if now - self._last_ack_sent >= self.config.ack_interval:
             self._send_ack()
-        if self._in_flight() and now - self._last_progress >= self.config.retransmit_timeout:
+        if self._out.in_flight() and now - self._out.last_progress >= self.config.retransmit_timeout:
             # Acks stalled: something was lost. Resend from what the peer acknowledged.
-            self._sent = dict(self._acked)
-            self._last_progress = now
-            self._outbox.clear()
+            self._out.rewind(now)
             self._pump_all()
-        if self._ae is not None and now - self._ae_started >= self.config.anti_entropy_timeout:
-            self._ae = None  # answers still in flight are ignored (unknown request ids)
-            self._remote.clear()
-        touched, settle = self._touched, self.config.anti_entropy_settle
-        while touched and now - next(iter(touched.values())) >= settle:
-            touched.popitem(last=False)
-        interval = self.config.anti_entropy_interval
-        if self._ae is None and (self._ae_again or (interval is not None and now - self._last_ae >= interval)):
+        req = self._req
+        req.expire(now)
+        if req.due(now):
             assert self.peer is not None
-            if self._ae_again:
+            if req.again:
                 self.start_anti_entropy()
             elif self.our.replica_id < self.peer.replica_id and self.pushing:
-                self._start_ae(periodic=True)
+                req.start(periodic=True, gaps=self._in.gaps)
             else:
-                self._last_ae = now
+                req.last = now
 
     def receive_eof(self) -> None:
         """The connection is gone. Idempotent."""
         self._conn.process(Input.EOF)
-        self._outbox.clear()
+        self._out.outbox.clear()
 
     # Public methods for the node's side.
 
     def local_update(self, origin: str, seq: int, doc_id: str, delta: bytes) -> None:
         """The node durably committed ``(origin, seq)`` (a local write or an applied remote delta)."""
-        self._touch(doc_id)
-        if self._our_vector.get(origin, 0) + 1 == seq:
-            self._our_vector[origin] = seq
+        self._req.touch(doc_id)
+        if self._in.committed(origin, seq):
             self._check_durable(origin)
-        if self._conn.state is not OPEN or not self._their_known or not self.pushing:
+        if self._conn.state is not OPEN or not self._out.their_known or not self.pushing:
             return
         if origin != self.our.origin:
             # A relay waits for the peer's next ack: in a mesh the peer most
             # likely got it from its origin directly, and the ack says so.
             return
-        if (
-            seq == self._floor(origin) + 1
-            and origin not in self._log_pending
-            and origin not in self._blocked
-            and self._room() > 0
-        ):
-            self._outbox.append(Entry(origin, seq, doc_id, delta))
-            self._sent[origin] = seq
+        if self._out.can_push(origin, seq):
+            self._out.push(LogEntry(origin, seq, doc_id, delta))
         else:
             self._pump(origin)
 
     def set_pushing(self, pushing: bool) -> None:
         """Switch sending deltas on or off; switched on, catch up on what the peer lacks."""
         self.pushing = pushing
-        if pushing and self._conn.state is OPEN and self._their_known:
+        if pushing and self._conn.state is OPEN and self._out.their_known:
             self._pump_all()
 
     def raise_vector(self, vector: Mapping[str, int]) -> None:
         """The node holds at least ``vector`` (e.g. after a ``SkipLog`` on any connection)."""
         for origin, seq in vector.items():
-            if seq > self._our_vector.get(origin, 0):
-                self._our_vector[origin] = seq
+            if self._in.raise_to(origin, seq):
                 self._check_durable(origin)
                 self._drain_buffer(origin)
-        if self._conn.state is OPEN and self._their_known:
+        if self._conn.state is OPEN and self._out.their_known:
             self._pump_all()
 
-    def send_log(self, origin: str, after: int, entries: Sequence[Any]) -> None:
-        """Answer a ``NeedLog``: the node's log entries of ``origin`` after ``after`` (in seq order).
-
-        ``entries`` may be :class:`~sync.messages.Entry` tuples or any objects with
-        ``origin``, ``seq``, ``doc_id`` and ``delta`` (the node's ``LogEntry``).
-        """
-        self._log_pending.discard(origin)
+    def send_log(self, origin: str, after: int, entries: Sequence[LogEntry]) -> None:
+        """Answer a ``NeedLog``: the node's log entries of ``origin`` after ``after`` (in seq order)."""
+        out = self._out
+        out.log_pending.discard(origin)
         if self._conn.state is not OPEN:
             return
-        floor = self._floor(origin)
-        fresh = [e for e in (_entry(e) for e in entries) if e.origin == origin and e.seq > floor]
-        if after == floor and self._our_vector.get(origin, 0) > floor and (not fresh or fresh[0].seq > floor + 1):
+        floor = out.floor(origin)
+        fresh = [e for e in entries if e.origin == origin and e.seq > floor]
+        first = out.truncated_at(origin, after, fresh, self._in.vector.get(origin, 0))
+        if first is not None:
             # The log no longer holds what the peer lacks: it must repair by anti-entropy.
-            first = fresh[0].seq if fresh else self._our_vector[origin] + 1
-            if self._blocked.get(origin) != first:
-                self._blocked[origin] = first
+            if out.block(origin, first):
                 self._send(m.LogTruncated(origin, first))
             return
-        room = self._room()
-        for e in fresh:
-            if room <= 0 or e.seq != self._floor(origin) + 1:
-                break
-            self._outbox.append(e)
-            self._sent[origin] = e.seq
-            room -= 1
+        out.push_run(origin, fresh)
         self._pump(origin)
 
     def answer_merkle_root(self, request_id: int, root: bytes) -> None:
-        purpose, peer_rid, _ = self._take(request_id)
-        if purpose == "peer":
-            shape = self.config.shape
-            self._peer_answered(m.MerkleRootResponse(peer_rid, shape.fanout, shape.depth, root))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            self._ae.receive_root(Side.LOCAL, root)
-            self._drive_ae()
+        self._req.answer_merkle_root(request_id, root)
 
     def answer_merkle_children(self, request_id: int, children: Sequence[Sequence[bytes]]) -> None:
-        purpose, peer_rid, nodes = self._take(request_id)
-        if len(children) != len(nodes):
-            raise InvalidState("one list of children per requested node")
-        if purpose == "peer":
-            self._peer_answered(m.MerkleChildrenResponse(peer_rid, tuple(tuple(c) for c in children)))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            self._ae.receive_children(Side.LOCAL, nodes, children)
-            self._drive_ae()
+        self._req.answer_merkle_children(request_id, children)
 
     def answer_bucket_items(self, request_id: int, items: Sequence[Sequence[tuple[str, bytes]]]) -> None:
-        purpose, peer_rid, buckets = self._take(request_id)
-        if len(items) != len(buckets):
-            raise InvalidState("one list of items per requested bucket")
-        if purpose == "peer":
-            self._peer_answered(m.BucketItemsResponse(peer_rid, tuple(tuple(i) for i in items)))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            self._ae.receive_bucket_items(Side.LOCAL, buckets, items)
-            self._drive_ae()
+        self._req.answer_bucket_items(request_id, items)
 
     def answer_states(self, request_id: int, states: Sequence[bytes | None]) -> None:
         """Answer a ``NeedStates``: one state (or None) per requested document, in order."""
-        purpose, peer_rid, doc_ids = self._take(request_id)
-        if len(states) != len(doc_ids):
-            raise InvalidState("one state per requested document")
-        pairs = tuple(zip(doc_ids, states, strict=True))
-        if purpose == "peer":
-            self._peer_answered(m.StateResponse(peer_rid, pairs))
-        elif purpose == "read":
-            self._peer_answered(m.ReadResponse(peer_rid, doc_ids[0], states[0]))
-        elif self._for_session(peer_rid):
-            assert self._ae is not None
-            present = tuple((d, s) for d, s in pairs if s is not None)
-            if present:
-                self._send(m.StatePush(present), count=True)
-            self._ae.receive_states(Side.LOCAL, doc_ids)
-            self._drive_ae()
+        self._req.answer_states(request_id, states)
 
     # Public methods for quorum reads and writes.
 
@@ -629,7 +422,8 @@ class PeerProtocol:
 
         It repairs every document that differs (it defers none, unlike the periodic sessions).
         """
-        self._start_ae(periodic=False)
+        self._require_open()
+        self._req.start(periodic=False, gaps=self._in.gaps)
 
     def fail(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close for a local reason (shutdown, the node rejected a delta)."""
@@ -696,8 +490,7 @@ class PeerProtocol:
 
     def _receive_ready(self) -> None:
         assert self.peer is not None
-        self._last_progress = self._now
-        self._last_ae = self._now
+        self._out.last_progress = self._req.last = self._now
         self._events.append(Authenticated(self.peer))
         self._send_ack()  # our vector: the peer pushes what we lack (catch-up)
 
@@ -705,110 +498,39 @@ class PeerProtocol:
         assert self.peer is not None
         # Check the whole batch before any effect.
         for e in msg.entries:
-            if e.origin == self.our.origin and e.seq > self._our_vector.get(e.origin, 0):
+            if e.origin == self.our.origin and e.seq > self._in.vector.get(e.origin, 0):
                 raise ForbiddenOrigin(f"delta ({e.origin}, {e.seq}) for our own origin, beyond what we minted")
-        to_apply: list[Entry] = []
+        to_apply: list[LogEntry] = []
         duplicate = False
         for e in msg.entries:
-            self._touch(e.doc_id)
-            self._known[e.origin] = max(self._known.get(e.origin, 0), e.seq)
-            held = self._held(e.origin)
-            if e.seq <= held:
+            self._req.touch(e.doc_id)
+            self._out.saw(e.origin, e.seq)
+            ready = self._in.receive(e)
+            if ready is None:
                 duplicate = True
-            elif e.seq == held + 1:
-                to_apply.append(e)
-                self._delivered[e.origin] = e.seq
-                to_apply.extend(self._take_buffered(e.origin))
             else:
-                pending = self._buffer.setdefault(e.origin, {})
-                if e.seq not in pending:
-                    if self._buffered >= self.config.max_buffered:
-                        raise LimitExceeded(f"more than {self.config.max_buffered} out-of-order deltas")
-                    pending[e.seq] = e
-                    self._buffered += 1
+                to_apply.extend(ready)
         if to_apply:
-            for e in to_apply:
-                self._awaiting_durable[e.origin] = max(self._awaiting_durable.get(e.origin, 0), e.seq)
+            self._in.await_durable(to_apply)
             self._events.append(ApplyDeltas(tuple(to_apply)))
         if duplicate and not to_apply:
             self._send_ack()  # the peer resent what we hold: our last ack was probably lost
 
     def _receive_ack(self, msg: m.Ack) -> None:
         assert self.peer is not None
-        first = not self._their_known
-        self._their_known = True
-        changed = False
-        for origin, seq in msg.vector:
-            if seq > self._acked.get(origin, 0):
-                self._acked[origin] = seq
-                changed = True
-            self._known[origin] = max(self._known.get(origin, 0), seq)
-            if origin in self._blocked and seq >= self._blocked[origin] - 1:
-                del self._blocked[origin]
-        if changed or first:
-            self._last_progress = self._now
-        if changed:
-            self._events.append(PeerAcked(self.peer.replica_id, dict(self._acked)))
+        if self._out.receive_ack(msg.vector, self._now):
+            self._events.append(PeerAcked(self.peer.replica_id, dict(self._out.acked)))
         self._pump_all()
 
     def _receive_log_truncated(self, msg: m.LogTruncated) -> None:
-        upto = msg.first - 1
-        if self._held(msg.origin) >= upto:
-            return
-        self._gaps[msg.origin] = max(self._gaps.get(msg.origin, 0), upto)
-        self.start_anti_entropy()
+        if self._in.note_gap(msg.origin, msg.first - 1):
+            self.start_anti_entropy()
 
     def _receive_peer_request(self, msg: m.Message) -> None:
-        if self._peer_requests >= self.config.max_pending_requests:
-            raise LimitExceeded(f"more than {self.config.max_pending_requests} unanswered requests")
-        self._peer_requests += 1
-        rid = self._mint_id()
-        if isinstance(msg, m.MerkleRootRequest):
-            self._local[rid] = ("peer", msg.request_id, ())
-            self._events.append(NeedMerkleRoot(rid))
-        elif isinstance(msg, m.MerkleChildrenRequest):
-            shape = self.config.shape
-            for level, index in msg.nodes:
-                if not (level < shape.depth and index < shape.width(level)):
-                    raise UnexpectedMessage(f"no inner node ({level}, {index}) in {shape}")
-            self._local[rid] = ("peer", msg.request_id, msg.nodes)
-            self._events.append(NeedMerkleChildren(rid, msg.nodes))
-        elif isinstance(msg, m.BucketItemsRequest):
-            if any(b >= self.config.shape.leaves for b in msg.buckets):
-                raise UnexpectedMessage("bucket out of range")
-            self._local[rid] = ("peer", msg.request_id, msg.buckets)
-            self._events.append(NeedBucketItems(rid, msg.buckets))
-        elif isinstance(msg, m.StateRequest):
-            self._local[rid] = ("peer", msg.request_id, msg.doc_ids)
-            self._events.append(NeedStates(rid, msg.doc_ids))
-        else:
-            assert isinstance(msg, m.ReadRequest)
-            self._local[rid] = ("read", msg.request_id, (msg.doc_id,))
-            self._events.append(NeedStates(rid, (msg.doc_id,)))
+        self._req.receive_request(msg)
 
     def _receive_response(self, msg: Any) -> None:
-        query = self._remote.pop(msg.request_id, None)
-        if query is None or self._ae is None:
-            return  # an abandoned session's late answer, or a duplicate
-        self._ae.count_bytes(received=len(msg.encode()) + TAG_SIZE)
-        session = self._ae
-        if isinstance(msg, m.MerkleRootResponse):
-            shape = self.config.shape
-            if (msg.fanout, msg.depth) != (shape.fanout, shape.depth):
-                raise UnexpectedMessage(f"peer tree is {msg.fanout}x{msg.depth}, ours {shape.fanout}x{shape.depth}")
-            self._ae_call(session.receive_root, Side.REMOTE, msg.root)
-        elif isinstance(msg, m.MerkleChildrenResponse):
-            self._ae_call(session.receive_children, Side.REMOTE, query.items, msg.children)
-        elif isinstance(msg, m.BucketItemsResponse):
-            self._ae_call(session.receive_bucket_items, Side.REMOTE, query.items, msg.items)
-        else:
-            assert isinstance(msg, m.StateResponse)
-            if tuple(d for d, _ in msg.states) != query.items:
-                raise UnexpectedMessage("state response does not match the request")
-            present = tuple((d, s) for d, s in msg.states if s is not None)
-            if present:
-                self._events.append(MergeStates(present))
-            self._ae_call(session.receive_states, Side.REMOTE, query.items)
+        self._req.receive_response(msg)
 
     def _receive_state_push(self, msg: m.StatePush) -> None:
         if msg.states:
@@ -822,222 +544,56 @@ class PeerProtocol:
         assert self.peer is not None
         if msg.reached:
             self._events.append(WriteAcked(self.peer.replica_id, msg.request_id, msg.doc_id))
-        elif self._our_vector.get(msg.origin, 0) >= msg.seq:
+        elif self._in.wait_for_write(msg.request_id, msg.doc_id, msg.origin, msg.seq):
             self._send(m.WriteAck(msg.request_id, msg.doc_id, msg.origin, msg.seq, True))
-        else:
-            if len(self._write_waits) >= self.config.max_pending_requests:
-                raise LimitExceeded("too many pending write acknowledgements")
-            self._write_waits[msg.request_id] = (msg.doc_id, msg.origin, msg.seq)
 
-    # Private methods: sending deltas.
-
-    def _floor(self, origin: str) -> int:
-        """The highest seq of ``origin`` the peer is known to hold or was sent."""
-        return max(self._sent.get(origin, 0), self._known.get(origin, 0))
-
-    def _in_flight(self) -> int:
-        return sum(max(0, s - self._acked.get(o, 0)) for o, s in self._sent.items())
-
-    def _room(self) -> int:
-        return self.config.window - self._in_flight()
+    # Private methods: the delta flow (the state is sync._outbound's and sync._inbound's).
 
     def _pump(self, origin: str) -> None:
         """Ask the node's log for what the peer lacks of ``origin``, if anything and if allowed."""
         if not self.pushing:
             return
-        floor = self._floor(origin)
-        if (
-            self._our_vector.get(origin, 0) > floor
-            and origin not in self._log_pending
-            and origin not in self._blocked
-            and self._room() > 0
-        ):
-            self._log_pending.add(origin)
-            self._events.append(NeedLog(origin, floor, min(self.config.log_fetch, self._room())))
+        floor = self._out.floor(origin)
+        limit = self._out.log_request(origin, self._in.vector.get(origin, 0), self.config.log_fetch)
+        if limit is not None:
+            self._events.append(NeedLog(origin, floor, limit))
 
     def _pump_all(self) -> None:
-        for origin in sorted(self._our_vector):
+        for origin in sorted(self._in.vector):
             self._pump(origin)
 
     def _flush(self) -> None:
-        size = self.config.batch_size
-        while self._outbox:
-            batch, self._outbox = self._outbox[:size], self._outbox[size:]
-            self._send(m.Deltas(tuple(batch)))
-
-    # Private methods: receiving deltas.
-
-    def _held(self, origin: str) -> int:
-        return max(self._our_vector.get(origin, 0), self._delivered.get(origin, 0))
-
-    def _take_buffered(self, origin: str) -> list[Entry]:
-        pending = self._buffer.get(origin)
-        out: list[Entry] = []
-        if not pending:
-            return out
-        for seq in sorted(pending):
-            if seq <= self._held(origin):
-                del pending[seq]
-                self._buffered -= 1
-            elif seq == self._held(origin) + 1:
-                out.append(pending.pop(seq))
-                self._delivered[origin] = seq
-                self._buffered -= 1
-            else:
-                break
-        if not pending:
-            del self._buffer[origin]
-        return out
+        if self._out.outbox:  # the common case, on every drain: nothing queued
+            for batch in self._out.take_batches(self.config.batch_size):
+                self._send(m.Deltas(batch))
 
     def _drain_buffer(self, origin: str) -> None:
-        entries = self._take_buffered(origin)
+        entries = self._in.take_buffered(origin)
         if entries:
-            for e in entries:
-                self._awaiting_durable[e.origin] = max(self._awaiting_durable.get(e.origin, 0), e.seq)
+            self._in.await_durable(entries)
             self._events.append(ApplyDeltas(tuple(entries)))
 
     def _check_durable(self, origin: str) -> None:
-        seq = self._our_vector.get(origin, 0)
-        waiting = self._awaiting_durable.get(origin)
-        if waiting is not None and seq >= waiting:
-            del self._awaiting_durable[origin]
-            if not self._awaiting_durable and self._conn.state is OPEN:
-                self._send_ack()  # everything this peer sent us is durable: tell it
-        if self._write_waits and self._conn.state is OPEN:
-            for rid, (doc_id, o, s) in list(self._write_waits.items()):
-                if o == origin and s <= seq:
-                    del self._write_waits[rid]
-                    self._send(m.WriteAck(rid, doc_id, o, s, True))
+        if self._in.settle(origin) and self._conn.state is OPEN:
+            self._send_ack()  # everything this peer sent us is durable: tell it
+        if self._in.write_waits and self._conn.state is OPEN:
+            for rid, doc_id, o, s in self._in.writes_reached(origin):
+                self._send(m.WriteAck(rid, doc_id, o, s, True))
 
-    def _send_ack(self) -> None:
-        self._last_ack_sent = self._now
-        vector = dict(self._our_vector)
-        self._send(m.Ack.of(vector))
-
-    # Private methods: anti-entropy.
-
-    def _start_ae(self, *, periodic: bool) -> None:
-        self._require_open()
-        if self._ae is not None:
-            self._ae_again = True
-            return
-        self._ae_again = False
-        self._ae_gen += 1
-        # Gaps announced before the session starts are covered by it.
-        self._ae_gaps = dict(self._gaps)
-        # A session repairing a gap must leave both sides equal: the SkipLog after it says so.
-        defer = self._settling if periodic and not self._ae_gaps and self.config.anti_entropy_settle > 0 else None
-        self._ae = AntiEntropySession(self.config.shape, states_chunk=self.config.states_chunk, defer=defer)
-        self._ae_started = self._now
-        self._last_ae = self._now
-        self._drive_ae()
-
-    def _touch(self, doc_id: str) -> None:
-        touched = self._touched
-        touched[doc_id] = self._now
-        touched.move_to_end(doc_id)
-        if len(touched) > _MAX_TOUCHED:
-            touched.popitem(last=False)  # forgetting one only means repairing it if it differs
-
-    def _settling(self, doc_id: str) -> bool:
-        """Whether a periodic session leaves ``doc_id`` alone (see "Anti-entropy" in the module docstring)."""
-        touched = self._touched.get(doc_id)
-        return (
-            touched is not None
-            and self._now - touched < self.config.anti_entropy_settle
-            and self._deferrals.get(doc_id, 0) < self.config.anti_entropy_max_deferrals
-        )
-
-    def _drive_ae(self) -> None:
-        session = self._ae
-        if session is None:
-            return
-        for q in session.queries_to_send():
-            rid = self._mint_id()
-            if q.side is Side.LOCAL:
-                self._local[rid] = ("ae", self._ae_gen, q.items)
-                if q.kind is Kind.ROOT:
-                    self._events.append(NeedMerkleRoot(rid))
-                elif q.kind is Kind.CHILDREN:
-                    self._events.append(NeedMerkleChildren(rid, q.items))
-                elif q.kind is Kind.BUCKETS:
-                    self._events.append(NeedBucketItems(rid, q.items))
-                else:
-                    self._events.append(NeedStates(rid, q.items))
-                continue
-            self._remote[rid] = q
-            if q.kind is Kind.ROOT:
-                msg: m.Message = m.MerkleRootRequest(rid)
-            elif q.kind is Kind.CHILDREN:
-                msg = m.MerkleChildrenRequest(rid, q.items)
-            elif q.kind is Kind.BUCKETS:
-                msg = m.BucketItemsRequest(rid, q.items)
-            else:
-                msg = m.StateRequest(rid, q.items)
-            self._send(msg, count=True)
-        if session.done:
-            self._finish_ae(session)
-
-    def _ae_call(self, method: Any, *args: Any) -> None:
-        try:
-            method(*args)
-        except InvalidState as exc:
-            # A remote answer that does not fit the session (wrong node count...): the peer's fault.
-            # Local answers are checked by the adapter's own code; they cannot reach here wrongly.
-            raise UnexpectedMessage(str(exc)) from exc
-        self._drive_ae()
-
-    def _finish_ae(self, session: AntiEntropySession) -> None:
-        self._ae = None
-        self._remote.clear()
-        s = session.stats
-        done = AntiEntropyDone(
-            s.round_trips, s.bytes_sent, s.bytes_received, s.docs_pulled, s.docs_pushed, s.docs_deferred
-        )
-        self._events.append(done)
-        # Deferred in a row: a document this session repaired, or found equal, starts over.
-        previous = self._deferrals
-        self._deferrals = {d: previous.get(d, 0) + 1 for d in session.deferred}
-        # Every MergeStates of the session precedes this point in the event list, so the
-        # node has merged the peer's states, which include each skipped delta.
-        skipped = False
-        for origin, upto in sorted(self._ae_gaps.items()):
-            if upto > self._our_vector.get(origin, 0):
-                self._events.append(SkipLog(origin, upto))
-                self._our_vector[origin] = upto
-                skipped = True
-            if self._gaps.get(origin, 0) <= upto:
-                self._gaps.pop(origin, None)
-        self._ae_gaps = {}
-        for origin in sorted(self._buffer):
+    def _anti_entropy_finished(self, gaps: dict[str, int]) -> None:
+        """A session ended, having merged the peer's states: raise our vector over the gaps it covered."""
+        skipped = self._in.skip_gaps(gaps)
+        self._events.extend(SkipLog(origin, upto) for origin, upto in skipped)
+        for origin in sorted(self._in.buffer):
             self._drain_buffer(origin)
         if skipped:
             self._send_ack()
 
-    # Private methods: requests and plumbing.
+    def _send_ack(self) -> None:
+        self._last_ack_sent = self._now
+        self._send(m.Ack.of(dict(self._in.vector)))
 
-    def _mint_id(self) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        return rid
-
-    def _take(self, request_id: int) -> tuple[str, int, tuple[Any, ...]]:
-        """Forget a pending local read: its purpose, the peer's request id, and what was asked."""
-        try:
-            purpose, peer_rid, items = self._local.pop(request_id)
-        except KeyError:
-            raise InvalidState(f"no pending request {request_id}") from None
-        if purpose != "ae":
-            self._peer_requests -= 1
-        return purpose, peer_rid, items
-
-    def _for_session(self, generation: int) -> bool:
-        """Whether a local answer belongs to the running session (not an abandoned one) and can be used."""
-        return self._ae is not None and generation == self._ae_gen and self._conn.state is OPEN
-
-    def _peer_answered(self, msg: m.Message) -> None:
-        if self._conn.state is OPEN:
-            self._send(msg)
+    # Private methods: plumbing.
 
     def _require_open(self) -> None:
         if self._conn.state is not OPEN:
@@ -1050,9 +606,13 @@ class PeerProtocol:
         if self._conn.state not in SEALED or self._channel is None:
             raise InvalidState(f"cannot send {type(msg).__name__} before the handshake")
         data = self._channel.seal(msg.encode())
-        if count and self._ae is not None:
-            self._ae.count_bytes(sent=len(data))
+        session = self._req.session
+        if count and session is not None:
+            session.count_bytes(sent=len(data))
         self._messages.append(data)
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
 
     def _fail_remote(self, exc: RemoteProtocolError) -> None:
         self.protocol_error = exc
@@ -1065,14 +625,10 @@ class PeerProtocol:
         self.close_code = int(code)
         self.close_reason = reason
         # Nothing more goes out: queued deltas and answers are dropped with the connection.
-        self._outbox.clear()
+        self._out.outbox.clear()
         self._messages.clear()
         self._events = [e for e in self._events if not isinstance(e, ApplyDeltas | MergeStates)]
         self._events.append(Failed(int(code), reason))
-
-
-def _entry(e: Any) -> Entry:
-    return e if isinstance(e, Entry) else Entry(e.origin, e.seq, e.doc_id, e.delta)
 
 
 _HANDLERS: dict[type, Any] = {

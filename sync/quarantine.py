@@ -47,8 +47,7 @@ from typing import Any
 from crdtstore.causal import CausalContext
 from crdtstore.limits import doc_id_problem
 
-from .messages import Entry
-from .store import LogRecord
+from .types import LogEntry
 
 __all__ = [
     "HELD",
@@ -178,7 +177,7 @@ class Quarantine:
         return {"documents": len(self._records), **{name: self._counts[name] for name in _COUNTERS}}
 
 
-def check_entry(entry: LogRecord) -> None:
+def check_entry(entry: LogEntry) -> None:
     """Refuse what the log cannot hold at all: an origin or seq no peer of ours could have sent honestly.
 
     Raises:
@@ -218,10 +217,10 @@ def is_placeholder(delta: bytes) -> bool:
     return not delta
 
 
-def placeholder(entry: LogRecord) -> Entry:
+def placeholder(entry: LogEntry) -> LogEntry:
     """What a store logs in place of a skipped entry: its ``(origin, seq)``, no delta, its id or :data:`NO_ID`."""
     doc_id = entry.doc_id if doc_id_problem(entry.doc_id) is None else NO_ID
-    return Entry(entry.origin, entry.seq, doc_id, b"")
+    return LogEntry(entry.origin, entry.seq, doc_id, b"")
 
 
 def hold(held: MutableSet[str], doc_id: str) -> bool:

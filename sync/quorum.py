@@ -1,4 +1,4 @@
-"""Tunable consistency: how many replicas must answer, and coordinators that count them.
+"""Tunable consistency: the levels, how many replicas each needs, and what a quorum reached.
 
 Theory of operation
 -------------------
@@ -15,31 +15,30 @@ level              needs                                            when N=3x1, 
 ``all``            every replica                                    3
 =================  ===============================================  ================
 
-The coordinator's own replica counts (a write coordinator is created after
-the local commit; a read coordinator is fed the local state first). With
-``quorum`` for both reads and writes, ``R + W > N``: every read quorum
-meets every write quorum, so a read joins at least one state holding the
-write (read-your-writes across regions).
+The coordinator's own replica counts (a write is waited for after the local
+commit; a read joins into the local replica). With ``quorum`` for both
+reads and writes, ``R + W > N``: every read quorum meets every write
+quorum, so a read joins at least one state holding the write
+(read-your-writes across regions).
 
-:class:`ReadCoordinator` collects states, joins them (CRDT states join
-without conflicts) and names the *stale* replicas, whose state is below the
-join, for read repair. :class:`WriteCoordinator` counts acknowledgements.
-Both are pure: time comes in through ``receive_tick(now)``.
+This module is arithmetic only. The replicator
+(:meth:`crdtstore.replicator.Replicator.read` and
+:meth:`~crdtstore.replicator.Replicator.wait_for_acks`) gathers the answers
+and reports a :class:`QuorumOutcome`; the HTTP API takes a :class:`Level`
+from ``?r=`` and ``?w=``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from crdtstore.codec import decode_document, encode_document
-from crdtstore.document import Document
-
-__all__ = ["Level", "ReadCoordinator", "Requirement", "WriteCoordinator", "required"]
+__all__ = ["Level", "QuorumOutcome", "Requirement", "required"]
 
 
 class Level(enum.StrEnum):
+    """How many replicas a read gathers or a write waits for (the coordinator's own counts as one)."""
+
     ONE = "one"
     LOCAL_QUORUM = "local_quorum"
     QUORUM = "quorum"
@@ -48,153 +47,49 @@ class Level(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """How many answers a level needs: ``total`` from anywhere and ``local`` from our region."""
+    """How many answers a level needs: ``total`` from anywhere, ``local`` of them from our region."""
 
     total: int
     local: int
 
-    def met(self, answered: Mapping[str, str], local_region: str) -> bool:
-        """Whether ``answered`` (replica id -> region) satisfies this requirement."""
-        local = sum(1 for region in answered.values() if region == local_region)
-        return len(answered) >= self.total and local >= self.local
 
-
-def required(level: Level | str, replicas: Mapping[str, str], local_region: str) -> Requirement:
-    """The answers ``level`` needs, given ``replicas`` (replica id -> region, ours included).
+def required(level: Level | str, *, replicas: int, local_replicas: int) -> Requirement:
+    """The answers ``level`` needs in a cluster of ``replicas``, ``local_replicas`` of them in our region.
 
     Raises:
-        ValueError: An unknown level, or no replica in ``local_region`` for ``local_quorum``.
+        ValueError: An unknown level, no replica at all, or no replica in our region for ``local_quorum``.
     """
     level = Level(level)
-    n = len(replicas)
-    if n < 1:
+    if replicas < 1:
         raise ValueError("a cluster has at least one replica")
     if level is Level.ONE:
         return Requirement(1, 0)
     if level is Level.ALL:
-        return Requirement(n, 0)
+        return Requirement(replicas, 0)
     if level is Level.QUORUM:
-        return Requirement(n // 2 + 1, 0)
-    n_local = sum(1 for region in replicas.values() if region == local_region)
-    if n_local < 1:
-        raise ValueError(f"no replica in region {local_region!r}")
-    q = n_local // 2 + 1
+        return Requirement(replicas // 2 + 1, 0)
+    if not 1 <= local_replicas <= replicas:
+        raise ValueError(f"local_quorum needs 1 to {replicas} replicas in our region, not {local_replicas}")
+    q = local_replicas // 2 + 1
     return Requirement(q, q)
 
 
-class _Coordinator:
-    def __init__(
-        self, level: Level | str, replicas: Mapping[str, str], *, local_region: str, now: float, timeout: float
-    ) -> None:
-        self.replicas = dict(replicas)
-        self.local_region = local_region
-        self.requirement = required(level, self.replicas, local_region)
-        self.deadline = now + timeout
-        self.timed_out = False
-        self._answered: dict[str, str] = {}
+@dataclass(frozen=True, slots=True)
+class QuorumOutcome:
+    """What a quorum read or write reached.
 
-    @property
-    def done(self) -> bool:
-        """Enough answers arrived (done wins over a timeout that comes later)."""
-        return self.requirement.met(self._answered, self.local_region)
-
-    @property
-    def finished(self) -> bool:
-        """Done or timed out: the caller can answer its client."""
-        return self.done or self.timed_out
-
-    @property
-    def answered(self) -> list[str]:
-        return sorted(self._answered)
-
-    def receive_tick(self, now: float) -> None:
-        if not self.done and now >= self.deadline:
-            self.timed_out = True
-
-    def _answer(self, replica_id: str) -> bool:
-        if replica_id not in self.replicas or self.timed_out:
-            return False
-        self._answered[replica_id] = self.replicas[replica_id]
-        return True
-
-
-class ReadCoordinator(_Coordinator):
-    """Collects the states of one document from replicas until the level is met.
-
-    Args:
-        level: The consistency level.
-        replicas: Replica id -> region, for every replica of the cluster.
-        local_region: The coordinator's region.
-        now: The clock now; ``timeout`` seconds later the read times out.
+    Attributes:
+        needed: Replicas the level asked for (the coordinator's own included).
+        reached: Replicas that answered in time (the coordinator's own included).
+        replicas: Their replica ids.
+        repaired: Peers sent a joined state because theirs was stale (reads).
     """
 
-    def __init__(
-        self, level: Level | str, replicas: Mapping[str, str], *, local_region: str, now: float, timeout: float
-    ) -> None:
-        super().__init__(level, replicas, local_region=local_region, now=now, timeout=timeout)
-        self._states: dict[str, bytes | None] = {}
+    needed: int
+    reached: int
+    replicas: tuple[str, ...]
+    repaired: tuple[str, ...] = ()
 
-    def receive_response(self, replica_id: str, state: bytes | None) -> None:
-        """Record a replica's state (None: it does not have the document). Unknown replicas are ignored.
-
-        Raises:
-            DecodeError: ``state`` is not a valid encoded document (nothing recorded).
-        """
-        if state is not None:
-            decode_document(state)
-        if self._answer(replica_id):
-            self._states[replica_id] = state
-
-    def merged(self) -> bytes | None:
-        """The join of every state received (None if no replica has the document)."""
-        doc: Document | None = None
-        for replica_id in sorted(self._states):
-            state = self._states[replica_id]
-            if state is None:
-                continue
-            if doc is None:
-                doc = decode_document(state)
-            else:
-                doc.merge(decode_document(state))
-        return None if doc is None else encode_document(doc)
-
-    def stale(self) -> list[str]:
-        """Replicas that answered with less than the join: send them the merged state (read repair)."""
-        merged = self.merged()
-        if merged is None:
-            return []
-        return sorted(r for r, s in self._states.items() if s != merged)
-
-
-class WriteCoordinator(_Coordinator):
-    """Counts which replicas durably hold a write until the level is met.
-
-    The coordinator's own replica counts once it is created (after the local
-    commit). Acks come from ``WriteAcked`` events or from ``PeerAcked``
-    vectors (:meth:`receive_vector`).
-    """
-
-    def __init__(
-        self,
-        level: Level | str,
-        replicas: Mapping[str, str],
-        *,
-        self_id: str,
-        origin: str,
-        seq: int,
-        local_region: str,
-        now: float,
-        timeout: float,
-    ) -> None:
-        super().__init__(level, replicas, local_region=local_region, now=now, timeout=timeout)
-        self.origin = origin
-        self.seq = seq
-        self._answer(self_id)
-
-    def receive_ack(self, replica_id: str) -> None:
-        self._answer(replica_id)
-
-    def receive_vector(self, replica_id: str, vector: Mapping[str, int]) -> None:
-        """A peer's acknowledged vector: it counts if it covers the write."""
-        if vector.get(self.origin, 0) >= self.seq:
-            self._answer(replica_id)
+    @property
+    def ok(self) -> bool:
+        return self.reached >= self.needed

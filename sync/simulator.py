@@ -57,11 +57,14 @@ from typing import Any, Protocol, TypeVar
 from crdtstore.merkle import MerkleShape
 
 from . import events as ev
+from .config import SyncConfig
 from .dispatch import dispatch
 from .exceptions import CloseCode
 from .memstore import MemStore
-from .protocol import PeerProtocol, SyncConfig, truncation_vector
-from .store import LogRecord, ReplicaStore, run_sync
+from .protocol import PeerProtocol
+from .store import ReplicaStore, run_sync
+from .truncation import truncation_vector
+from .types import LogEntry
 
 __all__ = ["Backend", "LinkFaults", "MemBackend", "SimReplica", "Simulator", "all_states"]
 
@@ -75,7 +78,7 @@ class Backend(Protocol):
         """A new, empty replica's store; ``name`` is its stable replica id or part of it."""
         ...
 
-    async def write(self, store: ReplicaStore, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord:
+    async def write(self, store: ReplicaStore, doc_id: str, ops: list[dict[str, Any]]) -> LogEntry:
         """A local write, durable when it returns; the logged entry (a rejected batch raises OpError)."""
         ...
 
@@ -90,7 +93,7 @@ class MemBackend:
     async def open(self, name: str, region: str, nonce: str, shape: MerkleShape) -> MemStore:
         return MemStore(name, region=region, nonce=nonce, shape=shape)
 
-    async def write(self, store: ReplicaStore, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord:
+    async def write(self, store: ReplicaStore, doc_id: str, ops: list[dict[str, Any]]) -> LogEntry:
         assert isinstance(store, MemStore)
         return store.apply(doc_id, ops)
 
@@ -186,7 +189,7 @@ class Simulator:
         self.cut_links: set[frozenset[str]] = set()
         self.trace: list[str] = []
         self.events: list[tuple[str, str, ev.Event]] = []
-        self.acknowledged: list[tuple[str, LogRecord]] = []
+        self.acknowledged: list[tuple[str, LogEntry]] = []
         self.stats: Counter[str] = Counter()
         self._queue: list[tuple[float, int, int, str, str, bytes]] = []
         self._seq = 0
@@ -198,11 +201,11 @@ class Simulator:
 
     # Public methods for the schedule.
 
-    def write(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord | None:
+    def write(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogEntry | None:
         """A client write at ``name`` (None if the replica is down); acknowledged once it returns."""
         return self.drive(self.write_async(name, doc_id, ops))
 
-    async def write_async(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogRecord | None:
+    async def write_async(self, name: str, doc_id: str, ops: list[dict[str, Any]]) -> LogEntry | None:
         rep = self.replicas[name]
         if not rep.up:
             return None
@@ -258,11 +261,11 @@ class Simulator:
         rep.store = backup.copy()
         self.restart(name)
 
-    def inject(self, name: str, entries: Sequence[LogRecord]) -> list[bool] | None:
+    def inject(self, name: str, entries: Sequence[LogEntry]) -> list[bool] | None:
         """Peer data from outside the cluster, applied at ``name`` and announced to its links (None if down)."""
         return self.drive(self.inject_async(name, entries))
 
-    async def inject_async(self, name: str, entries: Sequence[LogRecord]) -> list[bool] | None:
+    async def inject_async(self, name: str, entries: Sequence[LogEntry]) -> list[bool] | None:
         rep = self.replicas[name]
         if not rep.up:
             return None
@@ -434,7 +437,7 @@ class Simulator:
                     busy = True
                     self._send(rep.name, peer, cid, data)
 
-    async def _notify(self, rep: SimReplica, entry: LogRecord) -> None:
+    async def _notify(self, rep: SimReplica, entry: LogEntry) -> None:
         for _, proto in list(rep.protocols.values()):
             proto.local_update(entry.origin, entry.seq, entry.doc_id, entry.delta)
         await self._pump(rep)

@@ -21,26 +21,11 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from crdtstore.merkle import NodeId
 
 from .events import PeerInfo
+from .types import LogEntry
 
-__all__ = ["LogRecord", "ReplicaStore", "Suspended", "run_sync"]
+__all__ = ["ReplicaStore", "Suspended", "run_sync"]
 
 T = TypeVar("T")
-
-
-class LogRecord(Protocol):
-    """One logged delta (``sync.messages.Entry`` and ``crdtstore.storage.LogEntry`` both are one)."""
-
-    @property
-    def origin(self) -> str: ...
-
-    @property
-    def seq(self) -> int: ...
-
-    @property
-    def doc_id(self) -> str: ...
-
-    @property
-    def delta(self) -> bytes: ...
 
 
 @runtime_checkable
@@ -61,7 +46,7 @@ class ReplicaStore(Protocol):
 
     # Writes from peers.
 
-    async def apply_remote_many(self, entries: Sequence[LogRecord]) -> list[bool]:
+    async def apply_remote_many(self, entries: Sequence[LogEntry]) -> list[bool]:
         """Join a peer's deltas in order and log them, all in one commit; per entry, False if already held.
 
         An entry that cannot be joined is skipped (a placeholder logged, its
@@ -100,7 +85,7 @@ class ReplicaStore(Protocol):
         """The encoded states (deleted documents included), None for an unknown id, in one snapshot."""
         ...
 
-    async def log_range(self, origin: str, after: int, limit: int) -> Sequence[LogRecord]:
+    async def log_range(self, origin: str, after: int, limit: int) -> Sequence[LogEntry]:
         """Up to ``limit`` logged deltas of ``origin`` with seq > ``after``, in seq order."""
         ...
 

@@ -19,6 +19,7 @@ from crdtstore.cli import (
     UP_REGIONS,
     _freeze_once_started,
     build_server_app,
+    ensure_admin_token,
     ensure_token,
     main,
     parse_duration,
@@ -26,7 +27,7 @@ from crdtstore.cli import (
 )
 from crdtstore.client import Client
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
-from sync.wanproxy import WanController
+from sync.io.wanproxy import WanController
 from tests.server_helpers import child_env
 
 NO_FLAGS = {s.name: None for s in SETTINGS}
@@ -98,6 +99,17 @@ def test_up_token_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert parse_token_file(path.read_text()) == {token: Scope.READWRITE}
     assert ensure_token(tmp_path / "data") == token
+
+
+def test_up_admin_token_is_added_to_an_older_token_file(tmp_path: Path) -> None:
+    # A token file written before the admin scope keeps its tokens; the admin token is appended once.
+    root = tmp_path / "data"
+    token = ensure_token(root)
+    admin = ensure_admin_token(root)
+    path = root / "tokens"
+    assert parse_token_file(path.read_text()) == {token: Scope.READWRITE, admin: Scope.ADMIN}
+    assert ensure_admin_token(root) == admin and ensure_token(root) == token
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_up_plan_one_directory_and_port_per_region(tmp_path: Path) -> None:
@@ -172,7 +184,7 @@ def test_up_runs_a_node_and_prints_url_and_token(tmp_path: Path) -> None:
     out = tmp_path / "out.log"
     with out.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "crdtstore.cli", "up", "--port", "0"],
+            [sys.executable, "-m", "crdtstore.cli", "up", "--port", "0", "--regions", "1"],
             cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
@@ -181,10 +193,10 @@ def test_up_runs_a_node_and_prints_url_and_token(tmp_path: Path) -> None:
         while time.monotonic() < deadline and (token is None or url is None):
             assert proc.poll() is None, out.read_text()
             for line in out.read_text().splitlines():
-                if line.startswith("token "):
+                if line.startswith("token (readwrite"):
                     token = line.rsplit(" ", 1)[1]
-                if line.startswith(f"crdtstore up: region {UP_REGIONS[0]} at "):
-                    url = line.rsplit(" ", 1)[1]
+                if line.startswith(f"{UP_REGIONS[0]} "):  # the table's row of the region
+                    url = line.split()[1]
             time.sleep(0.05)
         assert token and url, out.read_text()
         assert (tmp_path / "data" / "tokens").exists()

@@ -1,7 +1,7 @@
 """Three regions as real ``crdtstore serve`` processes behind an emulated WAN run by this test process.
 
 Each region has its own data directory and port on 127.0.0.1 and dials the
-other two through :class:`sync.wanproxy.WanController` links; the cluster
+other two through :class:`sync.io.wanproxy.WanController` links; the cluster
 secret comes from the environment. The tests write concurrently to every
 region while links are cut (closed or silently held) and healed and one
 region at a time is killed with SIGKILL (by its own pid) and restarted on
@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sync.wanproxy import WanController
+from sync.io.wanproxy import WanController
 from tests.server_helpers import RW, ServerProcess, write_tokens
 
 __all__: list[str] = []

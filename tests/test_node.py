@@ -33,9 +33,9 @@ from crdtstore.node import (
     WriteResult,
     split_view,
 )
-from crdtstore.storage import LogEntry
 from crdtstore.testing.strategies import json_values
 from crdtstore.version import decode_version
+from sync.types import LogEntry
 
 T = TypeVar("T")
 

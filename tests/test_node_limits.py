@@ -18,7 +18,7 @@ from crdtstore.document import Document
 from crdtstore.errors import InvalidValue
 from crdtstore.limits import INT64_MAX
 from crdtstore.node import DocumentNotFound, DocumentTooLarge, Node, NodeConfig
-from crdtstore.storage import LogEntry
+from sync.types import LogEntry
 
 T = TypeVar("T")
 

@@ -16,10 +16,11 @@ from crdtstore.merkle import MerkleShape, MerkleTree
 from crdtstore.storage import (
     IncompatibleStorage,
     InvalidDocumentId,
-    LogEntry,
     Storage,
     check_doc_id,
 )
+from sync import messages as m
+from sync.types import LogEntry
 
 SHAPE = MerkleShape(fanout=4, depth=3)
 
@@ -251,6 +252,25 @@ def test_local_log_and_ranges(tmp_path: Path) -> None:
         assert commit(s, lambda t: s.truncate_log(t, me, 99)) == 2
     finally:
         s.close()
+
+
+def test_a_logged_entry_goes_on_the_wire_and_back_into_the_log_as_it_is(tmp_path: Path) -> None:
+    # One log-entry type end to end: what LMDB returns is what Deltas carries and a peer appends.
+    s, peer = open_storage(tmp_path / "a"), open_storage(tmp_path / "b")
+    me = s.replica_id
+    try:
+        commit(s, lambda t: s.append_local(t, me, "doc\u00e9", b"\x00delta"))
+        with s.read() as txn:
+            (entry,) = s.log_range(txn, me, 0, 10)
+        assert type(entry) is LogEntry
+        (received,) = m.decode(m.Deltas((entry,)).encode()).entries  # no conversion on the way out
+        assert received == entry and type(received) is LogEntry
+        assert commit(peer, lambda t: peer.append_remote(t, received))
+        with peer.read() as txn:
+            assert peer.log_range(txn, me, 0, 10) == [entry]
+    finally:
+        s.close()
+        peer.close()
 
 
 def test_skip_log_raises_the_mark_over_logged_entries(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import settings
 
 from crdtstore.testing.stores import ROGUE, StoreComparison
-from sync.messages import Entry
 from sync.quarantine import NO_ID, Rejected
+from sync.types import LogEntry
 
 # Each step hops to LMDB's threads: fewer runs than the pure machines, as many steps.
 StoreComparison.TestCase.settings = settings(max_examples=max(10, settings.default.max_examples // 5))
@@ -28,7 +28,7 @@ def test_regression_an_ack_of_zero_is_stored_by_both() -> None:
         state.teardown()
 
 
-def peer_write(state: StoreComparison, peer: str, doc: str, ops: list[dict[str, Any]]) -> Entry:
+def peer_write(state: StoreComparison, peer: str, doc: str, ops: list[dict[str, Any]]) -> LogEntry:
     """A peer's write, in flight (the rule without its ``note``, which works inside a hypothesis test only)."""
     entry = state.peers[peer].apply(doc, ops)
     state.sent.append(entry)
@@ -41,7 +41,7 @@ def test_quarantine_both_ways_bad_delta_then_held_good_delta_then_a_state_releas
     try:
         first = peer_write(state, "p", "d0", INC)
         second = peer_write(state, "p", "d0", INC)
-        junk = Entry(ROGUE, 1, "d0", b"not a delta")
+        junk = LogEntry(ROGUE, 1, "d0", b"not a delta")
         for store in state.stores:
             assert state.run(store.apply_remote_many([first, junk])) == [True, True]
             assert state.run(store.apply_remote_many([second])) == [True]  # held back, not joined

@@ -1,4 +1,4 @@
-"""Bearer-token authentication with two scopes, ``read`` and ``readwrite``.
+"""Bearer-token authentication with three scopes, ``read``, ``readwrite`` and ``admin``.
 
 Token files
 -----------
@@ -8,6 +8,7 @@ A token file holds one token a line, then whitespace, then its scope::
     # comments and blank lines are ignored
     3q2-7Qk0vN1cV8mWm2dS0A  read
     l9mQe5Jb1yJ0bS7fXc2rTg  readwrite
+    Zp4kR8sW2xN6vB0mQ3tY7u  admin
 
 The environment variable ``CRDTSTORE_TOKENS`` holds the same entries
 separated by commas (``token:scope,token:scope``). Tokens are 16 to 256
@@ -25,6 +26,11 @@ Who may do what
 * ``/metrics`` needs ``read`` unless the app is built with ``public_metrics``.
 * Reads, listings, the change feed and the OpenAPI document need ``read``;
   writes and deletes need ``readwrite``.
+* ``/v1/admin/links`` and ``/v1/admin/merkle`` (what ``crdtstore status``
+  reads) need ``read``; the routes that change the cluster's links
+  (partition, isolate, heal) need ``admin``. ``admin`` includes
+  ``readwrite``, so token files written before it existed keep working and
+  grant what they granted.
 * Anonymous access is off unless ``anonymous`` names a scope (for local
   demos only).
 """
@@ -59,13 +65,14 @@ class Scope(enum.IntEnum):
 
     READ = 1
     READWRITE = 2
+    ADMIN = 3
 
     @classmethod
     def parse(cls, name: str) -> Scope:
         try:
             return cls[name.strip().upper()]
         except KeyError:
-            raise ValueError(f"unknown scope {name!r} (expected read or readwrite)") from None
+            raise ValueError(f"unknown scope {name!r} (expected read, readwrite or admin)") from None
 
 
 class TokenFileError(ValueError):
@@ -166,6 +173,11 @@ class AuthPolicy:
     tokens: TokenStore = field(default_factory=TokenStore)
     public_metrics: bool = False
     anonymous: Scope | None = None
+
+    def __post_init__(self) -> None:
+        # Anyone who reaches the port would hold it: admin is only ever granted to a token.
+        if self.anonymous is not None and self.anonymous >= Scope.ADMIN:
+            raise ValueError("anonymous access is read or readwrite, never admin")
 
     def authorize(self, authorization: str | None, query_token: str | None, needed: Scope) -> Scope:
         """Check a request's credentials against the scope it needs.

@@ -48,7 +48,7 @@ class ApiContext:
         region: The region serving the node (:class:`crdtstore.region.Region`): it owns start-up
             and shutdown, and says whether the node is ready.
         replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no peers, no quorum).
-        wan: The emulated WAN of ``crdtstore up`` (:class:`sync.wanproxy.WanController`), or None.
+        wan: The emulated WAN of ``crdtstore up`` (:class:`sync.io.wanproxy.WanController`), or None.
         version_key: The key version tokens are sealed with (:mod:`crdtstore.version`).
     """
 

@@ -48,6 +48,12 @@ _INT64 = {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}
 _INDEX = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 
 _LEVELS = ["one", "local_quorum", "quorum", "all"]
+_TIMEOUT_PARAM = {
+    "name": "timeout",
+    "in": "query",
+    "description": "Seconds to wait for r=/w= replicas (default: the node's quorum_timeout, 5 s); then 504.",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 60},
+}
 
 _PAIR = {
     "type": "object",
@@ -222,6 +228,7 @@ def _document() -> dict[str, Any]:
                             "description": "Replicas to gather and join before answering (this one counts).",
                             "schema": {"enum": _LEVELS, "default": "one"},
                         },
+                        _TIMEOUT_PARAM,
                     ],
                     "responses": {
                         "200": _ok("The document", {"$ref": "#/components/schemas/Document"}),
@@ -238,6 +245,7 @@ def _document() -> dict[str, Any]:
                             "description": "Replicas that must hold the write before the answer (this one counts).",
                             "schema": {"enum": _LEVELS, "default": "one"},
                         },
+                        _TIMEOUT_PARAM,
                     ],
                     "requestBody": {
                         "required": True,
@@ -284,14 +292,14 @@ def _document() -> dict[str, Any]:
             },
             "/v1/admin/partition": {
                 "post": {
-                    "summary": "Cut the emulated WAN link between two regions (crdtstore up only)",
+                    "summary": "Cut the emulated WAN link between two regions (crdtstore up only; admin scope)",
                     "requestBody": {"required": True, "content": {_JSON: {"schema": _PAIR}}},
                     "responses": {"200": _ok("Cut pairs", {"type": "object"}), **_errors(400, 401, 403, 404)},
                 },
             },
             "/v1/admin/heal": {
                 "post": {
-                    "summary": "Heal the emulated WAN link between two regions (crdtstore up only)",
+                    "summary": "Heal the emulated WAN link between two regions (crdtstore up only; admin scope)",
                     "requestBody": {"required": True, "content": {_JSON: {"schema": _PAIR}}},
                     "responses": {"200": _ok("Cut pairs", {"type": "object"}), **_errors(400, 401, 403, 404)},
                 },

@@ -27,9 +27,10 @@ from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
-from crdtstore.replicator import Consistency, QuorumOutcome
+from crdtstore.api.peerlink import ServerPeerConnection
+from crdtstore.config import MAX_QUORUM_TIMEOUT, quorum_timeout
 from crdtstore.version import seal_version
-from sync.transport import ServerPeerConnection
+from sync.quorum import Level, QuorumOutcome
 
 __all__ = ["routes"]
 
@@ -86,8 +87,8 @@ def _known_params(request: Request, known: frozenset[str]) -> None:
         raise ApiError(400, "invalid_request", "a query parameter is given more than once", {"parameters": repeated})
 
 
-_READ_PARAMS = frozenset({"siblings", "r"})
-_WRITE_PARAMS = frozenset({"w"})
+_READ_PARAMS = frozenset({"siblings", "r", "timeout"})
+_WRITE_PARAMS = frozenset({"w", "timeout"})
 _LIST_PARAMS = frozenset({"prefix", "limit", "cursor"})
 
 
@@ -100,19 +101,33 @@ def _flag(request: Request, name: str) -> bool:
     raise ApiError(400, "invalid_request", f"{name} must be true or false", {name: raw[:40]})
 
 
-def _consistency(request: Request, name: str) -> Consistency:
+def _consistency(request: Request, name: str) -> Level:
     raw = _query(request, name)
     if raw is None or raw == "":
-        return Consistency.ONE
+        return Level.ONE
     try:
-        return Consistency(raw)
+        return Level(raw)
     except ValueError:
-        allowed = ", ".join(c.value for c in Consistency)
+        allowed = ", ".join(c.value for c in Level)
         raise ApiError(400, "invalid_request", f"{name} must be one of {allowed}", {name: raw[:40]}) from None
 
 
-def _replicator_for(ctx: ApiContext, level: Consistency) -> Any:
-    if level in (Consistency.ONE, Consistency.LOCAL_QUORUM) or ctx.replicator is None:
+def _timeout(request: Request) -> float | None:
+    """``?timeout=SECONDS`` for a quorum wait (None: the node's ``quorum_timeout``); bounded like the setting."""
+    raw = _query(request, "timeout")
+    if raw is None:
+        return None
+    try:
+        return quorum_timeout(raw)
+    except ValueError:
+        detail = {"timeout": raw[:40], "max": MAX_QUORUM_TIMEOUT}
+        raise ApiError(
+            400, "invalid_request", f"timeout is seconds, more than 0 and at most {MAX_QUORUM_TIMEOUT:g}", detail
+        ) from None
+
+
+def _replicator_for(ctx: ApiContext, level: Level) -> Any:
+    if level in (Level.ONE, Level.LOCAL_QUORUM) or ctx.replicator is None:
         # This replica answers alone: it is the whole region (and, without peers, the whole cluster).
         return None
     return ctx.replicator
@@ -135,12 +150,15 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     if request.scope["query_string"]:
         _known_params(request, _WRITE_PARAMS)
     level = _consistency(request, "w")
+    timeout = _timeout(request)  # checked before the write: a bad value changes nothing
     result = await ctx.node.apply(doc_id, ops)
     version = seal_version(result.version, doc_id, ctx.version_key)
     replicator = _replicator_for(ctx, level)
     if replicator is not None:
         # Wait for exactly this write, not for whatever our origin logged since.
-        outcome = await replicator.wait_for_acks(doc_id, level, origin=result.origin or None, seq=result.seq or None)
+        outcome = await replicator.wait_for_acks(
+            doc_id, level, origin=result.origin or None, seq=result.seq or None, timeout=timeout
+        )
         if not outcome.ok:
             # The write is durable here and will still replicate; the caller learns how far it got.
             detail = _quorum_detail(outcome) | {"version": version, "durable_locally": True}
@@ -157,10 +175,11 @@ async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
         _known_params(request, _READ_PARAMS)
         with_siblings = _flag(request, "siblings")
         level = _consistency(request, "r")
+        timeout = _timeout(request)
         replicator = _replicator_for(ctx, level)
         if replicator is not None:
             # Gathers peers' states and joins them here first (read repair), so the local read below sees them.
-            outcome = await replicator.read(doc_id, level)
+            outcome = await replicator.read(doc_id, level, timeout=timeout)
             if not outcome.ok:
                 detail = _quorum_detail(outcome)
                 raise ApiError(504, "quorum_timeout", f"read reached {outcome.reached} of {outcome.needed}", detail)
@@ -305,7 +324,7 @@ async def peer_link(ctx: ApiContext, websocket: WebSocket) -> None:
 
 
 async def _admin_pair(ctx: ApiContext, request: Request) -> tuple[ApiContext, str, str, dict[str, Any]]:
-    _authorize(ctx, request, Scope.READWRITE)
+    _authorize(ctx, request, Scope.ADMIN)
     if ctx.wan is None:
         raise ApiError(404, "not_found", "no emulated WAN here (only `crdtstore up` has one)")
     checks.check_content_type(request.headers.get("content-type"))

@@ -38,10 +38,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from sync.memstore import MemStore
-from sync.messages import Entry
 from sync.quarantine import Quarantined
 from sync.simulator import all_states
 from sync.store import ReplicaStore
+from sync.types import LogEntry
 
 from ..errors import CrdtError, OpError
 from ..merkle import MerkleShape
@@ -92,7 +92,7 @@ class StoreComparison(RuleBasedStateMachine):
         self.stores: tuple[ReplicaStore, ReplicaStore] = (self.mem, self.node)
         # Peers minting deltas of their own; what they sent is in flight until delivered (or never).
         self.peers = {p: MemStore(f"eu-{p}", region="eu", nonce="1", shape=SHAPE) for p in PEERS}
-        self.sent: list[Entry] = []
+        self.sent: list[LogEntry] = []
         self.rogue_seq = 0
 
     def run(self, step: Awaitable[T]) -> T:
@@ -149,7 +149,7 @@ class StoreComparison(RuleBasedStateMachine):
         mem, node = self.both(lambda s: s.apply_remote_many(batch))
         assert mem == node
 
-    def bad_delta(self, kind: str, doc: str, data: st.DataObject) -> Entry:
+    def bad_delta(self, kind: str, doc: str, data: st.DataObject) -> LogEntry:
         """One entry of bad peer data of ``kind`` (see ``BAD_KINDS``), under the rogue origin's next seq."""
         self.rogue_seq += 1
         source = data.draw(st.sampled_from(self.sent), label="source") if self.sent else None
@@ -162,7 +162,7 @@ class StoreComparison(RuleBasedStateMachine):
             doc = data.draw(st.sampled_from(BAD_IDS), label="id")
         elif source is not None:  # forged: a peer's dots passed off as the store's own
             delta = delta.replace(source.origin.encode(), self.mem.origin.encode())
-        return Entry(ROGUE, self.rogue_seq, doc, delta)
+        return LogEntry(ROGUE, self.rogue_seq, doc, delta)
 
     @rule(data=st.data(), kind=st.sampled_from(BAD_KINDS), doc=st.sampled_from(DOCS))
     def deliver_with_bad_data(self, data: st.DataObject, kind: str, doc: str) -> None:
@@ -178,7 +178,7 @@ class StoreComparison(RuleBasedStateMachine):
     @rule(slot=st.sampled_from(UNLOGGABLE))
     def deliver_what_the_log_cannot_hold(self, slot: tuple[str, int]) -> None:
         """A malformed origin or seq next to good entries: both refuse the whole batch, and nothing changes."""
-        batch = [*self.sent[-2:], Entry(*slot, DOCS[0], b"")]
+        batch = [*self.sent[-2:], LogEntry(*slot, DOCS[0], b"")]
         before = self.both(lambda s: s.version_vector())
         mem, node = self.both(lambda s: s.apply_remote_many(batch))
         assert mem is ValueError and node is ValueError, (mem, node)

@@ -13,7 +13,7 @@ from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.api.limits import Limits
 from crdtstore.node import Node, NodeConfig
-from tests.api.helpers import READ_TOKEN, RW_TOKEN, TestClient, auth_headers
+from tests.api.helpers import ADMIN_TOKEN, READ_TOKEN, RW_TOKEN, TestClient, auth_headers
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     ) -> TestClient:
         data = tmp_path / f"node{len(opened)}"
         node = Node(NodeConfig(region="test", data_dir=data, sync=False, **node_options))
-        tokens = TokenStore({RW_TOKEN: Scope.READWRITE, READ_TOKEN: Scope.READ})
+        tokens = TokenStore({RW_TOKEN: Scope.READWRITE, READ_TOKEN: Scope.READ, ADMIN_TOKEN: Scope.ADMIN})
         app = build_app(
             node, auth=AuthPolicy(tokens=tokens, public_metrics=public_metrics, anonymous=anonymous), limits=limits
         )

@@ -9,10 +9,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient, WebSocketDenialResponse
 
-__all__ = ["READ_TOKEN", "RW_TOKEN", "TestClient", "WebSocketDenialResponse", "auth_headers"]
+__all__ = ["ADMIN_TOKEN", "READ_TOKEN", "RW_TOKEN", "TestClient", "WebSocketDenialResponse", "auth_headers"]
 
 RW_TOKEN = "rw-token-0123456789abcdef"
 READ_TOKEN = "read-token-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
 def auth_headers(token: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ def test_token_file_format() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [f"{A}", f"{A} read extra", f"{A} admin", "short read", f"{A}! read", f"{'x' * 257} read"],
+    [f"{A}", f"{A} read extra", f"{A} superuser", "short read", f"{A}! read", f"{'x' * 257} read"],
 )
 def test_bad_token_file_lines_fail_at_load(text: str) -> None:
     with pytest.raises(TokenFileError) as info:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-from tests.api.helpers import TestClient
+from tests.api.helpers import ADMIN_TOKEN, TestClient, auth_headers
 
 
 @pytest.mark.parametrize("level", ["one", "local_quorum", "quorum", "all"])
@@ -32,7 +32,8 @@ def test_peer_endpoint_refuses_without_a_replicator(client: TestClient) -> None:
 
 
 def test_admin_routes_need_the_emulated_wan(client: TestClient) -> None:
-    response = client.post("/v1/admin/partition", json={"a": "us", "b": "eu"})
+    admin = auth_headers(ADMIN_TOKEN)
+    response = client.post("/v1/admin/partition", json={"a": "us", "b": "eu"}, headers=admin)
     assert response.status_code == 404
     links = client.get("/v1/admin/links").json()
     assert links["peers"] == [] and links["cut"] is None

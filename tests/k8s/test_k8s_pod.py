@@ -10,7 +10,7 @@ What a kubelet would start, on 127.0.0.1 instead of a cluster:
   dnsNames and usages plus ``IP:127.0.0.1``;
 * listeners on port 0 (``--host``/``--port``/``--peer-port`` appended, as
   flags beat the environment);
-* the cluster's DNS replaced by loopback relays (:mod:`sync.wanproxy`): each
+* the cluster's DNS replaced by loopback relays (:mod:`sync.io.wanproxy`): each
   peer URL of the manifests becomes the relay from its region to the region
   whose pod that name is.
 
@@ -42,7 +42,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync.wanproxy import WanController
+from sync.io.wanproxy import WanController
 from tests.k8s.manifests import K8S, OVERLAYS, Rendered, container_env, pod_hosts
 
 pytestmark = pytest.mark.slow

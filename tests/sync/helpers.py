@@ -15,11 +15,12 @@ from typing import Any
 
 from sync import events as ev
 from sync import messages as m
+from sync.config import SyncConfig
 from sync.dispatch import dispatch
 from sync.memstore import MemStore
-from sync.messages import Entry
-from sync.protocol import PeerProtocol, SyncConfig
+from sync.protocol import PeerProtocol
 from sync.store import run_sync
+from sync.types import LogEntry
 
 __all__ = ["Pair", "StoreContext", "handle", "make_protocol", "sealed"]
 
@@ -117,7 +118,7 @@ class Pair:
         self.pa = make_protocol(self.a, nonce=self.nonces[0], config=self.config)
         self.pb = make_protocol(self.b, nonce=self.nonces[1], secret=secret_b, config=self.config)
 
-    def write(self, side: str, doc_id: str, ops: list[dict[str, Any]]) -> Entry:
+    def write(self, side: str, doc_id: str, ops: list[dict[str, Any]]) -> LogEntry:
         store, proto = (self.a, self.pa) if side == "a" else (self.b, self.pb)
         entry = store.apply(doc_id, ops)
         proto.local_update(*entry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from sync import messages as m
+from sync.types import LogEntry
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=12)
 u64 = st.integers(0, 2**64 - 1)
@@ -21,7 +22,7 @@ messages: st.SearchStrategy[m.Message] = st.one_of(
     st.builds(m.Hello, ids, ids, ids, u64, u64, st.binary(min_size=16, max_size=64)),
     st.builds(m.Auth, st.binary(min_size=32, max_size=32)),
     st.just(m.Ready()),
-    st.builds(m.Deltas, st.lists(st.builds(m.Entry, ids, seqs, ids, blobs), max_size=4).map(tuple)),
+    st.builds(m.Deltas, st.lists(st.builds(LogEntry, ids, seqs, ids, blobs), max_size=4).map(tuple)),
     _vectors(),
     st.builds(m.LogTruncated, ids, st.integers(2, 2**64 - 1)),
     st.builds(m.MerkleRootRequest, u64),

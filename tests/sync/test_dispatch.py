@@ -13,10 +13,10 @@ import pytest
 from sync import dispatch as sd
 from sync import events as ev
 from sync.memstore import MemStore
-from sync.messages import Entry
 from sync.quarantine import RELAYED
 from sync.simulator import Simulator
 from sync.store import ReplicaStore, Suspended, run_sync
+from sync.types import LogEntry
 from tests.sync.helpers import StoreContext, make_protocol
 
 INC = [{"op": "increment", "path": ["n"]}]
@@ -124,7 +124,7 @@ def test_a_bad_delta_in_a_batch_skips_only_itself_and_the_link_goes_on() -> None
     src, dst, ctx = scene()
     good = src.apply("doc", INC)
     other = src.apply("other", INC)
-    bad = Entry(good.origin, 3, "doc", b"not a delta")
+    bad = LogEntry(good.origin, 3, "doc", b"not a delta")
     later = src.apply("doc", INC)._replace(seq=4)  # the same document, after the bad one: held back
     run_sync(sd.dispatch(ctx, ev.ApplyDeltas((good, other, bad, later))))
     assert not ctx.rejected and ctx.stats["deltas_applied"] == 4
@@ -139,10 +139,10 @@ def test_a_bad_delta_in_a_batch_skips_only_itself_and_the_link_goes_on() -> None
 
 def test_relays_pull_the_placeholder_never_the_bad_bytes() -> None:
     src, dst, ctx = scene()
-    bad = Entry(src.origin, 1, "doc", b"not a delta")
+    bad = LogEntry(src.origin, 1, "doc", b"not a delta")
     run_sync(sd.dispatch(ctx, ev.ApplyDeltas((bad,))))
     (relayed,) = run_sync(dst.log_range(src.origin, 0, 10))
-    assert relayed == Entry(src.origin, 1, "doc", b"")
+    assert relayed == LogEntry(src.origin, 1, "doc", b"")
     # The next replica skips the placeholder the same way: its mark moves on, the document is quarantined.
     third = MemStore("c", region="ap", nonce="3")
     assert third.apply_remote(*relayed) and run_sync(third.version_vector()) == {src.origin: 1}
@@ -152,7 +152,7 @@ def test_relays_pull_the_placeholder_never_the_bad_bytes() -> None:
 def test_a_batch_the_log_cannot_hold_is_rejected_whole_and_writes_nothing() -> None:
     src, dst, ctx = scene()
     good = src.apply("doc", INC)
-    for bad in (Entry("bad\x00", 1, "doc", good.delta), Entry(good.origin, 0, "doc", good.delta)):
+    for bad in (LogEntry("bad\x00", 1, "doc", good.delta), LogEntry(good.origin, 0, "doc", good.delta)):
         run_sync(sd.dispatch(ctx, ev.ApplyDeltas((good, bad))))
         assert dst.docs == {} and dst.log == {} and ctx.stats["deltas_applied"] == 0
         assert isinstance(ctx.rejected[-1][1], ValueError)

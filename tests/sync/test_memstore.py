@@ -9,9 +9,9 @@ import pytest
 from crdtstore.codec import encode_delta, encode_document
 from crdtstore.document import Document
 from sync.memstore import MemStore
-from sync.messages import Entry
 from sync.quarantine import Rejected
 from sync.store import run_sync
+from sync.types import LogEntry
 
 INC = [{"op": "increment", "path": ["n"]}]
 
@@ -120,5 +120,5 @@ def test_a_batch_with_a_bad_origin_is_refused_whole() -> None:
     src, dst = stores()
     good = src.apply("doc", INC)
     with pytest.raises(ValueError):
-        run_sync(dst.apply_remote_many([good, Entry("bad\x00", 1, "doc", good.delta)]))
+        run_sync(dst.apply_remote_many([good, LogEntry("bad\x00", 1, "doc", good.delta)]))
     assert dst.docs == {} and dst.log == {} and run_sync(dst.version_vector()) == {}

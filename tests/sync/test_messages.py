@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sync import messages as m
 from sync.exceptions import InvalidMessage, LocalProtocolError, MalformedMessage, RemoteProtocolError
+from sync.types import LogEntry
 from tests.sync.strategies import messages
 
 
@@ -60,7 +61,7 @@ def test_validation_in_post_init() -> None:
     with pytest.raises(InvalidMessage):
         m.Auth(b"short")
     with pytest.raises(InvalidMessage):
-        m.Deltas((m.Entry("o", 0, "d", b""),))  # seqs start at 1
+        m.Deltas((LogEntry("o", 0, "d", b""),))  # seqs start at 1
     with pytest.raises(InvalidMessage):
         m.Ack((("b", 1), ("a", 1)))  # unsorted
     with pytest.raises(InvalidMessage):
@@ -74,7 +75,7 @@ def test_validation_in_post_init() -> None:
 
 
 def test_oversize_batch_is_malformed() -> None:
-    entries = tuple(m.Entry("o", i + 1, "d", b"") for i in range(m.MAX_BATCH))
+    entries = tuple(LogEntry("o", i + 1, "d", b"") for i in range(m.MAX_BATCH))
     data = bytearray(m.Deltas(entries).encode())
     # Claim one more entry than the limit in the count varint (1024 -> 1025).
     assert data[1:3] == bytes([0x80, 0x08])

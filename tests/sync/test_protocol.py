@@ -5,10 +5,13 @@ from __future__ import annotations
 from sync import events as ev
 from sync import messages as m
 from sync._state import State
+from sync.channel import auth_mac
+from sync.config import SyncConfig
 from sync.exceptions import CloseCode
 from sync.memstore import MemStore
-from sync.protocol import SyncConfig, auth_mac, min_acked, truncation_vector
 from sync.store import run_sync
+from sync.truncation import min_acked, truncation_vector
+from sync.types import LogEntry
 from tests.sync.helpers import SECRET, Pair, handle, make_protocol, sealed
 
 INC = [{"op": "increment", "path": ["n"]}]
@@ -51,7 +54,7 @@ def test_messages_before_auth_fail() -> None:
     store = MemStore("b", region="us", nonce="n")
     proto = make_protocol(store)
     proto.messages_to_send()
-    proto.receive_message(m.Deltas((m.Entry("a.1.x", 1, "d", b"{}"),)).encode())
+    proto.receive_message(m.Deltas((LogEntry("a.1.x", 1, "d", b"{}"),)).encode())
     events = proto.events_received()
     assert failed(events)[0].close_code == CloseCode.AUTH_FAILED and not effects(events)
     assert proto.messages_to_send() == []
@@ -109,8 +112,8 @@ def test_forbidden_origin_fails_whole_batch() -> None:
     pair.sync_until_quiet()
     good = run_sync(pair.a.log_range(pair.a.origin, 0, 1)) or []
     # A delta claiming b's own origin beyond what b minted is forged: the whole batch is refused.
-    forged = m.Entry(pair.b.origin, 5, "doc", b"{}")
-    other = m.Entry("c.1.z", 1, "doc2", pair.b.log[pair.b.origin][1].delta)
+    forged = LogEntry(pair.b.origin, 5, "doc", b"{}")
+    other = LogEntry("c.1.z", 1, "doc2", pair.b.log[pair.b.origin][1].delta)
     pair.pb.receive_message(sealed(pair.pa, m.Deltas((other, forged, *good))))
     events = pair.pb.events_received()
     assert failed(events)[0].close_code == CloseCode.FORBIDDEN_ORIGIN and not effects(events)
@@ -133,7 +136,7 @@ def test_buffer_overflow_fails() -> None:
         config=SyncConfig(max_buffered=2, anti_entropy_interval=None, shape=MemStore("x", region="r", nonce="n").shape)
     )
     pair.sync_until_quiet()
-    far = [m.Entry("c.1.z", s, "doc", b"{}") for s in (5, 6, 7)]
+    far = [LogEntry("c.1.z", s, "doc", b"{}") for s in (5, 6, 7)]
     pair.pb.receive_message(sealed(pair.pa, m.Deltas(tuple(far))))
     assert failed(pair.pb.events_received())[0].close_code == CloseCode.LIMIT_EXCEEDED
 

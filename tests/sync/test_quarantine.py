@@ -7,7 +7,7 @@ import pytest
 from crdtstore.causal import CausalContext
 from crdtstore.document import Document
 from sync import quarantine as q
-from sync.messages import Entry
+from sync.types import LogEntry
 
 INC = [{"op": "increment", "path": ["n"]}]
 
@@ -22,8 +22,8 @@ def test_screen_skips_bad_ids_first_then_placeholders_then_held_documents() -> N
 
 @pytest.mark.parametrize("bad_id", ["a/b", ".", "..", "x" * 257, "nul\x00", ""])
 def test_a_placeholder_keeps_an_addressable_id_and_never_a_bad_one(bad_id: str) -> None:
-    assert q.placeholder(Entry("o.1.x", 3, "doc", b"junk")) == Entry("o.1.x", 3, "doc", b"")
-    assert q.placeholder(Entry("o.1.x", 3, bad_id, b"junk")) == Entry("o.1.x", 3, q.NO_ID, b"")
+    assert q.placeholder(LogEntry("o.1.x", 3, "doc", b"junk")) == LogEntry("o.1.x", 3, "doc", b"")
+    assert q.placeholder(LogEntry("o.1.x", 3, bad_id, b"junk")) == LogEntry("o.1.x", 3, q.NO_ID, b"")
     assert q.screen(q.NO_ID, b"", set()) is not None  # relayed on, it is skipped again, as a bad id
     assert q.is_placeholder(b"") and not q.is_placeholder(b"[]")
 
@@ -69,24 +69,24 @@ def test_the_book_lists_at_most_the_bound_and_still_counts(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     "entry",
     [
-        Entry("", 1, "d", b""),
-        Entry("o\x00", 1, "d", b""),
-        Entry("o" * 201, 1, "d", b""),
-        Entry("\udc80", 1, "d", b""),
-        Entry("o", 0, "d", b""),
-        Entry("o", 1 << 64, "d", b""),
-        Entry("o", True, "d", b""),  # type: ignore[arg-type]
-        Entry("o", 1, b"d", b""),  # type: ignore[arg-type]
-        Entry("o", 1, "d", "delta"),  # type: ignore[arg-type]
+        LogEntry("", 1, "d", b""),
+        LogEntry("o\x00", 1, "d", b""),
+        LogEntry("o" * 201, 1, "d", b""),
+        LogEntry("\udc80", 1, "d", b""),
+        LogEntry("o", 0, "d", b""),
+        LogEntry("o", 1 << 64, "d", b""),
+        LogEntry("o", True, "d", b""),  # type: ignore[arg-type]
+        LogEntry("o", 1, b"d", b""),  # type: ignore[arg-type]
+        LogEntry("o", 1, "d", "delta"),  # type: ignore[arg-type]
     ],
 )
-def test_what_the_log_cannot_hold_is_refused(entry: Entry) -> None:
+def test_what_the_log_cannot_hold_is_refused(entry: LogEntry) -> None:
     with pytest.raises(ValueError):
         q.check_entry(entry)
 
 
 def test_what_the_log_can_hold_passes_even_with_a_bad_id_or_no_delta() -> None:
-    q.check_entry(Entry("o" * 200, (1 << 64) - 1, "a/b", b""))
+    q.check_entry(LogEntry("o" * 200, (1 << 64) - 1, "a/b", b""))
 
 
 def test_peer_data_may_claim_only_the_dots_we_minted() -> None:

@@ -1,78 +1,49 @@
-"""Quorum arithmetic and the read/write coordinators."""
+"""Quorum arithmetic: the levels, what each needs, what an outcome reports."""
 
 from __future__ import annotations
 
 import pytest
 
-from crdtstore.codec import encode_document
-from crdtstore.document import Document
-from sync.quorum import Level, ReadCoordinator, Requirement, WriteCoordinator, required
-
-THREE = {"eu1": "eu", "us1": "us", "ap1": "ap"}
-FIVE = {"eu1": "eu", "eu2": "eu", "eu3": "eu", "us1": "us", "us2": "us"}
+from sync.quorum import Level, QuorumOutcome, Requirement, required
 
 
 @pytest.mark.parametrize(
-    ("level", "replicas", "region", "want"),
+    ("level", "replicas", "local", "want"),
     [
-        ("one", THREE, "eu", Requirement(1, 0)),
-        ("quorum", THREE, "eu", Requirement(2, 0)),
-        ("all", THREE, "eu", Requirement(3, 0)),
-        ("local_quorum", THREE, "eu", Requirement(1, 1)),
-        ("local_quorum", FIVE, "eu", Requirement(2, 2)),
-        ("quorum", FIVE, "us", Requirement(3, 0)),
+        ("one", 3, 1, Requirement(1, 0)),
+        ("quorum", 3, 1, Requirement(2, 0)),
+        ("all", 3, 1, Requirement(3, 0)),
+        ("local_quorum", 3, 1, Requirement(1, 1)),
+        ("local_quorum", 5, 3, Requirement(2, 2)),
+        ("quorum", 5, 2, Requirement(3, 0)),
+        ("quorum", 1, 1, Requirement(1, 0)),
+        ("all", 1, 1, Requirement(1, 0)),
     ],
 )
-def test_required(level: str, replicas: dict[str, str], region: str, want: Requirement) -> None:
-    assert required(level, replicas, region) == want
+def test_required(level: str, replicas: int, local: int, want: Requirement) -> None:
+    assert required(level, replicas=replicas, local_replicas=local) == want
 
 
 def test_quorum_reads_and_writes_intersect() -> None:
     for n in range(1, 8):
-        replicas = {f"r{i}": "x" for i in range(n)}
-        q = required(Level.QUORUM, replicas, "x").total
+        q = required(Level.QUORUM, replicas=n, local_replicas=1).total
         assert 2 * q > n
 
 
-def test_bad_levels() -> None:
+def test_levels_keep_their_http_names() -> None:
+    # ?r= and ?w= take these strings; the API lists them in this order in its error.
+    assert [level.value for level in Level] == ["one", "local_quorum", "quorum", "all"]
+
+
+@pytest.mark.parametrize(
+    ("level", "replicas", "local"),
+    [("most", 3, 1), ("QUORUM", 3, 1), ("quorum", 0, 0), ("local_quorum", 3, 0), ("local_quorum", 3, 4)],
+)
+def test_bad_levels_and_clusters(level: str, replicas: int, local: int) -> None:
     with pytest.raises(ValueError):
-        required("most", THREE, "eu")
-    with pytest.raises(ValueError):
-        required("local_quorum", THREE, "mars")
+        required(level, replicas=replicas, local_replicas=local)
 
 
-def _state(n: int) -> bytes:
-    doc = Document()
-    for _ in range(n):
-        doc.apply([{"op": "increment", "path": ["n"]}], replica="w")
-    return encode_document(doc)
-
-
-def test_read_coordinator_joins_and_names_stale() -> None:
-    rc = ReadCoordinator("quorum", THREE, local_region="eu", now=0.0, timeout=1.0)
-    rc.receive_response("eu1", _state(1))
-    assert not rc.done
-    rc.receive_response("us1", _state(2))
-    rc.receive_response("mallory", _state(5))  # not a member: ignored
-    assert rc.done and rc.answered == ["eu1", "us1"]
-    assert rc.merged() == _state(2) and rc.stale() == ["eu1"]
-
-
-def test_read_coordinator_timeout() -> None:
-    rc = ReadCoordinator("all", THREE, local_region="eu", now=0.0, timeout=1.0)
-    rc.receive_response("eu1", None)
-    rc.receive_tick(0.5)
-    assert not rc.finished
-    rc.receive_tick(1.0)
-    assert rc.timed_out and not rc.done and rc.merged() is None and rc.stale() == []
-
-
-def test_write_coordinator() -> None:
-    wc = WriteCoordinator("quorum", THREE, self_id="eu1", origin="o", seq=3, local_region="eu", now=0, timeout=5)
-    assert not wc.done
-    wc.receive_vector("us1", {"o": 2})
-    assert not wc.done
-    wc.receive_vector("us1", {"o": 3})
-    assert wc.done
-    one = WriteCoordinator("one", THREE, self_id="eu1", origin="o", seq=1, local_region="eu", now=0, timeout=5)
-    assert one.done
+def test_outcome_ok_only_when_reached() -> None:
+    assert QuorumOutcome(needed=2, reached=2, replicas=("a", "b")).ok
+    assert not QuorumOutcome(needed=3, reached=2, replicas=("a", "b")).ok

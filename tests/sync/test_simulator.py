@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 
 from crdtstore.codec import decode_delta, decode_document
 from sync.memstore import MemStore
-from sync.messages import Entry
 from sync.quarantine import NO_ID
 from sync.simulator import LinkFaults, Simulator
 from sync.store import run_sync
+from sync.types import LogEntry
 
 NAMES = {"a": "eu", "b": "us", "c": "ap"}
 DOCS = ["d0", "d1", "d2"]
@@ -70,7 +70,7 @@ def play(schedule: list[tuple], seed: int, *, line: bool = False, truncate: bool
             _, name, doc, what = step
             if sim.replicas[name].up:
                 rogue_seq += 1
-                bad = Entry(ROGUE, rogue_seq, "a/b" if what == "bad_id" else doc, POISON.get(what, b"junk"))
+                bad = LogEntry(ROGUE, rogue_seq, "a/b" if what == "bad_id" else doc, POISON.get(what, b"junk"))
                 assert sim.inject(name, [bad]) == [True]  # skipped, yet received
         elif kind == "run":
             sim.run(float(step[1]))
@@ -164,7 +164,8 @@ def test_poison_in_the_middle_of_a_line_is_relayed_as_placeholders_and_repaired_
     sim.run(3)
     b, c = sim.replicas["b"].store, sim.replicas["c"].store
     assert isinstance(b, MemStore) and isinstance(c, MemStore)
-    assert sim.inject("b", [Entry(ROGUE, 1, "d0", b"not a delta"), Entry(ROGUE, 2, "a/b", b"junk")]) == [True, True]
+    junk = [LogEntry(ROGUE, 1, "d0", b"not a delta"), LogEntry(ROGUE, 2, "a/b", b"junk")]
+    assert sim.inject("b", junk) == [True, True]
     assert [q.doc_id for q in b.quarantined()] == ["d0"]
     # a's next writes of d0 are held back at b, so c (behind b) gets placeholders, never bytes b could not join.
     for i in range(3):
@@ -174,7 +175,7 @@ def test_poison_in_the_middle_of_a_line_is_relayed_as_placeholders_and_repaired_
     relayed = run_sync(c.log_range(sim.replicas["a"].store.info.origin, 1, 10))
     assert [e.delta for e in relayed] == [b""] * 3
     assert [(q.doc_id, q.origin) for q in c.quarantined()] == [("d0", ROGUE)]
-    assert run_sync(c.log_range(ROGUE, 0, 10)) == [Entry(ROGUE, 1, "d0", b""), Entry(ROGUE, 2, NO_ID, b"")]
+    assert run_sync(c.log_range(ROGUE, 0, 10)) == [LogEntry(ROGUE, 1, "d0", b""), LogEntry(ROGUE, 2, NO_ID, b"")]
     # Anti-entropy ships full states: both leave quarantine, every write is everywhere, deltas flow again.
     assert sim.run_until_converged(HEAL_TICKS) is not None
     assert_no_write_lost(sim)

@@ -30,9 +30,10 @@ from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator, ReplicatorSettings
 from sync import messages as m
 from sync._state import State
+from sync.config import SyncConfig
 from sync.events import PeerInfo
-from sync.protocol import PeerProtocol, SyncConfig
-from sync.transport import ClientPeerConnection, TransportSettings, dial
+from sync.io.transport import ClientPeerConnection, TransportSettings, dial
+from sync.protocol import PeerProtocol
 
 __all__ = ["SECRET", "TOKEN", "Member", "Region", "run_region", "wait_for"]
 

@@ -41,6 +41,7 @@ from sync import messages as m
 from sync.channel import Channel
 from sync.exceptions import CloseCode
 from sync.memstore import MemStore
+from sync.types import LogEntry
 from tests.sync_io.regions import Member, Region, run_region
 
 T = TypeVar("T")
@@ -146,16 +147,16 @@ def render(act: tuple[Any, ...], *, own: str, mark: int, scratch: MemStore, doc:
         return [m.Deltas(tuple(scratch.apply(doc, [{"op": "increment", "path": ["n"]}]) for _ in range(act[1])))]
     if kind == "foreign_garbage":
         _, origin, seq, victim, data = act
-        return [m.Deltas((m.Entry(origin, seq, victim, data),))]
+        return [m.Deltas((LogEntry(origin, seq, victim, data),))]
     # Below, a valid delta of a victim: were the node to take it, the victim would change.
     if kind == "huge_run":
         _, origin, seq, victim, _ = act
-        return [m.Deltas((m.Entry(origin, seq, victim, _valid(scratch, victim)),))]
+        return [m.Deltas((LogEntry(origin, seq, victim, _valid(scratch, victim)),))]
     if kind == "own_beyond":
         _, ahead, victim, _ = act
-        return [m.Deltas((m.Entry(own, mark + ahead, victim, _valid(scratch, victim)),))]
+        return [m.Deltas((LogEntry(own, mark + ahead, victim, _valid(scratch, victim)),))]
     if kind == "own_echo":
-        return [m.Deltas((m.Entry(own, max(mark, 1), act[1], act[2]),))]
+        return [m.Deltas((LogEntry(own, max(mark, 1), act[1], act[2]),))]
     if kind == "backwards":
         e1 = scratch.apply(doc, [{"op": "increment", "path": ["n"]}])
         e2 = scratch.apply(doc, [{"op": "increment", "path": ["n"]}])

@@ -8,7 +8,7 @@ import pytest
 
 from crdtstore.cli import build_server_app, main, plan_up
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, check_peer_transport, resolve
-from sync.wanproxy import WanController
+from sync.io.wanproxy import WanController
 
 NO_FLAGS = {s.name: None for s in SETTINGS}
 SECRET_ENV = {"CRDTSTORE_CLUSTER_SECRET": "s" * 32}

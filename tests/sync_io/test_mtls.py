@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 
 from crdtstore.cli import build_server_app, main, server_configs
 from crdtstore.config import ConfigError, ServeConfig, peer_ssl_context, resolve
-from sync.transport import TransportSettings, dial
+from sync.io.transport import TransportSettings, dial
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="needs the openssl command to make certificates"

@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed
 from crdtstore.config import ServeConfig
 from sync import messages as m
 from sync.exceptions import CloseCode
+from sync.io.transport import ClientPeerConnection, TransportSettings, dial
 from sync.memstore import MemStore
-from sync.transport import ClientPeerConnection, TransportSettings, dial
 from tests.sync_io.regions import TOKEN, Member, Region, run_region, wait_for
 
 DOCS = ["x", "big"]

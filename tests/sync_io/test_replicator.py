@@ -20,15 +20,15 @@ from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.node import DocumentNotFound, Node, NodeConfig
-from crdtstore.replicator import Consistency, Replicator, ReplicatorSettings, _coalesce_deltas, _Link
-from crdtstore.storage import LogEntry
+from crdtstore.replicator import Replicator, ReplicatorSettings, _coalesce_deltas, _Link
 from sync import messages as m
 from sync._state import State
 from sync.channel import TAG_SIZE
 from sync.events import ApplyDeltas, Event, MergeStates, NeedLog, NeedMerkleRoot, PeerInfo
-from sync.messages import Entry
+from sync.io.transport import TransportSettings, dial
 from sync.protocol import PeerProtocol
-from sync.transport import TransportSettings, dial
+from sync.quorum import Level
+from sync.types import LogEntry
 
 TOKEN = "replicator-test-token-0123456789"
 SECRET = b"replicator-test-secret-0123456789"
@@ -157,11 +157,11 @@ def test_an_undecodable_delta_quarantines_its_document_and_the_link_goes_on(tmp_
             await node.apply("mine", [{"op": "increment", "path": ["n"]}])
             good = codec.encode_delta(Document().apply([{"op": "set", "path": ["k"], "value": 1}], replica="evil.1.n"))
             entries = [
-                Entry("evil.1.n", 1, "d", b"not a delta"),
-                Entry("evil.1.n", 2, "a/b", good),
-                Entry("evil.1.n", 3, "..", good),
-                Entry("evil.1.n", 4, "ctl\x07", good),
-                Entry("evil.1.n", 5, "fine", good),
+                LogEntry("evil.1.n", 1, "d", b"not a delta"),
+                LogEntry("evil.1.n", 2, "a/b", good),
+                LogEntry("evil.1.n", 3, "..", good),
+                LogEntry("evil.1.n", 4, "ctl\x07", good),
+                LogEntry("evil.1.n", 5, "fine", good),
             ]
             acked = 0
             for _ in range(1000):  # bounded: until the node acknowledged the whole batch
@@ -267,7 +267,7 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
             # merge_state is not logged, so these states only travel by quorum read (or anti-entropy).
             await a.merge_state("doc", await state_of(tmp_path / "x", [{"op": "set", "path": ["x"], "value": 1}]))
             await b.merge_state("doc", await state_of(tmp_path / "y", [{"op": "set", "path": ["y"], "value": 2}]))
-            outcome = await reps[0].read("doc", Consistency.ALL)
+            outcome = await reps[0].read("doc", Level.ALL)
             assert outcome.ok and outcome.reached == 2
             assert outcome.repaired == (b.storage.identity.base,)  # b lacked x: it gets the join pushed
             assert (await a.read("doc")).value == {"x": 1, "y": 2}  # a joined b's state
@@ -277,14 +277,14 @@ def test_a_quorum_read_repairs_the_stale_replicas(tmp_path: Path) -> None:
                 await asyncio.sleep(0.02)
             assert (await b.read("doc")).value == {"x": 1, "y": 2}
             assert await a.merkle_root() == await b.merkle_root()
-            again = await reps[1].read("doc", Consistency.QUORUM)
+            again = await reps[1].read("doc", Level.QUORUM)
             assert again.ok and again.repaired == ()  # nothing stale any more
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=60))
 
 
 def test_consecutive_delta_events_share_one_commit_in_order() -> None:
-    e = [Entry("o", seq, "doc", b"d") for seq in range(1, 6)]
+    e = [LogEntry("o", seq, "doc", b"d") for seq in range(1, 6)]
     merge = MergeStates((("doc", b"s"),))
     events: collections.deque[object] = collections.deque(
         [ApplyDeltas((e[0],)), ApplyDeltas((e[1], e[2])), merge, ApplyDeltas((e[3],)), ApplyDeltas((e[4],))]
@@ -398,7 +398,7 @@ def test_reads_are_answered_while_a_commit_of_the_same_link_is_pending() -> None
     async def scenario() -> None:
         node = SlowNode()
         replicator = Replicator(node, secret=SECRET, region="r0")
-        proto = _ScriptedProto([ApplyDeltas((Entry("o.1.z", 1, "d", b"x"),)), NeedMerkleRoot(7)])
+        proto = _ScriptedProto([ApplyDeltas((LogEntry("o.1.z", 1, "d", b"x"),)), NeedMerkleRoot(7)])
         link = _Link(proto=proto, conn=_StubConn())
         replicator._links.add(link)
         replicator._flush(link)

@@ -11,8 +11,9 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from sync.transport import Dialer, PeerConnection, ServerPeerConnection, TransportSettings, dial
-from sync.wanproxy import WanLink
+from crdtstore.api.peerlink import ServerPeerConnection
+from sync.io.transport import Dialer, PeerConnection, TransportSettings, dial
+from sync.io.wanproxy import WanLink
 from tests.sync_io.io_helpers import serve_app
 
 LIMIT = 30.0

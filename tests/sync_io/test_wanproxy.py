@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from sync.wanproxy import WanController, WanLink
+from sync.io.wanproxy import WanController, WanLink
 
 LIMIT = 20.0  # seconds any one scenario may take
 

@@ -55,7 +55,7 @@ from typing import Literal
 
 __all__ = ["CutMode", "LinkStats", "WanController", "WanLink"]
 
-logger = logging.getLogger("sync.wanproxy")
+logger = logging.getLogger("sync.io.wanproxy")
 
 CutMode = Literal["close", "hold"]
 
@@ -295,24 +295,37 @@ class WanController:
         latency: One-way latency of every link, seconds.
         jitter: Jitter of every link, seconds.
         seed: Seeds each link's jitter source (links get distinct streams).
+        base_port: The links listen on consecutive ports from this one, in the order of :meth:`pairs`
+            (0: each on a free port of its own), so that firewall rules or a fixed plan can name them.
     """
 
-    def __init__(self, regions: Iterable[str], *, latency: float = 0.0, jitter: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self, regions: Iterable[str], *, latency: float = 0.0, jitter: float = 0.0, seed: int = 0, base_port: int = 0
+    ) -> None:
         self.regions = list(regions)
         if len(set(self.regions)) != len(self.regions):
             raise ValueError("region names must be distinct")
+        count = len(self.regions) * (len(self.regions) - 1)
+        if base_port and not 1024 <= base_port <= 65536 - count:
+            raise ValueError(f"{count} link ports from {base_port} do not fit in 1024-65535")
         counter = itertools.count()
+        ports = itertools.count(base_port) if base_port else itertools.repeat(0)
         self.links: dict[tuple[str, str], WanLink] = {
             (a, b): WanLink(
                 latency=latency,
                 jitter=jitter,
                 random=_random.Random(seed * 1_000_003 + next(counter)).random,
+                listen_port=next(ports),
                 name=f"{a}->{b}",
             )
             for a in self.regions
             for b in self.regions
             if a != b
         }
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The ordered ``(dialer, target)`` pairs, in the order their ports are given."""
+        return list(self.links)
 
     def bind(self) -> None:
         """Bind every link's socket (ports known before the event loop runs)."""
