@@ -14,7 +14,7 @@ __all__ = ["ApiContext", "NodeLike"]
 
 
 class NodeLike(Protocol):
-    """The part of :class:`crdtstore.node.Node` the API calls (see node.py for the semantics)."""
+    """The part of :class:`crdtstore.node.Node` the API calls (see crdtstore/node.py for the semantics)."""
 
     replica_id: str
 
