@@ -71,16 +71,21 @@ class Region:
 
         Raises:
             IncompatibleStorage: The node's directory belongs to another region or shape
-                (or whatever else the node or replicator raise while starting).
+                (or whatever else the node or replicator raise while starting; a node
+                that started is closed again).
         """
         if self._started:
             raise RuntimeError("a region starts once")
         self._started = True
         await self.node.start()
-        for hook in self.on_start:
-            hook()
-        if self.replicator is not None:
-            await self.replicator.start()
+        try:
+            for hook in self.on_start:
+                hook()
+            if self.replicator is not None:
+                await self.replicator.start()
+        except BaseException:
+            await self.node.close()  # nothing else will: the region never started, so it is never closed
+            raise
         self._ready = True
         logger.info("node ready", extra={"replica_id": self.node.replica_id})
 

@@ -40,13 +40,16 @@ class FakeNode:
 
 
 class FakeReplicator:
-    def __init__(self, log: list[str], region: list[Region]) -> None:
+    def __init__(self, log: list[str], region: list[Region], *, fail: bool = False) -> None:
         self.log = log
         self.region = region
+        self.fail = fail
 
     async def start(self) -> None:
         # Its sessions may call into the node already, but no one is told it is ready yet.
         self.log.append(f"replicator.start ready={self.region[0].ready}")
+        if self.fail:
+            raise OSError("cannot listen")
 
     async def close(self) -> None:
         self.log.append(f"replicator.close ready={self.region[0].ready}")
@@ -94,6 +97,18 @@ def test_a_region_starts_once() -> None:
 
     asyncio.run(main())
     assert log.count("node.start") == 1
+
+
+def test_a_region_whose_replicator_fails_to_start_closes_its_node() -> None:
+    """Abuse: the storage must not stay open (its LMDB lock held) behind a failed start."""
+    log: list[str] = []
+    holder: list[Region] = []
+    region = Region(FakeNode(log), replicator=FakeReplicator(log, holder, fail=True))
+    holder.append(region)
+    with pytest.raises(OSError, match="cannot listen"):
+        asyncio.run(region.start())
+    assert log == ["node.start", "replicator.start ready=False", "node.close"]
+    assert not region.ready
 
 
 def test_an_app_lifespan_starts_a_region_only_if_no_one_else_did() -> None:
