@@ -20,7 +20,9 @@ records in ``./data/up.json``.
 Servers are uvicorn servers driven by :func:`run_servers`: one event loop,
 one set of signal handlers for all of them (uvicorn's per-server handlers
 would override each other), and sockets bound before startup so that
-``--port 0`` works and the actual address is logged as ``listening``.
+``--port 0`` works and the actual address is logged as ``listening``. Each
+region node's :class:`~crdtstore.region.Region` starts before its servers
+serve and closes after they stopped (see :mod:`crdtstore.region`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from crdtstore.config import (
 )
 from crdtstore.logs import JsonFormatter, configure_logging
 from crdtstore.node import Node, NodeConfig
+from crdtstore.region import Region
 from crdtstore.replicator import Replicator, ReplicatorSettings
 from crdtstore.supervisor import Child, Supervisor, write_plan
 from crdtstore.wanadmin import build_wan_admin_app
@@ -103,7 +106,7 @@ START_FREEZE_WAIT = 300.0  # seconds run_servers waits for its servers to start 
 
 
 def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanController | None = None) -> Starlette:
-    """The app of one node as ``config`` describes it (the node and its replicator start with the app's lifespan).
+    """The app of one node as ``config`` describes it; its region (``app.state.api.region``) is not started.
 
     A node gets a replicator when a cluster secret is configured (it then
     accepts peers on ``/v1/peer``: on the API listener, or under
@@ -151,7 +154,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             settings=ReplicatorSettings(quorum_timeout=config.quorum_timeout),
         )
     return build_app(
-        node,
+        Region(node, replicator=replicator),
         auth=auth,
         limits=Limits(max_body_bytes=config.max_body_bytes),
         replicator=replicator,
@@ -204,7 +207,7 @@ def server_configs(app: Starlette, config: ServeConfig) -> list[uvicorn.Config]:
             port=config.peer_port,
             mutual_tls=config.peer_ca is not None,
             ws_max_size=config.peer_max_size,
-            lifespan="off",  # the API listener's app starts and closes the node
+            lifespan="off",  # the region starts and closes the node (served alone: the API app's lifespan)
         )
         configs.append(peer)
     return configs
@@ -279,16 +282,23 @@ def run_servers(
 ) -> int:
     """Serve every config until SIGINT/SIGTERM; returns the process exit code.
 
+    The servers of one region (those whose app is a :func:`crdtstore.api.app.build_app`
+    or :func:`~crdtstore.api.app.build_peer_app` of it) are served by
+    :meth:`Region.serve <crdtstore.region.Region.serve>`: the region starts
+    first and closes after they stopped. A region that fails to start stops
+    every server, and the exit code is 3, as for a failed uvicorn startup.
+
     Args:
         configs: One uvicorn config per server.
         announce: Called with the servers' URLs once their sockets are bound (before startup).
-        on_start: Awaited in the event loop before the servers start (``up`` starts its WAN here).
-        on_stop: Awaited after every server stopped.
+        on_start: Awaited in the event loop before the regions and servers start (``up`` starts its WAN here).
+        on_stop: Awaited after every server stopped and every region closed.
     """
     if not configs:
         return 0
     servers = [_GroupServer(config) for config in configs]
     sockets = [bind(config.host, config.port) for config in configs]
+    failed: list[BaseException] = []
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -306,7 +316,22 @@ def run_servers(
             if on_start is not None:
                 await on_start()
             freeze = asyncio.create_task(_freeze_once_started(servers))
-            await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(servers, sockets, strict=True)))
+
+            async def serve_region(region: Region, group: list[tuple[uvicorn.Server, socket.socket]]) -> None:
+                try:
+                    await region.serve([s for s, _ in group], [sock for _, sock in group])
+                except Exception as exc:
+                    if any(s.started for s, _ in group):
+                        raise
+                    logger.error("region failed to start", exc_info=exc)
+                    failed.append(exc)
+                    stop()  # the others stop too: a process serves all its regions or none
+
+            groups = _by_region(servers, sockets)
+            await asyncio.gather(
+                *(serve_region(region, group) for region, group in groups.items() if region is not None),
+                *(server.serve(sockets=[sock]) for server, sock in groups.get(None, [])),
+            )
         finally:
             if freeze is not None:
                 freeze.cancel()
@@ -330,7 +355,19 @@ def run_servers(
     finally:
         for sock in sockets:
             sock.close()
-    return 0 if all(server.started for server in servers) else 3
+    return 0 if not failed and all(server.started for server in servers) else 3
+
+
+def _by_region(
+    servers: Sequence[uvicorn.Server], sockets: Sequence[socket.socket]
+) -> dict[Region | None, list[tuple[uvicorn.Server, socket.socket]]]:
+    """The servers (with their sockets) of each region, in order; None: servers of apps without one."""
+    groups: dict[Region | None, list[tuple[uvicorn.Server, socket.socket]]] = {}
+    for server, sock in zip(servers, sockets, strict=True):
+        api = getattr(getattr(server.config.app, "state", None), "api", None)
+        region = getattr(api, "region", None)
+        groups.setdefault(region if isinstance(region, Region) else None, []).append((server, sock))
+    return groups
 
 
 async def _freeze_once_started(servers: Sequence[uvicorn.Server]) -> None:

@@ -26,12 +26,14 @@ meta          see ``_META_*`` below                  identity, counters, vectors
 
 A document is its snapshot joined with its tail deltas in seq order, so a
 write appends its (already encoded) delta instead of re-encoding the whole
-document; the node rewrites the snapshot and drops the tail (compaction) in
-one transaction when the tail grows past a bound. Every state a commit can
-leave is therefore loadable. ``views`` holds a ready-to-serve JSON rendering
-of a document's plain value and version, written by the node in the same
-transaction as the change it reflects (or deleted, when the node chose not
-to render it): a read that finds it needs no decode at all.
+document; :mod:`crdtstore.docstore`, which decides a document's layout (this
+module only stores it), rewrites the snapshot and drops the tail
+(compaction) in one transaction when the tail grows past a bound. Every
+state a commit can leave is therefore loadable. ``views`` holds a
+ready-to-serve JSON rendering of a document's plain value and version,
+written by the document store in the same transaction as the change it
+reflects (or deleted, when it chose not to render it): a read that finds it
+needs no decode at all.
  ``buckets``
 lets anti-entropy list the (id, digest) pairs of one differing leaf without
 scanning every document, and gives the old digest for a Merkle update

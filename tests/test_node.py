@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from crdtstore import codec
 from crdtstore.commit import WriteContext
+from crdtstore.docstore import DocCache
 from crdtstore.document import Document
 from crdtstore.errors import InvalidOp, InvalidVersion, TypeMismatch
 from crdtstore.merkle import EMPTY, diff
@@ -30,7 +31,6 @@ from crdtstore.node import (
     ReadResult,
     StorageFull,
     WriteResult,
-    _DocCache,
     split_view,
 )
 from crdtstore.testing.strategies import json_values
@@ -696,7 +696,7 @@ cache_steps = st.lists(
 def test_document_cache_never_exceeds_its_caps(
     steps: list[tuple[str, int, int]], max_docs: int, max_bytes: int
 ) -> None:
-    cache = _DocCache(max_docs, max_bytes)
+    cache = DocCache(max_docs, max_bytes)
     for kind, key, size in steps:
         if kind == "put":
             doc = Document()
@@ -757,7 +757,7 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
         try:
             for step in range(62):
                 await node.apply("doc", EDITS[step % len(EDITS)])
-                entry = node._cache.get("doc")
+                entry = node.docs.cache.get("doc")
                 assert entry is not None
                 in_memory = codec.encode_document(entry.doc)
                 snapshot, tail, view = stored_state(node, "doc")
@@ -779,7 +779,7 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
         try:
             assert await node.read_state("doc") == in_memory
             await node.apply("doc", [{"op": "increment", "path": ["n"]}])  # the writer loads snapshot + tail
-            entry = node._cache.get("doc")
+            entry = node.docs.cache.get("doc")
             assert entry is not None
             assert codec.encode_document(load_stored(node, "doc")) == codec.encode_document(entry.doc)
         finally:

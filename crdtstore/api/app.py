@@ -1,16 +1,14 @@
 """Build the Starlette app of one region node.
 
-The app owns the node's lifecycle: its lifespan starts the node before the
-server accepts connections and closes it after the last request finished,
-so ``/readyz`` turns true only once storage is open.
+The app serves a :class:`~crdtstore.region.Region`, which owns the node's
+and replicator's start-up and shutdown (``/readyz`` turns true only once the
+region started, so once storage is open). The app's lifespan starts the
+region only if nothing else did: a test serving the app alone.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -22,14 +20,13 @@ from crdtstore.api.errors import exception_handlers
 from crdtstore.api.limits import Limits
 from crdtstore.api.metrics import ApiMetrics, MetricsMiddleware
 from crdtstore.api.routes import peer_routes, routes
+from crdtstore.region import Region
 
 __all__ = ["build_app", "build_peer_app"]
 
-logger = logging.getLogger("crdtstore.api")
-
 
 def build_app(
-    node: NodeLike,
+    node: NodeLike | Region,
     *,
     auth: AuthPolicy,
     limits: Limits | None = None,
@@ -38,52 +35,39 @@ def build_app(
     peer_links: bool = True,
     version_key: bytes | None = None,
 ) -> Starlette:
-    """The ASGI app serving ``node``.
+    """The ASGI app serving a region.
 
     Args:
-        node: The region node (not started; the app's lifespan starts and closes it).
+        node: The region (not started: whoever runs it starts it), or its node alone (not
+            started): it and ``replicator`` then make a region of their own.
         auth: Who may call what.
         limits: Request limits (defaults: :class:`~crdtstore.api.limits.Limits`).
-        replicator: The node's :class:`crdtstore.replicator.Replicator` (started after the node,
-            closed before it), or None for a node without peers.
+        replicator: With a bare node, its :class:`crdtstore.replicator.Replicator`, or None
+            for a node without peers (a region brings its own).
         wan: The emulated WAN of ``crdtstore up`` for the admin routes, or None.
         peer_links: Serve ``/v1/peer``; False when :func:`build_peer_app` serves peers on a listener
             of their own.
         version_key: The key version tokens are sealed with (:func:`crdtstore.api.versions.version_key`);
             None: a random one, so tokens stay valid only as long as this app.
     """
+    region = node if isinstance(node, Region) else Region(node, replicator=replicator)
     ctx = ApiContext(
-        node=node,
+        node=region.node,
         auth=auth,
         limits=limits or Limits(),
-        metrics=ApiMetrics(node.stats),
-        replicator=replicator,
+        metrics=ApiMetrics(region.node.stats),
+        region=region,
+        replicator=region.replicator,
         wan=wan,
         version_key=secrets.token_bytes(32) if version_key is None else version_key,
     )
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await node.start()
-        _observe_commits(node, ctx.metrics)
-        if replicator is not None:
-            await replicator.start()
-        ctx.ready = True
-        logger.info("node ready", extra={"replica_id": node.replica_id})
-        try:
-            yield
-        finally:
-            ctx.ready = False
-            if replicator is not None:
-                await replicator.close()  # before the node: sessions call into it
-            await node.close()
-            logger.info("node closed", extra={"replica_id": node.replica_id})
+    region.on_start.append(lambda: _observe_commits(region.node, ctx.metrics))
 
     app = Starlette(
         routes=routes(ctx, peer_links=peer_links),
         middleware=[Middleware(MetricsMiddleware, metrics=ctx.metrics)],
         exception_handlers=exception_handlers(),
-        lifespan=lifespan,
+        lifespan=lambda app: region.lifespan(),
     )
     app.state.api = ctx
     return app
@@ -92,8 +76,8 @@ def build_app(
 def build_peer_app(api: Starlette) -> Starlette:
     """The app of a listener for peer links alone, serving the node and replicator of ``api`` (a :func:`build_app`).
 
-    It has no lifespan: ``api`` starts and closes the node and replicator,
-    and until it has, a peer that dials in is told to come back (close 4503).
+    It has no lifespan: the region of ``api`` starts and closes the node and
+    replicator, and until it has, a peer that dials in is told to come back (close 4503).
     """
     ctx: ApiContext = api.state.api
     app = Starlette(routes=peer_routes(ctx), exception_handlers=exception_handlers())

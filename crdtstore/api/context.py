@@ -14,7 +14,7 @@ __all__ = ["ApiContext", "NodeLike"]
 
 
 class NodeLike(Protocol):
-    """The part of :class:`crdtstore.node.Node` the API calls (see node.py for the semantics)."""
+    """The part of :class:`crdtstore.node.Node` the API calls (see crdtstore/node.py for the semantics)."""
 
     replica_id: str
 
@@ -45,7 +45,8 @@ class ApiContext:
         auth: Who may call what.
         limits: Request limits.
         metrics: This app's Prometheus registry and series.
-        ready: True between the node's start and the beginning of its close.
+        region: The region serving the node (:class:`crdtstore.region.Region`): it owns start-up
+            and shutdown, and says whether the node is ready.
         replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no peers, no quorum).
         wan: The emulated WAN of ``crdtstore up`` (:class:`sync.io.wanproxy.WanController`), or None.
         version_key: The key version tokens are sealed with (:mod:`crdtstore.version`).
@@ -55,7 +56,12 @@ class ApiContext:
     auth: AuthPolicy
     limits: Limits
     metrics: ApiMetrics
-    ready: bool = False
+    region: Any = None
     replicator: Any = None
     wan: Any = None
     version_key: bytes = b""
+
+    @property
+    def ready(self) -> bool:
+        """True between the region's start and the beginning of its close."""
+        return self.region is not None and bool(self.region.ready)

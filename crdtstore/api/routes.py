@@ -362,7 +362,7 @@ async def admin_links(ctx: ApiContext, request: Request) -> Response:
     if ctx.replicator is not None:
         body["peers"] = ctx.replicator.peers()
         body["stats"] = dict(ctx.replicator.stats)
-    # Documents peer data could not be joined into, waiting for anti-entropy (see crdtstore/node.py).
+    # Documents peer data could not be joined into, waiting for anti-entropy (see crdtstore/remote.py).
     quarantined = getattr(ctx.node, "quarantined", None)
     if quarantined is not None:
         body["quarantine"] = [record.as_json() for record in quarantined()]

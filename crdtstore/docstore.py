@@ -1,0 +1,515 @@
+"""One document's layout in LMDB: snapshot plus tail, the cache, views, tombstones, Merkle leaves.
+
+Theory of operation
+-------------------
+
+:class:`DocStore` is the one place that decides how a document is stored;
+:mod:`crdtstore.storage` holds the LMDB primitives it uses and decides
+nothing. Its write methods run on the group-commit writer thread inside the
+batch's transaction, its read methods in any LMDB read transaction. A
+write's path only goes down: the node calls :meth:`DocStore.load`, changes
+the document, then :meth:`DocStore.settle`, which writes the snapshot or
+tail, the Merkle leaf, the view and (through :class:`~crdtstore.feed.ChangeFeed`)
+the feed record, all in the caller's transaction.
+
+**Snapshot plus tail.** A document is stored as a snapshot (its full
+encoding) and a tail of encoded deltas joined after it in order. A write
+already has its delta encoded for the log, so appending it costs O(delta)
+where re-encoding the document cost O(document). :meth:`DocStore.store`
+compacts (re-encodes the snapshot and drops the tail, in the write's own
+transaction) when the tail holds ``tail_max_deltas`` deltas or more bytes
+than the snapshot (or than ``tail_min_bytes``, whichever is more): encoding
+a document of ``S`` bytes happens at most once per ``S`` bytes of deltas, so
+a write's amortized encoding cost is O(its delta), and a load decodes at
+most twice the snapshot's bytes (or ``tail_min_bytes``) plus a bounded
+number of joins. The floor keeps a small document, whose delta is about its
+own size, from being re-encoded by nearly every write. Every commit leaves a
+loadable document: snapshot and tail change in one transaction.
+
+**The Merkle digest** of a document is ``Document.version_digest()``, the
+hash of its causal context, not the hash of its full encoding. That is
+valid because every op mints a dot, so two replicas whose contexts are equal
+have joined the same ops and hold equal states (an invariant the core
+guarantees and the replica state machine checks); conversely different
+contexts mean different states, so equal digests still mean equal states,
+which is all anti-entropy needs. It costs O(replicas) per write.
+
+**Views.** The writer stores ``[version, value]`` as JSON in the same
+transaction as the change, so a plain read is one LMDB lookup plus
+``orjson.loads`` and never decodes the document (the node serves it on the
+event loop: cheaper than a thread hop). Rendering is O(value) per write, so
+only documents stored in at most ``view_max_bytes`` get one (rendering a
+small document costs a few microseconds, a fraction of the read decode it
+saves); for bigger ones the view is deleted and reads decode instead, since
+a large, frequently written document would otherwise pay O(value) on every
+write.
+
+**The cache.** Decoding a large document per write would dominate the
+write path, so the store keeps a bounded LRU of decoded documents (by count
+and by stored bytes, snapshot plus tail: memory stays flat however many
+documents LMDB holds), each with the bookkeeping of its tail. Only the
+writer thread touches it, and ``Document.apply`` mutates in place, so the
+cache may briefly hold state that is not yet committed; every writer of a
+document first calls :meth:`DocStore.evict_on_abort`, so any rollback (a
+rejected batch, a batch retried after growing the map, a failed commit)
+evicts it and the next use decodes it again from the transaction. Reads
+never use the cache: they decode from a read transaction, so they only
+ever see committed state.
+
+**Tombstones.** A document with no visible field is deleted: it leaves
+``docs`` (with its tail and view), and its state goes to ``tombstones``,
+because dots are minted per document, so a document re-created from
+nothing would mint dots it already minted and peers would silently drop the
+new writes. A re-created document starts from its tombstone. The tombstone
+stays in the Merkle tree under its version digest and ``state`` returns it,
+so anti-entropy carries a delete to a peer whose log no longer holds the
+delete delta.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+import orjson
+
+from crdtstore import codec
+from crdtstore.crdt.ormap import ORMap
+from crdtstore.crdt.sequence import SeqDelta
+from crdtstore.crdt.tags import Tag
+from crdtstore.document import Delta, Document
+
+if TYPE_CHECKING:
+    from crdtstore.commit import WriteContext
+    from crdtstore.feed import ChangeFeed
+    from crdtstore.storage import Storage, Txn
+
+__all__ = [
+    "DocCache",
+    "DocStore",
+    "DocumentNotFound",
+    "DocumentTooLarge",
+    "Loaded",
+    "NodeNotRunning",
+    "ReadResult",
+    "State",
+    "check_lengths",
+    "is_empty",
+    "join_tail",
+    "only_removals",
+    "split_view",
+    "version_digest",
+]
+
+State = Literal["live", "tombstone", "new"]
+"""Where a loaded document came from: ``docs``, ``tombstones``, or nowhere."""
+
+V = TypeVar("V")
+
+
+class DocumentNotFound(LookupError):
+    """No live document has this id (HTTP 404)."""
+
+    code = "not_found"
+
+    def __init__(self, doc_id: str) -> None:
+        self.doc_id = doc_id
+        super().__init__(f"document {doc_id!r} not found")
+
+
+class NodeNotRunning(RuntimeError):
+    """The node was not started, or is closed."""
+
+    code = "not_running"
+
+
+class DocumentTooLarge(Exception):
+    """A local write would take a document past ``max_document_bytes`` or ``max_sequence_length`` (HTTP 413).
+
+    Nothing was written.
+    """
+
+    code = "document_too_large"
+
+    def __init__(self, doc_id: str, reason: str, *, limit: int, size: int, path: list[str] | None = None) -> None:
+        self.doc_id = doc_id
+        self.reason = reason
+        self.limit = limit
+        self.size = size
+        self.path = path
+        super().__init__(f"document {doc_id!r}: {reason}")
+
+    def detail(self) -> dict[str, Any]:
+        """A JSON-able description for API error bodies."""
+        return {"id": self.doc_id, "reason": self.reason, "limit": self.limit, "size": self.size, "path": self.path}
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """A committed document as read from this replica.
+
+    Attributes:
+        value: Plain JSON; multi-value registers show one winner.
+        version: Version token; pass it to ``changes`` to follow on from this read.
+        siblings: The same tree with every register as the list of its concurrent values;
+            None unless the read asked for it (it costs a second walk of the document).
+    """
+
+    value: dict[str, Any]
+    version: str
+    siblings: dict[str, Any] | None
+
+
+class DocCache(Generic[V]):
+    """LRU of decoded documents bounded by count and by stored bytes; writer thread only."""
+
+    def __init__(self, max_docs: int, max_bytes: int) -> None:
+        self.max_docs = max_docs
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._docs: collections.OrderedDict[str, tuple[V, int]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def get(self, doc_id: str) -> V | None:
+        entry = self._docs.get(doc_id)
+        if entry is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._docs.move_to_end(doc_id)
+        return entry[0]
+
+    def put(self, doc_id: str, doc: V, size: int) -> None:
+        self.discard(doc_id)
+        if size > self.max_bytes or self.max_docs < 1:
+            return  # caching it would evict everything else
+        self._docs[doc_id] = (doc, size)
+        self.bytes += size
+        while len(self._docs) > self.max_docs or self.bytes > self.max_bytes:
+            _, (_, old_size) = self._docs.popitem(last=False)
+            self.bytes -= old_size
+
+    def discard(self, doc_id: str) -> None:
+        entry = self._docs.pop(doc_id, None)
+        if entry is not None:
+            self.bytes -= entry[1]
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "docs": len(self._docs),
+            "bytes": self.bytes,
+            "max_docs": self.max_docs,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+
+@dataclass(eq=False, slots=True)
+class Loaded:
+    """A decoded live document on the writer, with what it knows of its stored tail.
+
+    Attributes:
+        doc: The document (mutated in place by writes; see :meth:`DocStore.evict_on_abort`).
+        snapshot: Bytes of the stored snapshot.
+        tail: Deltas in the stored tail.
+        tail_bytes: Their bytes.
+        next_seq: The tail seq the next appended delta gets.
+    """
+
+    doc: Document
+    snapshot: int = 0
+    tail: int = 0
+    tail_bytes: int = 0
+    next_seq: int = 1
+
+    @property
+    def size(self) -> int:
+        return self.snapshot + self.tail_bytes
+
+
+class DocStore:
+    """The documents of one replica as LMDB holds them.
+
+    Args:
+        storage: The open storage.
+        feed: Where a stored change is recorded, in the same transaction.
+        cache_docs: Decoded documents the cache keeps, at most.
+        cache_bytes: Stored bytes of the cached documents, at most.
+        tail_max_deltas: Deltas a tail may hold before compaction.
+        tail_min_bytes: The tail may always hold this many bytes.
+        view_max_bytes: Documents stored in at most this many bytes get a read view.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        feed: ChangeFeed,
+        *,
+        cache_docs: int,
+        cache_bytes: int,
+        tail_max_deltas: int,
+        tail_min_bytes: int,
+        view_max_bytes: int,
+    ) -> None:
+        self.storage = storage
+        self.feed = feed
+        self.cache: DocCache[Loaded] = DocCache(cache_docs, cache_bytes)
+        self.tail_max_deltas = tail_max_deltas
+        self.tail_min_bytes = tail_min_bytes
+        self.view_max_bytes = view_max_bytes
+
+    # Public methods for the writer thread.
+
+    def evict_on_abort(self, ctx: WriteContext, doc_id: str) -> None:
+        """Whatever fails after this, the cached document (possibly mutated) must not outlive the rollback."""
+        cache = self.cache
+        ctx.on_abort(lambda: cache.discard(doc_id))
+
+    def load(self, txn: Txn, doc_id: str) -> tuple[Loaded, State]:
+        """The document to change: cached, decoded from snapshot plus tail, its tombstone, or new."""
+        entry = self.cache.get(doc_id)
+        if entry is not None:
+            return entry, "live"
+        storage = self.storage
+        raw = storage.get_doc(txn, doc_id)
+        if raw is not None:
+            tail = storage.get_tail(txn, doc_id)
+            entry = Loaded(
+                join_tail(codec.decode_document(raw), tail),
+                snapshot=len(raw),
+                tail=len(tail),
+                tail_bytes=sum(len(delta) for _, delta in tail),
+                next_seq=tail[-1][0] + 1 if tail else 1,
+            )
+            self.cache.put(doc_id, entry, entry.size)
+            return entry, "live"
+        raw = storage.get_tombstone(txn, doc_id)
+        if raw is not None:
+            return Loaded(codec.decode_document(raw)), "tombstone"
+        return Loaded(Document()), "new"
+
+    def settle(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        entry: Loaded,
+        state: State,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+        *,
+        limit: int,
+    ) -> str:
+        """Store a changed document: buried if no field is left, else as a live change; return its version."""
+        if is_empty(entry.doc):
+            return self.bury(ctx, doc_id, entry.doc, state, origin, origin_seq, delta)
+        return self.store(ctx, doc_id, entry, state, origin, origin_seq, delta, limit=limit)
+
+    def bury(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        doc: Document,
+        state: State,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+    ) -> str:
+        """Store a document with no field left as deleted (a tombstone); record the delete if it was live.
+
+        "Deleted" is not a flag of its own but read off the state: a document
+        whose every field is removed does not exist. So every replica that
+        joined the same changes agrees, whether the delete reached it as a
+        delta, as a state, or as the removal of the last field by an op.
+        """
+        self.cache.discard(doc_id)  # the cache holds live documents only
+        if state == "live":
+            self.storage.delete_doc(ctx.txn, doc_id)
+        self._put_tombstone(ctx.txn, doc_id, doc)
+        version = doc.version()
+        if state == "live":
+            self.feed.append(ctx, doc_id, "delete", origin, origin_seq, version, delta)
+        return version
+
+    def store(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        entry: Loaded,
+        state: State,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+        *,
+        limit: int,
+    ) -> str:
+        """Write a live document's change (tail append or new snapshot), digest, view and feed record.
+
+        Args:
+            limit: The stored bytes (snapshot plus tail) the change may leave:
+                ``max_document_bytes`` for a local write, the decoder's bound
+                for a remote join (past it the document could never be loaded
+                again: the join is refused and quarantined instead). Past it the
+                document is compacted first, and refused (``DocumentTooLarge``,
+                before anything is stored here) if its encoding alone is still
+                too large.
+
+        Returns:
+            The document's version token.
+        """
+        storage = self.storage
+        txn = ctx.txn
+        doc = entry.doc
+        version = doc.version()
+        digest = version_digest(version)
+        if (
+            state == "live"
+            and delta is not None
+            and entry.tail < self.tail_max_deltas
+            and entry.tail_bytes + len(delta) <= max(entry.snapshot, self.tail_min_bytes)
+            and entry.size + len(delta) <= limit
+        ):
+            storage.append_tail(txn, doc_id, entry.next_seq, delta, digest)
+            entry.tail += 1
+            entry.tail_bytes += len(delta)
+            entry.next_seq += 1
+        else:
+            # Compaction (or a first write): one encoding of the whole document.
+            data = codec.encode_document(doc)
+            if len(data) > limit:
+                raise DocumentTooLarge(
+                    doc_id, f"its encoding would take {len(data)} bytes", limit=limit, size=len(data)
+                )
+            storage.put_doc(txn, doc_id, data, digest)
+            entry.snapshot, entry.tail, entry.tail_bytes, entry.next_seq = len(data), 0, 0, 1
+            if state == "tombstone":
+                storage.delete_tombstone(txn, doc_id)
+        if entry.size <= self.view_max_bytes:
+            storage.put_view(txn, doc_id, orjson.dumps([version, doc.value()]))
+        elif state == "live":
+            storage.delete_view(txn, doc_id)  # a stale view must never be served
+        self.cache.put(doc_id, entry, entry.size)
+        self.feed.append(ctx, doc_id, "change", origin, origin_seq, version, delta)
+        return version
+
+    # Public methods for readers (any read transaction).
+
+    def decode(self, txn: Txn, doc_id: str) -> Document | None:
+        """The live document decoded from its snapshot and tail, or None."""
+        storage = self.storage
+        raw = storage.get_doc(txn, doc_id)
+        if raw is None:
+            return None
+        return join_tail(codec.decode_document(raw), storage.get_tail(txn, doc_id))
+
+    def state(self, txn: Txn, doc_id: str) -> bytes | None:
+        """The encoded state, live or tombstone (what anti-entropy ships), or None."""
+        raw = self.storage.get_doc(txn, doc_id)
+        if raw is None:
+            return self.storage.get_tombstone(txn, doc_id)
+        tail = self.storage.get_tail(txn, doc_id)
+        if not tail:
+            return raw  # the snapshot is the whole state: ship it as stored
+        return codec.encode_document(join_tail(codec.decode_document(raw), tail))
+
+    def read(self, txn: Txn, doc_id: str, siblings: bool) -> ReadResult:
+        """The live document from its view, or decoded (always decoded for ``siblings``)."""
+        if not siblings:
+            view = self.storage.get_view(txn, doc_id)
+            if view is not None:
+                version, value = orjson.loads(view)
+                return ReadResult(value=value, version=version, siblings=None)
+        doc = self.decode(txn, doc_id)
+        if doc is None:
+            raise DocumentNotFound(doc_id)
+        return ReadResult(value=doc.value(), version=doc.version(), siblings=doc.siblings() if siblings else None)
+
+    # Private methods.
+
+    def _put_tombstone(self, txn: Txn, doc_id: str, doc: Document) -> None:
+        """Store a deleted document's state and keep it in the Merkle tree under its version digest.
+
+        Anti-entropy compares digests: were a deleted document absent from the
+        tree, a peer still holding it live (its delete delta truncated away
+        from the log, or a region restored from a backup) would differ forever
+        and could never be repaired. With the tombstone present, the two
+        states are exchanged and joined, which removes what the delete saw.
+        """
+        data = codec.encode_document(doc)
+        if len(data) > codec.MAX_ENCODED_BYTES:
+            raise DocumentTooLarge(
+                doc_id, "the decoder's bound on encodings", limit=codec.MAX_ENCODED_BYTES, size=len(data)
+            )
+        self.storage.put_tombstone(txn, doc_id, data)
+        self.storage.put_digest(txn, doc_id, version_digest(doc.version()))
+
+
+def join_tail(doc: Document, tail: list[tuple[int, bytes]]) -> Document:
+    """Join a stored tail into its decoded snapshot, in seq order (the order they were applied)."""
+    for _, delta in tail:
+        doc.join(codec.decode_delta(delta))
+    return doc
+
+
+def split_view(view: bytes) -> tuple[str, bytes]:
+    """A stored view ``["<version>",<value>]`` as (version token, value JSON bytes), without parsing the value.
+
+    A version token is ``v1.`` and base64url (:mod:`crdtstore.version`): it
+    holds no quote or backslash, so the first quote after the opening one ends it.
+    """
+    end = view.index(b'"', 2)
+    return view[2:end].decode("ascii"), view[end + 2 : -1]
+
+
+def version_digest(version: str) -> bytes:
+    """``Document.version_digest()`` from an already encoded version token (saves a second encoding).
+
+    The two must agree byte for byte: ``tests/test_node.py`` checks it.
+    """
+    return hashlib.blake2b(version.encode(), digest_size=16).digest()
+
+
+def is_empty(doc: Document) -> bool:
+    """No visible field: the document reads as deleted (cheaper than ``not doc.value()``)."""
+    root = doc.root
+    return all(root.visible_tag(name) is None for name in root.fields)
+
+
+def check_lengths(doc_id: str, doc: Document, batch: Delta, limit: int) -> None:
+    """Refuse a local batch that leaves a text or list it inserted into longer than ``limit``.
+
+    Raises:
+        DocumentTooLarge: Naming the path of the first such sequence; nothing was written.
+    """
+    for path, length in _grown_sequences(doc.root, batch.root):
+        if length > limit:
+            raise DocumentTooLarge(
+                doc_id, f"a text or list would hold {length} elements", limit=limit, size=length, path=path
+            )
+
+
+def _grown_sequences(node: ORMap | None, delta: ORMap, path: tuple[str, ...] = ()) -> Iterator[tuple[list[str], int]]:
+    """``(path, length)`` of every text or list ``delta`` inserted into, as ``node`` holds it now."""
+    for name, entries in delta.fields.items():
+        for tag, value in entries.items():
+            if isinstance(value, ORMap):
+                yield from _grown_sequences(node.get(name, Tag.MAP) if node is not None else None, value, (*path, name))
+            elif isinstance(value, SeqDelta) and value.inserts and node is not None:
+                seq = node.get(name, tag)
+                if seq is not None:
+                    yield [*path, name], len(seq)
+
+
+def only_removals(ops: Any) -> bool:
+    """A batch that can only shrink a document: allowed even past the size limit, so it can be cut down."""
+    return isinstance(ops, list) and all(
+        isinstance(op, dict) and op.get("op") in ("delete", "remove", "disable") for op in ops
+    )
