@@ -136,7 +136,7 @@ class ChangeFeed:
         self._read = read
         self._decode = decode
         self._closing = closing
-        self._closed_errors = (*closed_errors, StorageClosed)
+        self._closed_errors: tuple[type[BaseException], ...] = (*closed_errors, StorageClosed)
         self.queue = queue
         self.page = page
         self._subscribers: dict[str, set[_Subscriber]] = {}

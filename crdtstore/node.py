@@ -465,7 +465,7 @@ class Node:
         together they share one group commit, where one await each cost a
         commit each.
         """
-        return await asyncio.gather(*(self._merge_one(d, s) for d, s in states), return_exceptions=True)
+        return list(await asyncio.gather(*(self._merge_one(d, s) for d, s in states), return_exceptions=True))
 
     async def _merge_one(self, doc_id: str, state: bytes) -> bool | Rejected:
         return await self._remote_join().merge_one(doc_id, state)

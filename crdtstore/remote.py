@@ -37,6 +37,7 @@ everywhere; only the decoder's own bound applies.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -119,7 +120,9 @@ class RemoteJoin:
         if problem is not None:
             self._reject_id(doc_id, problem, "state")
             return Rejected(f"state of an unaddressable id: {problem}")
-        outcome = await self._submit(lambda ctx: self._guarded(ctx, lambda sub: self._repair_txn(sub, doc_id, state)))
+        outcome: bool | Exception = await self._submit(
+            lambda ctx: self._guarded(ctx, lambda sub: self._repair_txn(sub, doc_id, state))
+        )
         if isinstance(outcome, BaseException):
             self._quarantine_add(doc_id, outcome, None, None, "states_rejected")
             rejected = Rejected(f"state of {doc_id!r:.80}: {describe(outcome)}")
@@ -138,7 +141,7 @@ class RemoteJoin:
         out = []
         for entry in entries:
             if savepoints:
-                result = self._guarded(ctx, lambda sub, entry=entry: self._delta_txn(sub, entry))
+                result = self._guarded(ctx, functools.partial(self._delta_txn, entry=entry))
                 out.append(self._skip_txn(ctx, entry, result) if isinstance(result, Exception) else result)
                 continue
             try:

@@ -75,7 +75,7 @@ A peer that lacks truncated entries is repaired by anti-entropy
 
 **Bad peer data.** One document never blocks a link. The node skips a
 delta it cannot decode or join and quarantines its document (see
-``crdtstore/node.py``): the batch's other deltas commit, the origin's
+``crdtstore/remote.py`` and ``sync/quarantine.py``): the batch's other deltas commit, the origin's
 sequence advances, the acknowledgement goes out as usual, and anti-entropy
 repairs the document later; a state that does not merge quarantines its
 document the same way. Only what the log cannot hold at all (a malformed
