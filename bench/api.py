@@ -7,7 +7,7 @@ Usage::
     python bench/api.py --mode fixed-rate --rate 1000 --seconds 10
 
 Each server runs in a process of its own with the same uvicorn settings
-(``crdtstore.cli.uvicorn_config`` over one ``ServeConfig``, access log off),
+(``crdtstore.server.uvicorn_config`` over one ``ServeConfig``, access log off),
 and the load generator runs in this process: raw asyncio HTTP/1.1 keep-alive
 connections (uvloop when available), so the client costs a few microseconds
 per request rather than httpx's tens. The generator reports its own CPU use;
@@ -68,8 +68,8 @@ def serve_bare(port_file: Path) -> int:
     from starlette.routing import Route
 
     from crdtstore.api.errors import JSONResponse
-    from crdtstore.cli import run_servers, uvicorn_config
     from crdtstore.config import ServeConfig
+    from crdtstore.server import run_servers, uvicorn_config
 
     async def hello(request: Any) -> JSONResponse:
         return JSONResponse({"version": "v1.bench", "created": False})
@@ -82,7 +82,7 @@ def serve_bare(port_file: Path) -> int:
 
 def serve_real(port_file: Path, data: Path, *, no_sync: bool = False) -> int:
     """The real server; ``no_sync``: the same, committing without fsync (the ``write-nosync`` phase)."""
-    from crdtstore.cli import build_server_app, run_servers, uvicorn_config
+    from crdtstore.server import build_server_app, run_servers, uvicorn_config
 
     config = _server_settings(port=0, data=data, no_sync=no_sync)
     app = build_server_app(config, env={"CRDTSTORE_TOKENS": f"{TOKEN}:readwrite"})
@@ -96,16 +96,16 @@ def serve_nonode(port_file: Path, data: Path) -> int:
     body and op checks, metrics, the JSON answer), so its rate is the most
     any node could reach behind this HTTP layer: the ceiling of write/bare.
     """
-    import crdtstore.cli
-    from crdtstore.cli import build_server_app, run_servers, uvicorn_config
+    import crdtstore.server
     from crdtstore.node import Node, WriteResult, check_doc_id
+    from crdtstore.server import build_server_app, run_servers, uvicorn_config
 
     class NoCommitNode(Node):
         async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> WriteResult:
             check_doc_id(doc_id)
             return WriteResult(version="v1.e30", created=False, origin=self.replica_id, seq=0)
 
-    crdtstore.cli.Node = NoCommitNode  # type: ignore[misc]
+    crdtstore.server.Node = NoCommitNode  # type: ignore[misc]
     config = _server_settings(port=0, data=data)
     app = build_server_app(config, env={"CRDTSTORE_TOKENS": f"{TOKEN}:readwrite"})
     return run_servers([uvicorn_config(app, config)], announce=lambda urls: port_file.write_text(urls[0]))

@@ -67,7 +67,7 @@ Anti-entropy runs as the nodes run it: ``--anti-entropy-interval`` is
 session falls near the end of the lag phase, so its cost under load is in
 the last window). The helper processes (WAN, observer, load generator)
 freeze their start-up objects out of the garbage collector, as
-``crdtstore.cli.run_servers`` does for the nodes: a 50 ms full collection
+``crdtstore.server.run_servers`` does for the nodes: a 50 ms full collection
 in the observer would otherwise show as 50 ms of lag in both regions.
 
 Diagnostics: ``--no-sync`` runs the nodes without fsync (the figures are
@@ -177,9 +177,9 @@ def ms(seconds: float) -> float | None:
 
 
 def run_region(args: argparse.Namespace) -> int:
-    from crdtstore.cli import build_server_app, run_servers, uvicorn_config
     from crdtstore.config import ServeConfig
     from crdtstore.logs import configure_logging
+    from crdtstore.server import build_server_app, run_servers, uvicorn_config
 
     configure_logging("warning")  # JSON lines to the region's log file: link failures show there
     config = ServeConfig(
@@ -409,7 +409,7 @@ def _freeze_gc() -> None:
     its loop gets to it, so such a pause showed as 50 ms of lag in both
     regions at once; in the WAN it would delay every link; in the load
     generator it would stamp acks late (lag too short). The region
-    processes get the same treatment from ``crdtstore.cli.run_servers``.
+    processes get the same treatment from ``crdtstore.server.run_servers``.
     """
     gc.collect()
     gc.freeze()

@@ -17,76 +17,45 @@ work against any running cluster over HTTP (:mod:`crdtstore.clusterctl`):
 given node URLs, a WAN admin URL and a token, or else from the plan ``up``
 records in ``./data/up.json``.
 
-Servers are uvicorn servers driven by :func:`run_servers`: one event loop,
-one set of signal handlers for all of them (uvicorn's per-server handlers
-would override each other), and sockets bound before startup so that
-``--port 0`` works and the actual address is logged as ``listening``. Each
-region node's :class:`~crdtstore.region.Region` starts before its servers
-serve and closes after they stopped (see :mod:`crdtstore.region`).
+``serve`` builds and runs its servers with :mod:`crdtstore.server`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import dataclasses
-import gc
 import logging
 import os
-import signal
-import socket
-import ssl
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import uvicorn
-from starlette.applications import Starlette
 
 from crdtstore import __version__, clusterctl
-from crdtstore.api.app import build_app, build_peer_app
-from crdtstore.api.auth import AuthPolicy, Scope, TokenFileError, TokenStore, generate_token, parse_token_file
-from crdtstore.api.connections import ConnectionLimits, guarded_protocol
-from crdtstore.api.limits import Limits
-from crdtstore.api.peerlink import gated_protocol
-from crdtstore.api.versions import version_key
+from crdtstore.api.auth import AuthPolicy, Scope, TokenStore, generate_token, parse_token_file
 from crdtstore.clusterctl import load_plan, pick_token
 from crdtstore.config import (
     SETTINGS,
     ConfigError,
     ServeConfig,
-    check_peer_transport,
-    cluster_secret,
-    peer_ssl_context,
     resolve,
 )
 from crdtstore.logs import JsonFormatter, configure_logging
-from crdtstore.node import Node, NodeConfig
-from crdtstore.region import Region
-from crdtstore.replicator import Replicator, ReplicatorSettings
+from crdtstore.server import PEER_PATH, bind, build_server_app, run_servers, server_configs
 from crdtstore.supervisor import Child, Supervisor, write_plan
 from crdtstore.wanadmin import build_wan_admin_app
-from sync.config import SyncConfig
-from sync.io.transport import TransportSettings
 from sync.io.wanproxy import WanController
 
 __all__ = [
     "UP_REGIONS",
-    "bind",
     "build_parser",
-    "build_server_app",
     "ensure_admin_token",
     "ensure_secret",
     "ensure_token",
     "main",
     "parse_duration",
     "plan_up",
-    "run_servers",
-    "server_configs",
-    "transport_settings",
-    "uvicorn_config",
 ]
 
 logger = logging.getLogger("crdtstore.cli")
@@ -98,296 +67,6 @@ UP_DEFAULT_REGIONS = 3
 UP_TOKEN_FILE = "tokens"
 UP_SECRET_FILE = "cluster-secret"
 UP_STATE_FILE = "up.json"
-PEER_PATH = "/v1/peer"
-START_FREEZE_WAIT = 300.0  # seconds run_servers waits for its servers to start before it freezes the GC
-
-
-# Public functions: building servers from settings.
-
-
-def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanController | None = None) -> Starlette:
-    """The app of one node as ``config`` describes it; its region (``app.state.api.region``) is not started.
-
-    A node gets a replicator when a cluster secret is configured (it then
-    accepts peers on ``/v1/peer``: on the API listener, or under
-    ``--peer-port`` on the listener :func:`server_configs` adds for them) and
-    dials every ``peers`` URL.
-
-    Raises:
-        ConfigError: Unusable tokens, secret or TLS files (checked before the node opens its data).
-    """
-    # First: it loads the --peer-ca and certificate files, so a bad one fails before anything opens.
-    transport = transport_settings(config)
-    try:
-        tokens = TokenStore.load(config.tokens, env=env)
-    except (OSError, TokenFileError) as exc:
-        raise ConfigError(f"tokens: {exc}") from None
-    anonymous = Scope.parse(config.anonymous) if config.anonymous else None
-    if not len(tokens) and anonymous is None:
-        logger.warning("no tokens configured: every request except /healthz and /readyz will get 401")
-    node = Node(
-        NodeConfig(
-            region=config.region,
-            data_dir=config.data,
-            sync=not config.no_sync,
-            max_map_size=config.max_map_size,
-            max_document_bytes=config.max_document_bytes,
-            max_sequence_length=config.max_sequence_length,
-        )
-    )
-    auth = AuthPolicy(tokens=tokens, public_metrics=config.public_metrics, anonymous=anonymous)
-    secret = cluster_secret(config, env=env)
-    if config.peers and secret is None:
-        raise ConfigError("--peer needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
-    if config.peer_port is not None and secret is None:
-        raise ConfigError("--peer-port needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
-    check_peer_transport(config, accepts_peers=secret is not None)
-    replicator = None
-    if secret is not None:
-        replicator = Replicator(
-            node,
-            secret=secret,
-            peers=config.peers,
-            region=config.region,
-            transport=transport,
-            sync_config=SyncConfig(anti_entropy_interval=config.anti_entropy_interval),
-            settings=ReplicatorSettings(quorum_timeout=config.quorum_timeout),
-        )
-    return build_app(
-        Region(node, replicator=replicator),
-        auth=auth,
-        limits=Limits(max_body_bytes=config.max_body_bytes),
-        replicator=replicator,
-        wan=wan,
-        peer_links=config.peer_port is None,
-        version_key=version_key(secret=secret, data_dir=config.data),
-    )
-
-
-def transport_settings(config: ServeConfig) -> TransportSettings:
-    """Peer link settings; under ``--peer-ca`` with the mutual-TLS client context (ConfigError if unusable)."""
-    return TransportSettings(
-        max_size=config.peer_max_size,
-        ping_interval=config.peer_ping_interval,
-        ping_timeout=config.peer_ping_timeout,
-        backoff_max=config.peer_backoff_max,
-        ssl_context=peer_ssl_context(config),
-    )
-
-
-def uvicorn_config(app: Starlette, config: ServeConfig) -> uvicorn.Config:
-    """Uvicorn's settings for the API listener; its own limits rather than hand-written ones."""
-    # Peer links come in here unless --peer-port gives them a listener of their own.
-    peers_here = config.peer_port is None
-    # --peer-ca: the TLS handshake itself refuses a client without a certificate from that CA. On the
-    # one listener of a node without --peer-port, API clients need such a certificate too.
-    mutual = peers_here and config.peer_ca is not None
-    return _listener(
-        app,
-        config,
-        port=config.port,
-        mutual_tls=mutual,
-        ws_max_size=config.ws_max_size,
-        lifespan="on",
-    )
-
-
-def server_configs(app: Starlette, config: ServeConfig) -> list[uvicorn.Config]:
-    """The listeners of one node: the API's, then under ``--peer-port`` the one for peer links.
-
-    The peer listener serves ``app``'s node and replicator (see
-    :func:`crdtstore.api.app.build_peer_app`); under ``--peer-ca`` it alone
-    asks clients for certificates, so API clients need none.
-    """
-    configs = [uvicorn_config(app, config)]
-    if config.peer_port is not None:
-        peer = _listener(
-            build_peer_app(app),
-            config,
-            port=config.peer_port,
-            mutual_tls=config.peer_ca is not None,
-            ws_max_size=config.peer_max_size,
-            lifespan="off",  # the region starts and closes the node (served alone: the API app's lifespan)
-        )
-        configs.append(peer)
-    return configs
-
-
-def _listener(
-    app: Starlette,
-    config: ServeConfig,
-    *,
-    port: int,
-    mutual_tls: bool,
-    ws_max_size: int,
-    lifespan: Literal["on", "off"],
-) -> uvicorn.Config:
-    # Peer links get 4 KiB messages until the peer authenticates, then peer_max_size; API websockets
-    # ws_max_size (see crdtstore.api.peerlink).
-    ws = gated_protocol(peer_max_size=config.peer_max_size)
-    return uvicorn.Config(
-        app,
-        host=config.host,
-        port=port,
-        ssl_certfile=config.certfile,
-        ssl_keyfile=config.keyfile,
-        ssl_ca_certs=config.peer_ca if mutual_tls else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if mutual_tls else ssl.CERT_NONE,
-        # Our protocol class, not limit_concurrency: that one answers everyone, /healthz and peers included,
-        # with a plain-text 503 once idle sockets fill it (crdtstore.api.connections).
-        http=guarded_protocol(connection_limits(config)),
-        timeout_keep_alive=config.timeout_keep_alive,
-        ws_max_size=ws_max_size,
-        ws=ws,
-        ws_ping_interval=config.peer_ping_interval,
-        ws_ping_timeout=config.peer_ping_timeout,
-        access_log=config.access_log,
-        log_level=config.log_level,
-        log_config=None,  # keep our JSON logging (crdtstore.logs)
-        lifespan=lifespan,
-        server_header=False,
-        proxy_headers=False,
-    )
-
-
-def connection_limits(config: ServeConfig) -> ConnectionLimits:
-    """Deadlines and the connection cap of one listener."""
-    return ConnectionLimits(
-        max_connections=config.max_connections,
-        reserve=config.max_connections // 8,
-        header_timeout=config.timeout_request_headers,
-        body_timeout=config.timeout_request_body,
-    )
-
-
-class _GroupServer(uvicorn.Server):
-    """A uvicorn server whose signals :func:`run_servers` handles for the whole group."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=2048)
-
-
-def run_servers(
-    configs: Sequence[uvicorn.Config],
-    *,
-    announce: Callable[[list[str]], None] | None = None,
-    on_start: Callable[[], Awaitable[None]] | None = None,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> int:
-    """Serve every config until SIGINT/SIGTERM; returns the process exit code.
-
-    The servers of one region (those whose app is a :func:`crdtstore.api.app.build_app`
-    or :func:`~crdtstore.api.app.build_peer_app` of it) are served by
-    :meth:`Region.serve <crdtstore.region.Region.serve>`: the region starts
-    first and closes after they stopped. A region that fails to start stops
-    every server, and the exit code is 3, as for a failed uvicorn startup.
-
-    Args:
-        configs: One uvicorn config per server.
-        announce: Called with the servers' URLs once their sockets are bound (before startup).
-        on_start: Awaited in the event loop before the regions and servers start (``up`` starts its WAN here).
-        on_stop: Awaited after every server stopped and every region closed.
-    """
-    if not configs:
-        return 0
-    servers = [_GroupServer(config) for config in configs]
-    sockets = [bind(config.host, config.port) for config in configs]
-    failed: list[BaseException] = []
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            for server in servers:
-                # A second signal skips the graceful drain, as in uvicorn.
-                server.force_exit = server.should_exit
-                server.should_exit = True
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
-        freeze: asyncio.Task[None] | None = None
-        try:
-            if on_start is not None:
-                await on_start()
-            freeze = asyncio.create_task(_freeze_once_started(servers))
-
-            async def serve_region(region: Region, group: list[tuple[uvicorn.Server, socket.socket]]) -> None:
-                try:
-                    await region.serve([s for s, _ in group], [sock for _, sock in group])
-                except Exception as exc:
-                    if any(s.started for s, _ in group):
-                        raise
-                    logger.error("region failed to start", exc_info=exc)
-                    failed.append(exc)
-                    stop()  # the others stop too: a process serves all its regions or none
-
-            groups = _by_region(servers, sockets)
-            await asyncio.gather(
-                *(serve_region(region, group) for region, group in groups.items() if region is not None),
-                *(server.serve(sockets=[sock]) for server, sock in groups.get(None, [])),
-            )
-        finally:
-            if freeze is not None:
-                freeze.cancel()
-            if on_stop is not None:
-                await on_stop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    urls = []
-    for config, sock in zip(configs, sockets, strict=True):
-        host, port = sock.getsockname()[:2]
-        urls.append(f"{'https' if config.is_ssl else 'http'}://{_url_host(host)}:{port}")
-        logger.info("listening", extra={"url": urls[-1], "port": port})
-    if announce is not None:
-        announce(urls)
-    try:
-        with asyncio.Runner(loop_factory=configs[0].get_loop_factory()) as runner:
-            runner.run(main())
-    except SystemExit as exc:  # uvicorn exits this way when a lifespan startup fails
-        return int(exc.code or 0)
-    finally:
-        for sock in sockets:
-            sock.close()
-    return 0 if not failed and all(server.started for server in servers) else 3
-
-
-def _by_region(
-    servers: Sequence[uvicorn.Server], sockets: Sequence[socket.socket]
-) -> dict[Region | None, list[tuple[uvicorn.Server, socket.socket]]]:
-    """The servers (with their sockets) of each region, in order; None: servers of apps without one."""
-    groups: dict[Region | None, list[tuple[uvicorn.Server, socket.socket]]] = {}
-    for server, sock in zip(servers, sockets, strict=True):
-        api = getattr(getattr(server.config.app, "state", None), "api", None)
-        region = getattr(api, "region", None)
-        groups.setdefault(region if isinstance(region, Region) else None, []).append((server, sock))
-    return groups
-
-
-async def _freeze_once_started(servers: Sequence[uvicorn.Server]) -> None:
-    """Once every server is up, move the objects of start-up out of the garbage collector's sight.
-
-    Modules, the app, the node: tens of thousands of objects that live as long as
-    the process. Left tracked, every full collection walks them all, and that
-    pause (tens of milliseconds on a busy machine, every few seconds under a
-    thousand writes a second) stops the event loop, and with it every request
-    and replicated delta in flight. Frozen (:func:`gc.freeze`), they are never
-    walked again; a full collection only walks what came after.
-    """
-    for _ in range(int(START_FREEZE_WAIT / 0.05)):  # bounded: a server that never starts is reported elsewhere
-        if all(server.started for server in servers):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        return
-    gc.collect()  # garbage of start-up is freed, not frozen
-    gc.freeze()
 
 
 def plan_up(
@@ -631,10 +310,6 @@ def _status(args: argparse.Namespace) -> int:
             print(f"crdtstore status: WAN admin API at {wan}: {exc}", file=sys.stderr)
     print(clusterctl.render_status(statuses, cut=cut), flush=True)
     return 0 if all(s.error is None for s in statuses) else 1
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def build_parser() -> argparse.ArgumentParser:

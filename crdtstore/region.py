@@ -17,7 +17,7 @@ Start-up and shutdown have one owner and one order:
    node: its sessions call into it), then the node commits what is queued,
    ends its change feeds and closes its storage.
 
-:func:`crdtstore.cli.run_servers` runs one ``serve`` per region (``crdtstore
+:func:`crdtstore.server.run_servers` runs one ``serve`` per region (``crdtstore
 up`` runs several in one process, under one set of signal handlers). An app
 built by :func:`crdtstore.api.app.build_app` takes its node and replicator from
 its region; its lifespan starts the region only when nothing else did (a

@@ -17,8 +17,6 @@ import pytest
 from crdtstore.api.auth import Scope, parse_token_file
 from crdtstore.cli import (
     UP_REGIONS,
-    _freeze_once_started,
-    build_server_app,
     ensure_admin_token,
     ensure_token,
     main,
@@ -27,6 +25,7 @@ from crdtstore.cli import (
 )
 from crdtstore.client import Client
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, cluster_secret, resolve
+from crdtstore.server import _freeze_once_started, build_server_app
 from sync.io.wanproxy import WanController
 from tests.server_helpers import child_env
 

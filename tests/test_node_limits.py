@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtstore import codec
-from crdtstore.cli import build_server_app
 from crdtstore.config import SETTINGS, ConfigError, resolve
 from crdtstore.document import Document
 from crdtstore.errors import InvalidValue
 from crdtstore.limits import INT64_MAX
 from crdtstore.node import DocumentNotFound, DocumentTooLarge, Node, NodeConfig
+from crdtstore.server import build_server_app
 from sync.types import LogEntry
 
 T = TypeVar("T")

@@ -13,8 +13,8 @@ import uvicorn
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, TokenStore
-from crdtstore.cli import run_servers
 from crdtstore.region import Region
+from crdtstore.server import run_servers
 from crdtstore.storage import IncompatibleStorage
 from tests.api.helpers import TestClient
 

@@ -10,9 +10,9 @@ import pytest
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore, parse_token_file
-from crdtstore.cli import build_server_app
 from crdtstore.config import SETTINGS, ConfigError, resolve
 from crdtstore.node import Node, NodeConfig
+from crdtstore.server import build_server_app
 from sync.quorum import Level, QuorumOutcome, required
 from tests.api.helpers import ADMIN_TOKEN, READ_TOKEN, RW_TOKEN, TestClient, auth_headers
 

@@ -351,8 +351,8 @@ def test_closes_are_logged_as_one_summary_per_interval(caplog: pytest.LogCapture
 
 
 def test_serve_listeners_use_the_guarded_protocol_with_a_guard_each(tmp_path: Path) -> None:
-    from crdtstore.cli import server_configs
     from crdtstore.config import ServeConfig
+    from crdtstore.server import server_configs
 
     config = ServeConfig(data=tmp_path, max_connections=100, timeout_request_headers=3.0, peer_port=0)
     app = Starlette()

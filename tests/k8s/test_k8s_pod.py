@@ -217,7 +217,7 @@ def start_pod(
         assert proc.poll() is None, f"{overlay} exited with {proc.returncode}:\n{log_path.read_text()}"
         listening = [int(r["port"]) for r in pod.log_records() if r.get("msg") == "listening"]
         if len(listening) == 2:
-            # The API listener is bound first, then the one for peer links (crdtstore.cli.server_configs).
+            # The API listener is bound first, then the one for peer links (crdtstore.server.server_configs).
             pod.ports = {"api": listening[0], "peer": listening[1]}
             relays.set_target(overlay, pod.ports["peer"])
             return pod

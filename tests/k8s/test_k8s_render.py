@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from crdtstore.cli import PEER_PATH, build_parser
+from crdtstore.cli import build_parser
 from crdtstore.config import SETTINGS, resolve
+from crdtstore.server import PEER_PATH
 from tests.k8s.manifests import (
     K8S,
     OVERLAYS,

@@ -2,7 +2,7 @@
 
 Each region is a :class:`~crdtstore.node.Node` with its
 :class:`~crdtstore.replicator.Replicator` behind the listeners that
-:func:`crdtstore.cli.server_configs` builds (the API one, and with
+:func:`crdtstore.server.server_configs` builds (the API one, and with
 ``peer_port`` a listener of its own for peer links), on sockets bound to
 127.0.0.1. A :class:`Member` is a hand-driven :class:`~sync.protocol.PeerProtocol`
 on a dialed link: it holds the secret (or not) and can say anything. Every wait
@@ -24,10 +24,10 @@ import uvicorn
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
-from crdtstore.cli import server_configs
 from crdtstore.config import ServeConfig
 from crdtstore.node import Node, NodeConfig
 from crdtstore.replicator import Replicator, ReplicatorSettings
+from crdtstore.server import server_configs
 from sync import messages as m
 from sync._state import State
 from sync.config import SyncConfig

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from crdtstore.cli import build_server_app, main, plan_up
+from crdtstore.cli import main, plan_up
 from crdtstore.config import SETTINGS, ConfigError, ServeConfig, check_peer_transport, resolve
+from crdtstore.server import build_server_app
 from sync.io.wanproxy import WanController
 
 NO_FLAGS = {s.name: None for s in SETTINGS}

@@ -24,8 +24,9 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from crdtstore.cli import build_server_app, main, server_configs
+from crdtstore.cli import main
 from crdtstore.config import ConfigError, ServeConfig, peer_ssl_context, resolve
+from crdtstore.server import build_server_app, server_configs
 from sync.io.transport import TransportSettings, dial
 
 pytestmark = pytest.mark.skipif(
