@@ -321,6 +321,17 @@ class Sequence:
     def siblings(self) -> Content:
         return self.value()
 
+    def visible_runs(self) -> Iterator[tuple[str, int, int, Content]]:
+        """The visible elements in order, as runs ``(replica, first counter, end counter, content)``.
+
+        A run is wholly visible or wholly deleted (a delete splits it), so
+        this walks items, not elements: the live channel's patches
+        (:mod:`crdtstore.patches`) diff two of these by id.
+        """
+        for it in self._items():
+            if it.content is not None:
+                yield it.replica, it.counter, it.counter + it.length, it.content
+
     def is_bottom(self) -> bool:
         return not self.presence and not self.by_replica and not self.pending and not self.deletions
 
