@@ -362,6 +362,12 @@ class AsyncClient:
             if error is not None:
                 raise error from None
 
+    def live(self, doc_id: str, **options: Any) -> Any:
+        """A :class:`crdtstore.live_client.LiveDoc` on ``doc_id`` (``async with client.live(id) as doc``)."""
+        from crdtstore.live_client import LiveDoc  # it imports this module
+
+        return LiveDoc(self.base_url, self._token, doc_id, verify=self._verify, **options)
+
     # Public methods for operations.
 
     async def health(self) -> bool:

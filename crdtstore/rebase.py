@@ -193,6 +193,8 @@ class LiveState:
     queued: list[Op] = field(default_factory=list)
     queued_calls: int = 0
     carets: dict[str, tuple[list[str], int]] = field(default_factory=dict)
+    # Sent and not acknowledged yet, in order: what a new connection resends (the server acks a known id again).
+    unacked: dict[str, dict[str, Any]] = field(default_factory=dict)
     prefix: str = field(default_factory=lambda: secrets.token_hex(6))
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -215,6 +217,7 @@ class LiveState:
         if w is not None:
             frame["w"] = w
         self.inflight = Batch(batch_id, frame, list(self.queued), self.queued_calls)
+        self.unacked[batch_id] = frame
         self.queued, self.queued_calls = [], 0
         return frame
 
@@ -239,5 +242,6 @@ class LiveState:
             for name, (path, index) in self.carets.items():
                 self.carets[name] = (path, move_index(path, index, remote))
         elif kind in ("ack", "error"):
+            self.unacked.pop(message.get("id"), None)  # type: ignore[arg-type]
             if self.inflight is not None and message.get("id") == self.inflight.id:
                 self.inflight = None
