@@ -107,5 +107,3 @@ def test_presence_reaches_the_other_editor(server: ServerProcess) -> None:
                         break
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
-
-

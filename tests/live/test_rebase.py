@@ -150,3 +150,18 @@ def test_a_pending_delete_around_a_remote_insert_spares_it() -> None:
         {"op": "delete", "path": ["t"], "index": 1, "count": 2},
         {"op": "delete", "path": ["t"], "index": 4, "count": 2},
     ]
+
+
+def test_a_batch_whose_ack_was_lost_is_kept_for_the_resend() -> None:
+    """Its change arrived, its ack did not (the connection dropped): the next connection must resend it."""
+    client = LiveState()
+    client.receive({"type": "snapshot", "version": "v0", "value": {}})
+    client.edit([{"op": "increment", "path": ["n"]}])
+    frame = client.next_batch()
+    assert frame is not None
+    change = {"path": ["n"], "value": 1}
+    client.receive({"type": "change", "version": "v1", "patches": [change], "batch": frame["id"]})
+    assert client.inflight is None and client.value() == {"n": 1}
+    assert list(client.unacked.values()) == [frame]
+    client.receive({"type": "ack", "id": frame["id"], "version": "v1", "again": True})
+    assert not client.unacked
