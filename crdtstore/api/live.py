@@ -137,10 +137,29 @@ class LiveHub:
         if channel is None:
             return
         channel.conns.discard(conn)
-        channel.drop_presence(conn)
+        channel.drop_presence(conn.client_id)
         if not channel.conns and channel.applying == 0:
             del self.channels[doc_id]
             channel.stop()
+
+    def remote_presence(self, event: Any) -> None:
+        """A peer relayed an editor's presence (``sync.events.PresenceReceived``): for our editors of that document."""
+        channel = self.channels.get(event.doc_id)
+        if channel is None:
+            return  # nobody here follows the document; its editors refresh their presence
+        if not event.state:
+            channel.drop_presence(event.client)
+            return
+        try:
+            state = orjson.loads(event.state)
+        except orjson.JSONDecodeError:
+            return
+        channel.set_presence(event.client, state, event.peer_id)
+
+    def peer_lost(self, peer_id: str) -> None:
+        """The last link to a peer closed: the presence it relayed expires now."""
+        for channel in list(self.channels.values()):
+            channel.drop_peer(peer_id)
 
     def remember(self, key: tuple[str, str, str]) -> tuple[asyncio.Future[tuple[str, Any]], bool]:
         """The outcome future of a batch id, and whether it is new (the caller then applies the batch)."""
@@ -166,6 +185,9 @@ def _hub(ctx: ApiContext) -> LiveHub:
     hub = _hubs.get(ctx)
     if hub is None:
         hub = _hubs[ctx] = LiveHub(ctx, LiveSettings())
+        if ctx.replicator is not None:
+            ctx.replicator.presence_sink = hub.remote_presence
+            ctx.replicator.presence_link_lost = hub.peer_lost
     return hub
 
 
@@ -181,6 +203,7 @@ def configure(ctx: ApiContext, settings: LiveSettings) -> None:
 class _Presence:
     state: Any
     expires: float
+    source: LiveConn | str  # a local connection, or the replica id of the peer that relayed it
 
 
 class DocChannel:
@@ -195,7 +218,7 @@ class DocChannel:
         self.failed: BaseException | None = None
         self.applying = 0  # batches of live connections inside node.apply
         self.owned: dict[int, tuple[LiveConn, str]] = {}  # local log seq -> the connection and batch id it came from
-        self.presence: dict[LiveConn, _Presence] = {}
+        self.presence: dict[str, _Presence] = {}  # client name -> its presence, local and relayed
         self._advanced = asyncio.Event()
         self._applied = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -307,33 +330,41 @@ class DocChannel:
 
     # Presence: in memory, never stored.
 
-    def set_presence(self, conn: LiveConn, state: Any) -> None:
-        self.presence[conn] = _Presence(state, time.monotonic() + self.hub.settings.presence_ttl)
-        self._broadcast_presence(conn, state)
+    def set_presence(self, client: str, state: Any, source: LiveConn | str) -> None:
+        self.presence[client] = _Presence(state, time.monotonic() + self.hub.settings.presence_ttl, source)
+        self._broadcast_presence(client, state, source)
 
-    def drop_presence(self, conn: LiveConn) -> None:
-        if self.presence.pop(conn, None) is not None:
-            self._broadcast_presence(conn, None)
+    def drop_presence(self, client: str) -> None:
+        p = self.presence.pop(client, None)
+        if p is not None:
+            self._broadcast_presence(client, None, p.source)
+
+    def drop_peer(self, peer_id: str) -> None:
+        for client, p in list(self.presence.items()):
+            if p.source == peer_id:
+                self.drop_presence(client)
 
     def presence_snapshot(self, conn: LiveConn) -> list[dict[str, Any]]:
-        return [
-            {"client": other.client_id, "state": p.state} for other, p in self.presence.items() if other is not conn
-        ]
+        return [{"client": client, "state": p.state} for client, p in self.presence.items() if p.source is not conn]
 
-    def _broadcast_presence(self, source: LiveConn, state: Any) -> None:
-        data = orjson.dumps({"type": "presence", "client": source.client_id, "state": state}).decode()
+    def _broadcast_presence(self, client: str, state: Any, source: LiveConn | str) -> None:
+        data = orjson.dumps({"type": "presence", "client": client, "state": state}).decode()
         for conn in list(self.conns):
             if conn is not source:
                 conn.push(data)
+        replicator = self.hub.ctx.replicator
+        if isinstance(source, LiveConn) and replicator is not None:
+            # Ours: to the other regions (a relayed one is not relayed on: every region links to every other).
+            replicator.relay_presence(self.doc_id, client, b"" if state is None else orjson.dumps(state))
 
     async def _sweep(self) -> None:
         ttl = self.hub.settings.presence_ttl
         while True:
             await asyncio.sleep(min(ttl / 3, 5.0))
             now = time.monotonic()
-            for conn, p in list(self.presence.items()):
+            for client, p in list(self.presence.items()):
                 if p.expires <= now:
-                    self.drop_presence(conn)
+                    self.drop_presence(client)
 
 
 # One connection.
@@ -348,7 +379,7 @@ class LiveConn:
     doc_id: str
     scope: Scope
     principal: str
-    client_id: int = 0
+    client_id: str = ""
     out: collections.deque[str] = field(default_factory=collections.deque)
     close_code: int | None = None
     close_reason: str = ""
@@ -356,7 +387,7 @@ class LiveConn:
     channel: DocChannel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client_id = next(self.hub.ids)
+        self.client_id = f"{self.hub.ctx.node.replica_id}/{next(self.hub.ids)}"
         self._wakeup = asyncio.Event()
         self._batches: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.hub.settings.batch_queue)
         self._cancel: anyio.CancelScope | None = None
@@ -492,9 +523,9 @@ class LiveConn:
         if size > settings.presence_bytes:
             raise ApiError(413, "too_large", f"presence over {settings.presence_bytes} bytes", {"size": size})
         if state is None:
-            self.channel.drop_presence(self)
+            self.channel.drop_presence(self.client_id)
         else:
-            self.channel.set_presence(self, state)
+            self.channel.set_presence(self.client_id, state, self)
 
     # Writing.
 
