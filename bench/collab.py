@@ -220,7 +220,6 @@ def read_pycrdt_store(db: Path) -> tuple[str, dict[int, int]]:
     return _doc_text([bytes(r[0]) for r in rows])
 
 
-
 SIDES = {
     "crdtstore": Side(
         name="crdtstore",
