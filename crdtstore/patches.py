@@ -30,7 +30,7 @@ from typing import Any
 
 from .causal import ranges_add
 from .crdt.ormap import ORMap
-from .crdt.sequence import Sequence
+from .crdt.sequence import SeqDelta, Sequence
 from .crdt.tags import Tag
 
 __all__ = ["Before", "apply_patches", "before", "patches"]
@@ -45,6 +45,8 @@ class Before:
 
     tag: Tag
     runs: list[tuple[str, int, int]] | None = None
+    deleted: list[int] | None = None  # fast path: old indexes of what the delta deletes
+    delta: SeqDelta | None = None
     children: dict[str, Before] | None = None
     value: Any = None
 
@@ -61,7 +63,12 @@ def before(root: ORMap, scope: ORMap | None) -> dict[str, Before]:
         if tag is Tag.MAP:
             out[name] = Before(tag, children=before(value, _sub_scope(scope, name)))
         elif tag in _SEQUENCES:
-            out[name] = Before(tag, runs=[(r, lo, hi) for r, lo, hi, _ in _runs(value)])
+            leaf = scope.get(name, tag) if scope is not None else None
+            if isinstance(leaf, SeqDelta) and not value.has_pending():
+                # Only the delta's own elements can change: look them up instead of walking the sequence.
+                out[name] = Before(tag, deleted=_old_indexes(value, leaf), delta=leaf)
+            else:
+                out[name] = Before(tag, runs=[(r, lo, hi) for r, lo, hi, _ in _runs(value)])
         else:
             out[name] = Before(tag, value=value.value())
     return out
@@ -84,12 +91,56 @@ def patches(old: dict[str, Before], root: ORMap, scope: ORMap | None, path: tupl
             out.append({"path": at, "value": value.value()})
         elif tag is Tag.MAP:
             out += patches(was.children or {}, value, _sub_scope(scope, name), (*path, name))
+        elif tag in _SEQUENCES and was.delta is not None:
+            out += _delta_patches(at, was.deleted or [], was.delta, value)
         elif tag in _SEQUENCES:
             out += _sequence_patches(at, was.runs or [], value)
         else:
             new = value.value()
             if new != was.value:
                 out.append({"path": at, "value": new})
+    return out
+
+
+def _old_indexes(seq: Sequence, delta: SeqDelta) -> list[int]:
+    out: list[int] = []
+    for replica, lo, hi, _ in delta.deletes:
+        for counter in range(lo, hi):
+            index = seq.index_of((replica, counter))
+            if index is not None:
+                out.append(index)
+    return sorted(set(out))
+
+
+def _delta_patches(path: list[str], deleted: list[int], delta: SeqDelta, seq: Sequence) -> list[Patch]:
+    """Patches from a delta's own ids: deletes at their old indexes, from the last (so each index holds),
+    then inserts at their new indexes, from the first (as in :func:`_sequence_patches`)."""
+    out: list[Patch] = []
+    k = len(deleted)
+    while k:
+        end = k
+        while k > 1 and deleted[k - 2] == deleted[k - 1] - 1:
+            k -= 1
+        k -= 1
+        out.append({"path": path, "delete": {"index": deleted[k], "count": end - k}})
+    placed: list[tuple[int, Any]] = []
+    for replica, counter, _, _, content in delta.inserts:
+        if isinstance(content, int):
+            continue  # a dead insert (from a state) shows nothing
+        for n in range(len(content)):
+            index = seq.index_of((replica, counter + n))
+            if index is not None:
+                placed.append((index, seq.element((replica, counter + n))))
+    placed.sort(key=lambda p: p[0])
+    key = "text" if seq.tag is Tag.TEXT else "values"
+    last: Patch | None = None
+    for index, element in placed:
+        piece: Any = element if key == "text" else [element]
+        if last is not None and last["insert"]["index"] + len(last["insert"][key]) == index:
+            last["insert"][key] = last["insert"][key] + piece
+        else:
+            last = {"path": path, "insert": {"index": index, key: piece}}
+            out.append(last)
     return out
 
 

@@ -13,7 +13,7 @@ from crdtstore.document import Delta, Document
 from crdtstore.errors import OpError
 from crdtstore.patches import apply_patches, before, patches
 from crdtstore.testing.model import concretize
-from crdtstore.testing.strategies import abstract_ops
+from crdtstore.testing.strategies import TYPE_KINDS, abstract_ops
 
 REPLICAS = 3
 
@@ -62,6 +62,33 @@ def test_a_thin_client_applying_every_patch_holds_the_value(steps: list[Any], da
         follow(observer, thin, decode_delta(raw))
         assert thin == observer.value()
     assert thin == replicas[0].value()
+
+
+text_ops = abstract_ops(kinds=TYPE_KINDS["text"], paths=(("t",),))
+
+
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, REPLICAS - 1), st.lists(text_ops, min_size=1, max_size=3)), min_size=1, max_size=25
+    ),
+    data=st.data(),
+)
+def test_concurrent_typing_on_one_text(steps: list[Any], data: st.DataObject) -> None:
+    """The same property with every op on one text: inserts, range deletes and removals meet often."""
+    test_a_thin_client_applying_every_patch_holds_the_value.hypothesis.inner_test(steps, data)  # type: ignore[attr-defined]
+
+
+def test_a_range_delete_and_a_run_of_inserts_are_one_patch_each() -> None:
+    mirror, thin = Document(), {}
+    follow(
+        mirror, thin, mirror.copy().apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdef"}], replica="a")
+    )
+    writer = mirror.copy()
+    delta = writer.apply([{"op": "delete", "path": ["t"], "index": 1, "count": 3}], replica="b")
+    assert follow(mirror, thin, delta) == [{"path": ["t"], "delete": {"index": 1, "count": 3}}]
+    delta = writer.apply([{"op": "insert", "path": ["t"], "index": 1, "text": "XYZ"}], replica="b")
+    assert follow(mirror, thin, delta) == [{"path": ["t"], "insert": {"index": 1, "text": "XYZ"}}]
+    assert thin == {"t": "aXYZef"}
 
 
 @given(steps=st.lists(st.lists(abstract_ops(), min_size=1, max_size=3), min_size=1, max_size=15))
