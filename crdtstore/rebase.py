@@ -229,7 +229,9 @@ class LiveState:
         elif kind == "change":
             changes = message["patches"]
             mine = self.inflight is not None and message.get("batch") == self.inflight.id
-            apply_patches(self.confirmed, copy.deepcopy(changes))
+            # Text patches hold only strings; a value or list patch may hold containers the caller keeps.
+            plain = all("insert" in p and "text" in p["insert"] or "delete" in p for p in changes)
+            apply_patches(self.confirmed, changes if plain else copy.deepcopy(changes))
             self.version = message["version"]
             if mine:
                 # Its own effect, as the server placed it: the queue stays as it was typed.
