@@ -295,3 +295,22 @@ def test_a_batch_flood_is_refused_past_the_queue(tmp_path: Path) -> None:
                 refused.add(message["id"])
         assert refused
         assert c.get("/v1/docs/d").json()["value"] == {"n": len(acked)}
+
+
+def test_a_batch_waits_for_its_w_level(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        # A node without peers is the whole cluster: every level is met here.
+        ws.send_json({"type": "batch", "id": "q", "ops": [{"op": "increment", "path": ["n"]}], "w": "all"})
+        assert receive_until(ws, "ack")["id"] == "q"
+
+
+def test_resuming_from_an_older_version_gets_a_snapshot(client: TestClient) -> None:
+    doc_id = fresh()
+    old = client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "increment", "path": ["n"]}]}).json()["version"]
+    new = client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "increment", "path": ["n"]}]}).json()["version"]
+    with client.websocket_connect(url(doc_id, version=old)) as ws:
+        assert ws.receive_json() == {"type": "snapshot", "version": new, "value": {"n": 2}}
+        ws.send_json({"type": "resume", "version": old})
+        assert ws.receive_json()["type"] == "snapshot"
