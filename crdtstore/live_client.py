@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
@@ -27,23 +28,38 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from .client import ApiError, _error_from, _headers, _ws_ssl
 from .rebase import LiveState
 
-__all__ = ["LiveDoc"]
+__all__ = ["LiveDoc", "Wire"]
 
 # Close codes after which reconnecting cannot help: the token or the document id is refused.
 _FATAL = {4400, 4401, 4403, 1008, 1009}
 
 
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """What a :class:`LiveDoc` borrows from the client that made it (passed in, so neither module imports the other).
+
+    Attributes:
+        headers: The upgrade request's headers (the bearer token).
+        ssl_for: The TLS context for a ``wss://`` URL (None for ``ws://``).
+        error: Builds the client's ``ApiError(status, code, message, detail)``.
+        denied: Builds it from a refused upgrade's status and JSON body.
+    """
+
+    headers: dict[str, str]
+    ssl_for: Callable[[str], ssl.SSLContext | None]
+    error: Callable[[int, str, str, Any], Exception]
+    denied: Callable[[int, bytes], Exception]
+
+
 class LiveDoc:
-    """One document followed and edited over its live websocket.
+    """One document followed and edited over its live websocket (made by ``AsyncClient.live``).
 
     Args:
         base_url: The server, e.g. ``http://127.0.0.1:8080``.
-        token: A bearer token (a read token may follow and send presence, not write).
         doc_id: The document.
-        verify: TLS verification, as for :class:`crdtstore.client.AsyncClient`.
+        wire: Headers, TLS and errors, from the client.
         w: The consistency level every batch waits for before its ack (None: ``one``).
         open_timeout: Seconds to open one connection.
         max_backoff: Longest wait between reconnects, in seconds.
@@ -53,10 +69,9 @@ class LiveDoc:
     def __init__(
         self,
         base_url: str,
-        token: str | None,
         doc_id: str,
         *,
-        verify: bool | str | ssl.SSLContext = True,
+        wire: Wire,
         w: str | None = None,
         open_timeout: float = 10.0,
         max_backoff: float = 5.0,
@@ -65,8 +80,7 @@ class LiveDoc:
         parts = urlsplit(base_url.rstrip("/"))
         scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
         self._base = (scheme, parts.netloc, parts.path + f"/v1/docs/{quote(doc_id, safe='')}/live")
-        self._token = token
-        self._verify = verify
+        self._wire = wire
         self._w = w
         self._open_timeout = open_timeout
         self._max_backoff = max_backoff
@@ -97,7 +111,7 @@ class LiveDoc:
         """Edit (indexes into :attr:`value`) and wait for the ack; returns the version token it carries.
 
         Raises:
-            ApiError: The server refused the batch (nothing of it was applied).
+            crdtstore.client.ApiError: The server refused the batch (nothing of it was applied).
         """
         self._raise_failure()
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -132,7 +146,7 @@ class LiveDoc:
                 await self._task
         if self._ws is not None:
             await self._ws.close()
-        self._fail(ApiError(499, "closed", "the live document was closed"))
+        self._fail(self._wire.error(499, "closed", "the live document was closed", None))
 
     # Private methods: the connection.
 
@@ -145,14 +159,14 @@ class LiveDoc:
         try:
             return await connect(
                 url,
-                additional_headers=_headers(self._token),
-                ssl=_ws_ssl(url, self._verify),
+                additional_headers=self._wire.headers,
+                ssl=self._wire.ssl_for(url),
                 open_timeout=self._open_timeout,
                 max_size=None,
                 proxy=None,
             )
         except InvalidStatus as exc:
-            raise _error_from(exc.response.status_code, exc.response.body or b"") from None
+            raise self._wire.denied(exc.response.status_code, exc.response.body or b"") from None
 
     async def _run(self) -> None:
         delay = 0.05
@@ -173,7 +187,8 @@ class LiveDoc:
                     code = exc.rcvd.code if exc.rcvd is not None else None
                 if code in _FATAL or (code is not None and 4400 <= code < 4500 and code != 4408):
                     reason = ws.close_reason or "closed"
-                    raise ApiError(code - 4000 if code >= 4000 else 400, reason, f"live channel closed: {reason}")
+                    status = code - 4000 if code >= 4000 else 400
+                    raise self._wire.error(status, reason, f"live channel closed: {reason}", None)
                 self._ws = None
                 while self._ws is None:
                     await asyncio.sleep(delay)
@@ -200,7 +215,9 @@ class LiveDoc:
                     future.set_result(message["version"])
                 else:
                     future.set_exception(
-                        ApiError(message.get("status", 400), message["error"], message["message"], message["detail"])
+                        self._wire.error(
+                            message.get("status", 400), message["error"], message["message"], message["detail"]
+                        )
                     )
             return
         if kind in ("change", "snapshot", "presence", "error"):

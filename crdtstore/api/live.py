@@ -27,6 +27,7 @@ import itertools
 import logging
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,9 +83,15 @@ class LiveSettings:
 # Public handler.
 
 
-async def live_channel(ctx: ApiContext, websocket: WebSocket) -> None:
-    """Serve one live connection. Errors before the upgrade are HTTP denials (as on the feed)."""
+async def live_channel(ctx: ApiContext, websocket: WebSocket, *, wait_for_write: WaitForWrite) -> None:
+    """Serve one live connection. Errors before the upgrade are HTTP denials (as on the feed).
+
+    Args:
+        wait_for_write: POST's wait for a write's ``w`` level (``crdtstore.api.routes`` passes it in,
+            so that this module does not import the routes that register it).
+    """
     hub = _hub(ctx)
+    hub.wait_for_write = wait_for_write
     try:
         query_token = websocket.query_params.get("token")
         authorization = _header(websocket, b"authorization")
@@ -112,8 +119,13 @@ async def live_channel(ctx: ApiContext, websocket: WebSocket) -> None:
 # The per-app registry.
 
 
+WaitForWrite = Callable[[ApiContext, str, Level, Any, str], Awaitable[None]]
+
+
 class LiveHub:
     """The document channels of one app and the batch ids it remembers."""
+
+    wait_for_write: WaitForWrite
 
     def __init__(self, ctx: ApiContext, settings: LiveSettings) -> None:
         self.ctx = ctx
@@ -569,9 +581,7 @@ class LiveConn:
             return
         # The change carrying this batch goes out before its ack.
         await self.channel.until_contains(result.version)
-        from crdtstore.api.routes import wait_for_write  # routes registers this module: import late
-
-        await wait_for_write(ctx, self.doc_id, level, result, value)
+        await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
         ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value}
         if not new:
             ack["again"] = True

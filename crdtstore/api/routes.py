@@ -458,7 +458,7 @@ def routes(ctx: ApiContext, *, peer_links: bool = True) -> list[BaseRoute]:
         Route("/v1/docs/{id}", bind(delete_doc), methods=["DELETE"]),
         Route("/v1/docs", bind(list_docs), methods=["GET"]),
         WebSocketRoute("/v1/docs/{id}/changes", bind(changes_feed)),
-        WebSocketRoute("/v1/docs/{id}/live", bind(live_channel)),
+        WebSocketRoute("/v1/docs/{id}/live", bind(functools.partial(live_channel, wait_for_write=wait_for_write))),
         *peer,
         Route("/v1/admin/partition", bind(admin_partition), methods=["POST"]),
         Route("/v1/admin/heal", bind(admin_heal), methods=["POST"]),
