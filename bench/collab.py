@@ -228,7 +228,7 @@ SIDES = {
         driver_cmd=lambda port, args, editors: [
             sys.executable,
             str(COLLAB / "crdtstore_driver.py"),
-            f"--url=ws://127.0.0.1:{port}/v1/docs/{DOC_NAME}/live",
+            f"--url=ws://127.0.0.1:{port}/v1/docs/{DOC_NAME}/live?coalesce=1",
             *_driver_args(args, editors),
         ],
         read_store=read_crdtstore_store,

@@ -151,7 +151,8 @@ class LiveDoc:
     # Private methods: the connection.
 
     def _url(self) -> str:
-        query = urlencode({"version": self.state.version}) if self.state.version else ""
+        params = {"coalesce": "1"} | ({"version": self.state.version} if self.state.version else {})
+        query = urlencode(params)
         return urlunsplit((*self._base, query, ""))
 
     async def _connect(self) -> ClientConnection:
@@ -179,7 +180,9 @@ class LiveDoc:
                         # Resend under the same id: acknowledged again if it was applied, applied once if not.
                         await ws.send(orjson.dumps(frame).decode())
                     async for raw in ws:
-                        self._take(orjson.loads(raw))
+                        data = orjson.loads(raw)
+                        for message in data if isinstance(data, list) else (data,):
+                            self._take(message)
                         delay = 0.05
                         await self._flush()
                     code = ws.close_code

@@ -269,7 +269,7 @@ def test_our_side_is_wired_to_the_live_channel() -> None:
     assert side.install() is None
     assert side.server_cmd(Path("/tmp/x"))[-2:] == ["0", "/tmp/x"]
     driver_cmd = side.driver_cmd(8080, collab.parse_args([]), 3)
-    assert "--url=ws://127.0.0.1:8080/v1/docs/doc/live" in driver_cmd and "--editors=3" in driver_cmd
+    assert "--url=ws://127.0.0.1:8080/v1/docs/doc/live?coalesce=1" in driver_cmd and "--editors=3" in driver_cmd
 
 
 # The store check: the side's SQLite file, read back with pycrdt, against what the editors saw acknowledged.

@@ -81,7 +81,9 @@ class Editor:
         assert self._ws is not None
         try:
             async for raw in self._ws:
-                self._on(orjson.loads(raw), time.perf_counter())
+                data, now = orjson.loads(raw), time.perf_counter()
+                for message in data if isinstance(data, list) else (data,):
+                    self._on(message, now)
                 await self._flush()
         except Exception:  # the connection closed; what was not seen is counted at the end
             return

@@ -52,6 +52,7 @@ __all__ = ["LiveSettings", "configure", "live_channel"]
 
 logger = logging.getLogger("crdtstore.api.live")
 
+_COALESCE_MAX = 256  # messages in one coalesced frame
 CLOSE_SLOW_READER = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
@@ -100,6 +101,7 @@ async def live_channel(ctx: ApiContext, websocket: WebSocket, *, wait_for_write:
             mark_authenticated(websocket.scope)
         doc_id = checks.check_doc_id(websocket.path_params["id"], ctx.limits, websocket.scope.get("raw_path"))
         resume = _open_version(websocket.query_params.get("version"), doc_id, ctx)
+        coalesce = websocket.query_params.get("coalesce") in ("1", "true")
         if not ctx.ready:
             raise ApiError(503, "not_ready", "the node is not started or is shutting down")
     except Exception as exc:
@@ -108,6 +110,7 @@ async def live_channel(ctx: ApiContext, websocket: WebSocket, *, wait_for_write:
     await websocket.accept()
     principal = hashlib.blake2b((query_token or authorization or "").encode(), digest_size=16).hexdigest()
     conn = LiveConn(websocket, hub, doc_id, scope, principal)
+    conn.coalesce = coalesce
     channel = hub.join(doc_id, conn)
     try:
         await conn.run(channel, resume)
@@ -396,6 +399,7 @@ class LiveConn:
     close_code: int | None = None
     close_reason: str = ""
     client_left: bool = False
+    coalesce: bool = False  # the client takes a JSON array of messages in one frame
     channel: DocChannel = field(init=False)
 
     def __post_init__(self) -> None:
@@ -427,8 +431,15 @@ class LiveConn:
 
     async def _sender(self) -> None:
         while True:
-            while self.out:
-                await self.websocket.send_text(self.out.popleft())
+            out = self.out
+            while out:
+                if self.coalesce and len(out) > 1:
+                    # What queued up while the last frame went out, as one frame: a websocket send costs
+                    # more than the few bytes of a change, and under load many wait together.
+                    batch = [out.popleft() for _ in range(min(len(out), _COALESCE_MAX))]
+                    await self.websocket.send_text("[" + ",".join(batch) + "]")
+                else:
+                    await self.websocket.send_text(out.popleft())
             self._wakeup.clear()
             await self._wakeup.wait()
 
