@@ -21,8 +21,10 @@ The sides, each one region on loopback (neither peer replicates across regions):
   ``SQLiteYStore`` (``collab/pycrdt_server.py``), driven by pycrdt editors
   over ``websockets`` (``collab/pycrdt_driver.py``). Installed by the
   project's ``test`` extra (pip).
-- ``crdtstore``: the hook for our own live channel (``/v1/docs/{id}/live``);
-  it reports ``unavailable`` until the channel exists.
+- ``crdtstore``: our live channel (``/v1/docs/{id}/live``) on one node
+  (``collab/crdtstore_server.py``, LMDB with fsync'd group commit), driven by
+  thin editors with no CRDT library, as a browser runs them
+  (``collab/crdtstore_driver.py``: patches and ``crdtstore.rebase``).
 
 Each run starts the side's server in its own process (a fresh database in
 a temporary directory), then its driver in another, and reads the server's
@@ -153,9 +155,33 @@ def install_pycrdt() -> str | None:
 
 
 def install_crdtstore() -> str | None:
-    # The hook for our own side: once /v1/docs/{id}/live exists, return None here and give the side a
-    # server_cmd (a `crdtstore serve` on loopback), a driver_cmd and a read_store.
-    return "unavailable: live channel not built yet"
+    # Our side is this checkout: nothing to install beyond the project itself.
+    return None
+
+
+def read_crdtstore_store(db: Path) -> tuple[str, dict[int, int]]:
+    # The node's LMDB directory, opened once the server has stopped. Editor i types only
+    # chr(EDITOR_BASE + i), so its count in the text is how many of its keystrokes the store holds.
+    import asyncio
+
+    from crdtstore.node import DocumentNotFound, Node, NodeConfig
+
+    async def read() -> str:
+        node = Node(NodeConfig(region="bench", data_dir=db))
+        await node.start()
+        try:
+            return str((await node.read(DOC_NAME)).value.get("t", ""))
+        except DocumentNotFound:
+            return ""
+        finally:
+            await node.close()
+
+    text = asyncio.run(read())
+    base = 0x4E00  # bench/collab/crdtstore_driver.py's EDITOR_BASE
+    clocks: dict[int, int] = {}
+    for char in text:
+        clocks[ord(char) - base] = clocks.get(ord(char) - base, 0) + 1
+    return text, clocks
 
 
 def _driver_args(args: argparse.Namespace, editors: int) -> list[str]:
@@ -194,18 +220,19 @@ def read_pycrdt_store(db: Path) -> tuple[str, dict[int, int]]:
     return _doc_text([bytes(r[0]) for r in rows])
 
 
-def read_nothing(db: Path) -> tuple[str, dict[int, int]]:
-    raise NotImplementedError
-
-
 SIDES = {
     "crdtstore": Side(
         name="crdtstore",
         install=install_crdtstore,
-        server_cmd=lambda db: [],
-        driver_cmd=lambda port, args, editors: [],
-        read_store=read_nothing,
-        acks="after fsync (LMDB group commit), as HTTP writes are today; the live channel is not built",
+        server_cmd=lambda db: [sys.executable, str(COLLAB / "crdtstore_server.py"), "0", str(db)],
+        driver_cmd=lambda port, args, editors: [
+            sys.executable,
+            str(COLLAB / "crdtstore_driver.py"),
+            f"--url=ws://127.0.0.1:{port}/v1/docs/{DOC_NAME}/live?coalesce=1",
+            *_driver_args(args, editors),
+        ],
+        read_store=read_crdtstore_store,
+        acks="the live channel's ack: the batch's LMDB commit is fsync'd (group commit), its change already pushed",
         persists="before the ack",
     ),
     "hocuspocus": Side(

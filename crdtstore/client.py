@@ -362,6 +362,13 @@ class AsyncClient:
             if error is not None:
                 raise error from None
 
+    def live(self, doc_id: str, **options: Any) -> Any:
+        """A :class:`crdtstore.live_client.LiveDoc` on ``doc_id`` (``async with client.live(id) as doc``)."""
+        from crdtstore.live_client import LiveDoc, Wire  # only when used: it needs the websockets client
+
+        wire = Wire(_headers(self._token), lambda url: _ws_ssl(url, self._verify), ApiError, _error_from)
+        return LiveDoc(self.base_url, doc_id, wire=wire, **options)
+
     # Public methods for operations.
 
     async def health(self) -> bool:

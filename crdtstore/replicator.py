@@ -224,6 +224,9 @@ class Replicator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self.stats: dict[str, int] = collections.Counter()
+        # The live channel's (crdtstore.api.live): a peer's editor presence, and a peer whose last link closed.
+        self.presence_sink: Callable[[Any], None] | None = None
+        self.presence_link_lost: Callable[[str], None] | None = None
         self._quorum = Quorum(
             node=node,
             cluster_size=lambda: self.cluster_size,
@@ -484,11 +487,18 @@ class Replicator:
         self.stats["log_truncated"] += removed
         return removed
 
+    def relay_presence(self, doc_id: str, client: str, state: bytes) -> None:
+        """Send an editor's presence (empty: gone) to every peer linked now; best effort, never stored."""
+        for link in self._live_links():
+            self._input(link, lambda p: p.send_presence(doc_id, client, state))
+
     async def _close_link(self, link: _Link, code: int, reason: str) -> None:
         if link.closed:
             return
         link.closed = True
         self._links.discard(link)
+        if link.peer_id is not None and self.presence_link_lost and not self._links_to(link.peer_id, besides=link):
+            self.presence_link_lost(link.peer_id)  # its editors' presence goes with the link
         if link.proto.pushing and link.peer_id is not None:
             # Hand the deltas over to another link to the same peer, if one is open.
             for other in self._links_to(link.peer_id, besides=link):
@@ -609,6 +619,11 @@ class _LinkContext:
 
     def read_responded(self, event: ReadResponded) -> None:
         self.replicator._quorum.read_responded(event)
+
+    def presence_received(self, event: Any) -> None:
+        sink = self.replicator.presence_sink
+        if sink is not None:
+            sink(event)
 
     def write_acked(self, event: WriteAcked) -> None:
         self.replicator._quorum.write_acked(event)

@@ -76,6 +76,10 @@ class Context(Protocol):
 
     def read_responded(self, event: ev.ReadResponded) -> None: ...
 
+    def presence_received(self, event: ev.PresenceReceived) -> None:
+        """An editor's presence from the peer: for the live channel, if any; never stored."""
+        ...
+
     def write_acked(self, event: ev.WriteAcked) -> None: ...
 
     def reject(self, what: str, exc: Exception) -> None:
@@ -218,6 +222,10 @@ async def _anti_entropy_done(ctx: Context, event: ev.AntiEntropyDone) -> None:
     ctx.stats["anti_entropy_deferred"] += event.docs_deferred
 
 
+async def _presence_received(ctx: Context, event: ev.PresenceReceived) -> None:
+    ctx.presence_received(event)
+
+
 async def _failed(ctx: Context, event: ev.Failed) -> None:
     await ctx.close(int(event.close_code), event.reason)
 
@@ -236,6 +244,7 @@ HANDLERS: dict[type[ev.Event], Handler] = {
     ev.ReadResponded: _read_responded,
     ev.WriteAcked: _write_acked,
     ev.AntiEntropyDone: _anti_entropy_done,
+    ev.PresenceReceived: _presence_received,
     ev.Failed: _failed,
 }
 """Every event type of :mod:`sync.events` and its one handler (``tests/sync/test_dispatch.py`` checks both)."""

@@ -29,6 +29,7 @@ __all__ = [
     "NeedStates",
     "PeerAcked",
     "PeerInfo",
+    "PresenceReceived",
     "ReadResponded",
     "SkipLog",
     "WriteAcked",
@@ -169,3 +170,13 @@ class Failed(Event):
 
     close_code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceReceived(Event):
+    """A peer relayed an editor's presence (``state`` empty: gone); hand it to the live channel, store nothing."""
+
+    peer_id: str
+    doc_id: str
+    client: str
+    state: bytes

@@ -45,6 +45,7 @@ __all__ = [
     "MAX_HANDSHAKE_BYTES",
     "MAX_ID_BYTES",
     "MAX_LIST",
+    "MAX_PRESENCE_BYTES",
     "PROTOCOL_VERSION",
     "Ack",
     "Auth",
@@ -59,6 +60,7 @@ __all__ = [
     "MerkleRootResponse",
     "Message",
     "MessageType",
+    "Presence",
     "ReadRequest",
     "ReadResponse",
     "Ready",
@@ -93,6 +95,9 @@ message size to it until then, see :mod:`sync.io.transport`)."""
 
 MAX_U64 = (1 << 64) - 1
 
+MAX_PRESENCE_BYTES = 4096
+"""Largest presence state a peer may relay (the live channel accepts 1 KiB from an editor)."""
+
 
 class MessageType(enum.IntEnum):
     """The registry of type bytes: one per message class, never reused."""
@@ -115,6 +120,7 @@ class MessageType(enum.IntEnum):
     READ_REQUEST = 0x40
     READ_RESPONSE = 0x41
     WRITE_ACK = 0x42
+    PRESENCE = 0x50
 
 
 # Encoding primitives.
@@ -795,6 +801,34 @@ class WriteAck(Message):
         return cls(request_id, doc_id, origin, seq, bool(flag))
 
 
+@dataclass(frozen=True, slots=True)
+class Presence(Message):
+    """An editor's ephemeral presence on a document, relayed to peers and never stored.
+
+    ``client`` names the editor's connection (unique per sending replica);
+    an empty ``state`` means it is gone. The receiver does not relay it on.
+    """
+
+    TYPE: ClassVar[MessageType] = MessageType.PRESENCE
+    doc_id: str
+    client: str
+    state: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.doc_id, "doc_id")
+        _check_id(self.client, "client")
+        _check_blob(self.state, "state", limit=MAX_PRESENCE_BYTES)
+
+    def _write(self, w: _Writer) -> None:
+        w.text(self.doc_id)
+        w.text(self.client)
+        w.blob(self.state)
+
+    @classmethod
+    def _read(cls, r: _Reader) -> Presence:
+        return cls(r.text(), r.text(), r.blob(MAX_PRESENCE_BYTES))
+
+
 _REGISTRY: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -816,6 +850,7 @@ _REGISTRY: dict[int, type[Message]] = {
         ReadRequest,
         ReadResponse,
         WriteAck,
+        Presence,
     )
 }
 assert len(_REGISTRY) == len(MessageType), "every MessageType needs exactly one class"

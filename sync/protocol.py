@@ -62,6 +62,7 @@ The constructor queues our ``Hello``. Then the adapter loops over these
   ``NeedStates(rid, doc_ids)``      ``answer_states(rid, [read_state(d) ...])`` (None if absent)
   ``ReadResponded(...)``            hand the state to the quorum read waiting on the request id
   ``WriteAcked(...)``               count the peer toward the quorum write waiting on it
+  ``PresenceReceived(...)``         hand it to the live channel (memory only; expires with the link)
   ``AntiEntropyDone(stats)``        nothing (metrics)
   ``Failed(close_code, reason)``    close the websocket with ``close_code``; reconnect later
   ================================  =================================================
@@ -154,6 +155,7 @@ from .events import (
     NeedLog,
     PeerAcked,
     PeerInfo,
+    PresenceReceived,
     ReadResponded,
     SkipLog,
     WriteAcked,
@@ -417,6 +419,16 @@ class PeerProtocol:
         for start in range(0, len(states), chunk):
             self._send(m.StatePush(tuple(states[start : start + chunk])))
 
+    def send_presence(self, doc_id: str, client: str, state: bytes) -> None:
+        """Relay an editor's presence (``state`` empty: gone) to the peer; dropped unless the link is open.
+
+        Presence is ephemeral: nothing retransmits or acknowledges it, and the
+        peer turns it into a ``PresenceReceived`` event without relaying it on.
+        """
+        if self._conn.state is not OPEN:
+            return
+        self._send(m.Presence(doc_id, client, state))
+
     def start_anti_entropy(self) -> None:
         """Start a Merkle comparison with the peer now (or right after the running one).
 
@@ -536,6 +548,10 @@ class PeerProtocol:
         if msg.states:
             self._events.append(MergeStates(msg.states))
 
+    def _receive_presence(self, msg: m.Presence) -> None:
+        assert self.peer is not None
+        self._events.append(PresenceReceived(self.peer.replica_id, msg.doc_id, msg.client, msg.state))
+
     def _receive_read_response(self, msg: m.ReadResponse) -> None:
         assert self.peer is not None
         self._events.append(ReadResponded(self.peer.replica_id, msg.request_id, msg.doc_id, msg.state))
@@ -647,4 +663,5 @@ _HANDLERS: dict[type, Any] = {
     m.StatePush: PeerProtocol._receive_state_push,
     m.ReadResponse: PeerProtocol._receive_read_response,
     m.WriteAck: PeerProtocol._receive_write_ack,
+    m.Presence: PeerProtocol._receive_presence,
 }

@@ -511,6 +511,9 @@ class _SimContext:
     def write_acked(self, event: ev.WriteAcked) -> None:
         pass
 
+    def presence_received(self, event: ev.PresenceReceived) -> None:
+        pass  # no live channels in the simulator
+
     def reject(self, what: str, exc: Exception) -> None:
         self.sim.stats["protocol_errors"] += 1
         self.sim.trace.append(f"{self.sim.now:.3f} reject {self.rep.name}->{self.peer} {what}: {exc!r}"[:200])

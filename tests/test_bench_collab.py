@@ -264,8 +264,12 @@ def test_the_harness_refuses_unknown_sides() -> None:
     assert collab.parse_args([]).seconds == 60
 
 
-def test_our_side_reports_unavailable_until_the_live_channel_exists() -> None:
-    assert collab.SIDES["crdtstore"].install() == "unavailable: live channel not built yet"
+def test_our_side_is_wired_to_the_live_channel() -> None:
+    side = collab.SIDES["crdtstore"]
+    assert side.install() is None
+    assert side.server_cmd(Path("/tmp/x"))[-2:] == ["0", "/tmp/x"]
+    driver_cmd = side.driver_cmd(8080, collab.parse_args([]), 3)
+    assert "--url=ws://127.0.0.1:8080/v1/docs/doc/live?coalesce=1" in driver_cmd and "--editors=3" in driver_cmd
 
 
 # The store check: the side's SQLite file, read back with pycrdt, against what the editors saw acknowledged.
@@ -363,3 +367,22 @@ def test_the_target_is_the_higher_of_the_two_bars_from_the_same_run() -> None:
         "crdtstore_ops_per_s": 1.0,
         "met": None,
     }
+
+
+def test_our_store_check_counts_each_editors_keystrokes(tmp_path: Path) -> None:
+    from crdtstore.node import Node, NodeConfig
+
+    text = chr(0x4E00) * 3 + chr(0x4E01) * 2
+
+    async def write() -> None:
+        node = Node(NodeConfig(region="bench", data_dir=tmp_path, sync=False))
+        await node.start()
+        try:
+            await node.apply(collab.DOC_NAME, [{"op": "insert", "path": ["t"], "index": 0, "text": text}])
+        finally:
+            await node.close()
+
+    anyio.run(write)
+    assert collab.read_crdtstore_store(tmp_path) == (text, {0: 3, 1: 2})
+    stored = collab.check_store(collab.SIDES["crdtstore"], tmp_path, _result(text, {0: 3, 1: 4}))
+    assert stored["text_identical"] and stored["acked_missing"] == 2

@@ -278,6 +278,30 @@ def _document() -> dict[str, Any]:
                     "responses": {"101": {"description": "Switching protocols"}, **_errors(400, 401, 403, 404)},
                 },
             },
+            "/v1/docs/{id}/live": {
+                "parameters": [_ID_PARAM],
+                "get": {
+                    "summary": "Live editing channel (websocket, JSON text frames)",
+                    "description": (
+                        "One websocket per document for an editor. Client to server: "
+                        '{"type":"batch","id":ID,"ops":[...],"version":TOKEN?,"w":LEVEL?} (ops as in POST; '
+                        "indexes read against version), "
+                        '{"type":"presence","state":{...}|null} (at most 1 KiB, 20 a second), '
+                        '{"type":"resume","version":TOKEN}. Server to client: {"type":"snapshot","version","value"}, '
+                        '{"type":"change","version","patches":[...],"origin":"local|remote","batch"?}, '
+                        '{"type":"ack","id","version","again"?} once the batch is durable at w, '
+                        '{"type":"error","id","status","error","message","detail"} (a rejected batch changes '
+                        'nothing), {"type":"presence","client","state"}. A batch id seen before is acknowledged '
+                        "again, never applied twice. A read token may follow and send presence, not write. "
+                        "Closes: 4008 slow reader, 1009 frame too large, 1001 node closing. See the README."
+                    ),
+                    "parameters": [
+                        {"name": "version", "in": "query", "allowEmptyValue": True, "schema": {"type": "string"}},
+                        {"name": "token", "in": "query", "allowEmptyValue": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {"101": {"description": "Switching protocols"}, **_errors(400, 401, 403, 503)},
+                },
+            },
             "/v1/peer": {
                 "get": {
                     "summary": "Replication link between regions (websocket, binary sync protocol)",

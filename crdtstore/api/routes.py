@@ -25,6 +25,7 @@ from crdtstore.api.auth import Scope
 from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
+from crdtstore.api.live import live_channel
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
 from crdtstore.api.peerlink import ServerPeerConnection
@@ -32,7 +33,7 @@ from crdtstore.config import MAX_QUORUM_TIMEOUT, quorum_timeout
 from crdtstore.version import seal_version
 from sync.quorum import Level, QuorumOutcome
 
-__all__ = ["routes"]
+__all__ = ["routes", "wait_for_write"]
 
 logger = logging.getLogger("crdtstore.api")
 
@@ -154,6 +155,16 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     timeout = _timeout(request)  # checked before the write: a bad value changes nothing
     result = await ctx.node.apply(doc_id, ops)
     version = seal_version(result.version, doc_id, ctx.version_key)
+    await wait_for_write(ctx, doc_id, level, result, version)
+    return orjson.dumps({"version": version, "created": result.created})
+
+
+async def wait_for_write(ctx: ApiContext, doc_id: str, level: Level, result: Any, version: str) -> None:
+    """Wait until the committed write ``result`` is held at ``level`` (POST and the live channel).
+
+    Raises:
+        ApiError: 504 ``quorum_timeout`` (the write is durable here and keeps replicating).
+    """
     replicator = _replicator_for(ctx, level)
     if replicator is not None:
         # Wait for exactly this write, not for whatever our origin logged since.
@@ -166,7 +177,6 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
             raise ApiError(
                 504, "quorum_timeout", f"write acknowledged by {outcome.reached} of {outcome.needed}", detail
             )
-    return orjson.dumps({"version": version, "created": result.created})
 
 
 async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
@@ -468,6 +478,7 @@ def routes(ctx: ApiContext, *, peer_links: bool = True) -> list[BaseRoute]:
         Route("/v1/docs/{id}", bind(delete_doc), methods=["DELETE"]),
         Route("/v1/docs", bind(list_docs), methods=["GET"]),
         WebSocketRoute("/v1/docs/{id}/changes", bind(changes_feed)),
+        WebSocketRoute("/v1/docs/{id}/live", bind(functools.partial(live_channel, wait_for_write=wait_for_write))),
         *peer,
         Route("/v1/admin/partition", bind(admin_partition), methods=["POST"]),
         Route("/v1/admin/heal", bind(admin_heal), methods=["POST"]),

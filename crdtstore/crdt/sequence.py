@@ -322,6 +322,46 @@ class Sequence:
     def siblings(self) -> Content:
         return self.value()
 
+    def index_of(self, dot: Dot) -> int | None:
+        """The index of element ``dot`` among the visible ones, or None if it is deleted or unknown.
+
+        O(log blocks + BLOCK_MAX): the Fenwick tree gives the visible length before its block.
+        """
+        found = self._lookup(dot)
+        if found is None or found[0].content is None:
+            return None
+        item, off = found
+        blk = item.block
+        tree = self.tree
+        index = 0
+        i = blk.idx
+        while i > 0:
+            index += tree[i]
+            i -= i & -i
+        j = blk.items.index(item)
+        return index + sum(blk.lens[:j]) + off
+
+    def element(self, dot: Dot) -> Any:
+        """The content of visible element ``dot`` (a character or a value); call after :meth:`index_of`."""
+        found = self._lookup(dot)
+        assert found is not None and found[0].content is not None
+        return found[0].content[found[1]]
+
+    def has_pending(self) -> bool:
+        """Inserts wait for their origin here: a join may then reveal more than its own elements."""
+        return bool(self.pending)
+
+    def visible_runs(self) -> Iterator[tuple[str, int, int, Content]]:
+        """The visible elements in order, as runs ``(replica, first counter, end counter, content)``.
+
+        A run is wholly visible or wholly deleted (a delete splits it), so
+        this walks items, not elements: the live channel's patches
+        (:mod:`crdtstore.patches`) diff two of these by id.
+        """
+        for it in self._items():
+            if it.content is not None:
+                yield it.replica, it.counter, it.counter + it.length, it.content
+
     def is_bottom(self) -> bool:
         return not self.presence and not self.by_replica and not self.pending and not self.deletions
 

@@ -62,6 +62,7 @@ class StoreContext:
         self.acks: dict[str, dict[str, int]] = {}
         self.rejected: list[tuple[str, Exception]] = []
         self.closed: list[tuple[int, str]] = []
+        self.presence: list[ev.PresenceReceived] = []
 
     def input(self, call: Callable[[PeerProtocol], object]) -> None:
         call(self.proto)
@@ -81,6 +82,9 @@ class StoreContext:
 
     def write_acked(self, event: ev.WriteAcked) -> None:
         pass
+
+    def presence_received(self, event: ev.PresenceReceived) -> None:
+        self.presence.append(event)
 
     def reject(self, what: str, exc: Exception) -> None:
         self.rejected.append((what, exc))

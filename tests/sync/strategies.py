@@ -41,4 +41,5 @@ messages: st.SearchStrategy[m.Message] = st.one_of(
     st.builds(m.ReadRequest, u64, ids),
     st.builds(m.ReadResponse, u64, ids, st.none() | blobs),
     st.builds(m.WriteAck, u64, ids, ids, seqs, st.booleans()),
+    st.builds(m.Presence, ids, ids, st.binary(max_size=64)),
 )

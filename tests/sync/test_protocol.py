@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from sync import events as ev
 from sync import messages as m
 from sync._state import State
 from sync.channel import auth_mac
 from sync.config import SyncConfig
-from sync.exceptions import CloseCode
+from sync.exceptions import CloseCode, InvalidMessage
 from sync.memstore import MemStore
 from sync.store import run_sync
 from sync.truncation import min_acked, truncation_vector
@@ -367,3 +369,21 @@ def test_only_a_pushing_connection_starts_periodic_sessions() -> None:
     pair.tick(20.0)
     pair.sync_until_quiet()
     assert len(sessions(pair)) == 1 and pair.a.encoded() == pair.b.encoded()
+
+
+def test_presence_is_relayed_once_open_and_dropped_before() -> None:
+    pair = Pair()
+    pair.pa.send_presence("doc", "a/1", b'{"caret":1}')  # not open yet: dropped, not queued
+    pair.sync_until_quiet()
+    pair.pa.send_presence("doc", "a/2", b'{"caret":2}')
+    pair.pb.send_presence("doc", "b/1", b"")
+    pair.sync_until_quiet()
+    got_b = [e for e in pair.events["b"] if isinstance(e, ev.PresenceReceived)]
+    got_a = [e for e in pair.events["a"] if isinstance(e, ev.PresenceReceived)]
+    assert got_b == [ev.PresenceReceived("a", "doc", "a/2", b'{"caret":2}')]
+    assert got_a == [ev.PresenceReceived("b", "doc", "b/1", b"")]
+
+
+def test_oversized_presence_is_malformed() -> None:
+    with pytest.raises(InvalidMessage):
+        m.Presence("doc", "c", b"x" * (m.MAX_PRESENCE_BYTES + 1))

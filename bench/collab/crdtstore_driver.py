@@ -1,0 +1,258 @@
+"""Load driver for our side: E thin editors typing into one shared text over ``/v1/docs/{id}/live``.
+
+Usage::
+
+    python bench/collab/crdtstore_driver.py --url ws://127.0.0.1:PORT/v1/docs/doc/live --editors 50 --rate 5
+
+Each editor is what a browser without a CRDT library runs: a plain value
+kept by the server's patches and :class:`crdtstore.rebase.LiveState` (one
+batch in flight, later keystrokes queued and rebased), on its own
+websocket. It types one character per keystroke at ``--rate`` per second
+(open loop, as the peers' drivers) at a caret that follows its own typing,
+moves with remote patches, and jumps to a random spot every few characters.
+Editor i types only the character ``EDITOR_BASE + i``, so the stored text
+tells how many keystrokes of each editor it holds.
+
+Measured per keystroke, from the moment it is typed:
+
+- ack: the server's ``ack`` of the batch carrying it (after the LMDB commit is fsync'd);
+- remote-visible: the moment another editor receives the change carrying it
+  (changes are matched by their version token, which every connection gets alike).
+
+Standard output: ``{"event": "start"}``, ``{"event": "end"}``, then one JSON
+line of results in the peers' drivers' shape. Every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import random
+import sys
+import time
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+from crdtstore.rebase import LiveState
+
+__all__ = ["EDITOR_BASE", "main"]
+
+EDITOR_BASE = 0x4E00  # editor i types chr(EDITOR_BASE + i): one distinct character each
+CONNECT_CONCURRENCY = 16
+PATH = ["t"]
+
+
+class Shared:
+    def __init__(self) -> None:
+        self.ack_latency: list[float] = []
+        self.send_lag: list[float] = []
+        self.acked_in_window = 0
+        self.window_end = float("inf")
+        self.owned: dict[str, tuple[int, int, int]] = {}  # version -> (editor, first keystroke, end)
+        self.received: dict[str, list[tuple[int, float]]] = {}  # version -> (editor, when) for the others
+
+
+class Editor:
+    def __init__(self, index: int, url: str, shared: Shared, rng: random.Random) -> None:
+        self.index = index
+        self.url = url
+        self.shared = shared
+        self.rng = rng
+        self.state = LiveState()
+        self.char = chr(EDITOR_BASE + index)
+        self.sent_at: list[float] = []
+        self.acked = 0
+        self.batches: dict[str, tuple[int, int]] = {}  # batch id -> its keystrokes [first, end)
+        self.queued_from = 0
+        self.synced = asyncio.Event()
+        self.errors = 0
+        self._run_left = 0
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self._ws = await connect(self.url, compression=None, open_timeout=30, max_size=None)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                data, now = orjson.loads(raw), time.perf_counter()
+                for message in data if isinstance(data, list) else (data,):
+                    self._on(message, now)
+                await self._flush()
+        except Exception:  # the connection closed; what was not seen is counted at the end
+            return
+
+    def _on(self, message: dict[str, Any], now: float) -> None:
+        kind = message.get("type")
+        shared = self.shared
+        if kind == "change":
+            batch = message.get("batch")
+            if batch is not None and batch in self.batches:
+                first, end = self.batches[batch]
+                shared.owned[message["version"]] = (self.index, first, end)
+            else:
+                shared.received.setdefault(message["version"], []).append((self.index, now))
+        elif kind == "ack":
+            first, end = self.batches.pop(message["id"], (0, 0))
+            for k in range(first, end):
+                shared.ack_latency.append(now - self.sent_at[k])
+            if now <= shared.window_end:
+                shared.acked_in_window += end - first
+            self.acked += end - first
+        elif kind == "error":
+            self.errors += 1
+            self.batches.pop(message.get("id"), None)  # type: ignore[arg-type]
+        self.state.receive(message)
+        if kind == "snapshot":
+            self.synced.set()
+
+    async def _flush(self) -> None:
+        frame = self.state.next_batch()
+        if frame is None or self._ws is None:
+            return
+        end = len(self.sent_at)
+        self.batches[frame["id"]] = (self.queued_from, end)
+        self.queued_from = end
+        try:
+            await self._ws.send(orjson.dumps(frame).decode())
+        except Exception:
+            return
+
+    def _caret(self) -> int:
+        length = len(self.state.value().get("t", ""))
+        caret = self.state.carets.get("me")
+        if caret is None or self._run_left <= 0:
+            self._run_left = self.rng.randint(3, 30)
+            return self.rng.randint(0, length)
+        return min(caret[1], length)
+
+    async def type_until(self, t0: float, t_end: float, rate: float) -> None:
+        phase = self.rng.random() / rate
+        k = 0
+        while (due := t0 + phase + k / rate) < t_end:
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            index = self._caret()
+            self.state.edit([{"op": "insert", "path": PATH, "index": index, "text": self.char}])
+            self.state.carets["me"] = (PATH, index + 1)
+            self._run_left -= 1
+            typed = time.perf_counter()
+            self.sent_at.append(typed)
+            self.shared.send_lag.append(typed - due)
+            k += 1
+            await self._flush()
+
+    def caught_up(self) -> bool:
+        return self.acked >= len(self.sent_at) and self.state.inflight is None and not self.state.queued
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=5)
+
+
+def percentile_ms(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+def emit(record: dict[str, Any]) -> None:
+    sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
+    sys.stdout.flush()
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    shared = Shared()
+    editors = [Editor(i, args.url, shared, random.Random(rng.getrandbits(64))) for i in range(args.editors)]
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def open_one(editor: Editor) -> None:
+        async with gate:
+            await editor.open()
+            await asyncio.wait_for(editor.synced.wait(), timeout=30)
+
+    await asyncio.gather(*(open_one(e) for e in editors))
+    t0 = time.perf_counter() + 0.2
+    t_end = t0 + args.seconds
+    shared.window_end = t_end
+
+    async def mark(event: str, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        emit({"event": event})
+
+    await asyncio.gather(mark("start", t0), mark("end", t_end), *(e.type_until(t0, t_end, args.rate) for e in editors))
+    sent = sum(len(e.sent_at) for e in editors)
+    drain_deadline = time.perf_counter() + args.drain
+    while time.perf_counter() < drain_deadline:
+        texts = [e.state.value().get("t", "") for e in editors]
+        if all(e.caught_up() for e in editors) and len(set(texts)) == 1 and len(texts[0]) >= sent:
+            break
+        await asyncio.sleep(0.05)
+    texts = [e.state.value().get("t", "") for e in editors]
+    await asyncio.gather(*(e.close() for e in editors))
+
+    visible: list[float] = []
+    for version, seen in shared.received.items():
+        owner = shared.owned.get(version)
+        if owner is None:
+            continue
+        index, first, end = owner
+        times = editors[index].sent_at
+        visible += [when - times[k] for _, when in seen for k in range(first, end)]
+    return {
+        "peer": "crdtstore",
+        "editors": args.editors,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "offered_ops": round(args.editors * args.rate * args.seconds),
+        "sent_ops": sent,
+        "acked_ops": sum(e.acked for e in editors),
+        "acked_in_window": shared.acked_in_window,
+        "ops_per_s": round(shared.acked_in_window / args.seconds, 1),
+        "ack_ms": {"p50": percentile_ms(shared.ack_latency, 0.5), "p99": percentile_ms(shared.ack_latency, 0.99)},
+        "visible_ms": {"p50": percentile_ms(visible, 0.5), "p99": percentile_ms(visible, 0.99)},
+        "visible_missing": sent * (len(editors) - 1) - len(visible),
+        "send_lag_ms_p99": percentile_ms(shared.send_lag, 0.99),
+        "batch_errors": sum(e.errors for e in editors),
+        "texts_identical": len(set(texts)) == 1,
+        "text_length": len(texts[0]) if texts else 0,
+        "text_sha256": hashlib.sha256(texts[0].encode()).hexdigest() if texts else None,
+        "acked_by_client": {str(e.index): e.acked for e in editors},
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/v1/docs/ID/live (loopback only)")
+    p.add_argument("--editors", type=int, default=50)
+    p.add_argument("--rate", type=float, default=5.0, help="keystrokes per second per editor")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--drain", type=float, default=15.0, help="most seconds to wait for stragglers after typing")
+    p.add_argument("--seed", type=int, default=12)
+    args = p.parse_args(argv)
+    if not args.url.startswith(("ws://127.", "ws://localhost")):
+        p.error("the driver only targets loopback servers")
+    if args.editors < 1 or args.rate <= 0 or args.seconds <= 0 or args.editors > 20000:
+        p.error("--editors (at most 20000), --rate and --seconds must be positive")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    emit({"event": "result", **asyncio.run(run(args))})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,316 @@
+"""``/v1/docs/{id}/live``: batches and acks, pushed patches, resume, presence; and their abuse."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+from crdtstore.api import live
+from crdtstore.api.app import build_app
+from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
+from crdtstore.node import Node, NodeConfig
+from crdtstore.patches import apply_patches
+from tests.api.helpers import READ_TOKEN, RW_TOKEN, TestClient, WebSocketDenialResponse, auth_headers
+
+_ids = itertools.count()
+TOKENS = TokenStore({RW_TOKEN: Scope.READWRITE, READ_TOKEN: Scope.READ})
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    node = Node(NodeConfig(region="live", data_dir=Path(tmp_path_factory.mktemp("live")), sync=False))
+    app = build_app(node, auth=AuthPolicy(tokens=TOKENS))
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def without_default_token(client: TestClient) -> Iterator[TestClient]:
+    saved = client.headers.pop("authorization")
+    try:
+        yield client
+    finally:
+        client.headers["authorization"] = saved
+
+
+def fresh() -> str:
+    return f"live-{next(_ids)}"
+
+
+def url(doc_id: str, **query: str) -> str:
+    q = "&".join(f"{k}={v}" for k, v in query.items())
+    return f"/v1/docs/{doc_id}/live" + (f"?{q}" if q else "")
+
+
+def receive_until(ws: Any, kind: str) -> dict[str, Any]:
+    while True:
+        message = ws.receive_json()
+        if message["type"] == kind:
+            return message
+
+
+def test_batch_is_acked_after_its_own_change(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as ws:
+        hello = ws.receive_json()
+        assert hello == {"type": "snapshot", "version": hello["version"], "value": {}}
+        ws.send_json({"type": "batch", "id": "b1", "ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "hi"}]})
+        change = ws.receive_json()
+        assert change["type"] == "change" and change["batch"] == "b1" and change["origin"] == "local"
+        assert change["patches"] == [{"path": ["t"], "value": "hi"}]
+        ack = ws.receive_json()
+        assert ack == {"type": "ack", "id": "b1", "version": change["version"]}
+    assert client.get(f"/v1/docs/{doc_id}").json()["version"] == ack["version"]
+
+
+def test_changes_made_elsewhere_are_pushed_as_patches(client: TestClient) -> None:
+    doc_id = fresh()
+    client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "abc"}]})
+    with client.websocket_connect(url(doc_id)) as a, client.websocket_connect(url(doc_id)) as b:
+        value = a.receive_json()["value"]
+        assert b.receive_json()["value"] == {"t": "abc"}
+        b.send_json({"type": "batch", "id": "x", "ops": [{"op": "delete", "path": ["t"], "index": 1, "count": 1}]})
+        client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "insert", "path": ["t"], "index": 0, "text": ">"}]})
+        for _ in range(2):
+            change = receive_until(a, "change")
+            assert "batch" not in change
+            apply_patches(value, change["patches"])
+        assert value == {"t": ">ac"} == client.get(f"/v1/docs/{doc_id}").json()["value"]
+
+
+def test_batch_with_a_version_edits_the_spot_the_client_saw(client: TestClient) -> None:
+    doc_id = fresh()
+    first = client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "ab"}]})
+    seen = first.json()["version"]
+    client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "XYZ"}]})
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        ops = [{"op": "insert", "path": ["t"], "index": 1, "text": "-"}]
+        ws.send_json({"type": "batch", "id": "v", "ops": ops, "version": seen})
+        receive_until(ws, "ack")
+    assert client.get(f"/v1/docs/{doc_id}").json()["value"] == {"t": "XYZa-b"}
+
+
+def test_a_rejected_batch_names_the_op_and_changes_nothing(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        ops = [{"op": "set", "path": ["a"], "value": 1}, {"op": "insert", "path": ["t"], "index": 5, "text": "x"}]
+        ws.send_json({"type": "batch", "id": "bad", "ops": ops})
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["id"] == "bad"
+        assert error["error"] == "index_out_of_range" and error["detail"]["op_index"] == 1
+    assert client.get(f"/v1/docs/{doc_id}").status_code == 404
+
+
+def test_a_resent_batch_id_is_acked_again_and_applied_once(client: TestClient) -> None:
+    doc_id = fresh()
+    batch = {"type": "batch", "id": "same", "ops": [{"op": "increment", "path": ["n"]}]}
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        ws.send_json(batch)
+        first = receive_until(ws, "ack")
+    with client.websocket_connect(url(doc_id, version=first["version"])) as ws:
+        ws.send_json(batch)
+        again = ws.receive_json()  # no snapshot: the client holds this version already
+        assert again == {"type": "ack", "id": "same", "version": first["version"], "again": True}
+    assert client.get(f"/v1/docs/{doc_id}").json()["value"] == {"n": 1}
+
+
+class _CutAfterCommit:
+    """The node, except that a write, once committed, waits for the test to cut the connection."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.committed = threading.Event()
+        self.cut = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Any:
+        import anyio
+
+        result = await self.node.apply(doc_id, ops)
+        self.committed.set()
+        await anyio.to_thread.run_sync(self.cut.wait)
+        return result
+
+
+def test_a_cut_between_commit_and_ack_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
+    proxy = _CutAfterCommit(Node(NodeConfig(region="cut", data_dir=tmp_path, sync=False)))
+    app = build_app(proxy, auth=AuthPolicy(tokens=TOKENS))  # type: ignore[arg-type]
+    batch = {"type": "batch", "id": "once", "ops": [{"op": "increment", "path": ["n"], "by": 5}]}
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c:
+        with c.websocket_connect(url("d")) as ws:
+            ws.receive_json()
+            ws.send_json(batch)
+            assert proxy.committed.wait(10)
+        # The connection is gone; the write is durable and its ack was never sent.
+        assert c.get("/v1/docs/d").json()["value"] == {"n": 5}
+        proxy.cut.set()
+        with c.websocket_connect(url("d")) as ws:
+            assert ws.receive_json()["value"] == {"n": 5}
+            ws.send_json(batch)
+            ack = receive_until(ws, "ack")
+            assert ack["id"] == "once" and ack["again"] is True
+        response = c.get("/v1/docs/d").json()
+        assert response["value"] == {"n": 5}
+        assert ack["version"] == response["version"]
+
+
+def test_a_read_token_follows_and_sends_presence_but_cannot_write(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id), headers=auth_headers(READ_TOKEN)) as reader:
+        reader.receive_json()
+        with client.websocket_connect(url(doc_id)) as writer:
+            writer.receive_json()
+            reader.send_json({"type": "presence", "state": {"name": "r", "caret": 0}})
+            seen = receive_until(writer, "presence")
+            assert seen["state"] == {"name": "r", "caret": 0}
+            reader.send_json({"type": "batch", "id": "w", "ops": [{"op": "increment", "path": ["n"]}]})
+            error = receive_until(reader, "error")
+            assert error["id"] == "w" and error["error"] == "forbidden"
+            writer.send_json({"type": "batch", "id": "ok", "ops": [{"op": "increment", "path": ["n"]}]})
+            assert receive_until(reader, "change")["patches"] == [{"path": ["n"], "value": 1}]
+        # The writer left: its presence goes with it.
+        reader.send_json({"type": "presence", "state": None})
+    assert client.get(f"/v1/docs/{doc_id}").json()["value"] == {"n": 1}
+
+
+def test_presence_expires_when_the_connection_closes(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as watcher:
+        watcher.receive_json()
+        with client.websocket_connect(url(doc_id)) as editor:
+            editor.receive_json()
+            editor.send_json({"type": "presence", "state": {"caret": 3}})
+            client_id = receive_until(watcher, "presence")["client"]
+        gone = receive_until(watcher, "presence")
+        assert gone == {"type": "presence", "client": client_id, "state": None}
+
+
+@pytest.mark.parametrize(
+    "headers, query",
+    [({}, {}), ({"Authorization": "Bearer forged"}, {}), ({}, {"token": "forged"}), ({"Authorization": "Basic x"}, {})],
+)
+def test_unauthenticated_or_forged_tokens_are_refused_before_the_upgrade(
+    client: TestClient, headers: dict[str, str], query: dict[str, str]
+) -> None:
+    with without_default_token(client), pytest.raises(WebSocketDenialResponse) as denied:
+        with client.websocket_connect(url(fresh(), **query), headers=headers):
+            pass
+    assert denied.value.status_code == 401
+
+
+def test_a_query_token_is_accepted_as_on_the_feed(client: TestClient) -> None:
+    with without_default_token(client), client.websocket_connect(url(fresh(), token=READ_TOKEN)) as ws:
+        assert ws.receive_json()["type"] == "snapshot"
+
+
+def test_a_version_of_another_document_is_refused(client: TestClient) -> None:
+    other = fresh()
+    version = client.post(f"/v1/docs/{other}", json={"ops": [{"op": "increment", "path": ["n"]}]}).json()["version"]
+    for bad in (version, "v2.forged", "c1.2"):
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with client.websocket_connect(url(fresh(), version=bad)):
+                pass
+        assert denied.value.status_code == 400
+    with client.websocket_connect(url(fresh())) as ws:
+        ws.receive_json()
+        ws.send_json({"type": "resume", "version": version})
+        assert ws.receive_json()["error"] == "invalid_version"
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        ("not json", "malformed_json"),
+        ("[1]", "invalid_request"),
+        ('{"type": "nope"}', "invalid_request"),
+        ('{"type": "batch", "ops": []}', "invalid_request"),
+        ('{"type": "batch", "id": "x", "ops": [1]}', "invalid_op"),
+        ('{"type": "batch", "id": "x", "ops": [], "extra": 1}', "invalid_request"),
+        ('{"type": "batch", "id": "x", "ops": [], "w": "most"}', "invalid_request"),
+        ('{"type": "batch", "id": "x", "ops": [{"op": "insert", "path": ["t"], "index": 0}]}', "invalid_op"),
+        ('{"type": "batch", "id": "x", "ops": [], "version": "v2.forged"}', "invalid_version"),
+        ('{"type": "presence", "state": "' + "x" * 2000 + '"}', "too_large"),
+        ('{"type": "presence"}', "invalid_request"),
+    ],
+)
+def test_garbage_gets_a_typed_error_and_changes_nothing(client: TestClient, frame: str, code: str) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        ws.send_text(frame)
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["error"] == code
+        # Still open and working.
+        ws.send_json({"type": "batch", "id": "after", "ops": [{"op": "increment", "path": ["n"]}]})
+        assert receive_until(ws, "ack")["id"] == "after"
+    assert client.get(f"/v1/docs/{doc_id}").json()["value"] == {"n": 1}
+
+
+def test_an_oversized_frame_closes_with_1009(client: TestClient) -> None:
+    with client.websocket_connect(url(fresh())) as ws:
+        ws.receive_json()
+        ws.send_text("x" * (4 << 20 + 1))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+        assert closed.value.code == 1009
+
+
+def test_a_presence_flood_is_rate_limited(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        for i in range(40):
+            ws.send_json({"type": "presence", "state": {"caret": i}})
+        error = ws.receive_json()
+        assert error["error"] == "rate_limited"
+
+
+def test_a_batch_flood_is_refused_past_the_queue(tmp_path: Path) -> None:
+    node = Node(NodeConfig(region="flood", data_dir=tmp_path, sync=False))
+    app = build_app(node, auth=AuthPolicy(tokens=TOKENS))
+    live.configure(app.state.api, live.LiveSettings(batch_queue=1))
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c, c.websocket_connect(url("d")) as ws:
+        ws.receive_json()
+        for i in range(50):
+            ws.send_json({"type": "batch", "id": f"b{i}", "ops": [{"op": "increment", "path": ["n"]}]})
+        acked, refused = set(), set()
+        while len(acked) + len(refused) < 50:
+            message = ws.receive_json()
+            if message["type"] == "ack":
+                acked.add(message["id"])
+            elif message["type"] == "error":
+                assert message["error"] == "overloaded"
+                refused.add(message["id"])
+        assert refused
+        assert c.get("/v1/docs/d").json()["value"] == {"n": len(acked)}
+
+
+def test_a_batch_waits_for_its_w_level(client: TestClient) -> None:
+    doc_id = fresh()
+    with client.websocket_connect(url(doc_id)) as ws:
+        ws.receive_json()
+        # A node without peers is the whole cluster: every level is met here.
+        ws.send_json({"type": "batch", "id": "q", "ops": [{"op": "increment", "path": ["n"]}], "w": "all"})
+        assert receive_until(ws, "ack")["id"] == "q"
+
+
+def test_resuming_from_an_older_version_gets_a_snapshot(client: TestClient) -> None:
+    doc_id = fresh()
+    old = client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "increment", "path": ["n"]}]}).json()["version"]
+    new = client.post(f"/v1/docs/{doc_id}", json={"ops": [{"op": "increment", "path": ["n"]}]}).json()["version"]
+    with client.websocket_connect(url(doc_id, version=old)) as ws:
+        assert ws.receive_json() == {"type": "snapshot", "version": new, "value": {"n": 2}}
+        ws.send_json({"type": "resume", "version": old})
+        assert ws.receive_json()["type"] == "snapshot"
