@@ -167,7 +167,7 @@ class LiveDoc:
                 proxy=None,
             )
         except InvalidStatus as exc:
-            raise self._wire.denied(exc.response.status_code, exc.response.body or b"") from None
+            raise self._wire.denied(exc.response.status_code, bytes(exc.response.body or b"")) from None
 
     async def _run(self) -> None:
         delay = 0.05

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import secrets
+from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,15 +41,21 @@ __all__ = ["Batch", "LiveState", "apply_ops", "move_index", "transform"]
 Op = dict[str, Any]
 
 
+def _content_length(op: Mapping[str, Any]) -> int:
+    """How many elements an insert (op or patch) brings: its text's characters or its values."""
+    content: Sized = op["text"] if "text" in op else op.get("values", ())
+    return len(content)
+
+
 def _shape(op: Op) -> tuple[str, int, int] | None:
     """``("ins", i, n)`` / ``("del", i, k)`` for an index op or patch; None for everything else."""
     if "insert" in op and isinstance(op["insert"], dict):  # a patch
         ins = op["insert"]
-        return "ins", ins["index"], len(ins.get("text", ins.get("values", ())))
+        return "ins", ins["index"], _content_length(ins)
     if "delete" in op and isinstance(op["delete"], dict):
         return "del", op["delete"]["index"], op["delete"]["count"]
     if op.get("op") == "insert" and "index" in op:
-        return "ins", op["index"], len(op.get("text", op.get("values", ())))
+        return "ins", op["index"], _content_length(op)
     if op.get("op") == "delete" and "index" in op:
         return "del", op["index"], op.get("count", 1)
     return None
@@ -164,12 +171,23 @@ def apply_ops(value: dict[str, Any], ops: list[Op]) -> dict[str, Any]:
             parent[name] = items
         elif kind == "insert":
             seq = current if current is not None else ("" if "text" in op else [])
-            i = max(0, min(op.get("index", 0), len(seq)))
             add = op.get("text", op.get("values", []))
-            parent[name] = seq[:i] + add + seq[i:] if type(seq) is type(add) else seq
+            if isinstance(seq, str) and isinstance(add, str):
+                i = max(0, min(op.get("index", 0), len(seq)))
+                parent[name] = seq[:i] + add + seq[i:]
+            elif isinstance(seq, list) and isinstance(add, list):
+                i = max(0, min(op.get("index", 0), len(seq)))
+                parent[name] = seq[:i] + add + seq[i:]
+            else:
+                parent[name] = seq
         elif kind == "delete" and isinstance(current, str | list):
             i = max(0, min(op["index"], len(current)))
-            parent[name] = current[:i] + current[i + op.get("count", 1) :]
+            del_end = i + op.get("count", 1)
+            # One branch per type: a text and a list slice alike, but only each with its own kind.
+            if isinstance(current, str):
+                parent[name] = current[:i] + current[del_end:]
+            else:
+                parent[name] = current[:i] + current[del_end:]
     return value
 
 

@@ -52,6 +52,9 @@ __all__ = ["LiveSettings", "configure", "live_channel"]
 
 logger = logging.getLogger("crdtstore.api.live")
 
+# A batch id's outcome: ("ok", sealed version, the WriteResult) or ("error", the error body, None).
+BatchOutcome = tuple[str, Any, Any]
+
 _COALESCE_MAX = 256  # messages in one coalesced frame
 CLOSE_SLOW_READER = 4008
 CLOSE_TOO_BIG = 1009
@@ -135,7 +138,7 @@ class LiveHub:
         self.settings = settings
         self.channels: dict[str, DocChannel] = {}
         # (principal, document, batch id) -> the future of its outcome: a version or an error body.
-        self.batches: collections.OrderedDict[tuple[str, str, str], asyncio.Future[tuple[str, Any]]] = (
+        self.batches: collections.OrderedDict[tuple[str, str, str], asyncio.Future[BatchOutcome]] = (
             collections.OrderedDict()
         )
         self.ids = itertools.count(1)
@@ -176,13 +179,13 @@ class LiveHub:
         for channel in list(self.channels.values()):
             channel.drop_peer(peer_id)
 
-    def remember(self, key: tuple[str, str, str]) -> tuple[asyncio.Future[tuple[str, Any]], bool]:
+    def remember(self, key: tuple[str, str, str]) -> tuple[asyncio.Future[BatchOutcome], bool]:
         """The outcome future of a batch id, and whether it is new (the caller then applies the batch)."""
         known = self.batches.get(key)
         if known is not None:
             self.batches.move_to_end(key)
             return known, False
-        future: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[BatchOutcome] = asyncio.get_running_loop().create_future()
         self.batches[key] = future
         while len(self.batches) > self.settings.remembered_batches:
             self.batches.popitem(last=False)
@@ -648,7 +651,8 @@ def _open_version(raw: Any, doc_id: str, ctx: ApiContext) -> str | None:
 
 
 def _header(websocket: WebSocket, name: bytes) -> str | None:
-    for key, value in websocket.scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = websocket.scope["headers"]
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None

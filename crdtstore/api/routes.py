@@ -155,12 +155,16 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     timeout = _timeout(request)  # checked before the write: a bad value changes nothing
     result = await ctx.node.apply(doc_id, ops)
     version = seal_version(result.version, doc_id, ctx.version_key)
-    await wait_for_write(ctx, doc_id, level, result, version)
+    await wait_for_write(ctx, doc_id, level, result, version, timeout=timeout)
     return orjson.dumps({"version": version, "created": result.created})
 
 
-async def wait_for_write(ctx: ApiContext, doc_id: str, level: Level, result: Any, version: str) -> None:
+async def wait_for_write(
+    ctx: ApiContext, doc_id: str, level: Level, result: Any, version: str, *, timeout: float | None = None
+) -> None:
     """Wait until the committed write ``result`` is held at ``level`` (POST and the live channel).
+
+    ``timeout`` is the request's own (``?timeout=``), or None for the node's ``quorum_timeout``.
 
     Raises:
         ApiError: 504 ``quorum_timeout`` (the write is durable here and keeps replicating).
