@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -46,8 +47,19 @@ HEADERS = {"Authorization": f"Bearer {RW}"}
 
 
 def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
+    """A free port below the kernel's ephemeral range, so no outgoing connection can take it meanwhile.
+
+    A region keeps its port across kill -9 and restart (the WAN proxy targets
+    it), so the port is chosen before the process binds it. A port the kernel
+    handed out for ``bind(0)`` is an ephemeral one, which the dialers' own
+    outgoing connections may be given in between (seen as EADDRINUSE in CI).
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):  # bounded: almost every port down there is free on a test machine
+        port = random.SystemRandom().randrange(10_000, low)
+        with contextlib.suppress(OSError), socket.create_server(("127.0.0.1", port)):
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low}")
 
 
 @dataclass(eq=False)
