@@ -48,7 +48,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pycrdt import (
     Assoc,
     Doc,
@@ -65,6 +64,8 @@ from pycrdt import (
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import drivers  # noqa: E402
+from drivers import emit, percentile_ms  # noqa: E402
 from yupdate import UpdateFormatError, clock_ranges  # noqa: E402
 
 __all__ = ["main"]
@@ -216,16 +217,8 @@ class Editor:
             await asyncio.wait([self._reader], timeout=5)
 
 
-def percentile_ms(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
-def emit(record: dict[str, Any]) -> None:
-    sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
-    sys.stdout.flush()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -291,19 +284,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/ROOM (loopback only)")
-    p.add_argument("--editors", type=int, default=50)
-    p.add_argument("--rate", type=float, default=5.0, help="keystrokes per second per editor")
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--drain", type=float, default=15.0, help="most seconds to wait for stragglers after typing")
-    p.add_argument("--seed", type=int, default=12)
-    args = p.parse_args(argv)
-    if not args.url.startswith(("ws://127.", "ws://localhost")):
-        p.error("the driver only targets loopback servers")
-    if args.editors < 1 or args.rate <= 0 or args.seconds <= 0:
-        p.error("--editors, --rate and --seconds must be positive")
-    return args
+    return drivers.parse_args(argv, description=__doc__, url_help="ws://127.0.0.1:PORT/ROOM")
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,52 @@
+"""What the Python load drivers share: their command line, their percentiles and their JSON line.
+
+``crdtstore_driver.py`` and ``pycrdt_driver.py`` type the same workload into
+two different servers; only how they connect, send and recognise a keystroke
+differs, so the options, the arithmetic of the report and its output are here
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+__all__ = ["emit", "parse_args", "percentile_ms"]
+
+
+def percentile_ms(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile of ``values`` (seconds) in milliseconds, or None for no value."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+
+def emit(record: dict[str, Any]) -> None:
+    """One JSON line on stdout (what bench/collab.py reads)."""
+    sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
+    sys.stdout.flush()
+
+
+def parse_args(
+    argv: list[str], *, description: str | None, url_help: str, max_editors: int | None = None
+) -> argparse.Namespace:
+    """The driver's options, checked: loopback servers only, positive rates and counts."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help=f"{url_help} (loopback only)")
+    p.add_argument("--editors", type=int, default=50)
+    p.add_argument("--rate", type=float, default=5.0, help="keystrokes per second per editor")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--drain", type=float, default=15.0, help="most seconds to wait for stragglers after typing")
+    p.add_argument("--seed", type=int, default=12)
+    args = p.parse_args(argv)
+    if not args.url.startswith(("ws://127.", "ws://localhost")):
+        p.error("the driver only targets loopback servers")
+    if args.editors < 1 or args.rate <= 0 or args.seconds <= 0:
+        p.error("--editors, --rate and --seconds must be positive")
+    if max_editors is not None and args.editors > max_editors:
+        p.error(f"--editors is at most {max_editors}")
+    return args
