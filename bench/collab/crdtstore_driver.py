@@ -46,7 +46,6 @@ from drivers import emit, percentile_ms  # noqa: E402
 __all__ = ["EDITOR_BASE", "main"]
 
 EDITOR_BASE = 0x4E00  # editor i types chr(EDITOR_BASE + i): one distinct character each
-CONNECT_CONCURRENCY = 16
 PATH = ["t"]
 
 
@@ -164,22 +163,11 @@ class Editor:
             await asyncio.wait([self._reader], timeout=5)
 
 
-
-
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     shared = Shared()
     editors = [Editor(i, args.url, shared, random.Random(rng.getrandbits(64))) for i in range(args.editors)]
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-    async def open_one(editor: Editor) -> None:
-        async with gate:
-            await editor.open()
-            await asyncio.wait_for(editor.synced.wait(), timeout=30)
-
-    await asyncio.gather(*(open_one(e) for e in editors))
+    await drivers.open_editors(editors)
     t0 = time.perf_counter() + 0.2
     t_end = t0 + args.seconds
     shared.window_end = t_end

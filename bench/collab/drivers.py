@@ -9,12 +9,41 @@ once.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["emit", "parse_args", "percentile_ms"]
+__all__ = ["emit", "open_editors", "parse_args", "percentile_ms"]
+
+CONNECT_CONCURRENCY = 16  # handshakes in flight at once: a server is not measured on a connection storm
+
+
+class Editor(Protocol):
+    synced: asyncio.Event
+
+    async def open(self) -> None: ...
+
+
+async def open_editors(editors: Sequence[Editor], *, first_alone: bool = False) -> None:
+    """Connect every editor and wait (bounded) until each has synced the document.
+
+    ``first_alone``: the first editor opens the document before the others join
+    (a server that mishandles many clients opening one room at once).
+    """
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def open_one(editor: Editor) -> None:
+        async with gate:
+            await editor.open()
+            await asyncio.wait_for(editor.synced.wait(), timeout=30)
+
+    if first_alone and editors:
+        await open_one(editors[0])
+        editors = editors[1:]
+    await asyncio.gather(*(open_one(e) for e in editors))
 
 
 def percentile_ms(values: list[float], q: float) -> float | None:

@@ -70,8 +70,6 @@ from yupdate import UpdateFormatError, clock_ranges  # noqa: E402
 
 __all__ = ["main"]
 
-CONNECT_CONCURRENCY = 16
-
 
 class Shared:
     """What all editors of this driver share: keystroke times, and the latencies measured."""
@@ -217,26 +215,14 @@ class Editor:
             await asyncio.wait([self._reader], timeout=5)
 
 
-
-
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     shared = Shared()
     editors = [Editor(i, args.url, shared, random.Random(rng.getrandbits(64))) for i in range(args.editors)]
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-
-    async def open_one(editor: Editor) -> None:
-        async with gate:
-            await editor.open()
-            await asyncio.wait_for(editor.synced.wait(), timeout=30)
-
     # The first editor opens the room alone: with pycrdt-websocket 0.16.5, twenty clients opening a new
     # room at once mostly get no sync reply at all (and the server then ignores SIGTERM). Once the room
     # runs, any number may join together.
-    await open_one(editors[0])
-    await asyncio.gather(*(open_one(e) for e in editors[1:]))
+    await drivers.open_editors(editors, first_alone=True)
 
     t0 = time.perf_counter() + 0.2
     t_end = t0 + args.seconds
