@@ -225,6 +225,7 @@ class ServeConfig:
     access_log: bool = True
     log_level: str = "info"
     peers: tuple[str, ...] = ()
+    region_replicas: int = 1
     cluster_secret_file: Path | None = None
     peer_max_size: int = 16 << 20
     peer_ping_interval: float = 5.0
@@ -270,6 +271,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("access_log", _bool, "log every request (JSON lines)"),
     Setting("log_level", _log_level, "debug, info, warning or error"),
     Setting("peers", _peers, "a peer's websocket URL (repeatable; env: comma-separated)", "list"),
+    Setting(
+        "region_replicas",
+        _positive_int,
+        "replicas in this node's region, this one included, each also among the others' peers "
+        "(local_quorum waits for a majority of them; default 1)",
+    ),
     Setting("cluster_secret_file", _path, "file holding the secret peers authenticate each other with"),
     Setting("peer_max_size", _int, "largest peer message in bytes, once the peer authenticated (4 KiB before)"),
     Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
@@ -344,6 +351,9 @@ def resolve(
     config = dataclasses.replace(defaults or ServeConfig(), **values)
     if (config.certfile is None) != (config.keyfile is None):
         raise ConfigError("--certfile and --keyfile go together")
+    if config.region_replicas > 1 + len(config.peers):
+        # The region's other replicas are peers too: fewer peers than that is a typo, not a smaller region.
+        raise ConfigError(f"--region-replicas {config.region_replicas}: only {len(config.peers)} peers configured")
     if config.peer_port is not None and config.peer_port == config.port != 0:
         raise ConfigError("--peer-port must differ from --port (peer links get a listener of their own)")
     if config.peer_ca is not None:

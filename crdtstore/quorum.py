@@ -8,8 +8,12 @@ waits until enough peers acknowledged our origin up to the write's sequence
 number, by a ``WriteAck`` answer or by an ``Ack`` vector that covers it.
 Both stop at a deadline and report what they reached
 (:class:`sync.quorum.QuorumOutcome`); the level's arithmetic is
-:func:`sync.quorum.required`'s. This node counts as one replica, and it
-is its region's only one, so it meets a ``local_quorum`` by itself.
+:func:`sync.quorum.required`'s, over the configured membership: the
+cluster's size and our region's (never the peers linked now, or a partition
+would shrink the quorum). This node counts as one replica. A
+``local_quorum`` asks, and counts, only the peers whose authenticated
+``Hello`` named our region; a peer not yet linked in this run has no known
+region and counts for no local quorum.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from crdtstore.errors import CrdtError
 from sync.events import ReadResponded, WriteAcked
 from sync.protocol import PeerProtocol
-from sync.quorum import Level, QuorumOutcome, required
+from sync.quorum import Level, QuorumOutcome, Requirement, required
 
 __all__ = ["Quorum"]
 
@@ -35,6 +39,9 @@ class Quorum:
     Args:
         node: The replicator's node (``replica_id``, ``merge_state``, ``read_state``, ``version_vector``).
         cluster_size: Replicas in the cluster as configured now, this one included.
+        region: Our region's name.
+        region_size: Replicas in our region as configured, this one included.
+        region_of: A peer's region as it authenticated, or None if unknown.
         timeout: Default seconds a read or write waits.
         acks: Per peer, the vector it acknowledged (kept up to date by the replicator; read here).
         stats: The replicator's counters.
@@ -49,6 +56,9 @@ class Quorum:
         *,
         node: Any,
         cluster_size: Callable[[], int],
+        region: str = "",
+        region_size: Callable[[], int] = lambda: 1,
+        region_of: Callable[[str], str | None] = lambda peer: None,
         timeout: float,
         acks: Mapping[str, Mapping[str, int]],
         stats: MutableMapping[str, int],
@@ -59,6 +69,9 @@ class Quorum:
     ) -> None:
         self._node = node
         self._cluster_size = cluster_size
+        self._region = region
+        self._region_size = region_size
+        self._region_of = region_of
         self._timeout = timeout
         self._acks = acks
         self._stats = stats
@@ -71,10 +84,19 @@ class Quorum:
         self._write_waits: dict[int, set[str]] = {}  # write request id -> peers that acked that write
         self._acks_changed = asyncio.Event()
 
+    def requirement(self, level: Level) -> Requirement:
+        """What ``level`` needs in the configured cluster."""
+        return required(level, replicas=self._cluster_size(), local_replicas=self._region_size())
+
     def needed(self, level: Level) -> int:
-        """Replicas ``level`` needs, this one included."""
-        # This node is its region's only replica: it meets a local requirement by itself.
-        return required(level, replicas=self._cluster_size(), local_replicas=1).total
+        """Replicas ``level`` needs, this one included (for ``local_quorum``: of our region)."""
+        return self.requirement(level).needed
+
+    def _counts(self, requirement: Requirement) -> Callable[[str], bool]:
+        """Whether a peer's answer counts toward ``requirement``."""
+        if requirement.local_only:
+            return lambda peer: self._region_of(peer) == self._region
+        return lambda peer: True
 
     # Public methods for the answers (the link's event handlers call them).
 
@@ -107,11 +129,14 @@ class Quorum:
         Returns once ``level`` is reached or at the deadline, whichever first;
         the caller then reads the (joined) local document.
         """
-        needed = self.needed(level)
+        requirement = self.requirement(level)
+        needed = requirement.needed
         if needed <= 1:
             return QuorumOutcome(needed=needed, reached=1, replicas=(self._node.replica_id,))
         timeout = self._timeout if timeout is None else timeout
-        links = self._live_links()
+        counts = self._counts(requirement)
+        # A local_quorum asks our region only: it neither waits on nor loads the WAN.
+        links = [link for link in self._live_links() if counts(link.peer_id)]
         futures: dict[asyncio.Future[Any], Any] = {}
         for link in links:
             rid = next(self._request_ids)
@@ -129,7 +154,8 @@ class Quorum:
             for fut in done:
                 if not fut.cancelled() and fut.exception() is None:
                     peer_id, state = fut.result()
-                    answered[peer_id] = state
+                    if counts(peer_id):
+                        answered[peer_id] = state
         for fut in pending:
             fut.cancel()
         # Join what we got into our replica (repairs us), then push the join to stale peers.
@@ -172,10 +198,12 @@ class Quorum:
         least the write's own (it committed before this call): correct, but it
         may also wait for later writes of other clients.
         """
-        needed = self.needed(level)
+        requirement = self.requirement(level)
+        needed = requirement.needed
         if needed <= 1:
             return QuorumOutcome(needed=needed, reached=1, replicas=(self._node.replica_id,))
         timeout = self._timeout if timeout is None else timeout
+        counts = self._counts(requirement)
         if origin is None or seq is None or seq < 1:
             origin = self._node.replica_id
             seq = int((await self._node.version_vector()).get(origin, 0))
@@ -184,6 +212,8 @@ class Quorum:
         acked: set[str] = set()
         rids = []
         for link in self._live_links():
+            if not counts(link.peer_id):
+                continue
             rid = next(self._request_ids)
             rids.append(rid)
             self._write_waits[rid] = acked
@@ -192,17 +222,20 @@ class Quorum:
             )
             self._input(link, ask)
         try:
-            holders = await self._until_acked(acked, origin, seq, needed, deadline)
+            holders = await self._until_acked(acked, origin, seq, needed, deadline, counts)
         finally:
             for rid in rids:
                 self._write_waits.pop(rid, None)
         return QuorumOutcome(needed=needed, reached=1 + len(holders), replicas=(self._node.replica_id, *holders))
 
-    async def _until_acked(self, acked: set[str], origin: str, seq: int, needed: int, deadline: float) -> list[str]:
+    async def _until_acked(
+        self, acked: set[str], origin: str, seq: int, needed: int, deadline: float, counts: Callable[[str], bool]
+    ) -> list[str]:
         loop = asyncio.get_running_loop()
         while True:
             # A WriteAcked answer, or a periodic Ack vector that covers the write, both count.
-            holders = sorted(acked | {peer for peer, vector in self._acks.items() if vector.get(origin, 0) >= seq})
+            covered = {peer for peer, vector in self._acks.items() if vector.get(origin, 0) >= seq}
+            holders = sorted(peer for peer in acked | covered if counts(peer))
             if 1 + len(holders) >= needed:
                 break
             left = deadline - loop.time()

@@ -183,6 +183,8 @@ class Replicator:
         secret: The cluster secret (every member shares it).
         peers: Peer websocket URLs to dial.
         region: This node's region name.
+        region_replicas: Replicas in our region as configured, this one included (``local_quorum`` is a
+            majority of them); the others are among ``peers``.
         transport: Link settings.
         settings: Adapter settings.
         sync_config: The protocol's config (None: its defaults).
@@ -197,6 +199,7 @@ class Replicator:
         secret: bytes,
         peers: Sequence[str] = (),
         region: str,
+        region_replicas: int = 1,
         transport: TransportSettings | None = None,
         settings: ReplicatorSettings | None = None,
         sync_config: SyncConfig | None = None,
@@ -206,6 +209,10 @@ class Replicator:
         self.node = node
         self.region = region
         self.peer_urls = list(peers)
+        if not 1 <= region_replicas <= 1 + len(self.peer_urls):
+            raise ValueError(f"{region_replicas} replicas in our region, but {1 + len(self.peer_urls)} in the cluster")
+        self.region_replicas = region_replicas
+        self._peer_regions: dict[str, str] = {}  # peer replica id -> the region its Hello named
         self.transport = transport or TransportSettings()
         self.settings = settings or ReplicatorSettings()
         self._secret = secret
@@ -230,6 +237,9 @@ class Replicator:
         self._quorum = Quorum(
             node=node,
             cluster_size=lambda: self.cluster_size,
+            region=region,
+            region_size=lambda: self.region_replicas,
+            region_of=self._peer_regions.get,
             timeout=self.settings.quorum_timeout,
             acks=self._acks,
             stats=self.stats,
@@ -605,6 +615,10 @@ class _LinkContext:
         rep, link = self.replicator, self.link
         link.peer_id = peer.replica_id
         link.peer = peer
+        rep._peer_regions[peer.replica_id] = peer.region
+        if sum(region == rep.region for region in rep._peer_regions.values()) >= rep.region_replicas:
+            # More of our region than configured: local_quorum is then a majority of too few (or an old id).
+            logger.warning("more replicas of our region than region_replicas says", extra={"peer": peer.replica_id})
         if link.url is not None:
             rep._peer_ids[link.url] = peer.replica_id
         if any(other.proto.pushing for other in rep._links_to(link.peer_id, besides=link)):

@@ -111,6 +111,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             secret=secret,
             peers=config.peers,
             region=config.region,
+            region_replicas=config.region_replicas,
             transport=transport,
             sync_config=SyncConfig(anti_entropy_interval=config.anti_entropy_interval),
             settings=ReplicatorSettings(quorum_timeout=config.quorum_timeout),

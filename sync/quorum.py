@@ -3,23 +3,29 @@
 Theory of operation
 -------------------
 
-A cluster has ``N`` replicas spread over regions. A level says which
+A cluster has ``N`` replicas spread over regions, ``L`` of them in the
+coordinator's region (both from configuration, never from who is connected
+now: a partition must not shrink what a quorum is). A level says which
 answers make a read or a write *done*:
 
-=================  ===============================================  ================
-level              needs                                            when N=3x1, 2+1
-=================  ===============================================  ================
-``one``            1 replica (the local one)                        1
-``local_quorum``   a majority of the coordinator's region            1; 2 of 2
-``quorum``         a majority of all replicas, ``N // 2 + 1``       2
-``all``            every replica                                    3
-=================  ===============================================  ================
+================  ====================================  ===  ======  ======  ======
+level             needs                                 3x1  3x3     2x5     1x3
+================  ====================================  ===  ======  ======  ======
+``one``           1 replica (the coordinator)           1    1       1       1
+``local_quorum``  ``L // 2 + 1`` of our region's ``L``  1    2 of 3  3 of 5  2 of 3
+``quorum``        ``N // 2 + 1`` of all ``N``           2    5       6       2
+``all``           every replica, ``N``                  3    9       10      3
+================  ====================================  ===  ======  ======  ======
 
-The coordinator's own replica counts (a write is waited for after the local
-commit; a read joins into the local replica). With ``quorum`` for both
+(Columns: regions x replicas per region.) The coordinator's own replica
+counts (a write is waited for after the local commit; a read joins into
+the local replica). ``local_quorum`` counts only answers of replicas in
+the coordinator's region, which peers announce in their authenticated
+``Hello``; the other levels count any replica. With ``quorum`` for both
 reads and writes, ``R + W > N``: every read quorum meets every write
 quorum, so a read joins at least one state holding the write
-(read-your-writes across regions).
+(read-your-writes across regions); ``local_quorum`` for both gives the same
+within one region.
 
 This module is arithmetic only. The replicator
 (:meth:`crdtstore.replicator.Replicator.read` and
@@ -47,10 +53,24 @@ class Level(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """How many answers a level needs: ``total`` from anywhere, ``local`` of them from our region."""
+    """How many answers a level needs: ``total`` from anywhere, ``local`` of them from our region.
+
+    A level with ``local`` answers (``local_quorum``) counts only our region's
+    replicas: ``needed`` and ``reached`` of its outcome are counts of them.
+    """
 
     total: int
     local: int
+
+    @property
+    def local_only(self) -> bool:
+        """Only answers of our region's replicas count (and only they are asked)."""
+        return self.local > 0
+
+    @property
+    def needed(self) -> int:
+        """Answers to wait for, the coordinator's own included, among the replicas that count."""
+        return self.local if self.local_only else self.total
 
 
 def required(level: Level | str, *, replicas: int, local_replicas: int) -> Requirement:
@@ -79,8 +99,9 @@ class QuorumOutcome:
     """What a quorum read or write reached.
 
     Attributes:
-        needed: Replicas the level asked for (the coordinator's own included).
-        reached: Replicas that answered in time (the coordinator's own included).
+        needed: Replicas the level asked for (the coordinator's own included; for ``local_quorum``,
+            replicas of its region).
+        reached: Replicas that answered in time, counted as ``needed`` is.
         replicas: Their replica ids.
         repaired: Peers sent a joined state because theirs was stale (reads).
     """

@@ -129,8 +129,8 @@ def _timeout(request: Request) -> float | None:
 
 
 def _replicator_for(ctx: ApiContext, level: Level) -> Any:
-    if level in (Level.ONE, Level.LOCAL_QUORUM) or ctx.replicator is None:
-        # This replica answers alone: it is the whole region (and, without peers, the whole cluster).
+    if level is Level.ONE or ctx.replicator is None:
+        # This replica answers alone (without peers it is the whole cluster).
         return None
     return ctx.replicator
 
