@@ -47,3 +47,26 @@ def test_bad_levels_and_clusters(level: str, replicas: int, local: int) -> None:
 def test_outcome_ok_only_when_reached() -> None:
     assert QuorumOutcome(needed=2, reached=2, replicas=("a", "b")).ok
     assert not QuorumOutcome(needed=3, reached=2, replicas=("a", "b")).ok
+
+
+@pytest.mark.parametrize(
+    ("level", "replicas", "local", "needed", "local_only"),
+    [
+        ("one", 9, 3, 1, False),
+        ("local_quorum", 9, 3, 2, True),
+        ("local_quorum", 10, 5, 3, True),
+        ("local_quorum", 3, 1, 1, True),  # one replica per region: the coordinator alone
+        ("quorum", 9, 3, 5, False),
+        ("all", 9, 3, 9, False),
+    ],
+)
+def test_what_counts_toward_a_level(level: str, replicas: int, local: int, needed: int, local_only: bool) -> None:
+    requirement = required(level, replicas=replicas, local_replicas=local)
+    assert (requirement.needed, requirement.local_only) == (needed, local_only)
+
+
+def test_local_quorums_of_one_region_intersect() -> None:
+    # local_quorum writes and reads in one region meet, whatever the other regions hold.
+    for region in range(1, 8):
+        q = required(Level.LOCAL_QUORUM, replicas=3 * region, local_replicas=region).needed
+        assert 2 * q > region
