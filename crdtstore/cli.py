@@ -23,12 +23,12 @@ records in ``./data/up.json``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -43,7 +43,7 @@ from crdtstore.config import (
 )
 from crdtstore.logs import JsonFormatter, configure_logging
 from crdtstore.server import PEER_PATH, bind, build_server_app, run_servers, server_configs
-from crdtstore.supervisor import Child, Supervisor, write_plan
+from crdtstore.supervisor import Child, Supervisor, replica_names, write_plan
 from crdtstore.wanadmin import build_wan_admin_app
 from sync.io.wanproxy import WanController
 
@@ -64,36 +64,67 @@ UP_REGIONS: tuple[str, ...] = ("us", "eu", "ap", "sa", "af", "me", "oc", "an")
 """Names of the regions ``up`` starts (the first ``--regions`` of them), on consecutive ports from ``--port``."""
 
 UP_DEFAULT_REGIONS = 3
+UP_MAX_REPLICAS = 5  # one link per replica pair: (N*R)(N*R-1) links, 210 at 3 regions x 5 (see the README)
 UP_TOKEN_FILE = "tokens"
 UP_SECRET_FILE = "cluster-secret"
 UP_STATE_FILE = "up.json"
 
 
 def plan_up(
-    root: Path, *, host: str, base_port: int, regions: int = UP_DEFAULT_REGIONS, wan: WanController | None = None
+    root: Path,
+    *,
+    host: str,
+    base_port: int,
+    regions: int = UP_DEFAULT_REGIONS,
+    replicas: int = 1,
+    wan: WanController | None = None,
+    ports: Sequence[int] | None = None,
 ) -> list[ServeConfig]:
-    """The nodes ``up`` runs: the first ``regions`` of :data:`UP_REGIONS`, consecutive ports, one directory each.
+    """The nodes ``up`` runs: ``replicas`` for each of the first ``regions`` of :data:`UP_REGIONS`.
 
-    With ``wan``, each node is clustered and dials every other region through it.
+    Each replica has its directory ``root/NAME`` (:func:`~crdtstore.supervisor.replica_names`: the
+    region's name alone when it has one replica) and a port: ``ports[i]``, else consecutive from
+    ``base_port`` (0: a free one, chosen later). With ``wan``, each dials every replica of the other
+    regions through it; with several replicas, each dials its region's others directly (their ports
+    must then be known) and is told its region's size.
+
+    Raises:
+        ConfigError: Regions or replicas out of range, or unknown ports where same-region links need them.
     """
     if not 1 <= regions <= len(UP_REGIONS):
         raise ConfigError(f"--regions is 1 to {len(UP_REGIONS)}")
-    return [
-        ServeConfig(
-            region=region,
-            data=root / region,
-            host=host,
-            port=base_port + i if base_port else 0,  # port 0: each node gets a free port of its own
-            tokens=root / UP_TOKEN_FILE,
-            cluster_secret_file=root / UP_SECRET_FILE if wan is not None else None,
-            peers=tuple(wan.peers_of(region, path=PEER_PATH)) if wan is not None else (),
-            # Loopback links: detect a cut quickly and reconnect quickly.
-            peer_ping_interval=2.0,
-            peer_ping_timeout=4.0,
-            peer_backoff_max=2.0,
+    if not 1 <= replicas <= UP_MAX_REPLICAS:
+        raise ConfigError(f"--replicas is 1 to {UP_MAX_REPLICAS}")
+    members = [(name, region) for region in UP_REGIONS[:regions] for name in replica_names(region, replicas)]
+    if ports is None:
+        ports = [base_port + i if base_port else 0 for i in range(len(members))]  # 0: a free port of its own
+    port_of = dict(zip((name for name, _ in members), ports, strict=True))
+    clustered = wan is not None or replicas > 1
+    if replicas > 1 and 0 in port_of.values():
+        raise ConfigError("several replicas per region link directly: their ports must be known")
+    plans = []
+    for name, region in members:
+        local = [
+            f"ws://{host}:{port_of[other]}{PEER_PATH}" for other in replica_names(region, replicas) if other != name
+        ]
+        remote = wan.peers_of(name, path=PEER_PATH) if wan is not None else []
+        plans.append(
+            ServeConfig(
+                region=region,
+                data=root / name,
+                host=host,
+                port=port_of[name],
+                tokens=root / UP_TOKEN_FILE,
+                cluster_secret_file=root / UP_SECRET_FILE if clustered else None,
+                peers=(*local, *remote),
+                region_replicas=replicas,
+                # Loopback links: detect a cut quickly and reconnect quickly.
+                peer_ping_interval=2.0,
+                peer_ping_timeout=4.0,
+                peer_backoff_max=2.0,
+            )
         )
-        for i, region in enumerate(UP_REGIONS[:regions])
-    ]
+    return plans
 
 
 def ensure_secret(root: Path) -> None:
@@ -177,35 +208,45 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    """Run every region as its own ``serve`` process, the emulated WAN and its admin API here."""
+    """Run every replica as its own ``serve`` process, the emulated WAN and its admin API here."""
     root = Path(args.data).absolute()
-    if args.replicas != 1:
-        # local_quorum is answered by one replica today (sync.quorum.Level), and peers
-        # are configured URLs rather than found by name: several replicas per region would be all peers.
-        raise ConfigError("--replicas: only 1 replica per region is supported yet (local_quorum spans one replica)")
+    # Checked before anything is written (plan_up checks the same, later).
+    if not 1 <= args.regions <= len(UP_REGIONS):
+        raise ConfigError(f"--regions is 1 to {len(UP_REGIONS)}")
+    if not 1 <= args.replicas <= UP_MAX_REPLICAS:
+        raise ConfigError(f"--replicas is 1 to {UP_MAX_REPLICAS}")
     configure_logging("info")
     if not args.log_console:
-        _log_to_file(root / "logs" / "up.log")  # the console keeps the table and reports of regions that exit
+        _log_to_file(root / "logs" / "up.log")  # the console keeps the table and reports of replicas that exit
     token = ensure_token(root)
     admin = ensure_admin_token(root)
+    regions = UP_REGIONS[: args.regions]
+    members = {name: region for region in regions for name in replica_names(region, args.replicas)}
     wan = None
-    if args.regions > 1:
+    if args.regions > 1 or args.replicas > 1:
         ensure_secret(root)
+    if args.regions > 1:
         try:
             wan = WanController(
-                UP_REGIONS[: args.regions],
+                regions,
                 latency=args.latency,
                 jitter=args.jitter,
                 base_port=args.wan_port + 1 if args.wan_port else 0,
+                members=members,
             )
             wan.bind()  # the links' ports go into every node's peer list before anything runs
         except (ValueError, OSError) as exc:
             raise ConfigError(f"--wan-port {args.wan_port}: {exc}") from None
-    plans = plan_up(root, host="127.0.0.1", base_port=args.port, regions=args.regions, wan=wan)
-    plans = _with_ports(plans)
+    ports = _ports(args.port, len(members))
+    plans = plan_up(
+        root, host="127.0.0.1", base_port=args.port, regions=args.regions, replicas=args.replicas, wan=wan, ports=ports
+    )
     logs = None if args.log_console else root / "logs"
     supervisor = Supervisor(
-        [Child(plan, log=logs / f"{plan.region}.log" if logs is not None else None) for plan in plans]
+        [
+            Child(plan, name=plan.data.name, log=logs / f"{plan.data.name}.log" if logs is not None else None)
+            for plan in plans
+        ]
     )
     tokens = TokenStore.load(root / UP_TOKEN_FILE, env={})
     admin_app = build_wan_admin_app(wan or WanController([]), auth=AuthPolicy(tokens=tokens))
@@ -221,11 +262,12 @@ def _up(args: argparse.Namespace) -> int:
         if wan is not None:
             await wan.start()
             for plan in plans:
-                wan.set_target(plan.region, "127.0.0.1", plan.port)
+                wan.set_target(plan.data.name, "127.0.0.1", plan.port)
         supervisor.start()
         write_plan(root / UP_STATE_FILE, supervisor.plan(wan_admin=wan_url[0] if wan is not None else None))
         late = await supervisor.wait_ready()
-        print(f"crdtstore up: {len(plans)} region(s), one process each", flush=True)
+        each = "one process each" if args.replicas == 1 else f"{args.replicas} replicas each, one process per replica"
+        print(f"crdtstore up: {args.regions} region(s), {each}", flush=True)
         print(supervisor.table(), flush=True)
         if late:
             print(f"crdtstore up: not ready: {', '.join(late)} (see their logs)", flush=True)
@@ -249,12 +291,19 @@ def _log_to_file(path: Path) -> None:
     logging.getLogger().handlers[:] = [handler]
 
 
-def _with_ports(plans: list[ServeConfig]) -> list[ServeConfig]:
-    """Give each plan of port 0 a free port now: the WAN's targets and the table need it before the child runs."""
-    held = [bind("127.0.0.1", 0) for plan in plans if plan.port == 0]
+def _ports(base: int, count: int) -> list[int]:
+    """``count`` consecutive ports from ``base``, or (``base`` 0) free ones chosen now.
+
+    Every port is needed before any child runs: the WAN's targets, the same-region peers' URLs and the
+    table name them.
+    """
+    if base:
+        if base + count - 1 > 65535:
+            raise ConfigError(f"--port {base}: {count} ports do not fit below 65536")
+        return list(range(base, base + count))
+    held = [bind("127.0.0.1", 0) for _ in range(count)]
     try:
-        ports = iter([sock.getsockname()[1] for sock in held])
-        return [plan if plan.port else dataclasses.replace(plan, port=next(ports)) for plan in plans]
+        return [sock.getsockname()[1] for sock in held]
     finally:
         for sock in held:
             sock.close()  # a child binds it next; on loopback nothing else is racing for it in practice
@@ -299,7 +348,10 @@ def _status(args: argparse.Namespace) -> int:
         nodes = {url.rstrip("/"): url.rstrip("/") for url in args.urls}
     else:
         plan = load_plan(root)
-        nodes = {region: entry["url"] for region, entry in plan["regions"].items()}
+        # Every replica; a plan from before several replicas per region has only "regions".
+        replicas = plan.get("replicas")
+        members: dict[str, Any] = replicas if isinstance(replicas, dict) else plan["regions"]
+        nodes = {name: entry["url"] for name, entry in members.items()}
         wan = wan or plan.get("wan")
     statuses = clusterctl.fetch_status(nodes, token)
     cut = None
@@ -342,14 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data", default="data", help="root directory (default ./data)")
     up.add_argument("--port", type=int, default=8080, help="first port (default 8080; 0: any free ports)")
     up.add_argument("--regions", type=int, default=UP_DEFAULT_REGIONS, help="regions to run (default 3)")
-    up.add_argument("--replicas", type=int, default=1, help="replicas per region (only 1 is supported yet)")
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help=f"replicas per region, each its own process (default 1, at most {UP_MAX_REPLICAS}); names us-0, us-1...",
+    )
     up.add_argument("--latency", type=parse_duration, default=0.0, help="one-way latency between regions (80ms)")
     up.add_argument("--jitter", type=parse_duration, default=0.0, help="extra random one-way delay (10ms)")
     up.add_argument(
         "--wan-port",
         type=_port,
         default=0,
-        help="the WAN admin API's port; its links take the next N*(N-1) ports (default 0: any free ports)",
+        help="the WAN admin API's port; its links take the next N*(N-1)*R*R ports (default 0: any free ports)",
     )
     up.add_argument("--log-console", action="store_true", help="the regions' JSON logs on this console, not in files")
     up.set_defaults(func=_up)

@@ -13,6 +13,7 @@ file ``up`` wrote: ``status`` needs ``read``, the link commands ``admin``.
 
 from __future__ import annotations
 
+import collections
 import json
 import urllib.error
 import urllib.request
@@ -124,15 +125,21 @@ def fetch_status(nodes: Mapping[str, str], token: str) -> list[NodeStatus]:
     return out
 
 
+def _peer_regions(peers: Sequence[str]) -> str:
+    """``eu,ap`` for one linked replica per region, ``usx2,eux3`` for several (a replica id starts with its region)."""
+    counts = collections.Counter(p.rsplit("-", 1)[0] for p in peers)
+    return ",".join(region if n == 1 else f"{region}x{n}" for region, n in counts.items()) or "-"
+
+
 def render_status(statuses: Sequence[NodeStatus], *, cut: list[list[str]] | None = None) -> str:
     """A table of nodes, then whether their Merkle roots agree, then the cut links (when known)."""
-    rows = [("region", "url", "state", "replica", "peers", "msgs in/out", "quarantined", "merkle root")]
+    rows = [("node", "url", "state", "replica", "peers", "msgs in/out", "quarantined", "merkle root")]
     for s in statuses:
         if s.error is not None:
             rows.append((s.name, s.url, s.error, "", "", "", "", ""))
             continue
         traffic = f"{s.stats.get('messages_in', 0)}/{s.stats.get('messages_out', 0)}"
-        peers = ",".join(p.rsplit("-", 1)[0] for p in s.peers) or "-"
+        peers = _peer_regions(s.peers)
         rows.append((s.name, s.url, "up", s.replica_id, peers, traffic, str(s.quarantined), s.root[:16]))
     lines = [format_table(rows)]
     roots = {s.root for s in statuses if s.error is None}

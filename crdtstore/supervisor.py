@@ -1,9 +1,11 @@
-"""``crdtstore up`` as a supervisor: one ``crdtstore serve`` process per region, the WAN in between.
+"""``crdtstore up`` as a supervisor: one ``crdtstore serve`` process per replica, the WAN in between.
 
-Each region is a child process of its own (``python -m crdtstore.cli
-serve``), so one region can be killed (``kill -9 PID``) or restarted alone
-while the others keep serving. The children listen on 127.0.0.1, each with
-its data directory ``ROOT/REGION`` and its log file ``ROOT/logs/REGION.log``
+Each replica is a child process of its own (``python -m crdtstore.cli
+serve``), so one replica, or a region, can be killed (``kill -9 PID``) or
+restarted alone while the others keep serving. A replica is named after its
+region (``us``) when the region has one, else region and ordinal (``us-0``,
+``us-1``: :func:`replica_names`). The children listen on 127.0.0.1, each with
+its data directory ``ROOT/NAME`` and its log file ``ROOT/logs/NAME.log``
 (or, with ``--log-console``, the supervisor's console). The emulated WAN
 (:mod:`sync.io.wanproxy`) stays in the supervisor, since it emulates the network
 between them, and so does its admin API (:mod:`crdtstore.wanadmin`), which
@@ -16,9 +18,11 @@ child also gets SIGTERM when the supervisor dies without stopping it
 (``PR_SET_PDEATHSIG``). A child that exits on its own is reported on the
 console and left down; the others keep running.
 
-The plan (``ROOT/up.json``) names every region's URL, pid, log and command
-line, and the WAN admin URL: ``crdtstore status`` and the link commands read
-it, and a region's command line restarts it by hand.
+The plan (``ROOT/up.json``) names every replica's region, URL, pid, log and
+command line (``replicas``), and the WAN admin URL: ``crdtstore status`` and
+the link commands read it, and a replica's command line restarts it by hand.
+``regions`` maps each region to its first replica's entry, as the plan did
+when a region was one process, so readers of that shape keep working.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import IO, Any
 
 from crdtstore.config import SETTINGS, ServeConfig
 
-__all__ = ["STOP_TIMEOUT", "Child", "Supervisor", "format_table", "serve_argv", "write_plan"]
+__all__ = ["STOP_TIMEOUT", "Child", "Supervisor", "format_table", "replica_names", "serve_argv", "write_plan"]
 
 logger = logging.getLogger("crdtstore.up")
 
@@ -50,6 +54,12 @@ STOP_TIMEOUT = 30.0  # seconds a child has to drain after SIGTERM before SIGKILL
 READY_TIMEOUT = 60.0  # seconds a child has to answer /readyz after it started
 _POLL = 0.2
 _PR_SET_PDEATHSIG = 1
+
+
+def replica_names(region: str, replicas: int) -> list[str]:
+    """The names of a region's replicas: the region's own for one (as before regions had several), else
+    ``region-0`` to ``region-(replicas-1)``."""
+    return [region] if replicas == 1 else [f"{region}-{i}" for i in range(replicas)]
 
 
 def serve_argv(config: ServeConfig) -> list[str]:
@@ -85,19 +95,24 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child between f
 
 @dataclasses.dataclass(eq=False)
 class Child:
-    """One region process.
+    """One replica process.
 
     Attributes:
         config: Its settings (``serve_argv`` turns them into its flags).
         log: Its log file, or None for the console.
+        name: The replica's name (:func:`replica_names`); empty: its region's.
         proc: The process once started.
         reported: Its exit was reported.
     """
 
     config: ServeConfig
     log: Path | None
+    name: str = ""
     proc: subprocess.Popen[bytes] | None = None
     reported: bool = False
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.config.region
 
     @property
     def region(self) -> str:
@@ -135,10 +150,10 @@ class Child:
 
 
 class Supervisor:
-    """Starts, watches and stops the region processes of ``up``.
+    """Starts, watches and stops the replica processes of ``up``.
 
     Args:
-        children: One per region.
+        children: One per replica.
         console: Where the table and reports go.
     """
 
@@ -152,19 +167,22 @@ class Supervisor:
         for child in self.children:
             child.start()
             assert child.proc is not None
-            logger.info("region started", extra={"region": child.region, "pid": child.proc.pid, "url": child.url})
+            logger.info(
+                "replica started",
+                extra={"replica": child.name, "region": child.region, "pid": child.proc.pid, "url": child.url},
+            )
         self._watch = asyncio.create_task(self._watch_loop())
 
     async def wait_ready(self, timeout: float = READY_TIMEOUT) -> list[str]:
-        """Wait (bounded) until every child answers ``/readyz``; returns the regions that did not."""
-        pending = {child.region: child for child in self.children}
+        """Wait (bounded) until every child answers ``/readyz``; returns the replicas that did not."""
+        pending = {child.name: child for child in self.children}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
-            for region, child in list(pending.items()):
+            for name, child in list(pending.items()):
                 if not child.alive() or await asyncio.to_thread(_ready, child.url):
-                    del pending[region]
+                    del pending[name]
             await asyncio.sleep(_POLL)
-        return sorted(pending) + [c.region for c in self.children if not c.alive()]
+        return sorted(pending) + [c.name for c in self.children if not c.alive()]
 
     async def stop(self) -> None:
         """SIGTERM every live child by its pid, then wait; SIGKILL one that outlives :data:`STOP_TIMEOUT`."""
@@ -185,26 +203,28 @@ class Supervisor:
 
     def plan(self, *, wan_admin: str | None) -> dict[str, Any]:
         """What ``up.json`` records (see the module docstring)."""
-        return {
-            "supervisor": os.getpid(),
-            "wan": wan_admin,
-            "regions": {
-                c.region: {
-                    "url": c.url,
-                    "pid": c.proc.pid if c.proc is not None else None,
-                    "log": str(c.log) if c.log is not None else None,
-                    "argv": c.argv,
-                }
-                for c in self.children
-            },
+        replicas = {
+            c.name: {
+                "region": c.region,
+                "url": c.url,
+                "pid": c.proc.pid if c.proc is not None else None,
+                "log": str(c.log) if c.log is not None else None,
+                "argv": c.argv,
+            }
+            for c in self.children
         }
+        regions: dict[str, Any] = {}
+        for c in self.children:
+            if c.region not in regions:
+                regions[c.region] = {k: v for k, v in replicas[c.name].items() if k != "region"}
+        return {"supervisor": os.getpid(), "wan": wan_admin, "regions": regions, "replicas": replicas}
 
     def table(self) -> str:
-        """The regions, their URLs, pids and logs, as a small text table."""
-        rows = [("region", "url", "pid", "log")]
+        """The replicas, their URLs, pids, regions and logs, as a small text table."""
+        rows = [("replica", "url", "pid", "region", "log")]
         for c in self.children:
             pid = str(c.proc.pid) if c.proc is not None else "-"
-            rows.append((c.region, c.url, pid, str(c.log) if c.log is not None else "(console)"))
+            rows.append((c.name, c.url, pid, c.region, str(c.log) if c.log is not None else "(console)"))
         return format_table(rows)
 
     async def _watch_loop(self) -> None:
@@ -213,14 +233,20 @@ class Supervisor:
                 if child.proc is not None and not child.reported and child.proc.poll() is not None:
                     child.reported = True
                     where = f"; see {child.log}" if child.log is not None else ""
+                    what = f"region {child.name}" if child.name == child.region else f"replica {child.name}"
                     message = (
-                        f"crdtstore up: region {child.region} (pid {child.proc.pid}) exited with code "
-                        f"{child.proc.returncode}{where}; the other regions keep running"
+                        f"crdtstore up: {what} (pid {child.proc.pid}) exited with code "
+                        f"{child.proc.returncode}{where}; the others keep running"
                     )
                     print(message, file=self.console, flush=True)
                     logger.warning(
-                        "region exited",
-                        extra={"region": child.region, "pid": child.proc.pid, "code": child.proc.returncode},
+                        "replica exited",
+                        extra={
+                            "replica": child.name,
+                            "region": child.region,
+                            "pid": child.proc.pid,
+                            "code": child.proc.returncode,
+                        },
                     )
             await asyncio.sleep(_POLL)
 

@@ -4,8 +4,9 @@
 (the region nodes are processes of their own and hold no WAN). Routes, under
 the same bearer tokens as the nodes (:mod:`crdtstore.api.auth`):
 
-* ``GET /v1/admin/wan`` (``read``): regions, cut pairs, per-link counters.
-* ``POST /v1/admin/partition`` ``{"a": A, "b": B, "mode": "close"|"hold"}`` (``admin``).
+* ``GET /v1/admin/wan`` (``read``): regions, members (each replica's region), cut pairs, per-link counters.
+* ``POST /v1/admin/partition`` ``{"a": A, "b": B, "mode": "close"|"hold"}`` (``admin``): cut every link
+  between a replica of region A and one of region B.
 * ``POST /v1/admin/isolate`` ``{"region": A, "mode": ...}`` (``admin``): cut A from every other region.
 * ``POST /v1/admin/heal`` ``{"a": A, "b": B}``, or ``{}`` for every link (``admin``).
 
@@ -77,7 +78,8 @@ def build_wan_admin_app(wan: WanController, *, auth: AuthPolicy) -> Starlette:
     async def show(request: Request) -> Response:
         authorize(request, Scope.READ)
         links = {name: dataclasses.asdict(stats) for name, stats in wan.stats().items()}
-        return JSONResponse({"regions": wan.regions, "cut": [list(p) for p in wan.cut_pairs()], "links": links})
+        cut = [list(p) for p in wan.cut_pairs()]
+        return JSONResponse({"regions": wan.regions, "members": wan.members, "cut": cut, "links": links})
 
     async def partition(request: Request) -> Response:
         data = await body(request)

@@ -25,8 +25,8 @@ import pytest
 
 from crdtstore.api.auth import Scope, parse_token_file
 from crdtstore.cli import build_parser, main, plan_up
-from crdtstore.config import SETTINGS, resolve
-from crdtstore.supervisor import format_table, serve_argv
+from crdtstore.config import SETTINGS, ConfigError, resolve
+from crdtstore.supervisor import Child, Supervisor, format_table, replica_names, serve_argv
 from sync.io.wanproxy import WanController
 from tests.server_helpers import child_env
 
@@ -78,11 +78,60 @@ def test_wan_links_take_consecutive_ports_when_asked() -> None:
         WanController(["us", "eu"], base_port=80)  # no privileged ports
 
 
-def test_up_refuses_several_replicas_per_region(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["up", "--data", str(tmp_path / "d"), "--replicas", "2", "--port", "0"])
+@pytest.mark.parametrize("replicas", ["0", "6", "-1"])
+def test_up_refuses_a_replica_count_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], replicas: str
+) -> None:
+    code = main(["up", "--data", str(tmp_path / "d"), "--replicas", replicas, "--port", "0"])
     assert code == 2
-    assert "only 1 replica per region is supported yet" in capsys.readouterr().err
+    assert "--replicas is 1 to 5" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_up_plan_of_several_replicas_per_region(tmp_path: Path) -> None:
+    members = {name: region for region in ("us", "eu", "ap") for name in replica_names(region, 3)}
+    wan = WanController(["us", "eu", "ap"], members=members)
+    wan.bind()
+    try:
+        ports = list(range(9000, 9009))
+        plans = plan_up(tmp_path, host="127.0.0.1", base_port=0, regions=3, replicas=3, wan=wan, ports=ports)
+        assert [p.data.name for p in plans] == list(members)  # us-0, us-1, us-2, eu-0, ...
+        assert [p.region for p in plans] == list(members.values())
+        assert [p.port for p in plans] == ports
+        wan_ports = {link.port for link in wan.links.values()}
+        for plan in plans:
+            assert plan.region_replicas == 3 and plan.cluster_secret_file == tmp_path / "cluster-secret"
+            dialed = [int(url.rsplit(":", 1)[1].split("/")[0]) for url in plan.peers]
+            # Its region's two others directly (no WAN inside a region), the six others through the WAN.
+            same = {p.port for p in plans if p.region == plan.region and p is not plan}
+            assert set(dialed[:2]) == same and set(dialed[2:]) <= wan_ports and len(dialed) == 8
+            args = build_parser().parse_args(["serve", *serve_argv(plan)])
+            assert resolve({s.name: getattr(args, s.name) for s in SETTINGS}, env={}) == plan
+        # One region of three replicas: no WAN, linked directly, clustered all the same.
+        alone = plan_up(tmp_path, host="127.0.0.1", base_port=9100, regions=1, replicas=3)
+        assert [len(p.peers) for p in alone] == [2, 2, 2] and all(p.cluster_secret_file for p in alone)
+        with pytest.raises(ConfigError, match="ports must be known"):
+            plan_up(tmp_path, host="127.0.0.1", base_port=0, regions=1, replicas=2)
+    finally:
+        asyncio.run(wan.close())
+
+
+def test_the_plan_lists_every_replica_and_keeps_one_entry_per_region(tmp_path: Path) -> None:
+    plans = plan_up(tmp_path, host="127.0.0.1", base_port=9000, regions=2, replicas=2)
+    supervisor = Supervisor([Child(p, name=p.data.name, log=tmp_path / f"{p.data.name}.log") for p in plans])
+    plan = supervisor.plan(wan_admin=None)
+    assert list(plan["replicas"]) == ["us-0", "us-1", "eu-0", "eu-1"]
+    assert [e["region"] for e in plan["replicas"].values()] == ["us", "us", "eu", "eu"]
+    # What readers of the one-replica plan read: each region's URL, pid, log, argv (its first replica).
+    assert plan["regions"] == {
+        r: {k: v for k, v in plan["replicas"][f"{r}-0"].items() if k != "region"} for r in ("us", "eu")
+    }
+    lines = supervisor.table().splitlines()
+    assert lines[0].split() == ["replica", "url", "pid", "region", "log"]
+    assert [line.split()[0] for line in lines[1:]] == ["us-0", "us-1", "eu-0", "eu-1"]
+    # One replica per region: names, directories and the plan are those of before.
+    single = plan_up(tmp_path, host="127.0.0.1", base_port=9000, regions=2)
+    assert [p.data.name for p in single] == ["us", "eu"] and all(p.region_replicas == 1 for p in single)
 
 
 def test_link_commands_without_a_cluster_fail_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

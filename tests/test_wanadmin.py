@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from starlette.testclient import TestClient
 
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.wanadmin import build_wan_admin_app
 from sync.io.wanproxy import WanController
+from tests.api.helpers import TestClient
 
 ADMIN = "admin-token-0123456789abcdef"
 RW = "rw-token-0123456789abcdef"
@@ -87,3 +87,19 @@ def test_malformed_and_oversized_bodies(client: TestClient, wan: WanController) 
     text = {"Content-Type": "text/plain"}
     assert client.post("/v1/admin/isolate", content=b'{"region": "us"}', headers=text).status_code == 415
     assert wan.cut_pairs() == []
+
+
+def test_a_partition_cuts_every_replica_pair_between_the_regions() -> None:
+    members = {"us-0": "us", "us-1": "us", "eu-0": "eu", "eu-1": "eu", "ap-0": "ap"}
+    wan = WanController(["us", "eu", "ap"], members=members)
+    tokens = TokenStore({ADMIN: Scope.ADMIN, READ: Scope.READ})
+    with TestClient(build_wan_admin_app(wan, auth=AuthPolicy(tokens=tokens)), headers=bearer(ADMIN)) as client:
+        assert client.post("/v1/admin/partition", json={"a": "us", "b": "eu"}).json() == {"cut": [["eu", "us"]]}
+        cut = sorted(pair for pair, link in wan.links.items() if link.is_cut)
+        assert cut == sorted((x, y) for x in ("us-0", "us-1", "eu-0", "eu-1") for y in ("us-0", "us-1", "eu-0", "eu-1")
+                             if x[:2] != y[:2])  # fmt: skip
+        shown = client.get("/v1/admin/wan", headers=bearer(READ)).json()
+        assert shown["members"] == members and len(shown["links"]) == len(wan.links)
+        # A replica's name is not a region: 404, and nothing changes.
+        response = client.post("/v1/admin/partition", json={"a": "us-0", "b": "ap"})
+        assert response.status_code == 404 and wan.cut_pairs() == [("eu", "us")]

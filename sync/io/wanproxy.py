@@ -32,8 +32,12 @@ control stops the sender, as on a real link.
   do), unless an endpoint gave up on them meanwhile.
 
 A :class:`WanController` holds the links of N regions: for every ordered
-pair ``(a, b)`` one link that ``a`` dials to reach ``b``. ``partition(a, b)``
-cuts both directions, ``heal(a, b)`` restores them. A region's target may be
+pair ``(a, b)`` one link that ``a`` dials to reach ``b``. A region may have
+several replicas (*members*, e.g. ``us-0``, ``us-1``); then every ordered
+pair of members in different regions has its own link, and members of one
+region reach each other directly, not through the WAN (there is no WAN
+inside a region). ``partition(a, b)`` cuts both directions of every link
+between the two regions, ``heal(a, b)`` restores them. A member's target may be
 unknown or change (a restarted process binds a new port): connections
 arriving for an unknown target are closed, so the dialer backs off and tries
 again.
@@ -49,7 +53,7 @@ import itertools
 import logging
 import random as _random
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -288,7 +292,7 @@ class WanLink:
 
 
 class WanController:
-    """Every pairwise link of N regions, cut and healed by region name.
+    """Every link between members of different regions, cut and healed by region name.
 
     Args:
         regions: Region names.
@@ -297,17 +301,30 @@ class WanController:
         seed: Seeds each link's jitter source (links get distinct streams).
         base_port: The links listen on consecutive ports from this one, in the order of :meth:`pairs`
             (0: each on a free port of its own), so that firewall rules or a fixed plan can name them.
+        members: Each member's region (``{"us-0": "us", ...}``), in order; None: one member per region,
+            named as the region.
     """
 
     def __init__(
-        self, regions: Iterable[str], *, latency: float = 0.0, jitter: float = 0.0, seed: int = 0, base_port: int = 0
+        self,
+        regions: Iterable[str],
+        *,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 0,
+        base_port: int = 0,
+        members: Mapping[str, str] | None = None,
     ) -> None:
         self.regions = list(regions)
         if len(set(self.regions)) != len(self.regions):
             raise ValueError("region names must be distinct")
-        count = len(self.regions) * (len(self.regions) - 1)
-        if base_port and not 1024 <= base_port <= 65536 - count:
-            raise ValueError(f"{count} link ports from {base_port} do not fit in 1024-65535")
+        self.members: dict[str, str] = dict(members) if members is not None else {r: r for r in self.regions}
+        strays = sorted(name for name, region in self.members.items() if region not in self.regions)
+        if strays:
+            raise ValueError(f"members of no listed region: {', '.join(strays)}")
+        pairs = [(a, b) for a in self.members for b in self.members if self.members[a] != self.members[b]]
+        if base_port and not 1024 <= base_port <= 65536 - len(pairs):
+            raise ValueError(f"{len(pairs)} link ports from {base_port} do not fit in 1024-65535")
         counter = itertools.count()
         ports = itertools.count(base_port) if base_port else itertools.repeat(0)
         self.links: dict[tuple[str, str], WanLink] = {
@@ -318,13 +335,11 @@ class WanController:
                 listen_port=next(ports),
                 name=f"{a}->{b}",
             )
-            for a in self.regions
-            for b in self.regions
-            if a != b
+            for a, b in pairs
         }
 
     def pairs(self) -> list[tuple[str, str]]:
-        """The ordered ``(dialer, target)`` pairs, in the order their ports are given."""
+        """The ordered ``(dialer, target)`` member pairs, in the order their ports are given."""
         return list(self.links)
 
     def bind(self) -> None:
@@ -340,32 +355,31 @@ class WanController:
         for link in self.links.values():
             await link.close()
 
-    def set_target(self, region: str, host: str, port: int) -> None:
-        """Where ``region`` listens now: every link towards it forwards there."""
-        self._check(region)
+    def set_target(self, member: str, host: str, port: int) -> None:
+        """Where ``member`` listens now: every link towards it forwards there."""
+        if member not in self.members:
+            raise KeyError(f"unknown member {member!r}")
         for (_, b), link in self.links.items():
-            if b == region:
+            if b == member:
                 link.set_target((host, port))
 
     def url(self, src: str, dst: str, *, scheme: str = "ws", path: str = "") -> str:
-        """The URL ``src`` dials to reach ``dst`` through the emulated WAN."""
+        """The URL ``src`` dials to reach ``dst`` (a member of another region) through the emulated WAN."""
         return f"{scheme}://127.0.0.1:{self.links[(src, dst)].port}{path}"
 
     def peers_of(self, src: str, *, scheme: str = "ws", path: str = "") -> list[str]:
-        """The URLs of every other region, as ``src`` reaches them."""
-        return [self.url(src, dst, scheme=scheme, path=path) for dst in self.regions if dst != src]
+        """The URLs of every member of the other regions, as ``src`` reaches them."""
+        return [self.url(src, dst, scheme=scheme, path=path) for (a, dst) in self.links if a == src]
 
     def partition(self, a: str, b: str, *, mode: CutMode = "close") -> None:
-        """Cut both directions between ``a`` and ``b``."""
-        self._check(a, b)
-        self.links[(a, b)].cut(mode)
-        self.links[(b, a)].cut(mode)
+        """Cut both directions between every member of region ``a`` and every member of region ``b``."""
+        for link in self._between(a, b):
+            link.cut(mode)
 
     def heal(self, a: str, b: str) -> None:
-        """Restore both directions between ``a`` and ``b``."""
-        self._check(a, b)
-        self.links[(a, b)].heal()
-        self.links[(b, a)].heal()
+        """Restore both directions between regions ``a`` and ``b``."""
+        for link in self._between(a, b):
+            link.heal()
 
     def isolate(self, region: str, *, mode: CutMode = "close") -> None:
         """Cut ``region`` off from every other region."""
@@ -378,15 +392,17 @@ class WanController:
             link.heal()
 
     def cut_pairs(self) -> list[tuple[str, str]]:
-        """The unordered pairs currently cut (either direction)."""
-        return sorted({tuple(sorted(pair)) for pair, link in self.links.items() if link.is_cut})  # type: ignore[misc]
+        """The unordered region pairs with a link currently cut (either direction)."""
+        cut = {tuple(sorted((self.members[a], self.members[b]))) for (a, b), link in self.links.items() if link.is_cut}
+        return sorted(cut)  # type: ignore[arg-type]
 
     def stats(self) -> dict[str, LinkStats]:
         return {link.name: link.stats for link in self.links.values()}
 
-    def _check(self, *regions: str) -> None:
-        for region in regions:
+    def _between(self, a: str, b: str) -> list[WanLink]:
+        for region in (a, b):
             if region not in self.regions:
                 raise KeyError(f"unknown region {region!r}")
-        if len(regions) == 2 and regions[0] == regions[1]:
+        if a == b:
             raise ValueError("a region is not linked to itself")
+        return [link for (x, y), link in self.links.items() if {self.members[x], self.members[y]} == {a, b}]

@@ -196,3 +196,38 @@ def test_controller_partitions_and_heals_pairs_of_regions() -> None:
                 await wan.close()
 
     run(scenario)
+
+
+def test_replicas_of_a_region_get_a_link_to_each_remote_replica_and_are_cut_together() -> None:
+    members = {"a-0": "a", "a-1": "a", "b-0": "b", "b-1": "b", "c-0": "c"}
+    wan = WanController(["a", "b", "c"], members=members)
+    # Every ordered pair of replicas in different regions; none inside a region (no WAN there).
+    assert len(wan.links) == 5 * 4 - 2 - 2
+    assert ("a-0", "a-1") not in wan.links and ("a-0", "b-1") in wan.links
+    assert [b for a, b in wan.pairs() if a == "a-0"] == ["b-0", "b-1", "c-0"]
+    assert len([b for a, b in wan.pairs() if a == "c-0"]) == 4
+    wan.partition("a", "b")
+    cut = {pair for pair, link in wan.links.items() if link.is_cut}
+    assert cut == {(x, y) for x in members for y in members if {members[x], members[y]} == {"a", "b"}}
+    assert wan.cut_pairs() == [("a", "b")]
+    wan.isolate("c", mode="hold")
+    assert wan.cut_pairs() == [("a", "b"), ("a", "c"), ("b", "c")]
+    wan.heal("b", "a")
+    assert wan.cut_pairs() == [("a", "c"), ("b", "c")]
+    wan.heal_all()
+    assert wan.cut_pairs() == []
+
+
+def test_bad_members_and_region_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="no listed region"):
+        WanController(["a", "b"], members={"a-0": "a", "z-0": "z"})
+    wan = WanController(["a", "b"], members={"a-0": "a", "a-1": "a", "b-0": "b"})
+    with pytest.raises(KeyError):
+        wan.partition("a-0", "b-0")  # cuts are by region; a replica name is not one
+    with pytest.raises(ValueError):
+        wan.partition("a", "a")  # replicas of one region are not linked through the WAN
+    with pytest.raises(KeyError):
+        wan.set_target("a", "127.0.0.1", 1)  # a region with replicas is not itself a target
+    assert wan.cut_pairs() == []
+    with pytest.raises(ValueError, match="do not fit"):
+        WanController(["a", "b"], members={f"a-{i}": "a" for i in range(5)} | {"b-0": "b"}, base_port=65530)
