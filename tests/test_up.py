@@ -289,3 +289,70 @@ def test_regions_stop_when_up_is_killed(tmp_path: Path) -> None:
         for pid in pids:  # on failure, no region outlives the test
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_up_runs_several_replicas_per_region_each_its_own_process(tmp_path: Path) -> None:
+    out = tmp_path / "console.log"
+    with out.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crdtstore.cli", "up", "--port", "0", "--regions", "2", "--replicas", "2"],
+            cwd=tmp_path, env=child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    pids: dict[str, int] = {}
+    try:
+        wait_for("the admin token line", lambda: proc.poll() is None and "token (admin" in out.read_text())
+        plan = json.loads((tmp_path / "data" / "up.json").read_text())
+        replicas = plan["replicas"]
+        assert list(replicas) == ["us-0", "us-1", "eu-0", "eu-1"]
+        pids = {name: entry["pid"] for name, entry in replicas.items()}
+        assert len(set(pids.values()) | {proc.pid}) == 5
+        text = out.read_text()
+        for name, entry in replicas.items():
+            row = [name, entry["url"], str(entry["pid"]), entry["region"]]
+            assert any(line.split()[:4] == row for line in text.splitlines()), text
+        assert plan["regions"]["us"]["url"] == replicas["us-0"]["url"]  # the one-replica shape still reads
+        tokens = parse_token_file((tmp_path / "data" / "tokens").read_text())
+        headers = {"Authorization": f"Bearer {next(t for t, s in tokens.items() if s is Scope.READWRITE)}"}
+        us0 = replicas["us-0"]["url"]
+
+        def write(level: str, timeout: float = 30) -> httpx.Response:
+            body = {"ops": [{"op": "increment", "path": ["n"]}]}
+            return httpx.post(f"{us0}/v1/docs/d?w={level}&timeout={timeout}", json=body, headers=headers, timeout=60)
+
+        def linked(name: str, count: int) -> bool:
+            links = httpx.get(f"{replicas[name]['url']}/v1/admin/links", headers=headers, timeout=10).json()
+            return len(links["peers"]) == count
+
+        wait_for("us-0 to link to the three others", lambda: linked("us-0", 3))
+        assert write("all").status_code == 200
+        # A region cut cuts every replica pair between them: us-0 keeps its region's other replica only.
+        result = cli("partition", "us", "eu", cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout.strip() == "cut links: eu-us", result.stderr
+        wait_for("us-0 to lose both eu replicas", lambda: linked("us-0", 1))
+        assert write("local_quorum").status_code == 200  # 2 of us's 2
+        cut_off = write("quorum", timeout=1)
+        assert cut_off.status_code == 504 and cut_off.json()["detail"]["needed"] == 3
+        assert cut_off.json()["detail"]["reached"] == 2
+        # kill -9 one replica: up reports it, and us alone no longer makes a local quorum.
+        os.kill(pids["us-1"], signal.SIGKILL)
+        wait_for("up to report us-1", lambda: f"replica us-1 (pid {pids['us-1']}) exited" in out.read_text())
+        wait_for("us-0 to lose us-1", lambda: linked("us-0", 0))
+        alone = write("local_quorum", timeout=1)
+        assert alone.status_code == 504 and alone.json()["detail"]["needed"] == 2
+        assert alone.json()["detail"]["reached"] == 1
+        assert cli("heal", cwd=tmp_path).stdout.strip() == "cut links: none"
+        wait_for("us-0 to link to eu again", lambda: linked("us-0", 2))
+        status = cli("status", cwd=tmp_path)
+        assert status.returncode == 1 and "us-1" in status.stdout and "unreachable" in status.stdout
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        for pid in pids.values():
+            wait_for(f"replica pid {pid} to exit", lambda pid=pid: not _alive(pid), timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for pid in pids.values():  # on failure, no replica outlives the test
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
