@@ -4,15 +4,19 @@
 runs one node; every flag also comes from ``CRDTSTORE_*`` variables or a
 TOML file (see :mod:`crdtstore.config`).
 
-``crdtstore up [--regions N] [--latency 80ms] [--jitter 10ms]`` is the
-embedded default: N regions (3 by default, named by :data:`UP_REGIONS`), each
-a ``crdtstore serve`` process of its own on loopback with its own port, data
-directory and log file under ``./data`` (:mod:`crdtstore.supervisor`), a
-read-write and an admin token and a cluster secret generated on the first
-run (mode 0600). Every region dials every other one through an emulated WAN
+``crdtstore up [--regions N] [--replicas R] [--latency 80ms] [--jitter 10ms]``
+is the embedded default: N regions (3 by default, named by :data:`UP_REGIONS`)
+of R replicas each (1 by default; ``us-0``, ``us-1``... when R > 1), each
+replica a ``crdtstore serve`` process of its own on loopback with its own
+port, data directory and log file under ``./data`` (:mod:`crdtstore.supervisor`),
+a read-write and an admin token and a cluster secret generated on the first
+run (mode 0600). Every replica dials every other one: those of its own region
+directly, those of the other regions through an emulated WAN
 (:mod:`sync.io.wanproxy`) that stays in the ``up`` process and adds the one-way
 latency and jitter; its admin API (:mod:`crdtstore.wanadmin`) cuts and heals
-links. ``crdtstore status``, ``partition A B``, ``isolate A`` and ``heal``
+links between regions. Each replica is told its region's size
+(``--region-replicas``), so ``local_quorum`` is a majority of R.
+``crdtstore status``, ``partition A B``, ``isolate A`` and ``heal``
 work against any running cluster over HTTP (:mod:`crdtstore.clusterctl`):
 given node URLs, a WAN admin URL and a token, or else from the plan ``up``
 records in ``./data/up.json``.
@@ -387,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser(
         "up",
-        help="run a local multi-region cluster on loopback, one process per region (data under ./data)",
-        description="Run a local cluster: one `crdtstore serve` process per region on 127.0.0.1, an emulated "
+        help="run a local multi-region cluster on loopback, one process per replica (data under ./data)",
+        description="Run a local cluster: one `crdtstore serve` process per replica on 127.0.0.1, an emulated "
         "WAN between them, logs under DATA/logs. Ctrl-C stops every region.",
     )
     up.add_argument("--data", default="data", help="root directory (default ./data)")

@@ -19,6 +19,9 @@ that peers authenticate each other with comes from
 ``--cluster-secret-file`` / ``CRDTSTORE_CLUSTER_SECRET_FILE`` or, inline,
 ``CRDTSTORE_CLUSTER_SECRET`` (environment only: a secret on the command
 line would show in ``ps``). Without a secret the node accepts no peers.
+A region of several replicas: each lists the others among its peers and
+says how many its region has with ``--region-replicas`` (``local_quorum`` is
+a majority of them; configured, so a partition cannot shrink it).
 
 Mutual TLS between regions: ``--peer-ca FILE`` (``CRDTSTORE_PEER_CA``,
 ``peer_ca``) names a CA bundle. It needs ``--certfile``/``--keyfile``; peers
