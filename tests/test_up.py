@@ -25,6 +25,7 @@ import pytest
 
 from crdtstore.api.auth import Scope, parse_token_file
 from crdtstore.cli import build_parser, main, plan_up
+from crdtstore.clusterctl import NodeStatus, render_status
 from crdtstore.config import SETTINGS, ConfigError, resolve
 from crdtstore.supervisor import Child, Supervisor, format_table, replica_names, serve_argv
 from sync.io.wanproxy import WanController
@@ -356,3 +357,14 @@ def test_up_runs_several_replicas_per_region_each_its_own_process(tmp_path: Path
         for pid in pids.values():  # on failure, no replica outlives the test
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_status_counts_linked_replicas_per_region() -> None:
+    ok = NodeStatus(name="us-0", url="http://a", replica_id="us-1a.1.x", root="ab" * 16)
+    ok.peers = ["us-2b", "eu-3c", "eu-4d", "ap-5e"]
+    one = NodeStatus(name="eu", url="http://b", replica_id="eu-3c.1.y", peers=["us-1a"], root="ab" * 16)
+    down = NodeStatus(name="us-1", url="http://c", error="unreachable (refused)")
+    lines = render_status([ok, one, down], cut=[["eu", "us"]]).splitlines()
+    assert lines[1].split()[4] == "us,eux2,ap"  # several replicas of a region: counted
+    assert lines[2].split()[4] == "us"  # one: its region's name, as before
+    assert "unreachable" in lines[3] and lines[-1] == "cut links: eu-us"
