@@ -93,9 +93,17 @@ async def _stop(replica: Replica) -> None:
 
 @contextlib.asynccontextmanager
 async def replica_cluster(
-    tmp_path: Path, regions: Sequence[str], per_region: int, *, quorum_timeout: float = 10.0
+    tmp_path: Path,
+    regions: Sequence[str],
+    per_region: int,
+    *,
+    quorum_timeout: float = 10.0,
+    region_replicas: int | None = None,
 ) -> AsyncIterator[ReplicaCluster]:
-    """``per_region`` replicas in each of ``regions``, all linked, until the block ends."""
+    """``per_region`` replicas in each of ``regions``, all linked, until the block ends.
+
+    ``region_replicas`` is what each is told its region's size is (default: ``per_region``, the truth).
+    """
     members = names(regions, per_region)
     socks = {name: socket.create_server(("127.0.0.1", 0)) for name, _ in members}
     ports = {name: sock.getsockname()[1] for name, sock in socks.items()}
@@ -109,7 +117,7 @@ async def replica_cluster(
                 secret=SECRET,
                 peers=[f"ws://127.0.0.1:{ports[other]}/v1/peer" for other, _ in members if other != name],
                 region=region,
-                region_replicas=per_region,
+                region_replicas=per_region if region_replicas is None else region_replicas,
                 transport=TransportSettings(backoff_max=0.3, close_timeout=1.0),
                 settings=ReplicatorSettings(truncate_interval=None, quorum_timeout=quorum_timeout),
             )

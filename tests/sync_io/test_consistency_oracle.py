@@ -15,6 +15,7 @@ under test (:mod:`sync.quorum`).
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import httpx
@@ -150,3 +151,24 @@ def test_consistency_levels_against_live_replicas(tmp_path: Path, topology: tupl
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=240))
     assert not failures, "\n".join(failures)
+
+
+def test_more_replicas_of_a_region_than_configured_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Three replicas of us, each told its region has two: local_quorum would be a majority of too few.
+    async def scenario() -> None:
+        async with replica_cluster(tmp_path, ("us",), 3, region_replicas=2):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="crdtstore.replicator"):
+        asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    assert any("more replicas of our region" in r.getMessage() for r in caplog.records)
+
+
+def test_a_true_region_size_logs_nothing_of_the_kind(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with replica_cluster(tmp_path, ("us", "eu"), 2):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="crdtstore.replicator"):
+        asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    assert not any("more replicas of our region" in r.getMessage() for r in caplog.records)
