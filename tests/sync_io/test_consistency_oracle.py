@@ -52,6 +52,11 @@ TABLE: dict[tuple[int, int], list[tuple[tuple[str, ...], tuple[str, str, str, st
         (("us-1",), ("ok", "504", "ok", "504")),  # down 1 local: 3 of 4 up, but 1 of 2 here
         (("eu-0",), ("ok", "504", "504", "504")),  # down 1 local + 1 remote: 2 of 4 up
     ],
+    # N=6, L=3: lq 2 of 3, quorum 4 of 6, all 6.
+    (2, 3): [
+        (("eu-0", "eu-1", "eu-2"), ("ok", "ok", "504", "504")),  # down 0 + 3: the other region gone, 3 of 6
+        (("us-2",), ("ok", "ok", "504", "504")),  # 1 + 3: 2 of 3 here still
+    ],
     # N=9, L=3: lq 2 of 3, quorum 5 of 9, all 9.
     (3, 3): [
         ((), ("ok", "ok", "ok", "ok")),
