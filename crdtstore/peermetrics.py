@@ -122,6 +122,7 @@ class ReplicationMeter:
         self._times: list[float] = []
         self._head = 0
         self._checkpoints: list[tuple[float, dict[str, int]]] = []
+        self._checkpointed = False  # a truncation pass ran (no checkpoint left then means: all truncated)
 
     # Public methods for the replicator.
 
@@ -187,6 +188,7 @@ class ReplicationMeter:
 
     def checkpoint(self, now: float, vector: Mapping[str, int], truncated: Mapping[str, int]) -> None:
         """A truncation pass: the node's vector at ``now``, and how far each origin is truncated."""
+        self._checkpointed = True
         cps = self._checkpoints
         if not cps or cps[-1][1] != vector:
             cps.append((now, dict(vector)))
@@ -197,7 +199,7 @@ class ReplicationMeter:
 
     def log_age(self, now: float, truncated: Mapping[str, int]) -> float | None:
         """Seconds since the oldest un-truncated entry was logged (at least); None before the first checkpoint."""
-        if not self._checkpoints:
+        if not self._checkpointed:
             return None
         for t, vector in self._checkpoints:
             if not _covered(vector, truncated):
