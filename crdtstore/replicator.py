@@ -625,7 +625,7 @@ class Replicator:
         for link in list(self._links):
             self._input(link, update)
         if entries:
-            self.meter.committed(entries[0].seq, entries[-1].seq, asyncio.get_running_loop().time())
+            self.meter.committed(entries[0].seq, entries[-1].seq, self.now())
 
     def _live_links(self) -> list[_Link]:
         # One link per peer: two links to one peer would count it twice.
@@ -692,7 +692,7 @@ class _LinkContext:
         rep = self.replicator
         rep._acks[peer_id] = vector
         rep._quorum.acks_changed()
-        rep.meter.acked(peer_id, vector.get(rep.node.replica_id, 0), asyncio.get_running_loop().time())
+        rep.meter.acked(peer_id, vector.get(rep.node.replica_id, 0), rep.now())
 
     def _refuse_cut(self) -> None:
         """The link's peer is cut: fail the link before anything it queued is applied, and stop dialing it."""
