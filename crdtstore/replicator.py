@@ -702,10 +702,18 @@ class _LinkContext:
         kept = [e for e in link.events if isinstance(e, Failed)]
         link.events.clear()
         link.events.extend(kept)
+        link.reads.clear()
         dialer = next((d for d in rep._dialers if link.url is not None and d.url == link.url), None)
         if dialer is not None:
             rep._dialers.remove(dialer)
-            rep._spawn(dialer.close(), "stop dialing a cut peer")
+
+            async def stop() -> None:
+                # Close first (idempotent), so that stopping the dialer, which ends this session, cannot cut
+                # the closing handshake short: the peer learns why (LINK_CUT).
+                await link.conn.close(LINK_CUT, "link cut by an operator")
+                await dialer.close()
+
+            rep._spawn(stop(), "stop dialing a cut peer")
 
     def read_responded(self, event: ReadResponded) -> None:
         self.replicator._quorum.read_responded(event)
