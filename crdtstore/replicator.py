@@ -193,6 +193,7 @@ class Replicator:
         sync_config: The protocol's config (None: its defaults).
         random: Jitter source for backoff.
         nonce: Fresh per-connection nonces for the handshake.
+        accepted_secrets: Further cluster secrets peers may prove themselves with (a rotation).
     """
 
     def __init__(
@@ -207,6 +208,7 @@ class Replicator:
         sync_config: SyncConfig | None = None,
         random: Callable[[], float] | None = None,
         nonce: Callable[[], bytes] = lambda: secrets.token_bytes(16),
+        accepted_secrets: Sequence[bytes] = (),
     ) -> None:
         self.node = node
         self.region = region
@@ -214,6 +216,7 @@ class Replicator:
         self.transport = transport or TransportSettings()
         self.settings = settings or ReplicatorSettings()
         self._secret = secret
+        self._accepted_secrets = tuple(accepted_secrets)
         self._sync_config = sync_config
         self._random = random or _random.Random().random
         self._nonce = nonce
@@ -392,7 +395,8 @@ class Replicator:
             nonce=self._nonce(),
             now=loop.time(),
             our_vector=await node.version_vector(),
-            **({"config": self._sync_config} if self._sync_config is not None else {}),
+            config=self._sync_config,
+            accepted_secrets=self._accepted_secrets,
         )
         link = _Link(proto=proto, conn=conn, url=url)
         self._links.add(link)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +109,13 @@ async def linked_regions(
     truncate_interval: float | None = 0.2,
     sync_config: SyncConfig | None = None,
     quorum_timeout: float = 5.0,
+    secrets: Mapping[str, tuple[bytes, tuple[bytes, ...]]] | None = None,
 ) -> AsyncIterator[Linked]:
-    """Every region of ``names`` serving on loopback and dialing the others, until the block ends."""
+    """Every region of ``names`` serving on loopback and dialing the others, until the block ends.
+
+    ``secrets``: per region, the cluster secret it proves itself with and those it also accepts
+    (default: one shared secret).
+    """
     socks = {name: socket.create_server(("127.0.0.1", 0)) for name in names}
     ports = {name: s.getsockname()[1] for name, s in socks.items()}
     tokens = TokenStore({RW_TOKEN: Scope.READWRITE, READ_TOKEN: Scope.READ, ADMIN_TOKEN: Scope.ADMIN})
@@ -118,9 +123,11 @@ async def linked_regions(
     try:
         for name in names:
             node = Node(NodeConfig(region=name, data_dir=tmp_path / name, sync=False))
+            secret, accepted = (secrets or {}).get(name, (SECRET, ()))
             replicator = Replicator(
                 node,
-                secret=SECRET,
+                secret=secret,
+                accepted_secrets=accepted,
                 peers=[f"ws://127.0.0.1:{ports[other]}/v1/peer" for other in names if other != name],
                 region=name,
                 transport=TransportSettings(backoff_max=0.3, close_timeout=1.0),
