@@ -19,7 +19,8 @@ links between regions. Each replica is told its region's size
 ``crdtstore status``, ``partition A B``, ``isolate A`` and ``heal``
 work against any running cluster over HTTP (:mod:`crdtstore.clusterctl`):
 given node URLs, a WAN admin URL and a token, or else from the plan ``up``
-records in ``./data/up.json``.
+records in ``./data/up.json``; the link commands given ``--node URL``s cut
+the links on the nodes themselves (no emulated WAN: Kubernetes).
 
 ``serve`` builds and runs its servers with :mod:`crdtstore.server`.
 """
@@ -321,6 +322,8 @@ def _token_and_data(args: argparse.Namespace, needed: Scope) -> tuple[Path, str]
 def _link_command(args: argparse.Namespace) -> int:
     """``partition A B`` / ``isolate A`` / ``heal [A B]`` through a WAN admin API (``--wan`` or ``up``'s plan)."""
     root, token = _token_and_data(args, Scope.ADMIN)
+    if args.node:
+        return _cut_on_nodes(args, token)
     wan = args.wan or load_plan(root).get("wan")
     if not wan:
         raise ConfigError("no emulated WAN to cut: give --wan URL (the `up` of one region has none)")
@@ -341,6 +344,25 @@ def _link_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot reach the WAN admin API at {wan}: {exc}") from None
     print("cut links: " + (", ".join("-".join(pair) for pair in answer["cut"]) or "none"), flush=True)
+    return 0
+
+
+def _cut_on_nodes(args: argparse.Namespace, token: str) -> int:
+    """The link commands through each node's own cuts (``--node URL``...): no emulated WAN needed."""
+    a = args.region if args.command == "isolate" else args.a
+    b = None if args.command == "isolate" else args.b
+    if args.command == "heal" and (a is None) != (b is None):
+        raise ConfigError("heal takes two regions, or none to heal every link")
+    try:
+        changed = clusterctl.cut_on_nodes(args.command, args.node, token, a=a, b=b)
+    except clusterctl.AdminError as exc:
+        print(f"crdtstore {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot reach a node: {exc}") from None
+    for url, region, cut in changed:
+        what = ", ".join([*cut["regions"], *cut["peers"]]) or "none"
+        print(f"{region} {url}: cut {what}", flush=True)
     return 0
 
 
@@ -433,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     heal.add_argument("b", nargs="?", default=None, help="region")
     for cmd in (partition, isolate, heal):
         common(cmd)
+        cmd.add_argument(
+            "--node",
+            action="append",
+            default=None,
+            help="a node's base URL (repeat for each): cut links on the nodes themselves, no emulated WAN needed",
+        )
         cmd.set_defaults(func=_link_command)
 
     status = commands.add_parser("status", help="links, counters and Merkle roots of every node")

@@ -4,8 +4,11 @@ They need no ``up`` process: ``status`` reads ``/v1/admin/links`` and
 ``/v1/admin/merkle`` of every node URL it is given, and ``partition``,
 ``isolate`` and ``heal`` call the admin API of the emulated WAN the regions
 dial each other through (:mod:`crdtstore.wanadmin`; a node that holds a WAN
-serves ``partition`` and ``heal`` on the same paths). Without URLs they take
-those of the ``up`` whose plan (``up.json``) is under ``--data``.
+serves ``partition`` and ``heal`` on the same paths), or, given node URLs
+(``--node``), each node's own link cuts (:func:`cut_on_nodes`,
+``/v1/admin/links/cut`` and ``/heal``), where there is no emulated WAN
+(Kubernetes). Without URLs they take those of the ``up`` whose plan
+(``up.json``) is under ``--data``.
 
 The token comes from ``--token``, else ``CRDTSTORE_TOKEN``, else the token
 file ``up`` wrote: ``status`` needs ``read``, the link commands ``admin``.
@@ -26,7 +29,16 @@ from crdtstore.api.auth import Scope, TokenFileError, parse_token_file
 from crdtstore.config import ConfigError
 from crdtstore.supervisor import format_table
 
-__all__ = ["AdminError", "NodeStatus", "admin_call", "fetch_status", "load_plan", "pick_token", "render_status"]
+__all__ = [
+    "AdminError",
+    "NodeStatus",
+    "admin_call",
+    "cut_on_nodes",
+    "fetch_status",
+    "load_plan",
+    "pick_token",
+    "render_status",
+]
 
 TIMEOUT = 10.0  # seconds per admin request
 
@@ -150,3 +162,48 @@ def render_status(statuses: Sequence[NodeStatus], *, cut: list[list[str]] | None
     if cut is not None:
         lines.append("cut links: " + (", ".join("-".join(pair) for pair in cut) or "none"))
     return "\n".join(lines)
+
+
+def cut_on_nodes(
+    command: str, nodes: Sequence[str], token: str, *, a: str | None = None, b: str | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``partition A B``, ``isolate A`` or ``heal [A B]`` through the link cuts of ``nodes`` (base URLs).
+
+    ``partition``: each node of region A cuts region B, and each of B cuts A.
+    ``isolate``: each node of A cuts every other region it knows, every other
+    node cuts A. ``heal A B`` undoes a partition; ``heal`` heals every cut of
+    every node. Every node is asked what it knows first, and a region a node
+    has never linked with stops the command before any node changes.
+
+    Returns:
+        ``(url, region, cuts after)`` per node changed.
+
+    Raises:
+        ConfigError: A region no node serves, or one a node cannot cut.
+        AdminError, OSError: A node refused or could not be reached.
+    """
+    infos = {url.rstrip("/"): admin_call(f"{url.rstrip('/')}/v1/admin/links/cut", token) for url in nodes}
+    served = {info["region"] for info in infos.values()}
+    for region in (a, b):
+        if region is not None and region not in served:
+            raise ConfigError(f"no node given serves region {region!r} (given: {', '.join(sorted(served))})")
+    plan: list[tuple[str, str, dict[str, str]]] = []  # (url, route, body)
+    for url, info in infos.items():
+        own, known = info["region"], set(info["known"].values())
+        if command == "isolate":
+            if own == a:
+                plan += [(url, "cut", {"region": r}) for r in sorted(known - {own})]
+            elif a is not None and a in known:
+                plan.append((url, "cut", {"region": a}))
+        elif command == "heal" and a is None:
+            plan.append((url, "heal", {}))
+        elif a is not None and b is not None and own in (a, b):  # partition A B, heal A B
+            plan.append((url, "cut" if command == "partition" else "heal", {"region": b if own == a else a}))
+    for url, _, body in plan:
+        region = body.get("region")
+        if region is not None and region not in set(infos[url]["known"].values()):
+            raise ConfigError(f"{url} ({infos[url]['region']}) has not linked with region {region!r}: nothing changed")
+    done: dict[str, dict[str, Any]] = {}
+    for url, route, body in plan:
+        done[url] = admin_call(f"{url}/v1/admin/links/{route}", token, body=body)
+    return [(url, answer["region"], answer["cut"]) for url, answer in done.items()]

@@ -61,6 +61,7 @@ __all__ = [
     "ConfigError",
     "ServeConfig",
     "Setting",
+    "accepted_secrets",
     "check_peer_transport",
     "cluster_secret",
     "quorum_timeout",
@@ -230,6 +231,7 @@ class ServeConfig:
     peers: tuple[str, ...] = ()
     region_replicas: int = 1
     cluster_secret_file: Path | None = None
+    cluster_secret_accept_file: Path | None = None
     peer_max_size: int = 16 << 20
     peer_ping_interval: float = 5.0
     peer_ping_timeout: float = 10.0
@@ -281,6 +283,11 @@ SETTINGS: tuple[Setting, ...] = (
         "(local_quorum waits for a majority of them; default 1)",
     ),
     Setting("cluster_secret_file", _path, "file holding the secret peers authenticate each other with"),
+    Setting(
+        "cluster_secret_accept_file",
+        _path,
+        "file of further cluster secrets (one a line) peers may prove themselves with: a secret rotation",
+    ),
     Setting("peer_max_size", _int, "largest peer message in bytes, once the peer authenticated (4 KiB before)"),
     Setting("peer_ping_interval", _seconds, "seconds between keepalive pings on peer links"),
     Setting("peer_ping_timeout", _seconds, "seconds without a pong before a peer link counts as dead"),
@@ -453,6 +460,29 @@ def cluster_secret(config: ServeConfig, *, env: Mapping[str, str]) -> bytes | No
     if len(raw) < 16:
         raise ConfigError(f"{where}: a cluster secret has at least 16 bytes")
     return raw
+
+
+def accepted_secrets(config: ServeConfig) -> tuple[bytes, ...]:
+    """The further secrets peers may prove themselves with (``--cluster-secret-accept-file``, one a line).
+
+    During a rotation from secret A to B every node first accepts B while it
+    proves itself with A, then proves itself with B while it accepts A, then
+    drops A (``sync/channel.py``): no link is cut at any step.
+
+    Raises:
+        ConfigError: An unreadable file, or a secret shorter than 16 bytes.
+    """
+    path = config.cluster_secret_accept_file
+    if path is None:
+        return ()
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read cluster secret accept file {path}: {exc.strerror}") from None
+    found = tuple(line.strip() for line in lines if line.strip() and not line.startswith(b"#"))
+    if any(len(secret) < 16 for secret in found):
+        raise ConfigError(f"{path}: a cluster secret has at least 16 bytes")
+    return found
 
 
 def peer_ssl_context(config: ServeConfig) -> ssl.SSLContext | None:

@@ -97,15 +97,19 @@ import functools
 import logging
 import random as _random
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from crdtstore.linkcut import LINK_CUT, LinkCuts
+from crdtstore.peermetrics import ReplicationMeter, Traffic
 from crdtstore.quorum import Quorum
 from sync import protocol as sp
+from sync._state import OPEN
 from sync.config import SyncConfig
 from sync.dispatch import READS, dispatch
-from sync.events import ApplyDeltas, PeerInfo, ReadResponded, WriteAcked
+from sync.events import ApplyDeltas, Failed, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
 from sync.io.transport import Dialer, PeerConnection, TransportSettings
 from sync.quorum import Level, QuorumOutcome
@@ -173,6 +177,7 @@ class _Link:
     closed: bool = False
     url: str | None = None  # the configured URL we dialed, None for a link a peer opened
     lifted: bool = False  # the transport's pre-handshake message limit was lifted
+    traffic: Traffic = field(default_factory=Traffic)
 
 
 class Replicator:
@@ -190,6 +195,7 @@ class Replicator:
         sync_config: The protocol's config (None: its defaults).
         random: Jitter source for backoff.
         nonce: Fresh per-connection nonces for the handshake.
+        accepted_secrets: Further cluster secrets peers may prove themselves with (a rotation).
     """
 
     def __init__(
@@ -205,6 +211,7 @@ class Replicator:
         sync_config: SyncConfig | None = None,
         random: Callable[[], float] | None = None,
         nonce: Callable[[], bytes] = lambda: secrets.token_bytes(16),
+        accepted_secrets: Sequence[bytes] = (),
     ) -> None:
         self.node = node
         self.region = region
@@ -216,6 +223,7 @@ class Replicator:
         self.transport = transport or TransportSettings()
         self.settings = settings or ReplicatorSettings()
         self._secret = secret
+        self._accepted_secrets = tuple(accepted_secrets)
         self._sync_config = sync_config
         self._random = random or _random.Random().random
         self._nonce = nonce
@@ -231,6 +239,8 @@ class Replicator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self.stats: dict[str, int] = collections.Counter()
+        self.meter = ReplicationMeter()  # per-peer numbers for /metrics (crdtstore/peermetrics.py)
+        self.cuts = LinkCuts()  # links an operator cut (crdtstore/linkcut.py)
         # The live channel's (crdtstore.api.live): a peer's editor presence, and a peer whose last link closed.
         self.presence_sink: Callable[[Any], None] | None = None
         self.presence_link_lost: Callable[[str], None] | None = None
@@ -271,10 +281,7 @@ class Replicator:
         if self.settings.truncate_interval is not None:
             self._spawn(self._truncate_loop(self.settings.truncate_interval), "truncate")
         for url in self.peer_urls:
-            session = functools.partial(self._session, url=url)
-            dialer = Dialer(url, session, settings=self.transport, random=self._random)
-            dialer.start()
-            self._dialers.append(dialer)
+            self._dial(url)
         logger.info("replicator started", extra={"peers": len(self.peer_urls), "region": self.region})
 
     async def close(self) -> None:
@@ -297,6 +304,11 @@ class Replicator:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._quorum.cancel()
 
+    def _dial(self, url: str) -> None:
+        dialer = Dialer(url, functools.partial(self._session, url=url), settings=self.transport, random=self._random)
+        dialer.start()
+        self._dialers.append(dialer)
+
     async def accept(self, conn: PeerConnection) -> None:
         """Run a session on a link a peer opened (the ``/v1/peer`` endpoint calls this)."""
         if not self._running:
@@ -312,7 +324,9 @@ class Replicator:
 
     async def read(self, doc_id: str, level: Level, *, timeout: float | None = None) -> QuorumOutcome:
         """Gather peers' states of ``doc_id``, join them here, repair stale peers (:meth:`Quorum.read`)."""
-        return await self._quorum.read(doc_id, level, timeout=timeout)
+        outcome = await self._quorum.read(doc_id, level, timeout=timeout)
+        self.meter.quorum_outcome("read", Level(level).value, outcome.ok)
+        return outcome
 
     async def wait_for_acks(
         self,
@@ -324,7 +338,55 @@ class Replicator:
         timeout: float | None = None,
     ) -> QuorumOutcome:
         """Wait until enough peers durably hold the write ``(origin, seq)`` (:meth:`Quorum.wait_for_acks`)."""
-        return await self._quorum.wait_for_acks(doc_id, level, origin=origin, seq=seq, timeout=timeout)
+        outcome = await self._quorum.wait_for_acks(doc_id, level, origin=origin, seq=seq, timeout=timeout)
+        self.meter.quorum_outcome("write", Level(level).value, outcome.ok)
+        return outcome
+
+    # Public methods for operators: link cuts (crdtstore/linkcut.py) and what /metrics reads.
+
+    async def cut(self, *, peer: str | None = None, region: str | None = None) -> None:
+        """Cut the links to ``peer`` or ``region`` until healed: close them, refuse them, stop dialing them.
+
+        Raises:
+            crdtstore.linkcut.UnknownPeer: Not a peer or region linked with since the start (nothing changes).
+        """
+        self.cuts.cut(peer=peer, region=region)
+        for link in list(self._links):
+            if link.peer is not None and self.cuts.blocks(link.peer.replica_id, link.peer.region):
+                await self._close_link(link, LINK_CUT, "link cut by an operator")
+        for dialer in list(self._dialers):
+            peer_id = self._peer_ids.get(dialer.url)
+            if peer_id is not None and self.cuts.blocks(peer_id, self.cuts.known.get(peer_id, "")):
+                self._dialers.remove(dialer)
+                await dialer.close()
+
+    def heal(self, *, peer: str | None = None, region: str | None = None) -> None:
+        """Heal the cut of ``peer`` or ``region`` (neither: every cut) and dial the configured peers again."""
+        self.cuts.heal(peer=peer, region=region)
+        dialing = {dialer.url for dialer in self._dialers}
+        for url in self.peer_urls:
+            peer_id = self._peer_ids.get(url)
+            cut = peer_id is not None and self.cuts.blocks(peer_id, self.cuts.known.get(peer_id, ""))
+            if self._running and url not in dialing and not cut:
+                self._dial(url)
+
+    @property
+    def truncated(self) -> dict[str, int]:
+        """Per origin, how far this run truncated the log."""
+        return self._truncated
+
+    def now(self) -> float:
+        """The clock the replicator's numbers use: its event loop's."""
+        loop = self._loop
+        return loop.time() if loop is not None else time.monotonic()  # asyncio's own loop clock
+
+    def link_states(self) -> list[tuple[str, bool, int, Traffic]]:
+        """Each authenticated link now: its peer, whether it is open, its outbox length and traffic."""
+        return [
+            (link.peer_id, link.proto.state is OPEN, len(link.outbox), link.traffic)
+            for link in list(self._links)
+            if link.peer_id is not None and not link.closed
+        ]
 
     # Private methods: sessions.
 
@@ -343,7 +405,8 @@ class Replicator:
             nonce=self._nonce(),
             now=loop.time(),
             our_vector=await node.version_vector(),
-            **({"config": self._sync_config} if self._sync_config is not None else {}),
+            config=self._sync_config,
+            accepted_secrets=self._accepted_secrets,
         )
         link = _Link(proto=proto, conn=conn, url=url)
         self._links.add(link)
@@ -361,6 +424,8 @@ class Replicator:
                     break
                 self.stats["messages_in"] += 1
                 self.stats["bytes_in"] += len(data)
+                link.traffic.messages_in += 1
+                link.traffic.bytes_in += len(data)
                 self._input(link, functools.partial(sp.PeerProtocol.receive_message, data=data))
         finally:
             if not link.closed:
@@ -416,6 +481,8 @@ class Replicator:
                     return
                 self.stats["messages_out"] += 1
                 self.stats["bytes_out"] += len(data)
+                link.traffic.messages_out += 1
+                link.traffic.bytes_out += len(data)
             link.outbox_ready.clear()
             await link.outbox_ready.wait()
 
@@ -464,10 +531,14 @@ class Replicator:
         link.events.extend(kept)
 
     async def _truncate_loop(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
         while self._running:
             await asyncio.sleep(interval)
             try:
+                # Entries up to this vector were logged by now: the age of the oldest one left (peermetrics).
+                now, vector = loop.time(), await self.node.version_vector()
                 await self.truncate_once()
+                self.meter.checkpoint(now, vector, self._truncated)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the node is closing, storage full...: try again next time
@@ -507,6 +578,7 @@ class Replicator:
             return
         link.closed = True
         self._links.discard(link)
+        self.meter.link_closed(link.peer_id, link.traffic)
         if link.peer_id is not None and self.presence_link_lost and not self._links_to(link.peer_id, besides=link):
             self.presence_link_lost(link.peer_id)  # its editors' presence goes with the link
         if link.proto.pushing and link.peer_id is not None:
@@ -566,6 +638,8 @@ class Replicator:
 
         for link in list(self._links):
             self._input(link, update)
+        if entries:
+            self.meter.committed(entries[0].seq, entries[-1].seq, self.now())
 
     def _live_links(self) -> list[_Link]:
         # One link per peer: two links to one peer would count it twice.
@@ -621,6 +695,11 @@ class _LinkContext:
             logger.warning("more replicas of our region than region_replicas says", extra={"peer": peer.replica_id})
         if link.url is not None:
             rep._peer_ids[link.url] = peer.replica_id
+        rep.meter.peer_seen(peer.replica_id, peer.region)
+        rep.cuts.seen(peer.replica_id, peer.region)
+        if rep.cuts.blocks(peer.replica_id, peer.region):
+            self._refuse_cut()
+            return
         if any(other.proto.pushing for other in rep._links_to(link.peer_id, besides=link)):
             # Both sides dial, so a peer is often reached twice: deltas go on one link only.
             rep._input(link, lambda p: p.set_pushing(False))
@@ -628,8 +707,31 @@ class _LinkContext:
 
     def peer_acked(self, peer_id: str, vector: dict[str, int]) -> None:
         # truncate_once persists it before relying on it.
-        self.replicator._acks[peer_id] = vector
-        self.replicator._quorum.acks_changed()
+        rep = self.replicator
+        rep._acks[peer_id] = vector
+        rep._quorum.acks_changed()
+        rep.meter.acked(peer_id, vector.get(rep.node.replica_id, 0), rep.now())
+
+    def _refuse_cut(self) -> None:
+        """The link's peer is cut: fail the link before anything it queued is applied, and stop dialing it."""
+        rep, link = self.replicator, self.link
+        rep.stats["links_refused_cut"] += 1
+        rep._input(link, lambda p: p.fail(LINK_CUT, "link cut by an operator"))
+        kept = [e for e in link.events if isinstance(e, Failed)]
+        link.events.clear()
+        link.events.extend(kept)
+        link.reads.clear()
+        dialer = next((d for d in rep._dialers if link.url is not None and d.url == link.url), None)
+        if dialer is not None:
+            rep._dialers.remove(dialer)
+
+            async def stop() -> None:
+                # Close first (idempotent), so that stopping the dialer, which ends this session, cannot cut
+                # the closing handshake short: the peer learns why (LINK_CUT).
+                await link.conn.close(LINK_CUT, "link cut by an operator")
+                await dialer.close()
+
+            rep._spawn(stop(), "stop dialing a cut peer")
 
     def read_responded(self, event: ReadResponded) -> None:
         self.replicator._quorum.read_responded(event)

@@ -35,6 +35,7 @@ from crdtstore.api.versions import version_key
 from crdtstore.config import (
     ConfigError,
     ServeConfig,
+    accepted_secrets,
     check_peer_transport,
     cluster_secret,
     peer_ssl_context,
@@ -109,6 +110,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
         replicator = Replicator(
             node,
             secret=secret,
+            accepted_secrets=accepted_secrets(config),
             peers=config.peers,
             region=config.region,
             region_replicas=config.region_replicas,

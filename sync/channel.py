@@ -35,12 +35,22 @@ theirs), and gets a link it can read and cut, not one it can speak on.
 ``secret`` is never used as a key directly: HKDF-Extract turns it into a
 pseudorandom key first, so a secret of any length (16 bytes at least, the
 CLI checks) gives full-strength keys.
+
+**Rotating the secret.** A side may *accept* more secrets than the one it
+proves itself with (``accepted``): each side sends its Auth, and seals its
+direction, under its own secret, and checks the peer's Auth against its
+own and each accepted one; the peer's direction is then opened with the
+key of the secret that matched, which is the peer's own. With one secret on
+both sides this is exactly the single-secret schedule. So a cluster moves
+from secret A to B with no cut link: every node accepts B (proving with A),
+then every node proves with B (accepting A), then every node drops A.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 from .exceptions import FrameAuthFailed
 
@@ -88,21 +98,27 @@ class Channel:
     """Both directions of one link once both Hellos are known: the Auth MACs and the sealing.
 
     Args:
-        secret: The cluster secret.
+        secret: The cluster secret we prove ourselves with and seal our direction under.
         our_hello: Our encoded Hello, as sent.
         their_hello: The peer's encoded Hello, as received.
+        accepted: Further secrets the peer may prove itself with (a rotation; see the module docstring).
     """
 
-    __slots__ = ("_received", "_recv_mac", "_send_mac", "_sent", "our_auth", "their_auth")
+    __slots__ = ("_candidates", "_received", "_recv_mac", "_send_mac", "_sent", "_theirs", "our_auth", "their_auth")
 
-    def __init__(self, secret: bytes, our_hello: bytes, their_hello: bytes) -> None:
+    def __init__(self, secret: bytes, our_hello: bytes, their_hello: bytes, *, accepted: Sequence[bytes] = ()) -> None:
         prk = _prk(secret)
         ours, theirs = _transcript(our_hello, their_hello), _transcript(their_hello, our_hello)
         self.our_auth = _expand(prk, _AUTH, ours)
         self.their_auth = _expand(prk, _AUTH, theirs)
+        # The peer's Auth under each secret we take, and the key that opens its direction then.
+        self._candidates = [(self.their_auth, prk)] + [
+            (_expand(other, _AUTH, theirs), other) for other in (_prk(a) for a in accepted if a != secret)
+        ]
         # Keyed once; each message copies the keyed state instead of re-keying.
         self._send_mac = hmac.new(_expand(prk, _FRAME, ours), digestmod=hashlib.sha256)
         self._recv_mac = hmac.new(_expand(prk, _FRAME, theirs), digestmod=hashlib.sha256)
+        self._theirs = theirs
         self._sent = 0
         self._received = 0
 
@@ -117,8 +133,18 @@ class Channel:
         return self._received
 
     def check_auth(self, mac: bytes) -> bool:
-        """Whether ``mac`` is the peer's Auth for this transcript (constant time)."""
-        return hmac.compare_digest(self.their_auth, mac)
+        """Whether ``mac`` is the peer's Auth for this transcript under a secret we take (constant time).
+
+        On success the peer's direction is opened under the secret that matched (the peer's own).
+        """
+        matched = None
+        for expected, prk in self._candidates:  # every candidate compared: the time says not which matched
+            if hmac.compare_digest(expected, mac) and matched is None:
+                matched = prk
+        if matched is None:
+            return False
+        self._recv_mac = hmac.new(_expand(matched, _FRAME, self._theirs), digestmod=hashlib.sha256)
+        return True
 
     def seal(self, body: bytes) -> bytes:
         """``body || tag`` under the next counter of our direction."""

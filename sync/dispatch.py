@@ -220,6 +220,8 @@ async def _write_acked(ctx: Context, event: ev.WriteAcked) -> None:
 async def _anti_entropy_done(ctx: Context, event: ev.AntiEntropyDone) -> None:
     ctx.stats["anti_entropy_sessions"] += 1
     ctx.stats["anti_entropy_deferred"] += event.docs_deferred
+    # Only the initiator reports a session, so each repair is counted once across the cluster.
+    ctx.stats["anti_entropy_repaired"] += event.docs_pulled + event.docs_pushed
 
 
 async def _presence_received(ctx: Context, event: ev.PresenceReceived) -> None:

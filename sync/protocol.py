@@ -187,6 +187,8 @@ class PeerProtocol:
         now: The caller's clock at connection time.
         our_vector: The node's contiguous version vector now.
         config: Limits and intervals.
+        accepted_secrets: Further secrets the peer may prove itself with, during a rotation
+            (:class:`sync.channel.Channel`); we prove ourselves with ``secret``.
     """
 
     def __init__(
@@ -198,12 +200,14 @@ class PeerProtocol:
         now: float,
         our_vector: Mapping[str, int],
         config: SyncConfig | None = None,
+        accepted_secrets: Sequence[bytes] = (),
     ) -> None:
-        if not secret:
+        if not secret or not all(accepted_secrets):
             raise LocalProtocolError("the cluster secret must not be empty")
         self.our = our
         self.config = config if config is not None else SyncConfig()
         self._secret = bytes(secret)
+        self._accepted = tuple(bytes(a) for a in accepted_secrets)
         self._nonce = bytes(nonce)
         self._hello = m.Hello(our.replica_id, our.origin, our.region, our.epoch, m.PROTOCOL_VERSION, self._nonce)
         self._channel: Channel | None = None  # once the peer's Hello is known
@@ -487,7 +491,7 @@ class PeerProtocol:
             raise AuthenticationFailed("the peer reflected our nonce")
         self.peer = PeerInfo(msg.replica_id, msg.origin, msg.region, msg.epoch)
         # The Hello as received: decode() accepts canonical encodings only, so this is its exact bytes.
-        self._channel = Channel(self._secret, self._hello.encode(), msg.encode())
+        self._channel = Channel(self._secret, self._hello.encode(), msg.encode(), accepted=self._accepted)
         self._messages.append(m.Auth(self._channel.our_auth).encode())  # in clear, like the Hello
 
     def _receive_auth(self, msg: m.Auth) -> None:

@@ -55,7 +55,7 @@ def build_app(
         node=region.node,
         auth=auth,
         limits=limits or Limits(),
-        metrics=ApiMetrics(region.node.stats),
+        metrics=ApiMetrics(region.node.stats, replicator=region.replicator),
         region=region,
         replicator=region.replicator,
         wan=wan,

@@ -21,6 +21,23 @@ Series:
   ``crdtstore_lmdb_used_bytes``, and every other number ``node.stats()``
   reports as a ``crdtstore_node_<path>`` gauge (``stats["commit"]["commits"]``
   is ``crdtstore_node_commit_commits``), read at scrape time.
+* Replication, read at scrape time from the replicator
+  (:class:`_ReplicationCollector`; its numbers are kept by
+  :class:`crdtstore.peermetrics.ReplicationMeter`). Per peer, labelled by
+  the peer's stable replica id (``peer``) only: ``crdtstore_peer_up`` (1
+  while an authenticated link is open), ``crdtstore_replication_lag_seconds``
+  (our commit of a write to the peer's ack of it),
+  ``crdtstore_peer_outbox_messages`` (messages queued for the socket),
+  ``crdtstore_peer_unacked_deltas`` (our writes it has not acknowledged),
+  ``crdtstore_peer_{sent,received}_{bytes,messages}_total``. Per node:
+  ``crdtstore_anti_entropy_sessions_total`` and
+  ``crdtstore_anti_entropy_repaired_documents_total`` (sessions this
+  replica started, documents they pulled or pushed),
+  ``crdtstore_quorum_requests_total{operation,level,outcome}`` (reads and
+  writes that waited on peers; ``timeout`` is the 504),
+  ``crdtstore_log_oldest_entry_age_seconds`` (a lower bound),
+  ``crdtstore_peers_untracked``, and each replicator counter as
+  ``crdtstore_replication_<name>_total``.
 """
 
 from __future__ import annotations
@@ -35,6 +52,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crdtstore.peermetrics import QUORUM_OPERATIONS, QUORUM_OUTCOMES, Traffic
+from crdtstore.peermetrics import Histogram as PlainHistogram
+from sync.quorum import Level
 
 __all__ = ["CONTENT_TYPE", "ApiMetrics", "MetricsMiddleware"]
 
@@ -76,9 +97,10 @@ class ApiMetrics:
 
     Args:
         stats: Called at scrape time for the node's numbers (``node.stats``).
+        replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no replication series).
     """
 
-    def __init__(self, stats: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], Mapping[str, Any]], *, replicator: Any = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = _RequestCollector(_LATENCY_BUCKETS)
         self.registry.register(self.requests)
@@ -95,6 +117,8 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(_NodeCollector(stats))
+        if replicator is not None:
+            self.registry.register(_ReplicationCollector(replicator))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count and time one request (on the event loop)."""
@@ -184,6 +208,116 @@ class _NodeCollector(Collector):
                 continue
             seen.add(name)
             yield GaugeMetricFamily(name, help_text, value=float(value))
+
+
+class _ReplicationCollector(Collector):
+    """The replication series, read from the replicator at scrape time (on its event loop)."""
+
+    def __init__(self, replicator: Any) -> None:
+        self._rep = replicator
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        rep = self._rep
+        meter = rep.meter
+        peers = list(meter.peers)
+        up = dict.fromkeys(peers, 0)
+        outbox = dict.fromkeys(peers, 0)
+        traffic = {p: Traffic() for p in peers}
+        for p in peers:
+            traffic[p].add(meter.traffic[p])
+        for peer, is_open, queued, link_traffic in rep.link_states():
+            if peer not in up:
+                continue  # beyond the tracked peers
+            up[peer] = max(up[peer], int(is_open))
+            outbox[peer] += queued
+            traffic[peer].add(link_traffic)
+        yield _per_peer(
+            GaugeMetricFamily, "crdtstore_peer_up", "1 while an authenticated link to the peer is open.", up
+        )
+        yield _per_peer(
+            GaugeMetricFamily, "crdtstore_peer_outbox_messages", "Messages queued for the peer's socket.", outbox
+        )
+        yield _per_peer(
+            GaugeMetricFamily,
+            "crdtstore_peer_unacked_deltas",
+            "Writes of this replica (this start) the peer has not acknowledged.",
+            {p: meter.unacked(p) for p in peers},
+        )
+        for name, attr, what in (
+            ("crdtstore_peer_received_bytes", "bytes_in", "Bytes received from the peer (websocket messages)."),
+            ("crdtstore_peer_sent_bytes", "bytes_out", "Bytes sent to the peer (websocket messages)."),
+            ("crdtstore_peer_received_messages", "messages_in", "Messages received from the peer."),
+            ("crdtstore_peer_sent_messages", "messages_out", "Messages sent to the peer."),
+        ):
+            yield _per_peer(CounterMetricFamily, name, what, {p: getattr(traffic[p], attr) for p in peers})
+        lag = HistogramMetricFamily(
+            "crdtstore_replication_lag_seconds",
+            "From this replica's commit of a write to the peer's acknowledgement that it durably holds it.",
+            labels=["peer"],
+        )
+        for p in peers:
+            histogram: PlainHistogram = meter.lag[p]
+            lag.add_metric([p], _cumulative(histogram), histogram.total)
+        yield lag
+        stats = rep.stats
+        yield CounterMetricFamily(
+            "crdtstore_anti_entropy_sessions",
+            "Anti-entropy sessions this replica started and finished.",
+            value=stats.get("anti_entropy_sessions", 0),
+        )
+        yield CounterMetricFamily(
+            "crdtstore_anti_entropy_repaired_documents",
+            "Documents that sessions this replica started pulled from or pushed to a peer.",
+            value=stats.get("anti_entropy_repaired", 0),
+        )
+        quorum = CounterMetricFamily(
+            "crdtstore_quorum_requests",
+            "Reads and writes that waited on peers, by level and outcome (timeout: answered 504).",
+            labels=["operation", "level", "outcome"],
+        )
+        for operation in QUORUM_OPERATIONS:
+            for level in Level:
+                for outcome in QUORUM_OUTCOMES:
+                    quorum.add_metric(
+                        [operation, level.value, outcome], meter.quorum.get((operation, level.value, outcome), 0)
+                    )
+        yield quorum
+        age = GaugeMetricFamily(
+            "crdtstore_log_oldest_entry_age_seconds",
+            "Age of the oldest delta log entry not yet truncated (at least; 0: the log is empty).",
+        )
+        oldest = meter.log_age(rep.now(), rep.truncated)
+        if oldest is not None:
+            age.add_metric([], oldest)
+        yield age
+        yield GaugeMetricFamily(
+            "crdtstore_peers_untracked",
+            "Peers seen beyond the tracked limit (no per-peer series).",
+            value=len(meter.untracked),
+        )
+        for key, value in sorted(stats.items()):
+            yield CounterMetricFamily(
+                f"crdtstore_replication_{_metric_name(key)}", f"Replicator counter {key}.", value=value
+            )
+
+
+def _per_peer(kind: Any, name: str, help_text: str, values: Mapping[str, float]) -> Metric:
+    family = kind(name, help_text, labels=["peer"])
+    for peer, value in values.items():
+        family.add_metric([peer], value)
+    return family  # type: ignore[no-any-return]
+
+
+def _cumulative(histogram: PlainHistogram) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, n in zip((*histogram.bounds, float("inf")), histogram.buckets, strict=True):
+        running += n
+        out.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
+    return out
 
 
 def _named(key: str) -> tuple[str, str]:

@@ -89,6 +89,17 @@ _OP = {
 }
 
 
+_LINK_TARGET = {
+    "type": "object",
+    "maxProperties": 1,
+    "additionalProperties": False,
+    "properties": {
+        "peer": {"type": "string", "minLength": 1, "maxLength": 256, "description": "A peer's replica id."},
+        "region": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "Malformed JSON, request or op (invalid_op, index_out_of_range, invalid_id, invalid_version...).",
@@ -332,6 +343,24 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "Authenticated peers, replication counters and cut links",
                     "responses": {"200": _ok("Links", {"type": "object"}), **_errors(401, 403)},
+                },
+            },
+            "/v1/admin/links/cut": {
+                "get": {
+                    "summary": "This node's cut peer links, and the peers it has linked with since it started",
+                    "responses": {"200": _ok("Cuts", {"type": "object"}), **_errors(401, 403, 404)},
+                },
+                "post": {
+                    "summary": "Cut this node's links to a peer or a region until healed (in memory; admin scope)",
+                    "requestBody": {"required": True, "content": {_JSON: {"schema": _LINK_TARGET}}},
+                    "responses": {"200": _ok("Cuts", {"type": "object"}), **_errors(400, 401, 403, 404)},
+                },
+            },
+            "/v1/admin/links/heal": {
+                "post": {
+                    "summary": "Heal this node's cut links to a peer or a region ({}: every cut; admin scope)",
+                    "requestBody": {"required": False, "content": {_JSON: {"schema": _LINK_TARGET}}},
+                    "responses": {"200": _ok("Cuts", {"type": "object"}), **_errors(400, 401, 403, 404)},
                 },
             },
             "/v1/admin/merkle": {

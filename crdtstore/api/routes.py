@@ -25,6 +25,7 @@ from crdtstore.api.auth import Scope
 from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
+from crdtstore.api.linkadmin import cut_links, heal_links, show_cuts
 from crdtstore.api.live import live_channel
 from crdtstore.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from crdtstore.api.openapi import openapi_json
@@ -487,6 +488,9 @@ def routes(ctx: ApiContext, *, peer_links: bool = True) -> list[BaseRoute]:
         Route("/v1/admin/partition", bind(admin_partition), methods=["POST"]),
         Route("/v1/admin/heal", bind(admin_heal), methods=["POST"]),
         Route("/v1/admin/links", bind(admin_links), methods=["GET"]),
+        Route("/v1/admin/links/cut", bind(show_cuts), methods=["GET"]),
+        Route("/v1/admin/links/cut", bind(cut_links), methods=["POST"]),
+        Route("/v1/admin/links/heal", bind(heal_links), methods=["POST"]),
         Route("/v1/admin/merkle", bind(admin_merkle), methods=["GET"]),
         Route("/v1/openapi.json", bind(openapi), methods=["GET"]),
         Route("/healthz", bind(healthz), methods=["GET"]),
