@@ -43,17 +43,27 @@ client that listed both meant; it can put the ops in one entry and get them
 atomically. Refusing is also the answer that can be loosened later without
 breaking a client, unlike a chosen order.
 
-Why ``max_batch_docs`` (100 by default): each document takes one slot of
-the writer's queue (1,024) until its commit, so a few full batches at once
-must not crowd out every other writer; a document the queue refuses
-answers 503 ``overloaded`` with the others unaffected.
+Why ``max_batch_docs`` (100 by default), and an admission gate: each
+document takes one slot of the writer's queue (``max_queue``, 1,024) until
+its commit, and a full queue refuses a write (503 ``overloaded``). Sixteen
+bulk writers sending 100 documents each would fill it, and each would see
+most of its documents refused, while single writers and peers starve. So
+batch documents enter the queue through a :class:`DocumentGate`: at most
+half the queue (or one whole batch, if larger) at once; a batch waits its
+turn, first come first served, and only when the documents already waiting
+pass eight times that does a request answer 503 ``overloaded`` whole, with
+nothing applied. A document the writer still refuses (single writers filled
+the queue) answers 503 ``overloaded`` with the others unaffected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +74,7 @@ from crdtstore.api.errors import ApiError, status_and_body
 from crdtstore.version import seal_version
 from sync.quorum import Level
 
-__all__ = ["DocBatch", "WaitForWrite", "apply_batches", "parse_batch"]
+__all__ = ["DocBatch", "DocumentGate", "WaitForWrite", "apply_batches", "gate_of", "parse_batch"]
 
 logger = logging.getLogger("crdtstore.api")
 
@@ -72,6 +82,8 @@ WaitForWrite = Callable[..., Awaitable[None]]
 """``routes.wait_for_write``: ``(ctx, doc_id, level, result, version, *, timeout)``, raising 504 on timeout."""
 
 _ENTRY_FIELDS = frozenset({"id", "ops"})
+_DEFAULT_WRITE_QUEUE = 1024  # NodeConfig.max_queue's default, for a node that does not say
+_BACKLOG_FACTOR = 8
 
 
 @dataclass(slots=True)
@@ -87,6 +99,88 @@ class DocBatch:
     id: str
     ops: list[dict[str, Any]] | None
     error: ApiError | None = None
+
+
+class DocumentGate:
+    """Admits batches' documents to the write queue, ``capacity`` at once, in arrival order.
+
+    Args:
+        capacity: Documents admitted at once, at most (a batch larger than that is admitted alone).
+        backlog: Documents allowed to wait; a batch that would pass it is refused (503 ``overloaded``).
+    """
+
+    def __init__(self, *, capacity: int, backlog: int) -> None:
+        if capacity < 1 or backlog < 0:
+            raise ValueError("capacity must be at least 1 and backlog at least 0")
+        self.capacity = capacity
+        self.backlog = backlog
+        self.admitted = 0
+        self.waiting = 0
+        self._queue: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    @contextlib.asynccontextmanager
+    async def admit(self, documents: int) -> AsyncIterator[None]:
+        """Hold ``documents`` slots for the ``async with`` body, waiting behind earlier batches.
+
+        Raises:
+            ApiError: 503 ``overloaded``: the backlog is full; nothing was admitted.
+        """
+        if not self._queue and self._fits(documents):
+            self.admitted += documents
+        else:
+            if self.waiting + documents > self.backlog:
+                detail = {"waiting_documents": self.waiting}
+                message = "too many batch documents are waiting for the writer"
+                raise ApiError(503, "overloaded", message, detail, headers={"Retry-After": "1"})
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._queue.append((documents, turn))
+            self.waiting += documents
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release(documents)  # admitted just as it was cancelled: hand the slots on
+                else:
+                    self._drop(documents, turn)
+                raise
+        try:
+            yield
+        finally:
+            self._release(documents)
+
+    def _fits(self, documents: int) -> bool:
+        # A batch larger than the capacity would never fit: it goes in alone.
+        return self.admitted + documents <= self.capacity or self.admitted == 0
+
+    def _release(self, documents: int) -> None:
+        self.admitted -= documents
+        while self._queue and self._fits(self._queue[0][0]):
+            waiting, turn = self._queue.popleft()
+            self.waiting -= waiting
+            if turn.done():  # its request was cancelled while waiting: it takes no slots
+                continue
+            self.admitted += waiting
+            turn.set_result(None)
+
+    def _drop(self, documents: int, turn: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):  # already skipped by _release
+            self._queue.remove((documents, turn))
+            self.waiting -= documents
+        self._release(0)  # it may have held back the next in line
+
+
+_gates: weakref.WeakKeyDictionary[ApiContext, DocumentGate] = weakref.WeakKeyDictionary()
+
+
+def gate_of(ctx: ApiContext) -> DocumentGate:
+    """The gate of ``ctx``'s node: half its write queue at once (module docstring)."""
+    gate = _gates.get(ctx)
+    if gate is None:
+        config = getattr(ctx.node, "config", None)
+        queue = getattr(config, "max_queue", _DEFAULT_WRITE_QUEUE)
+        capacity = max(1, queue // 2)
+        gate = _gates[ctx] = DocumentGate(capacity=capacity, backlog=_BACKLOG_FACTOR * capacity)
+    return gate
 
 
 # Public functions.
@@ -153,10 +247,13 @@ async def apply_batches(
             results[index] = _failure(doc.id, doc.error)
         else:
             ready.append(index)
-    # Started together, so the writer finds them queued together: one transaction, one fsync.
-    applied = await asyncio.gather(
-        *(ctx.node.apply(docs[i].id, docs[i].ops or []) for i in ready), return_exceptions=True
-    )
+    applied: list[Any] = []
+    if ready:
+        async with gate_of(ctx).admit(len(ready)):
+            # Started together, so the writer finds them queued together: one transaction, one fsync.
+            applied = await asyncio.gather(
+                *(ctx.node.apply(docs[i].id, docs[i].ops or []) for i in ready), return_exceptions=True
+            )
     committed: list[tuple[int, Any, str]] = []
     for index, outcome in zip(ready, applied, strict=True):
         if isinstance(outcome, BaseException):

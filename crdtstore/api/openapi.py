@@ -167,11 +167,12 @@ def _document() -> dict[str, Any]:
                 # is answered in its own result (200 for the request), so the schema must not call it invalid.
                 "BatchEntry": {
                     "type": "object",
-                    "required": ["id", "ops"],
+                    "required": ["id"],
                     "description": (
-                        "One document: ops as in POST /v1/docs/{id} (an array of Op, applied atomically). The id "
-                        f"follows the rule of the path parameter, unencoded: {_ID_RULE} A document that breaks a "
-                        "rule (id, ops, fields other than id and ops, limits) gets its error as its result."
+                        "One document: ops (needed) as in POST /v1/docs/{id}, an array of Op applied atomically. "
+                        f"The id follows the rule of the path parameter, unencoded: {_ID_RULE} A document that "
+                        "breaks a rule (id, ops missing or bad, fields other than id and ops, limits) gets its "
+                        "error as its result."
                     ),
                     "properties": {"id": {"type": "string"}, "ops": {}},
                 },
@@ -345,7 +346,7 @@ def _document() -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _ok("One result per document", {"$ref": "#/components/schemas/BatchResults"}),
-                        **_errors(400, 401, 403, 413, 415, 422),
+                        **_errors(400, 401, 403, 413, 415, 422, 503),
                     },
                 },
             },

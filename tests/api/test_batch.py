@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
+from crdtstore.api.batch import DocumentGate, gate_of
+from crdtstore.api.errors import ApiError
 from crdtstore.api.limits import Limits, parse_json
 from crdtstore.client import AsyncClient, Client
 from crdtstore.config import SETTINGS, resolve
@@ -409,3 +412,138 @@ def test_a_batch_answers_as_single_writes_would(make_client: Callable[..., TestC
             assert value_of(batched, doc_id) == value_of(single, doc_id)
 
     check()
+
+
+# The admission gate: bulk writers wait their turn instead of filling the write queue.
+
+
+def test_concurrent_batches_past_the_write_queue_wait_their_turn(tmp_path: Path) -> None:
+    # A write queue of 64: the gate admits 32 documents at once and lets 8 x 32 wait; the writer is held
+    # still until every batch has arrived, so without the gate the queue would overflow (per-document 503s).
+    node = Node(NodeConfig(region="test", data_dir=tmp_path / "n", sync=False, max_queue=64))
+    auth = AuthPolicy(tokens=TokenStore({RW_TOKEN: Scope.READWRITE}))
+    app = build_app(node, auth=auth, limits=Limits(max_batch_docs=32))
+    hold = threading.Event()
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            gate = gate_of(app.state.api)
+            assert (gate.capacity, gate.backlog) == (32, 256)
+            held = node.writer.submit(lambda ctx: hold.wait(60))
+            transport = httpx.ASGITransport(app=app)
+            async with AsyncClient("http://in-process", RW_TOKEN, transport=transport) as api:
+
+                async def send(n: int) -> Any:
+                    try:
+                        return await api.batch({f"b{n}-{k}": SET for k in range(32)})
+                    except Exception as exc:
+                        return exc
+
+                sent = [asyncio.ensure_future(send(n)) for n in range(10)]
+                for _ in range(500):  # bounded: until 32 admitted, 256 waiting and one refused
+                    if gate.waiting == 256 and sum(t.done() for t in sent) == 1:
+                        break
+                    await asyncio.sleep(0.01)
+                while_held = (gate.admitted, gate.waiting)
+                hold.set()
+                await held
+                outcomes = await asyncio.gather(*sent)
+                applied = [o for o in outcomes if not isinstance(o, Exception)]
+                assert all(item.ok for batch in applied for item in batch)  # no document met a full queue
+                refused = [o for o in outcomes if isinstance(o, Exception)]
+                assert len(refused) == 1
+                assert (getattr(refused[0], "status", None), getattr(refused[0], "code", None)) == (503, "overloaded")
+                ids = [doc_id async for doc_id in api.iter_ids("b", page_size=1000)]
+                assert len(ids) == 9 * 32  # the refused batch wrote nothing
+            assert while_held == (32, 256) and (gate.admitted, gate.waiting) == (0, 0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        hold.set()
+
+
+def test_the_gate_admits_in_arrival_order_within_capacity() -> None:
+    async def scenario() -> None:
+        gate = DocumentGate(capacity=10, backlog=20)
+        order: list[str] = []
+        release = {name: asyncio.Event() for name in "abcde"}
+
+        async def hold(name: str, documents: int) -> None:
+            async with gate.admit(documents):
+                order.append(name)
+                assert gate.admitted <= 10 or gate.admitted == documents
+                await release[name].wait()
+
+        tasks = {"a": asyncio.ensure_future(hold("a", 6))}
+        await asyncio.sleep(0)
+        tasks["b"] = asyncio.ensure_future(hold("b", 6))
+        await asyncio.sleep(0)
+        tasks["c"] = asyncio.ensure_future(hold("c", 4))  # would fit beside a, but b came first
+        await asyncio.sleep(0)
+        assert order == ["a"] and (gate.admitted, gate.waiting) == (6, 10)
+        with pytest.raises(ApiError) as info:  # 10 waiting + 11 > 20: refused whole, nothing held
+            async with gate.admit(11):
+                pass
+        assert info.value.status == 503 and (gate.admitted, gate.waiting) == (6, 10)
+        tasks["d"] = asyncio.ensure_future(hold("d", 30))  # larger than the gate: goes alone, in turn
+        await asyncio.sleep(0)
+        assert gate.waiting == 10  # 10 + 30 > 20: refused
+        assert isinstance(tasks["d"].exception(), ApiError)
+        release["a"].set()
+        await asyncio.sleep(0.01)
+        assert order == ["a", "b", "c"] and gate.admitted == 10
+        tasks["e"] = asyncio.ensure_future(hold("e", 1))
+        await asyncio.sleep(0)
+        tasks["e"].cancel()  # cancelled while waiting: leaves the line
+        await asyncio.sleep(0)
+        assert gate.waiting == 0
+        release["b"].set()
+        release["c"].set()
+        await asyncio.gather(tasks["a"], tasks["b"], tasks["c"])
+        assert (gate.admitted, gate.waiting) == (0, 0) and order == ["a", "b", "c"]
+
+        alone = DocumentGate(capacity=4, backlog=100)
+        async with alone.admit(9):  # an oversized batch is admitted when nothing else is
+            assert alone.admitted == 9
+        assert alone.admitted == 0
+
+    asyncio.run(scenario())
+
+
+@settings(deadline=None)
+@given(
+    plan=st.lists(
+        st.tuples(st.integers(1, 12), st.integers(0, 3), st.booleans()),  # (documents, yields held, cancel it)
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_gate_never_overfills_and_always_drains(plan: list[tuple[int, int, bool]]) -> None:
+    async def scenario() -> None:
+        gate = DocumentGate(capacity=10, backlog=30)
+        admitted_order: list[int] = []
+
+        async def hold(index: int, documents: int, yields: int) -> None:
+            async with gate.admit(documents):
+                admitted_order.append(index)
+                # Past the capacity only when an oversized batch holds the gate alone.
+                assert gate.admitted <= gate.capacity or gate.admitted == documents
+                for _ in range(yields):
+                    await asyncio.sleep(0)
+
+        tasks = []
+        for index, (documents, yields, _) in enumerate(plan):
+            tasks.append(asyncio.ensure_future(hold(index, documents, yields)))
+            await asyncio.sleep(0)
+        for task, (_, _, cancel) in zip(tasks, plan, strict=True):
+            if cancel:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert (gate.admitted, gate.waiting) == (0, 0)
+        # Every batch not cancelled got in (arrival order is the deterministic test's above).
+        entered = set(admitted_order)
+        for index, task in enumerate(tasks):
+            assert index in entered or task.cancelled() or isinstance(task.exception(), ApiError)
+
+    asyncio.run(scenario())
