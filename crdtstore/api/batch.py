@@ -261,10 +261,12 @@ async def apply_batches(
         else:
             version = seal_version(outcome.version, docs[index].id, ctx.version_key)
             committed.append((index, outcome, version))
-    waited = await asyncio.gather(
-        *(wait(ctx, docs[i].id, level, result, version, timeout=timeout) for i, result, version in committed),
-        return_exceptions=True,
-    )
+    waited: list[Any] = [None] * len(committed)
+    if level is not Level.ONE:  # at one, this replica's commit is the answer: no task per document to wait on
+        waited = await asyncio.gather(
+            *(wait(ctx, docs[i].id, level, result, version, timeout=timeout) for i, result, version in committed),
+            return_exceptions=True,
+        )
     for (index, result, version), outcome in zip(committed, waited, strict=True):
         if isinstance(outcome, BaseException):
             results[index] = _failure(docs[index].id, outcome)
