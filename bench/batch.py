@@ -11,9 +11,14 @@ keep-alive connections (``bench/loadgen.py``). For each concurrency, rounds
 run the two phases in turn, and the median round of each is reported:
 
 * ``single``: each connection sends ``POST /v1/docs/{id}`` with one
-  ``increment`` op, to 100 documents in turn;
+  ``increment`` op, to 100 documents of its own in turn;
 * ``batch``: each connection sends ``POST /v1/batch`` with the same op for
-  the same kind of 100 documents (``--batch-docs``).
+  100 documents of its own (``--batch-docs``).
+
+Connection n writes documents ``n * 100 ...`` modulo ``--docs`` (800), so
+the documents a phase touches fit the node's cache of decoded documents
+(1,024 by default): past it, every write decodes its document from LMDB
+first, which costs both phases alike and is not what this compares.
 
 Both phases count documents that answered 200 (a batch's documents by their
 own status). Reported per phase: documents/s (wall) and the server's CPU
@@ -71,18 +76,26 @@ class Phase:
         )
 
 
-def single_request(conn: int, i: int) -> bytes:
+def single_request(conn: int, i: int, size: int, docs: int) -> bytes:
     body = orjson.dumps({"ops": [{"op": "increment", "path": ["n"]}]})
-    return api.http_request("POST", f"/v1/docs/single-{conn}-{i % 100}", body)
+    return api.http_request("POST", f"/v1/docs/single-{(conn * size + i % size) % docs}", body)
 
 
-def batch_request(conn: int, i: int, size: int) -> bytes:
-    docs = [{"id": f"batch-{conn}-{k}", "ops": [{"op": "increment", "path": ["n"]}]} for k in range(size)]
-    return api.http_request("POST", "/v1/batch", orjson.dumps({"docs": docs}))
+def batch_request(conn: int, size: int, docs: int) -> bytes:
+    op = {"op": "increment", "path": ["n"]}
+    entries = [{"id": f"batch-{(conn * size + k) % docs}", "ops": [op]} for k in range(size)]
+    return api.http_request("POST", "/v1/batch", orjson.dumps({"docs": entries}))
 
 
 async def run_phase(
-    name: str, server: api.ServerProc, *, concurrency: int, seconds: float, max_requests: int, batch_docs: int
+    name: str,
+    server: api.ServerProc,
+    *,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    batch_docs: int,
+    docs: int,
 ) -> Phase:
     phase = Phase(name)
     conns = [await Connection.open(server.port) for _ in range(concurrency)]
@@ -94,12 +107,12 @@ async def run_phase(
         while budget[0] > 0 and time.perf_counter() < deadline:
             budget[0] -= 1
             if name == "single":
-                status, _ = await conn.exchange(single_request(index, i))
+                status, _ = await conn.exchange(single_request(index, i, batch_docs, docs))
                 ok = 1 if status == 200 else 0
                 phase.docs += ok
                 phase.failed += 1 - ok
             else:
-                status, body = await conn.exchange(batch_request(index, i, batch_docs))
+                status, body = await conn.exchange(batch_request(index, batch_docs, docs))
                 results = orjson.loads(body)["results"] if status == 200 else []
                 ok = sum(1 for r in results if r["status"] == 200)
                 phase.docs += ok
@@ -123,13 +136,19 @@ def _median(phases: list[Phase], key: Any) -> Phase:
 
 
 async def run(args: argparse.Namespace, server: api.ServerProc) -> dict[str, Any]:
-    summary: dict[str, Any] = {"batch_docs": args.batch_docs, "seconds": args.seconds, "rounds": args.rounds}
+    summary: dict[str, Any] = {
+        "batch_docs": args.batch_docs,
+        "docs": args.docs,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+    }
     for concurrency in args.concurrency:
         opts = {
             "concurrency": concurrency,
             "seconds": args.seconds,
             "max_requests": args.max_requests,
             "batch_docs": args.batch_docs,
+            "docs": args.docs,
         }
         rounds: dict[str, list[Phase]] = {"single": [], "batch": []}
         for n in range(args.rounds):
@@ -171,9 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of both phases (median reported)")
     parser.add_argument("--max-requests", type=int, default=100_000, help="per phase and round, at most")
     parser.add_argument("--batch-docs", type=int, default=100, help="documents per batch (server allows 100)")
+    parser.add_argument(
+        "--docs",
+        type=int,
+        default=800,
+        help="distinct documents each phase writes (default within the node's cache of 1,024 decoded documents)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.batch_docs <= 100:
         parser.error("--batch-docs is 1 to 100 (the server's default max_batch_docs)")
+    if args.docs < args.batch_docs:
+        parser.error("--docs must be at least --batch-docs (a batch names a document once)")
 
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-batch-") as tmp:
         server = api.start_server("real", Path(tmp))

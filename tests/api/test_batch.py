@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -557,3 +559,17 @@ def test_the_gate_never_overfills_and_always_drains(plan: list[tuple[int, int, b
             assert index in entered or task.cancelled() or isinstance(task.exception(), ApiError)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_the_bench_runs_both_phases_and_reports_every_document() -> None:
+    # A smoke run of bench/batch.py: its figures are not checked (no timing in tests), only that both
+    # phases ran against a real server and every document answered 200.
+    bench = Path(__file__).resolve().parents[2] / "bench" / "batch.py"
+    args = ["--concurrency", "1", "--rounds", "1", "--seconds", "0.3", "--max-requests", "5", "--docs", "100"]
+    run = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["c1_failed"] == 0
+    assert summary["c1_single_docs_per_s"] > 0 and summary["c1_batch_docs_per_s"] > 0
+    assert "c1_ratio_wall" in summary
