@@ -18,10 +18,11 @@ atomically with each other.
    would be: the id rule, the shape of ``ops``, value limits, version
    tokens. A document that fails gets its error as its result; it never
    reaches the node, and the others go on.
-3. **Every remaining document goes to the node at once**: one
-   ``Node.apply`` per document, all awaited together, so they join the
-   group-commit writer's queue together and share one LMDB transaction and
-   one fsync (:mod:`crdtstore.commit`). A document the node refuses (a
+3. **Every remaining document goes to the node at once**, once the
+   admission gate below lets the batch in: one ``Node.apply`` per document,
+   all awaited together, so they join the group-commit writer's queue
+   together and share its transactions and fsyncs (one for up to
+   ``max_batch``, 256, writes: :mod:`crdtstore.commit`). A document the node refuses (a
    ``type_mismatch``, an index out of range, a document over its size
    limit) is rolled back alone in its child transaction; its batch-mates
    commit.
