@@ -5,6 +5,7 @@ the server's JSON error body (``{"error", "message", "detail"}``)::
 
     with Client("http://127.0.0.1:8080", token=TOKEN) as client:
         written = client.apply("cart:42", [{"op": "add", "path": ["items"], "value": "apple"}])
+        outcomes = client.batch({"cart:42": [...], "cart:43": [...]})  # one request, answered per document
         doc = client.read("cart:42")
         for record in client.changes("cart:42", since=doc.version):
             ...
@@ -18,7 +19,7 @@ server.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
@@ -27,7 +28,7 @@ import httpx
 import orjson
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-__all__ = ["ApiError", "AsyncClient", "Client", "Document", "Page", "WriteResult"]
+__all__ = ["ApiError", "AsyncClient", "BatchOutcome", "Client", "Document", "Page", "WriteResult"]
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -57,6 +58,24 @@ class WriteResult:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """One document's outcome in :meth:`Client.batch`: ``result`` if it committed, else ``error``.
+
+    ``error`` is what :meth:`Client.apply` would have raised for this
+    document alone; on a 504 ``quorum_timeout`` the write is durable all the
+    same (``error.detail["version"]``) and keeps replicating.
+    """
+
+    id: str
+    result: WriteResult | None
+    error: ApiError | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
 class Document:
     id: str
     value: dict[str, Any]
@@ -83,6 +102,17 @@ def _headers(token: str | None) -> dict[str, str]:
 
 def _batch_body(ops: Sequence[dict[str, Any]]) -> bytes:
     return orjson.dumps({"ops": list(ops)})
+
+
+def _many_body(docs: Mapping[str, Sequence[dict[str, Any]]]) -> bytes:
+    return orjson.dumps({"docs": [{"id": doc_id, "ops": list(ops)} for doc_id, ops in docs.items()]})
+
+
+def _write_params(w: str | None, timeout: float | None) -> dict[str, str]:
+    params = {"w": w} if w is not None else {}
+    if timeout is not None:
+        params["timeout"] = repr(float(timeout))
+    return params
 
 
 def _list_params(prefix: str, cursor: str | None, limit: int | None) -> dict[str, str]:
@@ -117,6 +147,18 @@ def _document(doc_id: str, response: httpx.Response) -> Document:
 def _write_result(response: httpx.Response) -> WriteResult:
     data = orjson.loads(_checked(response).content)
     return WriteResult(version=data["version"], created=data["created"])
+
+
+def _batch_outcomes(response: httpx.Response) -> list[BatchOutcome]:
+    outcomes = []
+    for item in orjson.loads(_checked(response).content)["results"]:
+        if item["status"] == 200:
+            written = WriteResult(version=item["version"], created=item["created"])
+            outcomes.append(BatchOutcome(item["id"], written, None))
+        else:
+            error = ApiError(item["status"], str(item["error"]), str(item["message"]), item.get("detail"))
+            outcomes.append(BatchOutcome(item["id"], None, error))
+    return outcomes
 
 
 def _page(response: httpx.Response) -> Page:
@@ -210,6 +252,30 @@ class Client:
             _doc_path(doc_id), content=_batch_body(ops), headers={"Content-Type": "application/json"}
         )
         return _write_result(response)
+
+    def batch(
+        self, docs: Mapping[str, Sequence[dict[str, Any]]], *, w: str | None = None, timeout: float | None = None
+    ) -> list[BatchOutcome]:
+        """Apply each document's ops atomically, all in one request (``POST /v1/batch``).
+
+        Args:
+            docs: Document id to its ops, at most the server's ``max_batch_docs`` (100 by default).
+            w: The write consistency level (``one``, ``local_quorum``, ``quorum``, ``all``).
+            timeout: Seconds the server waits for ``w`` (None: its default).
+
+        Returns:
+            One outcome per document, in the mapping's order; a refused document changed nothing.
+
+        Raises:
+            ApiError: The request itself was refused (empty, too many documents, bad ``w``, scope); nothing applied.
+        """
+        response = self._http.post(
+            "/v1/batch",
+            content=_many_body(docs),
+            params=_write_params(w, timeout),
+            headers={"Content-Type": "application/json"},
+        )
+        return _batch_outcomes(response)
 
     def read(self, doc_id: str, *, siblings: bool = False) -> Document:
         params = {"siblings": "true"} if siblings else None
@@ -316,6 +382,18 @@ class AsyncClient:
             _doc_path(doc_id), content=_batch_body(ops), headers={"Content-Type": "application/json"}
         )
         return _write_result(response)
+
+    async def batch(
+        self, docs: Mapping[str, Sequence[dict[str, Any]]], *, w: str | None = None, timeout: float | None = None
+    ) -> list[BatchOutcome]:
+        """Apply each document's ops atomically, all in one request; see :meth:`Client.batch`."""
+        response = await self._http.post(
+            "/v1/batch",
+            content=_many_body(docs),
+            params=_write_params(w, timeout),
+            headers={"Content-Type": "application/json"},
+        )
+        return _batch_outcomes(response)
 
     async def read(self, doc_id: str, *, siblings: bool = False) -> Document:
         params = {"siblings": "true"} if siblings else None

@@ -221,6 +221,7 @@ class ServeConfig:
     max_map_size: int = 8 << 30
     max_document_bytes: int = 16 << 20
     max_sequence_length: int = 4 << 20
+    max_batch_docs: int = 100
     max_connections: int = 4096
     timeout_keep_alive: int = 5
     timeout_request_headers: float = 10.0
@@ -264,6 +265,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_map_size", _int, "largest LMDB map in bytes (writes fail with 503 beyond it)"),
     Setting("max_document_bytes", _positive_int, "largest document a local write may leave, stored bytes (else 413)"),
     Setting("max_sequence_length", _positive_int, "longest text or list a local insert may leave (else 413)"),
+    Setting(
+        "max_batch_docs",
+        _positive_int,
+        "most documents in one POST /v1/batch (each takes a slot of the node's write queue, 1,024 slots)",
+    ),
     Setting(
         "max_connections",
         _positive_int,

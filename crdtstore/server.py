@@ -121,7 +121,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
     return build_app(
         Region(node, replicator=replicator),
         auth=auth,
-        limits=Limits(max_body_bytes=config.max_body_bytes),
+        limits=Limits(max_body_bytes=config.max_body_bytes, max_batch_docs=config.max_batch_docs),
         replicator=replicator,
         wan=wan,
         peer_links=config.peer_port is None,

@@ -87,6 +87,7 @@ class Limits:
         max_ops: Most ops in one batch.
         max_page: Largest ``limit`` of a listing.
         default_page: ``limit`` of a listing that names none.
+        max_batch_docs: Most documents in one ``POST /v1/batch`` (:mod:`crdtstore.api.batch`).
     """
 
     max_body_bytes: int = 4 << 20
@@ -96,6 +97,7 @@ class Limits:
     max_ops: int = core_limits.MAX_BATCH_OPS
     max_page: int = 1000
     default_page: int = 100
+    max_batch_docs: int = 100
 
 
 # Public functions for the request envelope.
@@ -135,11 +137,18 @@ async def read_body(content_length: str | None, chunks: AsyncIterator[bytes], li
     return b"".join(parts)
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, *, refuse_big_ints: bool = True) -> Any:
     """Parse a JSON body; 400 ``malformed_json`` if it is not JSON or an object repeats a key.
 
     ``-0.0`` (any spelling of a negative zero float) is read as ``0.0``; see
     the module docstring.
+
+    Args:
+        body: The body's bytes.
+        refuse_big_ints: Refuse the whole body (422) for an integer beyond int64. False: keep
+            it as an out-of-range int (any literal of 20+ digits as ``INT64_MAX + 1``), for the
+            caller's :func:`check_value` to refuse where it checks values: one document of a
+            batch, not the whole request.
     """
     try:
         value = orjson.loads(body)
@@ -150,7 +159,7 @@ def parse_json(body: bytes) -> Any:
     fix_zero = b"-0" in body
     keys = _walk(value, fix_zero=fix_zero)
     if _LONG_DIGITS.search(body) or not _no_repeated_keys(body, value, keys):
-        value = _reparse_exact(body, value)
+        value = _reparse_exact(body, value, refuse_big_ints=refuse_big_ints)
         if fix_zero:
             _walk(value, fix_zero=True)
     return value
@@ -416,17 +425,24 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _reparse_exact(body: bytes, fast: Any) -> Any:
+def _reparse_exact(body: bytes, fast: Any, *, refuse_big_ints: bool = True) -> Any:
     """Parse ``body`` again with exact integers, refusing repeated keys (orjson keeps the last silently)."""
 
     def exact_int(text: str) -> int:
         # 20+ digits cannot fit in int64 (and int() of thousands of digits raises ValueError).
-        if len(text.lstrip("-")) > 19 or not core_limits.INT64_MIN <= int(text) <= core_limits.INT64_MAX:
+        too_long = len(text.lstrip("-")) > 19
+        if too_long or not core_limits.INT64_MIN <= int(text) <= core_limits.INT64_MAX:
+            if not refuse_big_ints:
+                return core_limits.INT64_MAX + 1 if too_long else int(text)
             raise ApiError(422, "invalid_value", "integers must fit in 64 bits (signed)", {"integer": text[:40]})
         return int(text)
 
     # orjson accepted the body, so it is valid JSON; but the stdlib parser
     # recurses, so a deep body keeps the fast result (the depth limit refuses it anyway).
     if _depth(fast) > _REPARSE_MAX_DEPTH:
+        if not refuse_big_ints:
+            # The fast result may hold a rounded float for a big integer, or the last of repeated keys,
+            # in any part of the body: the caller's per-part checks could not tell, so refuse it whole.
+            raise ApiError(422, "invalid_value", f"values nest at most {_REPARSE_MAX_DEPTH} deep in this body")
         return fast
     return json.loads(body, parse_int=exact_int, object_pairs_hook=_unique_keys)

@@ -157,6 +157,65 @@ def _document() -> dict[str, Any]:
                         }
                     },
                 },
+                "BatchRequest": {
+                    "type": "object",
+                    "required": ["docs"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "docs": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 100,
+                            "description": (
+                                "1 to max_batch_docs documents (a server setting, 100 by default); "
+                                "an id given twice refuses the whole request (400 invalid_request)."
+                            ),
+                            "items": {"$ref": "#/components/schemas/BatchEntry"},
+                        }
+                    },
+                },
+                # ops and further fields are left open on purpose: a document the single-write rules refuse
+                # is answered in its own result (200 for the request), so the schema must not call it invalid.
+                "BatchEntry": {
+                    "type": "object",
+                    "required": ["id"],
+                    "description": (
+                        "One document: ops (needed) as in POST /v1/docs/{id}, an array of Op applied atomically. "
+                        f"The id follows the rule of the path parameter, unencoded: {_ID_RULE} A document that "
+                        "breaks a rule (id, ops missing or bad, fields other than id and ops, limits) gets its "
+                        "error as its result."
+                    ),
+                    "properties": {"id": {"type": "string"}, "ops": {}},
+                },
+                "BatchResults": {
+                    "type": "object",
+                    "required": ["results"],
+                    "properties": {
+                        "results": {
+                            "type": "array",
+                            "description": "One result per document, in request order.",
+                            "items": {"$ref": "#/components/schemas/BatchResult"},
+                        }
+                    },
+                },
+                "BatchResult": {
+                    "type": "object",
+                    "required": ["id", "status"],
+                    "description": (
+                        "status 200: version and created, as POST /v1/docs/{id} answers. Otherwise the status "
+                        "and error body (error, message, detail) that POST would have answered for this document "
+                        "alone; nothing of it changed, except on 504 quorum_timeout (durable here, replicating)."
+                    ),
+                    "properties": {
+                        "id": {"type": "string"},
+                        "status": {"type": "integer"},
+                        "version": {"type": "string"},
+                        "created": {"type": "boolean"},
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "detail": {},
+                    },
+                },
                 "WriteResult": {
                     "type": "object",
                     "required": ["version", "created"],
@@ -270,6 +329,36 @@ def _document() -> dict[str, Any]:
                 "delete": {
                     "summary": "Delete a document",
                     "responses": {"204": {"description": "Deleted"}, **_errors(400, 401, 403, 404, 503)},
+                },
+            },
+            "/v1/batch": {
+                "post": {
+                    "summary": "Apply op batches to many documents: each atomically, answered per document",
+                    "description": (
+                        "Every document is checked and applied as POST /v1/docs/{id} would (same scope, limits, "
+                        "errors); the documents share one group commit. One document's error never changes the "
+                        "others' outcome, and changes nothing itself. The status is 200 whenever the request "
+                        "itself is sound, whatever each document's outcome (HTTP 207's idea): read each result's "
+                        "status. w= and timeout= apply to every document."
+                    ),
+                    "parameters": [
+                        {
+                            "name": "w",
+                            "in": "query",
+                            "allowEmptyValue": True,
+                            "description": "Replicas that must hold each document's write (this one counts).",
+                            "schema": {"enum": _LEVELS, "default": "one"},
+                        },
+                        _TIMEOUT_PARAM,
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {_JSON: {"schema": {"$ref": "#/components/schemas/BatchRequest"}}},
+                    },
+                    "responses": {
+                        "200": _ok("One result per document", {"$ref": "#/components/schemas/BatchResults"}),
+                        **_errors(400, 401, 403, 413, 415, 422, 503),
+                    },
                 },
             },
             "/v1/docs/{id}/changes": {

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from crdtstore.api import limits as checks
 from crdtstore.api import versions
 from crdtstore.api.auth import Scope
+from crdtstore.api.batch import apply_batches, parse_batch
 from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
@@ -158,6 +159,21 @@ async def apply_batch(ctx: ApiContext, request: Request) -> bytes:
     version = seal_version(result.version, doc_id, ctx.version_key)
     await wait_for_write(ctx, doc_id, level, result, version, timeout=timeout)
     return orjson.dumps({"version": version, "created": result.created})
+
+
+async def apply_many(ctx: ApiContext, request: Request) -> bytes:
+    """``POST /v1/batch``: many documents' op batches, answered per document (see :mod:`.batch`)."""
+    _authorize(ctx, request, Scope.READWRITE)
+    checks.check_content_type(_header(request, b"content-type"))
+    body = await checks.read_body(_header(request, b"content-length"), request.stream(), ctx.limits.max_body_bytes)
+    # An integer past int64 is one document's invalid_value, not the whole request's.
+    docs = parse_batch(checks.parse_json(body, refuse_big_ints=False), ctx.limits, ctx.version_key)
+    if request.scope["query_string"]:
+        _known_params(request, _WRITE_PARAMS)
+    level = _consistency(request, "w")
+    timeout = _timeout(request)  # checked before any write: a bad value changes nothing
+    results = await apply_batches(ctx, docs, level=level, timeout=timeout, wait=wait_for_write)
+    return orjson.dumps({"results": results})
 
 
 async def wait_for_write(
@@ -482,6 +498,7 @@ def routes(ctx: ApiContext, *, peer_links: bool = True) -> list[BaseRoute]:
         Route("/v1/docs/{id}", hot(apply_batch), methods=["POST"]),
         Route("/v1/docs/{id}", bind(delete_doc), methods=["DELETE"]),
         Route("/v1/docs", bind(list_docs), methods=["GET"]),
+        Route("/v1/batch", hot(apply_many), methods=["POST"]),
         WebSocketRoute("/v1/docs/{id}/changes", bind(changes_feed)),
         WebSocketRoute("/v1/docs/{id}/live", bind(functools.partial(live_channel, wait_for_write=wait_for_write))),
         *peer,
