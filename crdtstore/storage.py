@@ -88,8 +88,18 @@ never reuse a (origin, seq) that a peer already acknowledged.
 Durability and the map size
 ---------------------------
 
-The environment opens with ``sync=True, metasync=True`` (configurable): a
-commit returns after fsync. The map starts at ``map_size`` and doubles on
+The environment opens with ``sync=True, metasync=True`` (configurable): an
+acknowledged commit is on disk, data and meta page. With both on, LMDB is
+opened with ``metasync=False`` instead and :attr:`Storage.meta_sync_deferred`
+is set: ``commit()`` then fsyncs the data pages and only writes the meta page,
+and :meth:`Storage.sync_meta` (an ``fdatasync``) makes it durable. The
+group-commit writer runs that second flush on a thread of its own and
+acknowledges a batch only after it returned, so the writer can go on with the
+next batch meanwhile instead of waiting for a second synchronous write inside
+the write lock. Integrity is LMDB's own: the data pages of a commit are
+durable before its meta page is written (``MDB_NOMETASYNC`` "maintains database
+integrity"; a crash between the two only undoes commits nobody was told about).
+The map starts at ``map_size`` and doubles on
 ``lmdb.MapFullError`` up to ``max_map_size`` (see :meth:`Storage.grow`).
 LMDB requires that no transaction of this process is active while the map
 is resized; the single writer guarantees that for writes and a small
@@ -369,6 +379,8 @@ class Storage:
         self.max_map_size = max_map_size
         self.shape = shape
         self.map_grows = 0
+        self.meta_sync_deferred = False
+        """Commits leave their meta page unflushed: call :meth:`sync_meta` before acknowledging them."""
         self._gate = _ResizeGate()
         self._closed = False
         # Leaves changed since the last flush_merkle; writer thread only. Extra
@@ -404,7 +416,8 @@ class Storage:
             max_map_size: Cap for :meth:`grow`.
             sync: fsync on every commit (``False`` trades durability of the last
                 commits on power loss for speed; a crash of the process loses nothing).
-            metasync: fsync the meta page on commit.
+            metasync: fsync the meta page too (with ``sync``: deferred to
+                :meth:`sync_meta`, see the module docstring).
             max_dbs: Named databases allowed (at least ``len(DB_NAMES)``).
             max_readers: Concurrent read transactions allowed.
             shape: Merkle tree shape; must match the directory's and the peers'.
@@ -427,7 +440,8 @@ class Storage:
             max_dbs=max_dbs,
             max_readers=max_readers,
             sync=sync,
-            metasync=metasync,
+            # With sync, the meta page's flush is deferred to sync_meta() (see the module docstring).
+            metasync=metasync and not sync,
             # Random access over a map that may exceed RAM: readahead only
             # pollutes the page cache.
             readahead=False,
@@ -438,6 +452,7 @@ class Storage:
             env.reader_check()
             _restore_map_size(env, map_size, max_map_size)
             storage = cls._init(env, region=region, random_id=random_id, shape=shape, max_map_size=max_map_size)
+            storage.meta_sync_deferred = sync and metasync
         except BaseException:
             env.close()
             raise
@@ -524,6 +539,17 @@ class Storage:
     def begin_write(self, parent: Txn | None = None) -> Txn:
         """A write transaction (or a child of ``parent``); only the writer thread calls this."""
         return self.env.begin(write=True, parent=parent)
+
+    def sync_meta(self) -> None:
+        """Make every commit so far durable (``fdatasync``; the GIL is released meanwhile).
+
+        Safe on any thread, next to a write transaction of the writer's: it
+        only flushes what earlier commits wrote.
+        """
+        with self._gate.shared():
+            if self._closed:
+                raise StorageClosed("storage is closed")
+            self.env.sync(True)
 
     def grow(self) -> bool:
         """Double the map size, up to ``max_map_size``.
