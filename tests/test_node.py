@@ -752,7 +752,7 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
     the tail stays within its bounds; after a reopen the document is the same, byte for byte."""
 
     async def main() -> None:
-        node = await started(tmp_path / "n", tail_max_deltas=4, tail_min_bytes=tail_min_bytes)
+        node = await started(tmp_path / "n", tail_max_deltas=4, tail_min_bytes=tail_min_bytes, tail_bytes_per_delta=0)
         tails: list[int] = []
         try:
             for step in range(62):
@@ -782,6 +782,35 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
             entry = node.docs.cache.get("doc")
             assert entry is not None
             assert codec.encode_document(load_stored(node, "doc")) == codec.encode_document(entry.doc)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_a_big_document_compacts_once_per_its_size_in_deltas_not_every_32(tmp_path: Path) -> None:
+    """A large text's tail holds snapshot / tail_bytes_per_delta deltas before compacting, so a write does not
+    pay a full encoding every tail_max_deltas writes; the stored state still reloads byte for byte."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n", tail_max_deltas=4, tail_bytes_per_delta=512)
+        try:
+            await node.apply("big", [{"op": "insert", "path": ["t"], "index": 0, "text": "x" * 10_000}])
+            snapshot = len(stored_state(node, "big")[0])
+            allowed = snapshot // 512
+            assert allowed > 4 and node.docs.max_tail_deltas(snapshot) == allowed
+            for i in range(allowed):
+                await node.apply("big", [{"op": "insert", "path": ["t"], "index": 7 * i, "text": "y"}])
+            assert len(stored_state(node, "big")[1]) == allowed  # the old fixed count would have compacted at 4
+            await node.apply("big", [{"op": "insert", "path": ["t"], "index": 1, "text": "z"}])
+            assert stored_state(node, "big")[1] == []  # past the scaled bound: compacted
+            entry = node.docs.cache.get("big")
+            assert entry is not None
+            assert codec.encode_document(load_stored(node, "big")) == codec.encode_document(entry.doc)
+            # A small document keeps the fixed count: many tiny writes cannot build a long tail.
+            for _ in range(12):
+                await node.apply("small", [{"op": "increment", "path": ["n"]}])
+                assert len(stored_state(node, "small")[1]) <= 4
         finally:
             await node.close()
 
@@ -833,8 +862,8 @@ def test_documents_above_the_view_limit_are_decoded_by_reads(tmp_path: Path) -> 
     """A document that outgrows view_max_bytes loses its view (never a stale one) and still reads right."""
 
     async def main() -> None:
-        # tail_max_deltas=0: every write compacts, so the stored size follows the value at once.
-        node = await started(tmp_path / "n", view_max_bytes=2048, tail_max_deltas=0)
+        # tail_max_deltas=0 (not scaled): every write compacts, so the stored size follows the value at once.
+        node = await started(tmp_path / "n", view_max_bytes=2048, tail_max_deltas=0, tail_bytes_per_delta=0)
         try:
             await node.apply("doc", [set_op("a", "small")])
             assert stored_state(node, "doc")[2] is not None
