@@ -56,6 +56,17 @@ batch and each inner node reads its children with one cursor range scan.
 Anything that commits document writes without the writer must call
 ``flush_merkle`` too; readers only ever see flushed trees.
 
+The counters every write bumps (its origin's log mark, the feed sequence,
+the HLC) live in ``meta``, and each write used to read and rewrite them: a
+few LMDB calls per write, each of which releases and retakes the GIL, and
+every one a chance for the event loop to take it in between. Within one
+top-level write transaction (the writer's batch) they are kept in memory
+and written once, by :meth:`Storage.flush_merkle` before the commit. The
+memory belongs to that transaction alone: a new top-level transaction
+starts empty (so an aborted batch leaves nothing behind), and the first
+child transaction (a savepoint, whose abort the memory could not follow)
+writes it out and turns it off for the rest of the batch.
+
 Replica identity and epochs
 ---------------------------
 
@@ -387,6 +398,11 @@ class Storage:
         # entries (from a rolled-back child transaction) only cost a rehash
         # that finds nothing to change, so aborts need not clean up here.
         self._dirty_leaves: set[int] = set()
+        # The meta counters of one top-level write transaction (see the module docstring);
+        # writer thread only. _scope is that transaction, None while the memory is off.
+        self._scope: Txn | None = None
+        self._meta: dict[bytes, bytes | None] = {}
+        self._meta_dirty: set[bytes] = set()
 
     # Public methods for the lifecycle.
 
@@ -538,7 +554,17 @@ class Storage:
 
     def begin_write(self, parent: Txn | None = None) -> Txn:
         """A write transaction (or a child of ``parent``); only the writer thread calls this."""
-        return self.env.begin(write=True, parent=parent)
+        if parent is not None:
+            # A savepoint: its abort would not undo the counters kept in memory, so write them
+            # into the parent now and read the transaction itself from here on.
+            self._spill(parent)
+            self._scope = None
+            return self.env.begin(write=True, parent=parent)
+        txn = self.env.begin(write=True)
+        self._scope = txn
+        self._meta = {}
+        self._meta_dirty = set()
+        return txn
 
     def sync_meta(self) -> None:
         """Make every commit so far durable (``fdatasync``; the GIL is released meanwhile).
@@ -734,9 +760,13 @@ class Storage:
         recomputed once from its children, read with one cursor range scan
         (empty nodes are absent, so the scan sees only the stored ones).
 
+        It also writes the meta counters the transaction kept in memory (see
+        the module docstring), so whatever commits writes must call it first.
+
         Returns:
             The number of inner nodes recomputed.
         """
+        self._spill(txn)
         if not self._dirty_leaves:
             return 0
         db = self.dbs["merkle"]
@@ -784,7 +814,7 @@ class Storage:
 
     def get_seq(self, txn: Txn, origin: str) -> int:
         """The highest seq of ``origin`` with no gap below it in this replica (0 if none)."""
-        raw = txn.get(_META_VV + _check_origin(origin), db=self.dbs["meta"])
+        raw = self._meta_get(txn, _META_VV + _check_origin(origin))
         return 0 if raw is None else _U64.unpack(raw)[0]
 
     def vector(self, txn: Txn) -> dict[str, int]:
@@ -886,9 +916,9 @@ class Storage:
 
     def next_feed_seq(self, txn: Txn) -> int:
         """Reserve the next local feed sequence number (global to the replica, never reused here)."""
-        raw = txn.get(_META_FEED_SEQ, db=self.dbs["meta"])
+        raw = self._meta_get(txn, _META_FEED_SEQ)
         seq = (0 if raw is None else _U64.unpack(raw)[0]) + 1
-        txn.put(_META_FEED_SEQ, _U64.pack(seq), db=self.dbs["meta"])
+        self._meta_put(txn, _META_FEED_SEQ, _U64.pack(seq))
         return seq
 
     def put_feed(self, txn: Txn, doc_id: str, seq: int, record: bytes) -> None:
@@ -940,11 +970,11 @@ class Storage:
     # Public methods for the clock.
 
     def get_hlc(self, txn: Txn) -> int:
-        raw = txn.get(_META_HLC, db=self.dbs["meta"])
+        raw = self._meta_get(txn, _META_HLC)
         return 0 if raw is None else _U64.unpack(raw)[0]
 
     def set_hlc(self, txn: Txn, ts: int) -> None:
-        txn.put(_META_HLC, _U64.pack(ts), db=self.dbs["meta"])
+        self._meta_put(txn, _META_HLC, _U64.pack(ts))
 
     # Private methods.
 
@@ -999,9 +1029,37 @@ class Storage:
         txn.put(self._log_key(entry.origin, entry.seq), _encode_log_value(entry), db=self.dbs["log"])
 
     def _set_seq(self, txn: Txn, origin: str, seq: int) -> None:
-        txn.put(_META_VV + _check_origin(origin), _U64.pack(seq), db=self.dbs["meta"])
+        self._meta_put(txn, _META_VV + _check_origin(origin), _U64.pack(seq))
+
+    def _meta_get(self, txn: Txn, key: bytes) -> bytes | None:
+        if txn is not self._scope:
+            return txn.get(key, db=self.dbs["meta"])
+        try:
+            return self._meta[key]
+        except KeyError:
+            value = self._meta[key] = txn.get(key, db=self.dbs["meta"])
+            return value
+
+    def _meta_put(self, txn: Txn, key: bytes, value: bytes) -> None:
+        if txn is not self._scope:
+            txn.put(key, value, db=self.dbs["meta"])
+            return
+        self._meta[key] = value
+        self._meta_dirty.add(key)
+
+    def _spill(self, txn: Txn) -> None:
+        """Write the counters kept in memory into ``txn``, if they are its own."""
+        if txn is not self._scope or not self._meta_dirty:
+            return
+        db = self.dbs["meta"]
+        for key in sorted(self._meta_dirty):
+            value = self._meta[key]
+            assert value is not None  # only puts mark a key dirty
+            txn.put(key, value, db=db)
+        self._meta_dirty = set()
 
     def _scan_u64(self, txn: Txn, prefix: bytes) -> dict[str, int]:
+        self._spill(txn)  # a cursor reads the transaction, not the memory
         out: dict[str, int] = {}
         with txn.cursor(db=self.dbs["meta"]) as cur:
             if cur.set_range(prefix):
