@@ -31,10 +31,10 @@ module only stores it), rewrites the snapshot and drops the tail
 (compaction) in one transaction when the tail grows past a bound. Every
 state a commit can leave is therefore loadable. ``views`` holds a
 ready-to-serve JSON rendering of a document's plain value and version,
-written by the document store in the same transaction as the change it
-reflects (or deleted, when it chose not to render it): a read that finds it
-needs no decode at all.
- ``buckets``
+for the documents that are read: written by the document store in the same
+transaction as the change it reflects, or later if the document has not
+changed since (and deleted, when a change is not rendered): a read that
+finds it needs no decode at all. ``buckets``
 lets anti-entropy list the (id, digest) pairs of one differing leaf without
 scanning every document, and gives the old digest for a Merkle update
 without decoding the old document. ``tombstones`` keeps the causal history
