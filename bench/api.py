@@ -29,8 +29,15 @@ without fsync (``write-nosync``, ``--no-sync``): write/write-nosync is what
 durability costs once group commit shares one fsync among a batch.
 
 The last line printed is one JSON object (ratios write/bare, read/bare,
-write-http/bare, write-nosync/bare and write/write-nosync, and the
-fixed-rate p99 when measured).
+write-http/bare, write-nosync/bare, write/write-nosync and write/write-http,
+and the fixed-rate p99 when measured). Each ratio comes twice more:
+``*_cpu``, the same comparison in server CPU per request (the phase with
+less CPU per request over the one with more: what the ratio of rates would
+be if both were bound by the server's CPU, and much steadier than rates on
+a loaded machine), and ``*_spread``, the ratio of rates in each round
+(rounds pair phases run seconds apart: min, median, max), so a figure comes
+with the noise around it. write/write-http is the node's share: at 0.5 the
+node's part of a durable write costs what the HTTP layer's does.
 """
 
 from __future__ import annotations
@@ -336,6 +343,24 @@ async def run(args: argparse.Namespace, servers: dict[str, ServerProc]) -> dict[
         # The same server without fsync: what durability costs once group commit shares the fsync.
         summary["write_nosync_over_bare"] = round(by_name["write-nosync"].rps / by_name["bare"].rps, 4)
         summary["write_over_write_nosync"] = round(by_name["write"].rps / by_name["write-nosync"].rps, 4)
+        summary["write_over_write_http"] = round(by_name["write"].rps / by_name["write-http"].rps, 4)
+        pairs = {
+            "write_over_bare": ("write", "bare"),
+            "read_over_bare": ("read", "bare"),
+            "write_over_write_http": ("write", "write-http"),
+            "write_over_write_nosync": ("write", "write-nosync"),
+        }
+        for key, (num, den) in pairs.items():
+            per_round = sorted(a.rps / b.rps for a, b in zip(rounds[num], rounds[den], strict=True) if b.rps)
+            if per_round:
+                summary[f"{key}_spread"] = [
+                    round(per_round[0], 4),
+                    round(per_round[len(per_round) // 2], 4),
+                    round(per_round[-1], 4),
+                ]
+            num_cpu, den_cpu = summary.get(f"{num}_server_cpu_us"), summary.get(f"{den}_server_cpu_us")
+            if num_cpu and den_cpu:
+                summary[f"{key}_cpu"] = round(den_cpu / num_cpu, 4)
         summary["loadgen_cpu_max"] = round(max(r.cpu for results in rounds.values() for r in results), 2)
     if args.mode in ("all", "fixed-rate"):
         r = await fixed_rate(

@@ -960,6 +960,11 @@ async def cluster_phases(args: argparse.Namespace, workdir: Path, procs: list[Pr
         "observer_cpu": data["cpu"],
         "replicator": {r: _diff(stats0[r], stats1[r]) for r in REGIONS},
         "cpu": cpu,
+        # Per acknowledged write, each process's CPU over the phase (writes, relays, acks, anti-entropy):
+        # steadier than wall-time figures on a loaded machine, and comparable across runs.
+        "cpu_us_per_write": {n: round(c * (t_end - t0) / len(load.writes) * 1e6, 1) for n, c in cpu.items()}
+        if load.writes
+        else {},
         "rounds": rounds,
         "convergence_check": "versions+merkle_roots" if merkle else "versions",
     }
@@ -1020,6 +1025,7 @@ def report(args: argparse.Namespace, phases: dict[str, Any] | None, ae: dict[str
             flush=True,
         )
         print(f"  cpu (cores used during the lag phase): {phases['cpu']}", flush=True)
+        print(f"  cpu per acknowledged write (us): {phases['cpu_us_per_write']}", flush=True)
         for name, stats in phases["replicator"].items():
             print(f"  replicator {name}: {stats}")
         secs = [r["seconds"] for r in phases["rounds"]]
@@ -1061,6 +1067,7 @@ def report(args: argparse.Namespace, phases: dict[str, Any] | None, ae: dict[str
             },
             "replicator_stats": phases["replicator"],
             "cpu_cores_used": phases["cpu"],
+            "cpu_us_per_write": phases["cpu_us_per_write"],
             "convergence_s": {"rounds": [_finite(s) for s in secs], "median": _finite(median), "worst": _finite(worst)},
             "convergence_detail": phases["rounds"],
             "convergence_check": phases["convergence_check"],

@@ -23,8 +23,16 @@ every write through :class:`GroupCommitWriter`:
 4. Right before the commit, the writer rehashes the Merkle tree's inner
    nodes above the leaves the batch changed (``Storage.flush_merkle``), once
    per batch instead of once per write.
-5. One commit (one fsync) covers the batch. Only after it returned are the
-   futures resolved, so an acknowledged write is durable.
+5. One commit covers the batch. Only once it is durable are the futures
+   resolved, so an acknowledged write is durable. With the storage's meta
+   page flush deferred (``Storage.meta_sync_deferred``, the default with
+   fsync on), ``commit()`` fsyncs the data pages and a second thread, the
+   syncer, flushes the meta page (``Storage.sync_meta``) and then resolves
+   the batch's futures, while the writer already runs the next batch: the
+   second synchronous write of a commit no longer holds up the next one. One
+   flush covers every batch committed before it, so under load the syncer
+   flushes once for several batches. Results keep their commit order: every
+   committed batch goes through the syncer, in order.
 
 A request can attach callbacks to its :class:`WriteContext`:
 
@@ -148,6 +156,7 @@ class GroupCommitWriter:
         self._closing = False
         self._died: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._syncer = _Syncer(storage, self) if storage.meta_sync_deferred else None
         self._stats_lock = threading.Lock()
         self._stats: dict[str, float] = {
             "commits": 0,
@@ -160,6 +169,9 @@ class GroupCommitWriter:
             "max_batch_size": 0,
             "commit_seconds_total": 0.0,
             "last_commit_seconds": 0.0,
+            "syncs": 0,
+            "sync_seconds_total": 0.0,
+            "last_sync_seconds": 0.0,
         }
 
     # Public methods for the lifecycle.
@@ -169,6 +181,8 @@ class GroupCommitWriter:
         if self._thread is not None:
             raise RuntimeError("writer already started")
         self._thread = threading.Thread(target=self._main, name="crdtstore-writer", daemon=True)
+        if self._syncer is not None:
+            self._syncer.start()
         self._thread.start()
 
     async def close(self) -> None:
@@ -181,6 +195,9 @@ class GroupCommitWriter:
             # The thread resolves futures through call_soon_threadsafe before it
             # ends, so those callbacks run before this await returns.
             await asyncio.to_thread(thread.join)
+        if self._syncer is not None:
+            # After the writer: it hands the syncer its last batches first.
+            await asyncio.to_thread(self._syncer.close)
 
     # Public methods for writing.
 
@@ -233,7 +250,11 @@ class GroupCommitWriter:
                     if not self._queue:
                         return  # closing and drained
                     batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-                self._deliver(self._run(batch))
+                outcomes = self._run(batch)
+                if self._syncer is not None and any(committed for _, committed, _ in outcomes):
+                    self._syncer.put(outcomes)  # acknowledged once the meta page is on disk
+                else:
+                    self._deliver(outcomes)
         except BaseException as exc:  # pragma: no cover - a bug in this module; fail loudly, not silently
             logger.exception("writer thread died")
             with self._cond:
@@ -350,6 +371,13 @@ class GroupCommitWriter:
             except Exception:  # a metrics bug must not fail writes
                 logger.exception("commit observer failed")
 
+    def _record_sync(self, elapsed: float) -> None:
+        with self._stats_lock:
+            s = self._stats
+            s["syncs"] += 1
+            s["sync_seconds_total"] += elapsed
+            s["last_sync_seconds"] = elapsed
+
     def _deliver(self, outcomes: list[_Outcome]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for outcome in outcomes:
@@ -358,6 +386,68 @@ class GroupCommitWriter:
             # The loop may be gone (shut down without close()); the commit stands anyway.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_resolve, items)
+
+
+class _Syncer:
+    """The second stage of a commit whose meta page flush is deferred: flush, then acknowledge.
+
+    Its own thread, so the writer starts the next batch while the flush runs
+    (``env.sync`` releases the GIL). Batches are acknowledged in the order
+    the writer committed them.
+    """
+
+    def __init__(self, storage: Storage, writer: GroupCommitWriter) -> None:
+        self._storage = storage
+        self._writer = writer
+        self._queue: list[list[_Outcome]] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._main, name="crdtstore-syncer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, outcomes: list[_Outcome]) -> None:
+        with self._cond:
+            self._queue.append(outcomes)
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Flush and acknowledge what is queued, then stop (blocking; idempotent)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _main(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                batches, self._queue = self._queue, []
+            started = time.perf_counter()
+            error: StorageError | None = None
+            try:
+                self._storage.sync_meta()
+            except Exception as exc:  # the commits are in, but not known to be durable: never acknowledge them
+                logger.exception("flushing committed batches failed")
+                error = StorageError(f"flushing the commit failed: {exc}")
+                error.__cause__ = exc
+            self._writer._record_sync(time.perf_counter() - started)
+            for outcomes in batches:
+                if error is not None:
+                    outcomes = [(r, True, _NotDurable(error)) if ok else (r, ok, v) for r, ok, v in outcomes]
+                self._writer._deliver(outcomes)
+
+
+@dataclass(frozen=True, slots=True)
+class _NotDurable:
+    """A committed request whose flush failed: its hooks run (readers see it) but its caller gets ``error``."""
+
+    error: StorageError
 
 
 class _RequestFailed(Exception):
@@ -379,7 +469,9 @@ def _resolve(outcomes: list[_Outcome]) -> None:
             _run_hooks(request.ctx._on_commit)
         if request.future.done():  # the caller gave up (cancelled); the write stands
             continue
-        if committed:
+        if isinstance(value, _NotDurable):
+            request.future.set_exception(value.error)
+        elif committed:
             request.future.set_result(value)
         else:
             request.future.set_exception(value)

@@ -17,14 +17,21 @@ encoding) and a tail of encoded deltas joined after it in order. A write
 already has its delta encoded for the log, so appending it costs O(delta)
 where re-encoding the document cost O(document). :meth:`DocStore.store`
 compacts (re-encodes the snapshot and drops the tail, in the write's own
-transaction) when the tail holds ``tail_max_deltas`` deltas or more bytes
-than the snapshot (or than ``tail_min_bytes``, whichever is more): encoding
-a document of ``S`` bytes happens at most once per ``S`` bytes of deltas, so
-a write's amortized encoding cost is O(its delta), and a load decodes at
-most twice the snapshot's bytes (or ``tail_min_bytes``) plus a bounded
-number of joins. The floor keeps a small document, whose delta is about its
-own size, from being re-encoded by nearly every write. Every commit leaves a
-loadable document: snapshot and tail change in one transaction.
+transaction) when the tail holds more bytes than the snapshot (or than
+``tail_min_bytes``, whichever is more) or too many deltas: more than
+``tail_max_deltas``, or for a big snapshot of ``S`` bytes, more than
+``S / tail_bytes_per_delta``. So encoding a document of ``S`` bytes happens
+at most once per ``S`` bytes or ``S / tail_bytes_per_delta`` deltas, a
+write's amortized encoding cost stays O(its delta) however large the
+document, and a load decodes at most twice the snapshot's bytes (or
+``tail_min_bytes``) plus a number of joins bounded the same way. A fixed
+count alone made a 100k-character text pay a full encoding (about 20 ms)
+every 32 one-character writes, about 0.7 ms a write; joining one such
+tail delta costs what decoding about 100 bytes of its snapshot does, so at
+256 bytes per delta a load costs at most about 1.4 times the snapshot's
+decode. The byte floor keeps a small document, whose delta is about its
+own size, from being re-encoded by nearly every write. Every commit leaves
+a loadable document: snapshot and tail change in one transaction.
 
 **The Merkle digest** of a document is ``Document.version_digest()``, the
 hash of its causal context, not the hash of its full encoding. That is
@@ -34,15 +41,22 @@ guarantees and the replica state machine checks); conversely different
 contexts mean different states, so equal digests still mean equal states,
 which is all anti-entropy needs. It costs O(replicas) per write.
 
-**Views.** The writer stores ``[version, value]`` as JSON in the same
-transaction as the change, so a plain read is one LMDB lookup plus
-``orjson.loads`` and never decodes the document (the node serves it on the
-event loop: cheaper than a thread hop). Rendering is O(value) per write, so
-only documents stored in at most ``view_max_bytes`` get one (rendering a
-small document costs a few microseconds, a fraction of the read decode it
-saves); for bigger ones the view is deleted and reads decode instead, since
-a large, frequently written document would otherwise pay O(value) on every
-write.
+**Views.** A read view is ``[version, value]`` as JSON, stored in ``views``:
+a plain read that finds it is one LMDB lookup plus ``orjson.loads`` and
+never decodes the document (the node serves it on the event loop: cheaper
+than a thread hop). Views are rendered for the documents that are read, not
+for every document written: rendering and storing one cost about a
+fourteenth of a small write, paid by every write of documents nobody reads
+(bulk loads, counters, the write-heavy half of most workloads). A read that
+finds no view decodes the document, marks it wanted (:meth:`DocStore.want_view`,
+a bounded set) and hands the writer the view it rendered, which stores it
+only if the document is still at that version (:meth:`DocStore.store_view`;
+equal digests mean equal states); from then on every write of a wanted
+document renders its view in the same transaction as the change. A write of
+a document that is not wanted deletes any view it may have (a stale view
+must never be served). Only documents stored in at most ``view_max_bytes``
+get one: rendering is O(value), and a large, frequently written document
+would otherwise pay it on every write; bigger ones are decoded by each read.
 
 **The cache.** Decoding a large document per write would dominate the
 write path, so the store keeps a bounded LRU of decoded documents (by count
@@ -68,15 +82,17 @@ delete delta.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import orjson
 
 from crdtstore import codec
+from crdtstore.commit import WriterError
 from crdtstore.crdt.ormap import ORMap
 from crdtstore.crdt.sequence import SeqDelta
 from crdtstore.crdt.tags import Tag
@@ -196,6 +212,11 @@ class DocCache(Generic[V]):
             _, (_, old_size) = self._docs.popitem(last=False)
             self.bytes -= old_size
 
+    def peek(self, doc_id: str) -> V | None:
+        """The cached value, without counting a hit or a miss or refreshing its age."""
+        entry = self._docs.get(doc_id)
+        return None if entry is None else entry[0]
+
     def discard(self, doc_id: str) -> None:
         entry = self._docs.pop(doc_id, None)
         if entry is not None:
@@ -222,6 +243,7 @@ class Loaded:
         tail: Deltas in the stored tail.
         tail_bytes: Their bytes.
         next_seq: The tail seq the next appended delta gets.
+        view: Whether a view of it is stored (None: not known, as after a load).
     """
 
     doc: Document
@@ -229,6 +251,7 @@ class Loaded:
     tail: int = 0
     tail_bytes: int = 0
     next_seq: int = 1
+    view: bool | None = False
 
     @property
     def size(self) -> int:
@@ -245,7 +268,9 @@ class DocStore:
         cache_bytes: Stored bytes of the cached documents, at most.
         tail_max_deltas: Deltas a tail may hold before compaction.
         tail_min_bytes: The tail may always hold this many bytes.
+        tail_bytes_per_delta: A snapshot of S bytes lets a tail hold S / this deltas (0: no scaling).
         view_max_bytes: Documents stored in at most this many bytes get a read view.
+        submit: Queues a function for the writer (``GroupCommitWriter.submit``), for views reads rendered.
     """
 
     def __init__(
@@ -257,13 +282,21 @@ class DocStore:
         cache_bytes: int,
         tail_max_deltas: int,
         tail_min_bytes: int,
+        tail_bytes_per_delta: int = 0,
         view_max_bytes: int,
+        submit: Callable[[Callable[[WriteContext], bool]], asyncio.Future[bool]] | None = None,
     ) -> None:
         self.storage = storage
         self.feed = feed
         self.cache: DocCache[Loaded] = DocCache(cache_docs, cache_bytes)
         self.tail_max_deltas = tail_max_deltas
         self.tail_min_bytes = tail_min_bytes
+        self.tail_bytes_per_delta = tail_bytes_per_delta
+        # Ids of documents reads want a view of, oldest first; the event loop adds, the
+        # writer only tests membership (single dict operations, atomic under the GIL).
+        self.wanted: dict[str, None] = {}
+        self.wanted_max = WANTED_VIEWS
+        self._submit = submit
         self.view_max_bytes = view_max_bytes
 
     # Public methods for the writer thread.
@@ -288,6 +321,7 @@ class DocStore:
                 tail=len(tail),
                 tail_bytes=sum(len(delta) for _, delta in tail),
                 next_seq=tail[-1][0] + 1 if tail else 1,
+                view=None,
             )
             self.cache.put(doc_id, entry, entry.size)
             return entry, "live"
@@ -373,7 +407,7 @@ class DocStore:
         if (
             state == "live"
             and delta is not None
-            and entry.tail < self.tail_max_deltas
+            and entry.tail < self.max_tail_deltas(entry.snapshot)
             and entry.tail_bytes + len(delta) <= max(entry.snapshot, self.tail_min_bytes)
             and entry.size + len(delta) <= limit
         ):
@@ -392,13 +426,64 @@ class DocStore:
             entry.snapshot, entry.tail, entry.tail_bytes, entry.next_seq = len(data), 0, 0, 1
             if state == "tombstone":
                 storage.delete_tombstone(txn, doc_id)
-        if entry.size <= self.view_max_bytes:
+        if doc_id in self.wanted and entry.size <= self.view_max_bytes:
             storage.put_view(txn, doc_id, orjson.dumps([version, doc.value()]))
-        elif state == "live":
+            entry.view = True
+        elif entry.view is not False:
             storage.delete_view(txn, doc_id)  # a stale view must never be served
+            entry.view = False
         self.cache.put(doc_id, entry, entry.size)
         self.feed.append(ctx, doc_id, "change", origin, origin_seq, version, delta)
         return version
+
+    def max_tail_deltas(self, snapshot: int) -> int:
+        """Deltas a tail may hold over a snapshot of ``snapshot`` bytes (see the module docstring)."""
+        if self.tail_bytes_per_delta <= 0:
+            return self.tail_max_deltas
+        return max(self.tail_max_deltas, snapshot // self.tail_bytes_per_delta)
+
+    def store_view(self, ctx: WriteContext, doc_id: str, version: str, view: bytes) -> bool:
+        """Store a view a reader rendered at ``version``, if the live document is still at it.
+
+        Returns:
+            False (nothing stored) if the document changed or went since.
+        """
+        storage = self.storage
+        txn = ctx.txn
+        if storage.get_digest(txn, doc_id) != version_digest(version) or storage.get_doc(txn, doc_id) is None:
+            return False
+        storage.put_view(txn, doc_id, view)
+        entry = self.cache.peek(doc_id)
+        if entry is not None:
+            entry.view = True  # were this rolled back, the next write only deletes a view that is not there
+        return True
+
+    # Public methods for the event loop.
+
+    async def read_decoded(self, read: Callable[..., Awaitable[Any]], doc_id: str) -> ReadResult:
+        """A plain read that found no view: decode it (``read`` runs a function in a read transaction)
+        and, for a small document, want its view and hand the writer the one just rendered."""
+        decoded: tuple[ReadResult, bytes | None] = await read(self.read_for_view, doc_id)
+        result, view = decoded
+        if view is not None:
+            self.want_view(doc_id)
+            if self._submit is not None:
+                try:
+                    future = self._submit(lambda ctx: self.store_view(ctx, doc_id, result.version, view))
+                except WriterError:
+                    pass  # busy or closing: the next read or write of it renders one
+                else:
+                    future.add_done_callback(_quiet)
+        return result
+
+    def want_view(self, doc_id: str) -> None:
+        """Reads want this document's view: writes render it from now on (the oldest wish goes past the bound)."""
+        wanted = self.wanted
+        if doc_id in wanted:
+            return
+        wanted[doc_id] = None
+        if len(wanted) > self.wanted_max:
+            del wanted[next(iter(wanted))]
 
     # Public methods for readers (any read transaction).
 
@@ -409,6 +494,18 @@ class DocStore:
         if raw is None:
             return None
         return join_tail(codec.decode_document(raw), storage.get_tail(txn, doc_id))
+
+    def read_for_view(self, txn: Txn, doc_id: str) -> tuple[ReadResult, bytes | None]:
+        """A plain read by decoding (no view was found), and the view to store if the document may have one."""
+        storage = self.storage
+        raw = storage.get_doc(txn, doc_id)
+        if raw is None:
+            raise DocumentNotFound(doc_id)
+        tail = storage.get_tail(txn, doc_id)
+        doc = join_tail(codec.decode_document(raw), tail)
+        result = ReadResult(value=doc.value(), version=doc.version(), siblings=None)
+        small = len(raw) + sum(len(delta) for _, delta in tail) <= self.view_max_bytes
+        return result, orjson.dumps([result.version, result.value]) if small else None
 
     def state(self, txn: Txn, doc_id: str) -> bytes | None:
         """The encoded state, live or tombstone (what anti-entropy ships), or None."""
@@ -450,6 +547,16 @@ class DocStore:
             )
         self.storage.put_tombstone(txn, doc_id, data)
         self.storage.put_digest(txn, doc_id, version_digest(doc.version()))
+
+
+def _quiet(future: asyncio.Future[bool]) -> None:
+    """Nobody awaits a view's store: take its outcome so a failure is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+WANTED_VIEWS = 65536
+"""Documents whose views reads asked for, at most (the oldest wish is dropped past it)."""
 
 
 def join_tail(doc: Document, tail: list[tuple[int, bytes]]) -> Document:

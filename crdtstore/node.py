@@ -132,8 +132,10 @@ class NodeConfig:
         tail_max_deltas: Deltas a document's tail may hold before the writer compacts it
             (it also compacts when the tail's bytes exceed the snapshot's and ``tail_min_bytes``).
         tail_min_bytes: The tail may always hold this many bytes, however small the snapshot.
-        view_max_bytes: Documents stored in at most this many bytes get a read view
-            rendered at every write; bigger ones are decoded by each read.
+        tail_bytes_per_delta: A snapshot of S bytes lets the tail hold S / this deltas, if more
+            than ``tail_max_deltas`` (0: never more); see :mod:`crdtstore.docstore`.
+        view_max_bytes: Documents stored in at most this many bytes get a read view once read
+            (rendered by their writes from then on); bigger ones are decoded by each read.
         max_queue: Writes waiting for a commit before apply raises Overloaded.
         max_batch: Writes per group commit, at most.
         feed_queue: Live records a change-feed subscriber may fall behind before a resync.
@@ -157,6 +159,7 @@ class NodeConfig:
     cache_bytes: int = 64 << 20
     tail_max_deltas: int = 32
     tail_min_bytes: int = 2048
+    tail_bytes_per_delta: int = 256
     view_max_bytes: int = 64 << 10
     max_queue: int = 1024
     max_batch: int = 256
@@ -266,6 +269,8 @@ class Node:
             cache_bytes=cfg.cache_bytes,
             tail_max_deltas=cfg.tail_max_deltas,
             tail_min_bytes=cfg.tail_min_bytes,
+            tail_bytes_per_delta=cfg.tail_bytes_per_delta,
+            submit=lambda fn: self.writer.submit(fn),
             view_max_bytes=cfg.view_max_bytes,
         )
         self._remote = RemoteJoin(self._docs, self.replica_id, submit=self._submit, clock=self._clock)
@@ -336,6 +341,7 @@ class Node:
             if view is not None:
                 version, value = orjson.loads(view)
                 return ReadResult(value=value, version=version, siblings=None)
+            return await self.docs.read_decoded(self._read, doc_id)
         return await self._read(self.docs.read, doc_id, siblings)
 
     async def read_json(self, doc_id: str) -> tuple[str, bytes]:
@@ -351,7 +357,7 @@ class Node:
         view = storage.read_view(doc_id)  # checks the id
         if view is not None:
             return split_view(view)
-        result = await self._read(self.docs.read, doc_id, False)
+        result = await self.docs.read_decoded(self._read, doc_id)
         return result.version, orjson.dumps(result.value)
 
     async def delete(self, doc_id: str) -> None:

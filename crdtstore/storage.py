@@ -31,10 +31,10 @@ module only stores it), rewrites the snapshot and drops the tail
 (compaction) in one transaction when the tail grows past a bound. Every
 state a commit can leave is therefore loadable. ``views`` holds a
 ready-to-serve JSON rendering of a document's plain value and version,
-written by the document store in the same transaction as the change it
-reflects (or deleted, when it chose not to render it): a read that finds it
-needs no decode at all.
- ``buckets``
+for the documents that are read: written by the document store in the same
+transaction as the change it reflects, or later if the document has not
+changed since (and deleted, when a change is not rendered): a read that
+finds it needs no decode at all. ``buckets``
 lets anti-entropy list the (id, digest) pairs of one differing leaf without
 scanning every document, and gives the old digest for a Merkle update
 without decoding the old document. ``tombstones`` keeps the causal history
@@ -55,6 +55,17 @@ time in profiles); per commit, the upper levels are shared by the whole
 batch and each inner node reads its children with one cursor range scan.
 Anything that commits document writes without the writer must call
 ``flush_merkle`` too; readers only ever see flushed trees.
+
+The counters every write bumps (its origin's log mark, the feed sequence,
+the HLC) live in ``meta``, and each write used to read and rewrite them: a
+few LMDB calls per write, each of which releases and retakes the GIL, and
+every one a chance for the event loop to take it in between. Within one
+top-level write transaction (the writer's batch) they are kept in memory
+and written once, by :meth:`Storage.flush_merkle` before the commit. The
+memory belongs to that transaction alone: a new top-level transaction
+starts empty (so an aborted batch leaves nothing behind), and the first
+child transaction (a savepoint, whose abort the memory could not follow)
+writes it out and turns it off for the rest of the batch.
 
 Replica identity and epochs
 ---------------------------
@@ -88,8 +99,18 @@ never reuse a (origin, seq) that a peer already acknowledged.
 Durability and the map size
 ---------------------------
 
-The environment opens with ``sync=True, metasync=True`` (configurable): a
-commit returns after fsync. The map starts at ``map_size`` and doubles on
+The environment opens with ``sync=True, metasync=True`` (configurable): an
+acknowledged commit is on disk, data and meta page. With both on, LMDB is
+opened with ``metasync=False`` instead and :attr:`Storage.meta_sync_deferred`
+is set: ``commit()`` then fsyncs the data pages and only writes the meta page,
+and :meth:`Storage.sync_meta` (an ``fdatasync``) makes it durable. The
+group-commit writer runs that second flush on a thread of its own and
+acknowledges a batch only after it returned, so the writer can go on with the
+next batch meanwhile instead of waiting for a second synchronous write inside
+the write lock. Integrity is LMDB's own: the data pages of a commit are
+durable before its meta page is written (``MDB_NOMETASYNC`` "maintains database
+integrity"; a crash between the two only undoes commits nobody was told about).
+The map starts at ``map_size`` and doubles on
 ``lmdb.MapFullError`` up to ``max_map_size`` (see :meth:`Storage.grow`).
 LMDB requires that no transaction of this process is active while the map
 is resized; the single writer guarantees that for writes and a small
@@ -369,12 +390,19 @@ class Storage:
         self.max_map_size = max_map_size
         self.shape = shape
         self.map_grows = 0
+        self.meta_sync_deferred = False
+        """Commits leave their meta page unflushed: call :meth:`sync_meta` before acknowledging them."""
         self._gate = _ResizeGate()
         self._closed = False
         # Leaves changed since the last flush_merkle; writer thread only. Extra
         # entries (from a rolled-back child transaction) only cost a rehash
         # that finds nothing to change, so aborts need not clean up here.
         self._dirty_leaves: set[int] = set()
+        # The meta counters of one top-level write transaction (see the module docstring);
+        # writer thread only. _scope is that transaction, None while the memory is off.
+        self._scope: Txn | None = None
+        self._meta: dict[bytes, bytes | None] = {}
+        self._meta_dirty: set[bytes] = set()
 
     # Public methods for the lifecycle.
 
@@ -404,7 +432,8 @@ class Storage:
             max_map_size: Cap for :meth:`grow`.
             sync: fsync on every commit (``False`` trades durability of the last
                 commits on power loss for speed; a crash of the process loses nothing).
-            metasync: fsync the meta page on commit.
+            metasync: fsync the meta page too (with ``sync``: deferred to
+                :meth:`sync_meta`, see the module docstring).
             max_dbs: Named databases allowed (at least ``len(DB_NAMES)``).
             max_readers: Concurrent read transactions allowed.
             shape: Merkle tree shape; must match the directory's and the peers'.
@@ -427,7 +456,8 @@ class Storage:
             max_dbs=max_dbs,
             max_readers=max_readers,
             sync=sync,
-            metasync=metasync,
+            # With sync, the meta page's flush is deferred to sync_meta() (see the module docstring).
+            metasync=metasync and not sync,
             # Random access over a map that may exceed RAM: readahead only
             # pollutes the page cache.
             readahead=False,
@@ -438,6 +468,7 @@ class Storage:
             env.reader_check()
             _restore_map_size(env, map_size, max_map_size)
             storage = cls._init(env, region=region, random_id=random_id, shape=shape, max_map_size=max_map_size)
+            storage.meta_sync_deferred = sync and metasync
         except BaseException:
             env.close()
             raise
@@ -523,7 +554,28 @@ class Storage:
 
     def begin_write(self, parent: Txn | None = None) -> Txn:
         """A write transaction (or a child of ``parent``); only the writer thread calls this."""
-        return self.env.begin(write=True, parent=parent)
+        if parent is not None:
+            # A savepoint: its abort would not undo the counters kept in memory, so write them
+            # into the parent now and read the transaction itself from here on.
+            self._spill(parent)
+            self._scope = None
+            return self.env.begin(write=True, parent=parent)
+        txn = self.env.begin(write=True)
+        self._scope = txn
+        self._meta = {}
+        self._meta_dirty = set()
+        return txn
+
+    def sync_meta(self) -> None:
+        """Make every commit so far durable (``fdatasync``; the GIL is released meanwhile).
+
+        Safe on any thread, next to a write transaction of the writer's: it
+        only flushes what earlier commits wrote.
+        """
+        with self._gate.shared():
+            if self._closed:
+                raise StorageClosed("storage is closed")
+            self.env.sync(True)
 
     def grow(self) -> bool:
         """Double the map size, up to ``max_map_size``.
@@ -708,9 +760,13 @@ class Storage:
         recomputed once from its children, read with one cursor range scan
         (empty nodes are absent, so the scan sees only the stored ones).
 
+        It also writes the meta counters the transaction kept in memory (see
+        the module docstring), so whatever commits writes must call it first.
+
         Returns:
             The number of inner nodes recomputed.
         """
+        self._spill(txn)
         if not self._dirty_leaves:
             return 0
         db = self.dbs["merkle"]
@@ -758,7 +814,7 @@ class Storage:
 
     def get_seq(self, txn: Txn, origin: str) -> int:
         """The highest seq of ``origin`` with no gap below it in this replica (0 if none)."""
-        raw = txn.get(_META_VV + _check_origin(origin), db=self.dbs["meta"])
+        raw = self._meta_get(txn, _META_VV + _check_origin(origin))
         return 0 if raw is None else _U64.unpack(raw)[0]
 
     def vector(self, txn: Txn) -> dict[str, int]:
@@ -860,9 +916,9 @@ class Storage:
 
     def next_feed_seq(self, txn: Txn) -> int:
         """Reserve the next local feed sequence number (global to the replica, never reused here)."""
-        raw = txn.get(_META_FEED_SEQ, db=self.dbs["meta"])
+        raw = self._meta_get(txn, _META_FEED_SEQ)
         seq = (0 if raw is None else _U64.unpack(raw)[0]) + 1
-        txn.put(_META_FEED_SEQ, _U64.pack(seq), db=self.dbs["meta"])
+        self._meta_put(txn, _META_FEED_SEQ, _U64.pack(seq))
         return seq
 
     def put_feed(self, txn: Txn, doc_id: str, seq: int, record: bytes) -> None:
@@ -914,11 +970,11 @@ class Storage:
     # Public methods for the clock.
 
     def get_hlc(self, txn: Txn) -> int:
-        raw = txn.get(_META_HLC, db=self.dbs["meta"])
+        raw = self._meta_get(txn, _META_HLC)
         return 0 if raw is None else _U64.unpack(raw)[0]
 
     def set_hlc(self, txn: Txn, ts: int) -> None:
-        txn.put(_META_HLC, _U64.pack(ts), db=self.dbs["meta"])
+        self._meta_put(txn, _META_HLC, _U64.pack(ts))
 
     # Private methods.
 
@@ -973,9 +1029,37 @@ class Storage:
         txn.put(self._log_key(entry.origin, entry.seq), _encode_log_value(entry), db=self.dbs["log"])
 
     def _set_seq(self, txn: Txn, origin: str, seq: int) -> None:
-        txn.put(_META_VV + _check_origin(origin), _U64.pack(seq), db=self.dbs["meta"])
+        self._meta_put(txn, _META_VV + _check_origin(origin), _U64.pack(seq))
+
+    def _meta_get(self, txn: Txn, key: bytes) -> bytes | None:
+        if txn is not self._scope:
+            return txn.get(key, db=self.dbs["meta"])
+        try:
+            return self._meta[key]
+        except KeyError:
+            value = self._meta[key] = txn.get(key, db=self.dbs["meta"])
+            return value
+
+    def _meta_put(self, txn: Txn, key: bytes, value: bytes) -> None:
+        if txn is not self._scope:
+            txn.put(key, value, db=self.dbs["meta"])
+            return
+        self._meta[key] = value
+        self._meta_dirty.add(key)
+
+    def _spill(self, txn: Txn) -> None:
+        """Write the counters kept in memory into ``txn``, if they are its own."""
+        if txn is not self._scope or not self._meta_dirty:
+            return
+        db = self.dbs["meta"]
+        for key in sorted(self._meta_dirty):
+            value = self._meta[key]
+            assert value is not None  # only puts mark a key dirty
+            txn.put(key, value, db=db)
+        self._meta_dirty = set()
 
     def _scan_u64(self, txn: Txn, prefix: bytes) -> dict[str, int]:
+        self._spill(txn)  # a cursor reads the transaction, not the memory
         out: dict[str, int] = {}
         with txn.cursor(db=self.dbs["meta"]) as cur:
             if cur.set_range(prefix):

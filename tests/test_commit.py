@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed
-from crdtstore.storage import Storage, StorageFull
+from crdtstore.storage import Storage, StorageError, StorageFull
 
 T = TypeVar("T")
 
@@ -317,3 +317,108 @@ def test_submit_needs_a_started_writer(tmp_path: Path) -> None:
     run(main)
     with pytest.raises(ValueError):
         GroupCommitWriter(None, max_queue=0)  # type: ignore[arg-type]
+
+
+class _HeldFlush:
+    """Replaces ``Storage.sync_meta``: each flush waits for ``release()``; ``fail`` makes it raise."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.real = storage.sync_meta
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.calls = 0
+        self.fail: Exception | None = None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.entered.set()
+        self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        self.real()
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def test_fsync_on_defers_the_meta_flush_to_the_syncer(tmp_path: Path) -> None:
+    """The default (sync and metasync): LMDB commits without the meta page's own sync, and the writer flushes it."""
+    durable = open_storage(tmp_path / "a")
+    assert durable.meta_sync_deferred and not durable.env.flags()["metasync"]
+    durable.close()
+    # The operator's choices stand: no fsync at all, or no meta sync, are not upgraded or deferred.
+    for kw in ({"sync": False}, {"metasync": False}):
+        s = open_storage(tmp_path / f"b{len(kw)}{next(iter(kw))}", **kw)
+        assert not s.meta_sync_deferred
+        assert GroupCommitWriter(s)._syncer is None
+        s.close()
+
+
+def test_a_batch_is_acknowledged_only_after_its_meta_flush(tmp_path: Path) -> None:
+    published: list[str] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+
+            def fn(ctx: WriteContext) -> bytes:
+                ctx.on_commit(lambda: published.append("k"))
+                return h.put(b"k", b"v")(ctx)
+
+            future = h.writer.submit(fn)
+            await asyncio.to_thread(held.entered.wait)
+            # Committed (a reader sees it) but not yet flushed: neither acknowledged nor published.
+            assert h.get(b"k") == b"v"
+            await asyncio.sleep(0.01)
+            assert not future.done() and published == []
+            held.release()
+            assert await future == b"k"
+            assert published == ["k"]
+            assert h.writer.stats()["syncs"] >= 1
+
+    run(main)
+
+
+def test_the_writer_commits_the_next_batch_while_a_flush_runs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+            first = h.writer.submit(h.put(b"a", b"1"))
+            await asyncio.to_thread(held.entered.wait)
+            second = h.writer.submit(h.put(b"b", b"2"))
+            # The second batch commits while the first one's flush is still held...
+            while h.writer.stats()["commits"] < 2:
+                await asyncio.sleep(0.001)
+            assert h.get(b"b") == b"2"
+            # ...and is acknowledged after the first, by a flush that covers both.
+            assert not first.done() and not second.done()
+            held.release()
+            assert await asyncio.gather(first, second) == [b"a", b"b"]
+
+    run(main)
+
+
+def test_a_failed_flush_is_never_acknowledged(tmp_path: Path) -> None:
+    """Abuse: the disk fails the flush. The commit stands (readers see it), its caller gets a StorageError."""
+    published: list[str] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            held.fail = OSError("EIO")
+            held.release()
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+
+            def fn(ctx: WriteContext) -> bytes:
+                ctx.on_commit(lambda: published.append("k"))
+                return h.put(b"k", b"v")(ctx)
+
+            with pytest.raises(StorageError, match="flushing the commit failed"):
+                await h.writer.submit(fn)
+            assert published == ["k"]  # visible to readers, so followers hear of it
+            held.fail = None
+            assert await h.writer.submit(h.put(b"after", b"v")) == b"after"  # the writer goes on
+
+    run(main)

@@ -752,7 +752,7 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
     the tail stays within its bounds; after a reopen the document is the same, byte for byte."""
 
     async def main() -> None:
-        node = await started(tmp_path / "n", tail_max_deltas=4, tail_min_bytes=tail_min_bytes)
+        node = await started(tmp_path / "n", tail_max_deltas=4, tail_min_bytes=tail_min_bytes, tail_bytes_per_delta=0)
         tails: list[int] = []
         try:
             for step in range(62):
@@ -764,8 +764,11 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
                 assert codec.encode_document(load_stored(node, "doc")) == in_memory
                 assert len(tail) <= 4 and sum(len(d) for _, d in tail) <= max(len(snapshot), tail_min_bytes)
                 assert [seq for seq, _ in tail] == list(range(1, len(tail) + 1))
-                # The view is what a decode would render, and what a siblings read (a decode) reports.
-                assert view is not None and orjson.loads(view) == [entry.doc.version(), entry.doc.value()]
+                # From the first read on, writes keep a view: what a decode would render, and what a
+                # siblings read (a decode) reports.
+                assert (view is None) == (step == 0)
+                if view is not None:
+                    assert orjson.loads(view) == [entry.doc.version(), entry.doc.value()]
                 plain, decoded = await node.read("doc"), await node.read("doc", siblings=True)
                 assert (plain.value, plain.version) == (decoded.value, decoded.version)
                 # What anti-entropy ships is the full state, whatever the tail holds.
@@ -782,6 +785,35 @@ def test_tail_compaction_and_reload_are_byte_identical(tmp_path: Path, tail_min_
             entry = node.docs.cache.get("doc")
             assert entry is not None
             assert codec.encode_document(load_stored(node, "doc")) == codec.encode_document(entry.doc)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_a_big_document_compacts_once_per_its_size_in_deltas_not_every_32(tmp_path: Path) -> None:
+    """A large text's tail holds snapshot / tail_bytes_per_delta deltas before compacting, so a write does not
+    pay a full encoding every tail_max_deltas writes; the stored state still reloads byte for byte."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n", tail_max_deltas=4, tail_bytes_per_delta=512)
+        try:
+            await node.apply("big", [{"op": "insert", "path": ["t"], "index": 0, "text": "x" * 10_000}])
+            snapshot = len(stored_state(node, "big")[0])
+            allowed = snapshot // 512
+            assert allowed > 4 and node.docs.max_tail_deltas(snapshot) == allowed
+            for i in range(allowed):
+                await node.apply("big", [{"op": "insert", "path": ["t"], "index": 7 * i, "text": "y"}])
+            assert len(stored_state(node, "big")[1]) == allowed  # the old fixed count would have compacted at 4
+            await node.apply("big", [{"op": "insert", "path": ["t"], "index": 1, "text": "z"}])
+            assert stored_state(node, "big")[1] == []  # past the scaled bound: compacted
+            entry = node.docs.cache.get("big")
+            assert entry is not None
+            assert codec.encode_document(load_stored(node, "big")) == codec.encode_document(entry.doc)
+            # A small document keeps the fixed count: many tiny writes cannot build a long tail.
+            for _ in range(12):
+                await node.apply("small", [{"op": "increment", "path": ["n"]}])
+                assert len(stored_state(node, "small")[1]) <= 4
         finally:
             await node.close()
 
@@ -833,10 +865,12 @@ def test_documents_above_the_view_limit_are_decoded_by_reads(tmp_path: Path) -> 
     """A document that outgrows view_max_bytes loses its view (never a stale one) and still reads right."""
 
     async def main() -> None:
-        # tail_max_deltas=0: every write compacts, so the stored size follows the value at once.
-        node = await started(tmp_path / "n", view_max_bytes=2048, tail_max_deltas=0)
+        # tail_max_deltas=0 (not scaled): every write compacts, so the stored size follows the value at once.
+        node = await started(tmp_path / "n", view_max_bytes=2048, tail_max_deltas=0, tail_bytes_per_delta=0)
         try:
             await node.apply("doc", [set_op("a", "small")])
+            await node.read("doc")  # read once: its writes keep a view from now on
+            await node.writer.submit(lambda ctx: None)  # the view that read handed over is stored
             assert stored_state(node, "doc")[2] is not None
             result = await node.apply("doc", [set_op("a", "x" * 4096)])
             assert stored_state(node, "doc")[2] is None
@@ -849,6 +883,79 @@ def test_documents_above_the_view_limit_are_decoded_by_reads(tmp_path: Path) -> 
             assert stored_state(node, "doc") == (b"", [], None)
             with pytest.raises(DocumentNotFound):
                 await node.read("doc")
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_views_are_kept_for_the_documents_that_are_read(tmp_path: Path) -> None:
+    """Writes of a document nobody reads render no view; its first read decodes, and from then on it has one."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            for i in range(5):
+                await node.apply("write-only", [set_op("a", i)])
+            await node.apply("doc", [set_op("a", 1)])
+            assert stored_state(node, "write-only")[2] is None and stored_state(node, "doc")[2] is None
+            first = await node.read("doc")
+            assert first.value == {"a": 1}
+            await node.writer.submit(lambda ctx: None)  # the view the read rendered is stored
+            assert stored_state(node, "doc")[2] == orjson.dumps([first.version, {"a": 1}])
+            result = await node.apply("doc", [set_op("a", 2)])
+            assert stored_state(node, "doc")[2] == orjson.dumps([result.version, {"a": 2}])
+            assert await node.read_json("doc") == (result.version, b'{"a":2}')
+            assert stored_state(node, "write-only")[2] is None
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_a_view_rendered_before_a_write_is_never_stored_after_it(tmp_path: Path) -> None:
+    """Abuse: a read renders the view of version 1 while a write of version 2 is queued ahead of its store.
+    The writer must drop the old view (the document moved on), and serve version 2."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            await node.apply("doc", [set_op("a", 1)])
+            blocker, parked, gate = block_writer(node)
+            await asyncio.to_thread(parked.wait)
+            write = node.writer.submit(lambda ctx: node._apply_txn(ctx, "doc", [set_op("a", 2)]))
+            assert (await node.read("doc")).value == {"a": 1}  # decoded from what is committed
+            gate.set()
+            await blocker
+            result = await write
+            await node.writer.submit(lambda ctx: None)
+            assert stored_state(node, "doc")[2] == orjson.dumps([result.version, {"a": 2}])
+            assert await node.read("doc") == ReadResult({"a": 2}, result.version, None)
+        finally:
+            await node.close()
+
+    run(main)
+
+
+def test_a_document_no_longer_wanted_loses_its_view_at_its_next_write(tmp_path: Path) -> None:
+    """Abuse: the set of wanted views is bounded. A document pushed out of it must not keep a view its
+    next write makes stale: that write deletes it, and reads decode (and want it again)."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            node.docs.wanted_max = 1
+            await node.apply("a", [set_op("k", 1)])
+            await node.apply("b", [set_op("k", 1)])
+            await node.read("a")
+            await node.writer.submit(lambda ctx: None)
+            assert stored_state(node, "a")[2] is not None
+            await node.read("b")  # pushes "a" out of the wanted set
+            await node.writer.submit(lambda ctx: None)
+            assert "a" not in node.docs.wanted
+            result = await node.apply("a", [set_op("k", 2)])
+            assert stored_state(node, "a")[2] is None
+            assert await node.read("a") == ReadResult({"k": 2}, result.version, None)
         finally:
             await node.close()
 

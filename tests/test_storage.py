@@ -489,3 +489,71 @@ def test_tail_appends_in_order_and_snapshots_and_deletes_drop_it(tmp_path: Path)
         assert s.merkle_dirty == 0
     finally:
         s.close()
+
+
+# The meta counters a write transaction keeps in memory.
+
+
+def _meta_on_disk(s: Storage, txn: object, key: bytes) -> bytes | None:
+    return txn.get(key, db=s.dbs["meta"])  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_batch_writes_its_counters_once_at_the_flush(tmp_path: Path) -> None:
+    s = open_storage(tmp_path / "r")
+    me = s.replica_id
+    try:
+        txn = s.begin_write()
+        assert [s.append_local(txn, me, "d", b"x") for _ in range(3)] == [1, 2, 3]
+        assert [s.next_feed_seq(txn) for _ in range(3)] == [1, 2, 3]
+        s.set_hlc(txn, 77)
+        # Kept in memory, not yet in the transaction...
+        assert _meta_on_disk(s, txn, b"vv\x00" + me.encode()) is None
+        assert s.get_seq(txn, me) == 3 and s.get_hlc(txn) == 77
+        assert s.vector(txn) == {me: 3}  # ...though a cursor over meta sees them (written out first)
+        s.flush_merkle(txn)
+        txn.commit()
+        with s.read() as r:
+            assert s.vector(r) == {me: 3} and s.get_hlc(r) == 77
+        assert commit(s, lambda t: s.next_feed_seq(t)) == 4
+    finally:
+        s.close()
+
+
+def test_an_aborted_batch_leaves_no_counter_behind(tmp_path: Path) -> None:
+    """Abuse: a batch that rolls back (its map was full, its commit failed) must not lend its seqs to the next."""
+    s = open_storage(tmp_path / "r")
+    me = s.replica_id
+    try:
+        txn = s.begin_write()
+        assert s.append_local(txn, me, "d", b"x") == 1
+        s.flush_merkle(txn)
+        txn.abort()
+        assert commit(s, lambda t: s.append_local(t, me, "d", b"y")) == 1
+        with s.read() as r:
+            assert s.log_range(r, me, 0, 10) == [LogEntry(me, 1, "d", b"y")]
+    finally:
+        s.close()
+
+
+def test_a_rolled_back_savepoint_gives_its_seq_back(tmp_path: Path) -> None:
+    """Abuse: a child transaction (a request's savepoint) takes a seq and aborts. The memory cannot follow
+    that abort, so the next write must read the parent's mark: seq 2 again, never a gap at 2."""
+    s = open_storage(tmp_path / "r")
+    me = s.replica_id
+    try:
+        txn = s.begin_write()
+        assert s.append_local(txn, me, "d", b"a") == 1
+        assert s.next_feed_seq(txn) == 1
+        child = s.begin_write(parent=txn)
+        assert s.append_local(child, me, "d", b"lost") == 2
+        assert s.next_feed_seq(child) == 2
+        child.abort()
+        assert s.append_local(txn, me, "d", b"b") == 2
+        assert s.next_feed_seq(txn) == 2
+        s.flush_merkle(txn)
+        txn.commit()
+        with s.read() as r:
+            assert [(e.seq, e.delta) for e in s.log_range(r, me, 0, 10)] == [(1, b"a"), (2, b"b")]
+            assert s.vector(r) == {me: 2}
+    finally:
+        s.close()
