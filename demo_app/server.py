@@ -12,7 +12,8 @@ one region). The few HTTP calls it makes go through this app instead:
 * ``GET /demo/siblings?region=R&doc=ID``: one region's document with every
   register as its list of concurrent values (a title conflict).
 * ``POST /demo/wan/{partition,isolate,heal}``: the WAN admin API, with the
-  admin token added here, so the page never holds it.
+  admin token added here, so the page never holds it; the caller shows the
+  read-write token (a read-only window cannot cut links).
 
 Why a proxy rather than CORS on the regions: the regions' API keeps no
 cross-origin surface at all (nothing to switch off after a demo), the admin
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -160,6 +162,9 @@ def build_demo_app(settings: DemoSettings) -> Starlette:
 
     async def wan_action(request: Request) -> Response:
         action = request.path_params["action"]
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+            return JSONResponse({"error": "forbidden", "message": "the read-write token cuts links"}, status_code=403)
         if settings.wan is None or action not in _WAN_ACTIONS:
             return JSONResponse({"error": "not_found"}, status_code=404)
         body = await request.body()

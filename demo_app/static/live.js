@@ -5,6 +5,26 @@ import { applyOps, applyPatches, moveIndex, transform } from "./rebase.js";
 // Close codes after which reconnecting cannot help (the token or the document is refused).
 const FATAL = new Set([4400, 4401, 4403, 1008, 1009]);
 const RETRY_MS = 300;
+// A region closes a websocket frame over its ws_max_size (64 KiB by default) with 1009: a paste is cut
+// into inserts of at most PIECE UTF-16 units, and a batch takes ops up to BATCH_BYTES of JSON.
+const PIECE = 8000;
+const BATCH_BYTES = 30000; // plus at most one piece (24 KB of UTF-8): under 64 KiB
+const encoder = new TextEncoder();
+
+// One insert of a long text as several inserts in a row (never splitting a surrogate pair).
+function pieces(op) {
+  if (op.op !== "insert" || typeof op.text !== "string" || op.text.length <= PIECE) return [op];
+  const out = [];
+  let at = 0;
+  while (at < op.text.length) {
+    let end = Math.min(at + PIECE, op.text.length);
+    const code = op.text.charCodeAt(end - 1);
+    if (end < op.text.length && code >= 0xd800 && code <= 0xdbff) end -= 1;
+    out.push({ ...op, index: op.index + at, text: op.text.slice(at, end) });
+    at = end;
+  }
+  return out;
+}
 const MAX_LOG = 50;
 
 const clone = (v) => structuredClone(v);
@@ -79,7 +99,7 @@ export class LiveDoc extends EventTarget {
   // Local ops, with indexes into value(), behind the batch in flight.
   edit(ops) {
     if (this.fatal) return;
-    this.queued.push(...ops.map((op) => ({ ...op })));
+    this.queued.push(...ops.flatMap((op) => pieces({ ...op })));
     this._emit("local", {});
     this._flush();
   }
@@ -169,11 +189,17 @@ export class LiveDoc extends EventTarget {
   _flush() {
     if (!this.connected || this.inflight || !this.queued.length || !this.version) return;
     const id = `${this.prefix}-${this.seq++}`;
-    const frame = { type: "batch", id, ops: this.queued, version: this.version, w: this.level };
+    let take = 0, bytes = 0;
+    while (take < this.queued.length && (take === 0 || bytes < BATCH_BYTES)) {
+      bytes += encoder.encode(JSON.stringify(this.queued[take])).length;
+      take += 1;
+    }
+    const ops = this.queued.slice(0, take);
+    const frame = { type: "batch", id, ops, version: this.version, w: this.level };
     const now = performance.now();
-    this.inflight = { id, frame, shown: this.queued, sentAt: now, w: this.level };
+    this.inflight = { id, frame, shown: ops, sentAt: now, w: this.level };
     this.unacked.set(id, { frame, region: this.region, changeSeen: false, sentAt: now, w: this.level });
-    this.queued = [];
+    this.queued = this.queued.slice(take);
     this._record({ id, w: this.level, ops: frame.ops.length, status: "sent", region: this.region });
     this._send(frame);
   }

@@ -8,10 +8,12 @@ const el = (tag, props = {}, ...children) => {
   return node;
 };
 
+let token = "";
+
 async function wan(action, body) {
   const answer = await fetch(`/demo/wan/${action}`, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
     body: JSON.stringify(body),
   });
   return answer.json();
@@ -20,7 +22,8 @@ async function wan(action, body) {
 // Replica ids start with their region's name ("us-…").
 const regionOf = (replica) => String(replica).split("-")[0];
 
-export function startPanel({ board, regions }) {
+export function startPanel({ board, regions, doc }) {
+  token = doc.token;
   const state = { last: null };
   $("#heal-all").onclick = () => wan("heal", {}).then(poll);
 
@@ -47,10 +50,14 @@ export function startPanel({ board, regions }) {
     conv.textContent = converged ? "Converged: every region holds the same Merkle root" : "Not converged yet";
     conv.className = converged ? "yes" : "no";
 
-    const head = el("tr", {}, ...["region", "state", "Merkle root", "vector of this board", "lag"].map((h) => el("th", { textContent: h })));
+    const head = el("tr", {}, ...["region", "state", "Merkle root", "vector of this board", "lag", ""].map((h) => el("th", { textContent: h })));
     const rows = entries.map(([name, s]) => {
       const vector = s.vector || {};
       const lag = Object.entries(newest).reduce((sum, [replica, n]) => sum + n - (vector[replica] || 0), 0);
+      // Cut this region off from every other: with three regions a single cut link is bridged by the third.
+      const isolate = el("button", { textContent: "isolate", title: `cut ${name} off from every region` });
+      isolate.dataset.testid = `isolate-${name}`;
+      isolate.onclick = () => wan("isolate", { region: name }).then(poll);
       const vec = Object.keys(vector).sort().map((k) => `${regionOf(k)}:${vector[k]}`).join(" ");
       const tr = el("tr", {},
         el("td", { textContent: name }),
@@ -58,6 +65,7 @@ export function startPanel({ board, regions }) {
         el("td", { className: "mono", textContent: s.root ? s.root.slice(0, 10) : "–" }),
         el("td", { className: "mono", textContent: vec || "–" }),
         el("td", { textContent: s.up ? (lag ? `${lag} op(s) behind` : "0") : "–" }),
+        el("td", {}, isolate),
       );
       tr.dataset.testid = `region-${name}`;
       tr.dataset.root = s.root || "";
