@@ -70,7 +70,10 @@ async function main() {
     requestAnimationFrame(() => { renderQueued = false; render(ui); });
   };
   doc.addEventListener("change", (e) => {
-    render(ui, e.detail.origin === "local" ? null : e.detail.patches);
+    // A remote change shows at once, with the carets moved past its patches; our own batch coming back
+    // changes nothing on screen in the common case, so it waits for the next frame with the rest.
+    if (e.detail.origin === "local") renderSoon();
+    else render(ui, e.detail.patches);
     fetchSiblingsSoon(ui);
   });
   doc.addEventListener("local", renderSoon);
