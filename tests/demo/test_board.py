@@ -125,7 +125,7 @@ def test_two_regions_type_concurrently_and_converge(
 def test_remote_and_local_keystroke_latency(
     chromium_browser: Any, demo: DemoCluster, windows: list[Window], artifacts: Path
 ) -> None:
-    """Printed: a remote keystroke's p95 (target: one-way 50 ms + 100 ms) and a local one's in a 100 KB note (< 16 ms)."""
+    """Printed: p95 of a remote keystroke (target: one-way 50 ms + 100 ms) and of a local one (100 KB note, 16 ms)."""
     board = "board-latency"
     us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
     eu = open_window(windows, chromium_browser, demo, "eu", board, "Bo")
