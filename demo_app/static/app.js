@@ -10,7 +10,7 @@
 //   votes      a counter;  tags  an add-wins set.
 // Deleting a note deletes its key (observed-remove: an edit concurrent with the delete survives).
 import { LiveDoc } from "./live.js";
-import { moveIndex } from "./rebase.js";
+import { moveIndex, textOps } from "./rebase.js";
 import { startPanel } from "./panel.js";
 
 const params = new URLSearchParams(location.search);
@@ -297,22 +297,6 @@ function checklistOf(value, id) {
     order: Array.isArray(checklist.order) ? checklist.order : [],
     items: checklist.items && typeof checklist.items === "object" ? checklist.items : {},
   };
-}
-
-// The text ops that turn before into after, for one input event: the edit ends where the caret now is
-// (so typing "a" into "aa" inserts at the caret, not at the end a plain diff would pick).
-export function textOps(path, before, after, caret) {
-  let suffix = 0;
-  const maxSuffix = Math.min(before.length, after.length, after.length - caret >= 0 ? after.length - caret : 0);
-  while (suffix < maxSuffix && before[before.length - 1 - suffix] === after[after.length - 1 - suffix]) suffix++;
-  let prefix = 0;
-  const maxPrefix = Math.min(before.length, after.length) - suffix;
-  while (prefix < maxPrefix && before[prefix] === after[prefix]) prefix++;
-  const removed = before.length - suffix - prefix, added = after.slice(prefix, after.length - suffix);
-  const ops = [];
-  if (removed > 0) ops.push({ op: "delete", path, index: prefix, count: removed });
-  if (added) ops.push({ op: "insert", path, index: prefix, text: added });
-  return ops;
 }
 
 // Other people's carets in this note, drawn in a mirror of the textarea under it.

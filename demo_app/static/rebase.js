@@ -161,3 +161,19 @@ export function applyOps(value, ops) {
   }
   return value;
 }
+
+// The text ops that turn before into after, for one input event: the edit ends where the caret now is
+// (so typing "a" into "aa" inserts at the caret, not at the end a plain diff would pick).
+export function textOps(path, before, after, caret) {
+  let suffix = 0;
+  const maxSuffix = Math.min(before.length, after.length, after.length - caret >= 0 ? after.length - caret : 0);
+  while (suffix < maxSuffix && before[before.length - 1 - suffix] === after[after.length - 1 - suffix]) suffix++;
+  let prefix = 0;
+  const maxPrefix = Math.min(before.length, after.length) - suffix;
+  while (prefix < maxPrefix && before[prefix] === after[prefix]) prefix++;
+  const removed = before.length - suffix - prefix, added = after.slice(prefix, after.length - suffix);
+  const ops = [];
+  if (removed > 0) ops.push({ op: "delete", path, index: prefix, count: removed });
+  if (added) ops.push({ op: "insert", path, index: prefix, text: added });
+  return ops;
+}
