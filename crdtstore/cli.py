@@ -245,7 +245,8 @@ def _up(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from crdtstore.demo import run_demo  # the demo's page and server load only for this command
 
-    return run_demo(args)
+    root = Path(args.data).absolute()
+    return run_demo(args, token=ensure_token(root), admin_token=ensure_admin_token(root))
 
 
 def _log_to_file(path: Path) -> None:

@@ -81,16 +81,18 @@ def wait_for_plan(root: Path, proc: subprocess.Popen[bytes], *, timeout: float =
     raise ConfigError(f"the cluster was not ready within {timeout:g} s: {sorted(pending) or 'no plan'}")
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """Run ``up`` (3 regions), wait for it, serve the demo until SIGINT/SIGTERM, then stop ``up`` by its pid."""
-    # Imported here: only this command needs the demo's package and the CLI's helpers.
-    from crdtstore.cli import ensure_admin_token, ensure_token
+def run_demo(args: argparse.Namespace, *, token: str, admin_token: str) -> int:
+    """Run ``up`` (3 regions), wait for it, serve the demo until SIGINT/SIGTERM, then stop ``up`` by its pid.
+
+    Args:
+        args: The ``demo`` command's flags.
+        token: The read-write token of ``up``'s token file (the CLI makes it, as for ``up``).
+        admin_token: Its admin token.
+    """
     from crdtstore.server import run_servers
     from demo_app.server import DemoSettings, build_demo_app
 
     root = Path(args.data).absolute()
-    token = ensure_token(root)
-    admin = ensure_admin_token(root)
     read = ensure_read_token(root)
     argv = [
         sys.executable, "-m", "crdtstore.cli", "up",
@@ -116,7 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
         regions={name: entry["url"] for name, entry in plan["regions"].items()},
         token=token,
         read_token=read,
-        admin_token=admin,
+        admin_token=admin_token,
         wan=plan.get("wan"),
         latency=args.latency,
     )
