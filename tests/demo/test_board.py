@@ -9,6 +9,7 @@ asserted (run with ``-s`` to see them).
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -119,7 +120,19 @@ def test_two_regions_type_concurrently_and_converge(
         )
     eu.page.locator("[data-testid=note] [data-testid=body]").click()
     us.page.wait_for_selector("[data-testid=remote-caret][data-name='Bo (eu)']", timeout=WAIT_MS)
-    shot(artifacts, "concurrent", us, eu)
+
+    # A second note, deleted by one window while the other looks: gone from both.
+    eu.page.click("[data-testid=new-note]")
+    for window in (us, eu):
+        window.wait("() => document.querySelectorAll('[data-testid=note]').length === 2")
+    us.page.locator("[data-testid=delete-note]").nth(1).click()
+    for window in (us, eu):
+        window.wait("() => document.querySelectorAll('[data-testid=note]').length === 1")
+    page.fill("[data-testid=note] [data-testid=title]", "Two regions, one note")
+    page.keyboard.press("Tab")
+    eu.wait("() => document.querySelector('[data-testid=note] [data-testid=title]').value === 'Two regions, one note'")
+    eu.page.locator("[data-testid=note] [data-testid=body]").click()
+    shot(artifacts, "concurrent", us, eu)  # the README's screenshot (docs/demo.png) is the first of these
 
 
 def test_remote_and_local_keystroke_latency(
@@ -168,7 +181,9 @@ def test_remote_and_local_keystroke_latency(
     print(
         f"\ndemo latency (--latency 50ms): remote keystroke visible p95 {p95(remote):.1f} ms "
         f"(target 150 ms; n={len(remote)}, max {max(remote):.1f}); "
-        f"local keystroke-to-screen in a 100 KB note p95 {p95(local):.1f} ms (target 16 ms; n={len(local)})"
+        f"local keystroke-to-screen in a 100 KB note p95 {p95(local):.1f} ms (target 16 ms; n={len(local)}); "
+        f"median remote {statistics.median(remote):.1f} ms, local {statistics.median(local):.1f} ms; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     shot(artifacts, "latency", us)
 
