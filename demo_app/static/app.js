@@ -78,7 +78,10 @@ async function main() {
   });
   doc.addEventListener("local", renderSoon);
   doc.addEventListener("presence", renderSoon);
-  doc.addEventListener("status", renderSoon);
+  doc.addEventListener("status", () => {
+    renderSoon();
+    if (doc.connected) sendPresence(ui); // after a failover, others see the region this window is on now
+  });
   doc.addEventListener("ack", renderSoon);
   doc.addEventListener("log", () => renderEdits(ui));
   doc.connect();
@@ -128,7 +131,10 @@ function renderHeader(ui) {
   const banner = $("#banner");
   const last = doc.failovers[doc.failovers.length - 1];
   banner.hidden = !last;
-  if (last) banner.textContent = `Region ${last.from} did not answer: this window now talks to ${last.to}, resumed from its version token.`;
+  if (last) {
+    banner.textContent = `Region ${last.from} did not answer: this window now talks to ${last.to}, `
+      + "from its snapshot, with the edits not yet acknowledged rebased onto it and sent again.";
+  }
 }
 
 function makeCard(ui, id) {

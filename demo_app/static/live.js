@@ -69,6 +69,7 @@ export class LiveDoc extends EventTarget {
     this.token = token;
     this.confirmed = {};
     this.version = null;
+    this.versionRegion = null; // the region whose stream this version came from
     this.inflight = null; // {id, frame, shown, sentAt, w}
     this.queued = [];
     this.unacked = new Map(); // id -> {frame, region, changeSeen, sentAt, w}
@@ -111,6 +112,7 @@ export class LiveDoc extends EventTarget {
 
   connect() {
     if (this.ws || this.offline || this.fatal) return;
+    if (this.versionRegion && this.versionRegion !== this.region) this._moveRegions();
     const base = this.regions[this.region].replace(/^http/, "ws");
     const params = new URLSearchParams({ token: this.token });
     if (this.version) params.set("version", this.version);
@@ -204,20 +206,33 @@ export class LiveDoc extends EventTarget {
     this._send(frame);
   }
 
-  // After a (re)connect: batches not acknowledged yet go again with their ids. To the same region a
-  // batch whose change came back is resent for its ack (the server acks a known id again, never applies
-  // it twice); another region does not know the id, so only batches whose effect was never seen go there.
-  _resend() {
+  // Onto another region: it may lack what the last one held (edits only that region acknowledged), so
+  // the page asks it for a snapshot (no ?version=), and the batch in flight, whose effect never came
+  // back, goes back to the head of the queue: rebased over the snapshot's difference like everything
+  // typed since, it is sent with the new region's version, so its indexes read against what that region
+  // holds. (Its id is no use there: a region remembers the ids of its own connections.) A batch whose
+  // change did come back is in the old region's log and replicates from there; only its ack is lost.
+  _moveRegions() {
+    if (this.inflight) {
+      this.queued = this.inflight.shown.concat(this.queued);
+      this.unacked.delete(this.inflight.id);
+      this._update(this.inflight.id, { status: `moved to ${this.region}` });
+      this.inflight = null;
+    }
     for (const [id, entry] of this.unacked) {
-      if (entry.region === this.region) this._send(entry.frame);
-      else if (!entry.changeSeen) {
-        entry.region = this.region;
-        this._send(entry.frame);
-      } else {
+      if (entry.region !== this.region) {
         this.unacked.delete(id);
-        this._update(id, { status: "ack lost (region failed)" });
+        this._update(id, { status: "committed; ack lost with its region" });
       }
     }
+    this.version = null;
+    this.versionRegion = null;
+  }
+
+  // After a reconnect to the same region: batches not acknowledged yet go again with their ids (the
+  // server acknowledges a known id again and never applies it twice).
+  _resend() {
+    for (const entry of this.unacked.values()) this._send(entry.frame);
     this._flush();
   }
 
@@ -227,6 +242,7 @@ export class LiveDoc extends EventTarget {
         const patches = diffPatches(this.confirmed, message.value);
         this.confirmed = message.value;
         this.version = message.version;
+        this.versionRegion = this.region;
         this._rebase(patches);
         break;
       }
@@ -240,6 +256,7 @@ export class LiveDoc extends EventTarget {
           return;
         }
         this.version = message.version;
+        this.versionRegion = this.region;
         const mine = this.inflight && message.batch === this.inflight.id;
         if (message.batch && this.unacked.has(message.batch)) this.unacked.get(message.batch).changeSeen = true;
         if (mine) {

@@ -328,6 +328,7 @@ def test_region_failover_and_return(
     board = "board-failover"
     ap = open_window(windows, chromium_browser, demo, "ap", board, "Cy")
     us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    held = open_window(windows, chromium_browser, demo, "ap", board, "Di")
     ap.new_note()
     us.wait_note()
     ap.type_body("everyone has this. ")
@@ -336,8 +337,21 @@ def test_region_failover_and_return(
     demo.wan("isolate", {"region": "ap"})
     ap.type_body("only-ap-acked ", at_end=True)
     ap.wait_synced()  # durable on ap (w=one), replicated nowhere
+    held.wait_body_contains("only-ap-acked ")
+    held.page.check("#offline")
     plan = demo.plan()
     os.kill(plan["regions"]["ap"]["pid"], 9)
+
+    # Typed while ap is gone, after text only ap holds: once on us, whose snapshot lacks that text, the
+    # queued insert is rebased onto the snapshot (sent as it was, its index would be past us's end).
+    held.type_body("typed-while-down", at_end=True)
+    held.page.uncheck("#offline")
+    held.wait("() => window.demo.doc.region === 'us' && window.demo.doc.connected")
+    held.wait_synced()
+    refused = held.page.evaluate("window.demo.doc.log.filter(e => /^[0-9]{3} /.test(e.status)).map(e => e.status)")
+    assert refused == []  # nothing refused (e.g. 400 index_out_of_range): nothing typed was lost
+    held.wait_body_contains("typed-while-down")
+    assert held.body().endswith("typed-while-down")
 
     ap.wait("() => window.demo.doc.region !== 'ap' && window.demo.doc.connected")
     assert ap.region() == "us"  # the next region in the page's failover order
@@ -363,9 +377,11 @@ def test_region_failover_and_return(
             pass
         time.sleep(0.2)
     demo.wan("heal", {})
-    for window in (ap, us):
-        window.wait_body_contains("everyone has this. ", "only-ap-acked ", "after-failover ")
+    for window in (ap, us, held):
+        window.wait_body_contains("everyone has this. ", "only-ap-acked ", "after-failover ", "typed-while-down")
     text = converged_bodies(ap, us)
-    assert text.count("only-ap-acked") == 1 and text.count("after-failover") == 1
+    assert converged_bodies(held, us) == text
+    for piece in ("only-ap-acked", "after-failover", "typed-while-down"):
+        assert text.count(piece) == 1
     assert sys.platform != "linux" or restarted.poll() is None
-    shot(artifacts, "failover", ap, us)
+    shot(artifacts, "failover", ap, us, held)
