@@ -135,6 +135,8 @@ def run_demo(args: argparse.Namespace, *, token: str, admin_token: str) -> int:
 
     try:
         return run_servers([config], announce=announce, on_stop=on_stop)
+    except OSError as exc:  # the page's port: taken, or not ours to bind
+        raise ConfigError(f"--port {args.port}: {exc}") from None
     finally:
         _stop(proc)
 

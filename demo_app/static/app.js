@@ -74,7 +74,12 @@ async function main() {
     // changes nothing on screen in the common case, so it waits for the next frame with the rest.
     if (e.detail.origin === "local") renderSoon();
     else render(ui, e.detail.patches);
-    fetchSiblingsSoon(ui);
+    // Siblings are not in the live value (it shows one of them): ask the region after a remote change
+    // (a concurrent title can arrive without changing the value shown) and after our own title edits.
+    if (e.detail.origin !== "local" || ui.titleEdited) {
+      ui.titleEdited = false;
+      fetchSiblingsSoon(ui);
+    }
   });
   doc.addEventListener("local", renderSoon);
   doc.addEventListener("presence", renderSoon);
@@ -143,7 +148,10 @@ function makeCard(ui, id) {
   const readOnly = ui.role === "read";
   const title = el("input", { className: "title", disabled: readOnly });
   title.dataset.testid = "title";
-  const commitTitle = () => doc.edit([{ op: "set", path: path("title"), value: title.value }]);
+  const commitTitle = () => {
+    ui.titleEdited = true;
+    doc.edit([{ op: "set", path: path("title"), value: title.value }]);
+  };
   title.onchange = commitTitle;
   const siblings = el("div", { className: "siblings", hidden: true });
   siblings.dataset.testid = "siblings";
@@ -230,7 +238,10 @@ function updateCard(ui, card, note, remotePatches) {
       for (const s of sibs) {
         const pick = el("button", { textContent: String(s), disabled: ui.role === "read" });
         pick.dataset.testid = "pick-sibling";
-        pick.onclick = () => doc.edit([{ op: "set", path: card.path("title"), value: s }]);
+        pick.onclick = () => {
+          ui.titleEdited = true;
+          doc.edit([{ op: "set", path: card.path("title"), value: s }]);
+        };
         card.siblings.append(pick);
       }
     }
