@@ -4,7 +4,8 @@ import { applyOps, applyPatches, moveIndex, transform } from "./rebase.js";
 
 // Close codes after which reconnecting cannot help (the token or the document is refused).
 const FATAL = new Set([4400, 4401, 4403, 1008, 1009]);
-const RETRY_MS = 300;
+const RETRY_MS = 300; // the first retry; doubling up to RETRY_MAX_MS while nothing answers
+const RETRY_MAX_MS = 5000;
 // A region closes a websocket frame over its ws_max_size (64 KiB by default) with 1009: a paste is cut
 // into inserts of at most PIECE UTF-16 units, and a batch takes ops up to BATCH_BYTES of JSON.
 const PIECE = 8000;
@@ -65,7 +66,6 @@ export class LiveDoc extends EventTarget {
     this.docId = docId;
     this.regions = regions;
     this.region = region; // the region this window talks to now
-    this.home = region;
     this.token = token;
     this.confirmed = {};
     this.version = null;
@@ -85,7 +85,8 @@ export class LiveDoc extends EventTarget {
     this.log = []; // recent batches: {id, w, ops, status, ms, detail}
     this.failovers = [];
     this.ownPresence = null;
-    this._attempts = 0;
+    this._attempts = 0; // connections to this region that never opened, in a row
+    this._failures = 0; // ... to any region
   }
 
   // What the user sees: the confirmed value with the batch in flight and the queue on top.
@@ -137,13 +138,15 @@ export class LiveDoc extends EventTarget {
       this.ws = null;
       this.connected = false;
       this.presence.clear();
+      this.carets.clear();
       if (FATAL.has(event.code)) {
         this.fatal = `refused by ${this.region}: ${event.code} ${event.reason}`;
       } else if (!this.offline) {
-        // A refused connection never opened: the region is down, so fail over to the next one.
+        // A connection that never opened, twice in a row: the region is down, so fail over to the next.
         this._attempts = opened ? 0 : this._attempts + 1;
+        this._failures = opened ? 0 : this._failures + 1;
         if (this._attempts >= 2) this._failover();
-        setTimeout(() => this.connect(), RETRY_MS);
+        setTimeout(() => this.connect(), Math.min(RETRY_MS * 2 ** Math.max(0, this._failures - 2), RETRY_MAX_MS));
       }
       this._emit("status", {});
     };
