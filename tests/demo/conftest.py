@@ -1,4 +1,9 @@
-"""Fixtures of the browser tests: one ``crdtstore demo`` cluster and one Debian chromium for the whole suite.
+"""Fixtures of the browser tests: one ``crdtstore demo`` cluster and one Debian chromium for this package.
+
+Both live as long as this package's tests, not the session: Playwright's
+sync API keeps an event loop running in the main thread while it is open,
+which would break every later test that runs a loop of its own, and the
+cluster's three regions would take CPU from the rest of the suite.
 
 The browser is Debian's ``chromium`` package driven by Playwright for Python
 (never ``playwright install``: it downloads, which this machine cannot do).
@@ -15,7 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -74,7 +78,7 @@ class DemoCluster:
         answer.raise_for_status()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def chromium_browser() -> Iterator[Any]:
     if importlib.util.find_spec("playwright") is None:
         pytest.skip("playwright is not installed (the test extra installs it)")
@@ -90,7 +94,7 @@ def chromium_browser() -> Iterator[Any]:
             browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoCluster]:
     root = tmp_path_factory.mktemp("demo") / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CRDTSTORE_")}
@@ -133,11 +137,3 @@ def artifacts() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def stop_region_hard(pid: int) -> None:
-    """SIGKILL one region process by its pid (from ``up.json``), as a crash would."""
-    os.kill(pid, signal.SIGKILL)
-
-
-def which_chromium() -> str | None:
-    return shutil.which("chromium")

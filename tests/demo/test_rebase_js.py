@@ -27,7 +27,7 @@ PATH = ["notes", "n1", "body"]
 OTHER = ["notes", "n2", "body"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def modules(chromium_browser: Any, demo: DemoCluster) -> Iterator[Any]:
     context = chromium_browser.new_context()
     page = context.new_page()
