@@ -170,7 +170,6 @@ function makeCard(ui, id) {
   body.addEventListener("input", () => {
     const before = shown, after = body.value;
     const ops = textOps(path("body"), before, after, body.selectionEnd);
-    shown = after;
     card.shown = after;
     if (ops.length) doc.edit(ops);
     const t0 = ui.pendingKey;
@@ -249,7 +248,9 @@ function updateCard(ui, card, note, remotePatches) {
 
   // Body: a remote change moves the caret past the remote patches, as the rebase moved the pending ops.
   const text = typeof note.body === "string" ? note.body : "";
-  if (card.body.value !== text) {
+  // Compared with what we last put or read there: reading a textarea's value builds a string of the
+  // whole text, which in a 100 KB note is most of a keystroke's budget.
+  if (card.shown !== text) {
     let start = card.body.selectionStart, end = card.body.selectionEnd;
     const focused = document.activeElement === card.body;
     if (remotePatches) {
