@@ -8,6 +8,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY crdtstore ./crdtstore
 COPY sync ./sync
+COPY demo_app ./demo_app
 RUN python -m venv /opt/crdtstore && /opt/crdtstore/bin/pip install .
 
 FROM python:3.11-slim-bookworm

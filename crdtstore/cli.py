@@ -289,6 +289,13 @@ def _up(args: argparse.Namespace) -> int:
     return run_servers([admin_config], announce=announce, on_start=on_start, on_stop=on_stop)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from crdtstore.demo import run_demo  # the demo's page and server load only for this command
+
+    root = Path(args.data).absolute()
+    return run_demo(args, token=ensure_token(root), admin_token=ensure_admin_token(root))
+
+
 def _log_to_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
@@ -462,6 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="a node's base URL (repeat for each): cut links on the nodes themselves, no emulated WAN needed",
         )
         cmd.set_defaults(func=_link_command)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a local 3-region cluster (as `up` does) and the collaborative notes demo; prints its URL",
+        description="Run `crdtstore up` with 3 regions and serve the notes demo (demo_app) on 127.0.0.1.",
+    )
+    demo.add_argument("--data", default="demo-data", help="root directory of the cluster (default ./demo-data)")
+    demo.add_argument("--port", type=_port, default=8000, help="the demo page's port (default 8000; 0: a free port)")
+    demo.add_argument("--regions-port", type=_port, default=0, help="the regions' first port (default 0: free ports)")
+    demo.add_argument("--latency", type=parse_duration, default=0.05, help="one-way latency between regions (50ms)")
+    demo.add_argument("--jitter", type=parse_duration, default=0.0, help="extra random one-way delay (10ms)")
+    demo.set_defaults(func=_demo)
 
     status = commands.add_parser("status", help="links, counters and Merkle roots of every node")
     status.add_argument("urls", nargs="*", help="node base URLs (default: those of up's plan)")

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("crdtstore", "sync")
+PACKAGES = ("crdtstore", "sync", "demo_app")
 # Test support shipped in the package (as zarr.testing is): importing it needs the test extra.
 TEST_SUPPORT = ROOT / "crdtstore" / "testing"
 
