@@ -80,10 +80,14 @@ class TokenFileError(ValueError):
 
 
 def generate_token() -> str:
-    """A fresh random token (256 bits, url-safe)."""
+    """A fresh random token (256 bits, lowercase hex).
+
+    Hex rather than url-safe base64: one base64 token in 64 starts with "-",
+    which a command line (``--token TOKEN``) then reads as an option.
+    """
     import secrets
 
-    return secrets.token_urlsafe(32)
+    return secrets.token_hex(32)
 
 
 def parse_token_file(text: str, *, source: str = "token file") -> dict[str, Scope]:

@@ -62,6 +62,19 @@ def test_generated_tokens_are_valid_and_distinct() -> None:
         assert parse_token_file(f"{token} read") == {token: Scope.READ}
 
 
+def test_generated_tokens_can_follow_a_command_line_flag() -> None:
+    # Regression: a url-safe base64 token began with "-" once in 64, and
+    # `crdtstore status --token TOKEN` then read it as an option.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--token")
+    for _ in range(200):
+        token = generate_token()
+        assert len(bytes.fromhex(token)) == 32  # still 256 bits
+        assert parser.parse_args(["--token", token]).token == token
+
+
 def test_policy_scopes() -> None:
     policy = AuthPolicy(tokens=TokenStore({A: Scope.READ, B: Scope.READWRITE}))
     assert policy.authorize(f"Bearer {B}", None, Scope.READWRITE) is Scope.READWRITE
