@@ -262,6 +262,12 @@ class Sequence:
     """A text (``Tag.TEXT``, content is ``str``) or list (``Tag.LIST``, content is ``list``)."""
 
     __slots__ = (
+        "_dirty",
+        "_dirty_n",
+        "_fblk",
+        "_fstart",
+        "_hint",
+        "_stamp",
         "blocks",
         "by_replica",
         "deletions",
@@ -296,6 +302,17 @@ class Sequence:
         # ``deletions[:deletions_normal]`` is in canonical form; what joins and
         # local deletes appended after it is not yet.
         self.deletions_normal = 0
+        # The position index's shortcuts for edits that stay in one place, as typing does
+        # (see ``_find`` and ``_grew``): the Fenwick tree lacks ``_dirty_n`` visible elements
+        # of block ``_dirty``; block ``_fblk`` (always ``_dirty`` when set) starts at visible
+        # index ``_fstart``; and ``_hint`` is ``(j, start)``, item ``j`` of that block starting
+        # ``start`` into it, while ``_stamp`` (bumped by every change) is still ``_hint[2]``.
+        self._dirty: Block | None = None
+        self._dirty_n = 0
+        self._fblk: Block | None = None
+        self._fstart = 0
+        self._hint: tuple[int, int, int] = (0, 0, -1)
+        self._stamp = 0
 
     # Public methods for reading.
 
@@ -332,6 +349,7 @@ class Sequence:
             return None
         item, off = found
         blk = item.block
+        self._flush()
         tree = self.tree
         index = 0
         i = blk.idx
@@ -425,7 +443,12 @@ class Sequence:
             item.length += n
             self.size += n
             blk.lens[j] += n
+            hint = self._hint
+            fresh = hint[2] == self._stamp and hint[0] == j and self._fblk is blk
             self._grew(blk, n)
+            if fresh:
+                # Only this item grew: the next keystroke finds it again without a search.
+                self._hint = (j, hint[1], self._stamp)
             return (replica, counter, lamport, origin, content)
         if item.block is not blk:  # a block split moved it
             blk = item.block
@@ -850,6 +873,9 @@ class Sequence:
 
     def _rebuild(self) -> None:
         """Renumber blocks and rebuild the Fenwick tree: O(blocks), once per block split."""
+        self._dirty = self._fblk = None
+        self._dirty_n = 0
+        self._stamp += 1
         blocks = self.blocks
         nb = len(blocks)
         tree = [0] * (nb + 1)
@@ -863,17 +889,50 @@ class Sequence:
         self.total = sum(b.vis for b in blocks)
 
     def _grew(self, blk: Block, n: int) -> None:
+        """Block ``blk`` holds ``n`` more visible elements (fewer when negative).
+
+        The Fenwick tree's update waits while the edits stay in one block, as
+        typing's do: ``_flush`` makes it before anything reads the tree.
+        """
         blk.vis += n
         self.total += n
-        tree = self.tree
-        size = len(tree)
-        i = blk.idx + 1
-        while i < size:
-            tree[i] += n
-            i += i & -i
+        self._stamp += 1
+        if blk is not self._dirty:
+            if self._dirty_n:
+                self._flush()
+            self._dirty = blk
+            self._fblk = None  # a block before it may have changed
+        self._dirty_n += n
+
+    def _flush(self) -> None:
+        """Bring the Fenwick tree up to date with the block that ``_grew`` left pending."""
+        n = self._dirty_n
+        if n:
+            assert self._dirty is not None
+            tree = self.tree
+            size = len(tree)
+            i = self._dirty.idx + 1
+            while i < size:
+                tree[i] += n
+                i += i & -i
+            self._dirty_n = 0
 
     def _find(self, index: int) -> tuple[Block, int, int]:
-        """The block, item position and offset of visible element ``index`` (0 <= index < len)."""
+        """The block, item position and offset of visible element ``index`` (0 <= index < len).
+
+        Edits cluster, so the block (and item) the last search found is tried first.
+        """
+        blk = self._fblk
+        if blk is not None:
+            rem = index - self._fstart
+            if 0 <= rem < blk.vis:
+                hint = self._hint
+                if hint[2] == self._stamp:
+                    off = rem - hint[1]
+                    if 0 <= off < blk.lens[hint[0]]:
+                        return blk, hint[0], off
+                return self._find_in(blk, rem)
+        self._flush()
         tree = self.tree
         nb = len(tree) - 1
         pos = 0
@@ -886,11 +945,21 @@ class Sequence:
                 rem -= tree[nxt]
             step >>= 1
         blk = self.blocks[pos]
+        # The tree is up to date, so nothing is pending for whichever block is ``_dirty``.
+        self._dirty = self._fblk = blk
+        self._fstart = index - rem
+        return self._find_in(blk, rem)
+
+    def _find_in(self, blk: Block, rem: int) -> tuple[Block, int, int]:
+        """The item position and offset of visible element ``rem`` of block ``blk`` (the finger's)."""
         cum = list(accumulate(blk.lens))
         j = bisect_right(cum, rem)
-        return blk, j, rem - (cum[j - 1] if j else 0)
+        start = cum[j - 1] if j else 0
+        self._hint = (j, start, self._stamp)
+        return blk, j, rem - start
 
     def _place(self, blk: Block, j: int, item: Item) -> None:
+        self._stamp += 1
         self.size += item.length
         item.block = blk
         blk.items.insert(j, item)
@@ -964,6 +1033,7 @@ class Sequence:
 
     def _split(self, item: Item, off: int) -> Item:
         """Cut ``item`` before offset ``off``; returns the right piece, placed after it."""
+        self._stamp += 1
         blk = item.block
         j = blk.items.index(item)
         content = item.content
