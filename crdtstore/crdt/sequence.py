@@ -399,6 +399,35 @@ class Sequence:
         """Insert ``content`` so that it starts at visible ``index``; its ids are ``counter..``."""
         if index == 0:
             return self._insert_at(None, None, 0, 0, content, replica, counter)
+        blk = self._fblk
+        hint = self._hint
+        if blk is not None and hint[2] == self._stamp:
+            # Typing on: the element before ``index`` ends our own run, the one the last edit
+            # found. Extend it here, as ``_insert_at`` would, without searching for it again.
+            j = hint[0]
+            item = blk.items[j]
+            n = item.length
+            lamport = self.max_lamport + 1
+            if (
+                index - self._fstart - hint[1] == n
+                and item.counter + n == counter
+                and item.replica == replica
+                and item.lamport + n == lamport
+                and n < RUN_MAX
+                and item.content is not None
+            ):
+                k = len(content)
+                run: Any = item.content  # str + str or list + list: the tag decides
+                item.content = run + content
+                item.length = n + k
+                self.size += k
+                self.max_lamport = lamport + k - 1
+                blk.lens[j] += k
+                # ``_grew`` without the stamp: only this item grew, so finger and hint still hold.
+                blk.vis += k
+                self.total += k
+                self._dirty_n += k  # the finger's block is always the one ``_grew`` defers
+                return (replica, counter, lamport, (replica, counter - 1), content)
         blk, j, off = self._find(index - 1)
         return self._insert_at(blk, blk.items[j], j, off, content, replica, counter)
 
