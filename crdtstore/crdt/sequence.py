@@ -43,7 +43,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import accumulate, repeat
-from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub
+from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub, truth
 from typing import Any, cast
 
 from ..causal import CausalContext, Dot, ranges_add
@@ -262,6 +262,7 @@ class Sequence:
     """A text (``Tag.TEXT``, content is ``str``) or list (``Tag.LIST``, content is ``list``)."""
 
     __slots__ = (
+        "_deleter_bounds",
         "_dirty",
         "_dirty_n",
         "_fblk",
@@ -290,8 +291,9 @@ class Sequence:
         self.tree: list[int] = [0, 0]
         self.total = 0
         self.size = 0  # element ids held in items, live or dead
-        # replica -> (sorted run starts, pieces of each run sorted by counter)
-        self.by_replica: dict[str, tuple[list[int], list[list[Item]]]] = {}
+        # replica -> (sorted run starts, pieces of each run sorted by counter). A run never
+        # split is its one item, not a list of one: most never are, and a load makes one each.
+        self.by_replica: dict[str, tuple[list[int], list[Item | list[Item]]]] = {}
         self.max_lamport = 0
         self.oversized: list[Block] = []  # blocks a multi-item operation grew past BLOCK_MAX
         self.pending: list[Insert] = []
@@ -302,6 +304,9 @@ class Sequence:
         # ``deletions[:deletions_normal]`` is in canonical form; what joins and
         # local deletes appended after it is not yet.
         self.deletions_normal = 0
+        # Set by a load: (the deletion log as loaded, its length, each deleter replica's least and
+        # greatest deleter), which answers ``deleters_seen`` while the log is still that list.
+        self._deleter_bounds: tuple[list[Segment], int, dict[str, tuple[int, int]]] | None = None
         # The position index's shortcuts for edits that stay in one place, as typing does
         # (see ``_find`` and ``_grew``): the Fenwick tree lacks ``_dirty_n`` visible elements
         # of block ``_dirty``; block ``_fblk`` (always ``_dirty`` when set) starts at visible
@@ -645,6 +650,19 @@ class Sequence:
     def deleters_seen(self, ctx: CausalContext) -> bool:
         """Whether ``ctx`` holds every deleter of the log (true of every state legal writes make)."""
         ranges = ctx.ranges
+        known = self._deleter_bounds
+        if known is not None and known[0] is self.deletions and known[1] == len(self.deletions):
+            # Right after a load: one range of ``ctx`` holding each replica's least and greatest
+            # deleter holds every deleter of that replica.
+            for dr, (lo, last) in known[2].items():
+                flat = ranges.get(dr)
+                if flat is None:
+                    return False
+                i = bisect_right(flat, lo)
+                if not i & 1 or flat[i] <= last:
+                    break
+            else:
+                return True
         for dr, d0, dstep, _, _, _, n in self.deletions:
             flat = ranges.get(dr)
             if flat is None:
@@ -746,9 +764,12 @@ class Sequence:
         if len(runs) % 5:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
-        seq.deletions = _decode_segments(data[2], table)
-        ordered = sorted(seq.deletions)
-        if _sharing(ordered) and _shared_count(_shared_deleters(ordered)) > len(seq.deletions) + 1024:
+        seq.deletions, sharing, bounds = _decode_segments(data[2], table)
+        if bounds is not None:
+            seq._deleter_bounds = (seq.deletions, len(seq.deletions), bounds)
+        if sharing is None:
+            sharing = _sharing(sorted(seq.deletions))
+        if sharing and _shared_count(_shared_deleters(sorted(seq.deletions))) > len(seq.deletions) + 1024:
             # Normalizing cuts chains into pairs where they share deleters: legal
             # logs share a few; claims of millions must not cost millions.
             raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
@@ -773,7 +794,8 @@ class Sequence:
         document), so the checks run column by column in C where they can:
         the numbers' types and ranges, the counters and timestamps (prefix
         sums), no two runs sharing an id and every origin placed before its
-        element (one sort, one pass).
+        element (one sort, one pass). The columns go through ``map`` with C
+        functions rather than comprehensions, which run bytecode per run.
         """
         tag = self.tag
         label = tag.label
@@ -782,7 +804,9 @@ class Sequence:
         names = table.names
         if not set().union(map(type, refs), map(type, dcs), map(type, ddls)) <= {int}:
             raise DecodeError(f"{label}: bad run numbers")
-        if min(refs) < 0 or max(refs) >= len(names):
+        rmin = min(refs)
+        rmax = max(refs)
+        if rmin < 0 or rmax >= len(names):
             raise DecodeError(f"{label}: unknown replica reference")
         kinds = set(map(type, contents))
         if not kinds <= ({str, int} if tag is Tag.TEXT else {list, int}):
@@ -800,32 +824,41 @@ class Sequence:
             raise DecodeError(f"{label}: bad run counters")
         if max(ends) >= _KEY:
             raise DecodeError(f"{label}: bad run counters")
-        replicas = [names[r] for r in refs]
-        # One sort of every run by (replica, counter) as one integer key: no
-        # two neighbours may overlap, and every origin must fall inside a run
-        # placed before its element.
-        bases = [r * _KEY for r in refs]
-        starts = list(map(add, bases, counters))
+        # Every run sorted by id, one integer key per run: replica index * _KEY + counter. A
+        # sequence one replica wrote (every local write of a region is its replica's) keys on the
+        # counter alone, which keeps the keys small ints, quicker to sort and search.
+        single = rmin == rmax
+        if single:
+            replicas = [names[rmin]] * m
+            bases: list[int] = []
+            starts = counters
+            kends = ends
+        else:
+            replicas = list(map(names.__getitem__, refs))
+            bases = [r * _KEY for r in refs]
+            starts = list(map(add, bases, counters))
+            kends = list(map(add, bases, ends))
         order = sorted(range(m), key=starts.__getitem__)
-        s_starts = [starts[k] for k in order]
-        s_ends = [bases[k] + ends[k] for k in order]
+        s_starts = list(map(starts.__getitem__, order))
+        s_ends = list(map(kends.__getitem__, order))
         if any(map(lt, s_starts[1:], s_ends)):
             raise DecodeError(f"{label}: duplicate element ids")
         origins: list[Dot | None]
         if set(map(type, rels)) <= {int, type(None)}:  # origins in the same replica, or the start
-            starts_at = [k for k, r in enumerate(rels) if r is None] if None in rels else []
-            for k in starts_at:
+            at = list(range(m))
+            starts_at: list[int] = []
+            k = -1
+            for _ in range(rels.count(None)):
+                k = rels.index(None, k + 1)
+                starts_at.append(k)
                 rels[k] = 0  # placeholders, dropped below
             ocs = list(map(sub, counters, rels))
             origins = list(zip(replicas, ocs, strict=True))
-            keys = list(map(add, bases, ocs))
-            at = list(range(m))
-            if starts_at:
-                for k in starts_at:
-                    origins[k] = None
-                    ocs[k] = 1
-                at = sorted(set(at).difference(starts_at))
-                keys = [keys[k] for k in at]
+            keys = list(ocs) if single else list(map(add, bases, ocs))
+            for k in reversed(starts_at):
+                origins[k] = None
+                ocs[k] = 1
+                del keys[k], at[k]
             if min(ocs) < 1:
                 raise DecodeError(f"{label}: bad origin")
         else:
@@ -843,8 +876,11 @@ class Sequence:
                     raise DecodeError(f"{label}: bad origin")
                 if not 1 <= oc < _KEY:
                     raise DecodeError(f"{label}: bad origin")
+                if single and oref != rmin:
+                    # An origin in a replica that holds no run here: never placed before its element.
+                    raise DecodeError(f"{label}: an element precedes its origin")
                 at.append(k)
-                keys.append(oref * _KEY + oc)
+                keys.append(oc if single else oref * _KEY + oc)
                 origins[k] = (names[oref], oc)
         if keys:
             # The run holding each origin is the last one starting at or before it; index 0 of
@@ -855,6 +891,7 @@ class Sequence:
             ):
                 raise DecodeError(f"{label}: an element precedes its origin")
         lives = [None if type(c) is int else c for c in contents]
+        lens = list(map(mul, ns, map(truth, lives)))  # visible lengths: 0 for a dead run
         self.max_lamport = max(map(add, lamports, ns)) - 1
         # Items in blocks half full, so that local edits split few of them at first.
         step = BLOCK_MAX // 2
@@ -862,7 +899,7 @@ class Sequence:
         items: list[Item] = []
         for lo in range(0, m, step):
             hi = lo + step
-            blk = Block(len(blocks), [], [])
+            blk = Block(len(blocks), [], lens[lo:hi])
             chunk = list(
                 map(
                     Item,
@@ -876,20 +913,15 @@ class Sequence:
                 )
             )
             blk.items = chunk
-            blk.lens = [0 if live is None else n for n, live in zip(ns[lo:hi], lives[lo:hi], strict=True)]
-            blk.vis = sum(blk.lens)
             blocks.append(blk)
             items += chunk
         self.blocks = blocks
         lo = 0
         while lo < m:
             ref = refs[order[lo]]
-            hi = bisect_left(s_starts, (ref + 1) * _KEY, lo)
+            hi = m if single else bisect_left(s_starts, (ref + 1) * _KEY, lo)
             ks = order[lo:hi]
-            self.by_replica[names[ref]] = (
-                list(map(counters.__getitem__, ks)),
-                list(map(list, zip(map(items.__getitem__, ks)))),
-            )
+            self.by_replica[names[ref]] = (list(map(counters.__getitem__, ks)), list(map(items.__getitem__, ks)))
             lo = hi
         self.size = elements
         return elements
@@ -1024,16 +1056,16 @@ class Sequence:
     def _register(self, item: Item) -> None:
         entry = self.by_replica.get(item.replica)
         if entry is None:
-            self.by_replica[item.replica] = ([item.counter], [[item]])
+            self.by_replica[item.replica] = ([item.counter], [item])
             return
         starts, groups = entry
         if item.counter > starts[-1]:
             starts.append(item.counter)
-            groups.append([item])
+            groups.append(item)
         else:
             k = bisect_right(starts, item.counter)
             starts.insert(k, item.counter)
-            groups.insert(k, [item])
+            groups.insert(k, item)
 
     def _lookup(self, dot: Dot) -> tuple[Item, int] | None:
         entry = self.by_replica.get(dot[0])
@@ -1045,7 +1077,7 @@ class Sequence:
         if k < 0:
             return None
         group = groups[k]
-        item = group[bisect_right(group, c, key=_counter) - 1] if len(group) > 1 else group[0]
+        item = group if isinstance(group, Item) else group[bisect_right(group, c, key=_counter) - 1]
         off = c - item.counter
         return (item, off) if off < item.length else None
 
@@ -1057,7 +1089,8 @@ class Sequence:
         k = bisect_right(starts, hi - 1) - 1
         if k < 0:
             return False
-        last = groups[k][-1]
+        group = groups[k]
+        last = group if isinstance(group, Item) else group[-1]
         return last.counter + last.length > lo
 
     def _split(self, item: Item, off: int) -> Item:
@@ -1086,10 +1119,13 @@ class Sequence:
             blk.lens.insert(j + 1, 0)
         if len(blk.items) > BLOCK_MAX:
             self.oversized.append(blk)
-        group = self.by_replica[item.replica][1]
-        starts = self.by_replica[item.replica][0]
-        g = group[bisect_right(starts, item.counter) - 1]
-        g.insert(bisect_right(g, item.counter, key=_counter), right)
+        starts, groups = self.by_replica[item.replica]
+        k = bisect_right(starts, item.counter) - 1
+        group = groups[k]
+        if isinstance(group, Item):
+            groups[k] = [group, right]
+        else:
+            group.insert(bisect_right(group, item.counter, key=_counter), right)
         return right
 
     def _kill(self, item: Item, j: int) -> None:
@@ -1502,17 +1538,27 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
     return out
 
 
-def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
-    """Segments from their flat columns, checked column by column (see ``Sequence._load_runs``)."""
+def _decode_segments(
+    flat: Any, table: ReplicaTable
+) -> tuple[list[Segment], bool | None, dict[str, tuple[int, int]] | None]:
+    """Segments from their flat columns, checked column by column (see ``Sequence._load_runs``).
+
+    Also, read off the columns where that is cheap: whether two segments
+    share a deleter (``_sharing``; None: not known), and each deleter
+    replica's least and greatest deleter (None: not known). Both are known
+    when one replica deleted everything and the segments come sorted by
+    deleter, as canonical ones do.
+    """
     if len(flat) % 6:
         raise DecodeError("bad deletion segments")
     if not flat:
-        return []
+        return [], False, {}
     drefs, dds, trefs, dts, ns, codes = flat[0::6], flat[1::6], flat[2::6], flat[3::6], flat[4::6], flat[5::6]
     if not set().union(*(map(type, column) for column in (drefs, dds, trefs, dts, ns, codes))) <= {int}:
         raise DecodeError("bad deletion segment")
     names = table.names
-    if min(min(drefs), min(trefs)) < 0 or max(max(drefs), max(trefs)) >= len(names):
+    dmin, dmax = min(drefs), max(drefs)
+    if min(dmin, min(trefs)) < 0 or max(dmax, max(trefs)) >= len(names):
         raise DecodeError("bad deletion segment replica")
     if min(codes) < 0 or max(codes) > 2 or min(ns) < 1 or max(ns) > MAX_ELEMENTS:
         raise DecodeError("bad deletion segment")
@@ -1520,17 +1566,26 @@ def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
     t0s = list(accumulate(dts))
     if min(d0s) < 1 or min(t0s) < 1:
         raise DecodeError("bad deletion segment counters")
-    if any(t0 < n for t0, n, code in zip(t0s, ns, codes, strict=True) if code == 1):  # a backspace chain's last target
+    if any(map(and_, map(eq, codes, repeat(1)), map(lt, t0s, ns))):  # a backspace chain's last target
         raise DecodeError("bad deletion segment counters")
-    return list(
+    count = len(codes)
+    segments = list(
         zip(
-            [names[r] for r in drefs],
+            [names[dmin]] * count if dmin == dmax else list(map(names.__getitem__, drefs)),
             d0s,
-            [_DSTEP[c] for c in codes],
-            [names[r] for r in trefs],
+            list(map(_DSTEP.__getitem__, codes)),
+            list(map(names.__getitem__, trefs)),
             t0s,
-            [_TSTEP[c] for c in codes],
+            list(map(_TSTEP.__getitem__, codes)),
             ns,
             strict=True,
         )
     )
+    if dmin != dmax or not all(map(le, d0s, d0s[1:])):
+        return segments, None, None
+    # A chain's last deleter is n - 1 past its first; a range's (code 0) is its first.
+    lasts = list(map(add, d0s, map(mul, map(sub, ns, repeat(1)), map(truth, codes))))
+    # Sorted by deleter, two segments share one exactly when one starts at or before the
+    # previous one's last (segments with equal first deleters share it, in any order).
+    sharing = any(map(le, d0s[1:], lasts))
+    return segments, sharing, {names[dmin]: (d0s[0], max(lasts))}
