@@ -263,6 +263,8 @@ class Sequence:
 
     __slots__ = (
         "_deleter_bounds",
+        "_deletion_columns",
+        "_deletions",
         "_dirty",
         "_dirty_n",
         "_fblk",
@@ -271,7 +273,6 @@ class Sequence:
         "_stamp",
         "blocks",
         "by_replica",
-        "deletions",
         "deletions_normal",
         "max_lamport",
         "oversized",
@@ -300,13 +301,16 @@ class Sequence:
         # Ranges deleted before their elements arrived: (replica, lo, hi).
         self.pending_deletes: list[tuple[str, int, int]] = []
         # Who deleted what; only reading an index against an older version needs it.
-        self.deletions: list[Segment] = []
+        self._deletions: list[Segment] | None = []
+        # A loaded log, checked but not yet built into segments (see ``deletions``).
+        self._deletion_columns: _Columns | None = None
         # ``deletions[:deletions_normal]`` is in canonical form; what joins and
         # local deletes appended after it is not yet.
         self.deletions_normal = 0
-        # Set by a load: (the deletion log as loaded, its length, each deleter replica's least and
-        # greatest deleter), which answers ``deleters_seen`` while the log is still that list.
-        self._deleter_bounds: tuple[list[Segment], int, dict[str, tuple[int, int]]] | None = None
+        # Set by a load: (the deletion log as loaded, None until built; its length; each deleter
+        # replica's least and greatest deleter), which answers ``deleters_seen`` while the log
+        # is still that list.
+        self._deleter_bounds: tuple[list[Segment] | None, int, dict[str, tuple[int, int]]] | None = None
         # The position index's shortcuts for edits that stay in one place, as typing does
         # (see ``_find`` and ``_grew``): the Fenwick tree lacks ``_dirty_n`` visible elements
         # of block ``_dirty``; block ``_fblk`` (always ``_dirty`` when set) starts at visible
@@ -318,6 +322,35 @@ class Sequence:
         self._fstart = 0
         self._hint: tuple[int, int, int] = (0, 0, -1)
         self._stamp = 0
+
+    @property
+    def deletions(self) -> list[Segment]:
+        """Who deleted what: the log of segments.
+
+        A load checks the log's columns and builds the segments only when
+        something asks for them: reading a loaded document never does.
+        """
+        log = self._deletions
+        if log is None:
+            assert self._deletion_columns is not None
+            log = self._deletions = _build_segments(self._deletion_columns)
+            self._deletion_columns = None
+            known = self._deleter_bounds
+            if known is not None and known[0] is None and known[1] == len(log):
+                self._deleter_bounds = (log, known[1], known[2])
+        return log
+
+    @deletions.setter
+    def deletions(self, log: list[Segment]) -> None:
+        self._deletions = log
+        self._deletion_columns = None
+
+    def _deletion_count(self) -> int:
+        log = self._deletions
+        if log is not None:
+            return len(log)
+        assert self._deletion_columns is not None
+        return len(self._deletion_columns[1])
 
     # Public methods for reading.
 
@@ -386,7 +419,7 @@ class Sequence:
                 yield it.replica, it.counter, it.counter + it.length, it.content
 
     def is_bottom(self) -> bool:
-        return not self.presence and not self.by_replica and not self.pending and not self.deletions
+        return not self.presence and not self.by_replica and not self.pending and not self._deletion_count()
 
     def visible(self) -> bool:
         return bool(self.presence) or self.total > 0
@@ -651,7 +684,7 @@ class Sequence:
         """Whether ``ctx`` holds every deleter of the log (true of every state legal writes make)."""
         ranges = ctx.ranges
         known = self._deleter_bounds
-        if known is not None and known[0] is self.deletions and known[1] == len(self.deletions):
+        if known is not None and known[0] is self._deletions and known[1] == self._deletion_count():
             # Right after a load: one range of ``ctx`` holding each replica's least and greatest
             # deleter holds every deleter of that replica.
             for dr, (lo, last) in known[2].items():
@@ -764,12 +797,14 @@ class Sequence:
         if len(runs) % 5:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
-        seq.deletions, sharing, bounds = _decode_segments(data[2], table)
+        columns, sharing, bounds = _check_segments(data[2], table)
+        seq._deletions = None
+        seq._deletion_columns = columns
         if bounds is not None:
-            seq._deleter_bounds = (seq.deletions, len(seq.deletions), bounds)
+            seq._deleter_bounds = (None, len(columns[1]), bounds)
         if sharing is None:
             sharing = _sharing(sorted(seq.deletions))
-        if sharing and _shared_count(_shared_deleters(sorted(seq.deletions))) > len(seq.deletions) + 1024:
+        if sharing and _shared_count(_shared_deleters(sorted(seq.deletions))) > seq._deletion_count() + 1024:
             # Normalizing cuts chains into pairs where they share deleters: legal
             # logs share a few; claims of millions must not cost millions.
             raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
@@ -1538,10 +1573,15 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
     return out
 
 
-def _decode_segments(
+# A deletion log's columns, checked: deleter and target replica names, first deleters,
+# first targets, lengths and step codes (see ``_STEP_CODES``).
+_Columns = tuple[list[str], list[int], list[str], list[int], list[int], list[int]]
+
+
+def _check_segments(
     flat: Any, table: ReplicaTable
-) -> tuple[list[Segment], bool | None, dict[str, tuple[int, int]] | None]:
-    """Segments from their flat columns, checked column by column (see ``Sequence._load_runs``).
+) -> tuple[_Columns, bool | None, dict[str, tuple[int, int]] | None]:
+    """A deletion log's flat encoding, checked column by column (see ``Sequence._load_runs``).
 
     Also, read off the columns where that is cheap: whether two segments
     share a deleter (``_sharing``; None: not known), and each deleter
@@ -1549,10 +1589,10 @@ def _decode_segments(
     when one replica deleted everything and the segments come sorted by
     deleter, as canonical ones do.
     """
-    if len(flat) % 6:
+    if type(flat) is not list or len(flat) % 6:
         raise DecodeError("bad deletion segments")
     if not flat:
-        return [], False, {}
+        return ([], [], [], [], [], []), False, {}
     drefs, dds, trefs, dts, ns, codes = flat[0::6], flat[1::6], flat[2::6], flat[3::6], flat[4::6], flat[5::6]
     if not set().union(*(map(type, column) for column in (drefs, dds, trefs, dts, ns, codes))) <= {int}:
         raise DecodeError("bad deletion segment")
@@ -1569,23 +1609,29 @@ def _decode_segments(
     if any(map(and_, map(eq, codes, repeat(1)), map(lt, t0s, ns))):  # a backspace chain's last target
         raise DecodeError("bad deletion segment counters")
     count = len(codes)
-    segments = list(
+    drs = [names[dmin]] * count if dmin == dmax else list(map(names.__getitem__, drefs))
+    columns = (drs, d0s, list(map(names.__getitem__, trefs)), t0s, ns, codes)
+    if dmin != dmax or not all(map(le, d0s, d0s[1:])):
+        return columns, None, None
+    # A chain's last deleter is n - 1 past its first; a range's (code 0) is its first.
+    lasts = list(map(add, d0s, map(mul, map(sub, ns, repeat(1)), map(truth, codes))))
+    # Sorted by deleter, two segments share one exactly when one starts at or before the
+    # previous one's last (segments with equal first deleters share it, in any order).
+    sharing = any(map(le, d0s[1:], lasts))
+    return columns, sharing, {names[dmin]: (d0s[0], max(lasts))}
+
+
+def _build_segments(columns: _Columns) -> list[Segment]:
+    drs, d0s, trs, t0s, ns, codes = columns
+    return list(
         zip(
-            [names[dmin]] * count if dmin == dmax else list(map(names.__getitem__, drefs)),
+            drs,
             d0s,
             list(map(_DSTEP.__getitem__, codes)),
-            list(map(names.__getitem__, trefs)),
+            trs,
             t0s,
             list(map(_TSTEP.__getitem__, codes)),
             ns,
             strict=True,
         )
     )
-    if dmin != dmax or not all(map(le, d0s, d0s[1:])):
-        return segments, None, None
-    # A chain's last deleter is n - 1 past its first; a range's (code 0) is its first.
-    lasts = list(map(add, d0s, map(mul, map(sub, ns, repeat(1)), map(truth, codes))))
-    # Sorted by deleter, two segments share one exactly when one starts at or before the
-    # previous one's last (segments with equal first deleters share it, in any order).
-    sharing = any(map(le, d0s[1:], lasts))
-    return segments, sharing, {names[dmin]: (d0s[0], max(lasts))}
