@@ -135,7 +135,7 @@ def _short_form(delta: Delta) -> list[Any] | None:
     deletes = node.deletes
     if len(inserts) == 1 and not deletes:
         replica, counter, lamport, origin, content = inserts[0]
-        if type(content) is int:
+        if isinstance(content, int):
             return None
         kind = "i"
         first = counter

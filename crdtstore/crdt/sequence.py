@@ -625,14 +625,20 @@ class Sequence:
             self.merge(other, ours, theirs)
 
     def join_delta(self, delta: SeqDelta, ours: CausalContext, theirs: CausalContext) -> None:
-        self.presence = join_dotset(self.presence, delta.presence, ours, theirs)
+        # Most deltas are one keystroke: each step below is skipped when it has nothing to do.
+        presence = self.presence
+        if delta.presence or any(d in theirs for d in presence):
+            self.presence = join_dotset(presence, delta.presence, ours, theirs)
         for ins in delta.inserts:
             self._integrate(ins)
-        for replica, lo, hi, _ in delta.deletes:
-            self._delete_range(replica, lo, hi)
-        self._record(delta.deletes, ours)
-        self._retry_pending()
-        self._rebalance()
+        if delta.deletes:
+            for replica, lo, hi, _ in delta.deletes:
+                self._delete_range(replica, lo, hi)
+            self._record(delta.deletes, ours)
+        if self.pending or self.pending_deletes:
+            self._retry_pending()
+        if self.oversized:
+            self._rebalance()
 
     def merge(self, other: Sequence, ours: CausalContext, theirs: CausalContext) -> None:
         """Full-state join. Other's items come in document order, so every origin precedes its element."""
