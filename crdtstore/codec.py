@@ -231,5 +231,3 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
 def digest(data: bytes) -> bytes:
     """The digest of an encoding: what Merkle trees and equality checks compare."""
     return hashlib.blake2b(data, digest_size=16).digest()
-
-

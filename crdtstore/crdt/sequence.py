@@ -1584,9 +1584,7 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
 _Columns = tuple[list[str], list[int], list[str], list[int], list[int], list[int]]
 
 
-def _check_segments(
-    flat: Any, table: ReplicaTable
-) -> tuple[_Columns, bool | None, dict[str, tuple[int, int]] | None]:
+def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | None, dict[str, tuple[int, int]] | None]:
     """A deletion log's flat encoding, checked column by column (see ``Sequence._load_runs``).
 
     Also, read off the columns where that is cheap: whether two segments
