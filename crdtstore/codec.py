@@ -112,42 +112,53 @@ _SHORT_MAX = 1 << 22  # a short form holds one insert of at most a 1 MiB string,
 
 
 def _short_form(delta: Delta) -> list[Any] | None:
+    # Every delta an editor ships comes through here: plain loops, exact type checks
+    # (ORMap and SeqDelta have no subclasses) and no temporary containers.
     node: Any = delta.root
     path: list[str] = []
-    while isinstance(node, ORMap):
-        if node.presence or len(node.fields) != 1:
+    while type(node) is ORMap:
+        fields = node.fields
+        if node.presence or len(fields) != 1:
             return None
-        ((name, entries),) = node.fields.items()
+        ((name, entries),) = fields.items()
         if len(entries) != 1:
             return None
         path.append(name)
         ((_, node),) = entries.items()
-    if not isinstance(node, SeqDelta) or len(path) > _MAX_PATH:
+    if type(node) is not SeqDelta or len(path) > _MAX_PATH:
+        return None
+    ranges = delta.ctx.ranges
+    if len(ranges) != 1:
         return None
     key: Any = path[0] if len(path) == 1 else path
-    if len(node.inserts) == 1 and not node.deletes:
-        replica, counter, lamport, origin, content = node.inserts[0]
+    inserts = node.inserts
+    deletes = node.deletes
+    if len(inserts) == 1 and not deletes:
+        replica, counter, lamport, origin, content = inserts[0]
         if isinstance(content, int):
             return None
         kind = "i"
         first = counter
-        if node.presence:
-            if node.presence != {(replica, counter - 1)}:
+        presence = node.presence
+        if presence:
+            if len(presence) != 1 or (replica, counter - 1) not in presence:
                 return None
             kind = "I"
             first = counter - 1
-        if delta.ctx.ranges != {replica: [first, counter + len(content)]}:
+        flat = ranges.get(replica)
+        if flat is None or len(flat) != 2 or flat[0] != first or flat[1] != counter + len(content):
             return None
         rel: Any = None
         if origin is not None:
             rel = counter - origin[1] if origin[0] == replica else [origin[0], origin[1]]
         return [kind, replica, key, counter, lamport - counter, rel, content]
-    if len(node.deletes) == 1 and not node.inserts and not node.presence:
-        target, lo, hi, deleters = node.deletes[0]
+    if len(deletes) == 1 and not inserts and not node.presence:
+        target, lo, hi, deleters = deletes[0]
         if len(deleters) != 1:
             return None
         ((replica, counter),) = deleters
-        if delta.ctx.ranges != {replica: [counter, counter + 1]}:
+        flat = ranges.get(replica)
+        if flat is None or len(flat) != 2 or flat[0] != counter or flat[1] != counter + 1:
             return None
         return ["x" if node.tag is Tag.TEXT else "y", replica, key, counter, target, lo, hi - lo]
     return None
@@ -158,17 +169,26 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
         short = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(short, list) or len(short) != 7:
+    if type(short) is not list or len(short) != 7:
         raise DecodeError("bad short delta")
     kind, replica, key, counter, a, b, c = short
-    path = [key] if isinstance(key, str) else key
-    if not isinstance(path, list) or not 1 <= len(path) <= _MAX_PATH or not all(isinstance(k, str) for k in path):
+    if type(key) is str:
+        path = [key]
+    elif type(key) is list and 1 <= len(key) <= _MAX_PATH and all(type(k) is str for k in key):
+        path = key
+    else:
         raise DecodeError("bad short delta path")
-    if not isinstance(replica, str) or not replica or type(counter) is not int or counter < 1:
+    if type(replica) is not str or not replica or type(counter) is not int or counter < 1:
         raise DecodeError("bad short delta dot")
-    if kind in ("i", "I"):
-        tag = Tag.TEXT if isinstance(c, str) else Tag.LIST
-        if not c or not isinstance(c, str | list):
+    if kind == "i" or kind == "I":
+        ctype = type(c)
+        if ctype is str:
+            tag = Tag.TEXT
+        elif ctype is list:
+            tag = Tag.LIST
+        else:
+            raise DecodeError("bad short delta content")
+        if not c:
             raise DecodeError("bad short delta content")
         if type(a) is not int or counter + a < 1:
             raise DecodeError("bad short delta timestamp")
@@ -177,8 +197,8 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
             if not 1 <= b < counter:
                 raise DecodeError("bad short delta origin")
             origin = (replica, counter - b)
-        elif isinstance(b, list):
-            if len(b) != 2 or not isinstance(b[0], str) or not b[0] or type(b[1]) is not int or b[1] < 1:
+        elif type(b) is list:
+            if len(b) != 2 or type(b[0]) is not str or not b[0] or type(b[1]) is not int or b[1] < 1:
                 raise DecodeError("bad short delta origin")
             origin = (b[0], b[1])
         elif b is not None:
@@ -192,16 +212,16 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
             first = counter - 1
         ctx = CausalContext({replica: [first, counter + len(c)]})
         leaf = SeqDelta(tag, presence, [(replica, counter, counter + a, origin, c)])
-    elif kind in ("x", "y"):
+    elif kind == "x" or kind == "y":
         tag = Tag.TEXT if kind == "x" else Tag.LIST
-        if not isinstance(a, str) or not a or type(b) is not int or b < 1 or type(c) is not int:
+        if type(a) is not str or not a or type(b) is not int or b < 1 or type(c) is not int:
             raise DecodeError("bad short delete")
         if not 1 <= c <= MAX_ELEMENTS:
             raise DecodeError("bad short delete range")
         ctx = CausalContext({replica: [counter, counter + 1]})
         leaf = SeqDelta(tag, set(), [], [(a, b, b + c, ((replica, counter),))])
     else:
-        raise DecodeError(f"unknown delta kind {kind!r}")
+        raise DecodeError(f"unknown delta kind {kind!r:.20}")
     node: Any = leaf
     for name in reversed(path):
         node = ORMap(set(), {name: {node.tag: node}}, is_delta=True)
@@ -211,5 +231,3 @@ def _decode_short(data: bytes | bytearray | memoryview) -> Delta:
 def digest(data: bytes) -> bytes:
     """The digest of an encoding: what Merkle trees and equality checks compare."""
     return hashlib.blake2b(data, digest_size=16).digest()
-
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_
 from crdtstore.crdt.sequence import BLOCK_MAX, Sequence, _normalize, _normalize_tail
 from crdtstore.crdt.tags import Tag
 from crdtstore.document import Document
+from crdtstore.errors import DecodeError
 
 
 def text_of(doc: Document) -> Sequence:
@@ -217,3 +219,203 @@ def test_sequence_deltas_joined_remotely_leave_the_state_their_replica_has() -> 
         doc.join(decode_delta(encode_delta(delta)))
         assert encode_document(doc) == encode_document(other)
     assert doc.value() == {}
+
+
+# The position index's shortcuts (the finger on the last block and item found, the Fenwick update
+# deferred while edits stay in one block) against a plain list, through local edits, remote joins,
+# reloads and reads of positions by id.
+
+
+def check_index(seq: Sequence) -> None:
+    """Every visible position found as a scan finds it, and the tree agrees with the blocks."""
+    seq._flush()
+    expected = Sequence(seq.tag)
+    expected.blocks = seq.blocks
+    expected._rebuild()
+    assert seq.tree == expected.tree
+    assert seq.total == sum(b.vis for b in seq.blocks) == len(seq.value())
+    for blk in seq.blocks:
+        assert blk.vis == sum(blk.lens)
+        assert blk.lens == [it.length if it.content is not None else 0 for it in blk.items]
+    index = 0
+    for blk in seq.blocks:
+        for j, it in enumerate(blk.items):
+            if it.content is None:
+                continue
+            for off in (0, it.length - 1):
+                assert seq._find(index + off) == (blk, j, off)
+                assert seq.index_of((it.replica, it.counter + off)) == index + off
+            index += it.length
+
+
+typing = st.lists(
+    st.tuples(
+        st.sampled_from(["type", "type", "type", "jump", "delete", "backspace", "remote", "reload"]),
+        st.floats(0, 1),
+        st.text("ab", min_size=1, max_size=4),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+@given(typing)
+def test_edits_where_the_last_one_was_keep_every_position_right(steps: list[tuple[str, float, str]]) -> None:
+    doc, remote = Document(), Document()
+    expected = ""
+    caret = 0
+    for kind, frac, text in steps:
+        if kind == "reload":
+            doc = decode_document(encode_document(doc))
+            continue
+        if kind == "remote":
+            # Another replica types into what it has seen, and the delta joins here.
+            remote.merge(doc)
+            at = int(frac * len(expected))
+            delta = remote.apply([{"op": "insert", "path": ["t"], "index": at, "text": text}], replica="r")
+            doc.join(decode_delta(encode_delta(delta)))
+            expected = expected[:at] + text + expected[at:]
+            caret = at + len(text) if at < caret else caret
+            continue
+        if kind == "jump" or caret > len(expected):
+            caret = int(frac * len(expected))
+        if kind in ("type", "jump"):
+            doc.apply([{"op": "insert", "path": ["t"], "index": caret, "text": text}], replica="a")
+            expected = expected[:caret] + text + expected[caret:]
+            caret += len(text)
+        elif expected:
+            at = caret - 1 if kind == "backspace" and caret else min(caret, len(expected) - 1)
+            doc.apply([{"op": "delete", "path": ["t"], "index": at, "count": 1}], replica="a")
+            expected = expected[:at] + expected[at + 1 :]
+            caret = at
+        assert doc.value().get("t", "") == expected
+    if expected:
+        check_index(text_of(doc))
+    assert decode_document(encode_document(doc)).value().get("t", "") == expected
+
+
+def test_typing_on_through_many_blocks_and_runs_keeps_positions_right() -> None:
+    """Long typing at one caret crosses run and block limits; a jump back and forth must not lose it."""
+    doc = Document()
+    expected = ""
+    caret = 0
+    for k in range(3000):
+        if k % 700 == 699:
+            caret = (k * 31) % (len(expected) + 1)
+        ch = "abc"[k % 3]
+        doc.apply([{"op": "insert", "path": ["t"], "index": caret, "text": ch}], replica="a")
+        expected = expected[:caret] + ch + expected[caret:]
+        caret += 1
+    seq = text_of(doc)
+    assert len(seq.blocks) > 1 or max(len(it.content or "") for it in seq._items()) > 1
+    assert doc.value()["t"] == expected
+    check_index(seq)
+
+
+def test_remote_inserts_in_earlier_blocks_move_the_local_caret() -> None:
+    """Joins grow blocks before the one local typing holds: the finger on that block must not go stale."""
+    doc = Document()
+    expected = ""
+    for k in range(BLOCK_MAX * 4):
+        index = (k * 7919) % (len(expected) + 1)
+        doc.apply([{"op": "insert", "path": ["t"], "index": index, "text": "ab"[k % 2]}], replica="a")
+        expected = expected[:index] + "ab"[k % 2] + expected[index:]
+    remote = doc.copy()
+    assert len(text_of(doc).blocks) > 2
+    caret = len(expected) - 5
+    for _ in range(40):
+        delta = remote.apply([{"op": "insert", "path": ["t"], "index": 3, "text": "xy"}], replica="r")
+        doc.join(decode_delta(encode_delta(delta)))
+        expected = expected[:3] + "xy" + expected[3:]
+        caret += 2
+        for ch in "cd":
+            doc.apply([{"op": "insert", "path": ["t"], "index": caret, "text": ch}], replica="a")
+            expected = expected[:caret] + ch + expected[caret:]
+            caret += 1
+        remote.merge(doc)
+        assert doc.value()["t"] == expected
+    check_index(text_of(doc))
+
+
+# Loading: the shortcuts for one replica's runs and for the deletion log, and what they must refuse.
+
+
+def loaded_body(doc: Document) -> list[Any]:
+    import orjson
+
+    return list(orjson.loads(encode_document(doc)))
+
+
+def with_body(body: list[Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps(body)
+
+
+def text_body(body: list[Any]) -> list[Any]:
+    """The sequence body inside a document encoding whose one field is the text ``t``."""
+    ((name, [[_, seq]]),) = [(f[0], f[1]) for f in body[4]]
+    assert name == "t"
+    return list(seq)
+
+
+def test_a_loaded_deletion_log_is_built_when_first_used_and_equals_the_encoded_one() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "hello world"}], replica="a")
+    for k in range(3):
+        doc.apply([{"op": "delete", "path": ["t"], "index": 10 - k, "count": 1}], replica="a")
+    doc.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 2}], replica="a")
+    loaded = decode_document(encode_document(doc))
+    seq = text_of(loaded)
+    assert seq._deletions is None  # a read does not build it
+    assert loaded.value() == doc.value()
+    assert seq.deletions == text_of(doc.copy()).deletions
+    assert encode_document(loaded) == encode_document(doc)
+
+
+def test_a_deleter_missing_from_the_context_is_refused_though_its_replica_bounds_are_covered() -> None:
+    """The deleter bounds answer only when one context range holds them; a gap in the middle is refused."""
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "abcdefgh"}], replica="a")  # dots 1..9
+    for _ in range(3):
+        doc.apply([{"op": "delete", "path": ["t"], "index": 0, "count": 1}], replica="a")  # deleters 10, 11, 12
+    body = loaded_body(doc)
+    assert body[3] == {"0": [1, 13]}
+    body[3] = {"0": [1, 11, 12, 13]}  # deleter 11 was never seen
+    with pytest.raises(DecodeError):
+        decode_document(with_body(body))
+    body[3] = {"0": [1, 10, 11, 13]}  # deleter 10 unseen: the least one
+    with pytest.raises(DecodeError):
+        decode_document(with_body(body))
+
+
+def test_one_replicas_runs_may_not_name_an_origin_in_a_replica_holding_no_run() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "ab"}], replica="a")
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "c"}], replica="a")
+    body = loaded_body(doc)
+    good = decode_document(with_body(body))
+    assert good.value() == {"t": "cab"}
+    seq = text_body(body)
+    runs = list(seq[1])
+    assert len(runs) == 10 and runs[8] is None  # "ab" typed first sits after "c", origin the start
+    body[2] = [*body[2], "z"]
+    runs[8] = [len(body[2]) - 1, runs[1]]  # an origin in replica z, at the counter of "c", placed before
+    seq[1] = runs
+    body[4] = [[body[4][0][0], [[body[4][0][1][0][0], seq]]]]
+    with pytest.raises(DecodeError):
+        decode_document(with_body(body))
+
+
+def test_one_replicas_runs_may_not_share_ids() -> None:
+    doc = Document()
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "ab"}], replica="a")
+    doc.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "c"}], replica="a")
+    body = loaded_body(doc)
+    seq = text_body(body)
+    runs = list(seq[1])
+    runs[1] -= 2  # the second run's counter steps back onto the first run's ids
+    seq[1] = runs
+    body[4] = [[body[4][0][0], [[body[4][0][1][0][0], seq]]]]
+    with pytest.raises(DecodeError):
+        decode_document(with_body(body))

@@ -43,7 +43,7 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import accumulate, repeat
-from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub
+from operator import add, and_, attrgetter, eq, ge, le, lt, mul, sub, truth
 from typing import Any, cast
 
 from ..causal import CausalContext, Dot, ranges_add
@@ -262,9 +262,17 @@ class Sequence:
     """A text (``Tag.TEXT``, content is ``str``) or list (``Tag.LIST``, content is ``list``)."""
 
     __slots__ = (
+        "_deleter_bounds",
+        "_deletion_columns",
+        "_deletions",
+        "_dirty",
+        "_dirty_n",
+        "_fblk",
+        "_fstart",
+        "_hint",
+        "_stamp",
         "blocks",
         "by_replica",
-        "deletions",
         "deletions_normal",
         "max_lamport",
         "oversized",
@@ -284,18 +292,65 @@ class Sequence:
         self.tree: list[int] = [0, 0]
         self.total = 0
         self.size = 0  # element ids held in items, live or dead
-        # replica -> (sorted run starts, pieces of each run sorted by counter)
-        self.by_replica: dict[str, tuple[list[int], list[list[Item]]]] = {}
+        # replica -> (sorted run starts, pieces of each run sorted by counter). A run never
+        # split is its one item, not a list of one: most never are, and a load makes one each.
+        self.by_replica: dict[str, tuple[list[int], list[Item | list[Item]]]] = {}
         self.max_lamport = 0
         self.oversized: list[Block] = []  # blocks a multi-item operation grew past BLOCK_MAX
         self.pending: list[Insert] = []
         # Ranges deleted before their elements arrived: (replica, lo, hi).
         self.pending_deletes: list[tuple[str, int, int]] = []
         # Who deleted what; only reading an index against an older version needs it.
-        self.deletions: list[Segment] = []
+        self._deletions: list[Segment] | None = []
+        # A loaded log, checked but not yet built into segments (see ``deletions``).
+        self._deletion_columns: _Columns | None = None
         # ``deletions[:deletions_normal]`` is in canonical form; what joins and
         # local deletes appended after it is not yet.
         self.deletions_normal = 0
+        # Set by a load: (the deletion log as loaded, None until built; its length; each deleter
+        # replica's least and greatest deleter), which answers ``deleters_seen`` while the log
+        # is still that list.
+        self._deleter_bounds: tuple[list[Segment] | None, int, dict[str, tuple[int, int]]] | None = None
+        # The position index's shortcuts for edits that stay in one place, as typing does
+        # (see ``_find`` and ``_grew``): the Fenwick tree lacks ``_dirty_n`` visible elements
+        # of block ``_dirty``; block ``_fblk`` (always ``_dirty`` when set) starts at visible
+        # index ``_fstart``; and ``_hint`` is ``(j, start)``, item ``j`` of that block starting
+        # ``start`` into it, while ``_stamp`` (bumped by every change) is still ``_hint[2]``.
+        self._dirty: Block | None = None
+        self._dirty_n = 0
+        self._fblk: Block | None = None
+        self._fstart = 0
+        self._hint: tuple[int, int, int] = (0, 0, -1)
+        self._stamp = 0
+
+    @property
+    def deletions(self) -> list[Segment]:
+        """Who deleted what: the log of segments.
+
+        A load checks the log's columns and builds the segments only when
+        something asks for them: reading a loaded document never does.
+        """
+        log = self._deletions
+        if log is None:
+            assert self._deletion_columns is not None
+            log = self._deletions = _build_segments(self._deletion_columns)
+            self._deletion_columns = None
+            known = self._deleter_bounds
+            if known is not None and known[0] is None and known[1] == len(log):
+                self._deleter_bounds = (log, known[1], known[2])
+        return log
+
+    @deletions.setter
+    def deletions(self, log: list[Segment]) -> None:
+        self._deletions = log
+        self._deletion_columns = None
+
+    def _deletion_count(self) -> int:
+        log = self._deletions
+        if log is not None:
+            return len(log)
+        assert self._deletion_columns is not None
+        return len(self._deletion_columns[1])
 
     # Public methods for reading.
 
@@ -332,6 +387,7 @@ class Sequence:
             return None
         item, off = found
         blk = item.block
+        self._flush()
         tree = self.tree
         index = 0
         i = blk.idx
@@ -363,7 +419,7 @@ class Sequence:
                 yield it.replica, it.counter, it.counter + it.length, it.content
 
     def is_bottom(self) -> bool:
-        return not self.presence and not self.by_replica and not self.pending and not self.deletions
+        return not self.presence and not self.by_replica and not self.pending and not self._deletion_count()
 
     def visible(self) -> bool:
         return bool(self.presence) or self.total > 0
@@ -381,6 +437,35 @@ class Sequence:
         """Insert ``content`` so that it starts at visible ``index``; its ids are ``counter..``."""
         if index == 0:
             return self._insert_at(None, None, 0, 0, content, replica, counter)
+        blk = self._fblk
+        hint = self._hint
+        if blk is not None and hint[2] == self._stamp:
+            # Typing on: the element before ``index`` ends our own run, the one the last edit
+            # found. Extend it here, as ``_insert_at`` would, without searching for it again.
+            j = hint[0]
+            item = blk.items[j]
+            n = item.length
+            lamport = self.max_lamport + 1
+            if (
+                index - self._fstart - hint[1] == n
+                and item.counter + n == counter
+                and item.replica == replica
+                and item.lamport + n == lamport
+                and n < RUN_MAX
+                and item.content is not None
+            ):
+                k = len(content)
+                run: Any = item.content  # str + str or list + list: the tag decides
+                item.content = run + content
+                item.length = n + k
+                self.size += k
+                self.max_lamport = lamport + k - 1
+                blk.lens[j] += k
+                # ``_grew`` without the stamp: only this item grew, so finger and hint still hold.
+                blk.vis += k
+                self.total += k
+                self._dirty_n += k  # the finger's block is always the one ``_grew`` defers
+                return (replica, counter, lamport, (replica, counter - 1), content)
         blk, j, off = self._find(index - 1)
         return self._insert_at(blk, blk.items[j], j, off, content, replica, counter)
 
@@ -425,7 +510,12 @@ class Sequence:
             item.length += n
             self.size += n
             blk.lens[j] += n
+            hint = self._hint
+            fresh = hint[2] == self._stamp and hint[0] == j and self._fblk is blk
             self._grew(blk, n)
+            if fresh:
+                # Only this item grew: the next keystroke finds it again without a search.
+                self._hint = (j, hint[1], self._stamp)
             return (replica, counter, lamport, origin, content)
         if item.block is not blk:  # a block split moved it
             blk = item.block
@@ -535,14 +625,20 @@ class Sequence:
             self.merge(other, ours, theirs)
 
     def join_delta(self, delta: SeqDelta, ours: CausalContext, theirs: CausalContext) -> None:
-        self.presence = join_dotset(self.presence, delta.presence, ours, theirs)
+        # Most deltas are one keystroke: each step below is skipped when it has nothing to do.
+        presence = self.presence
+        if delta.presence or any(d in theirs for d in presence):
+            self.presence = join_dotset(presence, delta.presence, ours, theirs)
         for ins in delta.inserts:
             self._integrate(ins)
-        for replica, lo, hi, _ in delta.deletes:
-            self._delete_range(replica, lo, hi)
-        self._record(delta.deletes, ours)
-        self._retry_pending()
-        self._rebalance()
+        if delta.deletes:
+            for replica, lo, hi, _ in delta.deletes:
+                self._delete_range(replica, lo, hi)
+            self._record(delta.deletes, ours)
+        if self.pending or self.pending_deletes:
+            self._retry_pending()
+        if self.oversized:
+            self._rebalance()
 
     def merge(self, other: Sequence, ours: CausalContext, theirs: CausalContext) -> None:
         """Full-state join. Other's items come in document order, so every origin precedes its element."""
@@ -593,6 +689,19 @@ class Sequence:
     def deleters_seen(self, ctx: CausalContext) -> bool:
         """Whether ``ctx`` holds every deleter of the log (true of every state legal writes make)."""
         ranges = ctx.ranges
+        known = self._deleter_bounds
+        if known is not None and known[0] is self._deletions and known[1] == self._deletion_count():
+            # Right after a load: one range of ``ctx`` holding each replica's least and greatest
+            # deleter holds every deleter of that replica.
+            for dr, (lo, last) in known[2].items():
+                flat = ranges.get(dr)
+                if flat is None:
+                    return False
+                i = bisect_right(flat, lo)
+                if not i & 1 or flat[i] <= last:
+                    break
+            else:
+                return True
         for dr, d0, dstep, _, _, _, n in self.deletions:
             flat = ranges.get(dr)
             if flat is None:
@@ -694,9 +803,14 @@ class Sequence:
         if len(runs) % 5:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
-        seq.deletions = _decode_segments(data[2], table)
-        ordered = sorted(seq.deletions)
-        if _sharing(ordered) and _shared_count(_shared_deleters(ordered)) > len(seq.deletions) + 1024:
+        columns, sharing, bounds = _check_segments(data[2], table)
+        seq._deletions = None
+        seq._deletion_columns = columns
+        if bounds is not None:
+            seq._deleter_bounds = (None, len(columns[1]), bounds)
+        if sharing is None:
+            sharing = _sharing(sorted(seq.deletions))
+        if sharing and _shared_count(_shared_deleters(sorted(seq.deletions))) > seq._deletion_count() + 1024:
             # Normalizing cuts chains into pairs where they share deleters: legal
             # logs share a few; claims of millions must not cost millions.
             raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
@@ -721,7 +835,8 @@ class Sequence:
         document), so the checks run column by column in C where they can:
         the numbers' types and ranges, the counters and timestamps (prefix
         sums), no two runs sharing an id and every origin placed before its
-        element (one sort, one pass).
+        element (one sort, one pass). The columns go through ``map`` with C
+        functions rather than comprehensions, which run bytecode per run.
         """
         tag = self.tag
         label = tag.label
@@ -730,7 +845,9 @@ class Sequence:
         names = table.names
         if not set().union(map(type, refs), map(type, dcs), map(type, ddls)) <= {int}:
             raise DecodeError(f"{label}: bad run numbers")
-        if min(refs) < 0 or max(refs) >= len(names):
+        rmin = min(refs)
+        rmax = max(refs)
+        if rmin < 0 or rmax >= len(names):
             raise DecodeError(f"{label}: unknown replica reference")
         kinds = set(map(type, contents))
         if not kinds <= ({str, int} if tag is Tag.TEXT else {list, int}):
@@ -748,32 +865,41 @@ class Sequence:
             raise DecodeError(f"{label}: bad run counters")
         if max(ends) >= _KEY:
             raise DecodeError(f"{label}: bad run counters")
-        replicas = [names[r] for r in refs]
-        # One sort of every run by (replica, counter) as one integer key: no
-        # two neighbours may overlap, and every origin must fall inside a run
-        # placed before its element.
-        bases = [r * _KEY for r in refs]
-        starts = list(map(add, bases, counters))
+        # Every run sorted by id, one integer key per run: replica index * _KEY + counter. A
+        # sequence one replica wrote (every local write of a region is its replica's) keys on the
+        # counter alone, which keeps the keys small ints, quicker to sort and search.
+        single = rmin == rmax
+        if single:
+            replicas = [names[rmin]] * m
+            bases: list[int] = []
+            starts = counters
+            kends = ends
+        else:
+            replicas = list(map(names.__getitem__, refs))
+            bases = [r * _KEY for r in refs]
+            starts = list(map(add, bases, counters))
+            kends = list(map(add, bases, ends))
         order = sorted(range(m), key=starts.__getitem__)
-        s_starts = [starts[k] for k in order]
-        s_ends = [bases[k] + ends[k] for k in order]
+        s_starts = list(map(starts.__getitem__, order))
+        s_ends = list(map(kends.__getitem__, order))
         if any(map(lt, s_starts[1:], s_ends)):
             raise DecodeError(f"{label}: duplicate element ids")
         origins: list[Dot | None]
         if set(map(type, rels)) <= {int, type(None)}:  # origins in the same replica, or the start
-            starts_at = [k for k, r in enumerate(rels) if r is None] if None in rels else []
-            for k in starts_at:
+            at = list(range(m))
+            starts_at: list[int] = []
+            k = -1
+            for _ in range(rels.count(None)):
+                k = rels.index(None, k + 1)
+                starts_at.append(k)
                 rels[k] = 0  # placeholders, dropped below
             ocs = list(map(sub, counters, rels))
             origins = list(zip(replicas, ocs, strict=True))
-            keys = list(map(add, bases, ocs))
-            at = list(range(m))
-            if starts_at:
-                for k in starts_at:
-                    origins[k] = None
-                    ocs[k] = 1
-                at = sorted(set(at).difference(starts_at))
-                keys = [keys[k] for k in at]
+            keys = list(ocs) if single else list(map(add, bases, ocs))
+            for k in reversed(starts_at):
+                origins[k] = None
+                ocs[k] = 1
+                del keys[k], at[k]
             if min(ocs) < 1:
                 raise DecodeError(f"{label}: bad origin")
         else:
@@ -791,8 +917,11 @@ class Sequence:
                     raise DecodeError(f"{label}: bad origin")
                 if not 1 <= oc < _KEY:
                     raise DecodeError(f"{label}: bad origin")
+                if single and oref != rmin:
+                    # An origin in a replica that holds no run here: never placed before its element.
+                    raise DecodeError(f"{label}: an element precedes its origin")
                 at.append(k)
-                keys.append(oref * _KEY + oc)
+                keys.append(oc if single else oref * _KEY + oc)
                 origins[k] = (names[oref], oc)
         if keys:
             # The run holding each origin is the last one starting at or before it; index 0 of
@@ -803,6 +932,7 @@ class Sequence:
             ):
                 raise DecodeError(f"{label}: an element precedes its origin")
         lives = [None if type(c) is int else c for c in contents]
+        lens = list(map(mul, ns, map(truth, lives)))  # visible lengths: 0 for a dead run
         self.max_lamport = max(map(add, lamports, ns)) - 1
         # Items in blocks half full, so that local edits split few of them at first.
         step = BLOCK_MAX // 2
@@ -810,7 +940,7 @@ class Sequence:
         items: list[Item] = []
         for lo in range(0, m, step):
             hi = lo + step
-            blk = Block(len(blocks), [], [])
+            blk = Block(len(blocks), [], lens[lo:hi])
             chunk = list(
                 map(
                     Item,
@@ -824,20 +954,15 @@ class Sequence:
                 )
             )
             blk.items = chunk
-            blk.lens = [0 if live is None else n for n, live in zip(ns[lo:hi], lives[lo:hi], strict=True)]
-            blk.vis = sum(blk.lens)
             blocks.append(blk)
             items += chunk
         self.blocks = blocks
         lo = 0
         while lo < m:
             ref = refs[order[lo]]
-            hi = bisect_left(s_starts, (ref + 1) * _KEY, lo)
+            hi = m if single else bisect_left(s_starts, (ref + 1) * _KEY, lo)
             ks = order[lo:hi]
-            self.by_replica[names[ref]] = (
-                list(map(counters.__getitem__, ks)),
-                list(map(list, zip(map(items.__getitem__, ks)))),
-            )
+            self.by_replica[names[ref]] = (list(map(counters.__getitem__, ks)), list(map(items.__getitem__, ks)))
             lo = hi
         self.size = elements
         return elements
@@ -850,6 +975,9 @@ class Sequence:
 
     def _rebuild(self) -> None:
         """Renumber blocks and rebuild the Fenwick tree: O(blocks), once per block split."""
+        self._dirty = self._fblk = None
+        self._dirty_n = 0
+        self._stamp += 1
         blocks = self.blocks
         nb = len(blocks)
         tree = [0] * (nb + 1)
@@ -863,17 +991,50 @@ class Sequence:
         self.total = sum(b.vis for b in blocks)
 
     def _grew(self, blk: Block, n: int) -> None:
+        """Block ``blk`` holds ``n`` more visible elements (fewer when negative).
+
+        The Fenwick tree's update waits while the edits stay in one block, as
+        typing's do: ``_flush`` makes it before anything reads the tree.
+        """
         blk.vis += n
         self.total += n
-        tree = self.tree
-        size = len(tree)
-        i = blk.idx + 1
-        while i < size:
-            tree[i] += n
-            i += i & -i
+        self._stamp += 1
+        if blk is not self._dirty:
+            if self._dirty_n:
+                self._flush()
+            self._dirty = blk
+            self._fblk = None  # a block before it may have changed
+        self._dirty_n += n
+
+    def _flush(self) -> None:
+        """Bring the Fenwick tree up to date with the block that ``_grew`` left pending."""
+        n = self._dirty_n
+        if n:
+            assert self._dirty is not None
+            tree = self.tree
+            size = len(tree)
+            i = self._dirty.idx + 1
+            while i < size:
+                tree[i] += n
+                i += i & -i
+            self._dirty_n = 0
 
     def _find(self, index: int) -> tuple[Block, int, int]:
-        """The block, item position and offset of visible element ``index`` (0 <= index < len)."""
+        """The block, item position and offset of visible element ``index`` (0 <= index < len).
+
+        Edits cluster, so the block (and item) the last search found is tried first.
+        """
+        blk = self._fblk
+        if blk is not None:
+            rem = index - self._fstart
+            if 0 <= rem < blk.vis:
+                hint = self._hint
+                if hint[2] == self._stamp:
+                    off = rem - hint[1]
+                    if 0 <= off < blk.lens[hint[0]]:
+                        return blk, hint[0], off
+                return self._find_in(blk, rem)
+        self._flush()
         tree = self.tree
         nb = len(tree) - 1
         pos = 0
@@ -886,11 +1047,21 @@ class Sequence:
                 rem -= tree[nxt]
             step >>= 1
         blk = self.blocks[pos]
+        # The tree is up to date, so nothing is pending for whichever block is ``_dirty``.
+        self._dirty = self._fblk = blk
+        self._fstart = index - rem
+        return self._find_in(blk, rem)
+
+    def _find_in(self, blk: Block, rem: int) -> tuple[Block, int, int]:
+        """The item position and offset of visible element ``rem`` of block ``blk`` (the finger's)."""
         cum = list(accumulate(blk.lens))
         j = bisect_right(cum, rem)
-        return blk, j, rem - (cum[j - 1] if j else 0)
+        start = cum[j - 1] if j else 0
+        self._hint = (j, start, self._stamp)
+        return blk, j, rem - start
 
     def _place(self, blk: Block, j: int, item: Item) -> None:
+        self._stamp += 1
         self.size += item.length
         item.block = blk
         blk.items.insert(j, item)
@@ -926,16 +1097,16 @@ class Sequence:
     def _register(self, item: Item) -> None:
         entry = self.by_replica.get(item.replica)
         if entry is None:
-            self.by_replica[item.replica] = ([item.counter], [[item]])
+            self.by_replica[item.replica] = ([item.counter], [item])
             return
         starts, groups = entry
         if item.counter > starts[-1]:
             starts.append(item.counter)
-            groups.append([item])
+            groups.append(item)
         else:
             k = bisect_right(starts, item.counter)
             starts.insert(k, item.counter)
-            groups.insert(k, [item])
+            groups.insert(k, item)
 
     def _lookup(self, dot: Dot) -> tuple[Item, int] | None:
         entry = self.by_replica.get(dot[0])
@@ -947,7 +1118,7 @@ class Sequence:
         if k < 0:
             return None
         group = groups[k]
-        item = group[bisect_right(group, c, key=_counter) - 1] if len(group) > 1 else group[0]
+        item = group if isinstance(group, Item) else group[bisect_right(group, c, key=_counter) - 1]
         off = c - item.counter
         return (item, off) if off < item.length else None
 
@@ -959,11 +1130,13 @@ class Sequence:
         k = bisect_right(starts, hi - 1) - 1
         if k < 0:
             return False
-        last = groups[k][-1]
+        group = groups[k]
+        last = group if isinstance(group, Item) else group[-1]
         return last.counter + last.length > lo
 
     def _split(self, item: Item, off: int) -> Item:
         """Cut ``item`` before offset ``off``; returns the right piece, placed after it."""
+        self._stamp += 1
         blk = item.block
         j = blk.items.index(item)
         content = item.content
@@ -987,10 +1160,13 @@ class Sequence:
             blk.lens.insert(j + 1, 0)
         if len(blk.items) > BLOCK_MAX:
             self.oversized.append(blk)
-        group = self.by_replica[item.replica][1]
-        starts = self.by_replica[item.replica][0]
-        g = group[bisect_right(starts, item.counter) - 1]
-        g.insert(bisect_right(g, item.counter, key=_counter), right)
+        starts, groups = self.by_replica[item.replica]
+        k = bisect_right(starts, item.counter) - 1
+        group = groups[k]
+        if isinstance(group, Item):
+            groups[k] = [group, right]
+        else:
+            group.insert(bisect_right(group, item.counter, key=_counter), right)
         return right
 
     def _kill(self, item: Item, j: int) -> None:
@@ -1403,17 +1579,30 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
     return out
 
 
-def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
-    """Segments from their flat columns, checked column by column (see ``Sequence._load_runs``)."""
-    if len(flat) % 6:
+# A deletion log's columns, checked: deleter and target replica names, first deleters,
+# first targets, lengths and step codes (see ``_STEP_CODES``).
+_Columns = tuple[list[str], list[int], list[str], list[int], list[int], list[int]]
+
+
+def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | None, dict[str, tuple[int, int]] | None]:
+    """A deletion log's flat encoding, checked column by column (see ``Sequence._load_runs``).
+
+    Also, read off the columns where that is cheap: whether two segments
+    share a deleter (``_sharing``; None: not known), and each deleter
+    replica's least and greatest deleter (None: not known). Both are known
+    when one replica deleted everything and the segments come sorted by
+    deleter, as canonical ones do.
+    """
+    if type(flat) is not list or len(flat) % 6:
         raise DecodeError("bad deletion segments")
     if not flat:
-        return []
+        return ([], [], [], [], [], []), False, {}
     drefs, dds, trefs, dts, ns, codes = flat[0::6], flat[1::6], flat[2::6], flat[3::6], flat[4::6], flat[5::6]
     if not set().union(*(map(type, column) for column in (drefs, dds, trefs, dts, ns, codes))) <= {int}:
         raise DecodeError("bad deletion segment")
     names = table.names
-    if min(min(drefs), min(trefs)) < 0 or max(max(drefs), max(trefs)) >= len(names):
+    dmin, dmax = min(drefs), max(drefs)
+    if min(dmin, min(trefs)) < 0 or max(dmax, max(trefs)) >= len(names):
         raise DecodeError("bad deletion segment replica")
     if min(codes) < 0 or max(codes) > 2 or min(ns) < 1 or max(ns) > MAX_ELEMENTS:
         raise DecodeError("bad deletion segment")
@@ -1421,16 +1610,31 @@ def _decode_segments(flat: Any, table: ReplicaTable) -> list[Segment]:
     t0s = list(accumulate(dts))
     if min(d0s) < 1 or min(t0s) < 1:
         raise DecodeError("bad deletion segment counters")
-    if any(t0 < n for t0, n, code in zip(t0s, ns, codes, strict=True) if code == 1):  # a backspace chain's last target
+    if any(map(and_, map(eq, codes, repeat(1)), map(lt, t0s, ns))):  # a backspace chain's last target
         raise DecodeError("bad deletion segment counters")
+    count = len(codes)
+    drs = [names[dmin]] * count if dmin == dmax else list(map(names.__getitem__, drefs))
+    columns = (drs, d0s, list(map(names.__getitem__, trefs)), t0s, ns, codes)
+    if dmin != dmax or not all(map(le, d0s, d0s[1:])):
+        return columns, None, None
+    # A chain's last deleter is n - 1 past its first; a range's (code 0) is its first.
+    lasts = list(map(add, d0s, map(mul, map(sub, ns, repeat(1)), map(truth, codes))))
+    # Sorted by deleter, two segments share one exactly when one starts at or before the
+    # previous one's last (segments with equal first deleters share it, in any order).
+    sharing = any(map(le, d0s[1:], lasts))
+    return columns, sharing, {names[dmin]: (d0s[0], max(lasts))}
+
+
+def _build_segments(columns: _Columns) -> list[Segment]:
+    drs, d0s, trs, t0s, ns, codes = columns
     return list(
         zip(
-            [names[r] for r in drefs],
+            drs,
             d0s,
-            [_DSTEP[c] for c in codes],
-            [names[r] for r in trefs],
+            list(map(_DSTEP.__getitem__, codes)),
+            trs,
             t0s,
-            [_TSTEP[c] for c in codes],
+            list(map(_TSTEP.__getitem__, codes)),
             ns,
             strict=True,
         )
