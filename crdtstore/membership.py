@@ -113,7 +113,7 @@ def parse_peer_name(text: str, *, default_port: int) -> PeerName:
     labels = name.split(".")
     if not 1 <= len(name) <= 253 or not all(re.fullmatch(_NAME_LABEL, label) for label in labels):
         raise ValueError(f"a peer name is a DNS name with an optional :PORT, got {text!r}")
-    return PeerName(name.lower(), _port(port) if port else default_port)
+    return PeerName(name.lower(), _port(port) if sep else default_port)
 
 
 class Resolver(Protocol):
