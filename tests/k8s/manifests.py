@@ -33,6 +33,7 @@ __all__ = [
     "REPO",
     "Rendered",
     "container_env",
+    "headless_name",
     "hostname_matches",
     "kubectl",
     "pod_hosts",
@@ -157,6 +158,11 @@ def container_env(rendered: Rendered, *, pod_name: str = "crdtstore-0") -> dict[
         else:
             env[item["name"]] = field_values[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def headless_name(rendered: Rendered) -> str:
+    """The DNS name of the StatefulSet's headless Service: one record per pod, ready or not."""
+    return f"{rendered.statefulset['spec']['serviceName']}.{rendered.namespace}.svc.cluster.local"
 
 
 def pod_hosts(rendered: Rendered) -> list[str]:
