@@ -130,6 +130,13 @@ def _region(raw: Any) -> str:
     return text
 
 
+def _replica_name(raw: Any) -> str:
+    text = _str(raw)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", text):
+        raise ValueError(f"a replica name is 1-32 characters of A-Z a-z 0-9 _ -, got {text!r}")
+    return text
+
+
 def _scope(raw: Any) -> str:
     text = _str(raw).strip().lower()
     if text not in ("read", "readwrite"):
@@ -228,6 +235,7 @@ class ServeConfig:
     """Everything ``serve`` needs (see :data:`SETTINGS` for each field's meaning)."""
 
     region: str = "local"
+    replica_name: str | None = None
     data: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -268,6 +276,12 @@ class ServeConfig:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("region", _region, "region name ([A-Za-z0-9_-], part of the replica id)"),
+    Setting(
+        "replica_name",
+        _replica_name,
+        "put into the replica id when the data directory is new, <region>-<name>-<random> (a pod's ordinal; "
+        "an existing directory keeps its id)",
+    ),
     Setting("data", _path, "replica data directory (LMDB)"),
     Setting("host", _str, "address to listen on (default 127.0.0.1: loopback only)"),
     Setting("port", _int, "TCP port"),

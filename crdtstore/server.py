@@ -91,6 +91,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
     node = Node(
         NodeConfig(
             region=config.region,
+            replica_name=config.replica_name,
             data_dir=config.data,
             sync=not config.no_sync,
             max_map_size=config.max_map_size,

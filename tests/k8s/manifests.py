@@ -151,7 +151,11 @@ def container_env(rendered: Rendered, *, pod_name: str = "crdtstore-0") -> dict[
     container = rendered.container
     for source in container.get("envFrom", []):
         env.update(configmaps[source["configMapRef"]["name"]])
-    field_values = {"metadata.name": pod_name, "metadata.namespace": rendered.namespace}
+    field_values = {
+        "metadata.name": pod_name,
+        "metadata.namespace": rendered.namespace,
+        "metadata.labels['apps.kubernetes.io/pod-index']": pod_name.rpartition("-")[2],
+    }
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]

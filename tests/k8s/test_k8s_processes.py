@@ -245,6 +245,9 @@ def test_three_regions_of_three_replicas_survive_kills_and_scale_without_restart
 
         # Every replica finds the 8 others by name (and never dials itself), then takes writes.
         wait_for("9 replicas to link to each other", all_linked, START_BUDGET)
+        for replica in cluster.live():
+            # The replica id from the region and the pod's ordinal (then a random part: never reused).
+            assert replica_id(replica).startswith(f"{replica.overlay}-{replica.ordinal}-"), replica_id(replica)
         for overlay in OVERLAYS:
             replica = cluster.replicas[f"{overlay}-0"]
             answer = write(replica, f"first-{overlay}", "local_quorum")

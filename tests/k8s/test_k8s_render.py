@@ -189,6 +189,16 @@ def test_the_region_size_setting_is_the_statefulsets_replicas(rendered: dict[str
     assert spec["podManagementPolicy"] == "Parallel"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_replica_is_named_by_its_pods_ordinal(rendered: dict[str, Rendered], overlay: str) -> None:
+    result = rendered[overlay]
+    (item,) = [e for e in result.container["env"] if e["name"] == "CRDTSTORE_REPLICA_NAME"]
+    # The label the StatefulSet controller puts on each pod (Kubernetes 1.28 and later).
+    assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    names = [resolve({}, env=container_env(result, pod_name=f"crdtstore-{i}")).replica_name for i in range(3)]
+    assert names == ["0", "1", "2"]
+
+
 def test_certificate_name_matching_follows_rfc_6125() -> None:
     assert hostname_matches(
         "*.crdtstore-peer.crdtstore-eu.svc.cluster.local", "crdtstore-1.crdtstore-peer.crdtstore-eu.svc.cluster.local"
