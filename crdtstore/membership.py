@@ -236,6 +236,9 @@ class Membership:
         resolver: How (:class:`SystemResolver` in production).
         interval: Seconds between resolutions.
         drop_after: Answers a target must be missing from before it is removed.
+        max_targets: More addresses than this in one answer is refused as a failed lookup: a name
+            that suddenly resolves to thousands (a mistake, or someone else's DNS) must not make
+            the node dial them all.
     """
 
     def __init__(
@@ -245,7 +248,9 @@ class Membership:
         resolver: Resolver,
         interval: float = 10.0,
         drop_after: int = 2,
+        max_targets: int = 64,
     ) -> None:
+        self.max_targets = max_targets
         self.names = tuple(dict.fromkeys(names))
         self.resolver = resolver
         self.interval = interval
@@ -267,6 +272,13 @@ class Membership:
                 self.failures += 1
                 logger.warning("peer name lookup failed", extra={"peer_name": name.name, "error": repr(exc)[:200]})
                 answer = None
+            if answer is not None and len(answer) > self.max_targets:
+                self.failures += 1
+                logger.warning(
+                    "peer name resolves to too many addresses: answer ignored",
+                    extra={"peer_name": name.name, "addresses": len(answer), "max": self.max_targets},
+                )
+                answer = None
             added, removed = self.view.update(name, answer)
             for target in removed:
                 logger.info("peer left membership", extra={"peer": target.key})
@@ -276,9 +288,11 @@ class Membership:
                 await on_added(target)
         self.resolutions += 1
 
-    def start(self, on_added: OnChange, on_removed: OnChange) -> None:
-        """Resolve in a task of the running loop: once now, then every ``interval``."""
+    async def start(self, on_added: OnChange, on_removed: OnChange) -> None:
+        """Resolve once now (so the cluster's size is known before the node serves), then every ``interval``
+        in a task of the running loop."""
         if self._task is None:
+            await self.resolve_once(on_added, on_removed)
             self._task = asyncio.create_task(self._run(on_added, on_removed), name="membership")
 
     async def close(self) -> None:
@@ -290,10 +304,10 @@ class Membership:
 
     async def _run(self, on_added: OnChange, on_removed: OnChange) -> None:
         while True:
+            await asyncio.sleep(self.interval)
             try:
                 await self.resolve_once(on_added, on_removed)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in a callback must not end membership for good
                 logger.exception("membership round failed")
-            await asyncio.sleep(self.interval)

@@ -299,7 +299,8 @@ class Replicator:
         for url in self.peer_urls:
             self._dial(url, url)
         if self.membership is not None:
-            self.membership.start(self._target_added, self._target_removed)
+            # The first answers before start returns: `quorum` must not count a cluster of one meanwhile.
+            await self.membership.start(self._target_added, self._target_removed)
         logger.info("replicator started", extra={"peers": len(self.peer_urls), "region": self.region})
 
     def _dial(self, key: str, url: str, address: tuple[str, int] | None = None) -> None:

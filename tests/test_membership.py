@@ -192,3 +192,45 @@ def test_peer_names_over_plaintext_need_insecure_peers() -> None:
         check_peer_transport(ServeConfig(peer_dns=("crdtstore-peer.ns:9443",)), accepts_peers=True)
     check_peer_transport(ServeConfig(peer_dns=("localhost:9443",)), accepts_peers=True)
     check_peer_transport(ServeConfig(peer_dns=("peer.ns",), insecure_peers=True), accepts_peers=True)
+
+
+def test_start_knows_the_members_before_it_returns() -> None:
+    # A node serves once its replicator started: `quorum` must count the members found by then, not 1.
+    async def main() -> list[Target]:
+        added: list[Target] = []
+
+        async def on_added(t: Target) -> None:
+            added.append(t)
+
+        async def on_removed(t: Target) -> None:
+            raise AssertionError(t)
+
+        membership = Membership([NAME], resolver=_Flaky([[("10.0.0.1", 1)]]), interval=60.0)
+        await membership.start(on_added, on_removed)
+        await membership.close()
+        return added
+
+    assert asyncio.run(main()) == [Target(NAME.name, "10.0.0.1", 1)]
+
+
+def test_an_answer_with_too_many_addresses_changes_nothing() -> None:
+    flood = [(f"10.0.{i // 256}.{i % 256}", 9443) for i in range(65)]
+    resolver = _Flaky([[("10.0.0.1", 1)], flood, flood, [("10.0.0.1", 1)] + flood[:63]])
+    membership = Membership([NAME], resolver=resolver, drop_after=1, max_targets=64)
+    seen: list[tuple[str, Target]] = []
+
+    async def on_added(t: Target) -> None:
+        seen.append(("+", t))
+
+    async def on_removed(t: Target) -> None:
+        seen.append(("-", t))
+
+    async def rounds(n: int) -> None:
+        for _ in range(n):
+            await membership.resolve_once(on_added, on_removed)
+
+    asyncio.run(rounds(3))
+    assert seen == [("+", Target(NAME.name, "10.0.0.1", 1))]  # the floods were refused, nothing dropped
+    assert membership.failures == 2
+    asyncio.run(rounds(1))
+    assert len(membership.targets) == 64  # at the bound: taken
