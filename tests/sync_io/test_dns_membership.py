@@ -149,7 +149,9 @@ def test_replicas_found_by_name_link_to_each_other_never_to_themselves_and_scale
             await c.start("d")
             for name in ("a", "b", "c"):
                 rep = c.replicas[name].replicator
-                assert await until(lambda rep=rep: c.replicas["d"].node.storage.identity.base in rep.peers())
+                # Identified on the link it dialed to d's address (what membership knows d by).
+                d = c.replicas["d"].node.storage.identity.base
+                assert await until(lambda rep=rep, d=d: d in rep.peers() and d in rep._peer_ids.values())
                 assert await until(lambda rep=rep: rep.cluster_size == 4)
             await c.replicas["d"].node.apply("from-d", [{"op": "increment", "path": ["n"]}])
             for name in ("a", "b", "c"):
@@ -210,6 +212,8 @@ def test_a_removed_replica_stops_pinning_truncation_after_the_grace_and_a_down_m
             a, _, cc = [await c.start(n) for n in ("a", "b", "c")]
             rep, origin = a.replicator, a.node.replica_id
             assert await until(lambda: rep.peers() == ids(c, "b", "c"))
+            # Until every member is identified on the link dialed to it, nothing is truncated.
+            assert await until(lambda: sorted(set(rep._peer_ids.values())) == ids(c, "b", "c"))
             for i in range(3):
                 await a.node.apply(f"first-{i}", [{"op": "increment", "path": ["n"]}])
             assert await until(lambda: _acked_by(rep, ids(c, "b", "c"), origin, 3))
