@@ -23,6 +23,16 @@ A region of several replicas: each lists the others among its peers and
 says how many its region has with ``--region-replicas`` (``local_quorum`` is
 a majority of them; configured, so a partition cannot shrink it).
 
+Membership from DNS: ``--peer-dns NAME[:PORT]`` is repeatable
+(``CRDTSTORE_PEER_DNS``, comma-separated; ``peer_dns`` in the file). Every
+address a name resolves to (A/AAAA, on PORT, by default our ``--peer-port``
+or ``--port``) is a peer, dialed at ``/v1/peer`` with the name as its TLS
+name; names are resolved again every ``--peer-dns-interval`` seconds, so
+replicas come and go without restarts (see :mod:`crdtstore.membership`).
+``--peer-hosts-file FILE`` answers those names from a hosts-style file
+instead of DNS. ``--removed-peer-grace`` is how long a peer that left
+membership still holds back log truncation.
+
 Mutual TLS between regions: ``--peer-ca FILE`` (``CRDTSTORE_PEER_CA``,
 ``peer_ca``) names a CA bundle. It needs ``--certfile``/``--keyfile``; peers
 are dialed over ``wss://`` with our certificate as the client certificate,
@@ -54,6 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from crdtstore.membership import parse_peer_name
 
 __all__ = [
     "SETTINGS",
@@ -119,6 +131,13 @@ def _region(raw: Any) -> str:
     return text
 
 
+def _replica_name(raw: Any) -> str:
+    text = _str(raw)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", text):
+        raise ValueError(f"a replica name is 1-32 characters of A-Z a-z 0-9 _ -, got {text!r}")
+    return text
+
+
 def _scope(raw: Any) -> str:
     text = _str(raw).strip().lower()
     if text not in ("read", "readwrite"):
@@ -167,6 +186,15 @@ def _peers(raw: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(_peer_url(item) for item in items if not isinstance(item, str) or item.strip()))
 
 
+def _peer_dns(raw: Any) -> tuple[str, ...]:
+    # Checked here; crdtstore.server makes them PeerNames once the default port is known.
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    names = [_str(item).strip() for item in items if not isinstance(item, str) or item.strip()]
+    for name in names:
+        parse_peer_name(name, default_port=1)
+    return tuple(dict.fromkeys(names))
+
+
 def _str(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError(f"expected a string, got {raw!r}")
@@ -208,6 +236,7 @@ class ServeConfig:
     """Everything ``serve`` needs (see :data:`SETTINGS` for each field's meaning)."""
 
     region: str = "local"
+    replica_name: str | None = None
     data: Path = Path("data")
     host: str = "127.0.0.1"
     port: int = 8080
@@ -230,6 +259,10 @@ class ServeConfig:
     access_log: bool = True
     log_level: str = "info"
     peers: tuple[str, ...] = ()
+    peer_dns: tuple[str, ...] = ()
+    peer_dns_interval: float = 10.0
+    peer_hosts_file: Path | None = None
+    removed_peer_grace: float = 3600.0
     region_replicas: int = 1
     cluster_secret_file: Path | None = None
     cluster_secret_accept_file: Path | None = None
@@ -246,6 +279,12 @@ class ServeConfig:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("region", _region, "region name ([A-Za-z0-9_-], part of the replica id)"),
+    Setting(
+        "replica_name",
+        _replica_name,
+        "put into the replica id when the data directory is new, <region>-<name>-<random> (a pod's ordinal; "
+        "an existing directory keeps its id)",
+    ),
     Setting("data", _path, "replica data directory (LMDB)"),
     Setting("host", _str, "address to listen on (default 127.0.0.1: loopback only)"),
     Setting("port", _int, "TCP port"),
@@ -282,6 +321,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("access_log", _bool, "log every request (JSON lines)"),
     Setting("log_level", _log_level, "debug, info, warning or error"),
     Setting("peers", _peers, "a peer's websocket URL (repeatable; env: comma-separated)", "list"),
+    Setting(
+        "peer_dns",
+        _peer_dns,
+        "NAME[:PORT] whose every A/AAAA address is a peer, re-resolved as replicas come and go (repeatable; "
+        "env: comma-separated; the port defaults to --peer-port, else --port)",
+        "list",
+    ),
+    Setting("peer_dns_interval", _seconds, "seconds between resolutions of the --peer-dns names"),
+    Setting("peer_hosts_file", _path, "answer --peer-dns names from this file ('NAME ADDRESS[:PORT]' lines), not DNS"),
+    Setting(
+        "removed_peer_grace",
+        _seconds,
+        "seconds a peer that left --peer-dns membership still holds back delta log truncation",
+    ),
     Setting(
         "region_replicas",
         _positive_int,
@@ -367,7 +420,7 @@ def resolve(
     config = dataclasses.replace(defaults or ServeConfig(), **values)
     if (config.certfile is None) != (config.keyfile is None):
         raise ConfigError("--certfile and --keyfile go together")
-    if config.region_replicas > 1 + len(config.peers):
+    if not config.peer_dns and config.region_replicas > 1 + len(config.peers):
         # The region's other replicas are peers too: fewer peers than that is a typo, not a smaller region.
         raise ConfigError(f"--region-replicas {config.region_replicas}: only {len(config.peers)} peers configured")
     if config.peer_port is not None and config.peer_port == config.port != 0:
@@ -376,6 +429,7 @@ def resolve(
         if config.certfile is None:
             # Our certificate is both the server's and the client's on peer links: without it there is no mTLS.
             raise ConfigError("--peer-ca needs --certfile and --keyfile (our certificate on peer links)")
+        # (--peer-dns peers are dialed over wss:// under --peer-ca.)
         plain = [url for url in config.peers if not url.startswith("wss://")]
         if plain:
             # A ws:// link would skip TLS entirely, and the peer's listener (mTLS too) would refuse it anyway.
@@ -433,6 +487,9 @@ def check_peer_transport(config: ServeConfig, *, accepts_peers: bool) -> None:
     if config.insecure_peers:
         return
     plain = [url for url in config.peers if url.startswith("ws://") and not _is_loopback(urlsplit(url).hostname)]
+    if config.peer_ca is None:
+        # Without --peer-ca the names are dialed over ws://; a name may resolve anywhere.
+        plain += [f"ws://{name}" for name in config.peer_dns if not _is_loopback(name.rpartition(":")[0] or name)]
     if plain:
         raise ConfigError(
             f"plaintext peer links to {', '.join(plain)}: anyone on the path would read every replicated document. "

@@ -147,6 +147,7 @@ class NodeConfig:
         max_document_bytes: A local write may leave a document stored in at most this many
             bytes (snapshot plus tail; the writer compacts before refusing), else 413.
         max_sequence_length: A local insert may leave a text or list at most this long, else 413.
+        replica_name: Put into the replica id when the directory is new (see ``Storage.open``).
     """
 
     region: str
@@ -171,6 +172,7 @@ class NodeConfig:
     merkle_depth: int = 4
     max_document_bytes: int = MAX_DOCUMENT_BYTES
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    replica_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +250,7 @@ class Node:
             max_readers=cfg.max_readers,
             max_dbs=cfg.max_dbs,
             shape=MerkleShape(cfg.merkle_fanout, cfg.merkle_depth),
+            name=cfg.replica_name,
         )
         with storage.read() as txn:
             self._hlc = HybridClock(storage.get_hlc(txn))

@@ -103,18 +103,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crdtstore.linkcut import LINK_CUT, LinkCuts
+from crdtstore.membership import Membership, Target
 from crdtstore.peermetrics import ReplicationMeter, Traffic
 from crdtstore.quorum import Quorum
+from sync import messages as m
 from sync import protocol as sp
 from sync._state import OPEN
 from sync.config import SyncConfig
 from sync.dispatch import READS, dispatch
 from sync.events import ApplyDeltas, Failed, PeerInfo, ReadResponded, WriteAcked
 from sync.exceptions import CloseCode
-from sync.io.transport import Dialer, PeerConnection, TransportSettings
+from sync.io.transport import Dialer, PeerConnection, TransportSettings, dial
 from sync.quorum import Level, QuorumOutcome
 from sync.store import ReplicaStore
-from sync.truncation import truncation_vector
+from sync.truncation import pinning_peers, truncation_vector
 
 __all__ = [
     "ReplicatedNode",
@@ -139,6 +141,8 @@ class ReplicatorSettings:
         log_page: Entries read per ``log_range`` call when tailing our origin.
         quorum_timeout: Default seconds a quorum read or write waits.
         truncate_interval: Seconds between log truncation passes (None: never truncate).
+        removed_peer_grace: Seconds a peer that left membership still holds back log truncation
+            (:func:`sync.truncation.pinning_peers`).
     """
 
     tick_interval: float = 0.1
@@ -147,6 +151,7 @@ class ReplicatorSettings:
     log_page: int = 256
     quorum_timeout: float = 5.0
     truncate_interval: float | None = 1.0
+    removed_peer_grace: float = 3600.0
 
 
 class ReplicatedNode(ReplicaStore, Protocol):
@@ -189,7 +194,9 @@ class Replicator:
         peers: Peer websocket URLs to dial.
         region: This node's region name.
         region_replicas: Replicas in our region as configured, this one included (``local_quorum`` is a
-            majority of them); the others are among ``peers``.
+            majority of them); the others are among ``peers``, or found by ``membership``.
+        membership: Peers found by name (:mod:`crdtstore.membership`), dialed as they come and go.
+        peer_path: The path of the peer endpoint on the replicas ``membership`` finds.
         transport: Link settings.
         settings: Adapter settings.
         sync_config: The protocol's config (None: its defaults).
@@ -206,6 +213,8 @@ class Replicator:
         peers: Sequence[str] = (),
         region: str,
         region_replicas: int = 1,
+        membership: Membership | None = None,
+        peer_path: str = "/v1/peer",
         transport: TransportSettings | None = None,
         settings: ReplicatorSettings | None = None,
         sync_config: SyncConfig | None = None,
@@ -216,7 +225,10 @@ class Replicator:
         self.node = node
         self.region = region
         self.peer_urls = list(peers)
-        if not 1 <= region_replicas <= 1 + len(self.peer_urls):
+        self.membership = membership
+        self.peer_path = peer_path
+        # With membership from DNS the region's other replicas are found at run time: no count to check.
+        if region_replicas < 1 or (membership is None and region_replicas > 1 + len(self.peer_urls)):
             raise ValueError(f"{region_replicas} replicas in our region, but {1 + len(self.peer_urls)} in the cluster")
         self.region_replicas = region_replicas
         self._peer_regions: dict[str, str] = {}  # peer replica id -> the region its Hello named
@@ -228,13 +240,17 @@ class Replicator:
         self._random = random or _random.Random().random
         self._nonce = nonce
         self._links: set[_Link] = set()
-        self._dialers: list[Dialer] = []
+        self._dialer_by_key: dict[str, Dialer] = {}  # link key (a URL, or a Target's key) -> its dialer
+        self._targets: dict[str, Target] = {}  # key -> a peer membership found, dialed while it is there
+        self._self_keys: set[str] = set()  # targets that turned out to be this replica
+        self._dial_nonces: dict[bytes, str] = {}  # Hello nonce of a link we dialed -> its key
+        self._departed: dict[str, float] = {}  # peer replica id -> loop time it left membership
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tail_wake = asyncio.Event()
         self._tail_after = 0
         self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
         self._acks_stored: dict[str, dict[str, int]] = {}  # what truncate_once last persisted of _acks
-        self._peer_ids: dict[str, str] = {}  # configured URL -> replica id it authenticated as
+        self._peer_ids: dict[str, str] = {}  # link key (configured URL, target) -> replica id it authenticated as
         self._truncated: dict[str, int] = {}  # origin -> highest seq truncated in this run
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
@@ -263,8 +279,18 @@ class Replicator:
 
     @property
     def cluster_size(self) -> int:
-        """Replicas in the cluster as configured: this node and its peers."""
-        return 1 + len(self.peer_urls)
+        """Replicas in the cluster: this node and its members (a member not yet identified counts once)."""
+        keys = self._member_keys()
+        known = {self._peer_ids[key] for key in keys if key in self._peer_ids}
+        return 1 + len(known) + sum(key not in self._peer_ids for key in keys)
+
+    @property
+    def _dialers(self) -> list[Dialer]:
+        return list(self._dialer_by_key.values())
+
+    def _member_keys(self) -> list[str]:
+        """Configured peer URLs and the targets membership found now, ourselves left out."""
+        return [key for key in (*self.peer_urls, *self._targets) if key not in self._self_keys]
 
     async def start(self) -> None:
         """Start tailing our log, dialing peers and accepting them."""
@@ -281,8 +307,58 @@ class Replicator:
         if self.settings.truncate_interval is not None:
             self._spawn(self._truncate_loop(self.settings.truncate_interval), "truncate")
         for url in self.peer_urls:
-            self._dial(url)
+            self._dial(url, url)
+        if self.membership is not None:
+            # The first answers before start returns: `quorum` must not count a cluster of one meanwhile.
+            await self.membership.start(self._target_added, self._target_removed)
         logger.info("replicator started", extra={"peers": len(self.peer_urls), "region": self.region})
+
+    def _dial(self, key: str, url: str, address: tuple[str, int] | None = None) -> None:
+        session = functools.partial(self._session, url=key)
+        dial_fn = None if address is None else functools.partial(dial, settings=self.transport, address=address)
+        dialer = Dialer(url, session, settings=self.transport, random=self._random, dial_fn=dial_fn)
+        dialer.start()
+        self._dialer_by_key[key] = dialer
+
+    # Private methods: membership.
+
+    async def _target_added(self, target: Target) -> None:
+        if not self._running or target.key in self._targets:
+            return
+        self._targets[target.key] = target
+        scheme = "wss" if self.transport.ssl_context is not None else "ws"
+        self._dial(target.key, target.url(scheme=scheme, path=self.peer_path), (target.host, target.port))
+
+    async def _target_removed(self, target: Target) -> None:
+        key = target.key
+        self._targets.pop(key, None)
+        self._self_keys.discard(key)
+        dialer = self._dialer_by_key.pop(key, None)
+        if dialer is not None:
+            await dialer.close()
+        peer_id = self._peer_ids.pop(key, None)
+        if peer_id is None or any(self._peer_ids.get(k) == peer_id for k in self._member_keys()):
+            return  # never identified, or still a member under another address (a pod that moved)
+        self._departed[peer_id] = asyncio.get_running_loop().time()
+        for link in list(self._links):
+            if link.peer_id == peer_id:
+                await self._close_link(link, 1001, "left membership")
+
+    def _own_dialed_link(self, data: bytes) -> str | None:
+        """The key of the link we dialed whose Hello ``data`` is: a link we accepted from ourselves."""
+        try:
+            msg = m.decode(data, max_size=len(data))
+        except Exception:  # the protocol rejects it on its own
+            return None
+        return self._dial_nonces.get(msg.nonce) if isinstance(msg, m.Hello) else None
+
+    async def _dialed_ourselves(self, key: str) -> None:
+        # Our own address is among the answers for our region's name: stop dialing it while it stays there.
+        logger.info("a peer address is this replica: not dialing it", extra={"peer": key})
+        self._self_keys.add(key)
+        dialer = self._dialer_by_key.pop(key, None)
+        if dialer is not None:
+            await dialer.close()
 
     async def close(self) -> None:
         """Stop dialing, end every session, fail pending quorum waits (idempotent)."""
@@ -293,9 +369,11 @@ class Replicator:
         if writer is not None:
             with contextlib.suppress(ValueError):
                 writer.observers.remove(self._on_commit)
-        for dialer in self._dialers:
+        if self.membership is not None:
+            await self.membership.close()
+        for dialer in list(self._dialer_by_key.values()):
             await dialer.close()
-        self._dialers.clear()
+        self._dialer_by_key.clear()
         for link in list(self._links):
             await self._close_link(link, 1001, "going away")
         tasks = list(self._tasks)
@@ -303,11 +381,6 @@ class Replicator:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._quorum.cancel()
-
-    def _dial(self, url: str) -> None:
-        dialer = Dialer(url, functools.partial(self._session, url=url), settings=self.transport, random=self._random)
-        dialer.start()
-        self._dialers.append(dialer)
 
     async def accept(self, conn: PeerConnection) -> None:
         """Run a session on a link a peer opened (the ``/v1/peer`` endpoint calls this)."""
@@ -354,21 +427,28 @@ class Replicator:
         for link in list(self._links):
             if link.peer is not None and self.cuts.blocks(link.peer.replica_id, link.peer.region):
                 await self._close_link(link, LINK_CUT, "link cut by an operator")
-        for dialer in list(self._dialers):
-            peer_id = self._peer_ids.get(dialer.url)
-            if peer_id is not None and self.cuts.blocks(peer_id, self.cuts.known.get(peer_id, "")):
-                self._dialers.remove(dialer)
+        for key, dialer in list(self._dialer_by_key.items()):
+            if self._is_cut(key):
+                del self._dialer_by_key[key]
                 await dialer.close()
 
     def heal(self, *, peer: str | None = None, region: str | None = None) -> None:
         """Heal the cut of ``peer`` or ``region`` (neither: every cut) and dial the configured peers again."""
         self.cuts.heal(peer=peer, region=region)
-        dialing = {dialer.url for dialer in self._dialers}
+        if not self._running:
+            return
         for url in self.peer_urls:
-            peer_id = self._peer_ids.get(url)
-            cut = peer_id is not None and self.cuts.blocks(peer_id, self.cuts.known.get(peer_id, ""))
-            if self._running and url not in dialing and not cut:
-                self._dial(url)
+            if url not in self._dialer_by_key and not self._is_cut(url):
+                self._dial(url, url)
+        scheme = "wss" if self.transport.ssl_context is not None else "ws"
+        for key, target in self._targets.items():
+            if key not in self._dialer_by_key and key not in self._self_keys and not self._is_cut(key):
+                self._dial(key, target.url(scheme=scheme, path=self.peer_path), (target.host, target.port))
+
+    def _is_cut(self, key: str) -> bool:
+        """Whether the peer last met on the link of ``key`` (a peer URL or a membership target) is cut."""
+        peer_id = self._peer_ids.get(key)
+        return peer_id is not None and self.cuts.blocks(peer_id, self.cuts.known.get(peer_id, ""))
 
     @property
     def truncated(self) -> dict[str, int]:
@@ -393,6 +473,9 @@ class Replicator:
     async def _session(self, conn: PeerConnection, *, url: str | None = None) -> None:
         node = self.node
         loop = asyncio.get_running_loop()
+        nonce = self._nonce()
+        if url is not None:
+            self._dial_nonces[nonce] = url  # so that a link from ourselves is recognised (_own_dialed_link)
         proto = sp.PeerProtocol(
             our=PeerInfo(
                 # Stable across restarts: acks and quorum membership key on it.
@@ -402,7 +485,7 @@ class Replicator:
                 epoch=node.storage.identity.epoch,
             ),
             secret=self._secret,
-            nonce=self._nonce(),
+            nonce=nonce,
             now=loop.time(),
             our_vector=await node.version_vector(),
             config=self._sync_config,
@@ -417,17 +500,25 @@ class Replicator:
             asyncio.create_task(self._effects_loop(link, link.events, link.events_ready), name="peer effects"),
             asyncio.create_task(self._effects_loop(link, link.reads, link.reads_ready), name="peer reads"),
         ]
+        first = url is None
         try:
             while not link.closed:
                 data = await conn.recv()
                 if data is None:
                     break
+                if first:
+                    first = False
+                    own = self._own_dialed_link(data)
+                    if own is not None:
+                        self._spawn(self._dialed_ourselves(own), "self")
+                        break
                 self.stats["messages_in"] += 1
                 self.stats["bytes_in"] += len(data)
                 link.traffic.messages_in += 1
                 link.traffic.bytes_in += len(data)
                 self._input(link, functools.partial(sp.PeerProtocol.receive_message, data=data))
         finally:
+            self._dial_nonces.pop(nonce, None)
             if not link.closed:
                 self._input(link, lambda p: p.receive_eof())
             await self._close_link(link, getattr(conn, "close_code", None) or 1000, "closed")
@@ -545,10 +636,20 @@ class Replicator:
                 logger.exception("log truncation failed")
 
     async def truncate_once(self) -> int:
-        """Truncate the node's log to what every configured peer acknowledged; return entries removed."""
-        if not self.peer_urls or any(url not in self._peer_ids for url in self.peer_urls):
-            return 0  # a configured peer we cannot name yet holds every origin at 0
-        peers = sorted({self._peer_ids[url] for url in self.peer_urls})
+        """Truncate the node's log to what every member acknowledged; return entries removed.
+
+        The members are the configured peers and those membership finds now; a peer that left
+        membership still counts for ``removed_peer_grace`` seconds (:func:`sync.truncation.pinning_peers`).
+        """
+        keys = self._member_keys()
+        if any(key not in self._peer_ids for key in keys):
+            return 0  # a member we cannot name yet holds every origin at 0
+        now = asyncio.get_running_loop().time()
+        grace = self.settings.removed_peer_grace
+        self._departed = {p: t for p, t in self._departed.items() if now - t < grace}
+        peers = pinning_peers({self._peer_ids[key] for key in keys}, self._departed, now=now, grace=grace)
+        if not peers:
+            return 0  # nobody to replicate to: keep the log for whoever comes
         for peer in peers:
             latest = self._acks.get(peer)
             if latest is not None and self._acks_stored.get(peer) != latest:
@@ -695,6 +796,7 @@ class _LinkContext:
             logger.warning("more replicas of our region than region_replicas says", extra={"peer": peer.replica_id})
         if link.url is not None:
             rep._peer_ids[link.url] = peer.replica_id
+            rep._departed.pop(peer.replica_id, None)  # back in membership
         rep.meter.peer_seen(peer.replica_id, peer.region)
         rep.cuts.seen(peer.replica_id, peer.region)
         if rep.cuts.blocks(peer.replica_id, peer.region):
@@ -721,9 +823,8 @@ class _LinkContext:
         link.events.clear()
         link.events.extend(kept)
         link.reads.clear()
-        dialer = next((d for d in rep._dialers if link.url is not None and d.url == link.url), None)
+        dialer = rep._dialer_by_key.pop(link.url, None) if link.url is not None else None
         if dialer is not None:
-            rep._dialers.remove(dialer)
 
             async def stop() -> None:
                 # Close first (idempotent), so that stopping the dialer, which ends this session, cannot cut

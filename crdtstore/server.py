@@ -40,6 +40,7 @@ from crdtstore.config import (
     cluster_secret,
     peer_ssl_context,
 )
+from crdtstore.membership import HostsFileResolver, Membership, Resolver, SystemResolver, parse_peer_name
 from crdtstore.node import Node, NodeConfig
 from crdtstore.region import Region
 from crdtstore.replicator import Replicator, ReplicatorSettings
@@ -91,6 +92,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
     node = Node(
         NodeConfig(
             region=config.region,
+            replica_name=config.replica_name,
             data_dir=config.data,
             sync=not config.no_sync,
             max_map_size=config.max_map_size,
@@ -100,7 +102,7 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
     )
     auth = AuthPolicy(tokens=tokens, public_metrics=config.public_metrics, anonymous=anonymous)
     secret = cluster_secret(config, env=env)
-    if config.peers and secret is None:
+    if (config.peers or config.peer_dns) and secret is None:
         raise ConfigError("--peer needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
     if config.peer_port is not None and secret is None:
         raise ConfigError("--peer-port needs a cluster secret (--cluster-secret-file or CRDTSTORE_CLUSTER_SECRET)")
@@ -114,9 +116,13 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
             peers=config.peers,
             region=config.region,
             region_replicas=config.region_replicas,
+            membership=membership(config),
+            peer_path=PEER_PATH,
             transport=transport,
             sync_config=SyncConfig(anti_entropy_interval=config.anti_entropy_interval),
-            settings=ReplicatorSettings(quorum_timeout=config.quorum_timeout),
+            settings=ReplicatorSettings(
+                quorum_timeout=config.quorum_timeout, removed_peer_grace=config.removed_peer_grace
+            ),
         )
     return build_app(
         Region(node, replicator=replicator),
@@ -127,6 +133,18 @@ def build_server_app(config: ServeConfig, *, env: Mapping[str, str], wan: WanCon
         peer_links=config.peer_port is None,
         version_key=version_key(secret=secret, data_dir=config.data),
     )
+
+
+def membership(config: ServeConfig) -> Membership | None:
+    """Peers found by ``--peer-dns`` names (on ``--peer-hosts-file`` if given, else DNS), or None without any."""
+    if not config.peer_dns:
+        return None
+    port = config.peer_port or config.port
+    names = [parse_peer_name(name, default_port=port) for name in config.peer_dns]
+    resolver: Resolver = (
+        SystemResolver() if config.peer_hosts_file is None else HostsFileResolver(config.peer_hosts_file)
+    )
+    return Membership(names, resolver=resolver, interval=config.peer_dns_interval)
 
 
 def transport_settings(config: ServeConfig) -> TransportSettings:

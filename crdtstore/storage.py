@@ -420,6 +420,7 @@ class Storage:
         max_dbs: int = 16,
         max_readers: int = 126,
         shape: MerkleShape | None = None,
+        name: str | None = None,
     ) -> Storage:
         """Open (or create) the replica directory ``path`` and start a new epoch.
 
@@ -437,6 +438,8 @@ class Storage:
             max_dbs: Named databases allowed (at least ``len(DB_NAMES)``).
             max_readers: Concurrent read transactions allowed.
             shape: Merkle tree shape; must match the directory's and the peers'.
+            name: Put into a new directory's base id, ``f"{region}-{name}-{random}"`` (a pod's
+                ordinal: ids then say which pod holds them); the random part still makes it unique.
 
         Raises:
             IncompatibleStorage: The directory was created for another region,
@@ -445,6 +448,8 @@ class Storage:
         """
         shape = shape if shape is not None else MerkleShape()
         _check_name("region", region)
+        if name is not None:
+            _check_name("name", name)
         if max_dbs < len(DB_NAMES):
             raise ValueError(f"max_dbs must be at least {len(DB_NAMES)}")
         if map_size > max_map_size:
@@ -467,7 +472,10 @@ class Storage:
             # forever and make the file grow; clear such stale slots now.
             env.reader_check()
             _restore_map_size(env, map_size, max_map_size)
-            storage = cls._init(env, region=region, random_id=random_id, shape=shape, max_map_size=max_map_size)
+            prefix = region if name is None else f"{region}-{name}"
+            storage = cls._init(
+                env, region=region, prefix=prefix, random_id=random_id, shape=shape, max_map_size=max_map_size
+            )
             storage.meta_sync_deferred = sync and metasync
         except BaseException:
             env.close()
@@ -480,6 +488,7 @@ class Storage:
         env: lmdb.Environment,
         *,
         region: str,
+        prefix: str,
         random_id: Callable[[], str],
         shape: MerkleShape,
         max_map_size: int,
@@ -492,7 +501,7 @@ class Storage:
             if base_raw is None:
                 if txn.stat(dbs["docs"])["entries"] or txn.stat(dbs["log"])["entries"]:
                     raise IncompatibleStorage("directory holds data but no replica identity")
-                base = f"{region}-{_check_name('random_id()', random_id())}"
+                base = f"{prefix}-{_check_name('random_id()', random_id())}"
                 epoch = 1
                 txn.put(_META_FORMAT, _U32.pack(FORMAT_VERSION), db=meta)
                 txn.put(_META_REGION, region.encode(), db=meta)

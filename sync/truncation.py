@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["min_acked", "truncation_vector"]
+__all__ = ["min_acked", "pinning_peers", "truncation_vector"]
 
 
 def min_acked(vectors: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -41,3 +41,26 @@ def truncation_vector(
     """
     floor = min_acked([acked.get(p, {}) for p in peers])
     return {o: min(s, our_vector.get(o, 0)) for o, s in floor.items() if min(s, our_vector.get(o, 0)) > 0}
+
+
+def pinning_peers(members: Iterable[str], departed: Mapping[str, float], *, now: float, grace: float) -> list[str]:
+    """The peers whose acknowledgements bound truncation: the ``peers`` of :func:`truncation_vector`.
+
+    Every member pins, up or down: a member that is down (a pod restarting,
+    a region cut off) is expected back, and catching up from the log costs
+    only what it missed, where anti-entropy would compare whole trees. A peer
+    that left membership (its name no longer resolves to it: the StatefulSet
+    was scaled down) pins for ``grace`` seconds after it left, so a pod that
+    is only being moved does not lose its place, and then no longer: nothing
+    would otherwise ever release the log it held back. If it comes back later
+    it catches up through anti-entropy (``LogTruncated``).
+
+    Args:
+        members: Peer replica ids in membership now.
+        departed: Peer replica id -> when it left membership (the caller's clock).
+        now: The same clock.
+        grace: Seconds a departed peer still pins.
+    """
+    pinning = set(members)
+    pinning.update(p for p, left in departed.items() if now - left < grace)
+    return sorted(pinning)

@@ -179,8 +179,13 @@ async def dial(
     *,
     settings: TransportSettings,
     headers: Mapping[str, str] | None = None,
+    address: tuple[str, int] | None = None,
 ) -> ClientPeerConnection:
     """Open a peer link to ``url`` (``ws://`` or ``wss://``).
+
+    ``address`` is where to connect when the caller resolved the URL's host itself (membership from DNS
+    resolves a name to several replicas): the URL's host still names the peer in the handshake and, over
+    TLS, is the name its certificate must hold.
 
     Raises:
         OSError: TCP failed (refused, reset, unreachable), or TLS did (``ssl.SSLError``: a
@@ -194,6 +199,8 @@ async def dial(
         if not url.startswith("wss://"):
             raise ValueError(f"a TLS context is set but {url} is not a wss:// URL")
         tls["ssl"] = settings.ssl_context
+    if address is not None:
+        tls["host"], tls["port"] = address  # create_connection's own; the URL's host stays the TLS name
     ws = await connect(
         url,
         additional_headers=dict(headers or {}),

@@ -33,6 +33,7 @@ __all__ = [
     "REPO",
     "Rendered",
     "container_env",
+    "headless_name",
     "hostname_matches",
     "kubectl",
     "pod_hosts",
@@ -150,13 +151,22 @@ def container_env(rendered: Rendered, *, pod_name: str = "crdtstore-0") -> dict[
     container = rendered.container
     for source in container.get("envFrom", []):
         env.update(configmaps[source["configMapRef"]["name"]])
-    field_values = {"metadata.name": pod_name, "metadata.namespace": rendered.namespace}
+    field_values = {
+        "metadata.name": pod_name,
+        "metadata.namespace": rendered.namespace,
+        "metadata.labels['apps.kubernetes.io/pod-index']": pod_name.rpartition("-")[2],
+    }
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
         else:
             env[item["name"]] = field_values[item["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def headless_name(rendered: Rendered) -> str:
+    """The DNS name of the StatefulSet's headless Service: one record per pod, ready or not."""
+    return f"{rendered.statefulset['spec']['serviceName']}.{rendered.namespace}.svc.cluster.local"
 
 
 def pod_hosts(rendered: Rendered) -> list[str]:

@@ -10,9 +10,10 @@ What a kubelet would start, on 127.0.0.1 instead of a cluster:
   dnsNames and usages plus ``IP:127.0.0.1``;
 * listeners on port 0 (``--host``/``--port``/``--peer-port`` appended, as
   flags beat the environment);
-* the cluster's DNS replaced by loopback relays (:mod:`sync.io.wanproxy`): each
-  peer URL of the manifests becomes the relay from its region to the region
-  whose pod that name is.
+* the cluster's DNS replaced by a hosts file (``CRDTSTORE_PEER_HOSTS_FILE``)
+  and loopback relays (:mod:`sync.io.wanproxy`): each peer name of the
+  manifests resolves to the relay from its region to the region whose
+  headless Service that name is.
 
 Then the probes must answer as the pod spec asks, the peer port must refuse
 a client without a certificate, a write must reach every region over mutual
@@ -43,7 +44,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync.io.wanproxy import WanController
-from tests.k8s.manifests import K8S, OVERLAYS, Rendered, container_env, pod_hosts
+from tests.k8s.manifests import K8S, OVERLAYS, Rendered, container_env, headless_name
 
 pytestmark = pytest.mark.slow
 
@@ -176,12 +177,16 @@ def start_pod(
     for name, value in env.items():
         if value.startswith("/"):
             env[name] = _local(value, mounts)
-    peers = []
-    for url in env["CRDTSTORE_PEERS"].split(","):
-        host = urlsplit(url).hostname
-        (target,) = [o for o in OVERLAYS if host in pod_hosts(rendered[o])]
-        peers.append(relays.wan.url(overlay, target, scheme="wss", path=urlsplit(url).path))
-    env["CRDTSTORE_PEERS"] = ",".join(peers)
+    # Each peer name is a region's headless Service; here it resolves (a hosts file) to the relay from
+    # this region to that one. The pod's own region has no other pod in this test: no record.
+    hosts = []
+    for item in env["CRDTSTORE_PEER_DNS"].split(","):
+        name = item.rpartition(":")[0]
+        (target,) = [o for o in OVERLAYS if name == headless_name(rendered[o])]
+        if target != overlay:
+            hosts.append(f"{name} 127.0.0.1:{urlsplit(relays.wan.url(overlay, target)).port}\n")
+    (base / "hosts").write_text("".join(hosts), encoding="utf-8")
+    env["CRDTSTORE_PEER_HOSTS_FILE"] = str(base / "hosts")
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("CRDTSTORE_")} | env
     script = Path(sys.executable).parent / container["command"][0]
     cmd = [str(script), *container["command"][1:], *container["args"]]

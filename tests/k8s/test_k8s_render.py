@@ -10,21 +10,20 @@ from __future__ import annotations
 import tomllib
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from crdtstore.cli import build_parser
 from crdtstore.config import SETTINGS, resolve
-from crdtstore.server import PEER_PATH
+from crdtstore.membership import parse_peer_name
 from tests.k8s.manifests import (
     K8S,
     OVERLAYS,
     REPO,
     Rendered,
     container_env,
+    headless_name,
     hostname_matches,
-    pod_hosts,
     selector_matches,
 )
 
@@ -87,9 +86,12 @@ def test_regions_differ_only_in_region_peers_and_names(rendered: dict[str, Rende
     envs = {overlay: container_env(r) for overlay, r in rendered.items()}
     assert {overlay: env["CRDTSTORE_REGION"] for overlay, env in envs.items()} == {o: o for o in OVERLAYS}
     shared = [
-        {k: v for k, v in env.items() if k not in ("CRDTSTORE_REGION", "CRDTSTORE_PEERS")} for env in envs.values()
+        {k: v for k, v in env.items() if k not in ("CRDTSTORE_REGION", "CRDTSTORE_PEER_DNS")} for env in envs.values()
     ]
     assert all(env == shared[0] for env in shared)
+    # Every region resolves the same names (its own first): only the order differs.
+    names = [sorted(env["CRDTSTORE_PEER_DNS"].split(",")) for env in envs.values()]
+    assert all(n == names[0] for n in names)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -157,22 +159,44 @@ def _bytes(resources: dict[str, Any]) -> int:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_peers_are_every_other_region_by_a_name_its_certificate_holds(
+def test_peers_are_every_regions_headless_service_by_a_name_its_certificate_holds(
     rendered: dict[str, Rendered], overlay: str
 ) -> None:
     config = resolve({}, env=container_env(rendered[overlay]))
+    assert config.peers == ()  # no fixed URL: every peer is found by name
     reached = []
-    for url in config.peers:
-        parts = urlsplit(url)
-        assert parts.scheme == "wss" and parts.path == PEER_PATH
-        (target,) = [r for r in rendered.values() if parts.hostname in pod_hosts(r)]
+    for item in config.peer_dns:
+        peer = parse_peer_name(item, default_port=config.peer_port or config.port)
+        (target,) = [r for r in rendered.values() if headless_name(r) == peer.name]
         reached.append(target.overlay)
-        assert parts.port == target.container_port("peer")
+        assert peer.port == target.container_port("peer")
         headless = target.one("Service", target.statefulset["spec"]["serviceName"])
-        assert [p["port"] for p in headless["spec"]["ports"]] == [parts.port]
+        # One record per pod, a pod that is not ready included: it must catch up before it is.
+        assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+        assert [p["port"] for p in headless["spec"]["ports"]] == [peer.port]
+        # The replicas are dialed by address with this name as the TLS name: the certificate must hold it.
         names = target.one("Certificate")["spec"]["dnsNames"]
-        assert any(hostname_matches(name, parts.hostname or "") for name in names), (url, names)
-    assert sorted(reached) == sorted(o for o in OVERLAYS if o != overlay)
+        assert any(hostname_matches(name, peer.name) for name in names), (peer, names)
+    assert reached[0] == overlay and sorted(reached) == sorted(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_region_size_setting_is_the_statefulsets_replicas(rendered: dict[str, Rendered], overlay: str) -> None:
+    result = rendered[overlay]
+    config = resolve({}, env=container_env(result))
+    spec = result.statefulset["spec"]
+    assert spec["replicas"] == config.region_replicas == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_replica_is_named_by_its_pods_ordinal(rendered: dict[str, Rendered], overlay: str) -> None:
+    result = rendered[overlay]
+    (item,) = [e for e in result.container["env"] if e["name"] == "CRDTSTORE_REPLICA_NAME"]
+    # The label the StatefulSet controller puts on each pod (Kubernetes 1.28 and later).
+    assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    names = [resolve({}, env=container_env(result, pod_name=f"crdtstore-{i}")).replica_name for i in range(3)]
+    assert names == ["0", "1", "2"]
 
 
 def test_certificate_name_matching_follows_rfc_6125() -> None:
