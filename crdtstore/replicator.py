@@ -279,10 +279,17 @@ class Replicator:
 
     @property
     def cluster_size(self) -> int:
-        """Replicas in the cluster: this node and its members (a member not yet identified counts once)."""
+        """Replicas in the cluster: this node, its members, and those that left less than the grace ago.
+
+        A member not yet identified counts once. A replica that left membership keeps counting for
+        ``removed_peer_grace`` seconds, as it keeps pinning the log: a name that answers nothing for a
+        while (a remote region's DNS down) must not shrink ``quorum`` below what writes were acked at.
+        """
         keys = self._member_keys()
         known = {self._peer_ids[key] for key in keys if key in self._peer_ids}
-        return 1 + len(known) + sum(key not in self._peer_ids for key in keys)
+        now, grace = self.now(), self.settings.removed_peer_grace
+        departed = {peer for peer, left in self._departed.items() if now - left < grace}
+        return 1 + len(known | departed) + sum(key not in self._peer_ids for key in keys)
 
     @property
     def _dialers(self) -> list[Dialer]:
