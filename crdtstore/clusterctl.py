@@ -110,6 +110,7 @@ class NodeStatus:
     stats: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     root: str = ""
+    cuts: list[str] = field(default_factory=list)  # links this node cut (``/v1/admin/links/cut``)
     error: str | None = None
 
 
@@ -133,8 +134,18 @@ def fetch_status(nodes: Mapping[str, str], token: str) -> list[NodeStatus]:
             status.stats = {k: int(v) for k, v in (links.get("stats") or {}).items()}
             status.quarantined = len(links.get("quarantine") or [])
             status.root = str(merkle.get("root", ""))
+            status.cuts = _node_cuts(url, token)
         out.append(status)
     return out
+
+
+def _node_cuts(url: str, token: str) -> list[str]:
+    """``region:eu``, ``peer:ID``: what the node at ``url`` cut; none from a node without the link-cut API."""
+    try:
+        cut = admin_call(f"{url}/v1/admin/links/cut", token).get("cut") or {}
+    except AdminError:  # an older node (404) or none to cut with: nothing it cut
+        return []
+    return [f"region:{r}" for r in cut.get("regions", [])] + [f"peer:{p}" for p in cut.get("peers", [])]
 
 
 def _peer_regions(peers: Sequence[str]) -> str:
@@ -145,14 +156,15 @@ def _peer_regions(peers: Sequence[str]) -> str:
 
 def render_status(statuses: Sequence[NodeStatus], *, cut: list[list[str]] | None = None) -> str:
     """A table of nodes, then whether their Merkle roots agree, then the cut links (when known)."""
-    rows = [("node", "url", "state", "replica", "peers", "msgs in/out", "quarantined", "merkle root")]
+    rows = [("node", "url", "state", "replica", "peers", "msgs in/out", "quarantined", "merkle root", "cut here")]
     for s in statuses:
         if s.error is not None:
-            rows.append((s.name, s.url, s.error, "", "", "", "", ""))
+            rows.append((s.name, s.url, s.error, "", "", "", "", "", ""))
             continue
         traffic = f"{s.stats.get('messages_in', 0)}/{s.stats.get('messages_out', 0)}"
         peers = _peer_regions(s.peers)
-        rows.append((s.name, s.url, "up", s.replica_id, peers, traffic, str(s.quarantined), s.root[:16]))
+        cuts = ",".join(s.cuts) or "-"
+        rows.append((s.name, s.url, "up", s.replica_id, peers, traffic, str(s.quarantined), s.root[:16], cuts))
     lines = [format_table(rows)]
     roots = {s.root for s in statuses if s.error is None}
     if len(roots) == 1 and len(statuses) > 1 and all(s.error is None for s in statuses):

@@ -95,6 +95,12 @@ def test_isolate_and_heal_from_the_cli_against_node_urls(tmp_path: Path, capsys:
             assert await asyncio.to_thread(main, "isolate", "ap") == 0
             assert await linked(cluster, "ap")
             assert await linked(cluster, "us", "eu") and await linked(cluster, "eu", "us")
+            # `status` shows each node's cuts (read scope is enough to see them).
+            capsys.readouterr()
+            urls = [cluster.url(name) for name in ("us", "eu", "ap")]
+            assert await asyncio.to_thread(cli.main, ["status", *urls, "--token", ADMIN_TOKEN]) == 0
+            rows = {line.split()[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()[1:4]}
+            assert rows == {"us": "region:ap", "eu": "region:ap", "ap": "region:eu,region:us"}, rows
             assert await asyncio.to_thread(main, "heal") == 0
             assert await linked(cluster, "ap", "us", "eu")
             assert await asyncio.to_thread(main, "partition", "us", "eu") == 0
