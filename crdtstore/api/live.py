@@ -42,6 +42,7 @@ from crdtstore.api.auth import Scope
 from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, error_response, status_and_body
+from crdtstore.api.live_batches import BatchLedger, batch_key, ledger_for
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.patches import before, patches
@@ -52,8 +53,9 @@ __all__ = ["LiveSettings", "configure", "live_channel"]
 
 logger = logging.getLogger("crdtstore.api.live")
 
-# A batch id's outcome: ("ok", sealed version, the WriteResult) or ("error", the error body, None).
-BatchOutcome = tuple[str, Any, Any]
+# A batch id's outcome: ("ok", sealed version, the WriteResult, whether this process applied it)
+# or ("error", the error body, None, False).
+BatchOutcome = tuple[str, Any, Any, bool]
 
 _COALESCE_MAX = 256  # messages in one coalesced frame
 CLOSE_SLOW_READER = 4008
@@ -71,7 +73,8 @@ class LiveSettings:
         presence_bytes: Largest presence state (encoded).
         presence_per_second: Presence updates a connection may send per second (a burst of as many).
         presence_ttl: Seconds a presence lives without a refresh.
-        remembered_batches: Batch ids kept for resends, per app (oldest forgotten first).
+        remembered_batches: Batch ids kept for resends (oldest forgotten first): in memory, and on disk
+            with the writes they name (:mod:`crdtstore.api.live_batches`), so a restart forgets none.
         max_batch_id: Longest batch id (characters).
     """
 
@@ -142,6 +145,14 @@ class LiveHub:
             collections.OrderedDict()
         )
         self.ids = itertools.count(1)
+        self._ledger: BatchLedger | None = None
+
+    @property
+    def ledger(self) -> BatchLedger:
+        """Where a batch's id is recorded with its write (built at first use: after :func:`configure`)."""
+        if self._ledger is None:
+            self._ledger = ledger_for(self.ctx.node, keep=self.settings.remembered_batches)
+        return self._ledger
 
     def join(self, doc_id: str, conn: LiveConn) -> DocChannel:
         channel = self.channels.get(doc_id)
@@ -589,7 +600,7 @@ class LiveConn:
             task = asyncio.get_running_loop().create_task(self._commit(key, ops, future))
             _COMMITS.add(task)
             task.add_done_callback(_COMMITS.discard)
-        outcome, value, result = await asyncio.shield(future)
+        outcome, value, result, applied = await asyncio.shield(future)
         if outcome != "ok":
             self.push(orjson.dumps({"type": "error", "id": batch_id, **value}).decode())
             return
@@ -597,7 +608,7 @@ class LiveConn:
         await self.channel.until_contains(result.version)
         await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
         ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value}
-        if not new:
+        if not new or not applied:
             ack["again"] = True
         self.push(orjson.dumps(ack).decode())
 
@@ -607,16 +618,17 @@ class LiveConn:
         channel.applying += 1
         seq: int | None = None
         try:
-            result = await ctx.node.apply(self.doc_id, ops)
-            seq = result.seq or None
-            future.set_result(("ok", seal_version(result.version, self.doc_id, ctx.version_key), result))
+            result, applied = await self.hub.ledger.apply_once(self.doc_id, ops, batch_key(*key))
+            # A batch applied before a restart: its change went out then, nothing of it comes now.
+            seq = (result.seq or None) if applied else None
+            future.set_result(("ok", seal_version(result.version, self.doc_id, ctx.version_key), result, applied))
         except Exception as exc:
             status, body, _ = status_and_body(exc)
             if status >= 500:
                 self.hub.forget(key)  # transient (overloaded, closing): a resend may try again
                 if status not in (503, 504):
                     logger.error("live batch failed", exc_info=exc)
-            future.set_result(("error", {"status": status, **body}, None))
+            future.set_result(("error", {"status": status, **body}, None, False))
         finally:
             channel.batch_done(seq, (self, key[2]) if seq is not None else None)
 
