@@ -66,8 +66,8 @@ MAX_ELEMENTS = 1 << 28
 # that extending (which copies the content) stays O(1) amortized.
 RUN_MAX = 256
 # Reading an index against an older version goes through the current view
-# when that version lacks at most this many visible pieces (and no deleter).
-_RECENT_MAX = 512
+# when that version lacks few visible pieces (and no deleter): at least this many.
+_RECENT_MIN = 16
 
 Content = str | list[Any]
 # An insert as shipped: (replica, counter, lamport, origin, content-or-length).
@@ -497,9 +497,9 @@ class Sequence:
         return None
 
     def length_at(self, seen: CausalContext) -> int:
-        recent = self._recent(seen)
-        if recent is not None:
-            return self.total - sum(n for _, n in recent)
+        pieces = self._recent_pieces(seen)
+        if pieces is not None:
+            return self.total - sum(hi - lo for _, lo, hi in pieces)
         return sum(hi - lo for _, lo, hi in self._visible_at(seen))
 
     def _recent(self, seen: CausalContext) -> list[tuple[int, int]] | None:
@@ -507,13 +507,31 @@ class Sequence:
 
         Returns the visible elements ``seen`` lacks as ``(index, length)``
         intervals of the current view, sorted; or None when the shortcut
-        does not apply: a deleter ``seen`` lacks (the old view then holds
-        elements the current one lost), or more than ``_RECENT_MAX`` such
-        pieces. An editor's version is usually a few commits old, so this is
-        O(deletion segments + pieces x log n) where the walk in
-        :meth:`_visible_at` is O(items): under 50 concurrent typists that
-        walk was most of a write's cost.
+        does not apply (see :meth:`_recent_pieces`). An editor's version is
+        usually a few commits old, so this is O(deletion segments + pieces x
+        log n) where the walk in :meth:`_visible_at` is O(items): under 50
+        concurrent typists that walk was most of a write's cost.
         """
+        pieces = self._recent_pieces(seen)
+        if pieces is None:
+            return None
+        located: list[tuple[int, int]] = []
+        for replica, lo, hi in pieces:
+            index = self.index_of((replica, lo))
+            assert index is not None  # a visible piece
+            located.append((index, hi - lo))
+        located.sort()
+        return located
+
+    def _recent_pieces(self, seen: CausalContext) -> list[tuple[str, int, int]] | None:
+        """The visible runs ``(replica, lo, hi)`` that ``seen`` lacks, or None where the walk must answer.
+
+        None: a deleter ``seen`` lacks (the old view then holds elements the
+        current one lost), or more pieces than the walk would cost: about one
+        per 32 items (a piece is located in O(log n + BLOCK_MAX), an item
+        walked costs a few comparisons).
+        """
+        limit = max(_RECENT_MIN, 2 * len(self.blocks))
         ranges = seen.ranges
         for dr, d0, dstep, _, _, _, n in self.deletions:
             if not _covered(ranges.get(dr), d0, d0 + (n if dstep else 1)):
@@ -525,17 +543,11 @@ class Sequence:
             gap_lo = 0
             for k in range(0, len(flat) + 1, 2):
                 gap_hi = flat[k] if k < len(flat) else _KEY
-                if gap_lo < gap_hi and not _pieces(starts, groups, gap_lo, gap_hi, out):
+                if gap_lo < gap_hi and not _pieces(starts, groups, gap_lo, gap_hi, out, limit):
                     return None
                 if k + 1 < len(flat):
                     gap_lo = flat[k + 1]
-        located: list[tuple[int, int]] = []
-        for replica, lo, hi in out:
-            index = self.index_of((replica, lo))
-            assert index is not None  # a visible piece
-            located.append((index, hi - lo))
-        located.sort()
-        return located
+        return out
 
     def _ids_skipping(self, recent: list[tuple[int, int]], start: int, count: int) -> list[Dot] | None:
         """:meth:`ids_at` through the current view, skipping the ``recent`` intervals the old view lacks."""
@@ -1264,15 +1276,17 @@ def _covered(flat: list[int] | None, lo: int, hi: int) -> bool:
     return bool(i & 1) and hi <= flat[i]
 
 
-def _pieces(starts: list[int], groups: list[list[Item]], lo: int, hi: int, out: list[tuple[str, int, int]]) -> bool:
-    """Add to ``out`` the visible parts of one replica's items inside ids ``[lo, hi)``; False past ``_RECENT_MAX``."""
+def _pieces(
+    starts: list[int], groups: list[list[Item]], lo: int, hi: int, out: list[tuple[str, int, int]], limit: int
+) -> bool:
+    """Add to ``out`` the visible parts of one replica's items inside ids ``[lo, hi)``; False past ``limit``."""
     k = max(0, bisect_right(starts, lo) - 1)
     while k < len(starts) and starts[k] < hi:
         for it in groups[k]:
             a, b = max(lo, it.counter), min(hi, it.counter + it.length)
             if a < b and it.content is not None:
                 out.append((it.replica, a, b))
-                if len(out) > _RECENT_MAX:
+                if len(out) > limit:
                     return False
         k += 1
     return True
