@@ -610,17 +610,26 @@ class Sequence:
                     a, b = t0 - (hi - 1 - d0), t0 - (lo - d0) + 1
                 ranges_add(deleted.setdefault(tr, []), a, b)
         ranges = seen.ranges
-        for it in self._items():
-            flat = ranges.get(it.replica)
-            if flat is None:
-                continue
-            gone = deleted.get(it.replica)
-            for lo, hi in _intersect(flat, it.counter, it.counter + it.length):
-                if gone is None:
-                    yield (it.replica, lo, hi)
-                else:
-                    for a, b in _subtract(gone, lo, hi):
-                        yield (it.replica, a, b)
+        # A replica's seen dots are mostly one range (a compact vector): an item wholly inside it, with
+        # nothing of the replica deleted, is yielded as it is, without the generic intersection.
+        whole = {r: (f[0], f[1]) for r, f in ranges.items() if len(f) == 2 and r not in deleted}
+        for blk in self.blocks:
+            for it in blk.items:
+                replica = it.replica
+                lo, hi = it.counter, it.counter + it.length
+                bounds = whole.get(replica)
+                if bounds is not None and bounds[0] <= lo and hi <= bounds[1]:
+                    yield (replica, lo, hi)
+                    continue
+                flat = ranges.get(replica)
+                if flat is None:
+                    continue
+                gone = deleted.get(replica)
+                for a, b in _intersect(flat, lo, hi):
+                    if gone is None:
+                        yield (replica, a, b)
+                    else:
+                        yield from ((replica, x, y) for x, y in _subtract(gone, a, b))
 
     # Public methods for joining.
 
