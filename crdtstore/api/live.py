@@ -58,6 +58,7 @@ logger = logging.getLogger("crdtstore.api.live")
 BatchOutcome = tuple[str, Any, Any, bool]
 
 _COALESCE_MAX = 256  # messages in one coalesced frame
+_OWNED_MAX = 4096
 CLOSE_SLOW_READER = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
@@ -246,10 +247,11 @@ class DocChannel:
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
         self.applying = 0  # batches of live connections inside node.apply
-        self.owned: dict[int, tuple[LiveConn, str]] = {}  # local log seq -> the connection and batch id it came from
+        # Local log seq -> the connection and batch id it came from: set by the write's commit hook, which
+        # runs before the feed's followers see the record, so the follower never waits to know the owner.
+        self.owned: dict[int, tuple[LiveConn, str]] = {}
         self.presence: dict[str, _Presence] = {}  # client name -> its presence, local and relayed
         self._advanced = asyncio.Event()
-        self._applied = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -271,11 +273,8 @@ class DocChannel:
                 raise ApiError(503, "unavailable", "the document's live channel failed")
             await self._advanced.wait()
 
-    def batch_done(self, seq: int | None, owner: tuple[LiveConn, str] | None) -> None:
+    def batch_done(self) -> None:
         self.applying -= 1
-        if seq is not None and owner is not None:
-            self.owned[seq] = owner
-        self._applied.set()
         if not self.conns and self.applying == 0 and self.hub.channels.get(self.doc_id) is self:
             del self.hub.channels[self.doc_id]
             self.stop()
@@ -332,11 +331,9 @@ class DocChannel:
         owner = None
         seq = record.get("origin_seq")
         if origin == "local" and isinstance(seq, int):
-            # Our own commit: if a live batch is still on its way back from node.apply, it may be this one.
-            while seq not in self.owned and self.applying > 0:
-                self._applied.clear()
-                await self._applied.wait()
             owner = self.owned.pop(seq, None)
+            if len(self.owned) > _OWNED_MAX:  # owners of records this follower skipped (a resync)
+                self.owned = {s: o for s, o in self.owned.items() if s > seq}
         if changes or version != old_version:
             key = self.hub.ctx.version_key
             message: dict[str, Any] = {
@@ -616,11 +613,14 @@ class LiveConn:
         ctx = self.hub.ctx
         channel = self.channel
         channel.applying += 1
-        seq: int | None = None
+
+        def owned(result: Any) -> None:
+            if result.seq:
+                channel.owned[result.seq] = (self, key[2])
+
         try:
-            result, applied = await self.hub.ledger.apply_once(self.doc_id, ops, batch_key(*key))
-            # A batch applied before a restart: its change went out then, nothing of it comes now.
-            seq = (result.seq or None) if applied else None
+            # A batch applied before a restart is not owned: its change went out then, nothing of it comes now.
+            result, applied = await self.hub.ledger.apply_once(self.doc_id, ops, batch_key(*key), on_commit=owned)
             future.set_result(("ok", seal_version(result.version, self.doc_id, ctx.version_key), result, applied))
         except Exception as exc:
             status, body, _ = status_and_body(exc)
@@ -630,7 +630,7 @@ class LiveConn:
                     logger.error("live batch failed", exc_info=exc)
             future.set_result(("error", {"status": status, **body}, None, False))
         finally:
-            channel.batch_done(seq, (self, key[2]) if seq is not None else None)
+            channel.batch_done()
 
     def _error(self, batch_id: Any, exc: BaseException) -> None:
         status, body, _ = status_and_body(exc)

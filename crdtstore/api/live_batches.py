@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -57,8 +58,19 @@ def batch_key(principal: str, doc_id: str, batch_id: str) -> bytes:
 class BatchLedger(Protocol):
     """Applies a batch unless its id was recorded, and records it in the write's own transaction."""
 
-    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes) -> tuple[WriteResult, bool]:
+    async def apply_once(
+        self,
+        doc_id: str,
+        ops: list[dict[str, Any]],
+        key: bytes,
+        *,
+        on_commit: Callable[[WriteResult], None] | None = None,
+    ) -> tuple[WriteResult, bool]:
         """The batch's write result, and True when this call applied it (False: a known id, nothing applied).
+
+        Args:
+            on_commit: Called on the event loop once the write committed, in the same step as the
+                change feed's own hook (so before any follower sees the change); not for a known id.
 
         Raises:
             What ``Node.apply`` raises; a refused batch records nothing.
@@ -81,12 +93,26 @@ class NodeLedger:
         self.node = node
         self.keep = keep
 
-    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes) -> tuple[WriteResult, bool]:
+    async def apply_once(
+        self,
+        doc_id: str,
+        ops: list[dict[str, Any]],
+        key: bytes,
+        *,
+        on_commit: Callable[[WriteResult], None] | None = None,
+    ) -> tuple[WriteResult, bool]:
         node = self.node
         node._require_running()
-        return await node.writer.submit(lambda ctx: self._txn(ctx, doc_id, ops, key))  # type: ignore[no-any-return]
+        return await node.writer.submit(lambda ctx: self._txn(ctx, doc_id, ops, key, on_commit))  # type: ignore[no-any-return]
 
-    def _txn(self, ctx: Any, doc_id: str, ops: list[dict[str, Any]], key: bytes) -> tuple[WriteResult, bool]:
+    def _txn(
+        self,
+        ctx: Any,
+        doc_id: str,
+        ops: list[dict[str, Any]],
+        key: bytes,
+        on_commit: Callable[[WriteResult], None] | None,
+    ) -> tuple[WriteResult, bool]:
         txn = ctx.txn
         meta = ctx.storage.dbs["meta"]
         known = txn.get(_K + key, db=meta)
@@ -94,6 +120,8 @@ class NodeLedger:
             version, created, origin, seq = orjson.loads(known)
             return WriteResult(version=version, created=created, origin=origin, seq=seq), False
         result: WriteResult = self.node._apply_txn(ctx, doc_id, ops)
+        if on_commit is not None:
+            ctx.on_commit(lambda: on_commit(result))
         raw_next = txn.get(_NEXT, db=meta)
         n = _U64.unpack(raw_next)[0] if raw_next is not None else 0
         raw_first = txn.get(_FIRST, db=meta)

@@ -136,10 +136,10 @@ class _CutAfterCommit:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.node, name)
 
-    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes) -> Any:
+    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes, **hooks: Any) -> Any:
         import anyio
 
-        outcome = await NodeLedger(self.node, keep=100).apply_once(doc_id, ops, key)
+        outcome = await NodeLedger(self.node, keep=100).apply_once(doc_id, ops, key, **hooks)
         self.committed.set()
         await anyio.to_thread.run_sync(self.cut.wait)
         return outcome
@@ -165,6 +165,55 @@ def test_a_cut_between_commit_and_ack_loses_nothing_and_doubles_nothing(tmp_path
         response = c.get("/v1/docs/d").json()
         assert response["value"] == {"n": 5}
         assert ack["version"] == response["version"]
+
+
+class _HoldBeforeCommit:
+    """The node, except that a live batch waits for the test before it is written."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    async def _hold(self) -> None:
+        import anyio
+
+        if self.entered.is_set():
+            return  # only the first write is held
+        self.entered.set()
+        await anyio.to_thread.run_sync(self.release.wait, 30)
+
+    async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Any:
+        await self._hold()
+        return await self.node.apply(doc_id, ops)
+
+    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes, **hooks: Any) -> Any:
+        await self._hold()
+        return await NodeLedger(self.node, keep=100).apply_once(doc_id, ops, key, **hooks)
+
+
+def test_a_write_from_elsewhere_is_pushed_while_a_live_batch_is_in_flight(tmp_path: Path) -> None:
+    # Regression: the channel held every local commit until no live batch was in flight (it waited to
+    # learn whether the commit was one of theirs), so a POST under steady typing was never pushed.
+    proxy = _HoldBeforeCommit(Node(NodeConfig(region="hold", data_dir=tmp_path, sync=False)))
+    app = build_app(proxy, auth=AuthPolicy(tokens=TOKENS))  # type: ignore[arg-type]
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c:
+        with c.websocket_connect(url("d")) as ws, c.websocket_connect(url("d")) as other:
+            ws.receive_json()
+            other.receive_json()
+            ws.send_json({"type": "batch", "id": "held", "ops": [{"op": "increment", "path": ["n"]}]})
+            assert proxy.entered.wait(10)
+            assert c.post("/v1/docs/d", json={"ops": [{"op": "set", "path": ["k"], "value": 1}]}).status_code == 200
+            other.send_json({"type": "presence", "state": {"name": "o"}})
+            first = ws.receive_json()
+            proxy.release.set()
+            assert first["type"] == "change" and first["patches"] == [{"path": ["k"], "value": 1}]
+            assert "batch" not in first
+            assert ws.receive_json()["type"] == "presence"
+            assert receive_until(ws, "ack")["id"] == "held"
 
 
 def test_a_restart_between_commit_and_ack_forgets_no_batch_id(tmp_path: Path) -> None:
