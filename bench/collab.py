@@ -87,6 +87,7 @@ ACK_P99_LIMIT_MS = 100.0
 DRIVER_LAG_LIMIT_MS = 20.0  # a driver typing later than this at p99 (against its schedule) is short of CPU
 SUSTAINED_FRACTION = 0.95
 RAMP_STEPS = (10, 25, 50, 100, 200, 400, 800)
+RAMP_DOWN = (5, 2, 1)  # when the first step is not sustained (a loaded machine): where the maximum lies below
 DOC_NAME = "doc"
 UP_READY_LINE = b"token (readwrite"  # what `crdtstore up` prints once every region is ready
 
@@ -575,6 +576,24 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def ramp_runs(step: Callable[[int], Run], ramp_max: int) -> list[Run]:
+    """Raise E through :data:`RAMP_STEPS` until a run is not sustained; if the first is not, lower it instead.
+
+    Bounded: at most ``len(RAMP_STEPS) + len(RAMP_DOWN)`` runs, none above ``ramp_max`` editors.
+    """
+    done: list[Run] = []
+    for editors in [e for e in RAMP_STEPS if e <= ramp_max]:
+        done.append(step(editors))
+        if not done[-1].sustained():
+            break
+    if done and not any(r.sustained() for r in done):
+        for editors in RAMP_DOWN:
+            done.append(step(editors))
+            if done[-1].sustained():
+                break
+    return done
+
+
 def summary(run: Run) -> dict[str, Any]:
     if run.error is not None:
         return {"editors": run.editors, "error": run.error}
@@ -672,15 +691,16 @@ def main(argv: list[str]) -> int:
         runs.append(main_run)
         entry["run"] = summary(main_run)
         if args.ramp:
-            ramp: list[Run] = []
-            for editors in [e for e in RAMP_STEPS if e <= args.ramp_max]:
-                print(f"{name}: ramp, {editors} editors ...", flush=True)
-                step = main_run if editors == args.editors else run_once(side, editors, args)
-                ramp.append(step)
-                if step is not main_run:
-                    runs.append(step)
-                if not step.sustained():
-                    break
+
+            def step(editors: int, side: Side = side, main_run: Run = main_run) -> Run:
+                print(f"{side.name}: ramp, {editors} editors ...", flush=True)
+                if editors == args.editors:
+                    return main_run
+                done = run_once(side, editors, args)
+                runs.append(done)
+                return done
+
+            ramp = ramp_runs(step, args.ramp_max)
             best = max((s for s in ramp if s.sustained()), key=lambda s: s.result["ops_per_s"], default=None)
             entry["ramp"] = [summary(s) for s in ramp]
             entry["max_sustained_ops_per_s"] = best.result["ops_per_s"] if best else None

@@ -504,3 +504,33 @@ def test_a_short_three_region_run_converges_and_stores_every_acknowledged_keystr
     assert r["visible_ms_across_regions"]["p50"] is not None and r["visible_ms_within_region"]["p50"] is not None
     stored = r["persisted"]
     assert stored["text_identical"] and stored["acked_missing"] == 0 and set(stored["regions"]) == {"us", "eu", "ap"}
+
+
+def _fake_runs(sustains_up_to: int) -> tuple[list[int], object]:
+    asked: list[int] = []
+
+    def step(editors: int) -> object:
+        asked.append(editors)
+        run = collab.Run("x", editors)
+        p99 = 10.0 if editors <= sustains_up_to else 500.0
+        run.result = {"ack_ms": {"p99": p99}, "offered_ops": 100, "acked_in_window": 100, "ops_per_s": editors}
+        return run
+
+    return asked, step
+
+
+def test_the_ramp_climbs_until_a_run_is_not_sustained() -> None:
+    asked, step = _fake_runs(60)
+    runs = collab.ramp_runs(step, 400)
+    assert asked == [10, 25, 50, 100] and [r.sustained() for r in runs] == [True, True, True, False]
+    asked, step = _fake_runs(10_000)
+    collab.ramp_runs(step, 200)
+    assert asked == [10, 25, 50, 100, 200]  # never past --ramp-max
+
+
+def test_the_ramp_goes_down_when_even_its_first_step_is_not_sustained() -> None:
+    asked, step = _fake_runs(2)
+    runs = collab.ramp_runs(step, 400)
+    assert asked == [10, 5, 2] and runs[-1].sustained()
+    asked, step = _fake_runs(0)  # nothing sustains: bounded all the same
+    assert [r.editors for r in collab.ramp_runs(step, 400)] == [10, 5, 2, 1]
