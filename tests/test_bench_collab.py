@@ -473,8 +473,6 @@ def test_the_change_that_creates_the_text_times_the_keystrokes_it_carries() -> N
 def test_the_store_check_of_a_cluster_needs_every_region(tmp_path: Path) -> None:
     from crdtstore.node import Node, NodeConfig
 
-    text = chr(0x4E00) * 3
-
     async def write(region: str, t: str) -> None:
         node = Node(NodeConfig(region=region, data_dir=tmp_path / region, sync=False))
         await node.start()
@@ -483,13 +481,17 @@ def test_the_store_check_of_a_cluster_needs_every_region(tmp_path: Path) -> None
         finally:
             await node.close()
 
-    anyio.run(write, "us", text)
-    anyio.run(write, "eu", text[:2])  # a region that lacks one acknowledged keystroke
+    # Editor 0 types in us, editor 1 in eu. eu lacks one of editor 0's keystrokes (not replicated yet when it
+    # stopped: no ack is broken) and one of its own editor's (an acknowledged keystroke lost).
+    mixed = chr(0x4E00) * 3 + chr(0x4E01) * 2
+    anyio.run(write, "us", mixed)
+    anyio.run(write, "eu", chr(0x4E00) * 2 + chr(0x4E01))
     side = collab.SIDES["crdtstore"]
-    stored = collab.check_stores(side, [tmp_path / "us", tmp_path / "eu"], _result(text, {0: 3}))
-    assert stored["text_identical"] is False and stored["acked_missing"] == 1
-    assert stored["regions"]["us"]["acked_missing"] == 0
-    assert collab.check_stores(side, [tmp_path / "us"], _result(text, {0: 3}))["text_identical"] is True
+    stored = collab.check_stores(side, [tmp_path / "us", tmp_path / "eu"], _result(mixed, {0: 3, 1: 2}))
+    assert stored["text_identical"] is False and stored["regions_identical"] is False
+    assert stored["acked_missing"] == 1
+    assert stored["regions"]["us"]["acked_missing"] == 0 and stored["regions"]["eu"]["acked_missing"] == 1
+    assert collab.check_stores(side, [tmp_path / "us"], _result(mixed, {0: 3}))["text_identical"] is True
 
 
 def test_a_short_three_region_run_converges_and_stores_every_acknowledged_keystroke() -> None:
