@@ -7,8 +7,9 @@ Usage::
     python bench/collab.py --ramp --seconds 20  # also E = 10, 25, 50, 100, 200, ... per side
     python bench/collab.py --peers pycrdt-websocket --editors 10
     python bench/collab.py --crash --seconds 20  # also SIGKILL each server as typing stops: what did acks promise?
+    python bench/collab.py --regions 1           # ours on one node too, as the peers
 
-The sides, each one region on loopback (neither peer replicates across regions):
+The sides, on loopback:
 
 - ``hocuspocus``: ``@hocuspocus/server`` with ``@hocuspocus/extension-sqlite``
   (``collab/hocuspocus_server.mjs``), driven by Yjs editors behind
@@ -21,18 +22,24 @@ The sides, each one region on loopback (neither peer replicates across regions):
   ``SQLiteYStore`` (``collab/pycrdt_server.py``), driven by pycrdt editors
   over ``websockets`` (``collab/pycrdt_driver.py``). Installed by the
   project's ``test`` extra (pip).
-- ``crdtstore``: our live channel (``/v1/docs/{id}/live``) on one node
-  (``collab/crdtstore_server.py``, LMDB with fsync'd group commit), driven by
-  thin editors with no CRDT library, as a browser runs them
-  (``collab/crdtstore_driver.py``: patches and ``crdtstore.rebase``).
+- ``crdtstore``: our live channel (``/v1/docs/{id}/live``), driven by thin
+  editors with no CRDT library, as a browser runs them
+  (``collab/crdtstore_driver.py``: patches and ``crdtstore.rebase``). By
+  default three regions (``--regions 3``): ``crdtstore up --latency 50ms``,
+  one node process per region (LMDB with fsync'd group commit) replicating
+  through the emulated WAN (``sync/io/wanproxy.py``, ``--latency-ms`` one
+  way), editor i in region i mod 3. ``--regions 1``: one node
+  (``collab/crdtstore_server.py``). Neither peer replicates across regions:
+  each is one region.
 
 Each run starts the side's server in its own process (a fresh database in
 a temporary directory), then its driver in another, and reads the server's
-CPU seconds from ``/proc`` when the driver says typing starts and stops.
-After the driver is done it stops the server (SIGTERM: each side's own
-graceful shutdown), opens the side's SQLite file, and checks that the
-stored text is the editors' text and that every acknowledged keystroke is
-in it. ``--crash`` adds one run per side whose server is SIGKILLed the
+CPU seconds from ``/proc`` when the driver says typing starts and stops
+(ours across regions: the region processes together; the WAN emulation's
+own CPU is reported apart). After the driver is done it stops the server
+(SIGTERM: each side's own graceful shutdown), opens the side's store (each
+region's, for ours), and checks that the stored text is the editors' text
+and that every acknowledged keystroke is in it. ``--crash`` adds one run per side whose server is SIGKILLed the
 moment typing stops: how many acknowledged keystrokes the store lacks
 then is what an ack guarantees about durability.
 
@@ -52,9 +59,11 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -78,7 +87,9 @@ ACK_P99_LIMIT_MS = 100.0
 DRIVER_LAG_LIMIT_MS = 20.0  # a driver typing later than this at p99 (against its schedule) is short of CPU
 SUSTAINED_FRACTION = 0.95
 RAMP_STEPS = (10, 25, 50, 100, 200, 400, 800)
+RAMP_DOWN = (5, 2, 1)  # when the first step is not sustained (a loaded machine): where the maximum lies below
 DOC_NAME = "doc"
+UP_READY_LINE = b"token (readwrite"  # what `crdtstore up` prints once every region is ready
 
 
 # The sides.
@@ -95,6 +106,28 @@ class Side:
     read_store: Callable[[Path], tuple[str, dict[int, int]]]  # (database path) -> (text, clock per client)
     acks: str  # what an ack means on this side
     persists: str  # when this side's store has a change
+    # A side that runs several regions (``--regions`` > 1): starts them all, and the driver's argv for their URLs.
+    start_cluster: Callable[[Path, argparse.Namespace], Servers] | None = None
+    cluster_driver_cmd: Callable[[list[str], argparse.Namespace, int], list[str]] | None = None
+
+
+@dataclass
+class Servers:
+    """A running side: what the driver connects to, whose CPU is the server's, and which stores to check."""
+
+    proc: subprocess.Popen[bytes]  # what we started (SIGTERM stops the side)
+    urls: list[str]  # the driver's --url, one per region
+    pids: list[int]  # the server processes (their CPU is the side's)
+    stores: list[Path]  # each region's store, read after the stop
+    extra_pids: dict[str, int] = field(default_factory=dict)  # CPU reported apart (the WAN emulation)
+    reader: threading.Thread | None = None  # drains ``proc``'s stdout until it exits
+
+    def stop(self) -> None:
+        procs.stop(self.proc)
+        if self.reader is not None:
+            self.reader.join(timeout=10)
+        if self.proc.stdout is not None and (self.reader is None or not self.reader.is_alive()):
+            self.proc.stdout.close()
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -159,7 +192,7 @@ def install_crdtstore() -> str | None:
     return None
 
 
-def read_crdtstore_store(db: Path) -> tuple[str, dict[int, int]]:
+def read_crdtstore_store(db: Path, region: str = "bench") -> tuple[str, dict[int, int]]:
     # The node's LMDB directory, opened once the server has stopped. Editor i types only
     # chr(EDITOR_BASE + i), so its count in the text is how many of its keystrokes the store holds.
     import asyncio
@@ -167,7 +200,7 @@ def read_crdtstore_store(db: Path) -> tuple[str, dict[int, int]]:
     from crdtstore.node import DocumentNotFound, Node, NodeConfig
 
     async def read() -> str:
-        node = Node(NodeConfig(region="bench", data_dir=db))
+        node = Node(NodeConfig(region=region, data_dir=db))
         await node.start()
         try:
             return str((await node.read(DOC_NAME)).value.get("t", ""))
@@ -220,6 +253,70 @@ def read_pycrdt_store(db: Path) -> tuple[str, dict[int, int]]:
     return _doc_text([bytes(r[0]) for r in rows])
 
 
+def _up_token(root: Path) -> str:
+    # `crdtstore up` writes its tokens file as "TOKEN SCOPE" lines.
+    for line in (root / "tokens").read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "readwrite":
+            return parts[0]
+    raise RuntimeError("crdtstore up wrote no readwrite token")
+
+
+def start_crdtstore_cluster(root: Path, args: argparse.Namespace) -> Servers:
+    """``crdtstore up``: one node process per region on loopback, linked through the emulated WAN."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "crdtstore.cli",
+        "up",
+        f"--data={root}",
+        "--port=0",
+        f"--regions={args.regions}",
+        f"--latency={args.latency_ms}ms",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
+    assert proc.stdout is not None
+    ready: list[bool] = []
+
+    def watch() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(UP_READY_LINE):
+                ready.append(True)
+        # Keeps draining until `up` exits, so it never blocks on a full pipe.
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not ready:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            Servers(proc, [], [], [], reader=reader).stop()
+            raise RuntimeError(f"crdtstore up did not start (exit {proc.returncode})")
+        time.sleep(0.05)
+    plan = orjson.loads((root / "up.json").read_bytes())
+    token = _up_token(root)
+    regions = plan["regions"]
+    urls = [
+        regions[name]["url"].replace("http://", "ws://", 1) + f"/v1/docs/{DOC_NAME}/live?coalesce=1&token={token}"
+        for name in regions
+    ]
+    return Servers(
+        proc=proc,
+        urls=urls,
+        pids=[regions[name]["pid"] for name in regions],
+        stores=[root / name for name in regions],
+        extra_pids={"wan_proxy": proc.pid},
+        reader=reader,
+    )
+
+
+def _read_our_region(path: Path) -> tuple[str, dict[int, int]]:
+    # A region's LMDB opens only under its own region name: `up` names each directory after its region.
+    from crdtstore.cli import UP_REGIONS
+
+    return read_crdtstore_store(path, region=path.name if path.name in UP_REGIONS else "bench")
+
+
 SIDES = {
     "crdtstore": Side(
         name="crdtstore",
@@ -231,9 +328,16 @@ SIDES = {
             f"--url=ws://127.0.0.1:{port}/v1/docs/{DOC_NAME}/live?coalesce=1",
             *_driver_args(args, editors),
         ],
-        read_store=read_crdtstore_store,
+        read_store=_read_our_region,
         acks="the live channel's ack: the batch's LMDB commit is fsync'd (group commit), its change already pushed",
         persists="before the ack",
+        start_cluster=start_crdtstore_cluster,
+        cluster_driver_cmd=lambda urls, args, editors: [
+            sys.executable,
+            str(COLLAB / "crdtstore_driver.py"),
+            *(f"--url={url}" for url in urls),
+            *_driver_args(args, editors),
+        ],
     ),
     "hocuspocus": Side(
         name="hocuspocus",
@@ -289,7 +393,7 @@ class Run:
         )
 
 
-def _start_server(side: Side, db: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_server(side: Side, db: Path) -> tuple[subprocess.Popen[bytes], int, threading.Thread]:
     proc = subprocess.Popen(side.server_cmd(db), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
     assert proc.stdout is not None
     port: list[int] = []
@@ -304,14 +408,37 @@ def _start_server(side: Side, db: Path) -> tuple[subprocess.Popen[bytes], int]:
         for _ in proc.stdout:
             pass
 
-    threading.Thread(target=read_port, daemon=True).start()
+    reader = threading.Thread(target=read_port, daemon=True)
+    reader.start()
     deadline = time.monotonic() + 30
     while not port:
         if proc.poll() is not None or time.monotonic() > deadline:
-            procs.stop(proc)
+            Servers(proc, [], [], [], reader=reader).stop()
             raise RuntimeError(f"{side.name} server did not start (exit {proc.returncode})")
         time.sleep(0.02)
-    return proc, port[0]
+    return proc, port[0], reader
+
+
+def _start(side: Side, db: Path, args: argparse.Namespace, editors: int) -> tuple[Servers, list[str]]:
+    """The side's servers, and the driver's argv for them."""
+    if side.start_cluster is not None and side.cluster_driver_cmd is not None and args.regions > 1:
+        servers = side.start_cluster(db.parent / "cluster", args)
+        return servers, side.cluster_driver_cmd(servers.urls, args, editors)
+    server, port, reader = _start_server(side, db)
+    servers = Servers(proc=server, urls=[], pids=[server.pid], stores=[db], reader=reader)
+    return servers, side.driver_cmd(port, args, editors)
+
+
+def _cpu(pids: list[int]) -> float | None:
+    seconds = [procs.cpu_seconds(pid) for pid in pids]
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
+
+
+def _kill(servers: Servers) -> None:
+    # A crash of every server process at once: SIGKILL by pid (the processes this run started, directly or via `up`).
+    for pid in servers.pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool = False) -> Run:
@@ -319,12 +446,10 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
     run = Run(side.name, editors)
     with tempfile.TemporaryDirectory(prefix=f"collab-{side.name}-") as tmp:
         db = Path(tmp) / "store.db"
-        server, port = _start_server(side, db)
-        driver = subprocess.Popen(
-            side.driver_cmd(port, args, editors), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None
-        )
+        servers, driver_cmd = _start(side, db, args, editors)
+        driver = subprocess.Popen(driver_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
         assert driver.stdout is not None
-        marks: dict[str, tuple[float, float | None, float | None]] = {}
+        marks: dict[str, tuple[float, float | None, float | None, dict[str, float | None]]] = {}
         load1 = os.getloadavg()[0]
         # The driver bounds itself; this bounds the driver.
         killer = threading.Timer(args.seconds + args.drain + 180, lambda: procs.stop(driver, timeout=5))
@@ -336,25 +461,28 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                 if event in ("start", "end"):
                     marks[event] = (
                         time.monotonic(),
-                        procs.cpu_seconds(server.pid),
+                        _cpu(servers.pids),
                         procs.cpu_seconds(driver.pid),
+                        {name: procs.cpu_seconds(pid) for name, pid in servers.extra_pids.items()},
                     )
                     if event == "end" and crash:
-                        server.kill()
+                        _kill(servers)
                 elif event == "result":
                     run.result = record
             driver.wait(timeout=30)
         finally:
             killer.cancel()
             procs.stop(driver, timeout=5)
-            procs.stop(server)
+            driver.stdout.close()
+            servers.stop()
         if driver.returncode != 0 or not run.result:
             run.error = f"driver exited with {driver.returncode}"
             return run
         r = run.result
         r["load1_at_start"] = round(load1, 2)
+        r["server_processes"] = len(servers.pids)
         if "start" in marks and "end" in marks:
-            (w0, s0, d0), (w1, s1, d1) = marks["start"], marks["end"]
+            (w0, s0, d0, x0), (w1, s1, d1, x1) = marks["start"], marks["end"]
             wall = w1 - w0
             if s0 is not None and s1 is not None:
                 r["server_cpu_s"] = round(s1 - s0, 3)
@@ -364,24 +492,64 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                 )
             if d0 is not None and d1 is not None:
                 r["driver_cpu_util"] = round((d1 - d0) / wall, 3)
-        r["persisted"] = check_store(side, db, r)
+            for name, before in x0.items():
+                after = x1.get(name)
+                if before is not None and after is not None:
+                    r[f"{name}_cpu_util"] = round((after - before) / wall, 3)
+        r["persisted"] = check_stores(side, servers.stores, r)
     return run
 
 
-def check_store(side: Side, db: Path, result: dict[str, Any]) -> dict[str, Any]:
-    """Is the editors' text in the side's store, with every acknowledged keystroke?"""
+def check_stores(side: Side, stores: list[Path], result: dict[str, Any]) -> dict[str, Any]:
+    """:func:`check_store` of every region's store (editor i types in region i mod len(stores)).
+
+    An ack promises the keystroke is durable in the editor's own region, so
+    ``acked_missing`` counts, per region, the acknowledged keystrokes of its
+    own editors it lacks. Whether the regions had converged when they
+    stopped (a graceful stop does not wait for replication) is apart:
+    ``text_identical`` (every region holds the editors' final text) and
+    ``regions_identical``.
+    """
+    if len(stores) == 1:
+        return check_store(side, stores[0], result)
+    each = {
+        path.name: check_store(side, path, result, own=lambda c, k=k: c % len(stores) == k, with_digest=True)
+        for k, path in enumerate(stores)
+    }
+    errors = [c["error"] for c in each.values() if "error" in c]
+    if errors:
+        return {"error": "; ".join(errors), "regions": each}
+    return {
+        "text_identical": all(c["text_identical"] for c in each.values()),
+        "regions_identical": len({c["text_sha256"] for c in each.values()}) == 1,
+        "text_length": min(c["text_length"] for c in each.values()),
+        "acked_missing": sum(c["acked_missing"] for c in each.values()),
+        "regions": each,
+    }
+
+
+def check_store(
+    side: Side,
+    db: Path,
+    result: dict[str, Any],
+    *,
+    own: Callable[[int], bool] = lambda client: True,
+    with_digest: bool = False,
+) -> dict[str, Any]:
+    """Is the editors' text in the side's store, with every acknowledged keystroke (of the clients ``own`` names)?"""
     try:
         text, clocks = side.read_store(db)
     except (sqlite3.Error, OSError, ValueError) as exc:
         return {"error": str(exc)}
-    acked = {int(c): n for c, n in result["acked_by_client"].items()}
+    acked = {int(c): n for c, n in result["acked_by_client"].items() if own(int(c))}
     # Each editor's k-th keystroke is its clock k: a store that has clock n of a client has its first n.
     missing = sum(max(0, n - clocks.get(c, 0)) for c, n in acked.items())
-    return {
-        "text_identical": hashlib.sha256(text.encode()).hexdigest() == result["text_sha256"],
-        "text_length": len(text),
-        "acked_missing": missing,
-    }
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    out: dict[str, Any] = {"text_identical": digest == result["text_sha256"], "text_length": len(text)}
+    out["acked_missing"] = missing
+    if with_digest:  # a region of a cluster: the digests tell whether the regions agree
+        out["text_sha256"] = digest
+    return out
 
 
 # Reporting.
@@ -393,16 +561,18 @@ def _fmt(value: Any, spec: str = "") -> str:
 
 def table(runs: list[Run]) -> str:
     head = (
-        f"{'side':<17}{'E':>5}{'offered/s':>10}{'acked/s':>9}{'ack p50':>9}{'ack p99':>9}{'vis p50':>9}"
-        f"{'vis p99':>9}{'lag p99':>9}{'cpu ms/op':>10}{'srv cpu':>8}{'drv cpu':>8}{'same text':>10}"
-        f"{'stored':>8}{'load1':>7}"
+        f"{'side':<17}{'reg':>4}{'E':>5}{'offered/s':>10}{'acked/s':>9}{'ack p50':>9}{'ack p99':>9}{'vis p50':>9}"
+        f"{'vis p99':>9}{'x-reg p50':>10}{'x-reg p99':>10}{'lag p99':>9}{'cpu ms/op':>10}{'srv cpu':>8}"
+        f"{'drv cpu':>8}{'same text':>10}{'stored':>8}{'load1':>7}"
     )
     lines = [head]
     for run in runs:
         if run.error is not None:
-            lines.append(f"{run.side:<17}{run.editors:>5}  {run.error}")
+            lines.append(f"{run.side:<17}{'':>4}{run.editors:>5}  {run.error}")
             continue
         r = run.result
+        within = r.get("visible_ms_within_region") or r["visible_ms"]
+        across = r.get("visible_ms_across_regions") or {}
         stored = r.get("persisted", {})
         stored_ok = (
             "error"
@@ -414,15 +584,34 @@ def table(runs: list[Run]) -> str:
             )
         )
         lines.append(
-            f"{run.side:<17}{run.editors:>5}{r['offered_ops'] / r['seconds']:>10.0f}{r['ops_per_s']:>9.0f}"
-            f"{_fmt(r['ack_ms']['p50'], '.1f'):>9}{_fmt(r['ack_ms']['p99'], '.1f'):>9}"
-            f"{_fmt(r['visible_ms']['p50'], '.1f'):>9}{_fmt(r['visible_ms']['p99'], '.1f'):>9}"
+            f"{run.side:<17}{r.get('regions', 1):>4}{run.editors:>5}{r['offered_ops'] / r['seconds']:>10.0f}"
+            f"{r['ops_per_s']:>9.0f}{_fmt(r['ack_ms']['p50'], '.1f'):>9}{_fmt(r['ack_ms']['p99'], '.1f'):>9}"
+            f"{_fmt(within['p50'], '.1f'):>9}{_fmt(within['p99'], '.1f'):>9}"
+            f"{_fmt(across.get('p50'), '.1f'):>10}{_fmt(across.get('p99'), '.1f'):>10}"
             f"{_fmt(r['send_lag_ms_p99'], '.1f'):>9}"
             f"{_fmt(r.get('server_cpu_ms_per_op'), '.3f'):>10}{_fmt(r.get('server_cpu_util'), '.0%'):>8}"
             f"{_fmt(r.get('driver_cpu_util'), '.0%'):>8}{'yes' if r['texts_identical'] else 'NO':>10}"
             f"{stored_ok:>8}{r['load1_at_start']:>7.2f}"
         )
     return "\n".join(lines)
+
+
+def ramp_runs(step: Callable[[int], Run], ramp_max: int) -> list[Run]:
+    """Raise E through :data:`RAMP_STEPS` until a run is not sustained; if the first is not, lower it instead.
+
+    Bounded: at most ``len(RAMP_STEPS) + len(RAMP_DOWN)`` runs, none above ``ramp_max`` editors.
+    """
+    done: list[Run] = []
+    for editors in [e for e in RAMP_STEPS if e <= ramp_max]:
+        done.append(step(editors))
+        if not done[-1].sustained():
+            break
+    if done and not any(r.sustained() for r in done):
+        for editors in RAMP_DOWN:
+            done.append(step(editors))
+            if done[-1].sustained():
+                break
+    return done
 
 
 def summary(run: Run) -> dict[str, Any]:
@@ -435,9 +624,11 @@ def summary(run: Run) -> dict[str, Any]:
         "text_length", "persisted", "load1_at_start", "unreadable_updates",
     )  # fmt: skip
     out = {k: r.get(k) for k in keep}
-    # One region per peer: every remote-visible latency is within the region.
-    out["visible_ms_within_region"] = out.pop("visible_ms")
-    out["visible_ms_across_regions"] = None
+    out["regions"] = r.get("regions", 1)
+    # A peer is one region: every remote-visible latency is within it.
+    out["visible_ms_within_region"] = r.get("visible_ms_within_region") or out["visible_ms"]
+    out["visible_ms_across_regions"] = r.get("visible_ms_across_regions")
+    out["wan_proxy_cpu_util"] = r.get("wan_proxy_cpu_util")
     out["sustained"] = run.sustained()
     # A driver that types late is short of CPU itself: its latencies are inflated by as much, so the
     # run bounds the server from below rather than measuring it.
@@ -474,12 +665,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ramp", action="store_true", help="also raise E until ack p99 > 100 ms")
     p.add_argument("--ramp-max", type=int, default=400, help="largest E the ramp tries (default 400)")
     p.add_argument("--crash", action="store_true", help="also one run per side killed (SIGKILL) as typing stops")
+    p.add_argument("--regions", type=int, default=3, help="our side's regions (default 3; the peers run one)")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="one-way latency between our regions (default 50)")
     args = p.parse_args(argv)
     unknown = set(args.peers.split(",")) - set(SIDES)
     if unknown:
         p.error(f"unknown sides: {', '.join(sorted(unknown))}")
     if args.editors < 1 or args.rate <= 0 or args.seconds <= 0 or args.drain < 0:
         p.error("--editors, --rate, --seconds must be positive")
+    from crdtstore.cli import UP_REGIONS
+
+    if not 1 <= args.regions <= len(UP_REGIONS) or args.latency_ms < 0:
+        p.error(f"--regions is 1 to {len(UP_REGIONS)}, --latency-ms at least 0")
     return args
 
 
@@ -487,7 +684,13 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(COLLAB))
     report: dict[str, Any] = {
-        "workload": {"editors": args.editors, "rate": args.rate, "seconds": args.seconds, "regions": 1},
+        "workload": {
+            "editors": args.editors,
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "regions": {name: args.regions if SIDES[name].start_cluster else 1 for name in args.peers.split(",")},
+            "latency_ms_one_way": args.latency_ms if args.regions > 1 else None,
+        },
         "cores": os.cpu_count(),
         "load1_before": round(os.getloadavg()[0], 2),
         "sides": {},
@@ -508,15 +711,16 @@ def main(argv: list[str]) -> int:
         runs.append(main_run)
         entry["run"] = summary(main_run)
         if args.ramp:
-            ramp: list[Run] = []
-            for editors in [e for e in RAMP_STEPS if e <= args.ramp_max]:
-                print(f"{name}: ramp, {editors} editors ...", flush=True)
-                step = main_run if editors == args.editors else run_once(side, editors, args)
-                ramp.append(step)
-                if step is not main_run:
-                    runs.append(step)
-                if not step.sustained():
-                    break
+
+            def step(editors: int, side: Side = side, main_run: Run = main_run) -> Run:
+                print(f"{side.name}: ramp, {editors} editors ...", flush=True)
+                if editors == args.editors:
+                    return main_run
+                done = run_once(side, editors, args)
+                runs.append(done)
+                return done
+
+            ramp = ramp_runs(step, args.ramp_max)
             best = max((s for s in ramp if s.sustained()), key=lambda s: s.result["ops_per_s"], default=None)
             entry["ramp"] = [summary(s) for s in ramp]
             entry["max_sustained_ops_per_s"] = best.result["ops_per_s"] if best else None
@@ -538,8 +742,10 @@ def main(argv: list[str]) -> int:
     print(
         f"\nack p99 limit {ACK_P99_LIMIT_MS:g} ms. 'lag p99': how late the driver typed against its schedule; past "
         f"{DRIVER_LAG_LIMIT_MS:g} ms the driver was short of CPU and the run's latencies are inflated by it. 'stored': "
-        "the side's SQLite file after a graceful stop holds the editors' text and every acknowledged keystroke "
-        "(-N: N acknowledged keystrokes missing). One region per side."
+        "the side's store after a graceful stop (ours: every region's) holds the editors' text and every "
+        "acknowledged keystroke (-N: N acknowledged keystrokes missing). 'vis': remote-visible within the "
+        f"typist's region; 'x-reg': in another region ({args.latency_ms:g} ms one way). The peers are one region "
+        "each. ack: local (the editor's own region)."
     )
     print(orjson.dumps(report).decode())
     return 0

@@ -386,3 +386,153 @@ def test_our_store_check_counts_each_editors_keystrokes(tmp_path: Path) -> None:
     assert collab.read_crdtstore_store(tmp_path) == (text, {0: 3, 1: 2})
     stored = collab.check_store(collab.SIDES["crdtstore"], tmp_path, _result(text, {0: 3, 1: 4}))
     assert stored["text_identical"] and stored["acked_missing"] == 2
+
+
+# Our side across regions: the wiring, the driver's keystroke accounting, the per-region store check, a smoke run.
+
+our_driver = _load("bench_collab_crdtstore_driver", BENCH / "collab" / "crdtstore_driver.py")
+
+
+def test_our_side_runs_three_regions_by_default_and_one_on_request() -> None:
+    args = collab.parse_args([])
+    assert (args.regions, args.latency_ms) == (3, 50.0)
+    side = collab.SIDES["crdtstore"]
+    urls = ["ws://127.0.0.1:1/v1/docs/doc/live", "ws://127.0.0.1:2/v1/docs/doc/live"]
+    cmd = side.cluster_driver_cmd(urls, args, 4)
+    assert [a for a in cmd if a.startswith("--url=")] == [f"--url={u}" for u in urls]
+    assert our_driver.parse_args([f"--url={u}" for u in urls]).url == urls
+    assert collab.parse_args(["--regions", "1"]).regions == 1
+    for bad in (["--regions", "0"], ["--regions", "99"], ["--latency-ms", "-1"]):
+        with pytest.raises(SystemExit):
+            collab.parse_args(bad)
+    with pytest.raises(SystemExit):  # every region's URL must be loopback
+        our_driver.parse_args(["--url=ws://127.0.0.1:1/x", "--url=ws://10.1.1.1:1/x"])
+
+
+def _editor(shared: object, index: int, region: int) -> object:
+    return our_driver.Editor(index, "ws://127.0.0.1:1/x", shared, None, region=region)
+
+
+def test_the_driver_times_each_keystroke_where_it_appears_within_and_across_regions() -> None:
+    base = our_driver.EDITOR_BASE
+    shared = our_driver.Shared()
+    a, b, c = _editor(shared, 0, 0), _editor(shared, 1, 0), _editor(shared, 2, 1)
+    for e in (a, b, c):
+        e._on({"type": "snapshot", "version": "v", "value": {"t": ""}}, 0.0)
+    a.sent_at += [1.0, 2.0]
+    change = {"type": "change", "version": "v1", "origin": "local"}
+    # b (same region) sees a's two keystrokes in one patch; c (another region) one at a time.
+    b._on(change | {"patches": [{"path": ["t"], "insert": {"index": 0, "text": chr(base) * 2}}]}, 2.5)
+    c._on(change | {"patches": [{"path": ["t"], "insert": {"index": 0, "text": chr(base)}}]}, 3.0)
+    c._on(change | {"patches": [{"path": ["t"], "insert": {"index": 1, "text": chr(base)}}]}, 4.0)
+    assert shared.visible_within == [1.5, 0.5] and shared.visible_across == [2.0, 2.0]
+    # Its own change (tagged with its batch) is not a remote keystroke.
+    a._on(change | {"batch": "x", "patches": [{"path": ["t"], "insert": {"index": 0, "text": chr(base)}}]}, 5.0)
+    assert shared.visible_unknown == 0 and len(shared.visible_within) == 2
+
+
+def test_the_driver_counts_keystrokes_it_cannot_place_instead_of_guessing() -> None:
+    base = our_driver.EDITOR_BASE
+    shared = our_driver.Shared()
+    a, b = _editor(shared, 0, 0), _editor(shared, 1, 1)
+    for e in (a, b):
+        e._on({"type": "snapshot", "version": "v", "value": {"t": ""}}, 0.0)
+    a.sent_at.append(1.0)
+    # A character nobody typed, a third of a's when it typed one, and a value patch: none is timed.
+    text = "x" + chr(base) * 2
+    b._on({"type": "change", "version": "v1", "patches": [{"path": ["t"], "insert": {"index": 0, "text": text}}]}, 2.0)
+    b._on({"type": "change", "version": "v1", "patches": [{"path": ["t"], "value": "whatever"}]}, 2.0)
+    assert shared.visible_across == [1.0] and shared.visible_unknown == 2
+    # A resync snapshot recounts what is already there: later characters are the later keystrokes.
+    a.sent_at += [3.0, 4.0]
+    b._on({"type": "snapshot", "version": "v2", "value": {"t": chr(base) * 2}}, 5.0)
+    b._on(
+        {"type": "change", "version": "v1", "patches": [{"path": ["t"], "insert": {"index": 2, "text": chr(base)}}]},
+        6.0,
+    )
+    assert shared.visible_across == [1.0, 2.0]
+
+
+def test_the_change_that_creates_the_text_times_the_keystrokes_it_carries() -> None:
+    # The first change of a region makes the field appear: a value patch, the whole text at once.
+    base = our_driver.EDITOR_BASE
+    shared = our_driver.Shared()
+    a, b, c = _editor(shared, 0, 0), _editor(shared, 1, 1), _editor(shared, 2, 1)
+    for e in (a, b, c):
+        e._on({"type": "snapshot", "version": "v", "value": {}}, 0.0)
+    a.sent_at += [1.0, 2.0]
+    c.sent_at.append(1.5)
+    text = chr(base) + chr(base + 2) + chr(base)
+    b._on({"type": "change", "version": "v1", "patches": [{"path": ["t"], "value": text}]}, 3.0)
+    assert shared.visible_across == [2.0, 1.0] and shared.visible_within == [1.5]
+    # c's own keystroke in the text is not timed as a remote one, nor counted unknown.
+    c._on({"type": "change", "version": "v1", "patches": [{"path": ["t"], "value": text}]}, 3.0)
+    assert shared.visible_across == [2.0, 1.0, 2.0, 1.0] and shared.visible_unknown == 0
+
+
+def test_the_store_check_of_a_cluster_needs_every_region(tmp_path: Path) -> None:
+    from crdtstore.node import Node, NodeConfig
+
+    async def write(region: str, t: str) -> None:
+        node = Node(NodeConfig(region=region, data_dir=tmp_path / region, sync=False))
+        await node.start()
+        try:
+            await node.apply(collab.DOC_NAME, [{"op": "insert", "path": ["t"], "index": 0, "text": t}])
+        finally:
+            await node.close()
+
+    # Editor 0 types in us, editor 1 in eu. eu lacks one of editor 0's keystrokes (not replicated yet when it
+    # stopped: no ack is broken) and one of its own editor's (an acknowledged keystroke lost).
+    mixed = chr(0x4E00) * 3 + chr(0x4E01) * 2
+    anyio.run(write, "us", mixed)
+    anyio.run(write, "eu", chr(0x4E00) * 2 + chr(0x4E01))
+    side = collab.SIDES["crdtstore"]
+    stored = collab.check_stores(side, [tmp_path / "us", tmp_path / "eu"], _result(mixed, {0: 3, 1: 2}))
+    assert stored["text_identical"] is False and stored["regions_identical"] is False
+    assert stored["acked_missing"] == 1
+    assert stored["regions"]["us"]["acked_missing"] == 0 and stored["regions"]["eu"]["acked_missing"] == 1
+    assert collab.check_stores(side, [tmp_path / "us"], _result(mixed, {0: 3}))["text_identical"] is True
+
+
+def test_a_short_three_region_run_converges_and_stores_every_acknowledged_keystroke() -> None:
+    # The smoke run: `crdtstore up` with the emulated WAN, a few editors for two seconds (bounded by the harness).
+    args = collab.parse_args(["--peers=crdtstore", "--editors=6", "--seconds=2", "--drain=20", "--latency-ms=20"])
+    run = collab.run_once(collab.SIDES["crdtstore"], 6, args)
+    assert run.error is None, run.error
+    r = run.result
+    assert r["regions"] == 3 and r["server_processes"] == 3
+    assert r["texts_identical"] and r["text_length"] == r["sent_ops"] == r["acked_ops"]
+    assert r["visible_unknown"] == 0 and r["visible_missing"] == 0
+    assert r["visible_ms_across_regions"]["p50"] is not None and r["visible_ms_within_region"]["p50"] is not None
+    stored = r["persisted"]
+    assert stored["text_identical"] and stored["acked_missing"] == 0 and set(stored["regions"]) == {"us", "eu", "ap"}
+
+
+def _fake_runs(sustains_up_to: int) -> tuple[list[int], object]:
+    asked: list[int] = []
+
+    def step(editors: int) -> object:
+        asked.append(editors)
+        run = collab.Run("x", editors)
+        p99 = 10.0 if editors <= sustains_up_to else 500.0
+        run.result = {"ack_ms": {"p99": p99}, "offered_ops": 100, "acked_in_window": 100, "ops_per_s": editors}
+        return run
+
+    return asked, step
+
+
+def test_the_ramp_climbs_until_a_run_is_not_sustained() -> None:
+    asked, step = _fake_runs(60)
+    runs = collab.ramp_runs(step, 400)
+    assert asked == [10, 25, 50, 100] and [r.sustained() for r in runs] == [True, True, True, False]
+    asked, step = _fake_runs(10_000)
+    collab.ramp_runs(step, 200)
+    assert asked == [10, 25, 50, 100, 200]  # never past --ramp-max
+
+
+def test_the_ramp_goes_down_when_even_its_first_step_is_not_sustained() -> None:
+    asked, step = _fake_runs(2)
+    runs = collab.ramp_runs(step, 400)
+    assert asked == [10, 5, 2] and runs[-1].sustained()
+    asked, step = _fake_runs(0)  # nothing sustains: bounded all the same
+    assert [r.editors for r in collab.ramp_runs(step, 400)] == [10, 5, 2, 1]

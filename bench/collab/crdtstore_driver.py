@@ -3,6 +3,7 @@
 Usage::
 
     python bench/collab/crdtstore_driver.py --url ws://127.0.0.1:PORT/v1/docs/doc/live --editors 50 --rate 5
+    python bench/collab/crdtstore_driver.py --url URL_US --url URL_EU --url URL_AP ...  # editor i -> region i mod 3
 
 Each editor is what a browser without a CRDT library runs: a plain value
 kept by the server's patches and :class:`crdtstore.rebase.LiveState` (one
@@ -15,9 +16,14 @@ tells how many keystrokes of each editor it holds.
 
 Measured per keystroke, from the moment it is typed:
 
-- ack: the server's ``ack`` of the batch carrying it (after the LMDB commit is fsync'd);
-- remote-visible: the moment another editor receives the change carrying it
-  (changes are matched by their version token, which every connection gets alike).
+- ack: the server's ``ack`` of the batch carrying it, from the editor's own
+  region (after the LMDB commit is fsync'd);
+- remote-visible: the moment another editor receives the patch inserting it,
+  split by whether that editor is in the typist's region or another. A
+  keystroke is known by its character: editor i's k-th character to arrive
+  anywhere is its k-th keystroke (it only inserts, one batch in flight, and
+  a region applies one origin's deltas in order). Version tokens cannot
+  match changes across regions: each region's mirror has its own versions.
 
 Standard output: ``{"event": "start"}``, ``{"event": "end"}``, then one JSON
 line of results in the peers' drivers' shape. Every loop is bounded.
@@ -55,19 +61,26 @@ class Shared:
         self.send_lag: list[float] = []
         self.acked_in_window = 0
         self.window_end = float("inf")
-        self.owned: dict[str, tuple[int, int, int]] = {}  # version -> (editor, first keystroke, end)
-        self.received: dict[str, list[tuple[int, float]]] = {}  # version -> (editor, when) for the others
+        self.sent_at: list[list[float]] = []  # per editor, when it typed each keystroke
+        self.region_of: list[int] = []
+        self.visible_within: list[float] = []
+        self.visible_across: list[float] = []
+        self.visible_unknown = 0  # characters that match no keystroke (would be a counting bug)
 
 
 class Editor:
-    def __init__(self, index: int, url: str, shared: Shared, rng: random.Random) -> None:
+    def __init__(self, index: int, url: str, shared: Shared, rng: random.Random, region: int = 0) -> None:
         self.index = index
         self.url = url
         self.shared = shared
         self.rng = rng
+        self.region = region
         self.state = LiveState()
         self.char = chr(EDITOR_BASE + index)
         self.sent_at: list[float] = []
+        self.seen: list[int] = []  # per editor, how many of its characters reached this one
+        shared.sent_at.append(self.sent_at)
+        shared.region_of.append(region)
         self.acked = 0
         self.batches: dict[str, tuple[int, int]] = {}  # batch id -> its keystrokes [first, end)
         self.queued_from = 0
@@ -96,12 +109,11 @@ class Editor:
         kind = message.get("type")
         shared = self.shared
         if kind == "change":
-            batch = message.get("batch")
-            if batch is not None and batch in self.batches:
-                first, end = self.batches[batch]
-                shared.owned[message["version"]] = (self.index, first, end)
-            else:
-                shared.received.setdefault(message["version"], []).append((self.index, now))
+            if message.get("batch") is None:
+                self._saw(message.get("patches") or (), now)
+        elif kind == "snapshot":
+            text = (message.get("value") or {}).get("t", "")
+            self.seen = [text.count(chr(EDITOR_BASE + i)) for i in range(len(shared.sent_at))]
         elif kind == "ack":
             first, end = self.batches.pop(message["id"], (0, 0))
             for k in range(first, end):
@@ -115,6 +127,36 @@ class Editor:
         self.state.receive(message)
         if kind == "snapshot":
             self.synced.set()
+
+    def _saw(self, patches: Any, now: float) -> None:
+        shared = self.shared
+        for patch in patches:
+            if patch.get("path") == PATH and isinstance(patch.get("value"), str):
+                # The text as a whole (the change that created the field): what it holds past the count is new.
+                text = patch["value"]
+                arrived = [
+                    ch
+                    for i in range(len(self.seen))
+                    if i != self.index
+                    for ch in chr(EDITOR_BASE + i) * (text.count(chr(EDITOR_BASE + i)) - self.seen[i])
+                ]
+            elif isinstance(patch.get("insert"), dict) and isinstance(patch["insert"].get("text"), str):
+                arrived = list(patch["insert"]["text"])
+            else:
+                continue
+            for ch in arrived:
+                owner = ord(ch) - EDITOR_BASE
+                if not 0 <= owner < len(self.seen) or owner == self.index:
+                    shared.visible_unknown += 1
+                    continue
+                k = self.seen[owner]
+                self.seen[owner] = k + 1
+                typed = shared.sent_at[owner]
+                if k >= len(typed):
+                    shared.visible_unknown += 1
+                    continue
+                bucket = shared.visible_within if shared.region_of[owner] == self.region else shared.visible_across
+                bucket.append(now - typed[k])
 
     async def _flush(self) -> None:
         frame = self.state.next_batch()
@@ -166,7 +208,11 @@ class Editor:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     shared = Shared()
-    editors = [Editor(i, args.url, shared, random.Random(rng.getrandbits(64))) for i in range(args.editors)]
+    urls: list[str] = args.url
+    editors = [
+        Editor(i, urls[i % len(urls)], shared, random.Random(rng.getrandbits(64)), region=i % len(urls))
+        for i in range(args.editors)
+    ]
     await drivers.open_editors(editors)
     t0 = time.perf_counter() + 0.2
     t_end = t0 + args.seconds
@@ -187,14 +233,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     texts = [e.state.value().get("t", "") for e in editors]
     await asyncio.gather(*(e.close() for e in editors))
 
-    visible: list[float] = []
-    for version, seen in shared.received.items():
-        owner = shared.owned.get(version)
-        if owner is None:
-            continue
-        index, first, end = owner
-        times = editors[index].sent_at
-        visible += [when - times[k] for _, when in seen for k in range(first, end)]
+    visible = shared.visible_within + shared.visible_across
     return {
         "peer": "crdtstore",
         "editors": args.editors,
@@ -206,8 +245,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "acked_in_window": shared.acked_in_window,
         "ops_per_s": round(shared.acked_in_window / args.seconds, 1),
         "ack_ms": {"p50": percentile_ms(shared.ack_latency, 0.5), "p99": percentile_ms(shared.ack_latency, 0.99)},
+        "regions": len(urls),
         "visible_ms": {"p50": percentile_ms(visible, 0.5), "p99": percentile_ms(visible, 0.99)},
+        "visible_ms_within_region": _p50_p99(shared.visible_within),
+        "visible_ms_across_regions": _p50_p99(shared.visible_across) if len(urls) > 1 else None,
         "visible_missing": sent * (len(editors) - 1) - len(visible),
+        "visible_unknown": shared.visible_unknown,
         "send_lag_ms_p99": percentile_ms(shared.send_lag, 0.99),
         "batch_errors": sum(e.errors for e in editors),
         "texts_identical": len(set(texts)) == 1,
@@ -217,9 +260,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _p50_p99(values: list[float]) -> dict[str, float | None]:
+    return {"p50": percentile_ms(values, 0.5), "p99": percentile_ms(values, 0.99)}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    url_help = "ws://127.0.0.1:PORT/v1/docs/ID/live"
-    return drivers.parse_args(argv, description=__doc__, url_help=url_help, max_editors=20000)
+    url_help = "ws://127.0.0.1:PORT/v1/docs/ID/live, once per region"
+    return drivers.parse_args(argv, description=__doc__, url_help=url_help, max_editors=20000, many_urls=True)
 
 
 def main(argv: list[str]) -> int:

@@ -61,18 +61,23 @@ def emit(record: dict[str, Any]) -> None:
 
 
 def parse_args(
-    argv: list[str], *, description: str | None, url_help: str, max_editors: int | None = None
+    argv: list[str], *, description: str | None, url_help: str, max_editors: int | None = None, many_urls: bool = False
 ) -> argparse.Namespace:
-    """The driver's options, checked: loopback servers only, positive rates and counts."""
+    """The driver's options, checked: loopback servers only, positive rates and counts.
+
+    ``many_urls``: ``--url`` may repeat (one server per region) and ``args.url`` is a list.
+    """
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True, help=f"{url_help} (loopback only)")
+    url_action = "append" if many_urls else "store"
+    p.add_argument("--url", required=True, action=url_action, help=f"{url_help} (loopback only)")
     p.add_argument("--editors", type=int, default=50)
     p.add_argument("--rate", type=float, default=5.0, help="keystrokes per second per editor")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--drain", type=float, default=15.0, help="most seconds to wait for stragglers after typing")
     p.add_argument("--seed", type=int, default=12)
     args = p.parse_args(argv)
-    if not args.url.startswith(("ws://127.", "ws://localhost")):
+    urls = args.url if many_urls else [args.url]
+    if not all(url.startswith(("ws://127.", "ws://localhost")) for url in urls):
         p.error("the driver only targets loopback servers")
     if args.editors < 1 or args.rate <= 0 or args.seconds <= 0:
         p.error("--editors, --rate and --seconds must be positive")

@@ -42,6 +42,7 @@ from crdtstore.api.auth import Scope
 from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, error_response, status_and_body
+from crdtstore.api.live_batches import BatchLedger, batch_key, ledger_for
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.patches import before, patches
@@ -52,10 +53,12 @@ __all__ = ["LiveSettings", "configure", "live_channel"]
 
 logger = logging.getLogger("crdtstore.api.live")
 
-# A batch id's outcome: ("ok", sealed version, the WriteResult) or ("error", the error body, None).
-BatchOutcome = tuple[str, Any, Any]
+# A batch id's outcome: ("ok", sealed version, the WriteResult, whether this process applied it)
+# or ("error", the error body, None, False).
+BatchOutcome = tuple[str, Any, Any, bool]
 
 _COALESCE_MAX = 256  # messages in one coalesced frame
+_OWNED_MAX = 4096
 CLOSE_SLOW_READER = 4008
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
@@ -71,7 +74,8 @@ class LiveSettings:
         presence_bytes: Largest presence state (encoded).
         presence_per_second: Presence updates a connection may send per second (a burst of as many).
         presence_ttl: Seconds a presence lives without a refresh.
-        remembered_batches: Batch ids kept for resends, per app (oldest forgotten first).
+        remembered_batches: Batch ids kept for resends (oldest forgotten first): in memory, and on disk
+            with the writes they name (:mod:`crdtstore.api.live_batches`), so a restart forgets none.
         max_batch_id: Longest batch id (characters).
     """
 
@@ -142,6 +146,14 @@ class LiveHub:
             collections.OrderedDict()
         )
         self.ids = itertools.count(1)
+        self._ledger: BatchLedger | None = None
+
+    @property
+    def ledger(self) -> BatchLedger:
+        """Where a batch's id is recorded with its write (built at first use: after :func:`configure`)."""
+        if self._ledger is None:
+            self._ledger = ledger_for(self.ctx.node, keep=self.settings.remembered_batches)
+        return self._ledger
 
     def join(self, doc_id: str, conn: LiveConn) -> DocChannel:
         channel = self.channels.get(doc_id)
@@ -235,10 +247,11 @@ class DocChannel:
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
         self.applying = 0  # batches of live connections inside node.apply
-        self.owned: dict[int, tuple[LiveConn, str]] = {}  # local log seq -> the connection and batch id it came from
+        # Local log seq -> the connection and batch id it came from: set by the write's commit hook, which
+        # runs before the feed's followers see the record, so the follower never waits to know the owner.
+        self.owned: dict[int, tuple[LiveConn, str]] = {}
         self.presence: dict[str, _Presence] = {}  # client name -> its presence, local and relayed
         self._advanced = asyncio.Event()
-        self._applied = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -260,11 +273,8 @@ class DocChannel:
                 raise ApiError(503, "unavailable", "the document's live channel failed")
             await self._advanced.wait()
 
-    def batch_done(self, seq: int | None, owner: tuple[LiveConn, str] | None) -> None:
+    def batch_done(self) -> None:
         self.applying -= 1
-        if seq is not None and owner is not None:
-            self.owned[seq] = owner
-        self._applied.set()
         if not self.conns and self.applying == 0 and self.hub.channels.get(self.doc_id) is self:
             del self.hub.channels[self.doc_id]
             self.stop()
@@ -321,11 +331,9 @@ class DocChannel:
         owner = None
         seq = record.get("origin_seq")
         if origin == "local" and isinstance(seq, int):
-            # Our own commit: if a live batch is still on its way back from node.apply, it may be this one.
-            while seq not in self.owned and self.applying > 0:
-                self._applied.clear()
-                await self._applied.wait()
             owner = self.owned.pop(seq, None)
+            if len(self.owned) > _OWNED_MAX:  # owners of records this follower skipped (a resync)
+                self.owned = {s: o for s, o in self.owned.items() if s > seq}
         if changes or version != old_version:
             key = self.hub.ctx.version_key
             message: dict[str, Any] = {
@@ -589,7 +597,7 @@ class LiveConn:
             task = asyncio.get_running_loop().create_task(self._commit(key, ops, future))
             _COMMITS.add(task)
             task.add_done_callback(_COMMITS.discard)
-        outcome, value, result = await asyncio.shield(future)
+        outcome, value, result, applied = await asyncio.shield(future)
         if outcome != "ok":
             self.push(orjson.dumps({"type": "error", "id": batch_id, **value}).decode())
             return
@@ -597,7 +605,7 @@ class LiveConn:
         await self.channel.until_contains(result.version)
         await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
         ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value}
-        if not new:
+        if not new or not applied:
             ack["again"] = True
         self.push(orjson.dumps(ack).decode())
 
@@ -605,20 +613,24 @@ class LiveConn:
         ctx = self.hub.ctx
         channel = self.channel
         channel.applying += 1
-        seq: int | None = None
+
+        def owned(result: Any) -> None:
+            if result.seq:
+                channel.owned[result.seq] = (self, key[2])
+
         try:
-            result = await ctx.node.apply(self.doc_id, ops)
-            seq = result.seq or None
-            future.set_result(("ok", seal_version(result.version, self.doc_id, ctx.version_key), result))
+            # A batch applied before a restart is not owned: its change went out then, nothing of it comes now.
+            result, applied = await self.hub.ledger.apply_once(self.doc_id, ops, batch_key(*key), on_commit=owned)
+            future.set_result(("ok", seal_version(result.version, self.doc_id, ctx.version_key), result, applied))
         except Exception as exc:
             status, body, _ = status_and_body(exc)
             if status >= 500:
                 self.hub.forget(key)  # transient (overloaded, closing): a resend may try again
                 if status not in (503, 504):
                     logger.error("live batch failed", exc_info=exc)
-            future.set_result(("error", {"status": status, **body}, None))
+            future.set_result(("error", {"status": status, **body}, None, False))
         finally:
-            channel.batch_done(seq, (self, key[2]) if seq is not None else None)
+            channel.batch_done()
 
     def _error(self, batch_id: Any, exc: BaseException) -> None:
         status, body, _ = status_and_body(exc)

@@ -15,6 +15,7 @@ from starlette.websockets import WebSocketDisconnect
 from crdtstore.api import live
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
+from crdtstore.api.live_batches import NodeLedger
 from crdtstore.node import Node, NodeConfig
 from crdtstore.patches import apply_patches
 from tests.api.helpers import READ_TOKEN, RW_TOKEN, TestClient, WebSocketDenialResponse, auth_headers
@@ -135,13 +136,13 @@ class _CutAfterCommit:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.node, name)
 
-    async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Any:
+    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes, **hooks: Any) -> Any:
         import anyio
 
-        result = await self.node.apply(doc_id, ops)
+        outcome = await NodeLedger(self.node, keep=100).apply_once(doc_id, ops, key, **hooks)
         self.committed.set()
         await anyio.to_thread.run_sync(self.cut.wait)
-        return result
+        return outcome
 
 
 def test_a_cut_between_commit_and_ack_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
@@ -164,6 +165,113 @@ def test_a_cut_between_commit_and_ack_loses_nothing_and_doubles_nothing(tmp_path
         response = c.get("/v1/docs/d").json()
         assert response["value"] == {"n": 5}
         assert ack["version"] == response["version"]
+
+
+class _HoldBeforeCommit:
+    """The node, except that a live batch waits for the test before it is written."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    async def _hold(self) -> None:
+        import anyio
+
+        if self.entered.is_set():
+            return  # only the first write is held
+        self.entered.set()
+        await anyio.to_thread.run_sync(self.release.wait, 30)
+
+    async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Any:
+        await self._hold()
+        return await self.node.apply(doc_id, ops)
+
+    async def apply_once(self, doc_id: str, ops: list[dict[str, Any]], key: bytes, **hooks: Any) -> Any:
+        await self._hold()
+        return await NodeLedger(self.node, keep=100).apply_once(doc_id, ops, key, **hooks)
+
+
+def test_a_write_from_elsewhere_is_pushed_while_a_live_batch_is_in_flight(tmp_path: Path) -> None:
+    # Regression: the channel held every local commit until no live batch was in flight (it waited to
+    # learn whether the commit was one of theirs), so a POST under steady typing was never pushed.
+    proxy = _HoldBeforeCommit(Node(NodeConfig(region="hold", data_dir=tmp_path, sync=False)))
+    app = build_app(proxy, auth=AuthPolicy(tokens=TOKENS))  # type: ignore[arg-type]
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c:
+        with c.websocket_connect(url("d")) as ws, c.websocket_connect(url("d")) as other:
+            ws.receive_json()
+            other.receive_json()
+            ws.send_json({"type": "batch", "id": "held", "ops": [{"op": "increment", "path": ["n"]}]})
+            assert proxy.entered.wait(10)
+            assert c.post("/v1/docs/d", json={"ops": [{"op": "set", "path": ["k"], "value": 1}]}).status_code == 200
+            other.send_json({"type": "presence", "state": {"name": "o"}})
+            first = ws.receive_json()
+            proxy.release.set()
+            assert first["type"] == "change" and first["patches"] == [{"path": ["k"], "value": 1}]
+            assert "batch" not in first
+            assert ws.receive_json()["type"] == "presence"
+            assert receive_until(ws, "ack")["id"] == "held"
+
+
+def test_a_restart_between_commit_and_ack_forgets_no_batch_id(tmp_path: Path) -> None:
+    # The batch commits, then the node stops before the ack: the id was recorded with the write,
+    # so the resend to the restarted node is acknowledged again, not applied a second time.
+    proxy = _CutAfterCommit(Node(NodeConfig(region="restart", data_dir=tmp_path, sync=False)))
+    batch = {"type": "batch", "id": "once", "ops": [{"op": "increment", "path": ["n"], "by": 5}]}
+    with TestClient(build_app(proxy, auth=AuthPolicy(tokens=TOKENS)), headers=auth_headers(RW_TOKEN)) as c:  # type: ignore[arg-type]
+        with c.websocket_connect(url("d")) as ws:
+            ws.receive_json()
+            ws.send_json(batch)
+            assert proxy.committed.wait(10)
+        proxy.cut.set()
+    restarted = Node(NodeConfig(region="restart", data_dir=tmp_path, sync=False))
+    with TestClient(build_app(restarted, auth=AuthPolicy(tokens=TOKENS)), headers=auth_headers(RW_TOKEN)) as c:
+        assert c.get("/v1/docs/d").json()["value"] == {"n": 5}
+        with c.websocket_connect(url("d")) as ws:
+            assert ws.receive_json()["value"] == {"n": 5}
+            ws.send_json(batch)
+            ack = receive_until(ws, "ack")
+            assert ack["id"] == "once" and ack["again"] is True
+            # A new id from the same client is a new batch.
+            ws.send_json(batch | {"id": "twice"})
+            assert "again" not in receive_until(ws, "ack")
+        response = c.get("/v1/docs/d").json()
+        assert response["value"] == {"n": 10}
+
+
+def test_a_resend_to_a_restarted_node_is_acked_again_not_applied_again(tmp_path: Path) -> None:
+    batch = {"type": "batch", "id": "b1", "ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "hi"}]}
+    for attempt in range(2):
+        node = Node(NodeConfig(region="restart", data_dir=tmp_path, sync=False))
+        with TestClient(build_app(node, auth=AuthPolicy(tokens=TOKENS)), headers=auth_headers(RW_TOKEN)) as c:
+            with c.websocket_connect(url("d")) as ws:
+                ws.receive_json()
+                ws.send_json(batch)
+                ack = receive_until(ws, "ack")
+            assert ack.get("again", False) is (attempt == 1)
+            assert c.get("/v1/docs/d").json()["value"] == {"t": "hi"}
+
+
+def test_a_batch_id_is_per_token_across_a_restart(tmp_path: Path) -> None:
+    # Another token's batch of the same id is its own batch: it cannot replay (or suppress) someone else's.
+    node = Node(NodeConfig(region="restart", data_dir=tmp_path, sync=False))
+    batch = {"type": "batch", "id": "b1", "ops": [{"op": "increment", "path": ["n"]}]}
+    tokens = TokenStore({RW_TOKEN: Scope.READWRITE, "other-token-0123456789": Scope.READWRITE})
+    with TestClient(build_app(node, auth=AuthPolicy(tokens=tokens)), headers=auth_headers(RW_TOKEN)) as c:
+        with c.websocket_connect(url("d")) as ws:
+            ws.receive_json()
+            ws.send_json(batch)
+            receive_until(ws, "ack")
+    node = Node(NodeConfig(region="restart", data_dir=tmp_path, sync=False))
+    with TestClient(build_app(node, auth=AuthPolicy(tokens=tokens))) as c:
+        with c.websocket_connect(url("d", token="other-token-0123456789")) as ws:
+            ws.receive_json()
+            ws.send_json(batch)
+            assert "again" not in receive_until(ws, "ack")
+        assert c.get("/v1/docs/d", headers=auth_headers(RW_TOKEN)).json()["value"] == {"n": 2}
 
 
 def test_a_read_token_follows_and_sends_presence_but_cannot_write(client: TestClient) -> None:
