@@ -1462,12 +1462,13 @@ def _covered(flat: list[int] | None, lo: int, hi: int) -> bool:
 
 
 def _pieces(
-    starts: list[int], groups: list[list[Item]], lo: int, hi: int, out: list[tuple[str, int, int]], limit: int
+    starts: list[int], groups: list[Item | list[Item]], lo: int, hi: int, out: list[tuple[str, int, int]], limit: int
 ) -> bool:
     """Add to ``out`` the visible parts of one replica's items inside ids ``[lo, hi)``; False past ``limit``."""
     k = max(0, bisect_right(starts, lo) - 1)
     while k < len(starts) and starts[k] < hi:
-        for it in groups[k]:
+        group = groups[k]
+        for it in (group,) if isinstance(group, Item) else group:  # a run never split is kept as its item
             a, b = max(lo, it.counter), min(hi, it.counter + it.length)
             if a < b and it.content is not None:
                 out.append((it.replica, a, b))
