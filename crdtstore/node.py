@@ -51,6 +51,7 @@ cut down. Remote deltas and states are not limited by them (see
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -325,6 +326,47 @@ class Node:
         """
         check_doc_id(doc_id)
         return await self._submit(lambda ctx: self._apply_txn(ctx, doc_id, ops))
+
+    async def apply_many(self, items: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[WriteResult | Exception]:
+        """Apply many documents' op batches in one writer submission; answer per document.
+
+        Each document's batch is atomic in a savepoint of its own (a child
+        transaction), exactly as :meth:`apply` would apply it alone: one that
+        fails is rolled back alone and answered with its exception, and the
+        others commit. All of them share one queue slot and one future, so a
+        bulk writer costs the writer one request, not one per document.
+        A document named twice applies twice, in order.
+
+        Returns:
+            Per item, in order: its :class:`WriteResult`, or the exception
+            :meth:`apply` would have raised for it alone (``OpError``,
+            ``InvalidDocumentId``, ``DocumentTooLarge``, ...).
+
+        Raises:
+            Overloaded: Too many writes are waiting (nothing applied).
+            StorageFull: The whole submission does not fit at ``max_map_size`` (nothing applied).
+        """
+        results: list[WriteResult | Exception | None] = [None] * len(items)
+        ready: list[int] = []
+        for index, (doc_id, _) in enumerate(items):
+            try:
+                check_doc_id(doc_id)
+            except InvalidDocumentId as exc:
+                results[index] = exc
+            else:
+                ready.append(index)
+        if ready:
+
+            def run(ctx: WriteContext) -> list[WriteResult | Exception]:
+                out: list[WriteResult | Exception] = []
+                for i in ready:
+                    doc_id, ops = items[i]
+                    out.append(ctx.savepoint(functools.partial(self._apply_txn, doc_id=doc_id, ops=ops)))
+                return out
+
+            for index, outcome in zip(ready, await self._submit(run), strict=True):
+                results[index] = outcome
+        return [r for r in results if r is not None]
 
     async def read(self, doc_id: str, *, siblings: bool = False) -> ReadResult:
         """The committed state of a document.

@@ -95,6 +95,15 @@ def test_the_documents_share_group_commits(client: TestClient) -> None:
     assert writer.stats()["commits"] - before < 50
 
 
+def test_a_batch_is_one_writer_request(client: TestClient) -> None:
+    writer = client.app.state.api.node.writer  # type: ignore[attr-defined]
+    before = writer.stats()["requests"]
+    response = client.post(URL, json=docs_body(*((f"w{i}", SET) for i in range(100))))
+    assert all(r["status"] == 200 for r in response.json()["results"])
+    # Node.apply_many: one queue slot and one future for the 100 documents, not one each.
+    assert writer.stats()["requests"] - before == 1
+
+
 def test_ids_are_json_strings_not_url_encoded(client: TestClient) -> None:
     ids = ["a b", "q?x=1", "100%", "%41", "é", "😀", "x" * 256]
     response = client.post(URL, json=docs_body(*((i, SET) for i in ids)))
