@@ -70,7 +70,6 @@ from crdtstore.docstore import (
     NodeNotRunning,
     ReadResult,
     check_lengths,
-    only_removals,
     split_view,
 )
 from crdtstore.feed import ChangeFeed, InvalidCursor, parse_since
@@ -114,6 +113,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The op kinds that can only shrink a document (docstore.only_removals).
+_REMOVALS = frozenset({"delete", "remove", "disable"})
 
 
 @dataclass
@@ -637,15 +639,19 @@ class Node:
         now = self._now()
         batch = entry.doc.apply(ops, replica=self.replica_id, now=now)
         delta = codec.encode_delta(batch)
-        limited = not only_removals(ops)
-        if limited:
+        # The batch applied, so ops is a list of op objects with known kinds.
+        kinds = {op["op"] for op in ops}
+        limited = not kinds <= _REMOVALS
+        if "insert" in kinds:  # only inserts lengthen a sequence
             check_lengths(doc_id, entry.doc, batch, self.config.max_sequence_length)
         storage = ctx.storage
         seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
         storage.set_hlc(ctx.txn, self._hlc.last)
         # Never past the decoder's own bound, whatever the configuration: the document must load again.
         limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else codec.MAX_ENCODED_BYTES
-        version = docs.settle(ctx, doc_id, entry, state, self.replica_id, seq, delta, limit=limit)
+        # A batch whose last op is no removal leaves that op's field visible: the document is live.
+        live = ops[-1]["op"] not in _REMOVALS
+        version = docs.settle(ctx, doc_id, entry, state, self.replica_id, seq, delta, limit=limit, live=live)
         return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
 
     def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:

@@ -67,7 +67,7 @@ import collections
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,7 +251,7 @@ async def apply_batches(
             results[index] = _failure(doc.id, doc.error)
         else:
             ready.append(index)
-    applied: list[Any] = []
+    applied: Sequence[Any] = []
     if ready:
         async with gate_of(ctx).admit(len(ready)):
             # One writer submission for them all: one queue slot, one future, one transaction.
