@@ -27,6 +27,13 @@ def ranges_add(flat: list[int], lo: int, hi: int) -> None:
     """Add ``[lo, hi)`` to ``flat`` in place, merging overlapping and adjacent ranges."""
     if lo >= hi:
         return
+    if flat and lo >= flat[-1]:
+        # At or past the end, where new dots go: extend the last range, or start one after a gap.
+        if lo == flat[-1]:
+            flat[-1] = hi
+        else:
+            flat += (lo, hi)
+        return
     i = bisect_left(flat, lo)
     j = bisect_right(flat, hi)
     if i & 1:  # lo falls inside (or at the end of) the range that starts at flat[i - 1]
@@ -122,11 +129,14 @@ class CausalContext:
     # Public methods for updates (in place).
 
     def add(self, dot: Dot) -> None:
-        flat = self.ranges.get(dot[0])
+        replica, c = dot
+        flat = self.ranges.get(replica)
         if flat is None:
-            self.ranges[dot[0]] = [dot[1], dot[1] + 1]
+            self.ranges[replica] = [c, c + 1]
+        elif flat[-1] == c:  # the next dot of the last range: the usual mint
+            flat[-1] = c + 1
         else:
-            ranges_add(flat, dot[1], dot[1] + 1)
+            ranges_add(flat, c, c + 1)
 
     def add_range(self, replica: str, lo: int, hi: int) -> None:
         """Add the dots ``(replica, lo) .. (replica, hi - 1)``."""

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from .canonical import FORMAT, MAX_ENCODED_BYTES, check_deleters, decode_state, encode_state
-from .causal import CausalContext, Dot
+from .causal import CausalContext, Dot, ranges_remove
 from .crdt.ormap import ORMap
 from .crdt.sequence import MAX_ELEMENTS, SeqDelta
 from .crdt.tags import Tag
@@ -50,12 +50,24 @@ def _encode_full_delta(delta: Delta) -> bytes:
     # A delta's context always holds the dots its stores hold and its inserts
     # imply (``apply`` mints them into both): write only the rest, the dots it
     # covers without holding. Decoding adds the implied ones back.
-    implied = list(_implied(delta.root))
+    implied: list[tuple[str, int, int]] = []
+    _collect_implied(delta.root, implied)
     ctx = delta.ctx
     if implied:
-        ctx = ctx.copy()
+        # Copy only the replicas' ranges that change (usually one of them).
+        ranges = dict(ctx.ranges)
+        copied: set[str] = set()
         for replica, lo, hi in implied:
-            ctx.remove_range(replica, lo, hi)
+            flat = ranges.get(replica)
+            if flat is None:
+                continue
+            if replica not in copied:
+                flat = ranges[replica] = list(flat)
+                copied.add(replica)
+            ranges_remove(flat, lo, hi)
+            if not flat:
+                del ranges[replica]
+        ctx = CausalContext(ranges)
     return encode_state("d", delta.root, ctx)
 
 
@@ -73,6 +85,23 @@ def decode_delta(data: bytes) -> Delta:
         ctx.add_range(replica, lo, hi)
     check_deleters(root, ctx)
     return Delta(root, ctx)
+
+
+def _collect_implied(node: ORMap, out: list[tuple[str, int, int]]) -> None:
+    """:func:`_implied` into a list: no generator frames on the path of every write."""
+    for replica, counter in node.presence:
+        out.append((replica, counter, counter + 1))
+    for entries in node.fields.values():
+        for value in entries.values():
+            kind = type(value)
+            if kind is ORMap:
+                _collect_implied(value, out)
+                continue
+            for replica, counter in value.dots():
+                out.append((replica, counter, counter + 1))
+            if kind is SeqDelta:
+                for replica, counter, _, _, content in value.inserts:
+                    out.append((replica, counter, counter + (content if type(content) is int else len(content))))
 
 
 def _implied(node: ORMap) -> Iterator[tuple[str, int, int]]:

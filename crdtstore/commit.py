@@ -121,6 +121,33 @@ class WriteContext:
         """Run ``callback`` on the writer thread if this request's writes are rolled back."""
         self._on_abort.append(callback)
 
+    def savepoint(self, fn: Callable[[WriteContext], T]) -> T | Exception:
+        """Run ``fn`` in a child transaction: all of it lands in this one, or none of it.
+
+        ``fn``'s hooks stay its own until it succeeded: if it raises, its
+        writes are rolled back, its ``on_abort`` hooks run at once and its
+        exception is returned (the caller answers it and goes on); if it
+        returns, its hooks join this context's, since the batch may still
+        be rolled back or committed as a whole.
+
+        Raises:
+            lmdb.MapFullError: From ``fn``, after its rollback: the writer grows
+                the map and runs the whole request again.
+        """
+        child = WriteContext(self.storage.begin_write(parent=self.txn), self.storage)
+        try:
+            result = fn(child)
+            child.txn.commit()
+        except Exception as exc:
+            child.txn.abort()
+            _run_hooks(child._on_abort)
+            if isinstance(exc, lmdb.MapFullError):
+                raise
+            return exc
+        self._on_commit.extend(child._on_commit)
+        self._on_abort.extend(child._on_abort)
+        return result
+
 
 @dataclass(eq=False)
 class _Request(Generic[T]):

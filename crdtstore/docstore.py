@@ -341,9 +341,14 @@ class DocStore:
         delta: bytes | None,
         *,
         limit: int,
+        live: bool = False,
     ) -> str:
-        """Store a changed document: buried if no field is left, else as a live change; return its version."""
-        if is_empty(entry.doc):
+        """Store a changed document: buried if no field is left, else as a live change; return its version.
+
+        Args:
+            live: The caller knows a field is visible (its last op set one), so no need to look.
+        """
+        if not live and is_empty(entry.doc):
             return self.bury(ctx, doc_id, entry.doc, state, origin, origin_seq, delta)
         return self.store(ctx, doc_id, entry, state, origin, origin_seq, delta, limit=limit)
 

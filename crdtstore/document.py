@@ -262,6 +262,21 @@ class _Planner:
 
     def _resolve(self, path: tuple[str, ...]) -> tuple[Tag | None, Any]:
         """The visible type at ``path`` after the earlier ops, and the document's value there if it still counts."""
+        if not self.overlay:
+            # The first op of a batch (most batches have one): the document alone, no prefixes to look up.
+            root: ORMap = self.doc.root
+            last = len(path) - 1
+            for k in range(last):
+                name = path[k]
+                tag = root.visible_tag(name)
+                if tag is None:
+                    return None, None
+                if tag is not Tag.MAP:
+                    prefix = path[: k + 1]
+                    raise TypeMismatch(f"{'/'.join(prefix)} is a {tag.label}, not a map", path=list(prefix))
+                root = root.fields[name][tag]
+            tag = root.visible_tag(path[last])
+            return tag, (root.fields[path[last]][tag] if tag is not None else None)
         node: ORMap | None = self.doc.root
         for k, name in enumerate(path):
             prefix = path[: k + 1]

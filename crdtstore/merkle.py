@@ -82,6 +82,10 @@ _PERSON_ITEM = b"crdtstore.item"
 _PERSON_NODE = b"crdtstore.node"
 
 _KEY = struct.Struct(">BI")
+# Keyed-by-purpose hash states, copied per use: copying costs less than setting up the parameters each time.
+_ITEM_HASH = hashlib.blake2b(digest_size=HASH_SIZE, person=_PERSON_ITEM)
+_NODE_HASH = hashlib.blake2b(digest_size=HASH_SIZE, person=_PERSON_NODE)
+_BUCKET_HASH = hashlib.blake2b(digest_size=8, person=_PERSON_BUCKET)
 
 
 class NodeStore(Protocol):
@@ -126,10 +130,8 @@ def item_hash(doc_id: str, digest: bytes) -> bytes:
     ``("a", b"bc...")`` cannot collide by concatenation.
     """
     raw = doc_id.encode()
-    h = hashlib.blake2b(digest_size=HASH_SIZE, person=_PERSON_ITEM)
-    h.update(len(raw).to_bytes(4, "big"))
-    h.update(raw)
-    h.update(digest)
+    h = _ITEM_HASH.copy()
+    h.update(len(raw).to_bytes(4, "big") + raw + digest)
     return h.digest()
 
 
@@ -139,9 +141,11 @@ def hash_children(children: Sequence[bytes]) -> bytes:
     Public so that a store can rehash inner nodes in bulk (storage defers it
     to once per group commit) with exactly the rule :class:`MerkleTree` uses.
     """
-    if all(c == EMPTY for c in children):
+    if children.count(EMPTY) == len(children):
         return EMPTY
-    return hashlib.blake2b(b"".join(children), digest_size=HASH_SIZE, person=_PERSON_NODE).digest()
+    h = _NODE_HASH.copy()
+    h.update(b"".join(children))
+    return h.digest()
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -178,8 +182,9 @@ class MerkleShape:
 
     def bucket(self, doc_id: str) -> int:
         """The leaf bucket of ``doc_id``; stable for the life of the document."""
-        h = hashlib.blake2b(doc_id.encode(), digest_size=8, person=_PERSON_BUCKET).digest()
-        return int.from_bytes(h, "big") % self.leaves
+        h = _BUCKET_HASH.copy()
+        h.update(doc_id.encode())
+        return int.from_bytes(h.digest(), "big") % self.leaves
 
     def children_of(self, level: int, index: int) -> list[NodeId]:
         """The ids of the children of an inner node."""

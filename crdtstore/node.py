@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from crdtstore import codec
 from crdtstore.commit import GroupCommitWriter, Overloaded, WriteContext, WriterClosed
 from crdtstore.docstore import (
     DocStore,
@@ -68,13 +67,12 @@ from crdtstore.docstore import (
     DocumentTooLarge,
     NodeNotRunning,
     ReadResult,
-    check_lengths,
-    only_removals,
     split_view,
 )
 from crdtstore.feed import ChangeFeed, InvalidCursor, parse_since
 from crdtstore.hlc import HybridClock
-from crdtstore.limits import MAX_BATCH_OPS, MAX_DOCUMENT_BYTES, MAX_SEQUENCE_LENGTH
+from crdtstore.limits import MAX_DOCUMENT_BYTES, MAX_SEQUENCE_LENGTH
+from crdtstore.local import LocalWrites, WriteResult
 from crdtstore.merkle import MerkleShape
 from crdtstore.remote import RemoteJoin
 from crdtstore.storage import (
@@ -175,24 +173,6 @@ class NodeConfig:
     replica_name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """The outcome of an acknowledged (committed) write.
-
-    Attributes:
-        version: The document's version token after the write.
-        created: True if the document did not exist (or was deleted) before.
-        origin: The origin the write's delta was logged under (this incarnation's replica id).
-        seq: Its sequence number in that origin's log: a quorum write waits for
-            peers to hold exactly ``(origin, seq)``, not whatever is newest.
-    """
-
-    version: str
-    created: bool
-    origin: str = ""
-    seq: int = 0
-
-
 def _default_random_id() -> str:
     return secrets.token_hex(4)
 
@@ -225,6 +205,7 @@ class Node:
         self._docs: DocStore | None = None
         self._feed: ChangeFeed | None = None
         self._remote: RemoteJoin | None = None
+        self._local: LocalWrites | None = None
         self._closed = False
 
     # Public methods for the lifecycle.
@@ -277,6 +258,14 @@ class Node:
             view_max_bytes=cfg.view_max_bytes,
         )
         self._remote = RemoteJoin(self._docs, self.replica_id, submit=self._submit, clock=self._clock)
+        self._local = LocalWrites(
+            self._docs,
+            self.replica_id,
+            self._hlc,
+            self._clock,
+            max_document_bytes=cfg.max_document_bytes,
+            max_sequence_length=cfg.max_sequence_length,
+        )
         self._writer = GroupCommitWriter(storage, max_queue=cfg.max_queue, max_batch=cfg.max_batch)
         self._writer.start()
 
@@ -327,7 +316,44 @@ class Node:
             Overloaded: Too many writes are waiting.
         """
         check_doc_id(doc_id)
-        return await self._submit(lambda ctx: self._apply_txn(ctx, doc_id, ops))
+        return await self._submit(lambda ctx: self._local_writes().apply(ctx, doc_id, ops))
+
+    async def apply_many(self, items: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[WriteResult | Exception]:
+        """Apply many documents' op batches in one writer submission; answer per document.
+
+        Each document's batch is atomic in a savepoint of its own (a child
+        transaction), exactly as :meth:`apply` would apply it alone: one that
+        fails is rolled back alone and answered with its exception, and the
+        others commit. All of them share one queue slot and one future, so a
+        bulk writer costs the writer one request, not one per document.
+        A document named twice applies twice, in order.
+
+        Returns:
+            Per item, in order: its :class:`WriteResult`, or the exception
+            :meth:`apply` would have raised for it alone (``OpError``,
+            ``InvalidDocumentId``, ``DocumentTooLarge``, ...).
+
+        Raises:
+            Overloaded: Too many writes are waiting (nothing applied).
+            StorageFull: The whole submission does not fit at ``max_map_size`` (nothing applied).
+        """
+        results: list[WriteResult | Exception | None] = [None] * len(items)
+        ready: list[int] = []
+        for index, (doc_id, _) in enumerate(items):
+            try:
+                check_doc_id(doc_id)
+            except InvalidDocumentId as exc:
+                results[index] = exc
+            else:
+                ready.append(index)
+        if ready:
+            local = self._local_writes()
+            batches = [items[i] for i in ready]
+            for index, outcome in zip(
+                ready, await self._submit(lambda ctx: local.apply_many(ctx, batches)), strict=True
+            ):
+                results[index] = outcome
+        return [r for r in results if r is not None]
 
     async def read(self, doc_id: str, *, siblings: bool = False) -> ReadResult:
         """The committed state of a document.
@@ -370,7 +396,7 @@ class Node:
             DocumentNotFound: No live document has this id.
         """
         check_doc_id(doc_id)
-        await self._submit(lambda ctx: self._delete_txn(ctx, doc_id))
+        await self._submit(lambda ctx: self._local_writes().delete(ctx, doc_id))
 
     def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
         """Follow a document's changes: history after ``since``, then live commits (see :mod:`crdtstore.feed`).
@@ -565,6 +591,11 @@ class Node:
         if self._storage is None or self._closed:
             raise NodeNotRunning("node is not running")
 
+    def _local_writes(self) -> LocalWrites:
+        self._require_running()
+        assert self._local is not None
+        return self._local
+
     def _remote_join(self) -> RemoteJoin:
         self._require_running()
         assert self._remote is not None
@@ -583,51 +614,6 @@ class Node:
                 return fn(txn, *args)
 
         return await asyncio.to_thread(run)
-
-    # Private methods: local writes, on the writer thread.
-
-    def _now(self) -> int:
-        return self._hlc.now(self._clock())
-
-    def _apply_txn(self, ctx: WriteContext, doc_id: str, ops: list[dict[str, Any]]) -> WriteResult:
-        docs = self.docs
-        # Registered first: whatever fails from here on, the cached document
-        # (possibly mutated) must not outlive the rollback.
-        docs.evict_on_abort(ctx, doc_id)
-        entry, state = docs.load(ctx.txn, doc_id)
-        now = self._now()
-        batch = entry.doc.apply(ops, replica=self.replica_id, now=now)
-        delta = codec.encode_delta(batch)
-        limited = not only_removals(ops)
-        if limited:
-            check_lengths(doc_id, entry.doc, batch, self.config.max_sequence_length)
-        storage = ctx.storage
-        seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
-        storage.set_hlc(ctx.txn, self._hlc.last)
-        # Never past the decoder's own bound, whatever the configuration: the document must load again.
-        limit = min(self.config.max_document_bytes, codec.MAX_ENCODED_BYTES) if limited else codec.MAX_ENCODED_BYTES
-        version = docs.settle(ctx, doc_id, entry, state, self.replica_id, seq, delta, limit=limit)
-        return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
-
-    def _delete_txn(self, ctx: WriteContext, doc_id: str) -> None:
-        docs = self.docs
-        docs.evict_on_abort(ctx, doc_id)
-        entry, state = docs.load(ctx.txn, doc_id)
-        if state != "live":
-            raise DocumentNotFound(doc_id)
-        doc = entry.doc
-        keys = [{"op": "delete", "path": [key]} for key in doc.value()]
-        delta_bytes = None
-        origin_seq = None
-        if keys:
-            now = self._now()
-            delta = doc.apply(keys[:MAX_BATCH_OPS], replica=self.replica_id, now=now)
-            for start in range(MAX_BATCH_OPS, len(keys), MAX_BATCH_OPS):
-                delta.join(doc.apply(keys[start : start + MAX_BATCH_OPS], replica=self.replica_id, now=now))
-            delta_bytes = codec.encode_delta(delta)
-            origin_seq = ctx.storage.append_local(ctx.txn, self.replica_id, doc_id, delta_bytes)
-            ctx.storage.set_hlc(ctx.txn, self._hlc.last)
-        docs.bury(ctx, doc_id, doc, "live", self.replica_id, origin_seq, delta_bytes)
 
     # Public methods for listing. Last in the class on purpose: the method's
     # name shadows the builtin ``list`` for type checkers in the class body.

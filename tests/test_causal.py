@@ -46,3 +46,30 @@ def test_compaction_turns_out_of_order_dots_into_a_vector() -> None:
     assert ctx.vector() == {"a": 3}
     assert ctx.ranges == {"a": [1, 4]}
     assert ctx.next_dot("a") == ("a", 4)
+
+
+def canonical_ranges(ds: set[int]) -> list[int]:
+    """The one flat range list of a set of counters: sorted, disjoint, adjacent ranges merged."""
+    flat: list[int] = []
+    for c in sorted(ds):
+        if flat and flat[-1] == c:
+            flat[-1] = c + 1
+        else:
+            flat += [c, c + 1]
+    return flat
+
+
+@given(st.lists(st.tuples(st.sampled_from("ab"), st.integers(1, 40), st.integers(0, 4)), max_size=40))
+def test_adds_in_any_order_keep_the_ranges_canonical(steps: list[tuple[str, int, int]]) -> None:
+    # Dots and runs added in any order (at the end, past it, inside, overlapping): the ranges are
+    # always the canonical ones of the set they stand for (the fast path at the end included).
+    ctx = CausalContext()
+    model: dict[str, set[int]] = {}
+    for replica, lo, n in steps:
+        if n == 0:
+            ctx.add((replica, lo))
+            model.setdefault(replica, set()).add(lo)
+        else:
+            ctx.add_range(replica, lo, lo + n)
+            model.setdefault(replica, set()).update(range(lo, lo + n))
+        assert ctx.ranges == {r: canonical_ranges(cs) for r, cs in model.items()}

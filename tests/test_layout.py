@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "crdtstore"
 # node -> docstore -> feed -> storage, and nothing calls back up.
 LAYERS: dict[str, set[str]] = {
     "crdtstore.region": set(),
-    "crdtstore.node": {"crdtstore.docstore", "crdtstore.feed", "crdtstore.remote"},
+    "crdtstore.node": {"crdtstore.docstore", "crdtstore.feed", "crdtstore.remote", "crdtstore.local"},
+    "crdtstore.local": {"crdtstore.docstore"},
     "crdtstore.remote": {"crdtstore.docstore"},
     "crdtstore.docstore": set(),
     "crdtstore.feed": set(),

@@ -12,6 +12,7 @@ from crdtstore.merkle import (
     MerkleTree,
     diff,
     diff_children,
+    hash_children,
     item_hash,
     node_key,
     parse_node_key,
@@ -180,6 +181,14 @@ def test_bucket_is_stable_and_in_range() -> None:
     assert item_hash("a", bytes(16)).hex() == "7ef684baf8951444a5fb22be9288cb9f"
     assert all(0 <= shape.bucket(f"d{i}") < shape.leaves for i in range(1000))
     assert len({shape.bucket(f"d{i}") for i in range(1000)}) > 950  # spreads out
+
+
+def test_inner_node_hash_is_pinned() -> None:
+    # Pinned from the code before the hash states were precomputed: peers of either version must agree.
+    assert hash_children([EMPTY, b"\x01" * 16]).hex() == "c923737d4569935383e621229c46645e"
+    assert hash_children([EMPTY, EMPTY]) == EMPTY
+    assert hash_children((EMPTY,)) == EMPTY
+    assert MerkleShape().bucket("doc-\u00e9") == 48775 and MerkleShape(16, 2).bucket("x") == 103
 
 
 def test_clear_empties_the_store() -> None:

@@ -923,7 +923,7 @@ def test_a_view_rendered_before_a_write_is_never_stored_after_it(tmp_path: Path)
             await node.apply("doc", [set_op("a", 1)])
             blocker, parked, gate = block_writer(node)
             await asyncio.to_thread(parked.wait)
-            write = node.writer.submit(lambda ctx: node._apply_txn(ctx, "doc", [set_op("a", 2)]))
+            write = node.writer.submit(lambda ctx: node._local_writes().apply(ctx, "doc", [set_op("a", 2)]))
             assert (await node.read("doc")).value == {"a": 1}  # decoded from what is committed
             gate.set()
             await blocker

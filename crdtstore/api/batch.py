@@ -19,13 +19,15 @@ atomically with each other.
    tokens. A document that fails gets its error as its result; it never
    reaches the node, and the others go on.
 3. **Every remaining document goes to the node at once**, once the
-   admission gate below lets the batch in: one ``Node.apply`` per document,
-   all awaited together, so they join the group-commit writer's queue
-   together and share its transactions and fsyncs (one for up to
-   ``max_batch``, 256, writes: :mod:`crdtstore.commit`). A document the node refuses (a
+   admission gate below lets the batch in: one ``Node.apply_many``, one
+   request of the group-commit writer (:mod:`crdtstore.commit`), so the
+   documents share its transaction and fsync and cost one queue slot and
+   one future between them. Each document applies in its own savepoint,
+   exactly as ``Node.apply`` would apply it: one the node refuses (a
    ``type_mismatch``, an index out of range, a document over its size
-   limit) is rolled back alone in its child transaction; its batch-mates
-   commit.
+   limit) is rolled back alone; its batch-mates commit. If the writer
+   refuses the submission whole (its queue is full), every document
+   answers 503 ``overloaded``.
 4. **With** ``?w=`` past ``one``, each committed document then waits for its
    own write's acknowledgements, all documents together; a document whose
    wait times out answers 504 ``quorum_timeout`` (it is durable here and
@@ -44,17 +46,18 @@ client that listed both meant; it can put the ops in one entry and get them
 atomically. Refusing is also the answer that can be loosened later without
 breaking a client, unlike a chosen order.
 
-Why ``max_batch_docs`` (100 by default), and an admission gate: each
-document takes one slot of the writer's queue (``max_queue``, 1,024) until
-its commit, and a full queue refuses a write (503 ``overloaded``). Sixteen
-bulk writers sending 100 documents each would fill it, and each would see
-most of its documents refused, while single writers and peers starve. So
-batch documents enter the queue through a :class:`DocumentGate`: at most
-half the queue (or one whole batch, if larger) at once; a batch waits its
-turn, first come first served, and only when the documents already waiting
-pass eight times that does a request answer 503 ``overloaded`` whole, with
-nothing applied. A document the writer still refuses (single writers filled
-the queue) answers 503 ``overloaded`` with the others unaffected.
+Why ``max_batch_docs`` (100 by default), and an admission gate: a batch
+takes one slot of the writer's queue, but its documents are the writer's
+work, and they are what the queue (``max_queue``, 1,024) bounds: the
+writer's backlog of documents, and so every writer's wait. Sixteen bulk
+writers sending 100 documents each would put 1,600 documents ahead of the
+single writers and peers behind them. So batch documents enter the writer
+through a :class:`DocumentGate`: at most half the queue's worth (or one
+whole batch, if larger) at once; a batch waits its turn, first come first
+served, and only when the documents already waiting pass eight times that
+does a request answer 503 ``overloaded`` whole, with nothing applied. A
+batch the writer still refuses (single writers filled its queue) answers
+503 ``overloaded`` for each of its documents, and nothing of it applies.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ import collections
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,13 +251,14 @@ async def apply_batches(
             results[index] = _failure(doc.id, doc.error)
         else:
             ready.append(index)
-    applied: list[Any] = []
+    applied: Sequence[Any] = []
     if ready:
         async with gate_of(ctx).admit(len(ready)):
-            # Started together, so the writer finds them queued together: one transaction, one fsync.
-            applied = await asyncio.gather(
-                *(ctx.node.apply(docs[i].id, docs[i].ops or []) for i in ready), return_exceptions=True
-            )
+            # One writer submission for them all: one queue slot, one future, one transaction.
+            try:
+                applied = await ctx.node.apply_many([(docs[i].id, docs[i].ops or []) for i in ready])
+            except Exception as exc:  # refused whole (overloaded, writer closed): every document says so
+                applied = [exc] * len(ready)
     committed: list[tuple[int, Any, str]] = []
     for index, outcome in zip(ready, applied, strict=True):
         if isinstance(outcome, BaseException):

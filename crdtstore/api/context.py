@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +23,8 @@ class NodeLike(Protocol):
     async def close(self) -> None: ...
 
     async def apply(self, doc_id: str, ops: list[dict[str, Any]]) -> Any: ...
+
+    async def apply_many(self, items: Sequence[tuple[str, list[dict[str, Any]]]]) -> Sequence[Any]: ...
 
     async def read(self, doc_id: str, *, siblings: bool = False) -> Any: ...
     async def read_json(self, doc_id: str) -> tuple[str, bytes]: ...

@@ -128,8 +128,12 @@ class ORMap:
     # Public methods for joining and removing.
 
     def join(self, other: ORMap, ours: CausalContext, theirs: CausalContext, full: bool) -> None:
-        self.presence = join_dotset(self.presence, other.presence, ours, theirs)
-        names = self.fields.keys() | other.fields.keys() if full else other.fields.keys()
+        if self.presence or other.presence:  # two empty sets join to the empty set
+            self.presence = join_dotset(self.presence, other.presence, ours, theirs)
+        if not full:
+            self._join_delta(other, ours, theirs)
+            return
+        names = self.fields.keys() | other.fields.keys()
         for name in list(names):
             mine = self.fields.get(name)
             their_entries = other.fields.get(name, {})
@@ -151,6 +155,32 @@ class ORMap:
                     mine[tag] = ours_value
             if mine is not None and not mine and not self.is_delta:
                 del self.fields[name]
+
+    def _join_delta(self, other: ORMap, ours: CausalContext, theirs: CausalContext) -> None:
+        """``join`` of a delta (not ``full``): only the fields ``other`` mentions, each of its values there.
+
+        The same steps as the full join with ``other``'s names and tags alone,
+        without the unions and the bottom values a full join needs: this is
+        the path of every local op and every replicated delta.
+        """
+        fields = self.fields
+        keep_bottom = self.is_delta
+        for name, their_entries in list(other.fields.items()):
+            mine = fields.get(name)
+            for tag, theirs_value in list(their_entries.items()):
+                ours_value = mine.get(tag) if mine else None
+                if ours_value is None:
+                    ours_value = empty_value(tag, delta=keep_bottom)
+                ours_value.join(theirs_value, ours, theirs, False)
+                if not keep_bottom and ours_value.is_bottom():
+                    if mine is not None:
+                        mine.pop(tag, None)
+                else:
+                    if mine is None:
+                        mine = fields[name] = {}
+                    mine[tag] = ours_value
+            if mine is not None and not mine and not keep_bottom:
+                del fields[name]
 
     def removal(self, ctx: CausalContext, deleter: Callable[[], Dot]) -> ORMap:
         """The delta that removes everything observed in this map, mentioning every field."""

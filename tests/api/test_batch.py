@@ -30,7 +30,7 @@ from crdtstore.api.limits import Limits, parse_json
 from crdtstore.api.openapi import openapi_document
 from crdtstore.client import AsyncClient, Client
 from crdtstore.config import SETTINGS, resolve
-from crdtstore.node import Node, NodeConfig
+from crdtstore.node import DocumentNotFound, Node, NodeConfig
 from sync.quorum import Level, QuorumOutcome, required
 from tests.api.helpers import READ_TOKEN, RW_TOKEN, TestClient, auth_headers
 
@@ -93,6 +93,15 @@ def test_the_documents_share_group_commits(client: TestClient) -> None:
     assert all(r["status"] == 200 for r in response.json()["results"])
     # One commit per document would be 100: the documents were queued together, not one after another.
     assert writer.stats()["commits"] - before < 50
+
+
+def test_a_batch_is_one_writer_request(client: TestClient) -> None:
+    writer = client.app.state.api.node.writer  # type: ignore[attr-defined]
+    before = writer.stats()["requests"]
+    response = client.post(URL, json=docs_body(*((f"w{i}", SET) for i in range(100))))
+    assert all(r["status"] == 200 for r in response.json()["results"])
+    # Node.apply_many: one queue slot and one future for the 100 documents, not one each.
+    assert writer.stats()["requests"] - before == 1
 
 
 def test_ids_are_json_strings_not_url_encoded(client: TestClient) -> None:
@@ -468,6 +477,42 @@ def test_concurrent_batches_past_the_write_queue_wait_their_turn(tmp_path: Path)
                 ids = [doc_id async for doc_id in api.iter_ids("b", page_size=1000)]
                 assert len(ids) == 9 * 32  # the refused batch wrote nothing
             assert while_held == (32, 256) and (gate.admitted, gate.waiting) == (0, 0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        hold.set()
+
+
+def test_a_batch_the_writer_refuses_whole_answers_overloaded_for_each_document(tmp_path: Path) -> None:
+    # A write queue of 1, filled by a queued write behind a held one: the batch's one submission is refused,
+    # so every document answers 503 overloaded and none of them applies.
+    node = Node(NodeConfig(region="test", data_dir=tmp_path / "n", sync=False, max_queue=1))
+    app = build_app(node, auth=AuthPolicy(tokens=TokenStore({RW_TOKEN: Scope.READWRITE})))
+    hold = threading.Event()
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            held = node.writer.submit(lambda ctx: hold.wait(60))
+            for _ in range(500):  # bounded: until the writer thread took the held request
+                if node.writer.pending == 0:
+                    break
+                await asyncio.sleep(0.01)
+            queued = node.writer.submit(lambda ctx: None)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as http:
+                body = docs_body(("o1", SET), ("o2", SET))
+                response = await http.post(URL, json=body, headers=auth_headers(RW_TOKEN))
+            hold.set()
+            await asyncio.gather(held, queued)
+            results = response.json()["results"]
+            assert [(r["id"], r["status"], r["error"]) for r in results] == [
+                ("o1", 503, "overloaded"),
+                ("o2", 503, "overloaded"),
+            ]
+            for doc_id in ("o1", "o2"):
+                with pytest.raises(DocumentNotFound):
+                    await node.read(doc_id)
 
     try:
         asyncio.run(scenario())
