@@ -82,7 +82,8 @@ class NodeLedger:
     """:class:`BatchLedger` over a :class:`~crdtstore.node.Node` that has no ``apply_once`` of its own.
 
     It runs the node's own local-write step on the node's writer, so it
-    depends on ``Node._apply_txn``: the node's owners are asked to take
+    depends on the node's writer-thread step (``Node._local_writes().apply``,
+    crdtstore/local.py): the node's owners are asked to take
     ``apply_once`` into the node (see the module docstring), after which
     :func:`ledger_for` picks theirs and this class goes.
     """
@@ -119,7 +120,7 @@ class NodeLedger:
         if known is not None:
             version, created, origin, seq = orjson.loads(known)
             return WriteResult(version=version, created=created, origin=origin, seq=seq), False
-        result: WriteResult = self.node._apply_txn(ctx, doc_id, ops)
+        result: WriteResult = self.node._local_writes().apply(ctx, doc_id, ops)
         if on_commit is not None:
             ctx.on_commit(lambda: on_commit(result))
         raw_next = txn.get(_NEXT, db=meta)
