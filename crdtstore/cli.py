@@ -38,7 +38,7 @@ from typing import Any
 import uvicorn
 
 from crdtstore import __version__, clusterctl
-from crdtstore.api.auth import AuthPolicy, Scope, TokenStore, generate_token, parse_token_file
+from crdtstore.api.auth import AuthPolicy, Scope, TokenStore, ensure_token_of_scope, generate_token, parse_token_file
 from crdtstore.clusterctl import load_plan, pick_token
 from crdtstore.config import (
     SETTINGS,
@@ -174,14 +174,7 @@ def ensure_admin_token(root: Path) -> str:
 
     A token file from before the admin scope keeps its tokens: the new one is appended.
     """
-    path = root / UP_TOKEN_FILE
-    for token, scope in parse_token_file(path.read_text(encoding="utf-8"), source=str(path)).items():
-        if scope is Scope.ADMIN:
-            return token
-    token = generate_token()
-    with path.open("a", encoding="utf-8") as file:
-        file.write(f"{token} admin\n")
-    return token
+    return ensure_token_of_scope(root / UP_TOKEN_FILE, Scope.ADMIN)
 
 
 def ensure_token(root: Path) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 import uvicorn
 
-from crdtstore.api.auth import Scope, generate_token, parse_token_file
+from crdtstore.api.auth import Scope, ensure_token_of_scope
 from crdtstore.config import ConfigError
 from crdtstore.supervisor import _die_with_parent
 
@@ -43,14 +43,7 @@ _PLAN_FILE = "up.json"
 
 def ensure_read_token(root: Path) -> str:
     """A read-only token in ``up``'s token file (appended when there is none)."""
-    path = root / _TOKEN_FILE
-    for token, scope in parse_token_file(path.read_text(encoding="utf-8"), source=str(path)).items():
-        if scope is Scope.READ:
-            return token
-    token = generate_token()
-    with path.open("a", encoding="utf-8") as file:
-        file.write(f"{token} read\n")
-    return token
+    return ensure_token_of_scope(root / _TOKEN_FILE, Scope.READ)
 
 
 def wait_for_plan(root: Path, proc: subprocess.Popen[bytes], *, timeout: float = READY_TIMEOUT) -> dict[str, Any]:

@@ -52,6 +52,7 @@ __all__ = [
     "Scope",
     "TokenFileError",
     "TokenStore",
+    "ensure_token_of_scope",
     "generate_token",
     "parse_env_tokens",
     "parse_token_file",
@@ -88,6 +89,20 @@ def generate_token() -> str:
     import secrets
 
     return secrets.token_hex(32)
+
+
+def ensure_token_of_scope(path: Path, scope: Scope) -> str:
+    """A token of exactly ``scope`` in the token file ``path``, appended (the file's mode kept) when it has none.
+
+    A file from before a scope existed keeps its tokens: the new one is added after them.
+    """
+    for token, found in parse_token_file(path.read_text(encoding="utf-8"), source=str(path)).items():
+        if found is scope:
+            return token
+    token = generate_token()
+    with path.open("a", encoding="utf-8") as file:
+        file.write(f"{token} {scope.name.lower()}\n")
+    return token
 
 
 def parse_token_file(text: str, *, source: str = "token file") -> dict[str, Scope]:
