@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class LiveDoc:
         self._open_timeout = open_timeout
         self._max_backoff = max_backoff
         self.doc_id = doc_id
-        self.state = LiveState()
+        self.state = LiveState(prefix=secrets.token_hex(6))
         self._ws: ClientConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiting: list[asyncio.Future[str]] = []  # one per apply() call not yet in a batch

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import secrets
 from collections.abc import Mapping, Sized
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,8 +202,13 @@ class Batch:
 
 @dataclass(slots=True)
 class LiveState:
-    """One client's view of one document (see the module docstring)."""
+    """One client's view of one document (see the module docstring).
 
+    ``prefix`` starts every batch id this client picks: ids must not collide with another client's of the
+    same token, so the caller draws it at random (the module reads no randomness itself).
+    """
+
+    prefix: str
     confirmed: dict[str, Any] = field(default_factory=dict)
     version: str | None = None
     inflight: Batch | None = None
@@ -213,7 +217,6 @@ class LiveState:
     carets: dict[str, tuple[list[str], int]] = field(default_factory=dict)
     # Sent and not acknowledged yet, in order: what a new connection resends (the server acks a known id again).
     unacked: dict[str, dict[str, Any]] = field(default_factory=dict)
-    prefix: str = field(default_factory=lambda: secrets.token_hex(6))
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def value(self) -> dict[str, Any]:

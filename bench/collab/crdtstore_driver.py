@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import hashlib
 import random
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ class Editor:
         self.shared = shared
         self.rng = rng
         self.region = region
-        self.state = LiveState()
+        self.state = LiveState(prefix=f"e{index}-{secrets.token_hex(4)}")
         self.char = chr(EDITOR_BASE + index)
         self.sent_at: list[float] = []
         self.seen: list[int] = []  # per editor, how many of its characters reached this one

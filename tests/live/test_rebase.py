@@ -71,7 +71,7 @@ steps = st.lists(
 @given(initial=st.text(alphabet="ab", min_size=1, max_size=5), steps=steps)
 def test_pending_edits_end_equal_to_the_server(initial: str, steps: list[Any]) -> None:
     server = _Server(initial)
-    client = LiveState()
+    client = LiveState(prefix="test")
     client.receive(server.snapshot())
     server.outbox.clear()
     to_server: list[dict[str, Any]] = []
@@ -119,7 +119,7 @@ def test_pending_edits_end_equal_to_the_server(initial: str, steps: list[Any]) -
 @given(initial=st.text(alphabet="ab", min_size=1, max_size=5), steps=steps)
 def test_without_concurrent_edits_the_screen_never_jumps(initial: str, steps: list[Any]) -> None:
     server = _Server(initial)
-    client = LiveState()
+    client = LiveState(prefix="test")
     client.receive(server.snapshot())
     server.outbox.clear()
     for kind, frac, what, piece, count in steps:
@@ -154,7 +154,7 @@ def test_a_pending_delete_around_a_remote_insert_spares_it() -> None:
 
 def test_a_batch_whose_ack_was_lost_is_kept_for_the_resend() -> None:
     """Its change arrived, its ack did not (the connection dropped): the next connection must resend it."""
-    client = LiveState()
+    client = LiveState(prefix="test")
     client.receive({"type": "snapshot", "version": "v0", "value": {}})
     client.edit([{"op": "increment", "path": ["n"]}])
     frame = client.next_batch()
