@@ -48,7 +48,7 @@ from crdtstore.rebase import LiveState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import drivers  # noqa: E402
-from drivers import emit, percentile_ms  # noqa: E402
+from drivers import emit, p50_p99, percentile_ms, run_summary  # noqa: E402
 
 __all__ = ["EDITOR_BASE", "main"]
 
@@ -235,21 +235,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(e.close() for e in editors))
 
     visible = shared.visible_within + shared.visible_across
-    return {
-        "peer": "crdtstore",
-        "editors": args.editors,
-        "rate": args.rate,
-        "seconds": args.seconds,
-        "offered_ops": round(args.editors * args.rate * args.seconds),
-        "sent_ops": sent,
-        "acked_ops": sum(e.acked for e in editors),
-        "acked_in_window": shared.acked_in_window,
-        "ops_per_s": round(shared.acked_in_window / args.seconds, 1),
-        "ack_ms": {"p50": percentile_ms(shared.ack_latency, 0.5), "p99": percentile_ms(shared.ack_latency, 0.99)},
+    summary = run_summary(
+        "crdtstore",
+        args,
+        sent=sent,
+        acked=sum(e.acked for e in editors),
+        acked_in_window=shared.acked_in_window,
+        ack_latency=shared.ack_latency,
+    )
+    return summary | {
         "regions": len(urls),
-        "visible_ms": {"p50": percentile_ms(visible, 0.5), "p99": percentile_ms(visible, 0.99)},
-        "visible_ms_within_region": _p50_p99(shared.visible_within),
-        "visible_ms_across_regions": _p50_p99(shared.visible_across) if len(urls) > 1 else None,
+        "visible_ms": p50_p99(visible),
+        "visible_ms_within_region": p50_p99(shared.visible_within),
+        "visible_ms_across_regions": p50_p99(shared.visible_across) if len(urls) > 1 else None,
         "visible_missing": sent * (len(editors) - 1) - len(visible),
         "visible_unknown": shared.visible_unknown,
         "send_lag_ms_p99": percentile_ms(shared.send_lag, 0.99),
@@ -259,10 +257,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "text_sha256": hashlib.sha256(texts[0].encode()).hexdigest() if texts else None,
         "acked_by_client": {str(e.index): e.acked for e in editors},
     }
-
-
-def _p50_p99(values: list[float]) -> dict[str, float | None]:
-    return {"p50": percentile_ms(values, 0.5), "p99": percentile_ms(values, 0.99)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -54,6 +54,29 @@ def percentile_ms(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
 
 
+def p50_p99(values: list[float]) -> dict[str, float | None]:
+    """The median and the 99th percentile of ``values`` (seconds), in milliseconds."""
+    return {"p50": percentile_ms(values, 0.5), "p99": percentile_ms(values, 0.99)}
+
+
+def run_summary(
+    peer: str, args: argparse.Namespace, *, sent: int, acked: int, acked_in_window: int, ack_latency: list[float]
+) -> dict[str, Any]:
+    """The fields every driver reports first, measured the same way for every side."""
+    return {
+        "peer": peer,
+        "editors": args.editors,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "offered_ops": round(args.editors * args.rate * args.seconds),
+        "sent_ops": sent,
+        "acked_ops": acked,
+        "acked_in_window": acked_in_window,
+        "ops_per_s": round(acked_in_window / args.seconds, 1),
+        "ack_ms": p50_p99(ack_latency),
+    }
+
+
 def emit(record: dict[str, Any]) -> None:
     """One JSON line on stdout (what bench/collab.py reads)."""
     sys.stdout.buffer.write(orjson.dumps(record) + b"\n")

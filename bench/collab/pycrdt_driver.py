@@ -65,7 +65,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import drivers  # noqa: E402
-from drivers import emit, percentile_ms  # noqa: E402
+from drivers import emit, p50_p99, percentile_ms, run_summary  # noqa: E402
 from yupdate import UpdateFormatError, clock_ranges  # noqa: E402
 
 __all__ = ["main"]
@@ -244,21 +244,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     sent = sum(sent_by.values())
     expected_visible = sent * (len(editors) - 1)
-    return {
-        "peer": "pycrdt-websocket",
-        "editors": args.editors,
-        "rate": args.rate,
-        "seconds": args.seconds,
-        "offered_ops": round(args.editors * args.rate * args.seconds),
-        "sent_ops": sent,
-        "acked_ops": sum(e.acked for e in editors),
-        "acked_in_window": shared.acked_in_window,
-        "ops_per_s": round(shared.acked_in_window / args.seconds, 1),
-        "ack_ms": {"p50": percentile_ms(shared.ack_latency, 0.5), "p99": percentile_ms(shared.ack_latency, 0.99)},
-        "visible_ms": {
-            "p50": percentile_ms(shared.visible_latency, 0.5),
-            "p99": percentile_ms(shared.visible_latency, 0.99),
-        },
+    summary = run_summary(
+        "pycrdt-websocket",
+        args,
+        sent=sent,
+        acked=sum(e.acked for e in editors),
+        acked_in_window=shared.acked_in_window,
+        ack_latency=shared.ack_latency,
+    )
+    return summary | {
+        "visible_ms": p50_p99(shared.visible_latency),
         "visible_missing": expected_visible - len(shared.visible_latency),
         "send_lag_ms_p99": percentile_ms(shared.send_lag, 0.99),
         "unreadable_updates": shared.unreadable_updates,
