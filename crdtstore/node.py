@@ -398,6 +398,11 @@ class Node:
         check_doc_id(doc_id)
         await self._submit(lambda ctx: self._local_writes().delete(ctx, doc_id))
 
+    async def run_local(self, fn: Callable[[WriteContext, LocalWrites], T]) -> T:
+        """Run ``fn`` on the writer with the local-write step, in one durable transaction (the live channel's
+        batch ids commit with the write they name: crdtstore/api/live_batches.py)."""
+        return await self._submit(lambda ctx: fn(ctx, self._local_writes()))
+
     def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
         """Follow a document's changes: history after ``since``, then live commits (see :mod:`crdtstore.feed`).
 

@@ -81,11 +81,9 @@ class BatchLedger(Protocol):
 class NodeLedger:
     """:class:`BatchLedger` over a :class:`~crdtstore.node.Node` that has no ``apply_once`` of its own.
 
-    It runs the node's own local-write step on the node's writer, so it
-    depends on the node's writer-thread step (``Node._local_writes().apply``,
-    crdtstore/local.py): the node's owners are asked to take
-    ``apply_once`` into the node (see the module docstring), after which
-    :func:`ledger_for` picks theirs and this class goes.
+    It records the id next to the write, in one transaction, through
+    :meth:`Node.run_local <crdtstore.node.Node.run_local>` (the node's local-write step on its writer).
+    A node that keeps batch ids itself (``apply_once``) is picked by :func:`ledger_for` instead.
     """
 
     def __init__(self, node: Any, *, keep: int) -> None:
@@ -102,13 +100,14 @@ class NodeLedger:
         *,
         on_commit: Callable[[WriteResult], None] | None = None,
     ) -> tuple[WriteResult, bool]:
-        node = self.node
-        node._require_running()
-        return await node.writer.submit(lambda ctx: self._txn(ctx, doc_id, ops, key, on_commit))  # type: ignore[no-any-return]
+        return await self.node.run_local(  # type: ignore[no-any-return]
+            lambda ctx, local: self._txn(ctx, local, doc_id, ops, key, on_commit)
+        )
 
     def _txn(
         self,
         ctx: Any,
+        local: Any,
         doc_id: str,
         ops: list[dict[str, Any]],
         key: bytes,
@@ -120,7 +119,7 @@ class NodeLedger:
         if known is not None:
             version, created, origin, seq = orjson.loads(known)
             return WriteResult(version=version, created=created, origin=origin, seq=seq), False
-        result: WriteResult = self.node._local_writes().apply(ctx, doc_id, ops)
+        result: WriteResult = local.apply(ctx, doc_id, ops)
         if on_commit is not None:
             ctx.on_commit(lambda: on_commit(result))
         raw_next = txn.get(_NEXT, db=meta)
