@@ -83,11 +83,10 @@ delete delta.
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -96,7 +95,9 @@ from crdtstore.commit import WriterError
 from crdtstore.crdt.ormap import ORMap
 from crdtstore.crdt.sequence import SeqDelta
 from crdtstore.crdt.tags import Tag
+from crdtstore.doccache import DocCache
 from crdtstore.document import Delta, Document
+from crdtstore.storage import UNKNOWN, Unknown
 
 if TYPE_CHECKING:
     from crdtstore.commit import WriteContext
@@ -110,6 +111,7 @@ __all__ = [
     "DocumentTooLarge",
     "Loaded",
     "NodeNotRunning",
+    "Plan",
     "ReadResult",
     "State",
     "check_lengths",
@@ -122,9 +124,6 @@ __all__ = [
 
 State = Literal["live", "tombstone", "new"]
 """Where a loaded document came from: ``docs``, ``tombstones``, or nowhere."""
-
-V = TypeVar("V")
-
 
 class DocumentNotFound(LookupError):
     """No live document has this id (HTTP 404)."""
@@ -179,60 +178,6 @@ class ReadResult:
     siblings: dict[str, Any] | None
 
 
-class DocCache(Generic[V]):
-    """LRU of decoded documents bounded by count and by stored bytes; writer thread only."""
-
-    def __init__(self, max_docs: int, max_bytes: int) -> None:
-        self.max_docs = max_docs
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._docs: collections.OrderedDict[str, tuple[V, int]] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._docs)
-
-    def get(self, doc_id: str) -> V | None:
-        entry = self._docs.get(doc_id)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._docs.move_to_end(doc_id)
-        return entry[0]
-
-    def put(self, doc_id: str, doc: V, size: int) -> None:
-        self.discard(doc_id)
-        if size > self.max_bytes or self.max_docs < 1:
-            return  # caching it would evict everything else
-        self._docs[doc_id] = (doc, size)
-        self.bytes += size
-        while len(self._docs) > self.max_docs or self.bytes > self.max_bytes:
-            _, (_, old_size) = self._docs.popitem(last=False)
-            self.bytes -= old_size
-
-    def peek(self, doc_id: str) -> V | None:
-        """The cached value, without counting a hit or a miss or refreshing its age."""
-        entry = self._docs.get(doc_id)
-        return None if entry is None else entry[0]
-
-    def discard(self, doc_id: str) -> None:
-        entry = self._docs.pop(doc_id, None)
-        if entry is not None:
-            self.bytes -= entry[1]
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "docs": len(self._docs),
-            "bytes": self.bytes,
-            "max_docs": self.max_docs,
-            "max_bytes": self.max_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-        }
-
-
 @dataclass(eq=False, slots=True)
 class Loaded:
     """A decoded live document on the writer, with what it knows of its stored tail.
@@ -244,6 +189,8 @@ class Loaded:
         tail_bytes: Their bytes.
         next_seq: The tail seq the next appended delta gets.
         view: Whether a view of it is stored (None: not known, as after a load).
+        digest: The digest its Merkle leaf holds, once a write of it stored one
+            (``UNKNOWN`` until then: the storage reads it).
     """
 
     doc: Document
@@ -252,10 +199,29 @@ class Loaded:
     tail_bytes: int = 0
     next_seq: int = 1
     view: bool | None = False
+    digest: bytes | None | Unknown = UNKNOWN
+
 
     @property
     def size(self) -> int:
         return self.snapshot + self.tail_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How :meth:`DocStore.write` stores a change, decided (and encoded) by :meth:`DocStore.plan`.
+
+    Attributes:
+        version: The document's version token.
+        digest: Its Merkle digest.
+        data: The new snapshot (or tombstone) encoding; None: append the delta to the tail.
+        bury: No field is left: store ``data`` as the tombstone.
+    """
+
+    version: str
+    digest: bytes
+    data: bytes | None
+    bury: bool = False
 
 
 class DocStore:
@@ -345,12 +311,93 @@ class DocStore:
     ) -> str:
         """Store a changed document: buried if no field is left, else as a live change; return its version.
 
+        :meth:`plan` then :meth:`write`, for a caller with nothing to write between them.
+
         Args:
             live: The caller knows a field is visible (its last op set one), so no need to look.
         """
-        if not live and is_empty(entry.doc):
-            return self.bury(ctx, doc_id, entry.doc, state, origin, origin_seq, delta)
-        return self.store(ctx, doc_id, entry, state, origin, origin_seq, delta, limit=limit)
+        plan = self.plan(doc_id, entry, state, delta, limit=limit, live=live)
+        return self.write(ctx, doc_id, entry, state, plan, origin, origin_seq, delta)
+
+    def plan(
+        self, doc_id: str, entry: Loaded, state: State, delta: bytes | None, *, limit: int, live: bool = False
+    ) -> Plan:
+        """Decide how a changed document is stored and do every encoding it needs, writing nothing.
+
+        Everything that can refuse the change (``DocumentTooLarge``) happens
+        here, so a caller that plans before its first put needs no savepoint
+        to refuse a write cleanly (``LocalWrites.apply_many``).
+
+        Args:
+            limit: The stored bytes (snapshot plus tail) the change may leave:
+                ``max_document_bytes`` for a local write, the decoder's bound
+                for a remote join (past it the document could never be loaded
+                again: the join is refused and quarantined instead). Past it the
+                document is compacted first, and refused (``DocumentTooLarge``)
+                if its encoding alone is still too large.
+            live: The caller knows a field is visible (its last op set one), so no need to look.
+        """
+        doc = entry.doc
+        version = doc.version()
+        if not live and is_empty(doc):
+            return Plan(version, version_digest(version), _tombstone(doc_id, doc), bury=True)
+        if (
+            state == "live"
+            and delta is not None
+            and entry.tail < self.max_tail_deltas(entry.snapshot)
+            and entry.tail_bytes + len(delta) <= max(entry.snapshot, self.tail_min_bytes)
+            and entry.size + len(delta) <= limit
+        ):
+            return Plan(version, version_digest(version), None)
+        # Compaction (or a first write): one encoding of the whole document.
+        data = codec.encode_document(doc)
+        if len(data) > limit:
+            raise DocumentTooLarge(doc_id, f"its encoding would take {len(data)} bytes", limit=limit, size=len(data))
+        return Plan(version, version_digest(version), data)
+
+    def write(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        entry: Loaded,
+        state: State,
+        plan: Plan,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+    ) -> str:
+        """Write what :meth:`plan` decided (document, digest, view, feed record); return the version.
+
+        Raises nothing of its own: only LMDB's errors (``MapFullError`` grows the map).
+        """
+        if plan.bury:
+            assert plan.data is not None
+            return self._bury(ctx, doc_id, state, plan.version, plan.digest, plan.data, origin, origin_seq, delta)
+        storage = self.storage
+        txn = ctx.txn
+        version = plan.version
+        if plan.data is None:
+            assert delta is not None
+            storage.append_tail(txn, doc_id, entry.next_seq, delta, plan.digest, entry.digest)
+            entry.tail += 1
+            entry.tail_bytes += len(delta)
+            entry.next_seq += 1
+        else:
+            storage.put_doc(txn, doc_id, plan.data, plan.digest, entry.digest)
+            entry.snapshot, entry.tail, entry.tail_bytes, entry.next_seq = len(plan.data), 0, 0, 1
+            if state == "tombstone":
+                storage.delete_tombstone(txn, doc_id)
+        # The cached entry rolls back with the transaction (evict_on_abort), so it may know the digest.
+        entry.digest = plan.digest
+        if doc_id in self.wanted and entry.size <= self.view_max_bytes:
+            storage.put_view(txn, doc_id, orjson.dumps([version, entry.doc.value()]))
+            entry.view = True
+        elif entry.view is not False:
+            storage.delete_view(txn, doc_id)  # a stale view must never be served
+            entry.view = False
+        self.cache.put(doc_id, entry, entry.size)
+        self.feed.append(ctx, doc_id, "change", origin, origin_seq, version, delta)
+        return version
 
     def bury(
         self,
@@ -369,77 +416,9 @@ class DocStore:
         joined the same changes agrees, whether the delete reached it as a
         delta, as a state, or as the removal of the last field by an op.
         """
-        self.cache.discard(doc_id)  # the cache holds live documents only
-        if state == "live":
-            self.storage.delete_doc(ctx.txn, doc_id)
-        self._put_tombstone(ctx.txn, doc_id, doc)
         version = doc.version()
-        if state == "live":
-            self.feed.append(ctx, doc_id, "delete", origin, origin_seq, version, delta)
-        return version
-
-    def store(
-        self,
-        ctx: WriteContext,
-        doc_id: str,
-        entry: Loaded,
-        state: State,
-        origin: str | None,
-        origin_seq: int | None,
-        delta: bytes | None,
-        *,
-        limit: int,
-    ) -> str:
-        """Write a live document's change (tail append or new snapshot), digest, view and feed record.
-
-        Args:
-            limit: The stored bytes (snapshot plus tail) the change may leave:
-                ``max_document_bytes`` for a local write, the decoder's bound
-                for a remote join (past it the document could never be loaded
-                again: the join is refused and quarantined instead). Past it the
-                document is compacted first, and refused (``DocumentTooLarge``,
-                before anything is stored here) if its encoding alone is still
-                too large.
-
-        Returns:
-            The document's version token.
-        """
-        storage = self.storage
-        txn = ctx.txn
-        doc = entry.doc
-        version = doc.version()
-        digest = version_digest(version)
-        if (
-            state == "live"
-            and delta is not None
-            and entry.tail < self.max_tail_deltas(entry.snapshot)
-            and entry.tail_bytes + len(delta) <= max(entry.snapshot, self.tail_min_bytes)
-            and entry.size + len(delta) <= limit
-        ):
-            storage.append_tail(txn, doc_id, entry.next_seq, delta, digest)
-            entry.tail += 1
-            entry.tail_bytes += len(delta)
-            entry.next_seq += 1
-        else:
-            # Compaction (or a first write): one encoding of the whole document.
-            data = codec.encode_document(doc)
-            if len(data) > limit:
-                raise DocumentTooLarge(
-                    doc_id, f"its encoding would take {len(data)} bytes", limit=limit, size=len(data)
-                )
-            storage.put_doc(txn, doc_id, data, digest)
-            entry.snapshot, entry.tail, entry.tail_bytes, entry.next_seq = len(data), 0, 0, 1
-            if state == "tombstone":
-                storage.delete_tombstone(txn, doc_id)
-        if doc_id in self.wanted and entry.size <= self.view_max_bytes:
-            storage.put_view(txn, doc_id, orjson.dumps([version, doc.value()]))
-            entry.view = True
-        elif entry.view is not False:
-            storage.delete_view(txn, doc_id)  # a stale view must never be served
-            entry.view = False
-        self.cache.put(doc_id, entry, entry.size)
-        self.feed.append(ctx, doc_id, "change", origin, origin_seq, version, delta)
-        return version
+        data = _tombstone(doc_id, doc)
+        return self._bury(ctx, doc_id, state, version, version_digest(version), data, origin, origin_seq, delta)
 
     def max_tail_deltas(self, snapshot: int) -> int:
         """Deltas a tail may hold over a snapshot of ``snapshot`` bytes (see the module docstring)."""
@@ -536,7 +515,18 @@ class DocStore:
 
     # Private methods.
 
-    def _put_tombstone(self, txn: Txn, doc_id: str, doc: Document) -> None:
+    def _bury(
+        self,
+        ctx: WriteContext,
+        doc_id: str,
+        state: State,
+        version: str,
+        digest: bytes,
+        data: bytes,
+        origin: str | None,
+        origin_seq: int | None,
+        delta: bytes | None,
+    ) -> str:
         """Store a deleted document's state and keep it in the Merkle tree under its version digest.
 
         Anti-entropy compares digests: were a deleted document absent from the
@@ -545,13 +535,23 @@ class DocStore:
         and could never be repaired. With the tombstone present, the two
         states are exchanged and joined, which removes what the delete saw.
         """
-        data = codec.encode_document(doc)
-        if len(data) > codec.MAX_ENCODED_BYTES:
-            raise DocumentTooLarge(
-                doc_id, "the decoder's bound on encodings", limit=codec.MAX_ENCODED_BYTES, size=len(data)
-            )
-        self.storage.put_tombstone(txn, doc_id, data)
-        self.storage.put_digest(txn, doc_id, version_digest(doc.version()))
+        self.cache.discard(doc_id)  # the cache holds live documents only
+        if state == "live":
+            self.storage.delete_doc(ctx.txn, doc_id)
+        self.storage.put_tombstone(ctx.txn, doc_id, data)
+        self.storage.put_digest(ctx.txn, doc_id, digest)
+        if state == "live":
+            self.feed.append(ctx, doc_id, "delete", origin, origin_seq, version, delta)
+        return version
+
+
+def _tombstone(doc_id: str, doc: Document) -> bytes:
+    """A deleted document's stored state; refused past the decoder's bound (it must load again)."""
+    data = codec.encode_document(doc)
+    if len(data) > codec.MAX_ENCODED_BYTES:
+        bound = codec.MAX_ENCODED_BYTES
+        raise DocumentTooLarge(doc_id, "the decoder's bound on encodings", limit=bound, size=len(data))
+    return data
 
 
 def _quiet(future: asyncio.Future[bool]) -> None:

@@ -9,14 +9,13 @@ document written, when its batch is refused.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from crdtstore import codec
 from crdtstore.commit import WriteContext
-from crdtstore.docstore import DocStore, DocumentNotFound, check_lengths
+from crdtstore.docstore import DocStore, DocumentNotFound, Loaded, Plan, State, check_lengths
 from crdtstore.hlc import HybridClock
 from crdtstore.limits import MAX_BATCH_OPS
 
@@ -43,6 +42,17 @@ class WriteResult:
     created: bool
     origin: str = ""
     seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A local batch applied in memory and planned, not yet written."""
+
+    doc_id: str
+    entry: Loaded
+    state: State
+    delta: bytes
+    plan: Plan
 
 
 class LocalWrites:
@@ -77,10 +87,44 @@ class LocalWrites:
 
     def apply(self, ctx: WriteContext, doc_id: str, ops: list[dict[str, Any]]) -> WriteResult:
         """Apply one document's op batch (``Node.apply``)."""
-        docs = self.docs
         # Registered first: whatever fails from here on, the cached document
         # (possibly mutated) must not outlive the rollback.
-        docs.evict_on_abort(ctx, doc_id)
+        self.docs.evict_on_abort(ctx, doc_id)
+        return self._write(ctx, self._prepare(ctx, doc_id, ops))
+
+    def apply_many(
+        self, ctx: WriteContext, batches: Sequence[tuple[str, list[dict[str, Any]]]]
+    ) -> list[WriteResult | Exception]:
+        """Apply each document's batch on its own (``Node.apply_many``): its result or its error.
+
+        Every refusal (a bad op, a type mismatch, a document too large)
+        happens in :meth:`_prepare`, before the document's first put, so a
+        refused document leaves nothing in the transaction and needs no
+        savepoint: a child transaction per document cost LMDB a copy of every
+        page it touched, and turned off the storage's in-memory counters for
+        the rest of the group commit. A failure while writing (LMDB's own)
+        fails the whole submission, nothing of it committed.
+        """
+        docs = self.docs
+        out: list[WriteResult | Exception] = []
+        for doc_id, ops in batches:
+            docs.evict_on_abort(ctx, doc_id)
+            try:
+                prepared = self._prepare(ctx, doc_id, ops)
+            except Exception as exc:
+                docs.cache.discard(doc_id)  # a refused batch may have changed it in memory
+                out.append(exc)
+                continue
+            out.append(self._write(ctx, prepared))
+        return out
+
+    def _prepare(self, ctx: WriteContext, doc_id: str, ops: list[dict[str, Any]]) -> _Prepared:
+        """Apply the ops to the (cached) document, encode and plan its storage; nothing is written yet.
+
+        Raises:
+            OpError, DocumentTooLarge: The batch is refused.
+        """
+        docs = self.docs
         entry, state = docs.load(ctx.txn, doc_id)
         now = self.hlc.now(self.clock())
         batch = entry.doc.apply(ops, replica=self.replica_id, now=now)
@@ -89,23 +133,19 @@ class LocalWrites:
         kinds = {op["op"] for op in ops}
         if "insert" in kinds:  # only inserts lengthen a sequence
             check_lengths(doc_id, entry.doc, batch, self.max_sequence_length)
-        storage = ctx.storage
-        seq = storage.append_local(ctx.txn, self.replica_id, doc_id, delta)
-        storage.set_hlc(ctx.txn, self.hlc.last)
         limit = codec.MAX_ENCODED_BYTES if kinds <= _REMOVALS else self.limit
         # A batch whose last op is no removal leaves that op's field visible: the document is live.
         live = ops[-1]["op"] not in _REMOVALS
-        version = docs.settle(ctx, doc_id, entry, state, self.replica_id, seq, delta, limit=limit, live=live)
-        return WriteResult(version=version, created=state != "live", origin=self.replica_id, seq=seq)
+        plan = docs.plan(doc_id, entry, state, delta, limit=limit, live=live)
+        return _Prepared(doc_id, entry, state, delta, plan)
 
-    def apply_many(
-        self, ctx: WriteContext, batches: Sequence[tuple[str, list[dict[str, Any]]]]
-    ) -> list[WriteResult | Exception]:
-        """Apply each document's batch in a savepoint of its own (``Node.apply_many``): its result or its error."""
-        out: list[WriteResult | Exception] = []
-        for doc_id, ops in batches:
-            out.append(ctx.savepoint(functools.partial(self.apply, doc_id=doc_id, ops=ops)))
-        return out
+    def _write(self, ctx: WriteContext, p: _Prepared) -> WriteResult:
+        """Log the delta and store the document as planned: only LMDB itself can fail here."""
+        storage = ctx.storage
+        seq = storage.append_local(ctx.txn, self.replica_id, p.doc_id, p.delta)
+        storage.set_hlc(ctx.txn, self.hlc.last)
+        version = self.docs.write(ctx, p.doc_id, p.entry, p.state, p.plan, self.replica_id, seq, p.delta)
+        return WriteResult(version=version, created=p.state != "live", origin=self.replica_id, seq=seq)
 
     def delete(self, ctx: WriteContext, doc_id: str) -> None:
         """Remove every visible field of a live document and bury it (``Node.delete``)."""

@@ -180,6 +180,13 @@ _META_ACK = b"ack\x00"  # + peer + NUL + origin -> highest seq the peer acknowle
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+class Unknown:
+    """The type of :data:`UNKNOWN`: a stored digest the caller does not know (read it)."""
+
+
+UNKNOWN = Unknown()
+
+
 class StorageError(Exception):
     """Root of the storage layer's errors."""
 
@@ -403,6 +410,9 @@ class Storage:
         self._scope: Txn | None = None
         self._meta: dict[bytes, bytes | None] = {}
         self._meta_dirty: set[bytes] = set()
+        # Merkle leaf changes (bucket -> XOR of item hashes) of the same transaction, kept in
+        # memory like the counters: many writes to one bucket cost one leaf read and write.
+        self._leaf_xor: dict[int, int] = {}
 
     # Public methods for the lifecycle.
 
@@ -573,6 +583,7 @@ class Storage:
         self._scope = txn
         self._meta = {}
         self._meta_dirty = set()
+        self._leaf_xor = {}
         return txn
 
     def sync_meta(self) -> None:
@@ -637,15 +648,18 @@ class Storage:
                     out.append((_U32.unpack_from(key, len(prefix))[0], value))
         return out
 
-    def append_tail(self, txn: Txn, doc_id: str, seq: int, delta: bytes, digest: bytes) -> None:
+    def append_tail(
+        self, txn: Txn, doc_id: str, seq: int, delta: bytes, digest: bytes, old: bytes | None | Unknown = UNKNOWN
+    ) -> None:
         """Append a delta to a live document's tail under ``seq`` and record its new digest.
 
         The caller tracks the next seq (one past the last of :meth:`get_tail`);
         :meth:`put_doc` drops the tail, so seqs start again at 1 after it.
+        ``old``: the digest stored now, when the caller knows it (saves reading it).
         """
         key = check_doc_id(doc_id)
         txn.put(key + _SEP + _U32.pack(seq), delta, db=self.dbs["tail"])
-        self._set_digest(txn, doc_id, digest)
+        self._set_digest(txn, doc_id, digest, old)
 
     def get_view(self, txn: Txn, doc_id: str) -> bytes | None:
         """The stored read view of a live document, or None if none is stored."""
@@ -674,7 +688,9 @@ class Storage:
         """The digest the Merkle tree holds for ``doc_id``, or None if absent."""
         return txn.get(self._bucket_key(doc_id), db=self.dbs["buckets"])
 
-    def put_doc(self, txn: Txn, doc_id: str, data: bytes, digest: bytes) -> bool:
+    def put_doc(
+        self, txn: Txn, doc_id: str, data: bytes, digest: bytes, old: bytes | None | Unknown = UNKNOWN
+    ) -> bool:
         """Store a document's snapshot (dropping its tail) and record its new digest.
 
         Returns:
@@ -687,7 +703,7 @@ class Storage:
         if not created:
             txn.put(key, data, db=self.dbs["docs"])
         self._drop_tail(txn, key)
-        self._set_digest(txn, doc_id, digest)
+        self._set_digest(txn, doc_id, digest, old)
         return bool(created)
 
     def delete_doc(self, txn: Txn, doc_id: str) -> bool:
@@ -754,6 +770,7 @@ class Storage:
 
     def merkle(self, txn: Txn) -> MerkleTree:
         """The Merkle tree as ``txn`` sees it (in a write transaction: after :meth:`flush_merkle`)."""
+        self._spill(txn)
         return MerkleTree(_LmdbNodes(txn, self.dbs["merkle"]), shape=self.shape)
 
     @property
@@ -990,10 +1007,13 @@ class Storage:
     def _bucket_key(self, doc_id: str) -> bytes:
         return _U32.pack(self.shape.bucket(doc_id)) + check_doc_id(doc_id)
 
-    def _set_digest(self, txn: Txn, doc_id: str, digest: bytes) -> bytes | None:
+    def _set_digest(
+        self, txn: Txn, doc_id: str, digest: bytes, old: bytes | None | Unknown = UNKNOWN
+    ) -> bytes | None:
         """Record a live document's digest in its bucket and leaf; return the previous one."""
         bkey = self._bucket_key(doc_id)
-        old = txn.get(bkey, db=self.dbs["buckets"])
+        if isinstance(old, Unknown):
+            old = txn.get(bkey, db=self.dbs["buckets"])
         if old != digest:
             txn.put(bkey, digest, db=self.dbs["buckets"])
             self._update_leaf(txn, doc_id, bkey, old, digest)
@@ -1009,6 +1029,14 @@ class Storage:
         if not delta:
             return
         bucket = _U32.unpack_from(bkey)[0]
+        self._dirty_leaves.add(bucket)
+        if txn is self._scope:
+            leaves = self._leaf_xor
+            leaves[bucket] = leaves.get(bucket, 0) ^ delta
+            return
+        self._xor_leaf(txn, bucket, delta)
+
+    def _xor_leaf(self, txn: Txn, bucket: int, delta: int) -> None:
         key = node_key(self.shape.depth, bucket)
         db = self.dbs["merkle"]
         stored = txn.get(key, db=db)
@@ -1017,7 +1045,6 @@ class Storage:
             txn.put(key, value.to_bytes(HASH_SIZE, "big"), db=db)
         else:
             txn.delete(key, db=db)  # empty nodes are never stored
-        self._dirty_leaves.add(bucket)
 
     def _drop_tail(self, txn: Txn, key: bytes) -> None:
         prefix = key + _SEP
@@ -1057,8 +1084,15 @@ class Storage:
         self._meta_dirty.add(key)
 
     def _spill(self, txn: Txn) -> None:
-        """Write the counters kept in memory into ``txn``, if they are its own."""
-        if txn is not self._scope or not self._meta_dirty:
+        """Write the counters and leaf changes kept in memory into ``txn``, if they are its own."""
+        if txn is not self._scope:
+            return
+        if self._leaf_xor:
+            leaves, self._leaf_xor = self._leaf_xor, {}
+            for bucket in sorted(leaves):
+                if leaves[bucket]:
+                    self._xor_leaf(txn, bucket, leaves[bucket])
+        if not self._meta_dirty:
             return
         db = self.dbs["meta"]
         for key in sorted(self._meta_dirty):
