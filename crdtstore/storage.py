@@ -121,6 +121,7 @@ readers/resizer gate does it for reads, so every read must go through
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import struct
 import threading
@@ -224,7 +225,15 @@ def check_doc_id(doc_id: str) -> bytes:
         InvalidDocumentId: If the id is empty, longer than :data:`MAX_ID_BYTES`
             in utf-8, or contains NUL (the key separator of ``feed``).
     """
-    if not isinstance(doc_id, str) or not doc_id:
+    if type(doc_id) is not str:
+        raise InvalidDocumentId("document id must be a non-empty string")
+    # A write checks its id in each of the half dozen storage calls it makes: remember recent ones.
+    return _checked_id(doc_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_id(doc_id: str) -> bytes:
+    if not doc_id:
         raise InvalidDocumentId("document id must be a non-empty string")
     try:
         raw = doc_id.encode()
@@ -244,6 +253,13 @@ def _check_name(what: str, value: str) -> str:
 
 
 def _check_origin(origin: str) -> bytes:
+    if type(origin) is not str:
+        raise ValueError(f"bad origin replica id {origin!r}")
+    return _origin_bytes(origin)
+
+
+@functools.lru_cache(maxsize=256)
+def _origin_bytes(origin: str) -> bytes:
     raw = origin.encode()
     if not raw or _SEP in raw or len(raw) > 200:
         raise ValueError(f"bad origin replica id {origin!r}")
@@ -275,6 +291,12 @@ class ReplicaIdentity:
     def incarnation(self) -> str:
         """``f"{epoch}.{nonce}"``: names this start (used in change-feed cursors)."""
         return f"{self.epoch}.{self.nonce}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _bucket_key(shape: MerkleShape, doc_id: str) -> bytes:
+    """``buckets`` key of a document: its leaf bucket (u32 BE), then its id (a hash per write saved)."""
+    return _U32.pack(shape.bucket(doc_id)) + check_doc_id(doc_id)
 
 
 def _encode_log_value(entry: LogEntry) -> bytes:
@@ -1005,7 +1027,7 @@ class Storage:
     # Private methods.
 
     def _bucket_key(self, doc_id: str) -> bytes:
-        return _U32.pack(self.shape.bucket(doc_id)) + check_doc_id(doc_id)
+        return _bucket_key(self.shape, doc_id)
 
     def _set_digest(
         self, txn: Txn, doc_id: str, digest: bytes, old: bytes | None | Unknown = UNKNOWN
