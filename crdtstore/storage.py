@@ -435,6 +435,10 @@ class Storage:
         # Merkle leaf changes (bucket -> XOR of item hashes) of the same transaction, kept in
         # memory like the counters: many writes to one bucket cost one leaf read and write.
         self._leaf_xor: dict[int, int] = {}
+        # Puts of the same transaction to the append-mostly databases (log, tail, buckets, feed), written
+        # by one putmulti per database at the flush: every LMDB call releases the GIL, and each release
+        # lets the busy event loop take it, so a write that makes four calls waits four times to get it back.
+        self._pending: dict[str, dict[bytes, bytes]] = {}
 
     # Public methods for the lifecycle.
 
@@ -606,6 +610,7 @@ class Storage:
         self._meta = {}
         self._meta_dirty = set()
         self._leaf_xor = {}
+        self._pending = {}
         return txn
 
     def sync_meta(self) -> None:
@@ -662,7 +667,7 @@ class Storage:
         """The ``(seq, encoded delta)`` pairs to join after the snapshot, in seq order."""
         prefix = check_doc_id(doc_id) + _SEP
         out: list[tuple[int, bytes]] = []
-        with txn.cursor(db=self.dbs["tail"]) as cur:
+        with txn.cursor(db=self._reading(txn, "tail")) as cur:
             if cur.set_range(prefix):
                 for key, value in cur:
                     if not key.startswith(prefix):
@@ -680,7 +685,7 @@ class Storage:
         ``old``: the digest stored now, when the caller knows it (saves reading it).
         """
         key = check_doc_id(doc_id)
-        txn.put(key + _SEP + _U32.pack(seq), delta, db=self.dbs["tail"])
+        self._put(txn, "tail", key + _SEP + _U32.pack(seq), delta)
         self._set_digest(txn, doc_id, digest, old)
 
     def get_view(self, txn: Txn, doc_id: str) -> bytes | None:
@@ -708,7 +713,7 @@ class Storage:
 
     def get_digest(self, txn: Txn, doc_id: str) -> bytes | None:
         """The digest the Merkle tree holds for ``doc_id``, or None if absent."""
-        return txn.get(self._bucket_key(doc_id), db=self.dbs["buckets"])
+        return txn.get(self._bucket_key(doc_id), db=self._reading(txn, "buckets"))
 
     def put_doc(
         self, txn: Txn, doc_id: str, data: bytes, digest: bytes, old: bytes | None | Unknown = UNKNOWN
@@ -734,11 +739,11 @@ class Storage:
         if not txn.delete(key, db=self.dbs["docs"]):
             return False
         bkey = self._bucket_key(doc_id)
-        old = txn.get(bkey, db=self.dbs["buckets"])
+        old = txn.get(bkey, db=self._reading(txn, "buckets"))
         txn.delete(key, db=self.dbs["views"])
         self._drop_tail(txn, key)
         if old is not None:
-            txn.delete(bkey, db=self.dbs["buckets"])
+            txn.delete(bkey, db=self._reading(txn, "buckets"))
             self._update_leaf(txn, doc_id, bkey, old, None)
         return True
 
@@ -850,7 +855,7 @@ class Storage:
         """The ``(doc_id, digest)`` pairs in one leaf bucket, in id order."""
         prefix = _U32.pack(bucket)
         items: list[tuple[str, bytes]] = []
-        with txn.cursor(db=self.dbs["buckets"]) as cur:
+        with txn.cursor(db=self._reading(txn, "buckets")) as cur:
             if cur.set_range(prefix):
                 for key, value in cur:
                     if not key.startswith(prefix):
@@ -878,7 +883,9 @@ class Storage:
 
     def has_log(self, txn: Txn, origin: str, seq: int) -> bool:
         """True if ``(origin, seq)`` was already received (logged, or below the contiguous mark)."""
-        return seq <= self.get_seq(txn, origin) or txn.get(self._log_key(origin, seq), db=self.dbs["log"]) is not None
+        if seq <= self.get_seq(txn, origin):
+            return True
+        return txn.get(self._log_key(origin, seq), db=self._reading(txn, "log")) is not None
 
     def append_remote(self, txn: Txn, entry: LogEntry) -> bool:
         """Log a delta received from a peer, out of order if need be.
@@ -897,7 +904,7 @@ class Storage:
         self._put_log(txn, entry)
         seq = self.get_seq(txn, entry.origin)
         if entry.seq == seq + 1:
-            while txn.get(self._log_key(entry.origin, seq + 1), db=self.dbs["log"]) is not None:
+            while txn.get(self._log_key(entry.origin, seq + 1), db=self._reading(txn, "log")) is not None:
                 seq += 1
             self._set_seq(txn, entry.origin, seq)
         return True
@@ -909,7 +916,7 @@ class Storage:
         merged states that include them). Returns the new mark.
         """
         seq = max(self.get_seq(txn, origin), upto)
-        while txn.get(self._log_key(origin, seq + 1), db=self.dbs["log"]) is not None:
+        while txn.get(self._log_key(origin, seq + 1), db=self._reading(txn, "log")) is not None:
             seq += 1
         if seq > 0:
             self._set_seq(txn, origin, seq)
@@ -921,7 +928,7 @@ class Storage:
         entries: list[LogEntry] = []
         if limit < 1:
             return entries
-        with txn.cursor(db=self.dbs["log"]) as cur:
+        with txn.cursor(db=self._reading(txn, "log")) as cur:
             if cur.set_range(prefix + _U64.pack(after + 1)):
                 for key, value in cur:
                     if not key.startswith(prefix) or len(key) != len(prefix) + 8:
@@ -935,7 +942,7 @@ class Storage:
         """Delete ``origin``'s entries with seq <= ``upto`` (all peers have them); return the count."""
         prefix = _check_origin(origin) + _SEP
         removed = 0
-        with txn.cursor(db=self.dbs["log"]) as cur:
+        with txn.cursor(db=self._reading(txn, "log")) as cur:
             found = cur.set_range(prefix)
             while found:
                 key = cur.key()
@@ -970,16 +977,16 @@ class Storage:
         return seq
 
     def put_feed(self, txn: Txn, doc_id: str, seq: int, record: bytes) -> None:
-        txn.put(self._feed_key(doc_id, seq), record, db=self.dbs["feed"])
+        self._put(txn, "feed", self._feed_key(doc_id, seq), record)
 
     def get_feed(self, txn: Txn, doc_id: str, seq: int) -> bytes | None:
-        return txn.get(self._feed_key(doc_id, seq), db=self.dbs["feed"])
+        return txn.get(self._feed_key(doc_id, seq), db=self._reading(txn, "feed"))
 
     def feed_range(self, txn: Txn, doc_id: str, after: int, limit: int) -> list[tuple[int, bytes]]:
         """Up to ``limit`` feed records of ``doc_id`` with seq > ``after``, in order."""
         prefix = check_doc_id(doc_id) + _SEP
         records: list[tuple[int, bytes]] = []
-        with txn.cursor(db=self.dbs["feed"]) as cur:
+        with txn.cursor(db=self._reading(txn, "feed")) as cur:
             if cur.set_range(prefix + _U64.pack(after + 1)):
                 for key, value in cur:
                     if not key.startswith(prefix) or len(records) == limit:
@@ -991,7 +998,7 @@ class Storage:
         """Up to ``limit`` feed records of ``doc_id`` with seq < ``before``, newest first."""
         prefix = check_doc_id(doc_id) + _SEP
         records: list[tuple[int, bytes]] = []
-        with txn.cursor(db=self.dbs["feed"]) as cur:
+        with txn.cursor(db=self._reading(txn, "feed")) as cur:
             # Position on the first key >= (doc, before), then step back.
             found = cur.prev() if cur.set_range(prefix + _U64.pack(before)) else cur.last()
             while found and len(records) < limit:
@@ -1005,7 +1012,7 @@ class Storage:
     def last_feed_seq(self, txn: Txn, doc_id: str) -> int:
         """The seq of the newest feed record of ``doc_id`` (0 if none)."""
         prefix = check_doc_id(doc_id) + _SEP
-        with txn.cursor(db=self.dbs["feed"]) as cur:
+        with txn.cursor(db=self._reading(txn, "feed")) as cur:
             # Ids never contain NUL, so prefix + 0xff.. is past every key of this document.
             if cur.set_range(prefix + b"\xff" * 8):
                 found = cur.prev()
@@ -1035,9 +1042,9 @@ class Storage:
         """Record a live document's digest in its bucket and leaf; return the previous one."""
         bkey = self._bucket_key(doc_id)
         if isinstance(old, Unknown):
-            old = txn.get(bkey, db=self.dbs["buckets"])
+            old = txn.get(bkey, db=self._reading(txn, "buckets"))
         if old != digest:
-            txn.put(bkey, digest, db=self.dbs["buckets"])
+            self._put(txn, "buckets", bkey, digest)
             self._update_leaf(txn, doc_id, bkey, old, digest)
         return old
 
@@ -1070,7 +1077,7 @@ class Storage:
 
     def _drop_tail(self, txn: Txn, key: bytes) -> None:
         prefix = key + _SEP
-        with txn.cursor(db=self.dbs["tail"]) as cur:
+        with txn.cursor(db=self._reading(txn, "tail")) as cur:
             found = cur.set_range(prefix)
             while found and cur.key().startswith(prefix):
                 # delete() moves the cursor to the next entry; past the end it reports no key.
@@ -1084,7 +1091,7 @@ class Storage:
         return _check_origin(origin) + _SEP + _U64.pack(seq)
 
     def _put_log(self, txn: Txn, entry: LogEntry) -> None:
-        txn.put(self._log_key(entry.origin, entry.seq), _encode_log_value(entry), db=self.dbs["log"])
+        self._put(txn, "log", self._log_key(entry.origin, entry.seq), _encode_log_value(entry))
 
     def _set_seq(self, txn: Txn, origin: str, seq: int) -> None:
         self._meta_put(txn, _META_VV + _check_origin(origin), _U64.pack(seq))
@@ -1109,6 +1116,8 @@ class Storage:
         """Write the counters and leaf changes kept in memory into ``txn``, if they are its own."""
         if txn is not self._scope:
             return
+        for name in sorted(self._pending):
+            self._reading(txn, name)
         if self._leaf_xor:
             leaves, self._leaf_xor = self._leaf_xor, {}
             for bucket in sorted(leaves):
@@ -1122,6 +1131,26 @@ class Storage:
             assert value is not None  # only puts mark a key dirty
             txn.put(key, value, db=db)
         self._meta_dirty = set()
+
+    def _reading(self, txn: Txn, name: str) -> Any:
+        """The handle of ``log``, ``tail``, ``buckets`` or ``feed`` for a read or delete: the puts kept
+        in memory are written first, so ``txn`` sees every one of them."""
+        db = self.dbs[name]
+        if txn is self._scope and name in self._pending:
+            with txn.cursor(db=db) as cur:
+                cur.putmulti(sorted(self._pending.pop(name).items()))
+        return db
+
+    def _put(self, txn: Txn, name: str, key: bytes, value: bytes) -> None:
+        """A put to ``log``, ``tail``, ``buckets`` or ``feed``: kept for the flush in the batch's own
+        transaction (whose readers of those databases call :meth:`_spill` first), else put now."""
+        if txn is self._scope:
+            pending = self._pending.get(name)
+            if pending is None:
+                pending = self._pending[name] = {}
+            pending[key] = value
+        else:
+            txn.put(key, value, db=self.dbs[name])
 
     def _scan_u64(self, txn: Txn, prefix: bytes) -> dict[str, int]:
         self._spill(txn)  # a cursor reads the transaction, not the memory

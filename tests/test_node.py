@@ -19,7 +19,7 @@ from crdtstore.commit import WriteContext
 from crdtstore.docstore import DocCache
 from crdtstore.document import Document
 from crdtstore.errors import InvalidOp, InvalidVersion, TypeMismatch
-from crdtstore.merkle import EMPTY, diff
+from crdtstore.merkle import EMPTY, MerkleTree, diff
 from crdtstore.node import (
     DocumentNotFound,
     InvalidCursor,
@@ -1155,3 +1155,36 @@ def test_read_json_is_read_without_the_parse(tmp_path: Path, view_max_bytes: int
             await node.close()
 
     asyncio.run(main())
+
+
+def test_the_tree_matches_the_stored_documents_after_refusals_rollbacks_and_deletes(tmp_path: Path) -> None:
+    """The writer's cached documents remember their stored digest (the storage then skips reading it) and
+    leaf changes wait in memory for the flush; after writes, refused batch-mates, a map growth (the whole
+    batch rolled back and run again), deletes and re-creations, every bucket holds each document's version
+    digest and the tree is the one those digests make."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n", map_size=256 << 10, max_map_size=64 << 20)
+        try:
+            for i in range(3):
+                await asyncio.gather(*(node.apply(f"d{k}", [set_op("i", i)]) for k in range(12)))
+            await node.apply_many(
+                [("d1", [set_op("x", 1)]), ("d2", [{"op": "increment", "path": ["i"]}]), ("d3", [set_op("y", 2)])]
+            )
+            await node.delete("d4")
+            await node.apply("d5", [set_op("big", "x" * (600 << 10))])  # outgrows the map: rolled back, run again
+            await asyncio.gather(node.apply("d4", [set_op("back", True)]), node.apply("d6", [set_op("i", 9)]))
+            storage = node.storage
+            pure = MerkleTree({}, shape=storage.shape)
+            with storage.read() as txn:
+                for bucket in range(storage.shape.leaves):
+                    for doc_id, digest in storage.bucket_items(txn, bucket):
+                        stored = node.docs.decode(txn, doc_id)
+                        assert stored is not None and digest == stored.version_digest(), doc_id
+                        pure.update(doc_id, None, digest)
+                assert dict(txn.cursor(db=storage.dbs["merkle"])) == pure.store
+            assert node.writer.stats()["retried_batches"] >= 1
+        finally:
+            await node.close()
+
+    run(main)

@@ -557,3 +557,82 @@ def test_a_rolled_back_savepoint_gives_its_seq_back(tmp_path: Path) -> None:
             assert s.vector(r) == {me: 2}
     finally:
         s.close()
+
+
+# Merkle leaf changes kept in memory within a top-level transaction.
+
+groups = st.lists(st.tuples(st.sampled_from(["top", "child-commit", "child-abort"]), ops), max_size=6)
+
+
+@settings(deadline=None)
+@given(groups)
+def test_leaf_changes_kept_in_memory_follow_savepoints(steps: list[tuple[str, list[tuple[str, str, bytes]]]]) -> None:
+    """Differential: the leaves a batch changes stay in memory until a savepoint or the flush writes them out;
+    whatever mix of direct writes and committed or aborted child transactions, the stored tree equals the
+    pure tree of what committed (an aborted child's leaf changes must vanish with it)."""
+    model: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        s = open_storage(Path(tmp))
+        try:
+
+            def apply(txn: object) -> None:
+                for mode, group in steps:
+                    target = txn if mode == "top" else s.begin_write(parent=txn)  # type: ignore[arg-type]
+                    scratch = dict(model)
+                    for kind, doc_id, digest in group:
+                        if kind == "put":
+                            s.put_doc(target, doc_id, b"doc", digest)
+                            scratch[doc_id] = digest
+                        else:
+                            s.delete_doc(target, doc_id)
+                            scratch.pop(doc_id, None)
+                    if mode == "child-abort":
+                        target.abort()
+                        continue
+                    if mode == "child-commit":
+                        target.commit()
+                    model.clear()
+                    model.update(scratch)
+
+            commit(s, apply)
+            pure = MerkleTree({}, shape=SHAPE)
+            for doc_id, digest in model.items():
+                pure.update(doc_id, None, digest)
+            with s.read() as txn:
+                assert dict(txn.cursor(db=s.dbs["merkle"])) == pure.store
+        finally:
+            s.close()
+
+
+def test_a_known_old_digest_saves_the_read_and_agrees_with_it(tmp_path: Path) -> None:
+    """A caller that knows the stored digest (the writer's cached document) passes it; the tree is the same."""
+    s = open_storage(tmp_path / "r")
+    try:
+        commit(s, lambda t: s.put_doc(t, "a", b"doc", b"1" * 16, None))
+        commit(s, lambda t: s.append_tail(t, "a", 1, b"delta", b"2" * 16, b"1" * 16))
+        commit(s, lambda t: s.put_doc(t, "b", b"doc", b"3" * 16))
+        pure = MerkleTree({}, shape=SHAPE)
+        pure.update("a", None, b"2" * 16)
+        pure.update("b", None, b"3" * 16)
+        with s.read() as txn:
+            assert dict(txn.cursor(db=s.dbs["merkle"])) == pure.store
+            assert s.get_digest(txn, "a") == b"2" * 16
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("bad", [None, 7, b"id", ["a"], {"a": 1}])
+def test_a_doc_id_that_is_no_string_is_refused_typed(bad: object) -> None:
+    """Abuse: the remembered ids are keyed by the id itself; an unhashable or non-string id is still
+    an InvalidDocumentId, never a TypeError from the cache."""
+    with pytest.raises(InvalidDocumentId):
+        check_doc_id(bad)  # type: ignore[arg-type]
+
+
+def test_a_refused_id_is_refused_every_time() -> None:
+    """Abuse: a refusal is never remembered as an answer (a lone surrogate, NUL, too long)."""
+    for bad in ["\ud800", "a\x00b", "x" * 257, ""]:
+        for _ in range(2):
+            with pytest.raises(InvalidDocumentId):
+                check_doc_id(bad)
+    assert check_doc_id("ok") == b"ok"
