@@ -67,6 +67,16 @@ starts empty (so an aborted batch leaves nothing behind), and the first
 child transaction (a savepoint, whose abort the memory could not follow)
 writes it out and turns it off for the rest of the batch.
 
+The same memory keeps two more things of the batch. Merkle leaf changes
+(an XOR per bucket) wait for the flush, so many writes to one bucket cost
+one leaf read and write. Puts to ``log``, ``tail``, ``buckets`` and
+``feed`` wait too, and go in with one ``putmulti`` per database: py-lmdb
+releases the GIL around every call, and on a busy node each release hands
+the GIL to the event loop, after which the writer waits to get it back, so
+a write that made six calls waited six times. Every read or delete of those
+databases in the batch's transaction writes that database's kept puts out
+first (``Storage._reading``), so the transaction always reads its own writes.
+
 Replica identity and epochs
 ---------------------------
 

@@ -636,3 +636,60 @@ def test_a_refused_id_is_refused_every_time() -> None:
             with pytest.raises(InvalidDocumentId):
                 check_doc_id(bad)
     assert check_doc_id("ok") == b"ok"
+
+
+def test_puts_kept_for_the_flush_are_seen_by_every_reader_of_the_transaction(tmp_path: Path) -> None:
+    """The batch's puts to log, tail, buckets and feed wait for one putmulti per database; every read of
+    those databases in the same transaction still sees them (and a child transaction does too)."""
+    s = open_storage(tmp_path / "r")
+    me = s.replica_id
+    try:
+        txn = s.begin_write()
+        assert s.append_local(txn, me, "d", b"delta-1") == 1
+        assert s.has_log(txn, me, 1)
+        assert s.log_range(txn, me, 0, 10) == [LogEntry(me, 1, "d", b"delta-1")]
+        s.put_doc(txn, "d", b"snap", b"1" * 16)
+        s.append_tail(txn, "d", 1, b"t1", b"2" * 16, b"1" * 16)
+        assert s.get_tail(txn, "d") == [(1, b"t1")]
+        assert s.get_digest(txn, "d") == b"2" * 16
+        assert s.bucket_items(txn, SHAPE.bucket("d")) == [("d", b"2" * 16)]
+        s.put_feed(txn, "d", 1, b"{}")
+        assert s.feed_range(txn, "d", 0, 10) == [(1, b"{}")]
+        s.append_tail(txn, "d", 2, b"t2", b"3" * 16, b"2" * 16)
+        s.put_feed(txn, "d", 2, b"[]")
+        child = s.begin_write(parent=txn)  # a savepoint writes everything out first
+        assert s.get_tail(child, "d") == [(1, b"t1"), (2, b"t2")]
+        assert s.last_feed_seq(child, "d") == 2
+        child.abort()
+        s.append_tail(txn, "d", 3, b"t3", b"4" * 16, b"3" * 16)
+        s.put_doc(txn, "d", b"snap2", b"5" * 16)  # compaction drops the tail, kept puts included
+        s.flush_merkle(txn)
+        txn.commit()
+        with s.read() as r:
+            assert s.get_tail(r, "d") == []
+            assert s.get_doc(r, "d") == b"snap2" and s.get_digest(r, "d") == b"5" * 16
+            assert [seq for seq, _ in s.feed_range(r, "d", 0, 10)] == [1, 2]
+            assert s.log_range(r, me, 0, 10) == [LogEntry(me, 1, "d", b"delta-1")]
+    finally:
+        s.close()
+
+
+def test_an_aborted_batch_leaves_no_kept_put_behind(tmp_path: Path) -> None:
+    """Abuse: puts kept for a flush that never came (the batch rolled back) must not land in the next batch."""
+    s = open_storage(tmp_path / "r")
+    me = s.replica_id
+    try:
+        txn = s.begin_write()
+        s.append_local(txn, me, "d", b"lost")
+        s.put_feed(txn, "d", 1, b"lost")
+        s.put_doc(txn, "d", b"snap", b"1" * 16)
+        s.append_tail(txn, "d", 1, b"lost", b"2" * 16, b"1" * 16)
+        txn.abort()
+        commit(s, lambda t: s.append_local(t, me, "e", b"kept"))
+        with s.read() as r:
+            assert s.log_range(r, me, 0, 10) == [LogEntry(me, 1, "e", b"kept")]
+            assert s.feed_range(r, "d", 0, 10) == [] and s.get_tail(r, "d") == []
+            assert s.get_digest(r, "d") is None
+            assert dict(r.cursor(db=s.dbs["merkle"])) == {}
+    finally:
+        s.close()
