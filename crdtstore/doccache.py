@@ -34,11 +34,22 @@ class DocCache(Generic[V]):
         return entry[0]
 
     def put(self, doc_id: str, doc: V, size: int) -> None:
+        entry = self._docs.get(doc_id)
+        if entry is not None and entry[0] is doc and size <= self.max_bytes:
+            # The usual put: a write stored the cached document it changed. Refresh it in place.
+            self._docs[doc_id] = (doc, size)
+            self._docs.move_to_end(doc_id)
+            self.bytes += size - entry[1]
+            self._shrink()
+            return
         self.discard(doc_id)
         if size > self.max_bytes or self.max_docs < 1:
             return  # caching it would evict everything else
         self._docs[doc_id] = (doc, size)
         self.bytes += size
+        self._shrink()
+
+    def _shrink(self) -> None:
         while len(self._docs) > self.max_docs or self.bytes > self.max_bytes:
             _, (_, old_size) = self._docs.popitem(last=False)
             self.bytes -= old_size

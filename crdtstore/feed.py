@@ -140,6 +140,7 @@ class ChangeFeed:
         self.queue = queue
         self.page = page
         self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._incarnation = storage.identity.incarnation  # fixed for the storage's life; every record names it
 
     # Public methods for the writer thread.
 
@@ -158,7 +159,7 @@ class ChangeFeed:
         seq = storage.next_feed_seq(ctx.txn)
         record: dict[str, Any] = {
             "seq": seq,
-            "cursor": f"{_CURSOR_PREFIX}{seq}.{storage.identity.incarnation}",
+            "cursor": f"{_CURSOR_PREFIX}{seq}.{self._incarnation}",
             "type": kind,
             "origin": origin,
             "version": version,

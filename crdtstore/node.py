@@ -321,10 +321,10 @@ class Node:
     async def apply_many(self, items: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[WriteResult | Exception]:
         """Apply many documents' op batches in one writer submission; answer per document.
 
-        Each document's batch is atomic in a savepoint of its own (a child
-        transaction), exactly as :meth:`apply` would apply it alone: one that
-        fails is rolled back alone and answered with its exception, and the
-        others commit. All of them share one queue slot and one future, so a
+        Each document's batch is atomic on its own, exactly as :meth:`apply`
+        would apply it alone: one that is refused is refused before anything
+        of it is written (see :meth:`LocalWrites.apply_many`) and answered
+        with its exception, and the others commit. All of them share one queue slot and one future, so a
         bulk writer costs the writer one request, not one per document.
         A document named twice applies twice, in order.
 

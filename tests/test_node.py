@@ -711,6 +711,24 @@ def test_document_cache_never_exceeds_its_caps(
         assert 0 <= cache.bytes <= max_bytes
 
 
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 300), st.booleans()), max_size=60), st.integers(1, 4))
+def test_a_write_that_puts_its_cached_document_back_keeps_the_byte_count_exact(
+    steps: list[tuple[int, int, bool]], max_docs: int
+) -> None:
+    """Every write puts the document it changed back with its new stored size (refreshed in place, the usual
+    case); the cache's byte count stays the sum of its entries' sizes, within its caps."""
+    cache: DocCache[Document] = DocCache(max_docs, 600)
+    docs = {k: Document() for k in range(6)}
+    for key, size, same in steps:
+        doc = docs[key] if same else Document()
+        docs[key] = doc
+        cache.put(f"d{key}", doc, size)
+        assert cache.peek(f"d{key}") is doc
+        kept = cache._docs.values()
+        assert cache.bytes == sum(s for _, s in kept) <= 600
+        assert len(cache) <= max_docs
+
+
 # Snapshot plus tail, digests and read views.
 
 

@@ -22,10 +22,10 @@ atomically with each other.
    admission gate below lets the batch in: one ``Node.apply_many``, one
    request of the group-commit writer (:mod:`crdtstore.commit`), so the
    documents share its transaction and fsync and cost one queue slot and
-   one future between them. Each document applies in its own savepoint,
-   exactly as ``Node.apply`` would apply it: one the node refuses (a
+   one future between them. Each document applies exactly as
+   ``Node.apply`` would apply it: one the node refuses (a
    ``type_mismatch``, an index out of range, a document over its size
-   limit) is rolled back alone; its batch-mates commit. If the writer
+   limit) is refused before anything of it is written; its batch-mates commit. If the writer
    refuses the submission whole (its queue is full), every document
    answers 503 ``overloaded``.
 4. **With** ``?w=`` past ``one``, each committed document then waits for its
