@@ -177,3 +177,33 @@ def test_an_empty_submission_writes_nothing(tmp_path: Path) -> None:
             await node.close()
 
     run(main)
+
+
+def test_documents_apply_without_a_child_transaction_each(tmp_path: Path) -> None:
+    """A child transaction per document cost LMDB a copy of every page it touched and turned the storage's
+    in-memory counters off for the rest of the commit: refusals come before any write instead, so a
+    submission with refused documents in it opens no child transaction at all."""
+
+    async def main() -> None:
+        node = await started(tmp_path / "n")
+        try:
+            storage = node.storage
+            children = []
+            begin = storage.begin_write
+
+            def counting(parent: Any = None) -> Any:
+                if parent is not None:
+                    children.append(parent)
+                return begin(parent)
+
+            storage.begin_write = counting  # type: ignore[method-assign]
+            items = [(f"d{i}", [set_op("i", i)]) for i in range(20)]
+            items.insert(5, ("typo", [{"op": "frobnicate", "path": ["a"]}]))
+            results = await node.apply_many(items)
+            assert [type(r) for r in results].count(InvalidOp) == 1
+            assert children == []
+            assert (await node.read("d19")).value == {"i": 19}
+        finally:
+            await node.close()
+
+    run(main)
