@@ -129,7 +129,8 @@ async def live_channel(ctx: ApiContext, websocket: WebSocket, *, wait_for_write:
 # The per-app registry.
 
 
-WaitForWrite = Callable[[ApiContext, str, Level, Any, str], Awaitable[None]]
+# Returns what the wait reached (a ``sync.quorum.QuorumOutcome``), or None when this replica answered alone.
+WaitForWrite = Callable[[ApiContext, str, Level, Any, str], Awaitable[Any]]
 
 
 class LiveHub:
@@ -603,8 +604,10 @@ class LiveConn:
             return
         # The change carrying this batch goes out before its ack.
         await self.channel.until_contains(result.version)
-        await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
-        ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value}
+        outcome = await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
+        # As a POST's 504 says how far a write got: the replicas holding it now, of those its w needs.
+        reached, needed = (1, 1) if outcome is None else (outcome.reached, outcome.needed)
+        ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value, "reached": reached, "needed": needed}
         if not new or not applied:
             ack["again"] = True
         self.push(orjson.dumps(ack).decode())
