@@ -37,6 +37,7 @@ __all__ = ["Before", "apply_patches", "before", "patches"]
 
 Patch = dict[str, Any]
 _SEQUENCES = (Tag.TEXT, Tag.LIST)
+_WAITING_MAX = 4096  # waiting elements looked up one by one; past it a change walks the sequence
 
 
 @dataclass(slots=True)
@@ -47,6 +48,7 @@ class Before:
     runs: list[tuple[str, int, int]] | None = None
     deleted: list[int] | None = None  # fast path: old indexes of what the delta deletes
     delta: SeqDelta | None = None
+    waiting: list[tuple[str, int, int]] | None = None  # fast path: ids of inserts waiting for their origin
     children: dict[str, Before] | None = None
     value: Any = None
 
@@ -64,9 +66,11 @@ def before(root: ORMap, scope: ORMap | None) -> dict[str, Before]:
             out[name] = Before(tag, children=before(value, _sub_scope(scope, name)))
         elif tag in _SEQUENCES:
             leaf = scope.get(name, tag) if scope is not None else None
-            if isinstance(leaf, SeqDelta) and not value.has_pending():
-                # Only the delta's own elements can change: look them up instead of walking the sequence.
-                out[name] = Before(tag, deleted=_old_indexes(value, leaf), delta=leaf)
+            waiting = _waiting(value) if isinstance(leaf, SeqDelta) else None
+            if isinstance(leaf, SeqDelta) and waiting is not None:
+                # Only the delta's own elements, and the inserts that waited for them, can change: look
+                # them up instead of walking the sequence.
+                out[name] = Before(tag, deleted=_old_indexes(value, leaf), delta=leaf, waiting=waiting)
             else:
                 out[name] = Before(tag, runs=[(r, lo, hi) for r, lo, hi, _ in _runs(value)])
         else:
@@ -92,7 +96,7 @@ def patches(old: dict[str, Before], root: ORMap, scope: ORMap | None, path: tupl
         elif tag is Tag.MAP:
             out += patches(was.children or {}, value, _sub_scope(scope, name), (*path, name))
         elif tag in _SEQUENCES and was.delta is not None:
-            out += _delta_patches(at, was.deleted or [], was.delta, value)
+            out += _delta_patches(at, was.deleted or [], was.delta, value, was.waiting or [])
         elif tag in _SEQUENCES:
             out += _sequence_patches(at, was.runs or [], value)
         else:
@@ -112,9 +116,34 @@ def _old_indexes(seq: Sequence, delta: SeqDelta) -> list[int]:
     return sorted(set(out))
 
 
-def _delta_patches(path: list[str], deleted: list[int], delta: SeqDelta, seq: Sequence) -> list[Patch]:
-    """Patches from a delta's own ids: deletes at their old indexes, from the last (so each index holds),
-    then inserts at their new indexes, from the first (as in :func:`_sequence_patches`)."""
+def _waiting(seq: Sequence) -> list[tuple[str, int, int]] | None:
+    """The ids ``(replica, lo, hi)`` of the inserts that wait in ``seq`` for their origin, or None: too many
+    to look up one by one (the walk is cheaper then).
+
+    A join reveals these as well as its own elements when it brings their origin: deltas that arrive
+    before their causes (three regions, one typist inserting next to another's text) must not send
+    every following change down the walk over the whole sequence.
+    """
+    if not seq.has_pending():
+        return []
+    out: list[tuple[str, int, int]] = []
+    total = 0
+    for replica, counter, _, _, content in seq.pending:
+        if isinstance(content, int):
+            continue  # a dead run shows nothing when it lands
+        out.append((replica, counter, counter + len(content)))
+        total += len(content)
+        if total > _WAITING_MAX:
+            return None
+    return out
+
+
+def _delta_patches(
+    path: list[str], deleted: list[int], delta: SeqDelta, seq: Sequence, waiting: list[tuple[str, int, int]]
+) -> list[Patch]:
+    """Patches from a delta's own ids and the waiting inserts it released: deletes at their old indexes,
+    from the last (so each index holds), then inserts at their new indexes, from the first (as in
+    :func:`_sequence_patches`). An element that waited and still waits, or landed deleted, is not visible."""
     out: list[Patch] = []
     k = len(deleted)
     while k:
@@ -124,13 +153,15 @@ def _delta_patches(path: list[str], deleted: list[int], delta: SeqDelta, seq: Se
         k -= 1
         out.append({"path": path, "delete": {"index": deleted[k], "count": end - k}})
     placed: list[tuple[int, Any]] = []
-    for replica, counter, _, _, content in delta.inserts:
-        if isinstance(content, int):
-            continue  # a dead insert (from a state) shows nothing
-        for n in range(len(content)):
-            index = seq.index_of((replica, counter + n))
-            if index is not None:
-                placed.append((index, seq.element((replica, counter + n))))
+    runs = [(r, c, c + len(content)) for r, c, _, _, content in delta.inserts if not isinstance(content, int)]
+    seen: set[tuple[str, int]] = set()
+    for replica, lo, hi in runs + waiting if waiting else runs:  # a dead insert (from a state) shows nothing
+        for counter in range(lo, hi):
+            dot = (replica, counter)
+            index = seq.index_of(dot)
+            if index is not None and dot not in seen:
+                seen.add(dot)
+                placed.append((index, seq.element(dot)))
     placed.sort(key=lambda p: p[0])
     key = "text" if seq.tag is Tag.TEXT else "values"
     last: Patch | None = None

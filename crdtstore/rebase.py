@@ -190,6 +190,50 @@ def apply_ops(value: dict[str, Any], ops: list[Op]) -> dict[str, Any]:
     return value
 
 
+_TEXT_INSERT = frozenset({"op", "path", "index", "text"})
+_DELETE = frozenset({"op", "path", "index", "count"})
+
+
+def _continue(last: Op, op: Op) -> bool:
+    """Fold ``op`` into ``last`` (queued just before it) when together they are one edit; True if folded.
+
+    An insert of text right after the text ``last`` inserts is one insert; a delete that ends where
+    ``last`` deleted (a backspace) or starts there (a forward delete) is one delete. Ops with any
+    other field (an explicit ``version``) are kept apart.
+    """
+    kind = op.get("op")
+    if kind != last.get("op") or op.get("path") != last.get("path"):
+        return False
+    if type(op.get("index")) is not int or type(last.get("index")) is not int:
+        return False
+    if kind == "insert":
+        text, before = op.get("text"), last.get("text")
+        if (
+            set(op) != _TEXT_INSERT
+            or set(last) != _TEXT_INSERT
+            or not isinstance(text, str)
+            or not isinstance(before, str)
+        ):
+            return False
+        if op["index"] != last["index"] + len(before):
+            return False
+        last["text"] = before + text
+        return True
+    if kind == "delete":
+        count, had = op.get("count", 1), last.get("count", 1)
+        if not set(op) <= _DELETE or not set(last) <= _DELETE or type(count) is not int or type(had) is not int:
+            return False
+        if count < 1 or had < 1:
+            return False
+        if op["index"] + count == last["index"]:  # backspace
+            last["index"], last["count"] = op["index"], had + count
+            return True
+        if op["index"] == last["index"]:  # forward delete
+            last["count"] = had + count
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class Batch:
     """The batch in flight: its frame as sent (never changed: a resend repeats it) and its ops as shown."""
@@ -225,8 +269,16 @@ class LiveState:
         return apply_ops(shown, (self.inflight.shown if self.inflight else []) + self.queued)
 
     def edit(self, ops: list[Op]) -> None:
-        """Local ops, with indexes into :meth:`value`, queued behind the batch in flight."""
-        self.queued += [dict(op) for op in ops]
+        """Local ops, with indexes into :meth:`value`, queued behind the batch in flight.
+
+        A keystroke that continues the last queued one (typing on at the caret, backspacing or deleting
+        forward) joins it: the batch then holds one op for a typed run, which the server reads against
+        the batch's version once, not once per character. The value shown is the same.
+        """
+        queued = self.queued
+        for op in ops:
+            if not (queued and _continue(queued[-1], op)):
+                queued.append(dict(op))
         self.queued_calls += 1
 
     def next_batch(self, w: str | None = None) -> dict[str, Any] | None:

@@ -47,8 +47,17 @@ class Inbound:
         max_write_waits: Most pending ``WriteAck`` requests; more raises :class:`LimitExceeded`.
     """
 
-    __slots__ = ("awaiting", "buffer", "buffered", "delivered", "gaps", "max_buffered", "max_write_waits", "vector",
-                 "write_waits")
+    __slots__ = (
+        "awaiting",
+        "buffer",
+        "buffered",
+        "delivered",
+        "gaps",
+        "max_buffered",
+        "max_write_waits",
+        "vector",
+        "write_waits",
+    )
 
     def __init__(self, our_vector: Mapping[str, int], *, max_buffered: int, max_write_waits: int) -> None:
         self.max_buffered = max_buffered

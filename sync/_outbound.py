@@ -15,6 +15,14 @@ request per origin at a time (``log_pending``). On authentication each side
 sends ``Ack(our_vector)``, which makes the other side pull from its log
 exactly what we lack (catch-up).
 
+**Relays.** Another origin's entries go to the peer from our log when the
+peer's ack shows it lacks them (a line A - B - C, or a cut link in a mesh).
+In a mesh the peer almost always has them from their origin already, and
+its ack is a round trip old: relaying on every ack sent most entries twice.
+So an entry we committed less than ``relay_grace`` ago (``fresh``) does not
+start a relay; one the peer still lacks after that does, and the relay then
+sends whatever the peer lacks.
+
 **Loss.** A message lost, duplicated or reordered on a link fails its tag
 and the link; the next link catches up from the acknowledged vectors.
 Within a link, if the peer's ack has not moved for ``retransmit_timeout``
@@ -33,6 +41,7 @@ protocol (:class:`sync.protocol.PeerProtocol`) turns its answers into
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Sequence
 
 from .types import LogEntry
@@ -48,8 +57,18 @@ class Outbound:
         now: The caller's clock when the link opened (for the retransmit timer).
     """
 
-    __slots__ = ("acked", "blocked", "known", "last_progress", "log_pending", "outbox", "sent", "their_known",
-                 "window")
+    __slots__ = (
+        "acked",
+        "blocked",
+        "fresh",
+        "known",
+        "last_progress",
+        "log_pending",
+        "outbox",
+        "sent",
+        "their_known",
+        "window",
+    )
 
     def __init__(self, *, window: int, now: float) -> None:
         self.window = window
@@ -66,6 +85,8 @@ class Outbound:
         self.last_progress = now
         # Entries to send, batched into Deltas messages at the next flush.
         self.outbox: list[LogEntry] = []
+        # Other origins' entries committed here lately: origin -> (seq, when), oldest first (see Relays).
+        self.fresh: dict[str, collections.deque[tuple[int, float]]] = {}
 
     def floor(self, origin: str) -> int:
         """The highest seq of ``origin`` the peer is known to hold or was sent."""
@@ -93,6 +114,27 @@ class Outbound:
     def push(self, entry: LogEntry) -> None:
         self.outbox.append(entry)
         self.sent[entry.origin] = entry.seq
+
+    def committed_elsewhere(self, origin: str, seq: int, now: float, grace: float) -> None:
+        """We committed ``(origin, seq)`` of another origin at ``now``: fresh for ``grace`` (see Relays)."""
+        if grace <= 0:
+            return
+        fresh = self.fresh.setdefault(origin, collections.deque())
+        if fresh and seq <= fresh[-1][0]:
+            return
+        fresh.append((seq, now))
+        while len(fresh) > self.window:  # bounded whatever the rate: the oldest count as old
+            fresh.popleft()
+
+    def relay_due(self, origin: str, held: int, now: float, grace: float) -> bool:
+        """Whether the peer lacks an entry of ``origin`` (another origin) that we have held ``grace`` or longer."""
+        fresh = self.fresh.get(origin)
+        while fresh and (fresh[0][1] <= now - grace or fresh[0][0] <= self.floor(origin)):
+            fresh.popleft()
+        settled = fresh[0][0] - 1 if fresh else held
+        if not fresh:
+            self.fresh.pop(origin, None)
+        return min(settled, held) > self.floor(origin)
 
     def log_request(self, origin: str, held: int, log_fetch: int) -> int | None:
         """How many entries of ``origin`` to ask the node's log for (marked pending), or None for no request.

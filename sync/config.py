@@ -29,6 +29,9 @@ class SyncConfig:
         idle_timeout: Fail if nothing was received for this long (acks double as keepalives).
         ack_interval: Send our vector at least this often.
         retransmit_timeout: Resend from the acknowledged vector if acks stall this long.
+        relay_grace: Relay another origin's entry to the peer only once we have held it this long and
+            the peer's ack still lacks it: in a mesh the peer gets it from its origin directly, and an
+            ack is always about a round trip old, so relaying at once sent most deltas twice.
         anti_entropy_interval: Start a session this often (the side with the smaller
             replica id does, on a pushing connection); None disables periodic sessions.
         anti_entropy_timeout: Abandon a session after this long.
@@ -50,6 +53,7 @@ class SyncConfig:
     idle_timeout: float = 60.0
     ack_interval: float = 1.0
     retransmit_timeout: float = 5.0
+    relay_grace: float = 1.0
     anti_entropy_interval: float | None = 60.0
     anti_entropy_timeout: float = 120.0
     anti_entropy_settle: float = 5.0
@@ -63,5 +67,7 @@ class SyncConfig:
             raise ValueError("window, log_fetch, max_buffered and max_pending_requests must be positive")
         if not 1 <= self.states_chunk <= m.MAX_BATCH:
             raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
+        if self.relay_grace < 0:
+            raise ValueError("relay_grace must be >= 0")
         if self.anti_entropy_settle < 0 or self.anti_entropy_max_deferrals < 0:
             raise ValueError("anti_entropy_settle and anti_entropy_max_deferrals must be >= 0")

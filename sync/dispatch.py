@@ -49,6 +49,7 @@ __all__ = ["HANDLERS", "READS", "Context", "Handler", "announce", "dispatch"]
 
 logger = logging.getLogger("sync.dispatch")
 
+
 class Context(Protocol):
     """What a handler may use of the adapter around one link (see the module docstring)."""
 
@@ -145,9 +146,7 @@ async def _merge_states(ctx: Context, event: ev.MergeStates) -> None:
     # share one group commit, where one await each cost a commit each, and every delta
     # queued behind them on this link waited for all of those commits.
     results = await ctx.store.merge_states(event.states)
-    failed = [
-        (doc_id, r) for (doc_id, _), r in zip(event.states, results, strict=True) if isinstance(r, BaseException)
-    ]
+    failed = [(doc_id, r) for (doc_id, _), r in zip(event.states, results, strict=True) if isinstance(r, BaseException)]
     ctx.stats["states_merged"] += len(results) - len(failed)
     for _, error in failed:
         if not isinstance(error, CrdtError | ValueError):

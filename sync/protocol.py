@@ -343,8 +343,9 @@ class PeerProtocol:
         if self._conn.state is not OPEN or not self._out.their_known or not self.pushing:
             return
         if origin != self.our.origin:
-            # A relay waits for the peer's next ack: in a mesh the peer most
-            # likely got it from its origin directly, and the ack says so.
+            # A relay waits until the peer's ack still lacks it a while later: in a mesh the
+            # peer most likely got it from its origin directly (sync._outbound, Relays).
+            self._out.committed_elsewhere(origin, seq, self._now, self.config.relay_grace)
             return
         if self._out.can_push(origin, seq):
             self._out.push(LogEntry(origin, seq, doc_id, delta))
@@ -574,7 +575,10 @@ class PeerProtocol:
         if not self.pushing:
             return
         floor = self._out.floor(origin)
-        limit = self._out.log_request(origin, self._in.vector.get(origin, 0), self.config.log_fetch)
+        held = self._in.vector.get(origin, 0)
+        if origin != self.our.origin and not self._out.relay_due(origin, held, self._now, self.config.relay_grace):
+            return
+        limit = self._out.log_request(origin, held, self.config.log_fetch)
         if limit is not None:
             self._events.append(NeedLog(origin, floor, limit))
 

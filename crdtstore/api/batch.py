@@ -82,7 +82,7 @@ __all__ = ["DocBatch", "DocumentGate", "WaitForWrite", "apply_batches", "gate_of
 
 logger = logging.getLogger("crdtstore.api")
 
-WaitForWrite = Callable[..., Awaitable[None]]
+WaitForWrite = Callable[..., Awaitable[object]]
 """``routes.wait_for_write``: ``(ctx, doc_id, level, result, version, *, timeout)``, raising 504 on timeout."""
 
 _ENTRY_FIELDS = frozenset({"id", "ops"})

@@ -129,7 +129,8 @@ async def live_channel(ctx: ApiContext, websocket: WebSocket, *, wait_for_write:
 # The per-app registry.
 
 
-WaitForWrite = Callable[[ApiContext, str, Level, Any, str], Awaitable[None]]
+# Returns what the wait reached (a ``sync.quorum.QuorumOutcome``), or None when this replica answered alone.
+WaitForWrite = Callable[[ApiContext, str, Level, Any, str], Awaitable[Any]]
 
 
 class LiveHub:
@@ -244,6 +245,7 @@ class DocChannel:
         self.doc_id = doc_id
         self.conns: set[LiveConn] = set()
         self.mirror = Document()
+        self.version = self.mirror.version()  # the mirror's, kept with it (encoding it costs on every change)
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
         self.applying = 0  # batches of live connections inside node.apply
@@ -287,6 +289,7 @@ class DocChannel:
             state = await node.read_state(self.doc_id)
             if state is not None:
                 self.mirror = codec.decode_document(state)
+                self.version = self.mirror.version()
             feed = node.changes(self.doc_id, self.mirror.version() if state is not None else None)
             self.ready.set()
             try:
@@ -310,13 +313,16 @@ class DocChannel:
         node: Any = self.hub.ctx.node
         delta_json = record.get("delta")
         changes: list[dict[str, Any]] | None = None
-        old_version = self.mirror.version()
+        old_version = self.version
+        version: Any = None
         if delta_json is not None and record.get("type") != "resync":
             delta = codec.decode_delta(orjson.dumps(delta_json))
             old = before(self.mirror.root, delta.root)
             try:
                 self.mirror.join(delta)
                 changes = patches(old, self.mirror.root, delta.root)
+                # The node's version after this record, which the mirror now holds too: not encoded again.
+                version = record.get("version")
             except DecodeError:
                 changes = None
         if changes is None:
@@ -326,7 +332,8 @@ class DocChannel:
             old = before(self.mirror.root, None)
             changes = patches(old, fresh.root, None)
             self.mirror = fresh
-        version = self.mirror.version()
+        self.version = version if isinstance(version, str) else self.mirror.version()
+        version = self.version
         origin = "local" if record.get("origin") == node.replica_id else "remote"
         owner = None
         seq = record.get("origin_seq")
@@ -488,8 +495,8 @@ class LiveConn:
     def _hello(self, resume: str | None) -> None:
         """What a joining client needs first: the value (unless it holds this version already) and who is here."""
         mirror = self.channel.mirror
-        if resume is None or resume != mirror.version():
-            version = seal_version(mirror.version(), self.doc_id, self.hub.ctx.version_key)
+        if resume is None or resume != self.channel.version:
+            version = seal_version(self.channel.version, self.doc_id, self.hub.ctx.version_key)
             self.push(orjson.dumps({"type": "snapshot", "version": version, "value": mirror.value()}).decode())
         for entry in self.channel.presence_snapshot(self):
             self.push(orjson.dumps({"type": "presence", **entry}).decode())
@@ -603,8 +610,10 @@ class LiveConn:
             return
         # The change carrying this batch goes out before its ack.
         await self.channel.until_contains(result.version)
-        await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
-        ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value}
+        outcome = await self.hub.wait_for_write(ctx, self.doc_id, level, result, value)
+        # As a POST's 504 says how far a write got: the replicas holding it now, of those its w needs.
+        reached, needed = (1, 1) if outcome is None else (outcome.reached, outcome.needed)
+        ack: dict[str, Any] = {"type": "ack", "id": batch_id, "version": value, "reached": reached, "needed": needed}
         if not new or not applied:
             ack["again"] = True
         self.push(orjson.dumps(ack).decode())

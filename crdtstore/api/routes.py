@@ -178,26 +178,30 @@ async def apply_many(ctx: ApiContext, request: Request) -> bytes:
 
 async def wait_for_write(
     ctx: ApiContext, doc_id: str, level: Level, result: Any, version: str, *, timeout: float | None = None
-) -> None:
+) -> QuorumOutcome | None:
     """Wait until the committed write ``result`` is held at ``level`` (POST and the live channel).
 
     ``timeout`` is the request's own (``?timeout=``), or None for the node's ``quorum_timeout``.
+
+    Returns:
+        What the wait reached (the live channel's ack reports it), or None when this replica
+        answers alone (``w=one``, or no peers: it is then the whole cluster).
 
     Raises:
         ApiError: 504 ``quorum_timeout`` (the write is durable here and keeps replicating).
     """
     replicator = _replicator_for(ctx, level)
-    if replicator is not None:
-        # Wait for exactly this write, not for whatever our origin logged since.
-        outcome = await replicator.wait_for_acks(
-            doc_id, level, origin=result.origin or None, seq=result.seq or None, timeout=timeout
-        )
-        if not outcome.ok:
-            # The write is durable here and will still replicate; the caller learns how far it got.
-            detail = _quorum_detail(outcome) | {"version": version, "durable_locally": True}
-            raise ApiError(
-                504, "quorum_timeout", f"write acknowledged by {outcome.reached} of {outcome.needed}", detail
-            )
+    if replicator is None:
+        return None
+    # Wait for exactly this write, not for whatever our origin logged since.
+    outcome: QuorumOutcome = await replicator.wait_for_acks(
+        doc_id, level, origin=result.origin or None, seq=result.seq or None, timeout=timeout
+    )
+    if not outcome.ok:
+        # The write is durable here and will still replicate; the caller learns how far it got.
+        detail = _quorum_detail(outcome) | {"version": version, "durable_locally": True}
+        raise ApiError(504, "quorum_timeout", f"write acknowledged by {outcome.reached} of {outcome.needed}", detail)
+    return outcome
 
 
 async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:

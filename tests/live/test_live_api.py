@@ -67,7 +67,7 @@ def test_batch_is_acked_after_its_own_change(client: TestClient) -> None:
         assert change["type"] == "change" and change["batch"] == "b1" and change["origin"] == "local"
         assert change["patches"] == [{"path": ["t"], "value": "hi"}]
         ack = ws.receive_json()
-        assert ack == {"type": "ack", "id": "b1", "version": change["version"]}
+        assert ack == {"type": "ack", "id": "b1", "version": change["version"], "reached": 1, "needed": 1}
     assert client.get(f"/v1/docs/{doc_id}").json()["version"] == ack["version"]
 
 
@@ -121,7 +121,14 @@ def test_a_resent_batch_id_is_acked_again_and_applied_once(client: TestClient) -
     with client.websocket_connect(url(doc_id, version=first["version"])) as ws:
         ws.send_json(batch)
         again = ws.receive_json()  # no snapshot: the client holds this version already
-        assert again == {"type": "ack", "id": "same", "version": first["version"], "again": True}
+        assert again == {
+            "type": "ack",
+            "id": "same",
+            "version": first["version"],
+            "reached": 1,
+            "needed": 1,
+            "again": True,
+        }
     assert client.get(f"/v1/docs/{doc_id}").json()["value"] == {"n": 1}
 
 
@@ -411,7 +418,11 @@ def test_a_batch_waits_for_its_w_level(client: TestClient) -> None:
         ws.receive_json()
         # A node without peers is the whole cluster: every level is met here.
         ws.send_json({"type": "batch", "id": "q", "ops": [{"op": "increment", "path": ["n"]}], "w": "all"})
-        assert receive_until(ws, "ack")["id"] == "q"
+        ack = receive_until(ws, "ack")
+        assert (ack["id"], ack["reached"], ack["needed"]) == ("q", 1, 1)
+        ws.send_json({"type": "batch", "id": "o", "ops": [{"op": "increment", "path": ["n"]}]})
+        ack = receive_until(ws, "ack")
+        assert (ack["id"], ack["reached"], ack["needed"]) == ("o", 1, 1)
 
 
 def test_resuming_from_an_older_version_gets_a_snapshot(client: TestClient) -> None:

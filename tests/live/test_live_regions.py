@@ -7,6 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
+from websockets.asyncio.client import connect
+
 from crdtstore.client import AsyncClient
 from crdtstore.live_client import LiveDoc
 from tests.server_helpers import RW
@@ -38,5 +41,39 @@ def test_edits_and_presence_cross_regions_and_presence_expires_with_the_link(tmp
                 cluster.wan.partition("eu", "us")
                 gone = await _next(bob, "presence", lambda e: e["client"] == seen["client"] and e["state"] is None)
                 assert gone["state"] is None
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+async def _batch(ws: Any, batch_id: str, w: str) -> dict[str, Any]:
+    """Send one increment under ``w`` and return its answer (ack or error); changes in between are skipped."""
+    await ws.send(orjson.dumps({"type": "batch", "id": batch_id, "ops": [{"op": "increment", "path": ["n"]}], "w": w}))
+    while True:
+        message = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+        if message["type"] in ("ack", "error") and message.get("id") == batch_id:
+            return dict(message)
+
+
+def test_the_ack_says_how_many_replicas_hold_the_batch_of_those_its_w_needs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_cluster(tmp_path) as (cluster, _):
+            live = cluster.url("eu").replace("http://", "ws://", 1) + "/v1/docs/counted/live"
+            async with connect(live, additional_headers={"Authorization": f"Bearer {RW}"}) as ws:
+                assert orjson.loads(await ws.recv())["type"] == "snapshot"
+                one = await _batch(ws, "one", "one")
+                assert (one["type"], one["reached"], one["needed"]) == ("ack", 1, 1)
+                # Every region holds it when w=all is acknowledged: the three replicas, counted as POST counts.
+                every = await _batch(ws, "all", "all")
+                assert (every["type"], every["reached"], every["needed"]) == ("ack", 3, 3)
+                quorum = await _batch(ws, "quorum", "quorum")
+                assert quorum["type"] == "ack" and quorum["needed"] == 2 and 2 <= quorum["reached"] <= 3
+                # Abuse: w=all while a region is cut off is not acknowledged; the error says how far it got,
+                # and the batch is durable here (a resend of its id is acknowledged again, not applied twice).
+                cluster.wan.partition("eu", "us")
+                short = await _batch(ws, "cut", "all")
+                assert (short["type"], short["error"]) == ("error", "quorum_timeout")
+                assert short["detail"]["reached"] == 2 and short["detail"]["needed"] == 3
+                again = await _batch(ws, "cut", "one")
+                assert (again["type"], again.get("again"), again["reached"], again["needed"]) == ("ack", True, 1, 1)
 
     asyncio.run(asyncio.wait_for(scenario(), 120))

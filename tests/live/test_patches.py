@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
+from crdtstore import patches as patches_module
 from crdtstore.codec import decode_delta, encode_delta
 from crdtstore.document import Delta, Document
 from crdtstore.errors import OpError
@@ -138,3 +139,45 @@ def test_concurrent_typing_gives_index_patches() -> None:
 def test_a_patch_that_does_not_fit_is_refused(patch: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         apply_patches({"t": "ab", "n": 1}, [patch])
+
+
+def _early_and_late() -> tuple[Delta, Delta, Delta]:
+    """Three deltas of one text: "ab" by r0, then "X" by r1 after the "b", then "Y" by r2 after the "X"."""
+    a, b, c = Document(), Document(), Document()
+    first = a.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "ab"}], replica="r0")
+    b.join(decode_delta(encode_delta(first)))
+    second = b.apply([{"op": "insert", "path": ["t"], "index": 2, "text": "X"}], replica="r1")
+    c.join(decode_delta(encode_delta(first)))
+    c.join(decode_delta(encode_delta(second)))
+    third = c.apply([{"op": "insert", "path": ["t"], "index": 3, "text": "Y"}], replica="r2")
+    return first, second, third
+
+
+def test_a_delta_that_releases_waiting_inserts_is_patched_from_ids_without_a_walk() -> None:
+    first, second, third = _early_and_late()
+    observer, thin = Document(), {}
+    follow(observer, thin, decode_delta(encode_delta(first)))
+    # "Y" arrives before the "X" it follows (another region was faster): it waits, nothing shows.
+    assert follow(observer, thin, decode_delta(encode_delta(third))) == []
+    late = decode_delta(encode_delta(second))
+    old = before(observer.root, late.root)
+    assert old["t"].delta is not None and old["t"].waiting == [("r2", 1, 2)]  # the ids, not the runs of the text
+    observer.join(late)
+    changes = patches(old, observer.root, late.root)
+    assert changes == [{"path": ["t"], "insert": {"index": 2, "text": "XY"}}]
+    assert apply_patches(thin, changes) == observer.value() == {"t": "abXY"}
+
+
+def test_past_the_bound_on_waiting_inserts_a_change_walks_the_sequence_and_is_still_right(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(patches_module, "_WAITING_MAX", 0)
+    first, second, third = _early_and_late()
+    observer, thin = Document(), {}
+    follow(observer, thin, decode_delta(encode_delta(first)))
+    follow(observer, thin, decode_delta(encode_delta(third)))
+    late = decode_delta(encode_delta(second))
+    old = before(observer.root, late.root)
+    assert old["t"].delta is None and old["t"].runs is not None
+    observer.join(late)
+    assert apply_patches(thin, patches(old, observer.root, late.root)) == observer.value() == {"t": "abXY"}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from crdtstore.document import Document
 from crdtstore.errors import OpError
 from crdtstore.patches import before, patches
-from crdtstore.rebase import LiveState, move_index, transform
+from crdtstore.rebase import LiveState, apply_ops, move_index, transform
 
 
 class _Server:
@@ -165,3 +165,75 @@ def test_a_batch_whose_ack_was_lost_is_kept_for_the_resend() -> None:
     assert list(client.unacked.values()) == [frame]
     client.receive({"type": "ack", "id": frame["id"], "version": "v1", "again": True})
     assert not client.unacked
+
+
+def test_a_typed_run_queues_as_one_insert_and_backspaces_as_one_delete() -> None:
+    state = LiveState(prefix="c")
+    state.receive({"type": "snapshot", "version": "v", "value": {"t": "hello"}})
+    state.edit([{"op": "insert", "path": ["t"], "index": 5, "text": "!"}])
+    assert state.next_batch() is not None  # in flight: what follows queues behind it
+    for i, ch in enumerate("abc"):
+        state.edit([{"op": "insert", "path": ["t"], "index": 6 + i, "text": ch}])
+    state.edit([{"op": "delete", "path": ["t"], "index": 8, "count": 1}])  # a backspace is a delete apart
+    state.edit([{"op": "delete", "path": ["t"], "index": 7, "count": 1}])
+    assert state.queued == [
+        {"op": "insert", "path": ["t"], "index": 6, "text": "abc"},
+        {"op": "delete", "path": ["t"], "index": 7, "count": 2},
+    ]
+    assert state.queued_calls == 5 and state.value() == {"t": "hello!a"}
+
+
+def test_ops_that_do_not_continue_the_last_one_stay_apart() -> None:
+    state = LiveState(prefix="c")
+    state.receive({"type": "snapshot", "version": "v", "value": {"t": "hello", "u": ""}})
+    ops = [
+        {"op": "insert", "path": ["t"], "index": 0, "text": "a"},
+        {"op": "insert", "path": ["t"], "index": 0, "text": "b"},  # before it, not after
+        {"op": "insert", "path": ["u"], "index": 0, "text": "c"},  # another path
+        {"op": "insert", "path": ["u"], "index": 1, "text": "d", "version": "v"},  # read against its own version
+        {"op": "insert", "path": ["t"], "index": 1, "values": ["e"]},  # not text
+    ]
+    state.edit(ops)
+    assert state.queued == ops
+
+
+_edits = st.lists(
+    st.tuples(st.sampled_from(["type", "type", "type", "backspace", "forward", "jump"]), st.floats(0, 1)),
+    max_size=30,
+)
+
+
+@given(initial=st.text(alphabet="ab", max_size=5), edits=_edits)
+def test_folded_keystrokes_show_and_apply_as_the_keystrokes_would(initial: str, edits: list[Any]) -> None:
+    server = _Server(initial or "a")
+    state = LiveState(prefix="c")
+    state.receive(server.snapshot())
+    server.outbox.clear()
+    text, caret, ops = state.value()["t"], 0, []
+    for kind, frac in edits:
+        if kind == "jump":
+            caret = round(frac * len(text))
+            continue
+        if kind == "type":
+            op: dict[str, Any] = {"op": "insert", "path": ["t"], "index": caret, "text": "x"}
+            caret += 1
+        elif kind == "backspace" and caret > 0:
+            op = {"op": "delete", "path": ["t"], "index": caret - 1, "count": 1}
+            caret -= 1
+        elif kind == "forward" and caret < len(text):
+            op = {"op": "delete", "path": ["t"], "index": caret, "count": 1}
+        else:
+            continue
+        ops.append(op)
+        state.edit([op])
+        text = state.value()["t"]
+    note(f"queued {state.queued}")
+    assert text == apply_ops({"t": initial or "a"}, ops)["t"]
+    frame = state.next_batch()
+    if frame is None:
+        assert not ops
+        return
+    server.batch(frame)
+    for message in server.outbox:
+        state.receive(message)
+    assert server.doc.value()["t"] == text == state.value()["t"]

@@ -8,6 +8,9 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from crdtstore.codec import decode_delta, decode_document
+from crdtstore.merkle import MerkleShape
+from sync._inbound import Inbound
+from sync.config import SyncConfig
 from sync.memstore import MemStore
 from sync.quarantine import NO_ID
 from sync.simulator import LinkFaults, Simulator
@@ -167,6 +170,7 @@ def test_poison_in_the_middle_of_a_line_is_relayed_as_placeholders_and_repaired_
     junk = [LogEntry(ROGUE, 1, "d0", b"not a delta"), LogEntry(ROGUE, 2, "a/b", b"junk")]
     assert sim.inject("b", junk) == [True, True]
     assert [q.doc_id for q in b.quarantined()] == ["d0"]
+    sim.run(3)  # the rogue's entries reach c first (relayed once c's ack still lacks them, relay_grace later)
     # a's next writes of d0 are held back at b, so c (behind b) gets placeholders, never bytes b could not join.
     for i in range(3):
         sim.write("a", "d0", op("inc", i))
@@ -183,3 +187,54 @@ def test_poison_in_the_middle_of_a_line_is_relayed_as_placeholders_and_repaired_
     sim.write("a", "d0", op("inc", 9))
     assert sim.run_until_converged(5) is not None and c.docs["d0"].value() == {"n": 5}
     assert sim.stats["protocol_errors"] == 0
+
+
+def _received_twice(monkeypatch: Any, sim: Simulator, rounds: int) -> int:
+    """Entries a replica received that it held already, while every replica writes ``rounds`` times (0.1 s apart)."""
+    seen = {"twice": 0}
+    receive = Inbound.receive
+
+    def counting(self: Inbound, entry: LogEntry) -> Any:
+        ready = receive(self, entry)
+        seen["twice"] += ready is None
+        return ready
+
+    monkeypatch.setattr(Inbound, "receive", counting)
+    sim.run(3)
+    for i in range(rounds):
+        for name in NAMES:
+            sim.write(name, f"d{i % 3}", op("inc", i))
+        sim.run(0.1)
+    assert sim.run_until_converged(HEAL_TICKS) is not None
+    return seen["twice"]
+
+
+def _config(relay_grace: float) -> SyncConfig:
+    # The simulator's defaults, but its clock moves in whole ticks (1 s): a grace under two ticks may see an
+    # entry committed a moment ago as a tick old. (The replicator ticks every 0.1 s.)
+    shape = MerkleShape(fanout=4, depth=3)
+    return SyncConfig(
+        shape=shape,
+        handshake_timeout=5.0,
+        idle_timeout=10.0,
+        ack_interval=1.0,
+        retransmit_timeout=3.0,
+        anti_entropy_interval=5.0,
+        anti_entropy_timeout=10.0,
+        relay_grace=relay_grace,
+    )
+
+
+def test_in_a_mesh_each_delta_crosses_to_each_peer_once_not_again_as_a_relay(monkeypatch: Any) -> None:
+    # Each replica's ack is a round trip old when it arrives, so it always seems to lack the newest deltas
+    # of the third origin: relaying those at once (no grace, as before) sends many deltas twice.
+    assert _received_twice(monkeypatch, Simulator(NAMES, seed=5, config=_config(2.0)), 60) == 0
+    assert _received_twice(monkeypatch, Simulator(NAMES, seed=5, config=_config(0.0)), 60) > 60
+
+
+def test_a_relay_still_carries_what_a_peer_cannot_get_from_the_origin(monkeypatch: Any) -> None:
+    # Abuse of the grace: a - c cut, so c hears a only through b, relay_grace after b committed it.
+    sim = Simulator(NAMES, links=[("a", "b"), ("b", "c")], seed=5, config=_config(2.0))
+    _received_twice(monkeypatch, sim, 30)
+    c = sim.replicas["c"].store
+    assert run_sync(c.version_vector()).get(sim.replicas["a"].store.info.origin) == 30
