@@ -272,10 +272,12 @@ class Sequence:
         "_dirty_n",
         "_fblk",
         "_fstart",
+        "_blocks",
+        "_by_replica",
         "_hint",
+        "_runs",
         "_stamp",
-        "blocks",
-        "by_replica",
+        "_tree",
         "deletions_normal",
         "max_lamport",
         "oversized",
@@ -285,19 +287,20 @@ class Sequence:
         "size",
         "tag",
         "total",
-        "tree",
     )
 
     def __init__(self, tag: Tag) -> None:
         self.tag = tag
         self.presence: set[Dot] = set()
-        self.blocks: list[Block] = [Block(0, [], [])]
-        self.tree: list[int] = [0, 0]
+        self._blocks: list[Block] = [Block(0, [], [])]
+        self._tree: list[int] = [0, 0]
         self.total = 0
         self.size = 0  # element ids held in items, live or dead
         # replica -> (sorted run starts, pieces of each run sorted by counter). A run never
         # split is its one item, not a list of one: most never are, and a load makes one each.
-        self.by_replica: dict[str, tuple[list[int], list[Item | list[Item]]]] = {}
+        self._by_replica: dict[str, tuple[list[int], list[Item | list[Item]]]] = {}
+        # A load's runs, checked but not yet built into items (see ``_build_runs``).
+        self._runs: _Runs | None = None
         self.max_lamport = 0
         self.oversized: list[Block] = []  # blocks a multi-item operation grew past BLOCK_MAX
         self.pending: list[Insert] = []
@@ -325,6 +328,35 @@ class Sequence:
         self._fstart = 0
         self._hint: tuple[int, int, int] = (0, 0, -1)
         self._stamp = 0
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The items in document order, in blocks of at most ``BLOCK_MAX`` (built on first use after a load)."""
+        if self._runs is not None:
+            self._build_runs()
+        return self._blocks
+
+    @blocks.setter
+    def blocks(self, blocks: list[Block]) -> None:
+        self._blocks = blocks
+
+    @property
+    def by_replica(self) -> dict[str, tuple[list[int], list[Item | list[Item]]]]:
+        """Replica -> (sorted run starts, pieces of each run sorted by counter)."""
+        if self._runs is not None:
+            self._build_runs()
+        return self._by_replica
+
+    @property
+    def tree(self) -> list[int]:
+        """The Fenwick tree over the blocks' visible lengths."""
+        if self._runs is not None:
+            self._build_runs()
+        return self._tree
+
+    @tree.setter
+    def tree(self, tree: list[int]) -> None:
+        self._tree = tree
 
     @property
     def deletions(self) -> list[Segment]:
@@ -368,6 +400,15 @@ class Sequence:
         return f"Sequence({self.tag.label}, {self.value()!r})"
 
     def value(self) -> Content:
+        runs = self._runs
+        if runs is not None:  # loaded and not built yet: reading needs only the contents, in order
+            lives = [c for c in runs[5] if c is not None]
+            if self.tag is Tag.TEXT:
+                return "".join(cast("list[str]", lives))
+            out_: list[Any] = []
+            for c in lives:
+                out_ += c
+            return out_
         if self.tag is Tag.TEXT:
             # A text's runs hold str (its tag says so, which the item type cannot).
             return "".join(cast("Iterator[str]", (it.content for it in self._items() if it.content is not None)))
@@ -422,7 +463,7 @@ class Sequence:
                 yield it.replica, it.counter, it.counter + it.length, it.content
 
     def is_bottom(self) -> bool:
-        return not self.presence and not self.by_replica and not self.pending and not self._deletion_count()
+        return not self.presence and not self.size and not self.pending and not self._deletion_count()
 
     def visible(self) -> bool:
         return bool(self.presence) or self.total > 0
@@ -930,7 +971,8 @@ class Sequence:
             seq.pending_deletes.append((replica, lo, x[2]))
         if elements + sum(_insert_length(ins) for ins in seq.pending) > MAX_ELEMENTS:
             raise DecodeError(f"{tag.label}: more than {MAX_ELEMENTS} elements")
-        seq._rebuild()
+        if seq._runs is None:
+            seq._rebuild()
         return seq
 
     def _load_runs(self, runs: list[Any], table: ReplicaTable) -> int:
@@ -1029,16 +1071,39 @@ class Sequence:
                 keys.append(oc if single else oref * _KEY + oc)
                 origins[k] = (names[oref], oc)
         if keys:
-            # The run holding each origin is the last one starting at or before it; index 0 of
-            # the shifted columns stands for "none", which fails both checks.
-            js = list(map(bisect_right, repeat(s_starts), keys))
-            if any(map(ge, keys, map([-1, *s_ends].__getitem__, js))) or any(
-                map(ge, map([m, *order].__getitem__, js), at)
-            ):
+            # An origin is nearly always the last element of a run (what is typed after it splits
+            # the run there), so one dict lookup by run end finds the run holding it; the rest
+            # search the runs sorted by id. Either way the origin's run must come first.
+            ends_at = dict(zip(kends, range(m), strict=True))
+            holders = list(map(ends_at.get, map(add, keys, repeat(1))))
+            if None in holders:
+                misses = [k for k, h in enumerate(holders) if h is None]
+                mkeys = list(map(keys.__getitem__, misses))
+                # The run holding each is the last one starting at or before it; index 0 of
+                # the shifted columns stands for "none", which fails both checks.
+                js = list(map(bisect_right, repeat(s_starts), mkeys))
+                if any(map(ge, mkeys, map([-1, *s_ends].__getitem__, js))):
+                    raise DecodeError(f"{label}: an element precedes its origin")
+                for k, j in zip(misses, js, strict=True):
+                    holders[k] = order[j - 1]
+            if any(map(ge, cast("list[int]", holders), at)):  # every miss was filled in above
                 raise DecodeError(f"{label}: an element precedes its origin")
         lives = [None if type(c) is int else c for c in contents]
         lens = list(map(mul, ns, map(truth, lives)))  # visible lengths: 0 for a dead run
         self.max_lamport = max(map(add, lamports, ns)) - 1
+        self.total = sum(lens)
+        # Items, blocks and the id index wait for their first use: a read needs none of them.
+        self._runs = (replicas, counters, lamports, origins, ns, lives, lens, refs, order, s_starts, names)
+        self.size = elements
+        return elements
+
+    def _build_runs(self) -> None:
+        """Build the items, blocks, id index and Fenwick tree of the runs a load checked (``_load_runs``)."""
+        runs = self._runs
+        assert runs is not None
+        self._runs = None
+        replicas, counters, lamports, origins, ns, lives, lens, refs, order, s_starts, names = runs
+        m = len(counters)
         # Items in blocks half full, so that local edits split few of them at first.
         step = BLOCK_MAX // 2
         blocks: list[Block] = []
@@ -1061,16 +1126,16 @@ class Sequence:
             blk.items = chunk
             blocks.append(blk)
             items += chunk
-        self.blocks = blocks
+        self._blocks = blocks
+        single = refs[order[0]] == refs[order[-1]]
         lo = 0
         while lo < m:
             ref = refs[order[lo]]
             hi = m if single else bisect_left(s_starts, (ref + 1) * _KEY, lo)
             ks = order[lo:hi]
-            self.by_replica[names[ref]] = (list(map(counters.__getitem__, ks)), list(map(items.__getitem__, ks)))
+            self._by_replica[names[ref]] = (list(map(counters.__getitem__, ks)), list(map(items.__getitem__, ks)))
             lo = hi
-        self.size = elements
-        return elements
+        self._rebuild()
 
     # Private methods: the position index.
 
@@ -1708,6 +1773,23 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
                 d = stop
     return out
 
+
+# A load's runs, checked (see ``Sequence._load_runs``): replica, counter, lamport, origin, length
+# and content (None: dead) and visible length of each run in document order; replica references;
+# the runs' order by id, and their sorted id keys; the replica table's names.
+_Runs = tuple[
+    list[str],
+    list[int],
+    list[int],
+    list["Dot | None"],
+    list[int],
+    list["Content | None"],
+    list[int],
+    list[int],
+    list[int],
+    list[int],
+    list[str],
+]
 
 # A deletion log's columns, checked: deleter and target replica names, first deleters,
 # first targets, lengths and step codes (see ``_STEP_CODES``).
