@@ -13,9 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crdtstore.codec import decode_delta, decode_document, encode_delta, encode_document
-from crdtstore.crdt.sequence import Sequence
+from crdtstore.crdt.sequence import Segment, Sequence, _shared_count, _shared_count_sorted, _shared_deleters
 from crdtstore.crdt.tags import Tag
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
@@ -117,3 +119,31 @@ def test_origins_at_a_run_end_or_inside_a_run_load_when_placed_before() -> None:
 def test_an_origin_not_placed_before_its_element_is_refused(runs: list[tuple[int, int | None, str]]) -> None:
     with pytest.raises(DecodeError):
         decode_document(_with_runs(runs))
+
+
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 6), st.booleans()), min_size=1, max_size=30))
+def test_shared_deleters_counted_from_sorted_columns_match_the_general_count(
+    raw: list[tuple[int, int, bool]],
+) -> None:
+    # One replica's segments sorted by first deleter, as a canonical log holds them: ranges (one
+    # deleter) and chains (consecutive deleters); the load counts what they share from the columns.
+    segs: list[Segment] = sorted(("a", d0, 1 if chain else 0, "t", 100, 1, n + 1) for d0, n, chain in raw)
+    d0s = [s[1] for s in segs]
+    lasts = [s[1] + s[2] * (s[6] - 1) for s in segs]
+    assert _shared_count_sorted(d0s, lasts) == _shared_count(_shared_deleters(segs))
+
+
+def test_a_log_claiming_many_shared_deleters_is_refused_without_building_it() -> None:
+    # Chains of one replica, sorted, each overlapping the last on 600 deleters: 600 * 3 shared
+    # deleters among 4 segments is far past what legal writes make (a few per segment).
+    flat: list[int] = []
+    prev = 0
+    for k in range(4):
+        d0 = 1 + k * 400
+        flat += [0, d0 - prev, 0, 1 if k == 0 else 0, 1000, 2]  # code 2: a forward chain of 1000
+        prev = d0
+    body = orjson.loads(_with_runs([(1, None, "ab")]))
+    body[3] = {"0": [1, 5000]}
+    body[4][0][1][0][1][2] = flat
+    with pytest.raises(DecodeError, match="share too many deleters"):
+        decode_document(orjson.dumps(body))

@@ -402,7 +402,7 @@ class Sequence:
     def value(self) -> Content:
         runs = self._runs
         if runs is not None:  # loaded and not built yet: reading needs only the contents, in order
-            lives = [c for c in runs[5] if c is not None]
+            lives = [c for c in runs[6] if c is not None]  # the contents; None: a dead run
             if self.tag is Tag.TEXT:
                 return "".join(cast("list[str]", lives))
             out_: list[Any] = []
@@ -949,14 +949,15 @@ class Sequence:
         if len(runs) % 5:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
-        columns, sharing, bounds = _check_segments(data[2], table)
+        columns, shared, bounds = _check_segments(data[2], table)
         seq._deletions = None
         seq._deletion_columns = columns
         if bounds is not None:
             seq._deleter_bounds = (None, len(columns[1]), bounds)
-        if sharing is None:
-            sharing = _sharing(sorted(seq.deletions))
-        if sharing and _shared_count(_shared_deleters(sorted(seq.deletions))) > seq._deletion_count() + 1024:
+        if shared is None:
+            segs = sorted(seq.deletions)
+            shared = _shared_count(_shared_deleters(segs)) if _sharing(segs) else 0
+        if shared > seq._deletion_count() + 1024:
             # Normalizing cuts chains into pairs where they share deleters: legal
             # logs share a few; claims of millions must not cost millions.
             raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
@@ -1031,7 +1032,10 @@ class Sequence:
         s_ends = list(map(kends.__getitem__, order))
         if any(map(lt, s_starts[1:], s_ends)):
             raise DecodeError(f"{label}: duplicate element ids")
-        origins: list[Dot | None]
+        # Origins in the run's own replica stay counters (None: the start) until the items are
+        # built: a tuple each would cost a read that never needs them.
+        origins: list[Dot | None] | None = None
+        origin_counters: list[int | None] | None = None
         if set(map(type, rels)) <= {int, type(None)}:  # origins in the same replica, or the start
             at = list(range(m))
             starts_at: list[int] = []
@@ -1041,10 +1045,10 @@ class Sequence:
                 starts_at.append(k)
                 rels[k] = 0  # placeholders, dropped below
             ocs = list(map(sub, counters, rels))
-            origins = list(zip(replicas, ocs, strict=True))
+            origin_counters = list(ocs)
             keys = list(ocs) if single else list(map(add, bases, ocs))
             for k in reversed(starts_at):
-                origins[k] = None
+                origin_counters[k] = None
                 ocs[k] = 1
                 del keys[k], at[k]
             if min(ocs) < 1:
@@ -1093,7 +1097,8 @@ class Sequence:
         self.max_lamport = max(map(add, lamports, ns)) - 1
         self.total = sum(lens)
         # Items, blocks and the id index wait for their first use: a read needs none of them.
-        self._runs = (replicas, counters, lamports, origins, ns, lives, lens, refs, order, s_starts, names)
+        columns = (replicas, counters, lamports, origins, origin_counters, ns, lives, lens, refs, order, s_starts)
+        self._runs = (*columns, names)
         self.size = elements
         return elements
 
@@ -1102,7 +1107,10 @@ class Sequence:
         runs = self._runs
         assert runs is not None
         self._runs = None
-        replicas, counters, lamports, origins, ns, lives, lens, refs, order, s_starts, names = runs
+        replicas, counters, lamports, origins, origin_counters, ns, lives, lens, refs, order, s_starts, names = runs
+        if origins is None:
+            assert origin_counters is not None
+            origins = [None if oc is None else (r, oc) for r, oc in zip(replicas, origin_counters, strict=True)]
         m = len(counters)
         # Items in blocks half full, so that local edits split few of them at first.
         step = BLOCK_MAX // 2
@@ -1774,14 +1782,16 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
     return out
 
 
-# A load's runs, checked (see ``Sequence._load_runs``): replica, counter, lamport, origin, length
-# and content (None: dead) and visible length of each run in document order; replica references;
+# A load's runs, checked (see ``Sequence._load_runs``): replica, counter, lamport, origin (or None,
+# with the origins' counters in the run's own replica instead), length, content (None: dead) and
+# visible length of each run in document order; replica references;
 # the runs' order by id, and their sorted id keys; the replica table's names.
 _Runs = tuple[
     list[str],
     list[int],
     list[int],
-    list["Dot | None"],
+    list["Dot | None"] | None,
+    list[int | None] | None,
     list[int],
     list["Content | None"],
     list[int],
@@ -1796,11 +1806,11 @@ _Runs = tuple[
 _Columns = tuple[list[str], list[int], list[str], list[int], list[int], list[int]]
 
 
-def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | None, dict[str, tuple[int, int]] | None]:
+def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, int | None, dict[str, tuple[int, int]] | None]:
     """A deletion log's flat encoding, checked column by column (see ``Sequence._load_runs``).
 
-    Also, read off the columns where that is cheap: whether two segments
-    share a deleter (``_sharing``; None: not known), and each deleter
+    Also, read off the columns where that is cheap: how many deleters two
+    segments share (``_shared_deleters``; None: not known), and each deleter
     replica's least and greatest deleter (None: not known). Both are known
     when one replica deleted everything and the segments come sorted by
     deleter, as canonical ones do.
@@ -1808,7 +1818,7 @@ def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | No
     if type(flat) is not list or len(flat) % 6:
         raise DecodeError("bad deletion segments")
     if not flat:
-        return ([], [], [], [], [], []), False, {}
+        return ([], [], [], [], [], []), 0, {}
     drefs, dds, trefs, dts, ns, codes = flat[0::6], flat[1::6], flat[2::6], flat[3::6], flat[4::6], flat[5::6]
     if not set().union(*(map(type, column) for column in (drefs, dds, trefs, dts, ns, codes))) <= {int}:
         raise DecodeError("bad deletion segment")
@@ -1833,8 +1843,29 @@ def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | No
     lasts = list(map(add, d0s, map(mul, map(sub, ns, repeat(1)), map(truth, codes))))
     # Sorted by deleter, two segments share one exactly when one starts at or before the
     # previous one's last (segments with equal first deleters share it, in any order).
-    sharing = any(map(le, d0s[1:], lasts))
-    return columns, sharing, {names[dmin]: (d0s[0], max(lasts))}
+    shared = _shared_count_sorted(d0s, lasts) if any(map(le, d0s[1:], lasts)) else 0
+    return columns, shared, {names[dmin]: (d0s[0], max(lasts))}
+
+
+def _shared_count_sorted(d0s: list[int], lasts: list[int]) -> int:
+    """``_shared_count(_shared_deleters(segs))`` for one replica's segments sorted by first deleter.
+
+    Every earlier segment starts at or before this one, so what this one
+    shares with them is its part up to the furthest deleter they reached.
+    """
+    shared = 0
+    end = 0  # the shared deleters counted so far end before this
+    reach = lasts[0]
+    for d0, last in zip(d0s[1:], lasts[1:], strict=True):
+        if d0 <= reach:
+            lo = max(d0, end)
+            hi = min(last, reach) + 1
+            if lo < hi:
+                shared += hi - lo
+                end = hi
+        if last > reach:
+            reach = last
+    return shared
 
 
 def _build_segments(columns: _Columns) -> list[Segment]:
