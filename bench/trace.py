@@ -30,7 +30,7 @@ from typing import Any
 
 import pycrdt
 
-from crdtstore import codec
+from crdtstore import codec, compiled
 from crdtstore.document import Document
 from crdtstore.testing.traces import TEXT_KEY, Replay, Trace, load_trace, patch_ops, replay_ours, replay_pycrdt
 
@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace = load_trace(args.file)
     print(
         f"trace {args.file.name}: {trace.kind}, {trace.num_agents} agent(s), {len(trace.txns):,} txns, "
-        f"{trace.ops:,} ops, {len(trace.end_content):,} final chars (parsed in {time.perf_counter() - started:.2f} s)"
+        f"{trace.ops:,} ops, {len(trace.end_content):,} final chars (parsed in {time.perf_counter() - started:.2f} s); "
+        f"core: {compiled.status()}"
     )
 
     our_rounds: list[dict[str, Any]] = []
@@ -92,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps(
             {
                 "trace": args.file.name,
+                "core": compiled.status(),
                 "ops": trace.ops,
                 "ours": ours,
                 "pycrdt": peer,

@@ -37,7 +37,7 @@ from typing import Any
 
 import uvicorn
 
-from crdtstore import __version__, clusterctl
+from crdtstore import __version__, clusterctl, compiled
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore, ensure_token_of_scope, generate_token, parse_token_file
 from crdtstore.clusterctl import load_plan, pick_token
 from crdtstore.config import (
@@ -392,7 +392,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crdtstore", description="A geo-replicated CRDT document store.")
-    parser.add_argument("--version", action="version", version=f"crdtstore {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"crdtstore {__version__} (core: {compiled.status()})"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(

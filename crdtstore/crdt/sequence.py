@@ -272,10 +272,12 @@ class Sequence:
         "_dirty_n",
         "_fblk",
         "_fstart",
+        "_blocks",
+        "_by_replica",
         "_hint",
+        "_runs",
         "_stamp",
-        "blocks",
-        "by_replica",
+        "_tree",
         "deletions_normal",
         "max_lamport",
         "oversized",
@@ -285,19 +287,20 @@ class Sequence:
         "size",
         "tag",
         "total",
-        "tree",
     )
 
     def __init__(self, tag: Tag) -> None:
         self.tag = tag
         self.presence: set[Dot] = set()
-        self.blocks: list[Block] = [Block(0, [], [])]
-        self.tree: list[int] = [0, 0]
+        self._blocks: list[Block] = [Block(0, [], [])]
+        self._tree: list[int] = [0, 0]
         self.total = 0
         self.size = 0  # element ids held in items, live or dead
         # replica -> (sorted run starts, pieces of each run sorted by counter). A run never
         # split is its one item, not a list of one: most never are, and a load makes one each.
-        self.by_replica: dict[str, tuple[list[int], list[Item | list[Item]]]] = {}
+        self._by_replica: dict[str, tuple[list[int], list[Item | list[Item]]]] = {}
+        # A load's runs, checked but not yet built into items (see ``_build_runs``).
+        self._runs: _Runs | None = None
         self.max_lamport = 0
         self.oversized: list[Block] = []  # blocks a multi-item operation grew past BLOCK_MAX
         self.pending: list[Insert] = []
@@ -325,6 +328,35 @@ class Sequence:
         self._fstart = 0
         self._hint: tuple[int, int, int] = (0, 0, -1)
         self._stamp = 0
+
+    @property
+    def blocks(self) -> list[Block]:
+        """The items in document order, in blocks of at most ``BLOCK_MAX`` (built on first use after a load)."""
+        if self._runs is not None:
+            self._build_runs()
+        return self._blocks
+
+    @blocks.setter
+    def blocks(self, blocks: list[Block]) -> None:
+        self._blocks = blocks
+
+    @property
+    def by_replica(self) -> dict[str, tuple[list[int], list[Item | list[Item]]]]:
+        """Replica -> (sorted run starts, pieces of each run sorted by counter)."""
+        if self._runs is not None:
+            self._build_runs()
+        return self._by_replica
+
+    @property
+    def tree(self) -> list[int]:
+        """The Fenwick tree over the blocks' visible lengths."""
+        if self._runs is not None:
+            self._build_runs()
+        return self._tree
+
+    @tree.setter
+    def tree(self, tree: list[int]) -> None:
+        self._tree = tree
 
     @property
     def deletions(self) -> list[Segment]:
@@ -368,6 +400,15 @@ class Sequence:
         return f"Sequence({self.tag.label}, {self.value()!r})"
 
     def value(self) -> Content:
+        runs = self._runs
+        if runs is not None:  # loaded and not built yet: reading needs only the contents, in order
+            lives = [c for c in runs[6] if c is not None]  # the contents; None: a dead run
+            if self.tag is Tag.TEXT:
+                return "".join(cast("list[str]", lives))
+            out_: list[Any] = []
+            for c in lives:
+                out_ += c
+            return out_
         if self.tag is Tag.TEXT:
             # A text's runs hold str (its tag says so, which the item type cannot).
             return "".join(cast("Iterator[str]", (it.content for it in self._items() if it.content is not None)))
@@ -422,7 +463,7 @@ class Sequence:
                 yield it.replica, it.counter, it.counter + it.length, it.content
 
     def is_bottom(self) -> bool:
-        return not self.presence and not self.by_replica and not self.pending and not self._deletion_count()
+        return not self.presence and not self.size and not self.pending and not self._deletion_count()
 
     def visible(self) -> bool:
         return bool(self.presence) or self.total > 0
@@ -908,14 +949,15 @@ class Sequence:
         if len(runs) % 5:
             raise DecodeError(f"{tag.label}: bad runs")
         elements = seq._load_runs(runs, table) if runs else 0
-        columns, sharing, bounds = _check_segments(data[2], table)
+        columns, shared, bounds = _check_segments(data[2], table)
         seq._deletions = None
         seq._deletion_columns = columns
         if bounds is not None:
             seq._deleter_bounds = (None, len(columns[1]), bounds)
-        if sharing is None:
-            sharing = _sharing(sorted(seq.deletions))
-        if sharing and _shared_count(_shared_deleters(sorted(seq.deletions))) > seq._deletion_count() + 1024:
+        if shared is None:
+            segs = sorted(seq.deletions)
+            shared = _shared_count(_shared_deleters(segs)) if _sharing(segs) else 0
+        if shared > seq._deletion_count() + 1024:
             # Normalizing cuts chains into pairs where they share deleters: legal
             # logs share a few; claims of millions must not cost millions.
             raise DecodeError(f"{tag.label}: deletion runs share too many deleters")
@@ -930,7 +972,8 @@ class Sequence:
             seq.pending_deletes.append((replica, lo, x[2]))
         if elements + sum(_insert_length(ins) for ins in seq.pending) > MAX_ELEMENTS:
             raise DecodeError(f"{tag.label}: more than {MAX_ELEMENTS} elements")
-        seq._rebuild()
+        if seq._runs is None:
+            seq._rebuild()
         return seq
 
     def _load_runs(self, runs: list[Any], table: ReplicaTable) -> int:
@@ -989,7 +1032,10 @@ class Sequence:
         s_ends = list(map(kends.__getitem__, order))
         if any(map(lt, s_starts[1:], s_ends)):
             raise DecodeError(f"{label}: duplicate element ids")
-        origins: list[Dot | None]
+        # Origins in the run's own replica stay counters (None: the start) until the items are
+        # built: a tuple each would cost a read that never needs them.
+        origins: list[Dot | None] | None = None
+        origin_counters: list[int | None] | None = None
         if set(map(type, rels)) <= {int, type(None)}:  # origins in the same replica, or the start
             at = list(range(m))
             starts_at: list[int] = []
@@ -999,10 +1045,10 @@ class Sequence:
                 starts_at.append(k)
                 rels[k] = 0  # placeholders, dropped below
             ocs = list(map(sub, counters, rels))
-            origins = list(zip(replicas, ocs, strict=True))
+            origin_counters = list(ocs)
             keys = list(ocs) if single else list(map(add, bases, ocs))
             for k in reversed(starts_at):
-                origins[k] = None
+                origin_counters[k] = None
                 ocs[k] = 1
                 del keys[k], at[k]
             if min(ocs) < 1:
@@ -1029,16 +1075,43 @@ class Sequence:
                 keys.append(oc if single else oref * _KEY + oc)
                 origins[k] = (names[oref], oc)
         if keys:
-            # The run holding each origin is the last one starting at or before it; index 0 of
-            # the shifted columns stands for "none", which fails both checks.
-            js = list(map(bisect_right, repeat(s_starts), keys))
-            if any(map(ge, keys, map([-1, *s_ends].__getitem__, js))) or any(
-                map(ge, map([m, *order].__getitem__, js), at)
-            ):
+            # An origin is nearly always the last element of a run (what is typed after it splits
+            # the run there), so one dict lookup by run end finds the run holding it; the rest
+            # search the runs sorted by id. Either way the origin's run must come first.
+            ends_at = dict(zip(kends, range(m), strict=True))
+            holders = list(map(ends_at.get, map(add, keys, repeat(1))))
+            if None in holders:
+                misses = [k for k, h in enumerate(holders) if h is None]
+                mkeys = list(map(keys.__getitem__, misses))
+                # The run holding each is the last one starting at or before it; index 0 of
+                # the shifted columns stands for "none", which fails both checks.
+                js = list(map(bisect_right, repeat(s_starts), mkeys))
+                if any(map(ge, mkeys, map([-1, *s_ends].__getitem__, js))):
+                    raise DecodeError(f"{label}: an element precedes its origin")
+                for k, j in zip(misses, js, strict=True):
+                    holders[k] = order[j - 1]
+            if any(map(ge, cast("list[int]", holders), at)):  # every miss was filled in above
                 raise DecodeError(f"{label}: an element precedes its origin")
         lives = [None if type(c) is int else c for c in contents]
         lens = list(map(mul, ns, map(truth, lives)))  # visible lengths: 0 for a dead run
         self.max_lamport = max(map(add, lamports, ns)) - 1
+        self.total = sum(lens)
+        # Items, blocks and the id index wait for their first use: a read needs none of them.
+        columns = (replicas, counters, lamports, origins, origin_counters, ns, lives, lens, refs, order, s_starts)
+        self._runs = (*columns, names)
+        self.size = elements
+        return elements
+
+    def _build_runs(self) -> None:
+        """Build the items, blocks, id index and Fenwick tree of the runs a load checked (``_load_runs``)."""
+        runs = self._runs
+        assert runs is not None
+        self._runs = None
+        replicas, counters, lamports, origins, origin_counters, ns, lives, lens, refs, order, s_starts, names = runs
+        if origins is None:
+            assert origin_counters is not None
+            origins = [None if oc is None else (r, oc) for r, oc in zip(replicas, origin_counters, strict=True)]
+        m = len(counters)
         # Items in blocks half full, so that local edits split few of them at first.
         step = BLOCK_MAX // 2
         blocks: list[Block] = []
@@ -1061,16 +1134,16 @@ class Sequence:
             blk.items = chunk
             blocks.append(blk)
             items += chunk
-        self.blocks = blocks
+        self._blocks = blocks
+        single = refs[order[0]] == refs[order[-1]]
         lo = 0
         while lo < m:
             ref = refs[order[lo]]
             hi = m if single else bisect_left(s_starts, (ref + 1) * _KEY, lo)
             ks = order[lo:hi]
-            self.by_replica[names[ref]] = (list(map(counters.__getitem__, ks)), list(map(items.__getitem__, ks)))
+            self._by_replica[names[ref]] = (list(map(counters.__getitem__, ks)), list(map(items.__getitem__, ks)))
             lo = hi
-        self.size = elements
-        return elements
+        self._rebuild()
 
     # Private methods: the position index.
 
@@ -1709,16 +1782,35 @@ def _unseen(segments: list[Segment], ctx: CausalContext) -> list[Segment]:
     return out
 
 
+# A load's runs, checked (see ``Sequence._load_runs``): replica, counter, lamport, origin (or None,
+# with the origins' counters in the run's own replica instead), length, content (None: dead) and
+# visible length of each run in document order; replica references;
+# the runs' order by id, and their sorted id keys; the replica table's names.
+_Runs = tuple[
+    list[str],
+    list[int],
+    list[int],
+    list["Dot | None"] | None,
+    list[int | None] | None,
+    list[int],
+    list["Content | None"],
+    list[int],
+    list[int],
+    list[int],
+    list[int],
+    list[str],
+]
+
 # A deletion log's columns, checked: deleter and target replica names, first deleters,
 # first targets, lengths and step codes (see ``_STEP_CODES``).
 _Columns = tuple[list[str], list[int], list[str], list[int], list[int], list[int]]
 
 
-def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | None, dict[str, tuple[int, int]] | None]:
+def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, int | None, dict[str, tuple[int, int]] | None]:
     """A deletion log's flat encoding, checked column by column (see ``Sequence._load_runs``).
 
-    Also, read off the columns where that is cheap: whether two segments
-    share a deleter (``_sharing``; None: not known), and each deleter
+    Also, read off the columns where that is cheap: how many deleters two
+    segments share (``_shared_deleters``; None: not known), and each deleter
     replica's least and greatest deleter (None: not known). Both are known
     when one replica deleted everything and the segments come sorted by
     deleter, as canonical ones do.
@@ -1726,7 +1818,7 @@ def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | No
     if type(flat) is not list or len(flat) % 6:
         raise DecodeError("bad deletion segments")
     if not flat:
-        return ([], [], [], [], [], []), False, {}
+        return ([], [], [], [], [], []), 0, {}
     drefs, dds, trefs, dts, ns, codes = flat[0::6], flat[1::6], flat[2::6], flat[3::6], flat[4::6], flat[5::6]
     if not set().union(*(map(type, column) for column in (drefs, dds, trefs, dts, ns, codes))) <= {int}:
         raise DecodeError("bad deletion segment")
@@ -1751,8 +1843,29 @@ def _check_segments(flat: Any, table: ReplicaTable) -> tuple[_Columns, bool | No
     lasts = list(map(add, d0s, map(mul, map(sub, ns, repeat(1)), map(truth, codes))))
     # Sorted by deleter, two segments share one exactly when one starts at or before the
     # previous one's last (segments with equal first deleters share it, in any order).
-    sharing = any(map(le, d0s[1:], lasts))
-    return columns, sharing, {names[dmin]: (d0s[0], max(lasts))}
+    shared = _shared_count_sorted(d0s, lasts) if any(map(le, d0s[1:], lasts)) else 0
+    return columns, shared, {names[dmin]: (d0s[0], max(lasts))}
+
+
+def _shared_count_sorted(d0s: list[int], lasts: list[int]) -> int:
+    """``_shared_count(_shared_deleters(segs))`` for one replica's segments sorted by first deleter.
+
+    Every earlier segment starts at or before this one, so what this one
+    shares with them is its part up to the furthest deleter they reached.
+    """
+    shared = 0
+    end = 0  # the shared deleters counted so far end before this
+    reach = lasts[0]
+    for d0, last in zip(d0s[1:], lasts[1:], strict=True):
+        if d0 <= reach:
+            lo = max(d0, end)
+            hi = min(last, reach) + 1
+            if lo < hi:
+                shared += hi - lo
+                end = hi
+        if last > reach:
+            reach = last
+    return shared
 
 
 def _build_segments(columns: _Columns) -> list[Segment]:
