@@ -380,14 +380,26 @@ class Node:
         Raises:
             DocumentNotFound: No live document has this id.
         """
+        return split_view(await self.read_view(doc_id))
+
+    async def read_view(self, doc_id: str) -> bytes:
+        """The read view ``["<version>",<value>]`` as JSON (:func:`split_view` cuts it): the stored
+        one as it is, or, where none is stored, rendered from the decoded document.
+
+        Equal views are equal reads, so a server may keep what it built from one view and
+        serve it again for the same bytes.
+
+        Raises:
+            DocumentNotFound: No live document has this id.
+        """
         storage = self._storage
         if storage is None or self._closed:
             raise NodeNotRunning("node is not running")
         view = storage.read_view(doc_id)  # checks the id
         if view is not None:
-            return split_view(view)
+            return view
         result = await self.docs.read_decoded(self._read, doc_id)
-        return result.version, orjson.dumps(result.value)
+        return orjson.dumps([result.version, result.value])
 
     async def delete(self, doc_id: str) -> None:
         """Delete a document on this replica (see the module docstring) and wait until durable.
