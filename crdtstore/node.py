@@ -373,21 +373,10 @@ class Node:
             return await self.docs.read_decoded(self._read, doc_id)
         return await self._read(self.docs.read, doc_id, siblings)
 
-    async def read_json(self, doc_id: str) -> tuple[str, bytes]:
-        """The version token and the value already encoded as JSON: :meth:`read` for a server
-        that sends the value on as it is, without parsing the stored view and serializing it again.
-
-        Raises:
-            DocumentNotFound: No live document has this id.
-        """
-        return split_view(await self.read_view(doc_id))
-
     async def read_view(self, doc_id: str) -> bytes:
-        """The read view ``["<version>",<value>]`` as JSON (:func:`split_view` cuts it): the stored
-        one as it is, or, where none is stored, rendered from the decoded document.
-
-        Equal views are equal reads, so a server may keep what it built from one view and
-        serve it again for the same bytes.
+        """:meth:`read` as the view ``["<version>",<value>]`` in JSON (:func:`split_view` cuts it), for
+        a server that sends the value on as it is: the stored view, or one rendered where none is.
+        Equal views are equal reads: a server may reuse what it built from the same bytes.
 
         Raises:
             DocumentNotFound: No live document has this id.
