@@ -373,9 +373,10 @@ class Node:
             return await self.docs.read_decoded(self._read, doc_id)
         return await self._read(self.docs.read, doc_id, siblings)
 
-    async def read_json(self, doc_id: str) -> tuple[str, bytes]:
-        """The version token and the value already encoded as JSON: :meth:`read` for a server
-        that sends the value on as it is, without parsing the stored view and serializing it again.
+    async def read_view(self, doc_id: str) -> bytes:
+        """:meth:`read` as the view ``["<version>",<value>]`` in JSON (:func:`split_view` cuts it), for
+        a server that sends the value on as it is: the stored view, or one rendered where none is.
+        Equal views are equal reads: a server may reuse what it built from the same bytes.
 
         Raises:
             DocumentNotFound: No live document has this id.
@@ -385,9 +386,9 @@ class Node:
             raise NodeNotRunning("node is not running")
         view = storage.read_view(doc_id)  # checks the id
         if view is not None:
-            return split_view(view)
+            return view
         result = await self.docs.read_decoded(self._read, doc_id)
-        return result.version, orjson.dumps(result.value)
+        return orjson.dumps([result.version, result.value])
 
     async def delete(self, doc_id: str) -> None:
         """Delete a document on this replica (see the module docstring) and wait until durable.

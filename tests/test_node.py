@@ -923,7 +923,7 @@ def test_views_are_kept_for_the_documents_that_are_read(tmp_path: Path) -> None:
             assert stored_state(node, "doc")[2] == orjson.dumps([first.version, {"a": 1}])
             result = await node.apply("doc", [set_op("a", 2)])
             assert stored_state(node, "doc")[2] == orjson.dumps([result.version, {"a": 2}])
-            assert await node.read_json("doc") == (result.version, b'{"a":2}')
+            assert split_view(await node.read_view("doc")) == (result.version, b'{"a":2}')
             assert stored_state(node, "write-only")[2] is None
         finally:
             await node.close()
@@ -1157,18 +1157,18 @@ def test_split_view_cuts_a_stored_view_where_a_parse_would(value: Any, doc: Docu
 
 
 @pytest.mark.parametrize("view_max_bytes", [0, 64 << 10])
-def test_read_json_is_read_without_the_parse(tmp_path: Path, view_max_bytes: int) -> None:
-    """With a stored view and without one (a document too big for views), read_json answers what read does."""
+def test_read_view_is_read_without_the_parse(tmp_path: Path, view_max_bytes: int) -> None:
+    """With a stored view and without one (a document too big for views), read_view answers what read does."""
 
     async def main() -> None:
         node = await started(tmp_path / "n", view_max_bytes=view_max_bytes)
         try:
             await node.apply("d", [set_op("title", 'a "quoted" \\ title ü'), {"op": "increment", "path": ["n"]}])
-            version, raw = await node.read_json("d")
+            version, raw = split_view(await node.read_view("d"))
             plain = await node.read("d")
             assert (version, orjson.loads(raw)) == (plain.version, plain.value)
             with pytest.raises(DocumentNotFound):
-                await node.read_json("missing")
+                await node.read_view("missing")
         finally:
             await node.close()
 

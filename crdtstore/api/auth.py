@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import hmac
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,7 +153,8 @@ class TokenStore:
     A request's token is hashed and looked up by its digest. Whatever the
     lookup's timing reveals is about the digest of the attacker's own guess,
     and learning digest bytes does not help find a token (preimage
-    resistance); a memory dump does not reveal the tokens either.
+    resistance); a memory dump does not reveal the tokens either (except
+    the headers open connections remember: :meth:`AuthPolicy.remember`).
     """
 
     def __init__(self, tokens: Mapping[str, Scope] | None = None) -> None:
@@ -220,11 +222,57 @@ class AuthPolicy:
         scope = self.tokens.scope_of(token)
         if scope is None:
             raise _unauthorized("unknown token")
-        if scope < needed:
-            raise ApiError(
-                403, "forbidden", f"this token's scope is {scope.name.lower()}", {"needed": needed.name.lower()}
-            )
-        return scope
+        return _grant(scope, needed)
+
+    # A client sends the same Authorization header on every request of a connection. Hashing its token
+    # again each time cost about a tenth of a small read's server CPU; comparing the header with the one
+    # that checked out on this connection costs a few percent of that, and stays constant-time.
+
+    def remember(self, memo: MutableMapping[object, object], authorization: bytes, scope: Scope) -> None:
+        """Note in ``memo`` (state kept per connection) that header ``authorization`` checked out, granting ``scope``.
+
+        Call it only after :meth:`authorize` granted ``scope`` to exactly this header. The
+        header (and so the token) then stays in memory as long as ``memo``: one connection.
+        """
+        memo[_MEMO_KEY] = _Remembered(self, authorization, scope)
+
+    def recall(self, memo: Mapping[object, object], authorization: bytes, needed: Scope) -> bool:
+        """True if ``authorization`` is the header ``memo`` remembers (:meth:`remember`) and covers ``needed``.
+
+        False when ``memo`` remembers another header (or none, or one of another policy):
+        check it with :meth:`authorize`. The comparison takes the same time wherever the
+        headers differ (:func:`hmac.compare_digest`).
+
+        Raises:
+            ApiError: 403 when the remembered scope is too small.
+        """
+        remembered = memo.get(_MEMO_KEY)
+        if (
+            type(remembered) is not _Remembered
+            or remembered.policy is not self
+            or not hmac.compare_digest(remembered.authorization, authorization)
+        ):
+            return False
+        _grant(remembered.scope, needed)
+        return True
+
+
+_MEMO_KEY = "crdtstore.auth.checked"
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    """An Authorization header a connection sent and the scope its token has (:meth:`AuthPolicy.remember`)."""
+
+    policy: AuthPolicy
+    authorization: bytes
+    scope: Scope
+
+
+def _grant(scope: Scope, needed: Scope) -> Scope:
+    if scope < needed:
+        raise ApiError(403, "forbidden", f"this token's scope is {scope.name.lower()}", {"needed": needed.name.lower()})
+    return scope
 
 
 def _bearer(header: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crdtstore.api.auth import AuthPolicy
 from crdtstore.api.limits import Limits
 from crdtstore.api.metrics import ApiMetrics
+from crdtstore.api.reads import ReadBodies
 
 __all__ = ["ApiContext", "NodeLike"]
 
@@ -27,7 +28,7 @@ class NodeLike(Protocol):
     async def apply_many(self, items: Sequence[tuple[str, list[dict[str, Any]]]]) -> Sequence[Any]: ...
 
     async def read(self, doc_id: str, *, siblings: bool = False) -> Any: ...
-    async def read_json(self, doc_id: str) -> tuple[str, bytes]: ...
+    async def read_view(self, doc_id: str) -> bytes: ...
 
     async def delete(self, doc_id: str) -> Any: ...
 
@@ -52,6 +53,7 @@ class ApiContext:
         replicator: The node's :class:`crdtstore.replicator.Replicator`, or None (no peers, no quorum).
         wan: The emulated WAN of ``crdtstore up`` (:class:`sync.io.wanproxy.WanController`), or None.
         version_key: The key version tokens are sealed with (:mod:`crdtstore.version`).
+        reads: The bodies of plain reads, kept with the views they were built from.
     """
 
     node: NodeLike
@@ -62,6 +64,7 @@ class ApiContext:
     replicator: Any = None
     wan: Any = None
     version_key: bytes = b""
+    reads: ReadBodies = field(default_factory=ReadBodies)
 
     @property
     def ready(self) -> bool:

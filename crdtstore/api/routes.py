@@ -23,7 +23,7 @@ from crdtstore.api import limits as checks
 from crdtstore.api import versions
 from crdtstore.api.auth import Scope
 from crdtstore.api.batch import apply_batches, parse_batch
-from crdtstore.api.connections import mark_authenticated
+from crdtstore.api.connections import EXTENSION, mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, JSONResponse, error_response, status_and_body
 from crdtstore.api.linkadmin import cut_links, heal_links, show_cuts
@@ -44,30 +44,62 @@ logger = logging.getLogger("crdtstore.api")
 
 
 def _authorize(ctx: ApiContext, conn: HTTPConnection, needed: Scope, *, allow_query_token: bool = False) -> None:
+    """Check the request's token against ``needed`` (401 or 403 otherwise), on every request.
+
+    Where the listener keeps state per connection (:mod:`crdtstore.api.connections`), a header
+    that checked out before on the same connection is compared, in constant time, instead of
+    hashed again (:meth:`~crdtstore.api.auth.AuthPolicy.recall`).
+    """
+    scope = conn.scope
+    authorization = _raw_header(scope, b"authorization")
+    connection = None
+    if authorization is not None:
+        connection = scope.get("extensions", {}).get(EXTENSION)
+        if connection is not None and ctx.auth.recall(connection, authorization, needed):
+            return  # marked authenticated when it first checked out
     query_token = conn.query_params.get("token") if allow_query_token else None
-    authorization = _header(conn, b"authorization")
-    ctx.auth.authorize(authorization, query_token, needed)
+    header = authorization.decode("latin-1") if authorization is not None else None
+    granted = ctx.auth.authorize(header, query_token, needed)
     if authorization is not None or query_token is not None:
         # A valid token (anonymous access does not count): the listener keeps this connection out of the
         # unauthenticated cap (crdtstore.api.connections).
-        mark_authenticated(conn.scope)
+        mark_authenticated(scope)
+    if authorization is not None and connection is not None:
+        ctx.auth.remember(connection, authorization, granted)
 
 
-def _header(conn: HTTPConnection, name: bytes) -> str | None:
-    """The first value of header ``name`` (lower case, as the ASGI server gives names).
+def _raw_header(scope: Any, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case, as the ASGI server gives names), as sent.
 
     On the hot routes, instead of ``conn.headers``: building Starlette's
     Headers object costs about as much as reading a small document.
     """
-    headers: list[tuple[bytes, bytes]] = conn.scope["headers"]
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
     for key, value in headers:
         if key == name:
-            return value.decode("latin-1")
+            return value
     return None
+
+
+def _header(conn: HTTPConnection, name: bytes) -> str | None:
+    """:func:`_raw_header` decoded (latin-1, as HTTP header values are)."""
+    value = _raw_header(conn.scope, name)
+    return value.decode("latin-1") if value is not None else None
 
 
 def _doc_id(conn: HTTPConnection, ctx: ApiContext) -> str:
     return checks.check_doc_id(conn.path_params["id"], ctx.limits, conn.scope.get("raw_path"))
+
+
+def _read_id(request: Request, ctx: ApiContext) -> str:
+    """:func:`_doc_id`, skipped for an id a kept read body was built for: it passed the same rule then.
+
+    Not for an id holding U+FFFD, whose check depends on the raw path too.
+    """
+    doc_id: str = request.path_params["id"]
+    if doc_id in ctx.reads and "\ufffd" not in doc_id:
+        return doc_id
+    return checks.check_doc_id(doc_id, ctx.limits, request.scope.get("raw_path"))
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -206,7 +238,7 @@ async def wait_for_write(
 
 async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
     _authorize(ctx, request, Scope.READ)
-    doc_id = _doc_id(request, ctx)
+    doc_id = _read_id(request, ctx)
     if request.scope["query_string"]:  # most reads have none: one replica, no siblings
         _known_params(request, _READ_PARAMS)
         with_siblings = _flag(request, "siblings")
@@ -224,10 +256,9 @@ async def read_doc(ctx: ApiContext, request: Request) -> Response | bytes:
             version = seal_version(result.version, doc_id, ctx.version_key)
             body = {"id": doc_id, "value": result.value, "version": version, "siblings": result.siblings}
             return JSONResponse(body)
-    # The stored JSON goes out as it is: no parse and re-serialization of the value.
-    version, value = await ctx.node.read_json(doc_id)
-    version = seal_version(version, doc_id, ctx.version_key)
-    return orjson.dumps({"id": doc_id, "value": orjson.Fragment(value), "version": version})
+    # The stored view's value goes out as it is (no parse and re-serialization), in the body built
+    # before from the same view where there is one (crdtstore.api.reads).
+    return ctx.reads.body(doc_id, await ctx.node.read_view(doc_id), ctx.version_key)
 
 
 async def delete_doc(ctx: ApiContext, request: Request) -> Response:

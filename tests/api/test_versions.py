@@ -175,6 +175,21 @@ def test_seal_opens_only_for_its_document_and_resists_any_one_character_edit(
         open_version(sealed[:at] + replacement + sealed[at + 1 :], doc_id, KEY)
 
 
+@pytest.mark.parametrize(
+    ("token", "doc_id", "key", "sealed"),
+    [
+        ("v1.e30", "doc", b"k" * 32, "v2.e30.DY_WzivkiHyhPDdm"),
+        ("v1.eyJyIjpbMSwyXX0", "\u00e9 \ud800/x", b"\xff" * 32, "v2.eyJyIjpbMSwyXX0.74BXMd1hDMoSlqIV"),
+    ],
+)
+def test_seals_are_pinned(token: str, doc_id: str, key: bytes, sealed: str) -> None:
+    """Tokens already handed out stay valid across versions of the code: the tag's bytes are fixed
+    (a keyed BLAKE2b-96 over the id's length, the id and the body, computed here by the first
+    implementation), however it is computed."""
+    assert seal_version(token, doc_id, key) == sealed
+    assert open_version(sealed, doc_id, key) == token
+
+
 def test_key_without_a_secret_is_kept_private_in_the_data_dir(tmp_path: Path) -> None:
     key = version_key(secret=None, data_dir=tmp_path / "new")
     assert len(key) == 32
