@@ -398,7 +398,9 @@ function renderCarets(ui, card, text) {
   const here = [];
   for (const [client, caret] of ui.doc.carets) {
     const who = ui.doc.presence.get(client);
-    if (who && caret.path[1] === id && caret.path[2] === "body") here.push({ index: Math.min(caret.index, text.length), who });
+    // Presence comes from other people's pages: an index that is no index draws no caret.
+    if (!who || caret.path[1] !== id || caret.path[2] !== "body" || !Number.isInteger(caret.index)) continue;
+    here.push({ index: Math.max(0, Math.min(caret.index, text.length)), who });
   }
   if (!here.length) {
     // Nobody to draw: the mirror lets its text go (it would cost a layout each keystroke).
@@ -429,10 +431,18 @@ function renderCarets(ui, card, text) {
   card.mirror.scrollTop = card.body.scrollTop;
   const box = card.mirror.getBoundingClientRect();
   const range = document.createRange();
-  const marks = here.map(({ index, who }) => {
+  const rectAt = (index) => {
+    // A collapsed range on an empty line has no box: then the box of the character after the caret
+    // (the mirror's text always has one: its trailing newline) starts where the caret is.
     range.setStart(card.mirrorText, index);
     range.collapse(true);
-    const rect = range.getClientRects()[0] || range.getBoundingClientRect();
+    const rect = range.getClientRects()[0];
+    if (rect) return rect;
+    range.setEnd(card.mirrorText, index + 1);
+    return range.getClientRects()[0] || range.getBoundingClientRect();
+  };
+  const marks = here.map(({ index, who }) => {
+    const rect = rectAt(index);
     const mark = el("span", { className: "caret" });
     mark.dataset.name = `${who.name} (${who.region})`;
     mark.dataset.testid = "remote-caret";

@@ -108,7 +108,11 @@ export class LiveDoc extends EventTarget {
   edit(ops) {
     if (this.fatal) return;
     this._value = null;
-    this.queued.push(...ops.flatMap((op) => pieces({ ...op })));
+    const split = ops.flatMap((op) => pieces({ ...op }));
+    this.queued.push(...split);
+    // Other people's carets move past what is typed before them, as they do past remote patches (until
+    // their next presence, which reads the text with this edit in it).
+    for (const caret of this.carets.values()) caret.index = moveIndex(caret.path, caret.index, split);
     this._emit("local", {});
     this._flush();
   }
