@@ -451,7 +451,8 @@ def test_a_presence_with_no_index_draws_no_caret(
     )
     us.page.wait_for_selector("[data-testid=remote-caret][data-name='ok (xx)']", timeout=WAIT_MS)
     drawn = us.page.evaluate(
-        "() => [...document.querySelectorAll('[data-testid=remote-caret]')].map(m => [m.dataset.name, +m.dataset.index])"
+        """() => [...document.querySelectorAll('[data-testid=remote-caret]')]
+                     .map(m => [m.dataset.name, +m.dataset.index])"""
     )
     assert sorted(drawn) == [["far (xx)", 10], ["neg (xx)", 0], ["ok (xx)", 4]]
     # The window fixture asserts the page threw nothing.
@@ -490,7 +491,9 @@ def test_an_ack_shows_how_many_replicas_held_the_batch(
 ) -> None:
     board = "board-ack-count"
     us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
-    us.page.evaluate("window.acks = []; window.demo.doc.addEventListener('ack', e => window.acks.push(e.detail.message))")
+    us.page.evaluate(
+        "window.acks = []; window.demo.doc.addEventListener('ack', e => window.acks.push(e.detail.message))"
+    )
     us.page.select_option("#level", "quorum")
     us.new_note()
     us.wait_synced()

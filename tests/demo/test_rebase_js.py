@@ -231,7 +231,10 @@ def test_a_patch_that_replaces_the_text_gives_no_splices(modules: Any, patch: di
         # A region that says something else than two counts is not believed: the level's bound shows.
         ({"status": "ack", "w": "quorum", "detail": {"reached": "9", "needed": 2}}, "ack by ≥2/3"),
         ({"status": "ack", "w": "one", "detail": {"reached": 1.5, "needed": 1}}, "ack by ≥1/3"),
-        ({"status": "504 quorum_timeout", "w": "all", "detail": {"reached": 1, "needed": 3}}, "504 quorum_timeout (reached 1 of 3)"),
+        (
+            {"status": "504 quorum_timeout", "w": "all", "detail": {"reached": 1, "needed": 3}},
+            "504 quorum_timeout (reached 1 of 3)",
+        ),
         ({"status": "sent", "w": "one"}, "sent"),
     ],
 )
