@@ -11,7 +11,7 @@
 // Deleting a note deletes its key (observed-remove: an edit concurrent with the delete survives).
 import { LiveDoc } from "./live.js";
 import { moveIndex, textOps } from "./rebase.js";
-import { diffSplice, inputSplice, patchSplices, spliceText } from "./splice.js";
+import { diffSplice, inputSplice, patchSplices, prefixSplices, spliceText } from "./splice.js";
 import { editOutcome, startPanel } from "./panel.js";
 
 const params = new URLSearchParams(location.search);
@@ -328,8 +328,8 @@ function updateCard(ui, card, note, remotePatches) {
     }
     // The remote patches as splices lead the mirror from what the textarea held to the new text.
     const splices = remotePatches ? patchSplices(card.path("body"), remotePatches) : null;
-    if (splices && spliceText(card.shown, splices) === text) card.mirrorSplices.push(...splices);
-    else card.mirrorSplices.push(diffSplice(card.shown, text));
+    // (null: not known, the mirror compares if it needs to)
+    card.mirrorSplices.push(...(splices && spliceText(card.shown, splices) === text ? splices : [null]));
     const scroll = card.body.scrollTop;
     card.body.value = text;
     card.shown = text;
@@ -411,18 +411,26 @@ function renderCarets(ui, card, text) {
     card.mirror.dataset.key = "";
     return;
   }
+  // The mirror holds the text up to the end of the line of the furthest caret: nothing after that line
+  // moves a caret (a newline ends the line), so typing further down lays the mirror out not at all.
+  const furthest = Math.max(...here.map((h) => h.index));
+  const lineEnd = text.indexOf("\n", furthest);
+  const cut = lineEnd < 0 ? text.length : lineEnd;
   let moved = false;
   if (card.mirrored === null) {
     // A trailing newline, so that a caret after the text's own last newline has a line to sit on.
-    card.mirrorText.data = text + "\n";
+    card.mirrorText.data = text.slice(0, cut) + "\n";
+    card.mirrored = text.slice(0, cut);
     moved = true;
-  } else if (card.mirrored !== text) {
-    let splices = card.mirrorSplices;
-    if (spliceText(card.mirrored, splices) !== text) splices = [diffSplice(card.mirrored, text)];
-    for (const { index, remove, text: add } of splices) card.mirrorText.replaceData(index, remove, add);
-    moved = true;
+  } else {
+    const mirrored = card.mirrored;
+    const splices = prefixSplices(mirrored, card.mirrorSplices, text, cut) || [diffSplice(mirrored, text.slice(0, cut))];
+    for (const { index, remove, text: add } of splices) {
+      if (remove || add) card.mirrorText.replaceData(index, remove, add);
+      moved ||= remove > 0 || add.length > 0;
+    }
+    if (moved) card.mirrored = text.slice(0, cut);
   }
-  card.mirrored = text;
   card.mirrorSplices = [];
   const width = card.mirror.clientWidth;
   const key = JSON.stringify(here.map((h) => [h.index, h.who.name, h.who.region, h.who.color])) + `@${width}`;

@@ -57,3 +57,22 @@ export function patchSplices(path, patches) {
   }
   return out;
 }
+
+// The splices that bring prefix (the start of a text, as a mirror holds it) to text.slice(0, cut),
+// given the splices the whole text went through since: those at or past the prefix's end leave it as
+// it was. null where one straddles that end or is not known (null), or the result is not that slice:
+// then compare.
+export function prefixSplices(prefix, splices, text, cut) {
+  const out = [];
+  let length = prefix.length;
+  for (const splice of splices) {
+    if (!splice) return null;
+    if (splice.index >= length) continue;
+    if (splice.index + splice.remove > length) return null;
+    out.push(splice);
+    length += splice.text.length - splice.remove;
+  }
+  if (cut > length) out.push({ index: length, remove: 0, text: text.slice(length, cut) });
+  else if (cut < length) out.push({ index: cut, remove: length - cut, text: "" });
+  return spliceText(prefix, out) === text.slice(0, cut) ? out : null;
+}

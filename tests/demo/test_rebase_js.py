@@ -240,3 +240,36 @@ def test_a_patch_that_replaces_the_text_gives_no_splices(modules: Any, patch: di
 )
 def test_an_edit_shows_its_ack_count(modules: Any, entry: dict[str, Any], shown: str) -> None:
     assert modules.evaluate("([e, n]) => P.editOutcome(e, n)", [entry, 3]) == shown
+
+
+@given(data=st.data(), text=st.text(alphabet="ab\n", max_size=14))
+def test_prefix_splices_keep_a_mirror_of_the_text_up_to_a_cut(modules: Any, data: st.DataObject, text: str) -> None:
+    """The carets' mirror holds a prefix of the note; splices past it leave it, one across it asks to compare."""
+    held = data.draw(st.integers(0, len(text)))
+    patches, length = data.draw(edits(len(text), as_patches=True))
+    patches = [p for p in patches if p["path"] == PATH]
+    after = apply_patches({"notes": {"n1": {"body": text}}}, copy.deepcopy(patches))["notes"]["n1"]["body"]
+    cut = data.draw(st.integers(0, len(after)))
+    splices = modules.evaluate("([p, ps]) => S.patchSplices(p, ps)", [PATH, patches])
+    got = modules.evaluate("([pre, ss, t, c]) => S.prefixSplices(pre, ss, t, c)", [text[:held], splices, after, cut])
+    straddles = False
+    end = held
+    for s in splices:
+        if s["index"] < end < s["index"] + s["remove"]:
+            straddles = True
+            break
+        if s["index"] < end:
+            end += len(s["text"]) - s["remove"]
+    if straddles:
+        assert got is None
+        return
+    assert got is not None
+    assert modules.evaluate("([t, s]) => S.spliceText(t, s)", [text[:held], got]) == after[:cut]
+    # Splices wholly past the prefix (typing further down the note) reach the mirror not at all.
+    if all(s["index"] >= held for s in splices) and cut == held:
+        assert got == []
+
+
+def test_an_unknown_splice_makes_the_mirror_compare(modules: Any) -> None:
+    splices = [{"index": 0, "remove": 0, "text": "a"}, None]
+    assert modules.evaluate("([ss]) => S.prefixSplices('xy', ss, 'axy', 3)", [splices]) is None
