@@ -507,3 +507,51 @@ def test_an_ack_shows_how_many_replicas_held_the_batch(
     reached, needed = acks[-1]["reached"], acks[-1]["needed"]
     assert needed == 2 and needed <= reached <= 3
     us.page.wait_for_selector(f"{rows}:has-text('acked by {reached}/{needed} of 3')", timeout=WAIT_MS)
+
+
+def test_every_kind_of_keystroke_sends_what_the_textarea_shows(
+    chromium_browser: Any, demo: DemoCluster, windows: list[Window]
+) -> None:
+    """Read off its input event, each edit leaves the page's value equal to the textarea's, at once."""
+    board = "board-keystrokes"
+    us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    drift: list[str] = []
+    us.page.on("console", lambda m: drift.append(m.text) if "drifted" in m.text else None)
+    us.new_note()
+    us.type_body("hello world\nsecond line")
+    same = """() => { const b = document.querySelector('[data-testid=note] [data-testid=body]');
+                      const n = Object.values(window.demo.doc.value().notes)[0];
+                      return [b.value, n.body]; }"""
+    keys = us.page.keyboard
+    steps: list[tuple[str, Any]] = [
+        ("type", "!"),
+        ("press", "Backspace"),
+        ("press", "Control+Backspace"),  # a word backwards
+        ("press", "Enter"),
+        ("press", "Home"),
+        ("press", "Delete"),  # forwards: the event does not say how much went; the comparison does
+        ("press", "Shift+End"),
+        ("type", "replaced"),  # over a selection
+        ("press", "Control+a"),
+        ("press", "Backspace"),
+        ("insert", "pasted\ntext"),
+        ("press", "Control+z"),  # an undo says nothing of what it undid
+        # Beyond Latin-1 (not beyond the BMP: the page counts UTF-16 units where the regions count code points).
+        ("type", "é€x"),
+        ("press", "Backspace"),
+        ("press", "Backspace"),
+    ]
+    for kind, what in steps:
+        if kind == "type":
+            keys.type(what)
+        elif kind == "insert":
+            keys.insert_text(what)
+        else:
+            keys.press(what)
+        shown, sent = us.page.evaluate(same)
+        assert shown == sent, f"after {kind} {what!r}"
+    us.wait_synced()
+    us.page.wait_for_timeout(700)  # past the pause after which the page compares
+    stored = next(iter(demo.doc("us", board)["value"]["notes"].values()))["body"]
+    assert stored == us.body()
+    assert drift == []
