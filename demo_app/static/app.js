@@ -171,8 +171,9 @@ function makeCard(ui, id) {
 
   const body = el("textarea", { className: "body", spellcheck: false, readOnly });
   body.dataset.testid = "body";
-  // Under the textarea, a copy of its text (transparent) that other people's carets are measured
-  // against; the carets themselves are drawn in a layer above, so moving one lays out nothing.
+  // Under the textarea, a copy of the start of its text (transparent) that other people's carets are
+  // measured against (see renderCarets); the carets are drawn in a layer above, so moving one lays
+  // out nothing.
   const mirrorText = document.createTextNode("");
   const mirror = el("div", { className: "mirror" }, mirrorText);
   const caretsInner = el("div");
@@ -252,8 +253,8 @@ function makeCard(ui, id) {
   const card = {
     root, title, siblings, body, mirror, mirrorText, caretsInner, list, votes, tags, path,
     shown: "", // what the textarea holds, as far as the page's edits and renders tell
-    mirrored: null, // what the mirror holds (null: nothing, as no caret shows)
-    mirrorSplices: [], // from mirrored towards shown, when known
+    mirrored: null, // the start of the text the mirror holds (null: nothing, as no caret shows)
+    mirrorSplices: [], // what the text went through since the mirror last followed (null: not known)
     checkTimer: null,
   };
   return card;
@@ -390,9 +391,10 @@ function checklistOf(value, id) {
   };
 }
 
-// Other people's carets in this note. The mirror under the textarea holds the same text in the same
-// box, and a caret goes where a range at its index lies in the mirror. The mirror's text follows the
-// note by splices (a keystroke's, a remote patch's), so a 100 KB note is shaped once, not each time.
+// Other people's carets in this note. The mirror under the textarea lays the text out in the same box,
+// and a caret goes where a range at its index lies in the mirror. The mirror's text follows the note by
+// splices (a keystroke's, a remote patch's) rather than being rebuilt, and only up to the line of the
+// furthest caret: in a 100 KB note, laying out a full copy again costs as much as the keystroke.
 function renderCarets(ui, card, text) {
   const id = card.root.dataset.id;
   const here = [];
