@@ -11,7 +11,8 @@
 // Deleting a note deletes its key (observed-remove: an edit concurrent with the delete survives).
 import { LiveDoc } from "./live.js";
 import { moveIndex, textOps } from "./rebase.js";
-import { startPanel } from "./panel.js";
+import { diffSplice, inputSplice, patchSplices, prefixSplices, spliceText } from "./splice.js";
+import { editOutcome, startPanel } from "./panel.js";
 
 const params = new URLSearchParams(location.search);
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -20,6 +21,14 @@ const el = (tag, props = {}, ...children) => {
   for (const child of children) node.append(child);
   return node;
 };
+// Writing a node's text replaces it and invalidates layout even when it is the same: set only changes.
+const setText = (node, text) => {
+  if (node.textContent !== text) node.textContent = text;
+};
+const CHECK_MS = 500; // a pause in typing after which the textarea is compared with what the page sent
+// Work that may wait for the frame after a keystroke: the frame that shows the keystroke carries only
+// the textarea's own layout and paint, and this runs right after it (its changes show a frame later).
+const afterFrame = (fn) => requestAnimationFrame(() => setTimeout(fn, 0));
 const COLORS = ["#e8590c", "#2b8a3e", "#1971c2", "#ae3ec9", "#c2255c", "#0c8599"];
 const newId = (p) => `${p}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
 
@@ -67,11 +76,12 @@ async function main() {
   const renderSoon = () => {
     if (renderQueued) return;
     renderQueued = true;
-    requestAnimationFrame(() => { renderQueued = false; render(ui); });
+    afterFrame(() => { renderQueued = false; render(ui); });
   };
   doc.addEventListener("change", (e) => {
     // A remote change shows at once, with the carets moved past its patches; our own batch coming back
-    // changes nothing on screen in the common case, so it waits for the next frame with the rest.
+    // changes nothing on screen in the common case, so it waits until after the next frame with the
+    // rest (a keystroke's frame then holds the textarea's own work only).
     if (e.detail.origin === "local") renderSoon();
     else render(ui, e.detail.patches);
     // Siblings are not in the live value (it shows one of them): ask the region after a remote change
@@ -88,7 +98,7 @@ async function main() {
     if (doc.connected) sendPresence(ui); // after a failover, others see the region this window is on now
   });
   doc.addEventListener("ack", renderSoon);
-  doc.addEventListener("log", () => renderEdits(ui));
+  doc.addEventListener("log", () => renderEditsSoon(ui));
   doc.connect();
   setInterval(() => sendPresence(ui), 10000); // presence expires after 30 s without a refresh
   startPanel({ doc, board, regions: regionNames });
@@ -123,16 +133,16 @@ function render(ui, remotePatches = null) {
 
 function renderHeader(ui) {
   const { doc } = ui;
-  $("#region").textContent = doc.region + (ui.role === "read" ? " · read-only" : "");
-  $("#region-select").value = doc.region;
+  setText($("#region"), doc.region + (ui.role === "read" ? " · read-only" : ""));
+  if ($("#region-select").value !== doc.region) $("#region-select").value = doc.region;
   const unsynced = doc.unsynced();
-  $("#unsynced").textContent = `${unsynced} unsynced`;
+  setText($("#unsynced"), `${unsynced} unsynced`);
   $("#unsynced").classList.toggle("dirty", unsynced > 0);
   const status = $("#status");
-  status.textContent = doc.fatal ? doc.fatal : doc.offline ? "offline (edits queue here)" : doc.connected ? "live" : "connecting…";
+  setText(status, doc.fatal ? doc.fatal : doc.offline ? "offline (edits queue here)" : doc.connected ? "live" : "connecting…");
   status.classList.toggle("down", !doc.connected);
   const people = [...doc.presence.values()].filter((p) => p && p.name).map((p) => `${p.name} (${p.region})`);
-  $("#people").textContent = people.length ? `here: ${people.join(", ")}` : "";
+  setText($("#people"), people.length ? `here: ${people.join(", ")}` : "");
   const banner = $("#banner");
   const last = doc.failovers[doc.failovers.length - 1];
   banner.hidden = !last;
@@ -161,24 +171,47 @@ function makeCard(ui, id) {
 
   const body = el("textarea", { className: "body", spellcheck: false, readOnly });
   body.dataset.testid = "body";
-  const mirror = el("div", { className: "mirror" });
-  let shown = "";
+  // Under the textarea, a copy of the start of its text (transparent) that other people's carets are
+  // measured against (see renderCarets); the carets are drawn in a layer above, so moving one lays
+  // out nothing.
+  const mirrorText = document.createTextNode("");
+  const mirror = el("div", { className: "mirror" }, mirrorText);
+  const caretsInner = el("div");
+  const carets = el("div", { className: "carets" }, caretsInner);
+  let before = null; // the selection before the input event under way
   body.addEventListener("keydown", (e) => {
     stats.keydowns.push({ t: performance.timeOrigin + e.timeStamp, key: e.key });
     ui.pendingKey = e.timeStamp;
   });
-  body.addEventListener("input", () => {
-    const before = shown, after = body.value;
-    const ops = textOps(path("body"), before, after, body.selectionEnd);
-    card.shown = after;
-    if (ops.length) doc.edit(ops);
+  body.addEventListener("beforeinput", () => {
+    before = { start: body.selectionStart, end: body.selectionEnd };
+  });
+  body.addEventListener("input", (e) => {
+    // The edit from the selection before and the caret after, in O(edit): reading body.value builds
+    // the whole text. Where the event does not tell, compare texts (as every event did before).
+    const caret = body.selectionStart === body.selectionEnd ? body.selectionEnd : null;
+    let splice = inputSplice(before, e.inputType, e.data, caret);
+    before = null;
+    if (splice) card.shown = spliceText(card.shown, [splice]);
+    else {
+      const after = body.value;
+      splice = caretSplice(card.shown, after, body.selectionEnd);
+      card.shown = after;
+    }
+    commitSplice(ui, card, splice);
     const t0 = ui.pendingKey;
     ui.pendingKey = undefined;
     if (t0 !== undefined) requestAnimationFrame(() => stats.local.push(performance.now() - t0));
     sendPresence(ui, id, body);
+    // Once typing pauses, a whole comparison vouches for the splices read off the events.
+    clearTimeout(card.checkTimer);
+    card.checkTimer = setTimeout(() => reconcile(ui, card), CHECK_MS);
   });
   for (const type of ["keyup", "mouseup", "focus"]) body.addEventListener(type, () => sendPresence(ui, id, body));
-  body.addEventListener("scroll", () => { mirror.scrollTop = body.scrollTop; });
+  body.addEventListener("scroll", () => {
+    mirror.scrollTop = body.scrollTop;
+    caretsInner.style.transform = `translateY(${-body.scrollTop}px)`;
+  });
 
   const list = el("ul", { className: "checklist" });
   list.dataset.testid = "checklist";
@@ -211,14 +244,51 @@ function makeCard(ui, id) {
     "article", { className: "note" },
     el("div", { className: "title-row" }, title, del),
     siblings,
-    el("div", { className: "body-wrap" }, mirror, body),
+    el("div", { className: "body-wrap" }, mirror, body, carets),
     list, addItem,
     el("div", { className: "meta" }, votes, tags, addTag),
   );
   root.dataset.id = id;
   root.dataset.testid = "note";
-  const card = { root, title, siblings, body, mirror, list, votes, tags, path, get shown() { return shown; }, set shown(v) { shown = v; } };
+  const card = {
+    root, title, siblings, body, mirror, mirrorText, caretsInner, list, votes, tags, path,
+    shown: "", // what the textarea holds, as far as the page's edits and renders tell
+    mirrored: null, // the start of the text the mirror holds (null: nothing, as no caret shows)
+    mirrorSplices: [], // what the text went through since the mirror last followed (null: not known)
+    checkTimer: null,
+  };
   return card;
+}
+
+// The splice that turns before into after for one input event, ending at the caret (textOps' rule:
+// typing "a" into "aa" inserts at the caret, not at the end a plain comparison would pick).
+function caretSplice(before, after, caret) {
+  const ops = textOps([], before, after, caret);
+  if (!ops.length) return { index: 0, remove: 0, text: "" };
+  const del = ops.find((op) => op.op === "delete"), ins = ops.find((op) => op.op === "insert");
+  return { index: ops[0].index, remove: del ? del.count : 0, text: ins ? ins.text : "" };
+}
+
+// A splice the user made in a note's body: sent as ops, and kept for the mirror of carets.
+function commitSplice(ui, card, splice) {
+  const ops = [];
+  if (splice.remove > 0) ops.push({ op: "delete", path: card.path("body"), index: splice.index, count: splice.remove });
+  if (splice.text) ops.push({ op: "insert", path: card.path("body"), index: splice.index, text: splice.text });
+  if (!ops.length) return;
+  card.mirrorSplices.push(splice);
+  ui.doc.edit(ops);
+}
+
+// After a pause in typing: if the textarea holds other than what the page followed (an input event
+// whose splice was misread), send what turns one into the other, as reading each event whole would.
+function reconcile(ui, card) {
+  if (!card.root.isConnected || card.body.readOnly) return;
+  const actual = card.body.value;
+  if (actual === card.shown) return;
+  console.warn("crdtstore demo: the note's text drifted from the edits sent; sending the difference");
+  const splice = caretSplice(card.shown, actual, card.body.selectionEnd);
+  card.shown = actual;
+  commitSplice(ui, card, splice);
 }
 
 function updateCard(ui, card, note, remotePatches) {
@@ -257,6 +327,10 @@ function updateCard(ui, card, note, remotePatches) {
       start = moveIndex(card.path("body"), start, remotePatches);
       end = moveIndex(card.path("body"), end, remotePatches);
     }
+    // The remote patches as splices lead the mirror from what the textarea held to the new text.
+    const splices = remotePatches ? patchSplices(card.path("body"), remotePatches) : null;
+    // (null: not known, the mirror compares if it needs to)
+    card.mirrorSplices.push(...(splices && spliceText(card.shown, splices) === text ? splices : [null]));
     const scroll = card.body.scrollTop;
     card.body.value = text;
     card.shown = text;
@@ -295,7 +369,7 @@ function updateCard(ui, card, note, remotePatches) {
     card.list.replaceChildren(...rows);
   }
   const votes = typeof note.votes === "number" || typeof note.votes === "string" ? note.votes : 0;
-  card.votes.textContent = `▲ ${votes}`;
+  setText(card.votes, `▲ ${votes}`);
   const tagList = Array.isArray(note.tags) ? [...note.tags].map(String).sort() : [];
   const tagKey = JSON.stringify(tagList);
   if (card.tags.dataset.key !== tagKey) {
@@ -317,36 +391,81 @@ function checklistOf(value, id) {
   };
 }
 
-// Other people's carets in this note, drawn in a mirror of the textarea under it.
+// Other people's carets in this note. The mirror under the textarea lays the text out in the same box,
+// and a caret goes where a range at its index lies in the mirror. The mirror's text follows the note by
+// splices (a keystroke's, a remote patch's) rather than being rebuilt, and only up to the line of the
+// furthest caret: in a 100 KB note, laying out a full copy again costs as much as the keystroke.
 function renderCarets(ui, card, text) {
   const id = card.root.dataset.id;
   const here = [];
   for (const [client, caret] of ui.doc.carets) {
     const who = ui.doc.presence.get(client);
-    if (who && caret.path[1] === id && caret.path[2] === "body") here.push({ index: Math.min(caret.index, text.length), who });
+    // Presence comes from other people's pages: an index that is no index draws no caret.
+    if (!who || caret.path[1] !== id || caret.path[2] !== "body" || !Number.isInteger(caret.index)) continue;
+    here.push({ index: Math.max(0, Math.min(caret.index, text.length)), who });
   }
-  const key = JSON.stringify(here.map((h) => [h.index, h.who.name])) + (here.length ? text.length : "");
-  if (card.mirror.dataset.key === key) return;
-  card.mirror.dataset.key = key;
   if (!here.length) {
-    card.mirror.replaceChildren();
+    // Nobody to draw: the mirror lets its text go (it would cost a layout each keystroke).
+    if (card.mirrored !== null) card.mirrorText.data = "";
+    card.mirrored = null;
+    card.mirrorSplices = [];
+    if (card.caretsInner.firstChild) card.caretsInner.replaceChildren();
+    card.mirror.dataset.key = "";
     return;
   }
-  here.sort((a, b) => a.index - b.index);
-  const parts = [];
-  let at = 0;
-  for (const { index, who } of here) {
-    parts.push(text.slice(at, index));
+  // The mirror holds the text up to the end of the line of the furthest caret: nothing after that line
+  // moves a caret (a newline ends the line), so typing further down lays the mirror out not at all.
+  const furthest = Math.max(...here.map((h) => h.index));
+  const lineEnd = text.indexOf("\n", furthest);
+  const cut = lineEnd < 0 ? text.length : lineEnd;
+  let moved = false;
+  if (card.mirrored === null) {
+    // A trailing newline, so that a caret after the text's own last newline has a line to sit on.
+    card.mirrorText.data = text.slice(0, cut) + "\n";
+    card.mirrored = text.slice(0, cut);
+    moved = true;
+  } else {
+    const mirrored = card.mirrored;
+    const splices = prefixSplices(mirrored, card.mirrorSplices, text, cut) || [diffSplice(mirrored, text.slice(0, cut))];
+    for (const { index, remove, text: add } of splices) {
+      if (remove || add) card.mirrorText.replaceData(index, remove, add);
+      moved ||= remove > 0 || add.length > 0;
+    }
+    if (moved) card.mirrored = text.slice(0, cut);
+  }
+  card.mirrorSplices = [];
+  const width = card.mirror.clientWidth;
+  const key = JSON.stringify(here.map((h) => [h.index, h.who.name, h.who.region, h.who.color])) + `@${width}`;
+  if (!moved && card.mirror.dataset.key === key) return;
+  card.mirror.dataset.key = key;
+  card.mirror.scrollTop = card.body.scrollTop;
+  const box = card.mirror.getBoundingClientRect();
+  const range = document.createRange();
+  const rectAt = (index) => {
+    // A collapsed range on an empty line has no box: then the box of the character after the caret
+    // (the mirror's text always has one: its trailing newline) starts where the caret is.
+    range.setStart(card.mirrorText, index);
+    range.collapse(true);
+    const rect = range.getClientRects()[0];
+    if (rect) return rect;
+    range.setEnd(card.mirrorText, index + 1);
+    return range.getClientRects()[0] || range.getBoundingClientRect();
+  };
+  const marks = here.map(({ index, who }) => {
+    const rect = rectAt(index);
     const mark = el("span", { className: "caret" });
     mark.dataset.name = `${who.name} (${who.region})`;
     mark.dataset.testid = "remote-caret";
+    mark.dataset.index = String(index);
     mark.style.setProperty("--c", who.color || "#e33");
-    parts.push(mark);
-    at = index;
-  }
-  parts.push(text.slice(at) + "\n");
-  card.mirror.replaceChildren(...parts);
-  card.mirror.scrollTop = card.body.scrollTop;
+    // In the text's own coordinates: the layer scrolls with the textarea.
+    mark.style.left = `${rect.left - box.left}px`;
+    mark.style.top = `${rect.top - box.top + card.mirror.scrollTop}px`;
+    mark.style.height = `${Math.max(rect.height, 12)}px`;
+    return mark;
+  });
+  card.caretsInner.style.transform = `translateY(${-card.body.scrollTop}px)`;
+  card.caretsInner.replaceChildren(...marks);
 }
 
 let presenceTimer = null;
@@ -383,24 +502,47 @@ function fetchSiblingsSoon(ui) {
   }, 150);
 }
 
-function renderEdits(ui) {
-  const rows = ui.doc.log.slice(0, 12).map((e) => {
-    // The ack frame carries no count: an ack at w means at least the level's quorum of the regions held it.
-    const regions = Object.keys(ui.doc.regions).length;
-    const needed = { one: 1, local_quorum: 1, quorum: Math.floor(regions / 2) + 1, all: regions }[e.w] || 1;
-    const detail = e.detail && e.detail.needed !== undefined
-      ? ` (reached ${e.detail.reached} of ${e.detail.needed})`
-      : e.status && e.status.startsWith("ack") ? ` by ≥${needed}/${regions}` : "";
-    const tr = el("tr", {},
-      el("td", { className: "mono", textContent: String(e.id || "").slice(-4) }),
-      el("td", { textContent: e.w || "" }),
-      el("td", { className: e.status && /^\d/.test(e.status) ? "err" : "", textContent: `${e.status}${detail}` }),
-      el("td", { textContent: e.ms !== undefined ? `${e.ms} ms` : "" }),
-    );
-    tr.dataset.testid = "edit-row";
-    return tr;
+let editsQueued = false;
+function renderEditsSoon(ui) {
+  if (editsQueued) return;
+  editsQueued = true;
+  afterFrame(() => {
+    editsQueued = false;
+    renderEdits(ui);
   });
-  $("#edits").replaceChildren(el("tr", {}, ...["batch", "w", "outcome", "ack"].map((h) => el("th", { textContent: h }))), ...rows);
+}
+
+// The recent batches, one row each, keyed by batch id: a row's cells change in place, so a keystroke
+// adds one row rather than rebuilding the table (whose layout would share the keystroke's frame).
+const editRows = new Map();
+function renderEdits(ui) {
+  const regions = Object.keys(ui.doc.regions).length;
+  const table = $("#edits");
+  if (!table.firstChild) table.append(el("tr", {}, ...["batch", "w", "outcome", "ack"].map((h) => el("th", { textContent: h }))));
+  const shown = ui.doc.log.slice(0, 12);
+  const keep = new Set(shown.map((e) => e.id));
+  for (const [id, tr] of editRows) {
+    if (!keep.has(id)) {
+      tr.remove();
+      editRows.delete(id);
+    }
+  }
+  shown.forEach((e, n) => {
+    let tr = editRows.get(e.id);
+    if (!tr) {
+      tr = el("tr", {}, el("td", { className: "mono" }), el("td"), el("td"), el("td"));
+      tr.dataset.testid = "edit-row";
+      editRows.set(e.id, tr);
+    }
+    const [batch, w, outcome, ack] = tr.children;
+    setText(batch, String(e.id || "").slice(-4));
+    setText(w, e.w || "");
+    const text = editOutcome(e, regions);
+    setText(outcome, text);
+    outcome.className = e.status && /^\d/.test(e.status) ? "err" : "";
+    setText(ack, e.ms !== undefined ? `${e.ms} ms` : "");
+    if (table.children[n + 1] !== tr) table.insertBefore(tr, table.children[n + 1] || null);
+  });
 }
 
 main();

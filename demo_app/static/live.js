@@ -87,11 +87,17 @@ export class LiveDoc extends EventTarget {
     this.ownPresence = null;
     this._attempts = 0; // connections to this region that never opened, in a row
     this._failures = 0; // ... to any region
+    this._value = null; // value(), until the next change of confirmed, inflight or queued
   }
 
-  // What the user sees: the confirmed value with the batch in flight and the queue on top.
+  // What the user sees: the confirmed value with the batch in flight and the queue on top. Kept until
+  // the next change (a page renders several times a keystroke: each copy of a 100 KB note costs), so
+  // callers read it and never change it.
   value() {
-    return applyOps(clone(this.confirmed), (this.inflight ? this.inflight.shown : []).concat(this.queued));
+    if (this._value === null) {
+      this._value = applyOps(clone(this.confirmed), (this.inflight ? this.inflight.shown : []).concat(this.queued));
+    }
+    return this._value;
   }
 
   unsynced() {
@@ -101,7 +107,12 @@ export class LiveDoc extends EventTarget {
   // Local ops, with indexes into value(), behind the batch in flight.
   edit(ops) {
     if (this.fatal) return;
-    this.queued.push(...ops.flatMap((op) => pieces({ ...op })));
+    this._value = null;
+    const split = ops.flatMap((op) => pieces({ ...op }));
+    this.queued.push(...split);
+    // Other people's carets move past what is typed before them, as they do past remote patches (until
+    // their next presence, which reads the text with this edit in it).
+    for (const caret of this.carets.values()) caret.index = moveIndex(caret.path, caret.index, split);
     this._emit("local", {});
     this._flush();
   }
@@ -193,6 +204,7 @@ export class LiveDoc extends EventTarget {
 
   _flush() {
     if (!this.connected || this.inflight || !this.queued.length || !this.version) return;
+    this._value = null;
     const id = `${this.prefix}-${this.seq++}`;
     let take = 0, bytes = 0;
     while (take < this.queued.length && (take === 0 || bytes < BATCH_BYTES)) {
@@ -216,6 +228,7 @@ export class LiveDoc extends EventTarget {
   // holds. (Its id is no use there: a region remembers the ids of its own connections.) A batch whose
   // change did come back is in the old region's log and replicates from there; only its ack is lost.
   _moveRegions() {
+    this._value = null;
     if (this.inflight) {
       this.queued = this.inflight.shown.concat(this.queued);
       this.unacked.delete(this.inflight.id);
@@ -240,6 +253,7 @@ export class LiveDoc extends EventTarget {
   }
 
   _receive(message) {
+    this._value = null;
     switch (message.type) {
       case "snapshot": {
         const patches = diffPatches(this.confirmed, message.value);
@@ -278,7 +292,13 @@ export class LiveDoc extends EventTarget {
         }
         if (entry) {
           const ms = Math.round(performance.now() - entry.sentAt);
-          if (message.type === "ack") this._update(message.id, { status: message.again ? "ack (again)" : "ack", ms });
+          if (message.type === "ack") {
+            // How many replicas held the batch when it was acknowledged, of how many its level needed
+            // (a region that does not say leaves the page to show its level's lower bound).
+            const counted = Number.isInteger(message.reached) && Number.isInteger(message.needed);
+            const detail = counted ? { reached: message.reached, needed: message.needed } : undefined;
+            this._update(message.id, { status: message.again ? "ack (again)" : "ack", ms, detail });
+          }
           else {
             const detail = message.detail || {};
             this._update(message.id, { status: `${message.status} ${message.error}`, ms, detail, message: message.message });

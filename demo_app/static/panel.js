@@ -97,3 +97,20 @@ export function startPanel({ board, regions, doc }) {
   poll();
   setInterval(poll, POLL_MS);
 }
+
+// An edit's outcome: a refusal with its counts; an ack with how many replicas held the batch of how
+// many its level needed, where the region says; else the least the level's ack means.
+export function editOutcome(e, regions) {
+  const status = e.status || "";
+  const detail = e.detail || {};
+  if (status.startsWith("ack") && Number.isInteger(detail.reached) && Number.isInteger(detail.needed)) {
+    return `${status.replace(/^ack/, "acked")} by ${detail.reached}/${detail.needed} of ${regions}`;
+  }
+  if (detail.needed !== undefined && !status.startsWith("ack")) return `${status} (reached ${detail.reached} of ${detail.needed})`;
+  if (status.startsWith("ack")) {
+    // An ack without counts: at w it means at least the level's quorum of the regions held the batch.
+    const needed = { one: 1, local_quorum: 1, quorum: Math.floor(regions / 2) + 1, all: regions }[e.w] || 1;
+    return `${status} by ≥${needed}/${regions}`;
+  }
+  return status;
+}

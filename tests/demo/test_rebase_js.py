@@ -1,10 +1,11 @@
-"""The page's rebase (demo_app/static/rebase.js, live.js, app.js) against the Python reference, in Chromium.
+"""The page's rebase (demo_app/static/rebase.js, live.js, splice.js) against the Python reference, in Chromium.
 
 ``crdtstore/rebase.py`` and ``crdtstore/patches.py`` are property-tested
 against real replicas; here hypothesis draws edits and the browser's modules
 must answer exactly as the Python ones do. The JS-only helpers get their own
-properties: a snapshot's diff rebuilds the snapshot, and the ops read off
-one input event rebuild the textarea's text.
+properties: a snapshot's diff rebuilds the snapshot, the ops (and the
+splice) read off one input event rebuild the textarea's text, and an event
+that does not tell what it did yields no splice.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def modules(chromium_browser: Any, demo: DemoCluster) -> Iterator[Any]:
         """async () => {
              window.R = await import('/static/rebase.js');
              window.L = await import('/static/live.js');
+             window.S = await import('/static/splice.js');
+             window.P = await import('/static/panel.js');
            }"""
     )
     yield page
@@ -124,3 +127,149 @@ def test_one_input_event_becomes_ops_that_rebuild_the_text(modules: Any, before:
     # Typed text lands where it was typed: it ends at the caret (typing "a" after "a" is not an append).
     assert all(op["index"] + len(op["text"]) == caret for op in ops if op["op"] == "insert")
     assert len(ops) <= 2
+
+
+# splice.js: a keystroke and a remote patch as splices, read in O(edit).
+
+
+@st.composite
+def input_events(draw: st.DrawFn) -> tuple[str, dict[str, int], str, str | None, str, int]:
+    """One input event on a textarea: (text before, selection before, inputType, data, text after, caret after)."""
+    before = draw(st.text(alphabet="ab\n", max_size=10))
+    start = draw(st.integers(0, len(before)))
+    end = draw(st.integers(start, len(before)))
+    kind = draw(st.sampled_from(["insertText", "insertLineBreak", "deleteContentBackward", "deleteByCut"]))
+    if kind == "insertText":
+        data: str | None = draw(st.text(alphabet="ab\n", min_size=1, max_size=3))
+        assert data is not None
+        return before, {"start": start, "end": end}, kind, data, before[:start] + data + before[end:], start + len(data)
+    if kind == "insertLineBreak":
+        return before, {"start": start, "end": end}, kind, None, before[:start] + "\n" + before[end:], start + 1
+    if start == end:  # a collapsed caret deletes backwards: a character, a word, a line
+        cut = draw(st.integers(0, start))
+        return before, {"start": start, "end": end}, kind, None, before[:cut] + before[end:], cut
+    return before, {"start": start, "end": end}, kind, None, before[:start] + before[end:], start
+
+
+@given(event=input_events())
+def test_the_splice_read_off_an_input_event_rebuilds_the_text(
+    modules: Any, event: tuple[str, dict[str, int], str, str | None, str, int]
+) -> None:
+    before, selection, kind, data, after, caret = event
+    splice = modules.evaluate("([s, k, d, c]) => S.inputSplice(s, k, d, c)", [selection, kind, data, caret])
+    if kind.startswith("delete") and selection["start"] == selection["end"] == caret:
+        assert splice is None  # nothing went (a backward delete at the start): the comparison decides
+        return
+    assert splice is not None
+    assert modules.evaluate("([t, s]) => S.spliceText(t, [s])", [before, splice]) == after
+
+
+@pytest.mark.parametrize(
+    ("selection", "kind", "data", "caret"),
+    [
+        ({"start": 2, "end": 2}, "insertText", "ab", 3),  # the caret is not after what data says landed
+        ({"start": 2, "end": 2}, "insertText", "a\r\nb", 6),  # "\r" never reaches a textarea's value
+        ({"start": 2, "end": 2}, "insertText", None, 2),
+        ({"start": 2, "end": 2}, "deleteContentForward", None, 2),  # how much went is not told
+        ({"start": 1, "end": 3}, "deleteByCut", None, 2),  # a cut leaves the caret at its start
+        ({"start": 2, "end": 2}, "historyUndo", None, 5),
+        ({"start": 2, "end": 2}, "insertCompositionText", "a", 3),
+        ({"start": 3, "end": 1}, "insertText", "a", 2),
+        ({"start": -1, "end": 0}, "insertText", "a", 0),
+        (None, "insertText", "a", 1),  # no beforeinput came first
+        ({"start": 2, "end": 2}, "insertText", "a", None),  # a selection, not a caret, after it
+    ],
+)
+def test_an_input_event_that_does_not_tell_its_edit_gives_no_splice(
+    modules: Any, selection: dict[str, int] | None, kind: str, data: str | None, caret: int | None
+) -> None:
+    assert modules.evaluate("([s, k, d, c]) => S.inputSplice(s, k, d, c)", [selection, kind, data, caret]) is None
+
+
+@given(before=st.text(alphabet="aab\n", max_size=12), after=st.text(alphabet="aab\n", max_size=12))
+def test_a_diff_splice_rebuilds_the_text_around_the_common_ends(modules: Any, before: str, after: str) -> None:
+    splice = modules.evaluate("([b, a]) => S.diffSplice(b, a)", [before, after])
+    assert modules.evaluate("([t, s]) => S.spliceText(t, [s])", [before, splice]) == after
+    prefix = 0
+    while prefix < min(len(before), len(after)) and before[prefix] == after[prefix]:
+        prefix += 1
+    assert splice["index"] == prefix
+
+
+@given(data=st.data(), text=st.text(alphabet="abc\n", max_size=12))
+def test_patch_splices_make_what_the_patches_make(modules: Any, data: st.DataObject, text: str) -> None:
+    patches, _ = data.draw(edits(len(text), as_patches=True))  # some at another note's body: not ours
+    value = {"notes": {"n1": {"body": text}, "n2": {"body": "x" * 20}}}
+    expected = apply_patches(copy.deepcopy(value), [p for p in patches if p["path"] == PATH])["notes"]["n1"]["body"]
+    splices = modules.evaluate("([p, ps]) => S.patchSplices(p, ps)", [PATH, patches])
+    assert modules.evaluate("([t, s]) => S.spliceText(t, s)", [text, splices]) == expected
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"path": PATH, "value": "a whole new text"},
+        {"path": PATH[:2], "remove": True},  # the note went
+        {"path": PATH[:1], "value": {}},
+    ],
+)
+def test_a_patch_that_replaces_the_text_gives_no_splices(modules: Any, patch: dict[str, Any]) -> None:
+    patches = [{"path": PATH, "insert": {"index": 0, "text": "a"}}, patch]
+    assert modules.evaluate("([p, ps]) => S.patchSplices(p, ps)", [PATH, patches]) is None
+
+
+# The edits table: an ack's count, where the region sends it, else the least its level means.
+
+
+@pytest.mark.parametrize(
+    ("entry", "shown"),
+    [
+        ({"status": "ack", "w": "quorum", "detail": {"reached": 2, "needed": 2}}, "acked by 2/2 of 3"),
+        ({"status": "ack (again)", "w": "all", "detail": {"reached": 3, "needed": 3}}, "acked (again) by 3/3 of 3"),
+        ({"status": "ack", "w": "quorum"}, "ack by ≥2/3"),
+        ({"status": "ack", "w": "all", "detail": None}, "ack by ≥3/3"),
+        # A region that says something else than two counts is not believed: the level's bound shows.
+        ({"status": "ack", "w": "quorum", "detail": {"reached": "9", "needed": 2}}, "ack by ≥2/3"),
+        ({"status": "ack", "w": "one", "detail": {"reached": 1.5, "needed": 1}}, "ack by ≥1/3"),
+        (
+            {"status": "504 quorum_timeout", "w": "all", "detail": {"reached": 1, "needed": 3}},
+            "504 quorum_timeout (reached 1 of 3)",
+        ),
+        ({"status": "sent", "w": "one"}, "sent"),
+    ],
+)
+def test_an_edit_shows_its_ack_count(modules: Any, entry: dict[str, Any], shown: str) -> None:
+    assert modules.evaluate("([e, n]) => P.editOutcome(e, n)", [entry, 3]) == shown
+
+
+@given(data=st.data(), text=st.text(alphabet="ab\n", max_size=14))
+def test_prefix_splices_keep_a_mirror_of_the_text_up_to_a_cut(modules: Any, data: st.DataObject, text: str) -> None:
+    """The carets' mirror holds a prefix of the note; splices past it leave it, one across it asks to compare."""
+    held = data.draw(st.integers(0, len(text)))
+    patches, length = data.draw(edits(len(text), as_patches=True))
+    patches = [p for p in patches if p["path"] == PATH]
+    after = apply_patches({"notes": {"n1": {"body": text}}}, copy.deepcopy(patches))["notes"]["n1"]["body"]
+    cut = data.draw(st.integers(0, len(after)))
+    splices = modules.evaluate("([p, ps]) => S.patchSplices(p, ps)", [PATH, patches])
+    got = modules.evaluate("([pre, ss, t, c]) => S.prefixSplices(pre, ss, t, c)", [text[:held], splices, after, cut])
+    straddles = False
+    end = held
+    for s in splices:
+        if s["index"] < end < s["index"] + s["remove"]:
+            straddles = True
+            break
+        if s["index"] < end:
+            end += len(s["text"]) - s["remove"]
+    if straddles:
+        assert got is None
+        return
+    assert got is not None
+    assert modules.evaluate("([t, s]) => S.spliceText(t, s)", [text[:held], got]) == after[:cut]
+    # Splices wholly past the prefix (typing further down the note) reach the mirror not at all.
+    if all(s["index"] >= held for s in splices) and cut == held:
+        assert got == []
+
+
+def test_an_unknown_splice_makes_the_mirror_compare(modules: Any) -> None:
+    splices = [{"index": 0, "remove": 0, "text": "a"}, None]
+    assert modules.evaluate("([ss]) => S.prefixSplices('xy', ss, 'axy', 3)", [splices]) is None
