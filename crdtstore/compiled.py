@@ -26,7 +26,8 @@ from types import ModuleType
 
 __all__ = ["BUILD_INFO", "MODULES", "PURE_ENV", "decide", "install", "source_hashes", "status"]
 
-# The modules mypyc compiles: the CRDT core, with no I/O (crdtstore/crdt/__init__.py stays Python).
+# The modules mypyc compiles: the CRDT core and the document over it, with no I/O
+# (crdtstore/crdt/__init__.py stays Python).
 MODULES = (
     "crdtstore.causal",
     "crdtstore.canonical",
@@ -39,6 +40,9 @@ MODULES = (
     "crdtstore.crdt.registers",
     "crdtstore.crdt.sequence",
     "crdtstore.crdt.tags",
+    "crdtstore.document",
+    "crdtstore.limits",
+    "crdtstore.ops",
 )
 PURE_ENV = "CRDTSTORE_PURE"
 BUILD_INFO = "core_build.json"

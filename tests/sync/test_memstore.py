@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from crdtstore.causal import CausalContext
 from crdtstore.codec import encode_delta, encode_document
 from crdtstore.document import Document
+from sync import memstore
 from sync.memstore import MemStore
 from sync.quarantine import Rejected
 from sync.store import run_sync
@@ -24,18 +26,26 @@ def snapshot(store: MemStore) -> tuple[Any, ...]:
     return (store.encoded(), run_sync(store.merkle_root()), run_sync(store.version_vector()))
 
 
+def _fails_halfway(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    """The next join or merge MemStore runs changes its working copy, and then fails.
+
+    The seam is the check MemStore runs on its working copy just before the join: the compiled
+    core's classes (``crdtstore.compiled``) cannot have their methods replaced.
+    """
+
+    def half(mine: str, ours: CausalContext, theirs: CausalContext) -> None:
+        ours.join(theirs)  # a change made to the working copy...
+        raise RuntimeError(message)  # ...and then a failure: only the copy may have changed
+
+    monkeypatch.setattr(memstore, "check_own_dots", half)
+
+
 def test_a_join_that_fails_halfway_leaves_the_document_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     src, dst = stores()
     dst.apply_remote(*src.apply("doc", INC))
     before = snapshot(dst)
     entry = src.apply("doc", INC)
-    real = Document.join
-
-    def half(doc: Document, delta: Any) -> None:
-        real(doc, delta)  # every change made...
-        raise RuntimeError("and then a failure")  # ...and then it fails: a savepoint would roll back
-
-    monkeypatch.setattr(Document, "join", half)
+    _fails_halfway(monkeypatch, "and then a failure")
     assert dst.apply_remote(*entry)
     monkeypatch.undo()
     assert dst.encoded() == before[0] and run_sync(dst.merkle_root()) == before[1]
@@ -48,13 +58,7 @@ def test_a_merge_that_fails_halfway_changes_nothing(monkeypatch: pytest.MonkeyPa
     dst.apply_remote(*src.apply("doc", INC))
     src.apply("doc", INC)
     before = snapshot(dst)
-    real = Document.merge
-
-    def half(doc: Document, other: Document) -> None:
-        real(doc, other)
-        raise RuntimeError("late")
-
-    monkeypatch.setattr(Document, "merge", half)
+    _fails_halfway(monkeypatch, "late")
     [out] = run_sync(dst.merge_states([("doc", src.read_state("doc") or b"")]))
     monkeypatch.undo()
     assert isinstance(out, Rejected) and isinstance(out.__cause__, RuntimeError)
