@@ -16,7 +16,8 @@ LAYERS: dict[str, set[str]] = {
     "crdtstore.node": {"crdtstore.docstore", "crdtstore.feed", "crdtstore.remote", "crdtstore.local"},
     "crdtstore.local": {"crdtstore.docstore"},
     "crdtstore.remote": {"crdtstore.docstore"},
-    "crdtstore.docstore": set(),
+    "crdtstore.docstore": {"crdtstore.doccache"},
+    "crdtstore.doccache": set(),
     "crdtstore.feed": set(),
 }
 GROUP = {*LAYERS, "crdtstore.api", "crdtstore.cli", "crdtstore.replicator"}

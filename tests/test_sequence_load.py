@@ -64,7 +64,7 @@ EDITS: list[Callable[[Document], Any]] = [
             encode_delta(_edited().apply([{"op": "delete", "path": ["t"], "index": 0, "count": 1}], replica="z"))
         )
     ),
-    lambda d: d.join(_edited()),
+    lambda d: d.merge(_edited()),
     lambda d: d.copy(),
     lambda d: _text(d).index_of(("a", 9)),
     lambda d: _text(d).ids_at(d.ctx, 0, 3),
