@@ -482,7 +482,8 @@ def test_two_regions_type_emoji_around_each_others_and_converge(
     assert selection(us) == [utf16(text)] * 2
     assert selection(eu) == [utf16(text[:bo_at])] * 2
     us.page.wait_for_selector(f"{CARET}[data-index='{bo_at}']", timeout=WAIT_MS)
-    eu.page.wait_for_selector(f"[data-testid=remote-caret][data-name='Ana (us)'][data-index='{len(text)}']", timeout=WAIT_MS)
+    ana = f"[data-testid=remote-caret][data-name='Ana (us)'][data-index='{len(text)}']"
+    eu.page.wait_for_selector(ana, timeout=WAIT_MS)
 
     # Ana types emoji before Bo's caret: Bo's caret moves past them on both screens, and Bo types on there.
     us.page.keyboard.press("Control+Home")
