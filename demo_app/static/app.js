@@ -10,8 +10,9 @@
 //   votes      a counter;  tags  an add-wins set.
 // Deleting a note deletes its key (observed-remove: an edit concurrent with the delete survives).
 import { LiveDoc } from "./live.js";
-import { moveIndex, textOps } from "./rebase.js";
-import { diffSplice, inputSplice, patchSplices, prefixSplices, spliceText } from "./splice.js";
+import { moveIndex } from "./rebase.js";
+import { diffSplice, inputSplice, patchSplices, prefixSplices, spliceText, textSplice } from "./splice.js";
+import { cpSplice, hasSurrogate, toCp, toUnits } from "./units.js";
 import { editOutcome, startPanel } from "./panel.js";
 
 const params = new URLSearchParams(location.search);
@@ -192,13 +193,17 @@ function makeCard(ui, id) {
     const caret = body.selectionStart === body.selectionEnd ? body.selectionEnd : null;
     let splice = inputSplice(before, e.inputType, e.data, caret);
     before = null;
-    if (splice) card.shown = spliceText(card.shown, [splice]);
-    else {
+    const prior = card.shown, astral = card.astral;
+    if (splice) {
+      card.shown = spliceText(prior, [splice]);
+      card.astral ||= hasSurrogate(splice.text);
+    } else {
       const after = body.value;
-      splice = caretSplice(card.shown, after, body.selectionEnd);
+      splice = textSplice(prior, after, body.selectionEnd);
       card.shown = after;
+      card.astral = hasSurrogate(after);
     }
-    commitSplice(ui, card, splice);
+    commitSplice(ui, card, splice, prior, astral);
     const t0 = ui.pendingKey;
     ui.pendingKey = undefined;
     if (t0 !== undefined) requestAnimationFrame(() => stats.local.push(performance.now() - t0));
@@ -256,24 +261,20 @@ function makeCard(ui, id) {
     mirrored: null, // the start of the text the mirror holds (null: nothing, as no caret shows)
     mirrorSplices: [], // what the text went through since the mirror last followed (null: not known)
     checkTimer: null,
+    // Whether shown may hold a surrogate (an emoji): until it does, a UTF-16 index is a code point index
+    // and the page converts nothing. Set as text comes in; cleared only by a whole read of the text.
+    astral: false,
   };
   return card;
 }
 
-// The splice that turns before into after for one input event, ending at the caret (textOps' rule:
-// typing "a" into "aa" inserts at the caret, not at the end a plain comparison would pick).
-function caretSplice(before, after, caret) {
-  const ops = textOps([], before, after, caret);
-  if (!ops.length) return { index: 0, remove: 0, text: "" };
-  const del = ops.find((op) => op.op === "delete"), ins = ops.find((op) => op.op === "insert");
-  return { index: ops[0].index, remove: del ? del.count : 0, text: ins ? ins.text : "" };
-}
-
-// A splice the user made in a note's body: sent as ops, and kept for the mirror of carets.
-function commitSplice(ui, card, splice) {
+// A splice the user made in a note's body (in the textarea's UTF-16 units, on prior): sent as ops in
+// code points, as the store counts, and kept as it is for the mirror of carets.
+function commitSplice(ui, card, splice, prior, astral) {
   const ops = [];
-  if (splice.remove > 0) ops.push({ op: "delete", path: card.path("body"), index: splice.index, count: splice.remove });
-  if (splice.text) ops.push({ op: "insert", path: card.path("body"), index: splice.index, text: splice.text });
+  const { index, remove, text } = cpSplice(prior, splice, astral);
+  if (remove > 0) ops.push({ op: "delete", path: card.path("body"), index, count: remove });
+  if (text) ops.push({ op: "insert", path: card.path("body"), index, text });
   if (!ops.length) return;
   card.mirrorSplices.push(splice);
   ui.doc.edit(ops);
@@ -286,9 +287,11 @@ function reconcile(ui, card) {
   const actual = card.body.value;
   if (actual === card.shown) return;
   console.warn("crdtstore demo: the note's text drifted from the edits sent; sending the difference");
-  const splice = caretSplice(card.shown, actual, card.body.selectionEnd);
+  const prior = card.shown, astral = card.astral;
+  const splice = textSplice(prior, actual, card.body.selectionEnd);
   card.shown = actual;
-  commitSplice(ui, card, splice);
+  card.astral = hasSurrogate(actual);
+  commitSplice(ui, card, splice, prior, astral);
 }
 
 function updateCard(ui, card, note, remotePatches) {
@@ -323,17 +326,25 @@ function updateCard(ui, card, note, remotePatches) {
   if (card.shown !== text) {
     let start = card.body.selectionStart, end = card.body.selectionEnd;
     const focused = document.activeElement === card.body;
+    const astral = hasSurrogate(text), either = astral || card.astral;
     if (remotePatches) {
-      start = moveIndex(card.path("body"), start, remotePatches);
-      end = moveIndex(card.path("body"), end, remotePatches);
+      // The selection in code points, moved as the store moves text, and back into the new text's units.
+      const move = (unit) => toUnits(text, moveIndex(card.path("body"), toCp(card.shown, unit, card.astral), remotePatches), astral);
+      start = move(start);
+      end = move(end);
+    } else if (astral || card.astral) {
+      // A whole new text (a snapshot): the selection keeps its code point indexes.
+      start = toUnits(text, toCp(card.shown, start, card.astral), astral);
+      end = toUnits(text, toCp(card.shown, end, card.astral), astral);
     }
     // The remote patches as splices lead the mirror from what the textarea held to the new text.
-    const splices = remotePatches ? patchSplices(card.path("body"), remotePatches) : null;
+    const splices = remotePatches ? patchSplices(card.path("body"), remotePatches, card.shown, either) : null;
     // (null: not known, the mirror compares if it needs to)
     card.mirrorSplices.push(...(splices && spliceText(card.shown, splices) === text ? splices : [null]));
     const scroll = card.body.scrollTop;
     card.body.value = text;
     card.shown = text;
+    card.astral = astral;
     if (focused) card.body.setSelectionRange(Math.min(start, text.length), Math.min(end, text.length));
     card.body.scrollTop = scroll;
     if (remotePatches) {
@@ -402,7 +413,9 @@ function renderCarets(ui, card, text) {
     const who = ui.doc.presence.get(client);
     // Presence comes from other people's pages: an index that is no index draws no caret.
     if (!who || caret.path[1] !== id || caret.path[2] !== "body" || !Number.isInteger(caret.index)) continue;
-    here.push({ index: Math.max(0, Math.min(caret.index, text.length)), who });
+    // The caret counts code points; the mirror's Text node counts UTF-16 units.
+    const unit = Math.min(toUnits(text, Math.max(0, caret.index), card.astral), text.length);
+    here.push({ index: unit, cp: unit === text.length ? toCp(text, unit, card.astral) : Math.max(0, caret.index), who });
   }
   if (!here.length) {
     // Nobody to draw: the mirror lets its text go (it would cost a layout each keystroke).
@@ -451,12 +464,12 @@ function renderCarets(ui, card, text) {
     range.setEnd(card.mirrorText, index + 1);
     return range.getClientRects()[0] || range.getBoundingClientRect();
   };
-  const marks = here.map(({ index, who }) => {
+  const marks = here.map(({ index, cp, who }) => {
     const rect = rectAt(index);
     const mark = el("span", { className: "caret" });
     mark.dataset.name = `${who.name} (${who.region})`;
     mark.dataset.testid = "remote-caret";
-    mark.dataset.index = String(index);
+    mark.dataset.index = String(cp);
     mark.style.setProperty("--c", who.color || "#e33");
     // In the text's own coordinates: the layer scrolls with the textarea.
     mark.style.left = `${rect.left - box.left}px`;
@@ -476,7 +489,12 @@ function sendPresence(ui, noteId, body) {
     presenceTimer = null;
     const focus = ui.focusNote;
     const state = { name: ui.name, color: ui.color, region: ui.doc.region };
-    if (focus && ui.cards.has(focus.noteId)) state.caret = { path: ["notes", focus.noteId, "body"], index: focus.body.selectionStart };
+    const card = focus && ui.cards.get(focus.noteId);
+    if (card) {
+      // Other pages (and the store) count code points: an emoji before the caret is one, not two.
+      const index = toCp(card.shown, focus.body.selectionStart, card.astral);
+      state.caret = { path: ["notes", focus.noteId, "body"], index };
+    }
     ui.doc.setPresence(state);
   }, 80); // at most ~12 a second: the server allows 20
 }

@@ -1,6 +1,8 @@
 // One document over /v1/docs/{id}/live: the README's thin client (rebase.js), plus what the demo shows
 // around it: region failover, an offline switch that holds edits, per-edit consistency and ack latency.
 import { applyOps, applyPatches, moveIndex, transform } from "./rebase.js";
+import { cpLength, cpSplice } from "./units.js";
+import { diffSplice } from "./splice.js";
 
 // Close codes after which reconnecting cannot help (the token or the document is refused).
 const FATAL = new Set([4400, 4401, 4403, 1008, 1009]);
@@ -12,16 +14,19 @@ const PIECE = 8000;
 const BATCH_BYTES = 30000; // plus at most one piece (24 KB of UTF-8): under 64 KiB
 const encoder = new TextEncoder();
 
-// One insert of a long text as several inserts in a row (never splitting a surrogate pair).
-function pieces(op) {
+// One insert of a long text as several inserts in a row (never splitting a surrogate pair; each index
+// counts code points, as the op's own does).
+export function pieces(op) {
   if (op.op !== "insert" || typeof op.text !== "string" || op.text.length <= PIECE) return [op];
   const out = [];
-  let at = 0;
+  let at = 0, index = op.index;
   while (at < op.text.length) {
     let end = Math.min(at + PIECE, op.text.length);
     const code = op.text.charCodeAt(end - 1);
     if (end < op.text.length && code >= 0xd800 && code <= 0xdbff) end -= 1;
-    out.push({ ...op, index: op.index + at, text: op.text.slice(at, end) });
+    const text = op.text.slice(at, end);
+    out.push({ ...op, index, text });
+    index += cpLength(text);
     at = end;
   }
   return out;
@@ -41,8 +46,13 @@ export function diffPatches(oldValue, newValue, path = []) {
   for (const [key, nv] of Object.entries(newValue)) {
     const ov = oldValue[key], p = [...path, key];
     if (isMap(ov) && isMap(nv)) out.push(...diffPatches(ov, nv, p));
-    else if ((typeof ov === "string" && typeof nv === "string") || (Array.isArray(ov) && Array.isArray(nv))) {
-      const same = (a, b) => (typeof a === "string" ? a === b : JSON.stringify(a) === JSON.stringify(b));
+    else if (typeof ov === "string" && typeof nv === "string") {
+      // In code points, as the store counts, around common ends that never cut a character.
+      const { index, remove, text } = cpSplice(ov, diffSplice(ov, nv));
+      if (remove > 0) out.push({ path: p, delete: { index, count: remove } });
+      if (text) out.push({ path: p, insert: { index, text } });
+    } else if (Array.isArray(ov) && Array.isArray(nv)) {
+      const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
       let start = 0;
       while (start < ov.length && start < nv.length && same(ov[start], nv[start])) start++;
       let end = 0;
@@ -50,7 +60,7 @@ export function diffPatches(oldValue, newValue, path = []) {
       const removed = ov.length - start - end, added = nv.slice(start, nv.length - end);
       if (removed > 0) out.push({ path: p, delete: { index: start, count: removed } });
       if (added.length > 0) {
-        out.push({ path: p, insert: typeof nv === "string" ? { index: start, text: added } : { index: start, values: added } });
+        out.push({ path: p, insert: { index: start, values: added } });
       }
     } else if (JSON.stringify(ov) !== JSON.stringify(nv)) out.push({ path: p, value: clone(nv) });
   }

@@ -2,7 +2,11 @@
 // crdtstore/rebase.py): the confirmed value, at most one batch in flight, the ops typed since, queued.
 // Pure: no DOM, no socket, no clock, so the Python property tests of rebase.py vouch for the rules.
 
-const contentLength = (op) => ("text" in op ? op.text.length : (op.values || []).length);
+import { textSplice } from "./splice.js";
+import { cpLength, cpSplice, toUnits } from "./units.js";
+
+// Text counts code points, as the store does (a JS string's length counts UTF-16 units).
+const contentLength = (op) => ("text" in op ? cpLength(op.text) : (op.values || []).length);
 
 // ["ins", i, n] / ["del", i, k] for an index op or patch; null for anything else.
 function shape(op) {
@@ -98,17 +102,20 @@ export function applyPatches(value, patches) {
     else if ("remove" in patch) delete parent[name];
     else if (patch.insert) {
       const cur = parent[name], { index: i } = patch.insert;
-      if (typeof cur === "string" && "text" in patch.insert && i >= 0 && i <= cur.length) {
-        parent[name] = cur.slice(0, i) + patch.insert.text + cur.slice(i);
+      const u = typeof cur === "string" ? toUnits(cur, i) : i;
+      if (typeof cur === "string" && "text" in patch.insert && i >= 0 && u <= cur.length) {
+        parent[name] = cur.slice(0, u) + patch.insert.text + cur.slice(u);
       } else if (Array.isArray(cur) && "values" in patch.insert && i >= 0 && i <= cur.length) {
         cur.splice(i, 0, ...structuredClone(patch.insert.values));
       } else throw new Error(`insert does not fit at ${patch.path}`);
     } else if (patch.delete) {
       const cur = parent[name], { index: i, count: n } = patch.delete;
-      if ((typeof cur !== "string" && !Array.isArray(cur)) || i < 0 || n < 0 || i + n > cur.length) {
+      const isText = typeof cur === "string";
+      const u = isText ? toUnits(cur, i) : i, end = isText ? toUnits(cur, i + n) : i + n;
+      if ((!isText && !Array.isArray(cur)) || i < 0 || n < 0 || end > cur.length) {
         throw new Error(`delete does not fit at ${patch.path}`);
       }
-      if (typeof cur === "string") parent[name] = cur.slice(0, i) + cur.slice(i + n);
+      if (isText) parent[name] = cur.slice(0, u) + cur.slice(end);
       else cur.splice(i, n);
     } else throw new Error("unknown patch");
   }
@@ -140,7 +147,7 @@ export function applyOps(value, ops) {
         const add = "text" in op ? op.text : op.values;
         const seq = cur ?? (typeof add === "string" ? "" : []);
         if (typeof seq === "string" && typeof add === "string") {
-          const i = clamp(op.index ?? 0, seq.length);
+          const i = clamp(toUnits(seq, op.index ?? 0), seq.length);
           parent[name] = seq.slice(0, i) + add + seq.slice(i);
         } else if (Array.isArray(seq) && Array.isArray(add)) {
           const i = clamp(op.index ?? 0, seq.length);
@@ -151,8 +158,13 @@ export function applyOps(value, ops) {
       case "delete":
         if ("index" in op) {
           if (typeof cur === "string" || Array.isArray(cur)) {
-            const i = clamp(op.index, cur.length), end = i + (op.count ?? 1);
-            parent[name] = typeof cur === "string" ? cur.slice(0, i) + cur.slice(end) : [...cur.slice(0, i), ...cur.slice(end)];
+            if (typeof cur === "string") {
+              const i = clamp(toUnits(cur, op.index), cur.length);
+              parent[name] = cur.slice(0, i) + cur.slice(toUnits(cur, (op.index < 0 ? 0 : op.index) + (op.count ?? 1)));
+            } else {
+              const i = clamp(op.index, cur.length), end = i + (op.count ?? 1);
+              parent[name] = [...cur.slice(0, i), ...cur.slice(end)];
+            }
           }
         } else delete parent[name];
         break;
@@ -163,17 +175,12 @@ export function applyOps(value, ops) {
 }
 
 // The text ops that turn before into after, for one input event: the edit ends where the caret now is
-// (so typing "a" into "aa" inserts at the caret, not at the end a plain diff would pick).
+// (so typing "a" into "aa" inserts at the caret, not at the end a plain diff would pick). before, after
+// and caret are the textarea's (UTF-16 units); the ops count code points, as the store does.
 export function textOps(path, before, after, caret) {
-  let suffix = 0;
-  const maxSuffix = Math.min(before.length, after.length, after.length - caret >= 0 ? after.length - caret : 0);
-  while (suffix < maxSuffix && before[before.length - 1 - suffix] === after[after.length - 1 - suffix]) suffix++;
-  let prefix = 0;
-  const maxPrefix = Math.min(before.length, after.length) - suffix;
-  while (prefix < maxPrefix && before[prefix] === after[prefix]) prefix++;
-  const removed = before.length - suffix - prefix, added = after.slice(prefix, after.length - suffix);
+  const { index, remove, text } = cpSplice(before, textSplice(before, after, caret));
   const ops = [];
-  if (removed > 0) ops.push({ op: "delete", path, index: prefix, count: removed });
-  if (added) ops.push({ op: "insert", path, index: prefix, text: added });
+  if (remove > 0) ops.push({ op: "delete", path, index, count: remove });
+  if (text) ops.push({ op: "insert", path, index, text });
   return ops;
 }

@@ -1,6 +1,18 @@
 // Edits of one text as splices {index, remove, text}, so the page can follow a keystroke or a remote
 // patch in O(edit) instead of comparing whole texts: in a 100 KB note, reading a textarea's value or
 // scanning it for the change costs more than the rest of a keystroke. Pure: no DOM, no clock.
+// Splices count UTF-16 units, as the textarea and the mirror's Text node do, and never cut a surrogate
+// pair; the page turns them into code points (units.js) where they become ops.
+import { alignStart, toUnits } from "./units.js";
+
+// A common prefix ending at start and a common suffix of end units, both moved off the middle of a pair:
+// an emoji changed into another shares its first unit with it, not its character.
+function alignEnds(before, after, start, end) {
+  start = Math.min(alignStart(before, start), alignStart(after, start));
+  const low = (text) => end > 0 && alignStart(text, text.length - end) !== text.length - end;
+  if (low(before) || low(after)) end -= 1;
+  return [start, end];
+}
 
 // The splices applied in order (each reads the text the previous ones left).
 export function spliceText(text, splices) {
@@ -15,7 +27,21 @@ export function diffSplice(before, after) {
   while (start < most && before.charCodeAt(start) === after.charCodeAt(start)) start++;
   let end = 0;
   while (end < most - start && before.charCodeAt(before.length - 1 - end) === after.charCodeAt(after.length - 1 - end)) end++;
+  [start, end] = alignEnds(before, after, start, end);
   return { index: start, remove: before.length - start - end, text: after.slice(start, after.length - end) };
+}
+
+// The splice that turns before into after for one input event, ending at the caret where it can
+// (typing "a" into "aa" inserts at the caret, not at the end a plain comparison would pick).
+export function textSplice(before, after, caret) {
+  let end = 0;
+  const maxEnd = Math.min(before.length, after.length, after.length - caret >= 0 ? after.length - caret : 0);
+  while (end < maxEnd && before.charCodeAt(before.length - 1 - end) === after.charCodeAt(after.length - 1 - end)) end++;
+  let start = 0;
+  const maxStart = Math.min(before.length, after.length) - end;
+  while (start < maxStart && before.charCodeAt(start) === after.charCodeAt(start)) start++;
+  [start, end] = alignEnds(before, after, start, end);
+  return { index: start, remove: before.length - end - start, text: after.slice(start, after.length - end) };
 }
 
 // The splice one input event made, from the selection before it (beforeinput's selectionStart/End),
@@ -40,20 +66,25 @@ export function inputSplice(before, inputType, data, caret) {
   return null;
 }
 
-// The splices that patches make to the text at path, or null where a patch replaces or removes the
-// text or something above it (then only a comparison tells).
-export function patchSplices(path, patches) {
+// The splices (in UTF-16 units) that patches (in code points) make to text, the text at path; null where
+// a patch replaces or removes the text or something above it (then only a comparison tells). astral:
+// whether the text or the patches may hold a surrogate (else the two counts agree and none is read).
+export function patchSplices(path, patches, text = "", astral = true) {
   const out = [];
   const prefixOf = (p) => p.length <= path.length && p.every((name, n) => name === path[n]);
   for (const patch of patches) {
     const p = patch.path || [];
     if (!prefixOf(p)) continue;
     if (p.length !== path.length) return null;
+    let splice;
     if (patch.insert && typeof patch.insert === "object" && typeof patch.insert.text === "string") {
-      out.push({ index: patch.insert.index, remove: 0, text: patch.insert.text });
+      splice = { index: toUnits(text, patch.insert.index, astral), remove: 0, text: patch.insert.text };
     } else if (patch.delete && typeof patch.delete === "object") {
-      out.push({ index: patch.delete.index, remove: patch.delete.count, text: "" });
+      const index = toUnits(text, patch.delete.index, astral);
+      splice = { index, remove: toUnits(text, patch.delete.index + patch.delete.count, astral) - index, text: "" };
     } else return null;
+    out.push(splice);
+    if (astral) text = spliceText(text, [splice]);
   }
   return out;
 }

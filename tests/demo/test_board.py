@@ -178,11 +178,28 @@ def test_remote_and_local_keystroke_latency(
     us.wait_synced()
     local = us.page.evaluate("window.demo.stats.local")
     assert len(local) == len("typing at the end of a long note")
+
+    # The same note with an emoji at its start: every position after it is two UTF-16 units past its code
+    # point index, so the page converts at the textarea (the text is no longer one byte a character).
+    us.page.evaluate(
+        "([id]) => window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: '😀'}])",
+        [note],
+    )
+    us.wait_synced()
+    us.page.evaluate("window.demo.stats.local.length = 0")
+    us.type_body("", at_end=True)
+    us.page.keyboard.type("typing after an emoji", delay=40)
+    us.wait_synced()
+    astral = us.page.evaluate("window.demo.stats.local")
+    assert len(astral) == len("typing after an emoji")
+    assert us.body().startswith("😀") and us.body().endswith("typing at the end of a long notetyping after an emoji")
     print(
         f"\ndemo latency (--latency 50ms): remote keystroke visible p95 {p95(remote):.1f} ms "
         f"(target 150 ms; n={len(remote)}, max {max(remote):.1f}); "
-        f"local keystroke-to-screen in a 100 KB note p95 {p95(local):.1f} ms (target 16 ms; n={len(local)}); "
-        f"median remote {statistics.median(remote):.1f} ms, local {statistics.median(local):.1f} ms; "
+        f"local keystroke-to-screen in a 100 KB note p95 {p95(local):.1f} ms (target 16 ms; n={len(local)}), "
+        f"with an emoji at its start p95 {p95(astral):.1f} ms (n={len(astral)}); "
+        f"median remote {statistics.median(remote):.1f} ms, local {statistics.median(local):.1f} ms, "
+        f"with an emoji {statistics.median(astral):.1f} ms; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     shot(artifacts, "latency", us)
@@ -433,6 +450,72 @@ def test_a_remote_caret_sits_at_its_index_and_moves_with_the_text(
     shot(artifacts, "carets", us)
 
 
+def utf16(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def selection(window: Window) -> list[int]:
+    return list(
+        window.page.evaluate(
+            "() => { const b = document.querySelector('[data-testid=note] [data-testid=body]');"
+            " return [b.selectionStart, b.selectionEnd]; }"
+        )
+    )
+
+
+def test_two_regions_type_emoji_around_each_others_and_converge(
+    chromium_browser: Any, demo: DemoCluster, windows: list[Window], artifacts: Path
+) -> None:
+    """Issue #13: the store counts code points, the textarea UTF-16 units; an emoji (two units) moves nothing."""
+    board = "board-emoji"
+    us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    eu = open_window(windows, chromium_browser, demo, "eu", board, "Bo")
+    us.new_note()
+    eu.wait_note()
+    start = "😀 mid 😁"
+    us.type_body(start)
+    eu.wait_body_contains(start)
+    eu.type_body("")
+    eu.page.keyboard.press("ArrowRight")  # Bo: after the first emoji (one character, two units)
+    us.type_body("", at_end=True)  # Ana: at the end, after the last emoji
+
+    # Keystrokes interleaved, each side's while the other's are in flight, emoji among them.
+    typed_us, typed_eu = "", ""
+    for i in range(6):
+        chunk_us, chunk_eu = f"u{i}🎉", f"🙂e{i}"
+        us.page.keyboard.type(chunk_us)
+        eu.page.keyboard.type(chunk_eu)
+        typed_us += chunk_us
+        typed_eu += chunk_eu
+    us.wait_body_contains(typed_us, typed_eu)
+    text = converged_bodies(us, eu)
+    # Every character, each run where it was typed: after Bo's emoji, after Ana's.
+    assert text == "😀" + typed_eu + " mid 😁" + typed_us
+    for region in ("us", "eu"):
+        assert next(iter(demo.doc(region, board)["value"]["notes"].values()))["body"] == text
+    # Each caret where its user left it (the textarea's units), and each drawn in the other window at its
+    # index in code points (what presence and the store count).
+    bo_at = len("😀" + typed_eu)
+    assert selection(us) == [utf16(text)] * 2
+    assert selection(eu) == [utf16(text[:bo_at])] * 2
+    us.page.wait_for_selector(f"{CARET}[data-index='{bo_at}']", timeout=WAIT_MS)
+    ana = f"[data-testid=remote-caret][data-name='Ana (us)'][data-index='{len(text)}']"
+    eu.page.wait_for_selector(ana, timeout=WAIT_MS)
+
+    # Ana types emoji before Bo's caret: Bo's caret moves past them on both screens, and Bo types on there.
+    us.page.keyboard.press("Control+Home")
+    us.page.keyboard.type("A😀")
+    eu.wait_body_contains("A😀😀")
+    assert selection(eu) == [utf16("A😀" + text[:bo_at])] * 2
+    us.page.wait_for_selector(f"{CARET}[data-index='{bo_at + 2}']", timeout=WAIT_MS)
+    eu.page.keyboard.type("Z🙂")
+    final = converged_bodies(us, eu)
+    assert final == "A😀" + text[:bo_at] + "Z🙂" + text[bo_at:]
+    for region in ("us", "eu"):
+        assert next(iter(demo.doc(region, board)["value"]["notes"].values()))["body"] == final
+    shot(artifacts, "emoji", us, eu)
+
+
 def test_a_presence_with_no_index_draws_no_caret(
     chromium_browser: Any, demo: DemoCluster, windows: list[Window]
 ) -> None:
@@ -536,10 +619,23 @@ def test_every_kind_of_keystroke_sends_what_the_textarea_shows(
         ("press", "Backspace"),
         ("insert", "pasted\ntext"),
         ("press", "Control+z"),  # an undo says nothing of what it undid
-        # Beyond Latin-1 (not beyond the BMP: the page counts UTF-16 units where the regions count code points).
+        # Beyond Latin-1, and beyond the BMP: an emoji is two UTF-16 units in the textarea, one code point
+        # in the store, so every edit after one is read in units and sent in code points.
         ("type", "é€x"),
         ("press", "Backspace"),
         ("press", "Backspace"),
+        ("type", "😀a😀"),
+        ("press", "ArrowLeft"),  # between "a" and the last emoji
+        ("type", "b"),
+        ("press", "Backspace"),
+        ("press", "Backspace"),  # the "a"
+        ("press", "Backspace"),  # an emoji, both its units, one character
+        ("press", "Shift+ArrowRight"),  # a selection over an emoji
+        ("type", "🎉"),
+        ("press", "Home"),
+        ("insert", "😀\n😁"),  # a paste; "😀" and "😁" share their first unit
+        ("press", "Delete"),
+        ("type", "z"),
     ]
     for kind, what in steps:
         if kind == "type":
