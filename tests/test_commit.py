@@ -400,6 +400,36 @@ def test_the_writer_commits_the_next_batch_while_a_flush_runs(tmp_path: Path) ->
     run(main)
 
 
+def test_one_flush_hands_all_its_batches_to_the_loop_at_once(tmp_path: Path) -> None:
+    """Batches committed during one flush are acknowledged by one handoff to the loop, in commit order."""
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+            handoffs: list[list[bytes]] = []
+            deliver = h.writer._deliver
+
+            def counting(outcomes: list[Any]) -> None:
+                handoffs.append([value for _, _, value in outcomes])
+                deliver(outcomes)
+
+            h.writer._deliver = counting  # type: ignore[method-assign]
+            first = h.writer.submit(h.put(b"a", b"1"))
+            await asyncio.to_thread(held.entered.wait)
+            later = []
+            for n, key in enumerate((b"b", b"c", b"d"), start=2):
+                later.append(h.writer.submit(h.put(key, b"v")))
+                while h.writer.stats()["commits"] < n:  # a batch of its own each
+                    await asyncio.sleep(0.001)
+            held.release()
+            assert await asyncio.gather(first, *later) == [b"a", b"b", b"c", b"d"]
+            # The first flush covered only the first batch; the second covers the other three.
+            assert handoffs == [[b"a"], [b"b", b"c", b"d"]]
+
+    run(main)
+
+
 def test_a_failed_flush_is_never_acknowledged(tmp_path: Path) -> None:
     """Abuse: the disk fails the flush. The commit stands (readers see it), its caller gets a StorageError."""
     published: list[str] = []
