@@ -430,6 +430,39 @@ def test_one_flush_hands_all_its_batches_to_the_loop_at_once(tmp_path: Path) -> 
     run(main)
 
 
+def test_a_failed_flush_fails_every_batch_it_covered(tmp_path: Path) -> None:
+    """Abuse: the flush that covers several batches fails: none of them is acknowledged, all are published."""
+    published: list[bytes] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+
+            def put(key: bytes) -> Callable[[WriteContext], bytes]:
+                def fn(ctx: WriteContext) -> bytes:
+                    ctx.on_commit(lambda: published.append(key))
+                    return h.put(key, b"v")(ctx)
+
+                return fn
+
+            first = h.writer.submit(put(b"a"))
+            await asyncio.to_thread(held.entered.wait)
+            later = []
+            for n, key in enumerate((b"b", b"c"), start=2):
+                later.append(h.writer.submit(put(key)))
+                while h.writer.stats()["commits"] < n:
+                    await asyncio.sleep(0.001)
+            held.fail = OSError("EIO")  # the first flush and the one covering b and c both fail
+            held.release()
+            for future in (first, *later):
+                with pytest.raises(StorageError, match="flushing the commit failed"):
+                    await future
+            assert published == [b"a", b"b", b"c"]  # in commit order
+
+    run(main)
+
+
 def test_a_failed_flush_is_never_acknowledged(tmp_path: Path) -> None:
     """Abuse: the disk fails the flush. The commit stands (readers see it), its caller gets a StorageError."""
     published: list[str] = []
