@@ -9,7 +9,8 @@ every write through :class:`GroupCommitWriter`:
 
 1. Asyncio code calls ``await writer.submit(fn)``. The request joins a
    bounded queue (:class:`Overloaded` when full, so the HTTP layer can answer
-   503 instead of queueing without bound).
+   503 instead of queueing without bound). The writer thread is woken once
+   per event loop iteration that submitted, not once per request.
 2. The writer thread takes *every* request waiting when it starts a commit
    (up to ``max_batch``) and opens one write transaction for all of them.
 3. Every ``fn(ctx)`` of the batch runs directly in that transaction. If one
@@ -181,6 +182,7 @@ class GroupCommitWriter:
         """Called on the writer thread after each commit with (batch size, commit seconds)."""
         self._queue: collections.deque[_Request[Any]] = collections.deque()
         self._cond = threading.Condition()
+        self._kicks: set[asyncio.AbstractEventLoop] = set()  # loops with a wakeup of the writer scheduled
         self._closing = False
         self._died: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -249,8 +251,19 @@ class GroupCommitWriter:
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"{len(self._queue)} writes already queued")
             self._queue.append(_Request(fn, future, loop))
-            self._cond.notify()
+            # Wake the writer once per loop iteration, not once per write: every
+            # write submitted in the same iteration joins one batch, and the
+            # wakeup (a futex call and a GIL handoff) is paid once for all.
+            kick = loop not in self._kicks
+            self._kicks.add(loop)
+        if kick:
+            loop.call_soon(self._kick, loop)
         return future
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._cond:
+            self._kicks.discard(loop)
+            self._cond.notify()
 
     @property
     def pending(self) -> int:
