@@ -9,7 +9,8 @@ every write through :class:`GroupCommitWriter`:
 
 1. Asyncio code calls ``await writer.submit(fn)``. The request joins a
    bounded queue (:class:`Overloaded` when full, so the HTTP layer can answer
-   503 instead of queueing without bound).
+   503 instead of queueing without bound). The writer thread is woken once
+   per event loop iteration that submitted, not once per request.
 2. The writer thread takes *every* request waiting when it starts a commit
    (up to ``max_batch``) and opens one write transaction for all of them.
 3. Every ``fn(ctx)`` of the batch runs directly in that transaction. If one
@@ -31,7 +32,8 @@ every write through :class:`GroupCommitWriter`:
    the batch's futures, while the writer already runs the next batch: the
    second synchronous write of a commit no longer holds up the next one. One
    flush covers every batch committed before it, so under load the syncer
-   flushes once for several batches. Results keep their commit order: every
+   flushes once for several batches, and hands the event loop every batch
+   it covered in one wakeup. Results keep their commit order: every
    committed batch goes through the syncer, in order.
 
 A request can attach callbacks to its :class:`WriteContext`:
@@ -180,6 +182,7 @@ class GroupCommitWriter:
         """Called on the writer thread after each commit with (batch size, commit seconds)."""
         self._queue: collections.deque[_Request[Any]] = collections.deque()
         self._cond = threading.Condition()
+        self._kicks: set[asyncio.AbstractEventLoop] = set()  # loops with a wakeup of the writer scheduled
         self._closing = False
         self._died: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -248,8 +251,19 @@ class GroupCommitWriter:
             if len(self._queue) >= self.max_queue:
                 raise Overloaded(f"{len(self._queue)} writes already queued")
             self._queue.append(_Request(fn, future, loop))
-            self._cond.notify()
+            # Wake the writer once per loop iteration, not once per write: every
+            # write submitted in the same iteration joins one batch, and the
+            # wakeup (a futex call and a GIL handoff) is paid once for all.
+            kick = loop not in self._kicks
+            self._kicks.add(loop)
+        if kick:
+            loop.call_soon(self._kick, loop)
         return future
+
+    def _kick(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._cond:
+            self._kicks.discard(loop)
+            self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -464,10 +478,13 @@ class _Syncer:
                 error = StorageError(f"flushing the commit failed: {exc}")
                 error.__cause__ = exc
             self._writer._record_sync(time.perf_counter() - started)
-            for outcomes in batches:
-                if error is not None:
-                    outcomes = [(r, True, _NotDurable(error)) if ok else (r, ok, v) for r, ok, v in outcomes]
-                self._writer._deliver(outcomes)
+            # One handoff per flush, not per batch: each call_soon_threadsafe
+            # wakes the event loop through its self-pipe (a syscall on both
+            # sides and a GIL switch). The batches keep their commit order.
+            flushed = [outcome for outcomes in batches for outcome in outcomes]
+            if error is not None:
+                flushed = [(r, True, _NotDurable(error)) if ok else (r, ok, v) for r, ok, v in flushed]
+            self._writer._deliver(flushed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -400,6 +400,115 @@ def test_the_writer_commits_the_next_batch_while_a_flush_runs(tmp_path: Path) ->
     run(main)
 
 
+def test_writes_submitted_in_one_loop_iteration_share_one_batch(tmp_path: Path) -> None:
+    """The writer is woken once per loop iteration, so it never commits the iteration's first write alone."""
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            keys = [b"k%d" % n for n in range(5)]
+            futures = [h.writer.submit(h.put(keys[0], b"v"))]
+            # A woken writer would take the first write alone while this thread sleeps.
+            threading.Event().wait(0.05)
+            futures += [h.writer.submit(h.put(key, b"v")) for key in keys[1:]]
+            assert await asyncio.gather(*futures) == keys
+            stats = h.writer.stats()
+            assert stats["commits"] == 1 and stats["max_batch_size"] == len(keys)
+            # The next iteration's write gets its own wakeup.
+            assert await h.writer.submit(h.put(b"later", b"v")) == b"later"
+            assert h.writer.stats()["commits"] == 2
+
+    run(main)
+
+
+def test_a_loop_that_never_runs_its_wakeup_strands_no_other_loop(tmp_path: Path) -> None:
+    """Abuse: a write queued from a loop that stops before its wakeup runs; another loop's write still commits."""
+    s = open_storage(tmp_path / "r")
+    w = GroupCommitWriter(s)
+    w.start()
+    dead = asyncio.new_event_loop()
+
+    async def submit_only() -> None:
+        w.submit(lambda ctx: ctx.txn.put(b"dead", b"v", db=ctx.storage.dbs["docs"]))
+        dead.stop()  # the loop ends with this iteration: its wakeup of the writer never runs
+
+    dead.run_until_complete(submit_only())
+    assert dead in w._kicks and w.pending == 1
+    dead.close()
+
+    async def main() -> bool:
+        ok = await w.submit(lambda ctx: ctx.txn.put(b"live", b"v", db=ctx.storage.dbs["docs"]))
+        await w.close()
+        return bool(ok)
+
+    assert run(main)
+    with s.env.begin(db=s.dbs["docs"]) as txn:
+        assert txn.get(b"live") == b"v" and txn.get(b"dead") == b"v"  # both committed with the other loop's wakeup
+    s.close()
+
+
+def test_one_flush_hands_all_its_batches_to_the_loop_at_once(tmp_path: Path) -> None:
+    """Batches committed during one flush are acknowledged by one handoff to the loop, in commit order."""
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+            handoffs: list[list[bytes]] = []
+            deliver = h.writer._deliver
+
+            def counting(outcomes: list[Any]) -> None:
+                handoffs.append([value for _, _, value in outcomes])
+                deliver(outcomes)
+
+            h.writer._deliver = counting  # type: ignore[method-assign]
+            first = h.writer.submit(h.put(b"a", b"1"))
+            await asyncio.to_thread(held.entered.wait)
+            later = []
+            for n, key in enumerate((b"b", b"c", b"d"), start=2):
+                later.append(h.writer.submit(h.put(key, b"v")))
+                while h.writer.stats()["commits"] < n:  # a batch of its own each
+                    await asyncio.sleep(0.001)
+            held.release()
+            assert await asyncio.gather(first, *later) == [b"a", b"b", b"c", b"d"]
+            # The first flush covered only the first batch; the second covers the other three.
+            assert handoffs == [[b"a"], [b"b", b"c", b"d"]]
+
+    run(main)
+
+
+def test_a_failed_flush_fails_every_batch_it_covered(tmp_path: Path) -> None:
+    """Abuse: the flush that covers several batches fails: none of them is acknowledged, all are published."""
+    published: list[bytes] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+
+            def put(key: bytes) -> Callable[[WriteContext], bytes]:
+                def fn(ctx: WriteContext) -> bytes:
+                    ctx.on_commit(lambda: published.append(key))
+                    return h.put(key, b"v")(ctx)
+
+                return fn
+
+            first = h.writer.submit(put(b"a"))
+            await asyncio.to_thread(held.entered.wait)
+            later = []
+            for n, key in enumerate((b"b", b"c"), start=2):
+                later.append(h.writer.submit(put(key)))
+                while h.writer.stats()["commits"] < n:
+                    await asyncio.sleep(0.001)
+            held.fail = OSError("EIO")  # the first flush and the one covering b and c both fail
+            held.release()
+            for future in (first, *later):
+                with pytest.raises(StorageError, match="flushing the commit failed"):
+                    await future
+            assert published == [b"a", b"b", b"c"]  # in commit order
+
+    run(main)
+
+
 def test_a_failed_flush_is_never_acknowledged(tmp_path: Path) -> None:
     """Abuse: the disk fails the flush. The commit stands (readers see it), its caller gets a StorageError."""
     published: list[str] = []
