@@ -374,6 +374,9 @@ class _HeadHoldingTransport(asyncio.Transport):
 
         def completed() -> None:
             self._flush()  # a HEAD response has no body write
+            # Nothing is held any more: the cycle gets the socket back, so that it and this object are not a
+            # reference cycle (freed at once, not by the garbage collector, one per request).
+            cycle.transport = self._transport
             on_response()
 
         cycle.on_response = completed

@@ -9,6 +9,7 @@ transport that records each call. Waits are bounded; nothing asserts a duration.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import socket
 import threading
@@ -329,3 +330,22 @@ def test_uvicorns_cycle_still_has_what_the_override_relies_on() -> None:
     assert send.index("self.response_started = True") < send.index("self.transport.write(")
     assert "self.on_response()" in send
     assert "self.cycle = RequestResponseCycle(" in inspect.getsource(HttpToolsProtocol.on_headers_complete)
+
+
+def test_finished_responses_leave_no_garbage_cycles(servers: tuple[Server, Server]) -> None:
+    """A held head must not tie a cycle to its transport for the garbage collector: one per request adds up."""
+    from crdtstore.api.connections import _HeadHoldingTransport
+
+    def alive() -> set[int]:
+        return {id(o) for o in gc.get_objects() if isinstance(o, _HeadHoldingTransport)}
+
+    _, ours = servers
+    gc.collect()
+    gc.disable()
+    try:
+        before = alive()  # streams of earlier tests may still be running
+        ours.exchange(get("/small", extra="") * 20 + get("/small"))
+        left = alive() - before
+    finally:
+        gc.enable()
+    assert len(left) <= 1, len(left)
