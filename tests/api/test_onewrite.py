@@ -236,8 +236,7 @@ def test_responses_are_byte_for_byte_uvicorns(servers: tuple[Server, Server], na
 def test_a_small_response_is_exactly_these_bytes(servers: tuple[Server, Server]) -> None:
     _, ours = servers
     assert ours.exchange(REQUESTS["get"]) == (
-        b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
-        b'{"a":1}'
+        b'HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{"a":1}'
     )
     assert ours.exchange(REQUESTS["head"]) == (
         b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
