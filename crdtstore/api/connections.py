@@ -51,6 +51,23 @@ What cannot be answered in JSON here: a request line or header that the
 parser rejects gets a JSON 400 (or 431), but a TLS handshake failure, a
 websocket handshake the ``websockets`` library refuses, and a connection
 refused at the cap get no HTTP answer at all.
+
+One write per small response
+----------------------------
+
+Uvicorn's :class:`RequestResponseCycle` writes a response's status line and
+headers in one ``transport.write`` and each body chunk in another: two
+``send`` syscalls for every small response. The protocol gives each cycle a
+:class:`_HeadHoldingTransport` instead of the socket's transport: it holds
+the head and sends it together with the first body write (one syscall), and
+sends it alone when the response completes without a body write (HEAD,
+uvicorn writes nothing), at a close, or one turn of the event loop after the
+head if no body came (a stream that waits for its first event goes out at
+once, as before). Everything else (HEAD, 100-continue, 204/304, chunking,
+keep-alive, pipelining, close) is uvicorn's own code, unchanged: only where
+its bytes are written moves. It relies on the cycle's ``transport``,
+``response_started``, ``disconnected`` and ``on_response`` attributes;
+``tests/api/test_onewrite.py`` fails if uvicorn changes them.
 """
 
 from __future__ import annotations
@@ -66,7 +83,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from crdtstore.api.errors import error_body
 
@@ -264,7 +281,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadersTooLarge  # stops the parser; uvicorn answers through send_400_response
         self._phase = _BODY
         self._arm(self.guard.limits.body_timeout, "body_timeout")
+        previous = self.cycle
         super().on_headers_complete()
+        # A new cycle (not an upgrade): its task has not run yet, so nothing was written through the socket.
+        if self.cycle is not previous and self.cycle is not None:
+            _HeadHoldingTransport(self.cycle, self.loop)
 
     def on_message_complete(self) -> None:
         if self._phase is _BODY:
@@ -330,6 +351,71 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             head.append(name + b": " + value + b"\r\n")
         head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
         return b"".join(head) + body
+
+
+class _HeadHoldingTransport(asyncio.Transport):
+    """One cycle's view of the socket: the response head waits for the first body write.
+
+    It installs itself as ``cycle.transport`` and wraps ``cycle.on_response``; the protocol's
+    own writes (400, 408, upgrades) and flow control keep the socket's transport.
+    """
+
+    __slots__ = ("_cycle", "_loop", "_transport", "_held", "_flush_handle", "_head_seen")
+
+    def __init__(self, cycle: RequestResponseCycle, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._cycle = cycle
+        self._loop = loop
+        self._transport = cycle.transport
+        self._held: bytes | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._head_seen = False
+        on_response = cycle.on_response
+
+        def completed() -> None:
+            self._flush()  # a HEAD response has no body write
+            # Nothing is held any more: the cycle gets the socket back, so that it and this object are not a
+            # reference cycle (freed at once, not by the garbage collector, one per request).
+            cycle.transport = self._transport
+            on_response()
+
+        cycle.on_response = completed
+        cycle.transport = self
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._cancel_flush()
+            if data:
+                self._transport.writelines((held, data))  # one syscall; uvloop does not even copy
+            else:
+                self._transport.write(held)
+        elif not self._head_seen and self._cycle.response_started:
+            # The first write after the start message is the head (a 100 Continue comes before it).
+            self._head_seen = True
+            self._held = bytes(data)
+            self._flush_handle = self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def _flush(self) -> None:
+        self._cancel_flush()
+        held, self._held = self._held, None
+        if held is not None and not self._cycle.disconnected:
+            self._transport.write(held)
+
+    def _cancel_flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
 
 class _HeadersTooLarge(Exception):
