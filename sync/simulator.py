@@ -66,7 +66,7 @@ from .store import ReplicaStore, run_sync
 from .truncation import truncation_vector
 from .types import LogEntry
 
-__all__ = ["Backend", "LinkFaults", "MemBackend", "SimReplica", "Simulator", "all_states"]
+__all__ = ["Backend", "LinkFaults", "MemBackend", "SimReplica", "Simulator", "all_states", "default_config"]
 
 T = TypeVar("T")
 
@@ -132,6 +132,19 @@ class SimReplica:
     acks_stored: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def default_config(shape: MerkleShape) -> SyncConfig:
+    """The simulator's protocol settings: timeouts in whole ticks of its clock (one tick is 1 s)."""
+    return SyncConfig(
+        shape=shape,
+        handshake_timeout=5.0,
+        idle_timeout=10.0,
+        ack_interval=1.0,
+        retransmit_timeout=3.0,
+        anti_entropy_interval=5.0,
+        anti_entropy_timeout=10.0,
+    )
+
+
 class Simulator:
     """N replicas, links between them, and a schedule of faults (see the module docstring).
 
@@ -162,19 +175,7 @@ class Simulator:
     ) -> None:
         self.rng = random.Random(seed)
         self.shape = shape if shape is not None else MerkleShape(fanout=4, depth=3)
-        self.config = (
-            config
-            if config is not None
-            else SyncConfig(
-                shape=self.shape,
-                handshake_timeout=5.0,
-                idle_timeout=10.0,
-                ack_interval=1.0,
-                retransmit_timeout=3.0,
-                anti_entropy_interval=5.0,
-                anti_entropy_timeout=10.0,
-            )
-        )
+        self.config = config if config is not None else default_config(self.shape)
         self.backend: Backend = backend if backend is not None else MemBackend()
         self._runner = runner if runner is not None else run_sync
         self.secret = secret

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hypothesis import given, note
@@ -13,7 +14,7 @@ from sync._inbound import Inbound
 from sync.config import SyncConfig
 from sync.memstore import MemStore
 from sync.quarantine import NO_ID
-from sync.simulator import LinkFaults, Simulator
+from sync.simulator import LinkFaults, Simulator, default_config
 from sync.store import run_sync
 from sync.types import LogEntry
 
@@ -212,17 +213,7 @@ def _received_twice(monkeypatch: Any, sim: Simulator, rounds: int) -> int:
 def _config(relay_grace: float) -> SyncConfig:
     # The simulator's defaults, but its clock moves in whole ticks (1 s): a grace under two ticks may see an
     # entry committed a moment ago as a tick old. (The replicator ticks every 0.1 s.)
-    shape = MerkleShape(fanout=4, depth=3)
-    return SyncConfig(
-        shape=shape,
-        handshake_timeout=5.0,
-        idle_timeout=10.0,
-        ack_interval=1.0,
-        retransmit_timeout=3.0,
-        anti_entropy_interval=5.0,
-        anti_entropy_timeout=10.0,
-        relay_grace=relay_grace,
-    )
+    return dataclasses.replace(default_config(MerkleShape(fanout=4, depth=3)), relay_grace=relay_grace)
 
 
 def test_in_a_mesh_each_delta_crosses_to_each_peer_once_not_again_as_a_relay(monkeypatch: Any) -> None:
