@@ -98,6 +98,10 @@ __all__ = [
 
 logger = logging.getLogger("crdtstore.api")
 
+# A generator of its own: the module-level random functions share one state with whatever else
+# runs in the process (a test's hypothesis draws in the server's process flag a change to it).
+_jitter = random.Random().random
+
 EXTENSION = "crdtstore.connection"
 """The key, in a request scope's ``extensions``, of ``{"authenticated": callable}``."""
 
@@ -329,7 +333,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         # Somewhere in the last quarter of the limit: sockets opened together (a flood) then expire over
         # a while instead of in one turn of the event loop, which would stall every other request.
-        self._deadline = self.loop.call_later(seconds * (0.75 + 0.25 * random.random()), self._expire, reason)
+        self._deadline = self.loop.call_later(seconds * (0.75 + 0.25 * _jitter()), self._expire, reason)
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None:

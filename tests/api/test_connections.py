@@ -10,6 +10,7 @@ was closed and what the guard counted.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import threading
 import time
@@ -133,6 +134,18 @@ def test_a_connection_that_never_sends_a_byte_is_closed(tmp_path: Path) -> None:
         sock = served.connect()
         assert read_until_closed(sock) == b""  # closed without a word: no request had begun
         assert served.guard.closed["idle"] == 1
+
+
+def test_deadlines_leave_the_process_wide_random_state_alone(tmp_path: Path) -> None:
+    # The server's jitter once drew from the random module's shared state: a hypothesis test with the
+    # server in its process then saw its strategy "use random" and failed, now and then.
+    with serving(tmp_path) as served:
+        before = random.getstate()
+        for _ in range(3):
+            sock = served.connect()  # armed for its first request, then again after each response
+            assert served.request(sock, "/healthz").startswith(b"HTTP/1.1 200")
+            assert served.request(sock, "/healthz").startswith(b"HTTP/1.1 200")
+        assert random.getstate() == before
 
 
 def test_headers_trickled_past_the_deadline_get_a_json_408(tmp_path: Path) -> None:
