@@ -27,7 +27,10 @@ from types import ModuleType
 __all__ = ["BUILD_INFO", "MODULES", "PURE_ENV", "decide", "install", "source_hashes", "status"]
 
 # The modules mypyc compiles: the CRDT core and the document over it, with no I/O
-# (crdtstore/crdt/__init__.py stays Python).
+# (crdtstore/crdt/__init__.py stays Python), then the writer thread's Python work
+# over LMDB (storage.py, whose methods tests replace, and commit.py stay Python).
+# Exceptions with a class-level ``code`` live outside them (crdtstore/doc_errors.py):
+# a native class keeps no such attribute on its instances.
 MODULES = (
     "crdtstore.causal",
     "crdtstore.canonical",
@@ -43,6 +46,11 @@ MODULES = (
     "crdtstore.document",
     "crdtstore.limits",
     "crdtstore.ops",
+    "crdtstore.doccache",
+    "crdtstore.docstore",
+    "crdtstore.local",
+    "crdtstore.merkle",
+    "crdtstore.version",
 )
 PURE_ENV = "CRDTSTORE_PURE"
 BUILD_INFO = "core_build.json"

@@ -95,6 +95,7 @@ from crdtstore.commit import WriterError
 from crdtstore.crdt.ormap import ORMap
 from crdtstore.crdt.sequence import SeqDelta
 from crdtstore.crdt.tags import Tag
+from crdtstore.doc_errors import DocumentNotFound, DocumentTooLarge, NodeNotRunning
 from crdtstore.doccache import DocCache
 from crdtstore.document import Delta, Document
 from crdtstore.storage import UNKNOWN, Unknown
@@ -124,43 +125,6 @@ __all__ = [
 
 State = Literal["live", "tombstone", "new"]
 """Where a loaded document came from: ``docs``, ``tombstones``, or nowhere."""
-
-class DocumentNotFound(LookupError):
-    """No live document has this id (HTTP 404)."""
-
-    code = "not_found"
-
-    def __init__(self, doc_id: str) -> None:
-        self.doc_id = doc_id
-        super().__init__(f"document {doc_id!r} not found")
-
-
-class NodeNotRunning(RuntimeError):
-    """The node was not started, or is closed."""
-
-    code = "not_running"
-
-
-class DocumentTooLarge(Exception):
-    """A local write would take a document past ``max_document_bytes`` or ``max_sequence_length`` (HTTP 413).
-
-    Nothing was written.
-    """
-
-    code = "document_too_large"
-
-    def __init__(self, doc_id: str, reason: str, *, limit: int, size: int, path: list[str] | None = None) -> None:
-        self.doc_id = doc_id
-        self.reason = reason
-        self.limit = limit
-        self.size = size
-        self.path = path
-        super().__init__(f"document {doc_id!r}: {reason}")
-
-    def detail(self) -> dict[str, Any]:
-        """A JSON-able description for API error bodies."""
-        return {"id": self.doc_id, "reason": self.reason, "limit": self.limit, "size": self.size, "path": self.path}
-
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:

@@ -44,6 +44,7 @@ documents cost about ``k * depth`` node exchanges.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -171,6 +172,14 @@ class MerkleShape:
             # node_key stores the level in one byte and the index in four.
             raise ValueError(f"shape too large: {self.fanout}**{self.depth} leaves")
 
+    # Immutable: a copy is the shape itself. Also what lets a deep copy of a store holding one work
+    # when this class is compiled (mypyc's frozen classes refuse the copy module's setattr).
+    def __copy__(self) -> MerkleShape:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> MerkleShape:
+        return self
+
     @property
     def leaves(self) -> int:
         """Number of leaf buckets."""
@@ -221,6 +230,10 @@ class MerkleTree:
     def __init__(self, store: NodeStore, *, shape: MerkleShape | None = None) -> None:
         self.store = store
         self.shape = shape if shape is not None else MerkleShape()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> MerkleTree:
+        # Spelled out for the compiled class, which the copy module cannot rebuild field by field.
+        return MerkleTree(copy.deepcopy(self.store, memo), shape=self.shape)
 
     # Public methods for reading.
 

@@ -139,8 +139,8 @@ def test_a_stale_core_loads_every_module_from_source(tmp_path: Path) -> None:
     # The switch itself, in a process of its own: with the source finder installed, every module of the
     # core (not some) comes from its .py file, whatever lies beside it.
     code = (
-        "import sys; from crdtstore import compiled; import crdtstore.codec, crdtstore.crdt.sequence; "
-        "mods = [sys.modules[m].__file__ for m in compiled.MODULES]; "
+        "import importlib, sys; from crdtstore import compiled; "
+        "mods = [importlib.import_module(m).__file__ for m in compiled.MODULES]; "
         "assert all(f.endswith('.py') for f in mods), mods; print(compiled.status())"
     )
     env = {**os.environ, compiled.PURE_ENV: "yes"}
