@@ -717,3 +717,25 @@ def test_an_edit_made_outside_the_textarea_is_on_it_before_the_next_keystroke(
     us.wait_synced()
     assert [note["body"] for note in us.value()["notes"].values()] == ["Xtyped!"]
     assert us.body() == "Xtyped!"
+
+
+def test_a_refused_batch_leaves_the_textarea_before_the_next_keystroke(
+    chromium_browser: Any, demo: DemoCluster, windows: list[Window]
+) -> None:
+    """A refused batch leaves the value shown: the textarea follows at once, not with the status render."""
+    board = "board-refused"
+    writer = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    reader = open_window(windows, chromium_browser, demo, "eu", board, "Ro", role="read")
+    writer.new_note()
+    writer.type_body("written")
+    reader.wait_body_contains("written")
+    reader.page.evaluate(HOLD_FRAMES)
+    reader.page.evaluate(
+        """() => { const id = Object.keys(window.demo.doc.value().notes)[0];
+                   window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'FORGED '}]); }"""
+    )
+    assert reader.body() == "FORGED written"  # shown until the region answers
+    reader.wait("() => window.demo.doc.unsynced() === 0 && window.demo.doc.log.some(e => /^403/.test(e.status))")
+    assert reader.body() == "written"  # no frame yet: the refusal itself took it off
+    reader.page.evaluate(RELEASE_FRAMES)
+    reader.page.wait_for_selector("[data-testid=edit-row]:has-text('403 forbidden')", timeout=WAIT_MS)
