@@ -12,7 +12,8 @@ keystroke, measured in the same pages:
   edit, the layout it forces, and the page's handlers;
 - handler: the page's input handler alone;
 - frame: the frame that shows the keystroke, from its animation frame
-  callbacks to the task after its paint (style, layout, paint, commit).
+  callbacks to the task after its paint (style, layout, paint, commit, and
+  any task that ran before that one, such as an ack arriving).
 
 Three pages type the same keys in rounds, interleaved so that the machine's
 load falls on each alike: a bare textarea of 100 characters (the frame floor),
