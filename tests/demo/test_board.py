@@ -707,11 +707,12 @@ def test_an_edit_made_outside_the_textarea_is_on_it_before_the_next_keystroke(
     us.type_body("typed")
     us.wait_synced()
     us.page.evaluate(HOLD_FRAMES)
-    us.page.evaluate(
+    shown = us.page.evaluate(
         "() => { const id = Object.keys(window.demo.doc.value().notes)[0];"
-        " window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'X'}]); }"
+        " window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'X'}]);"
+        " return document.querySelector('[data-testid=note] [data-testid=body]').value; }"
     )
-    assert us.body() == "Xtyped"  # no frame, no timer: on the textarea when edit() returned
+    assert shown == "Xtyped"  # no frame, no timer: on the textarea when edit() returned
     us.type_body("!", at_end=True)
     us.page.evaluate(RELEASE_FRAMES)
     us.wait_synced()
@@ -730,11 +731,12 @@ def test_a_refused_batch_leaves_the_textarea_before_the_next_keystroke(
     writer.type_body("written")
     reader.wait_body_contains("written")
     reader.page.evaluate(HOLD_FRAMES)
-    reader.page.evaluate(
+    shown = reader.page.evaluate(
         """() => { const id = Object.keys(window.demo.doc.value().notes)[0];
-                   window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'FORGED '}]); }"""
+                   window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'FORGED '}]);
+                   return document.querySelector('[data-testid=note] [data-testid=body]').value; }"""
     )
-    assert reader.body() == "FORGED written"  # shown until the region answers
+    assert shown == "FORGED written"  # shown until the region answers (read in the same task as the edit)
     reader.wait("() => window.demo.doc.unsynced() === 0 && window.demo.doc.log.some(e => /^403/.test(e.status))")
     assert reader.body() == "written"  # no frame yet: the refusal itself took it off
     reader.page.evaluate(RELEASE_FRAMES)
