@@ -10,7 +10,7 @@
 //   votes      a counter;  tags  an add-wins set.
 // Deleting a note deletes its key (observed-remove: an edit concurrent with the delete survives).
 import { LiveDoc } from "./live.js";
-import { moveIndex } from "./rebase.js";
+import { moveIndex, transform } from "./rebase.js";
 import { diffSplice, inputSplice, patchSplices, prefixSplices, spliceText, textSplice } from "./splice.js";
 import { cpSplice, hasSurrogate, toCp, toUnits } from "./units.js";
 import { editOutcome, startPanel } from "./panel.js";
@@ -30,11 +30,41 @@ const CHECK_MS = 500; // a pause in typing after which the textarea is compared 
 // Work that may wait for the frame after a keystroke: the frame that shows the keystroke carries only
 // the textarea's own layout and paint, and this runs right after it (its changes show a frame later).
 const afterFrame = (fn) => requestAnimationFrame(() => setTimeout(fn, 0));
+// What only reports on typing (the unsynced count, the edits table, our own batch coming back) renders at
+// most this often: each render is a frame of its own (style, layout, paint, commit of the page), and
+// while typing at 25 keys a second two or three of them a keystroke took the CPU the keystrokes wait for.
+const STATUS_MS = 150;
+// A task after the current one: posted from a frame's callback, it runs once that frame is painted.
+const painted = [];
+const paintChannel = new MessageChannel();
+paintChannel.port1.onmessage = () => painted.shift()();
+const afterPaint = (fn) => {
+  painted.push(fn);
+  paintChannel.port2.postMessage(null);
+};
+// The send of local edits: after the frame that shows the keystroke (a websocket send costs about a
+// millisecond of the main thread, which the keystroke's frame need not wait for), or within SEND_MS
+// where no frame comes (a hidden page draws none).
+const SEND_MS = 50;
+const sendSoon = (fn) => {
+  let done = false;
+  const once = () => {
+    if (!done) {
+      done = true;
+      fn();
+    }
+  };
+  requestAnimationFrame(() => afterPaint(once));
+  setTimeout(once, SEND_MS);
+};
 const COLORS = ["#e8590c", "#2b8a3e", "#1971c2", "#ae3ec9", "#c2255c", "#0c8599"];
 const newId = (p) => `${p}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
 
-// Measurements the browser tests read (performance.now() based; see tests/demo).
-const stats = { local: [], keydowns: [], remote: [] };
+// Measurements the browser tests read (performance.now() based; see tests/demo). work: per keystroke,
+// the main thread's time on it: edit (beforeinput to the end of our input handler: the textarea's own
+// edit, the layout it forces, our handlers), handler (our input handler alone), frame (the frame that
+// shows it, from its animation frame callbacks to the task after its paint).
+const stats = { local: [], keydowns: [], remote: [], work: [] };
 
 async function main() {
   const config = await (await fetch("/demo/config.json")).json();
@@ -45,8 +75,9 @@ async function main() {
   const name = params.get("name") || localStorage.getItem("crdtstore-name") || `user-${Math.random().toString(36).slice(2, 5)}`;
   const color = COLORS[[...name].reduce((a, c) => a + c.charCodeAt(0), 0) % COLORS.length];
 
-  const doc = new LiveDoc({ docId: board, regions: config.regions, region, token: config.tokens[role] });
-  const ui = { doc, board, name, color, role, siblings: {}, cards: new Map(), focusNote: null };
+  const doc = new LiveDoc({ docId: board, regions: config.regions, region, token: config.tokens[role], sendSoon });
+  // remote: the remote patches not yet on screen (null: none), shown at the next frame (see main).
+  const ui = { doc, board, name, color, role, siblings: {}, cards: new Map(), focusNote: null, remote: null };
   window.demo = { doc, stats, ui };
 
   // Header controls.
@@ -79,12 +110,37 @@ async function main() {
     renderQueued = true;
     afterFrame(() => { renderQueued = false; render(ui); });
   };
+  let statusQueued = false, statusAt = 0;
+  const statusSoon = () => {
+    if (statusQueued) return;
+    statusQueued = true;
+    setTimeout(() => afterFrame(() => {
+      statusQueued = false;
+      statusAt = performance.now();
+      render(ui);
+      renderEdits(ui);
+    }), Math.max(0, statusAt + STATUS_MS - performance.now()));
+  };
+  // Remote changes show in the next frame, however many arrive before it: setting a textarea's value
+  // lays its whole text out again (tens of ms for 100 KB on a loaded machine), so once a frame at most,
+  // and never forced early by a read of the layout. Until then the textarea holds what it held; an
+  // edit typed meanwhile is moved past the waiting patches (commitSplice) as the rebase moves any.
+  const remoteSoon = (patches) => {
+    if (ui.remote === null) {
+      ui.remote = [];
+      requestAnimationFrame(() => {
+        if (ui.remote !== null) render(ui, null, true);
+      });
+    }
+    ui.remote.push(...patches);
+  };
   doc.addEventListener("change", (e) => {
-    // A remote change shows at once, with the carets moved past its patches; our own batch coming back
-    // changes nothing on screen in the common case, so it waits until after the next frame with the
-    // rest (a keystroke's frame then holds the textarea's own work only).
-    if (e.detail.origin === "local") renderSoon();
-    else render(ui, e.detail.patches);
+    // Our own batch coming back changes nothing on screen in the common case: it waits with the rest
+    // of the status (a keystroke's frame then holds the textarea's own work only). A refused one goes
+    // from the screen at once: an edit typed on a textarea that still shows it would land off by it.
+    if (e.detail.origin !== "local") remoteSoon(e.detail.patches);
+    else if (e.detail.dropped) render(ui);
+    else statusSoon();
     // Siblings are not in the live value (it shows one of them): ask the region after a remote change
     // (a concurrent title can arrive without changing the value shown) and after our own title edits.
     if (e.detail.origin !== "local" || ui.titleEdited) {
@@ -92,14 +148,19 @@ async function main() {
       fetchSiblingsSoon(ui);
     }
   });
-  doc.addEventListener("local", renderSoon);
+  // An edit typed into a textarea is on screen already (the status waits); any other local edit shows at
+  // once, for the same reason as a refused batch.
+  doc.addEventListener("local", () => {
+    if (ui.typing) statusSoon();
+    else render(ui);
+  });
   doc.addEventListener("presence", renderSoon);
   doc.addEventListener("status", () => {
     renderSoon();
     if (doc.connected) sendPresence(ui); // after a failover, others see the region this window is on now
   });
-  doc.addEventListener("ack", renderSoon);
-  doc.addEventListener("log", () => renderEditsSoon(ui));
+  doc.addEventListener("ack", statusSoon);
+  doc.addEventListener("log", statusSoon);
   doc.connect();
   setInterval(() => sendPresence(ui), 10000); // presence expires after 30 s without a refresh
   startPanel({ doc, board, regions: regionNames });
@@ -108,8 +169,14 @@ async function main() {
 
 // Rendering: cards are keyed by note id and updated in place, so focus, caret and scroll survive.
 
-function render(ui, remotePatches = null) {
+// remotePatches: the remote patches since the last render (the carets and the mirror follow them);
+// inFrame: called from an animation frame callback, so this frame is the one that shows it.
+function render(ui, remotePatches = null, inFrame = false) {
   const { doc } = ui;
+  if (ui.remote !== null) {
+    remotePatches = ui.remote.concat(remotePatches ?? []);
+    ui.remote = null;
+  }
   const value = doc.value();
   const notes = value.notes && typeof value.notes === "object" ? value.notes : {};
   const ids = Object.keys(notes).sort();
@@ -127,7 +194,7 @@ function render(ui, remotePatches = null) {
       ui.cards.set(id, card);
     }
     if (boardEl.children[n] !== card.root) boardEl.insertBefore(card.root, boardEl.children[n] || null);
-    updateCard(ui, card, notes[id], remotePatches);
+    updateCard(ui, card, notes[id], remotePatches, inFrame);
   });
   renderHeader(ui);
 }
@@ -184,10 +251,24 @@ function makeCard(ui, id) {
     stats.keydowns.push({ t: performance.timeOrigin + e.timeStamp, key: e.key });
     ui.pendingKey = e.timeStamp;
   });
+  let editStart; // performance.now() at the beforeinput of the edit under way
   body.addEventListener("beforeinput", () => {
+    editStart = performance.now();
     before = { start: body.selectionStart, end: body.selectionEnd };
   });
   body.addEventListener("input", (e) => {
+    const h0 = performance.now();
+    // Timed from the frame that shows the keystroke to the task after its paint: asked for first, so
+    // that the send after that frame (sendSoon) comes after the measure too.
+    const t0 = ui.pendingKey, work = { edit: 0, handler: 0 };
+    ui.pendingKey = undefined;
+    if (t0 !== undefined) {
+      requestAnimationFrame(() => {
+        const f0 = performance.now();
+        stats.local.push(f0 - t0);
+        afterPaint(() => stats.work.push({ ...work, frame: performance.now() - f0 }));
+      });
+    }
     // The edit from the selection before and the caret after, in O(edit): reading body.value builds
     // the whole text. Where the event does not tell, compare texts (as every event did before).
     const caret = body.selectionStart === body.selectionEnd ? body.selectionEnd : null;
@@ -204,13 +285,14 @@ function makeCard(ui, id) {
       card.astral = hasSurrogate(after);
     }
     commitSplice(ui, card, splice, prior, astral);
-    const t0 = ui.pendingKey;
-    ui.pendingKey = undefined;
-    if (t0 !== undefined) requestAnimationFrame(() => stats.local.push(performance.now() - t0));
     sendPresence(ui, id, body);
     // Once typing pauses, a whole comparison vouches for the splices read off the events.
     clearTimeout(card.checkTimer);
     card.checkTimer = setTimeout(() => reconcile(ui, card), CHECK_MS);
+    const h1 = performance.now();
+    work.edit = h1 - (editStart ?? h0);
+    work.handler = h1 - h0;
+    editStart = undefined;
   });
   for (const type of ["keyup", "mouseup", "focus"]) body.addEventListener(type, () => sendPresence(ui, id, body));
   body.addEventListener("scroll", () => {
@@ -270,14 +352,22 @@ function makeCard(ui, id) {
 
 // A splice the user made in a note's body (in the textarea's UTF-16 units, on prior): sent as ops in
 // code points, as the store counts, and kept as it is for the mirror of carets.
+// Remote patches not on screen yet (ui.remote) are in value() but not in the textarea the splice was read
+// from: the ops move past them (and they past the ops, to be shown on the text with the splice in it).
 function commitSplice(ui, card, splice, prior, astral) {
-  const ops = [];
+  let ops = [];
   const { index, remove, text } = cpSplice(prior, splice, astral);
   if (remove > 0) ops.push({ op: "delete", path: card.path("body"), index, count: remove });
   if (text) ops.push({ op: "insert", path: card.path("body"), index, text });
   if (!ops.length) return;
+  if (ui.remote !== null && ui.remote.length) [ops, ui.remote] = transform(ops, ui.remote);
   card.mirrorSplices.push(splice);
-  ui.doc.edit(ops);
+  ui.typing = true;
+  try {
+    ui.doc.edit(ops);
+  } finally {
+    ui.typing = false;
+  }
 }
 
 // After a pause in typing: if the textarea holds other than what the page followed (an input event
@@ -294,7 +384,7 @@ function reconcile(ui, card) {
   commitSplice(ui, card, splice, prior, astral);
 }
 
-function updateCard(ui, card, note, remotePatches) {
+function updateCard(ui, card, note, remotePatches, inFrame) {
   const { doc } = ui;
   const title = typeof note.title === "string" ? note.title : note.title == null ? "" : JSON.stringify(note.title);
   if (document.activeElement !== card.title && card.title.value !== title) card.title.value = title;
@@ -349,7 +439,9 @@ function updateCard(ui, card, note, remotePatches) {
     card.body.scrollTop = scroll;
     if (remotePatches) {
       const length = text.length, note = card.root.dataset.id;
-      requestAnimationFrame(() => stats.remote.push({ t: performance.timeOrigin + performance.now(), note, length }));
+      const shown = () => stats.remote.push({ t: performance.timeOrigin + performance.now(), note, length });
+      if (inFrame) shown();
+      else requestAnimationFrame(shown);
     }
   }
   renderCarets(ui, card, text);
@@ -518,16 +610,6 @@ function fetchSiblingsSoon(ui) {
       // The region is down: the failover will bring the next answer.
     }
   }, 150);
-}
-
-let editsQueued = false;
-function renderEditsSoon(ui) {
-  if (editsQueued) return;
-  editsQueued = true;
-  afterFrame(() => {
-    editsQueued = false;
-    renderEdits(ui);
-  });
 }
 
 // The recent batches, one row each, keyed by batch id: a row's cells change in place, so a keystroke

@@ -69,10 +69,14 @@ export function diffPatches(oldValue, newValue, path = []) {
 
 export class LiveDoc extends EventTarget {
   /**
-   * @param {object} opts docId, regions ({name: httpUrl}), region (the home region), token, name.
+   * @param {object} opts docId, regions ({name: httpUrl}), region (the home region), token, name;
+   *   sendSoon (optional): runs a function a little later, for the send of local edits (the page sends
+   *   after the frame that shows a keystroke, and several keystrokes typed before it as one batch).
    */
-  constructor({ docId, regions, region, token }) {
+  constructor({ docId, regions, region, token, sendSoon = null }) {
     super();
+    this.sendSoon = sendSoon;
+    this._sendQueued = false;
     this.docId = docId;
     this.regions = regions;
     this.region = region; // the region this window talks to now
@@ -124,7 +128,14 @@ export class LiveDoc extends EventTarget {
     // their next presence, which reads the text with this edit in it).
     for (const caret of this.carets.values()) caret.index = moveIndex(caret.path, caret.index, split);
     this._emit("local", {});
-    this._flush();
+    if (!this.sendSoon) this._flush();
+    else if (!this._sendQueued) {
+      this._sendQueued = true;
+      this.sendSoon(() => {
+        this._sendQueued = false;
+        this._flush();
+      });
+    }
   }
 
   setPresence(state) {
@@ -298,7 +309,8 @@ export class LiveDoc extends EventTarget {
         this.unacked.delete(message.id);
         if (this.inflight && message.id === this.inflight.id) {
           this.inflight = null;
-          if (message.type === "error") this._emit("change", { patches: [], origin: "local" });
+          // The refused batch leaves the value shown: dropped, so that the page shows it at once.
+          if (message.type === "error") this._emit("change", { patches: [], origin: "local", dropped: true });
         }
         if (entry) {
           const ms = Math.round(performance.now() - entry.sentAt);

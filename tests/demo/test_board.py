@@ -651,3 +651,93 @@ def test_every_kind_of_keystroke_sends_what_the_textarea_shows(
     stored = next(iter(demo.doc("us", board)["value"]["notes"].values()))["body"]
     assert stored == us.body()
     assert drift == []
+
+
+# The page's requestAnimationFrame held: the callbacks wait in a list until released (the page looks the
+# function up each time it asks for a frame, so this holds the page's own). Its fetches wait too: a title's
+# siblings, fetched after a remote change, render the board when they come.
+HOLD_FRAMES = """() => { window.heldFrames = []; window.realFrame = window.requestAnimationFrame;
+                         window.requestAnimationFrame = (fn) => { window.heldFrames.push(fn); return 0; };
+                         window.realFetch = window.fetch; window.fetch = () => new Promise(() => {}); }"""
+RELEASE_FRAMES = """() => { window.requestAnimationFrame = window.realFrame; window.fetch = window.realFetch;
+                            const held = window.heldFrames; window.heldFrames = [];
+                            for (const fn of held) fn(performance.now()); }"""
+
+
+def test_a_keystroke_typed_while_a_remote_change_waits_for_its_frame_lands_where_it_was_typed(
+    chromium_browser: Any, demo: DemoCluster, windows: list[Window], artifacts: Path
+) -> None:
+    """A remote change shows at the next frame; keystrokes typed before it move past it (and it past them)."""
+    board = "board-held-frame"
+    us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    eu = open_window(windows, chromium_browser, demo, "eu", board, "Bo")
+    us.new_note()
+    eu.wait_note()
+    us.type_body("middle")
+    eu.wait_body_contains("middle")
+    us.wait_synced()
+
+    us.page.evaluate(HOLD_FRAMES)
+    eu.type_body("REMOTE ")  # at the start
+    us.wait("() => Object.values(window.demo.doc.value().notes)[0].body === 'REMOTE middle'")
+    assert us.body() == "middle"  # not on screen before its frame: the textarea was not touched
+    # Typed on the text the textarea shows: at its end, and at its start (where the remote text went too).
+    us.type_body("-local", at_end=True)
+    us.type_body("L-")
+    held = us.page.evaluate("window.heldFrames.length")
+    assert held > 0
+    assert us.body() == "L-middle-local"
+    us.wait_synced()  # sent without a frame too (a page that draws none still sends)
+    us.page.evaluate(RELEASE_FRAMES)
+
+    # The remote insert at 0 goes before the local one at 0 (the rebase's rule), on both screens alike.
+    us.wait_body_contains("REMOTE L-middle-local")
+    assert converged_bodies(us, eu) == "REMOTE L-middle-local"
+    assert selection(us) == [len("REMOTE L-")] * 2  # the caret, after what it typed, moved past the remote text
+    shot(artifacts, "held-frame", us, eu)
+
+
+def test_an_edit_made_outside_the_textarea_is_on_it_before_the_next_keystroke(
+    chromium_browser: Any, demo: DemoCluster, windows: list[Window]
+) -> None:
+    """Only what was typed into the textarea may wait for the status render: other edits of the text show at once."""
+    board = "board-outside-edit"
+    us = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    us.new_note()
+    us.type_body("typed")
+    us.wait_synced()
+    us.page.evaluate(HOLD_FRAMES)
+    shown = us.page.evaluate(
+        "() => { const id = Object.keys(window.demo.doc.value().notes)[0];"
+        " window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'X'}]);"
+        " return document.querySelector('[data-testid=note] [data-testid=body]').value; }"
+    )
+    assert shown == "Xtyped"  # no frame, no timer: on the textarea when edit() returned
+    us.type_body("!", at_end=True)
+    us.page.evaluate(RELEASE_FRAMES)
+    us.wait_synced()
+    assert [note["body"] for note in us.value()["notes"].values()] == ["Xtyped!"]
+    assert us.body() == "Xtyped!"
+
+
+def test_a_refused_batch_leaves_the_textarea_before_the_next_keystroke(
+    chromium_browser: Any, demo: DemoCluster, windows: list[Window]
+) -> None:
+    """A refused batch leaves the value shown: the textarea follows at once, not with the status render."""
+    board = "board-refused"
+    writer = open_window(windows, chromium_browser, demo, "us", board, "Ana")
+    reader = open_window(windows, chromium_browser, demo, "eu", board, "Ro", role="read")
+    writer.new_note()
+    writer.type_body("written")
+    reader.wait_body_contains("written")
+    reader.page.evaluate(HOLD_FRAMES)
+    shown = reader.page.evaluate(
+        """() => { const id = Object.keys(window.demo.doc.value().notes)[0];
+                   window.demo.doc.edit([{op: 'insert', path: ['notes', id, 'body'], index: 0, text: 'FORGED '}]);
+                   return document.querySelector('[data-testid=note] [data-testid=body]').value; }"""
+    )
+    assert shown == "FORGED written"  # shown until the region answers (read in the same task as the edit)
+    reader.wait("() => window.demo.doc.unsynced() === 0 && window.demo.doc.log.some(e => /^403/.test(e.status))")
+    assert reader.body() == "written"  # no frame yet: the refusal itself took it off
+    reader.page.evaluate(RELEASE_FRAMES)
+    reader.page.wait_for_selector("[data-testid=edit-row]:has-text('403 forbidden')", timeout=WAIT_MS)
