@@ -28,7 +28,8 @@ __all__ = ["BUILD_INFO", "MODULES", "PURE_ENV", "decide", "install", "source_has
 
 # The modules mypyc compiles: the CRDT core and the document over it, with no I/O
 # (crdtstore/crdt/__init__.py stays Python), then the writer thread's Python work
-# over LMDB (storage.py, whose methods tests replace, and commit.py stay Python).
+# over LMDB for local writes and peers' deltas (storage.py, whose methods tests
+# replace, and commit.py stay Python).
 # Exceptions with a class-level ``code`` live outside them (crdtstore/doc_errors.py):
 # a native class keeps no such attribute on its instances.
 MODULES = (
@@ -50,6 +51,7 @@ MODULES = (
     "crdtstore.docstore",
     "crdtstore.local",
     "crdtstore.merkle",
+    "crdtstore.remote",
     "crdtstore.version",
 )
 PURE_ENV = "CRDTSTORE_PURE"
