@@ -59,7 +59,7 @@ from crdtstore.api.peerlink import SEND_NOWAIT_EXTENSION
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.patches import before, patches
-from crdtstore.version import seal_version
+from crdtstore.version import decode_version, seal_version
 from sync.quorum import Level
 
 __all__ = ["LiveSettings", "configure", "live_channel"]
@@ -312,7 +312,8 @@ class DocChannel:
 
     async def until_contains(self, version: str) -> None:
         """Until the mirror (and so every connection's stream) holds ``version``."""
-        while not self.mirror.contains_version(version):
+        wanted = decode_version(version)  # once: every record wakes every waiter
+        while not self.mirror.ctx.contains_context(wanted):
             if self.failed is not None:
                 raise ApiError(503, "unavailable", "the document's live channel failed")
             await self._advanced.wait()
