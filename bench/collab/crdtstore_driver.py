@@ -93,6 +93,8 @@ class Shared:
         self.visible_within: list[float] = []
         self.visible_across: list[float] = []
         self.visible_unknown = 0  # characters that match no keystroke (would be a counting bug)
+        self.frames_received = 0  # websocket messages the editors received (a frame may carry several changes)
+        self.batches_sent = 0  # while typing; what is typed while a batch is in flight goes in the next one
         self.frames = FrameCache()
 
 
@@ -127,6 +129,7 @@ class Editor:
         try:
             frames = self.shared.frames
             async for raw in self._ws:
+                self.shared.frames_received += 1
                 now = time.perf_counter()
                 for message in frames.messages(raw):
                     self._on(message, now)
@@ -195,6 +198,8 @@ class Editor:
         end = len(self.sent_at)
         self.batches[frame["id"]] = (self.queued_from, end)
         self.queued_from = end
+        if time.perf_counter() <= self.shared.window_end:  # as the CPU is measured: while typing
+            self.shared.batches_sent += 1
         try:
             await self._ws.send(orjson.dumps(frame).decode())
         except Exception:
@@ -281,6 +286,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "visible_unknown": shared.visible_unknown,
         "send_lag_ms_p99": percentile_ms(shared.send_lag, 0.99),
         "batch_errors": sum(e.errors for e in editors),
+        "frames_received": shared.frames_received,
+        "batches_sent": shared.batches_sent,
         "texts_identical": len(set(texts)) == 1,
         "text_length": len(texts[0]) if texts else 0,
         "text_sha256": hashlib.sha256(texts[0].encode()).hexdigest() if texts else None,
