@@ -252,7 +252,8 @@ class Replicator:
         self._departed: dict[str, float] = {}  # peer replica id -> loop time it left membership
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tail_wake = asyncio.Event()
-        self._tail_after = 0
+        self._tail_after = 0  # our origin's log read up to here (the meter counts it committed)
+        self._announced = 0  # and handed to every link up to here (truncation stops at it)
         self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
         self._acks_stored: dict[str, dict[str, int]] = {}  # what truncate_once last persisted of _acks
         self._peer_ids: dict[str, str] = {}  # link key (configured URL, target) -> replica id it authenticated as
@@ -311,7 +312,7 @@ class Replicator:
         self._running = True
         self._loop = asyncio.get_running_loop()
         vector = await self.node.version_vector()
-        self._tail_after = int(vector.get(self.node.replica_id, 0))
+        self._tail_after = self._announced = int(vector.get(self.node.replica_id, 0))
         writer = getattr(self.node, "writer", None)
         if writer is not None:
             writer.observers.append(self._on_commit)
@@ -672,7 +673,7 @@ class Replicator:
         upto = truncation_vector(vector, acked, peers)
         own = self.node.replica_id
         if own in upto:
-            upto[own] = min(upto[own], self._tail_after)
+            upto[own] = min(upto[own], self._announced)
         todo = {o: s for o, s in upto.items() if s > self._truncated.get(o, 0)}
         if not todo:
             return 0
@@ -725,20 +726,27 @@ class Replicator:
         origin = self.node.replica_id
         loop = asyncio.get_running_loop()
         interval = self.settings.announce_interval
-        announced = -interval  # loop time of the last announcement
+        announced_at = -interval  # loop time of the last announcement
+        pending: list[Any] = []  # read, not yet announced (bounded: one interval of our commits)
         while self._running:
-            wait = announced + interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)  # commits landing meanwhile go out with this one
             self._tail_wake.clear()
             for _ in range(10_000):  # bounded per wake-up; the next wake-up continues
                 entries = await self.node.log_range(origin, self._tail_after, self.settings.log_page)
                 if entries:
-                    self._announce(entries)
+                    pending += entries
                     self._tail_after = entries[-1].seq
-                    announced = loop.time()
+                    self.meter.committed(entries[0].seq, entries[-1].seq, self.now())
                 if len(entries) < self.settings.log_page:
                     break
+            if pending:
+                wait = announced_at + interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # read what committed meanwhile: it goes out with these
+                self._announce(pending)
+                self._announced = pending[-1].seq
+                announced_at = loop.time()
+                pending = []
             await self._tail_wake.wait()
 
     def _announce(self, entries: Sequence[Any]) -> None:
@@ -758,8 +766,6 @@ class Replicator:
 
         for link in list(self._links):
             self._input(link, update)
-        if entries:
-            self.meter.committed(entries[0].seq, entries[-1].seq, self.now())
 
     def _live_links(self) -> list[_Link]:
         # One link per peer: two links to one peer would count it twice.

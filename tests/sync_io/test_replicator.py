@@ -533,3 +533,24 @@ def test_with_no_announce_interval_each_commit_goes_on_its_own() -> None:
         return await _messages(link, 3)
 
     assert asyncio.run(scenario()) == [[1], [2], [3]]
+
+
+def test_a_write_waiting_for_its_announcement_already_counts_as_committed_and_bounds_truncation() -> None:
+    async def scenario() -> tuple[int, int, list[list[int]]]:
+        node, replicator, link, task = await _tailing(1.0)
+        node.commit(1)
+        replicator._tail_wake.set()
+        await _messages(link, 1)
+        node.commit(2)  # within the interval: its announcement waits
+        replicator._tail_wake.set()
+        for _ in range(500):  # bounded: until the tailer read it
+            if replicator.meter.last_seq == 2:
+                break
+            await asyncio.sleep(0.01)
+        seen = (replicator.meter.last_seq, replicator._announced, await _messages(link, 1))
+        task.cancel()
+        return seen
+
+    last, announced, sent = asyncio.run(scenario())
+    # /metrics counts it unacknowledged at once; truncation still stops at what the links were given.
+    assert (last, announced, sent) == (2, 1, [[1]])
