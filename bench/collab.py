@@ -490,6 +490,10 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                 r["server_cpu_ms_per_op"] = (
                     round((s1 - s0) / r["acked_in_window"] * 1e3, 4) if r["acked_in_window"] else None
                 )
+                if r.get("batches_sent"):
+                    # Editors send what they typed while a batch was in flight as one batch: faster acks mean
+                    # more, smaller batches, so a side's CPU per op also moves with its own latency.
+                    r["server_cpu_ms_per_batch"] = round((s1 - s0) / r["batches_sent"] * 1e3, 4)
             if d0 is not None and d1 is not None:
                 r["driver_cpu_util"] = round((d1 - d0) / wall, 3)
             for name, before in x0.items():
@@ -621,7 +625,8 @@ def summary(run: Run) -> dict[str, Any]:
     keep = (
         "editors", "offered_ops", "acked_in_window", "ops_per_s", "ack_ms", "visible_ms", "visible_missing",
         "send_lag_ms_p99", "server_cpu_ms_per_op", "server_cpu_util", "driver_cpu_util", "texts_identical",
-        "text_length", "persisted", "load1_at_start", "unreadable_updates",
+        "text_length", "persisted", "load1_at_start", "unreadable_updates", "batches_sent", "frames_received",
+        "server_cpu_ms_per_batch",
     )  # fmt: skip
     out = {k: r.get(k) for k in keep}
     out["regions"] = r.get("regions", 1)

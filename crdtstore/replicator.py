@@ -143,6 +143,10 @@ class ReplicatorSettings:
         truncate_interval: Seconds between log truncation passes (None: never truncate).
         removed_peer_grace: Seconds a peer that left membership still holds back log truncation
             (:func:`sync.truncation.pinning_peers`).
+        announce_interval: Least seconds between two announcements of our own writes to the links: a
+            commit right after an announcement waits out the rest, so the commits of that time cross as
+            one ``Deltas`` message per peer (and one remote commit there) instead of one each; a write
+            after a quiet spell goes at once. 0: every commit at once.
     """
 
     tick_interval: float = 0.1
@@ -152,6 +156,7 @@ class ReplicatorSettings:
     quorum_timeout: float = 5.0
     truncate_interval: float | None = 1.0
     removed_peer_grace: float = 3600.0
+    announce_interval: float = 0.01
 
 
 class ReplicatedNode(ReplicaStore, Protocol):
@@ -247,7 +252,8 @@ class Replicator:
         self._departed: dict[str, float] = {}  # peer replica id -> loop time it left membership
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tail_wake = asyncio.Event()
-        self._tail_after = 0
+        self._tail_after = 0  # our origin's log read up to here (the meter counts it committed)
+        self._announced = 0  # and handed to every link up to here (truncation stops at it)
         self._acks: dict[str, dict[str, int]] = {}  # peer replica id -> vector it acknowledged
         self._acks_stored: dict[str, dict[str, int]] = {}  # what truncate_once last persisted of _acks
         self._peer_ids: dict[str, str] = {}  # link key (configured URL, target) -> replica id it authenticated as
@@ -306,7 +312,7 @@ class Replicator:
         self._running = True
         self._loop = asyncio.get_running_loop()
         vector = await self.node.version_vector()
-        self._tail_after = int(vector.get(self.node.replica_id, 0))
+        self._tail_after = self._announced = int(vector.get(self.node.replica_id, 0))
         writer = getattr(self.node, "writer", None)
         if writer is not None:
             writer.observers.append(self._on_commit)
@@ -667,7 +673,7 @@ class Replicator:
         upto = truncation_vector(vector, acked, peers)
         own = self.node.replica_id
         if own in upto:
-            upto[own] = min(upto[own], self._tail_after)
+            upto[own] = min(upto[own], self._announced)
         todo = {o: s for o, s in upto.items() if s > self._truncated.get(o, 0)}
         if not todo:
             return 0
@@ -718,15 +724,29 @@ class Replicator:
     async def _tail(self) -> None:
         """Announce our own new log entries (local writes) to every link."""
         origin = self.node.replica_id
+        loop = asyncio.get_running_loop()
+        interval = self.settings.announce_interval
+        announced_at = -interval  # loop time of the last announcement
+        pending: list[Any] = []  # read, not yet announced (bounded: one interval of our commits)
         while self._running:
             self._tail_wake.clear()
             for _ in range(10_000):  # bounded per wake-up; the next wake-up continues
                 entries = await self.node.log_range(origin, self._tail_after, self.settings.log_page)
                 if entries:
-                    self._announce(entries)
+                    pending += entries
                     self._tail_after = entries[-1].seq
+                    self.meter.committed(entries[0].seq, entries[-1].seq, self.now())
                 if len(entries) < self.settings.log_page:
                     break
+            if pending:
+                wait = announced_at + interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # read what committed meanwhile: it goes out with these
+                self._announce(pending)
+                self._announced = pending[-1].seq
+                announced_at = loop.time()
+                pending = []
             await self._tail_wake.wait()
 
     def _announce(self, entries: Sequence[Any]) -> None:
@@ -746,8 +766,6 @@ class Replicator:
 
         for link in list(self._links):
             self._input(link, update)
-        if entries:
-            self.meter.committed(entries[0].seq, entries[-1].seq, self.now())
 
     def _live_links(self) -> list[_Link]:
         # One link per peer: two links to one peer would count it twice.

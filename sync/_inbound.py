@@ -13,8 +13,9 @@ apply (``delivered``), so a delta in the middle of its commit is neither
 applied twice nor waited for.
 
 **Acks we owe.** Once every entry handed to the node from this peer is
-durable, the protocol sends ``Ack(our vector)`` (and also every
-``ack_interval``). A peer may also ask to be told when we hold one write
+durable, the protocol sends ``Ack(our vector)``: at once, or, when one went
+out less than ``ack_delay`` ago, with the next tick, one for every commit
+since (and also every ``ack_interval``). A peer may also ask to be told when we hold one write
 (``WriteAck``, for its quorum writes): the request waits here until our
 vector covers it.
 

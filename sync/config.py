@@ -28,6 +28,10 @@ class SyncConfig:
         handshake_timeout: Fail if not authenticated by then.
         idle_timeout: Fail if nothing was received for this long (acks double as keepalives).
         ack_interval: Send our vector at least this often.
+        ack_delay: After a commit of the peer's deltas, the ack goes out at once unless one went out less
+            than this long ago (by the clock of the last tick); then it waits for the next tick, which
+            acks every commit since with one message. Under a steady stream of small commits this sends
+            at most two acks a tick instead of one a commit; 0 acks every commit at once.
         retransmit_timeout: Resend from the acknowledged vector if acks stall this long.
         relay_grace: Relay another origin's entry to the peer only once we have held it this long and
             the peer's ack still lacks it: in a mesh the peer gets it from its origin directly, and an
@@ -52,6 +56,7 @@ class SyncConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 60.0
     ack_interval: float = 1.0
+    ack_delay: float = 0.05
     retransmit_timeout: float = 5.0
     relay_grace: float = 1.0
     anti_entropy_interval: float | None = 60.0
@@ -69,5 +74,7 @@ class SyncConfig:
             raise ValueError(f"states_chunk must be in [1, {m.MAX_BATCH}]")
         if self.relay_grace < 0:
             raise ValueError("relay_grace must be >= 0")
+        if not 0 <= self.ack_delay <= self.ack_interval:
+            raise ValueError("ack_delay must be in [0, ack_interval]")
         if self.anti_entropy_settle < 0 or self.anti_entropy_max_deferrals < 0:
             raise ValueError("anti_entropy_settle and anti_entropy_max_deferrals must be >= 0")

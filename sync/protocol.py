@@ -227,6 +227,9 @@ class PeerProtocol:
         self._started = now
         self._last_received = now
         self._last_ack_sent = now
+        self._ack_due = False  # a commit's ack waits for the next tick (config.ack_delay)
+        self._commit_acked_at: float | None = None  # when a commit's ack last went out at once
+        self._unacked = 0  # entries handed to the node since our last ack (a waiting ack must not stall the peer)
         # The two directions of the delta flow, each with its own state (sync._inbound, sync._outbound).
         limits = self.config
         self._in = Inbound(our_vector, max_buffered=limits.max_buffered, max_write_waits=limits.max_pending_requests)
@@ -311,7 +314,7 @@ class PeerProtocol:
         if now - self._last_received >= self.config.idle_timeout:
             self._fail(CloseCode.TIMEOUT, "peer idle")
             return
-        if now - self._last_ack_sent >= self.config.ack_interval:
+        if self._ack_due or now - self._last_ack_sent >= self.config.ack_interval:
             self._send_ack()
         if self._out.in_flight() and now - self._out.last_progress >= self.config.retransmit_timeout:
             # Acks stalled: something was lost. Resend from what the peer acknowledged.
@@ -528,6 +531,7 @@ class PeerProtocol:
             else:
                 to_apply.extend(ready)
         if to_apply:
+            self._unacked += len(to_apply)
             self._in.await_durable(to_apply)
             self._events.append(ApplyDeltas(tuple(to_apply)))
         if duplicate and not to_apply:
@@ -594,12 +598,20 @@ class PeerProtocol:
     def _drain_buffer(self, origin: str) -> None:
         entries = self._in.take_buffered(origin)
         if entries:
+            self._unacked += len(entries)
             self._in.await_durable(entries)
             self._events.append(ApplyDeltas(tuple(entries)))
 
     def _check_durable(self, origin: str) -> None:
         if self._in.settle(origin) and self._conn.state is OPEN:
-            self._send_ack()  # everything this peer sent us is durable: tell it
+            # Everything this peer sent us is durable: tell it, now or with the next tick's one ack.
+            # At once also when the peer may be near its window: it sends nothing more until we ack.
+            last = self._commit_acked_at
+            if last is None or self._now - last >= self.config.ack_delay or 2 * self._unacked >= self.config.window:
+                self._commit_acked_at = self._now
+                self._send_ack()
+            else:
+                self._ack_due = True
         if self._in.write_waits and self._conn.state is OPEN:
             for rid, doc_id, o, s in self._in.writes_reached(origin):
                 self._send(m.WriteAck(rid, doc_id, o, s, True))
@@ -615,6 +627,8 @@ class PeerProtocol:
 
     def _send_ack(self) -> None:
         self._last_ack_sent = self._now
+        self._ack_due = False
+        self._unacked = 0
         self._send(m.Ack.of(dict(self._in.vector)))
 
     # Private methods: plumbing.

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 import anyio
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -536,3 +537,26 @@ def test_the_ramp_goes_down_when_even_its_first_step_is_not_sustained() -> None:
     assert asked == [10, 5, 2] and runs[-1].sustained()
     asked, step = _fake_runs(0)  # nothing sustains: bounded all the same
     assert [r.editors for r in collab.ramp_runs(step, 400)] == [10, 5, 2, 1]
+
+
+def test_editors_share_one_parse_of_a_frame_and_each_keeps_its_own_text() -> None:
+    base = our_driver.EDITOR_BASE
+    shared = our_driver.Shared()
+    a, b = _editor(shared, 0, 0), _editor(shared, 1, 0)
+    snapshot = orjson.dumps({"type": "snapshot", "version": "v", "value": {"t": "ab"}}).decode()
+    change = orjson.dumps(
+        [{"type": "change", "version": "v1", "patches": [{"path": ["t"], "insert": {"index": 0, "text": chr(base)}}]}]
+    ).decode()
+    for editor in (a, b):
+        for raw in (snapshot, "" + change):  # equal frames, as each editor's socket hands them over
+            for message in shared.frames.messages(raw):
+                editor._on(message, 1.0)
+    assert shared.frames.messages(change) is shared.frames.messages(change[:] + "")  # parsed once
+    # Abuse: b types into its text; neither a's text nor the shared parse of the snapshot changes.
+    b.state.edit([{"op": "insert", "path": ["t"], "index": 0, "text": "z"}])
+    b.state.receive(
+        {"type": "change", "version": "v2", "patches": [{"path": ["t"], "delete": {"index": 0, "count": 1}}]}
+    )
+    assert a.state.value() == {"t": chr(base) + "ab"}
+    assert shared.frames.messages(snapshot)[0]["value"] == {"t": "ab"}
+    assert b.state.value() == {"t": "zab"}

@@ -20,6 +20,7 @@ import uvicorn
 
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope
+from crdtstore.api.peerlink import GatedWebSocketProtocol
 from crdtstore.node import Node, NodeConfig
 
 __all__ = ["main"]
@@ -41,7 +42,11 @@ def main(argv: list[str]) -> int:
     node = Node(NodeConfig(region="bench", data_dir=data))
     app = build_app(node, auth=AuthPolicy(anonymous=Scope.READWRITE))
     sock = socket.create_server(("127.0.0.1", port))
-    server = _Announcing(uvicorn.Config(app, log_level="warning", lifespan="on", ws_per_message_deflate=False))
+    # The node's own websocket protocol, as `crdtstore serve` runs it: its synchronous write serves the live fan-out.
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", ws_per_message_deflate=False, ws=GatedWebSocketProtocol
+    )
+    server = _Announcing(config)
     server.port = sock.getsockname()[1]
     server.run(sockets=[sock])
     return 0

@@ -11,6 +11,17 @@ receiver (the handler), a batch worker (writes wait for durability without
 holding up presence) and a sender draining a bounded queue: a reader that
 falls that far behind is closed with 4008, not buffered without end.
 
+Fan-out: every frame for a connection (a change for all, an ack for one)
+joins that connection's list for the current loop pass, and one pass per
+burst (:meth:`DocChannel._flush`, scheduled with ``call_soon``) writes each
+connection's list as one frame (an array under ``?coalesce=1``), right
+away through the server's synchronous write
+(:data:`crdtstore.api.peerlink.SEND_NOWAIT_EXTENSION`), with no task
+wakeup per connection; equal lists share one encoded frame. A connection
+whose socket would make a send wait, whose sender is still busy, or that
+runs under a server without the extension gets its frames through the
+bounded queue and its sender instead, in the same order.
+
 Ordering promise to a client: the change that carries its own batch
 (``"batch": id``) comes before that batch's ack, and nothing of it is sent
 untagged; this is what lets a thin client drop the batch from its pending
@@ -34,6 +45,7 @@ from typing import Any
 import anyio
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.frames import Frame, Opcode
 
 from crdtstore import codec
 from crdtstore.api import limits as checks
@@ -43,10 +55,11 @@ from crdtstore.api.connections import mark_authenticated
 from crdtstore.api.context import ApiContext
 from crdtstore.api.errors import ApiError, error_response, status_and_body
 from crdtstore.api.live_batches import BatchLedger, batch_key, ledger_for
+from crdtstore.api.peerlink import SEND_NOWAIT_EXTENSION
 from crdtstore.document import Document
 from crdtstore.errors import DecodeError
 from crdtstore.patches import before, patches
-from crdtstore.version import seal_version
+from crdtstore.version import decode_version, seal_version
 from sync.quorum import Level
 
 __all__ = ["LiveSettings", "configure", "live_channel"]
@@ -161,6 +174,7 @@ class LiveHub:
         if channel is None or channel.failed is not None:
             channel = self.channels[doc_id] = DocChannel(self, doc_id)
         channel.conns.add(conn)
+        conn.channel = channel
         return channel
 
     def leave(self, doc_id: str, conn: LiveConn) -> None:
@@ -253,6 +267,8 @@ class DocChannel:
         # runs before the feed's followers see the record, so the follower never waits to know the owner.
         self.owned: dict[int, tuple[LiveConn, str]] = {}
         self.presence: dict[str, _Presence] = {}  # client name -> its presence, local and relayed
+        self._dirty: list[LiveConn] = []  # connections with frames for this pass (see "Fan-out")
+        self._flush_handle: asyncio.Handle | None = None
         self._advanced = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
@@ -260,6 +276,32 @@ class DocChannel:
     def stop(self) -> None:
         self._task.cancel()
         self._sweeper.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+
+    # Fan-out: one pass for what a burst of changes left for each connection.
+
+    def mark(self, conn: LiveConn) -> None:
+        """``conn`` has frames for this pass: write them once the current burst is done."""
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def broadcast(self, data: str, *, skip: object = None, owner: LiveConn | None = None, owned: str = "") -> None:
+        """``data`` to every connection but ``skip``; ``owner`` gets ``owned`` in its place."""
+        for conn in self.conns:
+            if conn is owner:
+                conn.push(owned)
+            elif conn is not skip:
+                conn.push(data)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        frames: dict[tuple[int, ...], _Encoded] = {}  # equal lists of frames, encoded once
+        for conn in dirty:
+            conn.flush(frames)
 
     # Waiting for the mirror.
 
@@ -270,7 +312,8 @@ class DocChannel:
 
     async def until_contains(self, version: str) -> None:
         """Until the mirror (and so every connection's stream) holds ``version``."""
-        while not self.mirror.contains_version(version):
+        wanted = decode_version(version)  # once: every record wakes every waiter
+        while not self.mirror.ctx.contains_context(wanted):
             if self.failed is not None:
                 raise ApiError(503, "unavailable", "the document's live channel failed")
             await self._advanced.wait()
@@ -350,11 +393,11 @@ class DocChannel:
                 "origin": origin,
             }
             data = orjson.dumps(message).decode()
-            for conn in list(self.conns):
-                if owner is not None and owner[0] is conn:
-                    conn.push(orjson.dumps(message | {"batch": owner[1]}).decode())
-                else:
-                    conn.push(data)
+            if owner is not None and owner[0] in self.conns:
+                owned = orjson.dumps(message | {"batch": owner[1]}).decode()
+                self.broadcast(data, owner=owner[0], owned=owned)
+            else:
+                self.broadcast(data)
         self._wake()
 
     def _wake(self) -> None:
@@ -382,9 +425,7 @@ class DocChannel:
 
     def _broadcast_presence(self, client: str, state: Any, source: LiveConn | str) -> None:
         data = orjson.dumps({"type": "presence", "client": client, "state": state}).decode()
-        for conn in list(self.conns):
-            if conn is not source:
-                conn.push(data)
+        self.broadcast(data, skip=source)
         replicator = self.hub.ctx.replicator
         if isinstance(source, LiveConn) and replicator is not None:
             # Ours: to the other regions (a relayed one is not relayed on: every region links to every other).
@@ -403,6 +444,16 @@ class DocChannel:
 # One connection.
 
 
+@dataclass(slots=True)
+class _Encoded:
+    """One frame's text, shared by the connections whose list of frames it is; its bytes when first written."""
+
+    messages: list[str]  # held, so that the ids keying it stay theirs for the whole pass
+    text: str
+    payload: bytes | None = None
+    frame: bytes | None = None
+
+
 @dataclass(eq=False)
 class LiveConn:
     """One editor's websocket on one document."""
@@ -419,9 +470,16 @@ class LiveConn:
     client_left: bool = False
     coalesce: bool = False  # the client takes a JSON array of messages in one frame
     channel: DocChannel = field(init=False)
+    pending: list[str] = field(default_factory=list)  # frames of this fan-out pass, in order
 
     def __post_init__(self) -> None:
         self.client_id = f"{self.hub.ctx.node.replica_id}/{next(self.hub.ids)}"
+        extension = (getattr(self.websocket, "scope", None) or {}).get("extensions", {}).get(SEND_NOWAIT_EXTENSION)
+        # The server's synchronous write (see "Fan-out"); None: every frame goes through the sender task.
+        self._send_nowait: Callable[[bytes, bytes | None], bool] | None = (
+            extension["send"] if extension is not None else None
+        )
+        self._sending = False  # the sender task is inside a send: nothing may overtake its frame
         self._wakeup = asyncio.Event()
         self._batches: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.hub.settings.batch_queue)
         self._cancel: anyio.CancelScope | None = None
@@ -431,19 +489,57 @@ class LiveConn:
     # Sending.
 
     def push(self, data: str) -> None:
-        """Queue a frame; past the bound the connection is closed as a slow reader, not buffered."""
+        """Send a frame with this fan-out pass (:meth:`DocChannel._flush`), after those pushed before it."""
         if self.close_code is not None:
             return
-        if len(self.out) >= self.hub.settings.send_queue:
-            self.close_soon(CLOSE_SLOW_READER, "slow reader: send queue full")
+        if not self.pending:
+            self.channel.mark(self)
+        self.pending.append(data)
+
+    def flush(self, frames: dict[tuple[int, ...], _Encoded]) -> None:
+        """Write this pass's frames now, or queue them behind what the sender has not written yet.
+
+        ``frames``: what this pass encoded so far, by the ids of the messages in it (shared by the
+        connections of a document: most receive the same list).
+        """
+        pending, self.pending = self.pending, []
+        if self.close_code is not None or not pending:
             return
-        self.out.append(data)
+        send = self._send_nowait
+        if send is None or self.out or self._sending:
+            self._enqueue(pending)
+            return
+        step = _COALESCE_MAX if self.coalesce else 1
+        for start in range(0, len(pending), step):
+            chunk = pending[start : start + step]
+            key = tuple(map(id, chunk))
+            encoded = frames.get(key)
+            if encoded is None:
+                text = chunk[0] if len(chunk) == 1 else "[" + ",".join(chunk) + "]"
+                encoded = frames[key] = _Encoded(chunk, text)
+            if encoded.payload is None:
+                encoded.payload = encoded.text.encode()
+                encoded.frame = Frame(Opcode.TEXT, encoded.payload).serialize(mask=False)
+            if not send(encoded.payload, encoded.frame):
+                # The socket would make a send wait: the rest goes by the sender, which awaits it.
+                self._enqueue(pending[start:])
+                return
+
+    def _enqueue(self, messages: list[str]) -> None:
+        """Queue for the sender task; past the bound the connection is closed as a slow reader, not buffered."""
+        limit = self.hub.settings.send_queue
+        for data in messages:
+            if len(self.out) >= limit:
+                self.close_soon(CLOSE_SLOW_READER, "slow reader: send queue full")
+                return
+            self.out.append(data)
         self._wakeup.set()
 
     def close_soon(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
             self.out.clear()
+            self.pending.clear()
         if self._cancel is not None:
             self._cancel.cancel()
 
@@ -454,10 +550,14 @@ class LiveConn:
                 if self.coalesce and len(out) > 1:
                     # What queued up while the last frame went out, as one frame: a websocket send costs
                     # more than the few bytes of a change, and under load many wait together.
-                    batch = [out.popleft() for _ in range(min(len(out), _COALESCE_MAX))]
-                    await self.websocket.send_text("[" + ",".join(batch) + "]")
+                    text = "[" + ",".join([out.popleft() for _ in range(min(len(out), _COALESCE_MAX))]) + "]"
                 else:
-                    await self.websocket.send_text(out.popleft())
+                    text = out.popleft()
+                self._sending = True
+                try:
+                    await self.websocket.send_text(text)
+                finally:
+                    self._sending = False
             self._wakeup.clear()
             await self._wakeup.wait()
 

@@ -15,6 +15,15 @@ uvicorn offers no setting for a limit that changes during a connection, so
 the node's servers run :class:`GatedWebSocketProtocol`: uvicorn's own
 websockets (sans-I/O) protocol, whose peer-link paths start at the small
 limit and expose the lift to the app as an ASGI extension in the scope.
+
+**Writing without a wakeup.** The same protocol offers the node's other
+websockets (the live channel, :mod:`crdtstore.api.live`) a synchronous
+write, :data:`SEND_NOWAIT_EXTENSION`: a fan-out to many editors then writes
+each socket in one pass, with no task wakeup per connection, and one
+encoded frame is shared by every connection without a compression
+extension. It writes only when ``websocket.send`` would not wait (the
+transport takes data, the connection is open); else it returns False and
+the caller awaits the ordinary ASGI send, which keeps uvicorn's backpressure.
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ import contextlib
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from sync.messages import MAX_HANDSHAKE_BYTES
 
 __all__ = [
     "LIFT_EXTENSION",
     "PEER_PATHS",
+    "SEND_NOWAIT_EXTENSION",
     "GatedWebSocketProtocol",
     "ServerPeerConnection",
     "gated_protocol",
@@ -37,6 +48,10 @@ __all__ = [
 
 LIFT_EXTENSION = "crdtstore.peer.lift_limit"
 """The ASGI scope extension of :class:`GatedWebSocketProtocol`: ``{"lift": callable}``."""
+
+SEND_NOWAIT_EXTENSION = "crdtstore.ws.send_nowait"
+"""The ASGI scope extension of :class:`GatedWebSocketProtocol` on API websockets: ``{"send": callable}``,
+``send(payload, frame) -> bool`` (see :meth:`GatedWebSocketProtocol.send_nowait`)."""
 
 PEER_PATHS = frozenset({"/v1/peer"})
 """Websocket paths that carry peer links (gated until the peer authenticates)."""
@@ -93,7 +108,6 @@ class ServerPeerConnection:
             await self._ws.close(code=code, reason=reason[:120])
 
 
-
 class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets (sans-I/O) protocol, with a small message limit on peer links until lifted.
 
@@ -123,6 +137,32 @@ class GatedWebSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][LIFT_EXTENSION] = {"lift": self._lift}
         else:
             self.conn.max_message_size = self.config.ws_max_size
+            scope["extensions"][SEND_NOWAIT_EXTENSION] = {"send": self.send_nowait}
+
+    def send_nowait(self, payload: bytes, frame: bytes | None = None) -> bool:
+        """Write one text message now if ``websocket.send`` would not wait; False (nothing written) otherwise.
+
+        Args:
+            payload: The message, UTF-8.
+            frame: ``payload`` as an unmasked, uncompressed text frame, ready to write; used when the
+                connection negotiated no extension (else the message is encoded for this connection).
+        """
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+            or self.conn.state is not State.OPEN
+        ):
+            return False
+        if frame is not None and not self.conn.extensions:
+            self.transport.write(frame)
+        else:
+            self.conn.send_text(payload)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def _lift(self) -> None:
         self.conn.max_message_size = self.peer_max_size if self.peer_max_size is not None else self.config.ws_max_size
@@ -135,4 +175,3 @@ def gated_protocol(*, peer_max_size: int) -> type[GatedWebSocketProtocol]:
     links their own limit (uvicorn has one size for every websocket).
     """
     return type("GatedWebSocketProtocol", (GatedWebSocketProtocol,), {"peer_max_size": peer_max_size})
-
