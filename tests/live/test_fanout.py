@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,21 +23,8 @@ from crdtstore.api.auth import Scope
 from crdtstore.api.limits import Limits
 from crdtstore.api.live import CLOSE_SLOW_READER, DocChannel, LiveConn, LiveHub, LiveSettings
 from crdtstore.api.peerlink import SEND_NOWAIT_EXTENSION
+from tests.live.idle import IdleNode
 from tests.server_helpers import RW, ServerProcess, write_tokens
-
-
-class _IdleNode:
-    replica_id = "r"
-
-    async def read_state(self, doc_id: str) -> bytes | None:
-        return None
-
-    def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
-        async def feed() -> AsyncIterator[dict[str, Any]]:
-            await asyncio.Event().wait()
-            yield {}
-
-        return feed()
 
 
 class _Socket:
@@ -77,7 +64,7 @@ class _Socket:
 
 
 def _hub(**settings: Any) -> LiveHub:
-    ctx = SimpleNamespace(node=_IdleNode(), version_key=b"k" * 32, limits=Limits(), replicator=None)
+    ctx = SimpleNamespace(node=IdleNode(), version_key=b"k" * 32, limits=Limits(), replicator=None)
     return LiveHub(ctx, LiveSettings(**settings))  # type: ignore[arg-type]
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 from crdtstore.api.auth import Scope
 from crdtstore.api.limits import Limits
 from crdtstore.api.live import CLOSE_SLOW_READER, LiveConn, LiveHub, LiveSettings
+from tests.live.idle import IdleNode
 
 
 class _StuckSocket:
@@ -33,23 +33,9 @@ class _StuckSocket:
         self.closed = (code, reason)
 
 
-class _IdleNode:
-    replica_id = "r"
-
-    async def read_state(self, doc_id: str) -> bytes | None:
-        return None
-
-    def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
-        async def feed() -> AsyncIterator[dict[str, Any]]:
-            await asyncio.Event().wait()
-            yield {}
-
-        return feed()
-
-
 def test_a_slow_reader_is_closed_with_4008() -> None:
     async def scenario() -> tuple[_StuckSocket, int, int]:
-        ctx = SimpleNamespace(node=_IdleNode(), version_key=b"k" * 32, limits=Limits())
+        ctx = SimpleNamespace(node=IdleNode(), version_key=b"k" * 32, limits=Limits())
         hub = LiveHub(ctx, LiveSettings(send_queue=8))  # type: ignore[arg-type]
         ws = _StuckSocket()
         conn = LiveConn(ws, hub, "d", Scope.READWRITE, "p")  # type: ignore[arg-type]
@@ -91,7 +77,7 @@ class _GatedSocket(_StuckSocket):
 
 def test_with_coalesce_what_queued_up_goes_as_one_array_frame() -> None:
     async def scenario() -> list[str]:
-        ctx = SimpleNamespace(node=_IdleNode(), version_key=b"k" * 32, limits=Limits(), replicator=None)
+        ctx = SimpleNamespace(node=IdleNode(), version_key=b"k" * 32, limits=Limits(), replicator=None)
         hub = LiveHub(ctx, LiveSettings())  # type: ignore[arg-type]
         ws = _GatedSocket()
         conn = LiveConn(ws, hub, "d", Scope.READWRITE, "p")  # type: ignore[arg-type]
