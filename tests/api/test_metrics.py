@@ -137,8 +137,15 @@ def test_link_up_drops_to_zero_when_the_peer_stops_and_its_unacked_writes_add_up
             assert await wait_for(down)
             for i in range(4):
                 assert await linked.write("us", f"while-down-{i}") == 200
+
+            # The meter counts a commit once the replicator's tailer has read it from the log,
+            # a moment after the write's answer; so the count is waited for, and must come to 4.
+            async def four_unacked() -> bool:
+                return value(await scrape(linked, "us"), "crdtstore_peer_unacked_deltas", peer=eu) == 4
+
+            assert await wait_for(four_unacked)
             metrics = await scrape(linked, "us")
-            assert value(metrics, "crdtstore_peer_unacked_deltas", peer=eu) == 4
+            assert value(metrics, "crdtstore_peer_unacked_deltas", peer=eu) == 4  # and stays there
             assert lag_count(metrics, eu) == 0  # no ack, no lag observed (yet)
 
     run(scenario())
