@@ -29,11 +29,14 @@ PURE = os.environ.get(PURE_ENV, "") not in ("", "0")
 
 
 def _remove_native(root: Path) -> None:
-    """Drop native modules an earlier in-place build left beside the sources: they would shadow them."""
-    for module in MODULES:
-        base = root.joinpath(*module.split("."))
+    """Drop native modules an earlier in-place build left beside the sources: they would shadow them.
+
+    Beside every source, not only today's ``MODULES``: a module taken off the list must not keep
+    running from the native file an older build left next to it.
+    """
+    for source in (root / "crdtstore").rglob("*.py"):
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            base.with_suffix(suffix).unlink(missing_ok=True)
+            source.with_suffix(suffix).unlink(missing_ok=True)
     for shared in root.glob("crdtstore_core__mypyc.*"):
         shared.unlink()
     (root / "crdtstore" / BUILD_INFO).unlink(missing_ok=True)

@@ -20,7 +20,7 @@ says how many there were.
 
 **Replication lag** is the time from our commit of a write to the peer's
 acknowledgement that it durably holds it. The replicator reports each run
-of our own origin's entries it announces (:meth:`ReplicationMeter.committed`,
+of our own origin's entries its tailer reads from the log (:meth:`ReplicationMeter.committed`,
 right after the group commit that made them durable) and each ack
 (:meth:`ReplicationMeter.acked`); an ack that moves a peer from ``a`` to
 ``b`` observes one lag per write in ``(a, b]``. Runs are stored, not
@@ -114,7 +114,7 @@ class ReplicationMeter:
         self.traffic: dict[str, Traffic] = {}  # of links that closed; live links add their own
         self.lag: dict[str, Histogram] = {}
         self.acked_seq: dict[str, int] = {}  # peer -> highest seq of our origin it acknowledged
-        self.last_seq = 0  # highest seq of our origin committed and announced
+        self.last_seq = 0  # highest seq of our origin committed (read by the tailer)
         self.quorum: dict[tuple[str, str, str], int] = {}
         # Runs of our origin's writes: seqs firsts[i]..lasts[i] committed at times[i]; live from _head on.
         self._firsts: list[int] = []
@@ -145,7 +145,8 @@ class ReplicationMeter:
             self.traffic[peer_id].add(traffic)
 
     def committed(self, first: int, last: int, now: float) -> None:
-        """Our origin's writes ``first..last`` are durable and announced to the links."""
+        """Our origin's writes ``first..last`` are durable (read from the log by the replicator's tailer,
+        which hands them to the links within ``announce_interval``)."""
         if last < first or last <= self.last_seq:
             return
         first = max(first, self.last_seq + 1)
