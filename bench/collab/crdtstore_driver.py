@@ -302,7 +302,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    emit({"event": "result", **asyncio.run(run(args))})
+    emit({"event": "result", **drivers.run_loop(run(args))})
     return 0
 
 

@@ -270,13 +270,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
-        result = asyncio.run(run(args))
-    else:
-        result = uvloop.run(run(args))
-    emit({"event": "result", **result})
+    emit({"event": "result", **drivers.run_loop(run(args))})
     return 0
 
 
