@@ -58,6 +58,7 @@ import httpx
 import loadgen
 import orjson
 import procs
+from diskprobe import DiskProbe
 from loadgen import Connection
 
 __all__ = ["main"]
@@ -303,7 +304,7 @@ async def populate(port: int) -> None:
     conn.close()
 
 
-async def run(args: argparse.Namespace, servers: dict[str, ServerProc]) -> dict[str, Any]:
+async def run(args: argparse.Namespace, servers: dict[str, ServerProc], workdir: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"concurrency": args.concurrency, "seconds": args.seconds, "rounds": args.rounds}
     real = servers["real"]
     if args.mode in ("all", "throughput"):
@@ -320,11 +321,23 @@ async def run(args: argparse.Namespace, servers: dict[str, ServerProc]) -> dict[
         # drifts, and each ratio then compares phases run seconds apart; the
         # median round of each phase is reported.
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in phases}
+        disk: list[dict[str, Any]] = []
         for n in range(args.rounds):
             for name, server, make in phases:
-                result = await closed_loop(name, server, make, **opts)
+                if name == "write":
+                    # A durable write waits for its fsync: the disk, timed on its own in the same seconds,
+                    # tells a stalled disk from a slow server (bench/diskprobe.py).
+                    with DiskProbe(workdir) as probe:
+                        result = await closed_loop(name, server, make, **opts)
+                    disk.append(probe.summary())
+                    stalls = disk[-1].get("fsync_ms", {})
+                    note = f"  disk: fsync p99 {stalls.get('p99')} ms, stalled {disk[-1].get('stalled_s')} s"
+                else:
+                    result = await closed_loop(name, server, make, **opts)
+                    note = ""
                 rounds[name].append(result)
-                print(f"round {n + 1}: {result.line()}", flush=True)
+                print(f"round {n + 1}: {result.line()}{note}", flush=True)
+        summary["write_disk"] = disk
         by_name = {name: sorted(results, key=lambda r: r.rps)[len(results) // 2] for name, results in rounds.items()}
         print("median round of each phase:")
         for r in by_name.values():
@@ -416,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 runner = asyncio.Runner()
             with runner:
-                summary = runner.run(run(args, servers))
+                summary = runner.run(run(args, servers, workdir))
         finally:
             for server in servers.values():
                 server.stop()

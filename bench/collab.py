@@ -53,6 +53,13 @@ Hocuspocus's). Drivers report their own CPU use and how late they typed
 against their schedule (``lag p99``): a driver short of CPU inflates every
 latency it reports, so its run bounds the server from below.
 
+Beside each run, ``bench/diskprobe.py`` times ``fdatasync`` of one page on
+the disk the side's store is on, 20 times a second: a side that
+acknowledges after fsync (ours) cannot beat its disk, and a virtual disk
+stalls for 100 ms to a second now and then. ``--store-dir /dev/shm`` runs
+the stores on tmpfs, where fsync costs nothing: what is left is the server's
+own latency. ``--tmpfs-run`` adds that run of our side beside the one on disk.
+
 The last line printed is one JSON object.
 """
 
@@ -77,6 +84,7 @@ from typing import Any
 
 import orjson
 import procs
+from diskprobe import STALL_MS, DiskProbe
 
 __all__ = ["main"]
 
@@ -89,6 +97,7 @@ SUSTAINED_FRACTION = 0.95
 RAMP_STEPS = (10, 25, 50, 100, 200, 400, 800)
 RAMP_DOWN = (5, 2, 1)  # when the first step is not sustained (a loaded machine): where the maximum lies below
 DOC_NAME = "doc"
+TMPFS = Path("/dev/shm")
 UP_READY_LINE = b"token (readwrite"  # what `crdtstore up` prints once every region is ready
 
 
@@ -441,16 +450,20 @@ def _kill(servers: Servers) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool = False) -> Run:
-    """One run of the workload against ``side``; ``crash``: SIGKILL the server the moment typing stops."""
-    run = Run(side.name, editors)
-    with tempfile.TemporaryDirectory(prefix=f"collab-{side.name}-") as tmp:
+def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool = False, tmpfs: bool = False) -> Run:
+    """One run of the workload against ``side``; ``crash``: SIGKILL the server the moment typing stops;
+    ``tmpfs``: the stores on ``/dev/shm`` whatever ``--store-dir`` says."""
+    run = Run(f"{side.name} tmpfs" if tmpfs else side.name, editors)
+    store_dir = TMPFS if tmpfs else args.store_dir
+    with tempfile.TemporaryDirectory(prefix=f"collab-{side.name}-", dir=store_dir) as tmp:
         db = Path(tmp) / "store.db"
         servers, driver_cmd = _start(side, db, args, editors)
         driver = subprocess.Popen(driver_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
         assert driver.stdout is not None
         marks: dict[str, tuple[float, float | None, float | None, dict[str, float | None]]] = {}
         load1 = os.getloadavg()[0]
+        # The disk the side's store is on, timed on its own while the editors type.
+        probe = DiskProbe(Path(tmp))
         # The driver bounds itself; this bounds the driver.
         killer = threading.Timer(args.seconds + args.drain + 180, lambda: procs.stop(driver, timeout=5))
         killer.start()
@@ -458,6 +471,10 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
             for line in driver.stdout:
                 record = orjson.loads(line)
                 event = record.get("event")
+                if event == "start":
+                    probe.__enter__()
+                elif event == "end":
+                    probe.__exit__()
                 if event in ("start", "end"):
                     marks[event] = (
                         time.monotonic(),
@@ -471,6 +488,7 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                     run.result = record
             driver.wait(timeout=30)
         finally:
+            probe.__exit__()
             killer.cancel()
             procs.stop(driver, timeout=5)
             driver.stdout.close()
@@ -480,6 +498,7 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
             return run
         r = run.result
         r["load1_at_start"] = round(load1, 2)
+        r["disk"] = probe.summary()
         r["server_processes"] = len(servers.pids)
         if "start" in marks and "end" in marks:
             (w0, s0, d0, x0), (w1, s1, d1, x1) = marks["start"], marks["end"]
@@ -567,7 +586,7 @@ def table(runs: list[Run]) -> str:
     head = (
         f"{'side':<17}{'reg':>4}{'E':>5}{'offered/s':>10}{'acked/s':>9}{'ack p50':>9}{'ack p99':>9}{'vis p50':>9}"
         f"{'vis p99':>9}{'x-reg p50':>10}{'x-reg p99':>10}{'lag p99':>9}{'cpu ms/op':>10}{'srv cpu':>8}"
-        f"{'drv cpu':>8}{'same text':>10}{'stored':>8}{'load1':>7}"
+        f"{'drv cpu':>8}{'same text':>10}{'stored':>8}{'load1':>7}{'fsync p99':>10}{'stalled':>9}"
     )
     lines = [head]
     for run in runs:
@@ -578,6 +597,7 @@ def table(runs: list[Run]) -> str:
         within = r.get("visible_ms_within_region") or r["visible_ms"]
         across = r.get("visible_ms_across_regions") or {}
         stored = r.get("persisted", {})
+        disk = r.get("disk", {})
         stored_ok = (
             "error"
             if "error" in stored
@@ -596,6 +616,7 @@ def table(runs: list[Run]) -> str:
             f"{_fmt(r.get('server_cpu_ms_per_op'), '.3f'):>10}{_fmt(r.get('server_cpu_util'), '.0%'):>8}"
             f"{_fmt(r.get('driver_cpu_util'), '.0%'):>8}{'yes' if r['texts_identical'] else 'NO':>10}"
             f"{stored_ok:>8}{r['load1_at_start']:>7.2f}"
+            f"{_fmt(disk.get('fsync_ms', {}).get('p99'), '.1f'):>10}{_fmt(disk.get('stalled_s'), '.2f'):>8}s"
         )
     return "\n".join(lines)
 
@@ -626,7 +647,7 @@ def summary(run: Run) -> dict[str, Any]:
         "editors", "offered_ops", "acked_in_window", "ops_per_s", "ack_ms", "visible_ms", "visible_missing",
         "send_lag_ms_p99", "server_cpu_ms_per_op", "server_cpu_util", "driver_cpu_util", "texts_identical",
         "text_length", "persisted", "load1_at_start", "unreadable_updates", "batches_sent", "frames_received",
-        "server_cpu_ms_per_batch",
+        "server_cpu_ms_per_batch", "disk",
     )  # fmt: skip
     out = {k: r.get(k) for k in keep}
     out["regions"] = r.get("regions", 1)
@@ -672,6 +693,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--crash", action="store_true", help="also one run per side killed (SIGKILL) as typing stops")
     p.add_argument("--regions", type=int, default=3, help="our side's regions (default 3; the peers run one)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="one-way latency between our regions (default 50)")
+    p.add_argument(
+        "--store-dir",
+        type=Path,
+        default=None,
+        help="where the sides' stores go (default: the system's temporary directory); /dev/shm takes the disk "
+        "out of the measure, to tell the server's latency from its disk's",
+    )
+    p.add_argument(
+        "--tmpfs-run",
+        action="store_true",
+        help="also run our side once more with its stores on tmpfs (/dev/shm), where fsync costs nothing: "
+        "the server's own latency, beside the one its disk allows",
+    )
     args = p.parse_args(argv)
     unknown = set(args.peers.split(",")) - set(SIDES)
     if unknown:
@@ -697,6 +731,7 @@ def main(argv: list[str]) -> int:
             "latency_ms_one_way": args.latency_ms if args.regions > 1 else None,
         },
         "cores": os.cpu_count(),
+        "store_dir": str(args.store_dir or tempfile.gettempdir()),
         "load1_before": round(os.getloadavg()[0], 2),
         "sides": {},
     }
@@ -715,6 +750,11 @@ def main(argv: list[str]) -> int:
         main_run = run_once(side, args.editors, args)
         runs.append(main_run)
         entry["run"] = summary(main_run)
+        if args.tmpfs_run and side.name == "crdtstore":
+            print(f"{name}: the same, its stores on tmpfs ...", flush=True)
+            tmpfs_run = run_once(side, args.editors, args, tmpfs=True)
+            runs.append(tmpfs_run)
+            entry["run_tmpfs"] = summary(tmpfs_run)
         if args.ramp:
 
             def step(editors: int, side: Side = side, main_run: Run = main_run) -> Run:
@@ -750,7 +790,9 @@ def main(argv: list[str]) -> int:
         "the side's store after a graceful stop (ours: every region's) holds the editors' text and every "
         "acknowledged keystroke (-N: N acknowledged keystrokes missing). 'vis': remote-visible within the "
         f"typist's region; 'x-reg': in another region ({args.latency_ms:g} ms one way). The peers are one region "
-        "each. ack: local (the editor's own region)."
+        "each. ack: local (the editor's own region). 'fsync p99', 'stalled': the disk under the side's store, "
+        f"timed on its own during the run (bench/diskprobe.py): its fdatasync p99 in ms, and the seconds it spent in "
+        f"fsyncs over {STALL_MS:g} ms, during which no write on it can be made durable."
     )
     print(orjson.dumps(report).decode())
     return 0

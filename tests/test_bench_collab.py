@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import sqlite3
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -560,3 +561,42 @@ def test_editors_share_one_parse_of_a_frame_and_each_keeps_its_own_text() -> Non
     assert a.state.value() == {"t": chr(base) + "ab"}
     assert shared.frames.messages(snapshot)[0]["value"] == {"t": "ab"}
     assert b.state.value() == {"t": "zab"}
+
+
+# The disk probe beside each run (bench/diskprobe.py).
+
+diskprobe = _load("bench_diskprobe", BENCH / "diskprobe.py")
+
+
+def test_disk_probe_counts_only_fsyncs_past_the_stall_bound_as_stalled() -> None:
+    probe = diskprobe.DiskProbe(Path("."))
+    probe.latencies = [0.0003] * 97 + [0.049, 0.120, 0.600]
+    summary = probe.summary()
+    assert summary["probes"] == 100
+    assert summary["stalls"] == 2
+    assert summary["stalled_s"] == pytest.approx(0.72)
+    assert summary["fsync_ms"]["max"] == 600.0
+    assert summary["fsync_ms"]["p50"] == 0.3
+
+
+def test_disk_probe_times_real_syncs_in_the_directory_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    with diskprobe.DiskProbe(tmp_path, interval=0.001, max_samples=5) as probe:
+        for _ in range(500):  # bounded: five probes take milliseconds
+            if len(probe.latencies) == 5:
+                break
+            time.sleep(0.01)
+    assert len(probe.latencies) == 5
+    assert all(x >= 0 for x in probe.latencies)
+    assert list(tmp_path.iterdir()) == []
+    assert diskprobe.DiskProbe(tmp_path).summary() == {"probes": 0}
+
+
+def test_the_bench_puts_the_stores_where_it_is_told(tmp_path: Path) -> None:
+    assert collab.parse_args(["--store-dir", str(tmp_path)]).store_dir == tmp_path
+    assert collab.parse_args([]).store_dir is None
+
+
+def test_the_tmpfs_run_is_asked_for_and_labelled_apart() -> None:
+    assert collab.parse_args(["--tmpfs-run"]).tmpfs_run
+    assert not collab.parse_args([]).tmpfs_run
+    assert collab.TMPFS == Path("/dev/shm")
