@@ -508,6 +508,10 @@ def test_a_short_three_region_run_converges_and_stores_every_acknowledged_keystr
     assert r["visible_ms_across_regions"]["p50"] is not None and r["visible_ms_within_region"]["p50"] is not None
     stored = r["persisted"]
     assert stored["text_identical"] and stored["acked_missing"] == 0 and set(stored["regions"]) == {"us", "eu", "ap"}
+    # The disk under the stores was timed while the editors typed, and the table shows it.
+    assert r["disk"]["probes"] >= 5 and r["disk"]["fsync_ms"]["p99"] >= 0
+    header, row = collab.table([run]).splitlines()
+    assert header.split()[-2:] == ["p99", "stalled"] and row.endswith("s")
 
 
 def _fake_runs(sustains_up_to: int) -> tuple[list[int], object]:
