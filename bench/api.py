@@ -38,6 +38,15 @@ a loaded machine), and ``*_spread``, the ratio of rates in each round
 (rounds pair phases run seconds apart: min, median, max), so a figure comes
 with the noise around it. write/write-http is the node's share: at 0.5 the
 node's part of a durable write costs what the HTTP layer's does.
+
+Then each pair runs once more at one fixed rate, 0.6 of its slower phase's
+closed-loop rate (``*_same_rate_cpu``: the faster phase's server CPU per
+request over the slower one's, both at that rate). A server's CPU per
+request falls as its rate rises (at saturation the event loop serves many
+sockets per wakeup), so the closed-loop ratios also charge the slower phase
+for the faster one's batching; at one rate, ``write_over_write_http_same_rate_cpu``
+is the node's part of a durable write against the HTTP layer's part at the
+rate durable writes run at.
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ __all__ = ["main"]
 
 TOKEN = "bench-token-0123456789abcdef"
 READ_DOCS = 256
+# The same-rate runs' rate, of a pair's slower closed-loop rate: both phases well below saturation, where a
+# queue would make the slower one's requests cheaper (fuller batches per wakeup) and vary with the round.
+SAME_RATE_FRACTION = 0.6
 
 
 # Servers (each in its own process).
@@ -237,7 +249,10 @@ async def closed_loop(
     return result
 
 
-async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float, seconds: float, pool: int) -> Result:
+async def fixed_rate(
+    name: str, port: int, make: RequestFactory, *, rate: float, seconds: float, pool: int, pid: int | None = None
+) -> Result:
+    """``rate`` requests a second for ``seconds`` over ``pool`` connections; ``pid``: the server's, for its CPU."""
     result = Result(name)
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(pool):
@@ -257,7 +272,7 @@ async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float,
         else:
             result.errors += 1
 
-    cpu0 = _cpu()
+    cpu0, server0 = _cpu(), procs.cpu_seconds(pid) if pid is not None else None
     for i in range(total):
         scheduled = start + i / rate
         delay = scheduled - time.perf_counter()
@@ -267,9 +282,54 @@ async def fixed_rate(name: str, port: int, make: RequestFactory, *, rate: float,
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
     result.elapsed = time.perf_counter() - start
     result.cpu = (_cpu() - cpu0) / result.elapsed
+    server1 = procs.cpu_seconds(pid) if pid is not None else None
+    if server0 is not None and server1 is not None:
+        result.server_cpu = server1 - server0
     while not idle.empty():
         idle.get_nowait().close()
     return result
+
+
+async def same_rate(
+    args: argparse.Namespace,
+    pairs: dict[str, tuple[str, str]],
+    phases: dict[str, tuple[ServerProc, RequestFactory]],
+    by_name: dict[str, Result],
+) -> dict[str, Any]:
+    """Each pair's two phases at one fixed rate below both maxima (:data:`SAME_RATE_FRACTION`): server CPU per request.
+
+    A server's CPU per request falls as its rate rises: at saturation its event
+    loop serves many sockets per wakeup. The HTTP layer alone (``write-http``)
+    answered 10,000 writes/s at 96 µs of CPU each in one run, and 2,500 a
+    second at 169 µs each. So the closed-loop ratio of two phases that saturate
+    at different rates also charges the slower one for the faster one's
+    batching. At one rate, below both maxima, ``den CPU / num CPU`` compares
+    what each request costs: the node's part of a durable write against the
+    HTTP layer's, at the rate the durable write runs at.
+    """
+    out: dict[str, Any] = {}
+    for key, (num, den) in pairs.items():
+        rate = round(SAME_RATE_FRACTION * min(by_name[num].rps, by_name[den].rps), -1)
+        cpu: dict[str, list[float]] = {num: [], den: []}
+        for _ in range(args.rounds):
+            for name in (num, den):
+                server, make = phases[name]
+                r = await fixed_rate(
+                    f"{name}@{rate:g}", server.port, make, rate=rate, seconds=args.seconds, pool=args.concurrency,
+                    pid=server.proc.pid,
+                )  # fmt: skip
+                if r.server_cpu_per_request_us is not None:
+                    cpu[name].append(r.server_cpu_per_request_us)
+                print(f"same rate: {r.line()}", flush=True)
+        if cpu[num] and cpu[den]:
+            num_us, den_us = sorted(cpu[num])[len(cpu[num]) // 2], sorted(cpu[den])[len(cpu[den]) // 2]
+            out[f"{key}_same_rate"] = {
+                "rate": rate,
+                f"{num}_cpu_us": round(num_us, 1),
+                f"{den}_cpu_us": round(den_us, 1),
+            }
+            out[f"{key}_same_rate_cpu"] = round(den_us / num_us, 4)
+    return out
 
 
 def _cpu() -> float:
@@ -375,6 +435,7 @@ async def run(args: argparse.Namespace, servers: dict[str, ServerProc], workdir:
             if num_cpu and den_cpu:
                 summary[f"{key}_cpu"] = round(den_cpu / num_cpu, 4)
         summary["loadgen_cpu_max"] = round(max(r.cpu for results in rounds.values() for r in results), 2)
+        summary |= await same_rate(args, pairs, {name: (server, make) for name, server, make in phases}, by_name)
     if args.mode in ("all", "fixed-rate"):
         r = await fixed_rate(
             f"write@{args.rate:g}/s",
