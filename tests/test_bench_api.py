@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.append(str(BENCH))  # the bench imports its siblings (loadgen, procs, diskprobe) by name
+from tests.bench_modules import BENCH, load
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-api = _load("bench_api_entry", BENCH / "api.py")
+api = load("bench_api_entry", BENCH / "api.py")
 
 
 class _Proc:

@@ -9,14 +9,11 @@ checked here against the state vectors pycrdt itself reports.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sqlite3
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
 
 import anyio
 import orjson
@@ -26,26 +23,11 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Text, TransactionEvent, merge_updates
 from pycrdt.store import SQLiteYStore
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-# The bench scripts import their siblings by name (procs, yupdate); appended, not prepended, so that
-# bench/trace.py never shadows the standard library's trace.
-for _folder in (BENCH, BENCH / "collab"):
-    if str(_folder) not in sys.path:
-        sys.path.append(str(_folder))
+from tests.bench_modules import BENCH, load
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-yupdate = _load("bench_collab_yupdate", BENCH / "collab" / "yupdate.py")
-collab = _load("bench_collab_entry", BENCH / "collab.py")
-driver = _load("bench_collab_pycrdt_driver", BENCH / "collab" / "pycrdt_driver.py")
+yupdate = load("bench_collab_yupdate", BENCH / "collab" / "yupdate.py")
+collab = load("bench_collab_entry", BENCH / "collab.py")
+driver = load("bench_collab_pycrdt_driver", BENCH / "collab" / "pycrdt_driver.py")
 
 # Inserts take text as editors type it: ASCII, accents, and characters past the BMP (two UTF-16 units in
 # Yjs). Deletes and formats run on ASCII-only scripts: pycrdt 0.14 panics deleting around multi-byte
@@ -392,7 +374,7 @@ def test_our_store_check_counts_each_editors_keystrokes(tmp_path: Path) -> None:
 
 # Our side across regions: the wiring, the driver's keystroke accounting, the per-region store check, a smoke run.
 
-our_driver = _load("bench_collab_crdtstore_driver", BENCH / "collab" / "crdtstore_driver.py")
+our_driver = load("bench_collab_crdtstore_driver", BENCH / "collab" / "crdtstore_driver.py")
 
 
 def test_our_side_runs_three_regions_by_default_and_one_on_request() -> None:
@@ -569,7 +551,7 @@ def test_editors_share_one_parse_of_a_frame_and_each_keeps_its_own_text() -> Non
 
 # The disk probe beside each run (bench/diskprobe.py).
 
-diskprobe = _load("bench_diskprobe", BENCH / "diskprobe.py")
+diskprobe = load("bench_diskprobe", BENCH / "diskprobe.py")
 
 
 def test_disk_probe_counts_only_fsyncs_past_the_stall_bound_as_stalled() -> None:
