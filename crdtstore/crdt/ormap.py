@@ -81,8 +81,8 @@ class ORMap:
         if not entries:
             return None
         if len(entries) == 1:  # the usual case: one type under a name
-            ((tag, value),) = entries.items()
-            return tag if value.visible() else None
+            for tag, value in entries.items():
+                return tag if value.visible() else None
         for tag in PRECEDENCE:
             value = entries.get(tag)
             if value is not None and value.visible():
