@@ -109,7 +109,15 @@ class CausalContext:
 
     def __contains__(self, dot: Dot) -> bool:
         flat = self.ranges.get(dot[0])
-        return flat is not None and bisect_right(flat, dot[1]) & 1 == 1
+        if flat is None:
+            return False
+        c = dot[1]
+        # Past the end, in the last range, or before the first: every join asks, mostly these.
+        if c >= flat[-1]:
+            return False
+        if c >= flat[-2]:
+            return True
+        return c >= flat[0] and bisect_right(flat, c) & 1 == 1
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CausalContext) and self.ranges == other.ranges
