@@ -26,7 +26,7 @@ deltas) build on it, so neither imports the other's user.
 from __future__ import annotations
 
 import gc
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -38,7 +38,7 @@ from .errors import DecodeError, UnsupportedVersion
 
 __all__ = ["FORMAT", "MAX_ENCODED_BYTES", "check_deleters", "decode_state", "encode_state"]
 
-FORMAT = 1
+FORMAT: Final = 1
 # The largest encoding decoding accepts: 64 times the node's per-document
 # write limit (16 MiB), so that a document many regions filled concurrently
 # still loads. What peers may send is capped much lower by the transport.
@@ -46,7 +46,7 @@ MAX_ENCODED_BYTES = 1 << 30
 # orjson returns bytes inside an allocation of at least 4 KiB; an encoding
 # that is kept (a delta log, a replay) is copied out below this size, so a
 # 30-byte delta costs about 30 bytes, not 4,097.
-_COMPACT_BELOW = 1 << 16
+_COMPACT_BELOW: Final = 1 << 16
 
 
 def encode_state(kind: str, root: ORMap, ctx: CausalContext) -> bytes:

@@ -27,13 +27,26 @@ def ranges_add(flat: list[int], lo: int, hi: int) -> None:
     """Add ``[lo, hi)`` to ``flat`` in place, merging overlapping and adjacent ranges."""
     if lo >= hi:
         return
-    if flat and lo >= flat[-1]:
-        # At or past the end, where new dots go: extend the last range, or start one after a gap.
-        if lo == flat[-1]:
-            flat[-1] = hi
-        else:
-            flat += (lo, hi)
-        return
+    if flat:
+        last = flat[-1]
+        if lo >= last:
+            # At or past the end, where new dots go: extend the last range, or start one after a gap.
+            if lo == last:
+                flat[-1] = hi
+            else:
+                flat += (lo, hi)
+            return
+        # Without a bisection, the cases every write meets: dots seen already at the end (a
+        # document's context is one range) and an earlier dot an op covers (before its own).
+        if lo >= flat[-2] and hi <= last:
+            return
+        first = flat[0]
+        if hi < first:
+            flat[0:0] = (lo, hi)
+            return
+        if hi == first:
+            flat[0] = lo
+            return
     i = bisect_left(flat, lo)
     j = bisect_right(flat, hi)
     if i & 1:  # lo falls inside (or at the end of) the range that starts at flat[i - 1]
@@ -48,6 +61,22 @@ def ranges_add(flat: list[int], lo: int, hi: int) -> None:
 def ranges_remove(flat: list[int], lo: int, hi: int) -> None:
     """Remove ``[lo, hi)`` from ``flat`` in place."""
     if lo >= hi:
+        return
+    if flat and lo >= flat[-2]:
+        # Within or past the last range, without a bisection: where a delta's own newest dots are.
+        start, end = flat[-2], flat[-1]
+        if lo >= end:
+            return
+        if hi >= end:
+            if lo == start:
+                del flat[-2:]
+            else:
+                flat[-1] = lo
+        elif lo == start:
+            flat[-2] = hi
+        else:
+            flat[-1] = lo
+            flat += (hi, end)
         return
     i = bisect_right(flat, lo)
     j = bisect_left(flat, hi)
@@ -80,7 +109,15 @@ class CausalContext:
 
     def __contains__(self, dot: Dot) -> bool:
         flat = self.ranges.get(dot[0])
-        return flat is not None and bisect_right(flat, dot[1]) & 1 == 1
+        if flat is None:
+            return False
+        c = dot[1]
+        # Past the end, in the last range, or before the first: every join asks, mostly these.
+        if c >= flat[-1]:
+            return False
+        if c >= flat[-2]:
+            return True
+        return c >= flat[0] and bisect_right(flat, c) & 1 == 1
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CausalContext) and self.ranges == other.ranges

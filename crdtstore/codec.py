@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -32,7 +32,7 @@ __all__ = [
     "encode_document",
 ]
 
-_MAX_PATH = 64  # as deep as a decoded map may nest
+_MAX_PATH: Final = 64  # as deep as a decoded map may nest
 
 
 def encode_document(doc: Document) -> bytes:

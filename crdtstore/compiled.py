@@ -49,6 +49,7 @@ MODULES = (
     "crdtstore.ops",
     "crdtstore.doccache",
     "crdtstore.docstore",
+    "crdtstore.hlc",
     "crdtstore.local",
     "crdtstore.merkle",
     "crdtstore.remote",

@@ -86,7 +86,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
@@ -171,7 +171,6 @@ class Loaded:
         return self.snapshot + self.tail_bytes
 
 
-@dataclass(frozen=True, slots=True)
 class Plan:
     """How :meth:`DocStore.write` stores a change, decided (and encoded) by :meth:`DocStore.plan`.
 
@@ -180,12 +179,18 @@ class Plan:
         digest: Its Merkle digest.
         data: The new snapshot (or tombstone) encoding; None: append the delta to the tail.
         bury: No field is left: store ``data`` as the tombstone.
+
+    Immutable (``Final``); a plain class, not a frozen dataclass, whose generated
+    ``__init__`` stays Python code when compiled: one is built per write.
     """
 
-    version: str
-    digest: bytes
-    data: bytes | None
-    bury: bool = False
+    __slots__ = ("bury", "data", "digest", "version")
+
+    def __init__(self, version: str, digest: bytes, data: bytes | None, bury: bool = False) -> None:
+        self.version: Final = version
+        self.digest: Final = digest
+        self.data: Final = data
+        self.bury: Final = bury
 
 
 class DocStore:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "INT64_MAX",
@@ -28,12 +28,13 @@ __all__ = [
     "doc_id_problem",
 ]
 
-MAX_DEPTH = 32
-MAX_KEY_BYTES = 256
-MAX_STRING_BYTES = 1 << 20
-MAX_BATCH_OPS = 10_000
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
+# Final: compiled, they are constants rather than a module dictionary lookup each (every op checks some).
+MAX_DEPTH: Final = 32
+MAX_KEY_BYTES: Final = 256
+MAX_STRING_BYTES: Final = 1 << 20
+MAX_BATCH_OPS: Final = 10_000
+INT64_MIN: Final = -(1 << 63)
+INT64_MAX: Final = (1 << 63) - 1
 
 MAX_DOCUMENT_BYTES = 16 << 20
 """Default bound on a document's stored bytes after a local write (``NodeConfig.max_document_bytes``).

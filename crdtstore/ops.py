@@ -8,7 +8,7 @@ formats are listed in the README.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 from .causal import CausalContext
 from .errors import InvalidOp, InvalidValue, InvalidVersion, OpError
@@ -29,24 +29,46 @@ KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "insert": (frozenset({"index"}), frozenset({"text", "values", "version"})),
 }
 
-_ALLOWED = {kind: required | optional | {"op", "path"} for kind, (required, optional) in KINDS.items()}
+_ALLOWED: Final = {kind: required | optional | {"op", "path"} for kind, (required, optional) in KINDS.items()}
 # kind -> (required, allowed): one lookup on the per-keystroke path.
-_SPECS = {kind: (required, _ALLOWED[kind]) for kind, (required, _) in KINDS.items()}
+_SPECS: Final = {kind: (required, _ALLOWED[kind]) for kind, (required, _) in KINDS.items()}
 
 
-class Op(NamedTuple):
-    """One checked op. A named tuple: immutable, and cheap to build on the per-keystroke path."""
+class Op:
+    """One checked op: immutable (``Final`` attributes; compiled, they are read-only).
 
-    kind: str
-    path: tuple[str, ...]
-    value: Any = None
-    lww: bool = False
-    by: int = 1
-    # ``at`` and ``span`` are the wire's ``index`` and ``count``: those names would shadow tuple.index and tuple.count.
-    at: int | None = None
-    span: int = 1
-    content: str | list[Any] | None = None  # insert: text (str) or values (list)
-    version: CausalContext | None = None
+    A plain class, not a named tuple: compiled, it is a native class, built and
+    read without a Python-level call (a ``NamedTuple``'s ``__new__`` is Python
+    code even in a compiled module), and every batch builds one per op.
+    """
+
+    __slots__ = ("at", "by", "content", "kind", "lww", "path", "span", "value", "version")
+
+    def __init__(
+        self,
+        kind: str,
+        path: tuple[str, ...],
+        value: Any = None,
+        lww: bool = False,
+        by: int = 1,
+        at: int | None = None,
+        span: int = 1,
+        content: str | list[Any] | None = None,
+        version: CausalContext | None = None,
+    ) -> None:
+        self.kind: Final = kind
+        self.path: Final = path
+        self.value: Final = value
+        self.lww: Final = lww
+        self.by: Final = by
+        # ``at`` and ``span`` are the wire's ``index`` and ``count``.
+        self.at: Final = at
+        self.span: Final = span
+        self.content: Final = content  # insert: text (str) or values (list)
+        self.version: Final = version
+
+    def __repr__(self) -> str:
+        return f"Op({self.kind!r}, {self.path!r})"
 
 
 def parse_ops(ops: Any) -> list[Op]:

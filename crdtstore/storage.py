@@ -142,7 +142,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lmdb
 
-from crdtstore.merkle import EMPTY, HASH_SIZE, MerkleShape, MerkleTree, hash_children, item_hash, node_key
+from crdtstore.merkle import HASH_SIZE, MerkleShape, MerkleTree, leaf_change, node_key, rehash, xor_leaves
 from sync.types import LogEntry
 
 if TYPE_CHECKING:
@@ -172,6 +172,7 @@ FORMAT_VERSION = 1
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
 _SEP = b"\x00"
 
 _META_FORMAT = b"format"
@@ -311,8 +312,12 @@ def _bucket_key(shape: MerkleShape, doc_id: str) -> bytes:
 
 def _encode_log_value(entry: LogEntry) -> bytes:
     """The ``log`` value of an entry: its document id (a delta does not name its document), then the delta."""
-    raw = entry.doc_id.encode()
-    return struct.pack(">H", len(raw)) + raw + entry.delta
+    return _log_value(entry.doc_id, entry.delta)
+
+
+def _log_value(doc_id: str, delta: bytes) -> bytes:
+    raw = doc_id.encode()
+    return _U16.pack(len(raw)) + raw + delta
 
 
 def _decode_log_value(origin: str, seq: int, value: bytes) -> LogEntry:
@@ -821,7 +826,8 @@ class Storage:
         Call it in the write transaction that holds the leaf changes, before
         committing it. Level by level, each parent of a changed node is
         recomputed once from its children, read with one cursor range scan
-        (empty nodes are absent, so the scan sees only the stored ones).
+        (empty nodes are absent, so the scan sees only the stored ones):
+        :func:`crdtstore.merkle.rehash`, compiled with the core.
 
         It also writes the meta counters the transaction kept in memory (see
         the module docstring), so whatever commits writes must call it first.
@@ -832,32 +838,8 @@ class Storage:
         self._spill(txn)
         if not self._dirty_leaves:
             return 0
-        db = self.dbs["merkle"]
-        fanout = self.shape.fanout
-        indexes = self._dirty_leaves
-        rehashed = 0
-        with txn.cursor(db=db) as cur:
-            for level in range(self.shape.depth - 1, -1, -1):
-                indexes = {i // fanout for i in indexes}
-                for index in indexes:
-                    first = index * fanout
-                    children = [EMPTY] * fanout
-                    # Past the last child: the next sibling's key, or past every
-                    # key of this level when the children end the index space.
-                    last = first + fanout >= 2**32
-                    end = bytes([level + 1]) + b"\xff" * 5 if last else node_key(level + 1, first + fanout)
-                    if cur.set_range(node_key(level + 1, first)):
-                        for key, value in cur:
-                            if key >= end:
-                                break
-                            children[_U32.unpack_from(key, 1)[0] - first] = value
-                    value = hash_children(children)
-                    key = node_key(level, index)
-                    if value == EMPTY:
-                        txn.delete(key, db=db)
-                    else:
-                        txn.put(key, value, db=db)
-                    rehashed += 1
+        with txn.cursor(db=self.dbs["merkle"]) as cur:
+            rehashed = rehash(cur, self.shape, self._dirty_leaves)
         self._dirty_leaves = set()
         return rehashed
 
@@ -886,9 +868,14 @@ class Storage:
 
     def append_local(self, txn: Txn, origin: str, doc_id: str, delta: bytes) -> int:
         """Log a delta minted here under the next seq of ``origin``; return that seq."""
-        seq = self.get_seq(txn, origin) + 1
-        self._put_log(txn, LogEntry(origin, seq, doc_id, delta))
-        self._set_seq(txn, origin, seq)
+        # get_seq, _put_log and _set_seq in one: every local write passes here, and each
+        # Python-level call of theirs cost about what the work itself does.
+        raw = _check_origin(origin)
+        mark = _META_VV + raw
+        stored = self._meta_get(txn, mark)
+        seq = (0 if stored is None else _U64.unpack(stored)[0]) + 1
+        self._put(txn, "log", raw + _SEP + _U64.pack(seq), _log_value(doc_id, delta))
+        self._meta_put(txn, mark, _U64.pack(seq))
         return seq
 
     def has_log(self, txn: Txn, origin: str, seq: int) -> bool:
@@ -1060,11 +1047,7 @@ class Storage:
 
     def _update_leaf(self, txn: Txn, doc_id: str, bkey: bytes, old: bytes | None, new: bytes | None) -> None:
         """XOR the document's change into its leaf; the inner nodes wait for :meth:`flush_merkle`."""
-        delta = 0
-        if old is not None:
-            delta ^= int.from_bytes(item_hash(doc_id, old), "big")
-        if new is not None:
-            delta ^= int.from_bytes(item_hash(doc_id, new), "big")
+        delta = leaf_change(doc_id, old, new)
         if not delta:
             return
         bucket = _U32.unpack_from(bkey)[0]
@@ -1130,9 +1113,8 @@ class Storage:
             self._reading(txn, name)
         if self._leaf_xor:
             leaves, self._leaf_xor = self._leaf_xor, {}
-            for bucket in sorted(leaves):
-                if leaves[bucket]:
-                    self._xor_leaf(txn, bucket, leaves[bucket])
+            with txn.cursor(db=self.dbs["merkle"]) as cur:
+                xor_leaves(cur, self.shape, leaves)
         if not self._meta_dirty:
             return
         db = self.dbs["meta"]

@@ -24,6 +24,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+from typing import Final
 
 import orjson
 
@@ -41,7 +42,8 @@ _TAG_CHARS = 16  # unpadded base64url of 12 bytes
 
 def encode_version(ctx: CausalContext) -> str:
     raw = orjson.dumps(ctx.ranges, option=orjson.OPT_SORT_KEYS)
-    return _PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode without its Python-level wrapper (every write encodes its version).
+    return _PREFIX + binascii.b2a_base64(raw, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def decode_version(token: object) -> CausalContext:
@@ -104,7 +106,7 @@ def _tag(body: str, doc_id: str, key: bytes) -> str:
     return binascii.b2a_base64(mac.digest(), newline=False).translate(_URLSAFE).decode("ascii")
 
 
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 
 
 @functools.lru_cache(maxsize=16)

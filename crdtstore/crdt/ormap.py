@@ -14,7 +14,7 @@ empty, which is what lets a delta join visit only the delta's fields.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from ..causal import CausalContext, Dot
 from ..errors import DecodeError
@@ -31,9 +31,9 @@ __all__ = ["PRECEDENCE", "ORMap", "empty_value"]
 
 # When concurrent first writes gave one name several types, the read shows
 # the first visible one in this order: containers before scalars.
-PRECEDENCE = (Tag.MAP, Tag.LIST, Tag.TEXT, Tag.SET, Tag.COUNTER, Tag.FLAG, Tag.LWW, Tag.REGISTER)
+PRECEDENCE: Final = (Tag.MAP, Tag.LIST, Tag.TEXT, Tag.SET, Tag.COUNTER, Tag.FLAG, Tag.LWW, Tag.REGISTER)
 
-_SIMPLE: dict[Tag, Any] = {
+_SIMPLE: Final[dict[Tag, Any]] = {
     Tag.REGISTER: MVRegister,
     Tag.LWW: LWWRegister,
     Tag.COUNTER: Counter,
@@ -81,8 +81,8 @@ class ORMap:
         if not entries:
             return None
         if len(entries) == 1:  # the usual case: one type under a name
-            ((tag, value),) = entries.items()
-            return tag if value.visible() else None
+            for tag, value in entries.items():
+                return tag if value.visible() else None
         for tag in PRECEDENCE:
             value = entries.get(tag)
             if value is not None and value.visible():

@@ -68,7 +68,9 @@ class _DotFunRegister:
         return type(self)({dot: value})
 
     def to_json(self, table: ReplicaTable) -> list[Any]:
-        return [[table.ref(r), c, v] for (r, c), v in sorted(self.entries.items(), key=_by_dot)]
+        # One entry (the usual register: no concurrent write) needs no sort.
+        items = self.entries.items()
+        return [[table.ref(r), c, v] for (r, c), v in (items if len(items) < 2 else sorted(items, key=_by_dot))]
 
     @classmethod
     def from_json(cls, data: Any, table: ReplicaTable) -> Self:
