@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for figures, side in ((ours, "ours"), (peer, "pycrdt")):
         figures["load_fresh_ms"] = _load_in_fresh_process(side, figures.pop("encoded"))
-        for r in (our_rounds if side == "ours" else peer_rounds):
+        for r in our_rounds if side == "ours" else peer_rounds:
             r.pop("encoded", None)
     print(
         f"load in a fresh process, best of {BEST_OF}: ours {ours['load_fresh_ms']:.2f} ms CPU, "

@@ -392,9 +392,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crdtstore", description="A geo-replicated CRDT document store.")
-    parser.add_argument(
-        "--version", action="version", version=f"crdtstore {__version__} (core: {compiled.status()})"
-    )
+    parser.add_argument("--version", action="version", version=f"crdtstore {__version__} (core: {compiled.status()})")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(

@@ -126,6 +126,7 @@ __all__ = [
 State = Literal["live", "tombstone", "new"]
 """Where a loaded document came from: ``docs``, ``tombstones``, or nowhere."""
 
+
 @dataclass(frozen=True, slots=True)
 class ReadResult:
     """A committed document as read from this replica.
@@ -164,7 +165,6 @@ class Loaded:
     next_seq: int = 1
     view: bool | None = False
     digest: bytes | None | Unknown = UNKNOWN
-
 
     @property
     def size(self) -> int:

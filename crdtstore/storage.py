@@ -730,9 +730,7 @@ class Storage:
         """The digest the Merkle tree holds for ``doc_id``, or None if absent."""
         return txn.get(self._bucket_key(doc_id), db=self._reading(txn, "buckets"))
 
-    def put_doc(
-        self, txn: Txn, doc_id: str, data: bytes, digest: bytes, old: bytes | None | Unknown = UNKNOWN
-    ) -> bool:
+    def put_doc(self, txn: Txn, doc_id: str, data: bytes, digest: bytes, old: bytes | None | Unknown = UNKNOWN) -> bool:
         """Store a document's snapshot (dropping its tail) and record its new digest.
 
         Returns:
@@ -1033,9 +1031,7 @@ class Storage:
     def _bucket_key(self, doc_id: str) -> bytes:
         return _bucket_key(self.shape, doc_id)
 
-    def _set_digest(
-        self, txn: Txn, doc_id: str, digest: bytes, old: bytes | None | Unknown = UNKNOWN
-    ) -> bytes | None:
+    def _set_digest(self, txn: Txn, doc_id: str, digest: bytes, old: bytes | None | Unknown = UNKNOWN) -> bytes | None:
         """Record a live document's digest in its bucket and leaf; return the previous one."""
         bkey = self._bucket_key(doc_id)
         if isinstance(old, Unknown):

@@ -27,9 +27,7 @@ def _ids(*values: str) -> Callable[[], str]:
     return lambda: next(it)
 
 
-async def open_node(
-    data_dir: Path, *, region: str, shape: MerkleShape, ids: tuple[str, ...], **config: Any
-) -> Node:
+async def open_node(data_dir: Path, *, region: str, shape: MerkleShape, ids: tuple[str, ...], **config: Any) -> Node:
     """Start a node on ``data_dir``; ``ids`` are what it draws: ``(base_suffix, nonce)`` when new, ``(nonce,)`` after.
 
     The base id of a new directory is ``f"{region}-{ids[0]}"`` (see :mod:`crdtstore.storage`).

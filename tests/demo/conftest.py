@@ -136,4 +136,3 @@ def artifacts() -> Path:
     path = Path(os.environ.get("CRDTSTORE_ARTIFACTS") or ROOT / "test-artifacts") / "demo"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
