@@ -44,7 +44,7 @@ def test_each_pair_runs_at_one_rate_below_both_maxima_and_reports_cpu_per_reques
                "write-http": api.Result("write-http", latencies=[0.0] * 9000, elapsed=1.0)}  # fmt: skip
     phases = {"write": (_Server(1), None), "write-http": (_Server(2), None)}
     out = asyncio.run(api.same_rate(args, {"write_over_write_http": ("write", "write-http")}, phases, by_name))
-    # 0.6 of the slower phase's closed-loop rate (2,500/s), the same for both phases, every round.
-    assert {rate for _, rate in asked} == {1500.0} and len(asked) == 6
-    assert out["write_over_write_http_same_rate"] == {"rate": 1500.0, "write_cpu_us": 300.0, "write-http_cpu_us": 150.0}
+    # 0.9 of the slower phase's closed-loop rate (2,500/s), the same for both phases, every round.
+    assert {rate for _, rate in asked} == {2250.0} and len(asked) == 6
+    assert out["write_over_write_http_same_rate"] == {"rate": 2250.0, "write_cpu_us": 300.0, "write-http_cpu_us": 150.0}
     assert out["write_over_write_http_same_rate_cpu"] == 0.5  # the median of each side: 150 / 300
