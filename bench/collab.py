@@ -461,6 +461,7 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
         driver = subprocess.Popen(driver_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
         assert driver.stdout is not None
         marks: dict[str, tuple[float, float | None, float | None, dict[str, float | None]]] = {}
+        steal: dict[str, float | None] = {}
         load1 = os.getloadavg()[0]
         # The disk the side's store is on, timed on its own while the editors type.
         probe = DiskProbe(Path(tmp))
@@ -476,6 +477,7 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                 elif event == "end":
                     probe.__exit__()
                 if event in ("start", "end"):
+                    steal[event] = procs.steal_seconds()
                     marks[event] = (
                         time.monotonic(),
                         _cpu(servers.pids),
@@ -499,6 +501,11 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
         r = run.result
         r["load1_at_start"] = round(load1, 2)
         r["disk"] = probe.summary()
+        s0, s1 = steal.get("start"), steal.get("end")
+        if s0 is not None and s1 is not None and "start" in marks and "end" in marks:
+            # Of the machine's CPU time while typing, the share its host gave to other guests.
+            wall = marks["end"][0] - marks["start"][0]
+            r["host_steal_util"] = round((s1 - s0) / (wall * (os.cpu_count() or 1)), 4) if wall > 0 else None
         r["server_processes"] = len(servers.pids)
         if "start" in marks and "end" in marks:
             (w0, s0, d0, x0), (w1, s1, d1, x1) = marks["start"], marks["end"]
@@ -586,7 +593,7 @@ def table(runs: list[Run]) -> str:
     head = (
         f"{'side':<17}{'reg':>4}{'E':>5}{'offered/s':>10}{'acked/s':>9}{'ack p50':>9}{'ack p99':>9}{'vis p50':>9}"
         f"{'vis p99':>9}{'x-reg p50':>10}{'x-reg p99':>10}{'lag p99':>9}{'cpu ms/op':>10}{'srv cpu':>8}"
-        f"{'drv cpu':>8}{'same text':>10}{'stored':>8}{'load1':>7}{'fsync p99':>10}{'stalled':>9}"
+        f"{'drv cpu':>8}{'same text':>10}{'stored':>8}{'load1':>7}{'fsync p99':>10}{'stalled':>9}{'steal':>7}"
     )
     lines = [head]
     for run in runs:
@@ -617,6 +624,7 @@ def table(runs: list[Run]) -> str:
             f"{_fmt(r.get('driver_cpu_util'), '.0%'):>8}{'yes' if r['texts_identical'] else 'NO':>10}"
             f"{stored_ok:>8}{r['load1_at_start']:>7.2f}"
             f"{_fmt(disk.get('fsync_ms', {}).get('p99'), '.1f'):>10}{_fmt(disk.get('stalled_s'), '.2f'):>8}s"
+            f"{_fmt(r.get('host_steal_util'), '.1%'):>7}"
         )
     return "\n".join(lines)
 
@@ -647,7 +655,7 @@ def summary(run: Run) -> dict[str, Any]:
         "editors", "offered_ops", "acked_in_window", "ops_per_s", "ack_ms", "visible_ms", "visible_missing",
         "send_lag_ms_p99", "server_cpu_ms_per_op", "server_cpu_util", "driver_cpu_util", "texts_identical",
         "text_length", "persisted", "load1_at_start", "unreadable_updates", "batches_sent", "frames_received",
-        "server_cpu_ms_per_batch", "disk",
+        "server_cpu_ms_per_batch", "disk", "host_steal_util",
     )  # fmt: skip
     out = {k: r.get(k) for k in keep}
     out["regions"] = r.get("regions", 1)
@@ -792,7 +800,9 @@ def main(argv: list[str]) -> int:
         f"typist's region; 'x-reg': in another region ({args.latency_ms:g} ms one way). The peers are one region "
         "each. ack: local (the editor's own region). 'fsync p99', 'stalled': the disk under the side's store, "
         f"timed on its own during the run (bench/diskprobe.py): its fdatasync p99 in ms, and the seconds it spent in "
-        f"fsyncs over {STALL_MS:g} ms, during which no write on it can be made durable."
+        f"fsyncs over {STALL_MS:g} ms, during which no write on it can be made durable. 'steal': of the machine's "
+        "CPU time while typing, the share its hypervisor gave other guests (/proc/stat): a busy host delays every "
+        "process here."
     )
     print(orjson.dumps(report).decode())
     return 0

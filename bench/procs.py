@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 
-__all__ = ["cpu_seconds", "stop"]
+__all__ = ["cpu_seconds", "steal_seconds", "stop"]
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -21,6 +21,23 @@ def cpu_seconds(pid: int) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_seconds() -> float | None:
+    """CPU seconds the hypervisor gave other guests while this machine wanted them, summed over cores, since boot.
+
+    From Linux ``/proc/stat`` (None elsewhere). On a virtual machine whose host
+    is busy, every process here runs late by as much, whatever it is: a
+    benchmark's tail then measures the host's neighbours.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(proc: subprocess.Popen[bytes], *, timeout: float = 30.0) -> None:

@@ -9,6 +9,7 @@ checked here against the state vectors pycrdt itself reports.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -493,7 +494,8 @@ def test_a_short_three_region_run_converges_and_stores_every_acknowledged_keystr
     # The disk under the stores was timed while the editors typed, and the table shows it.
     assert r["disk"]["probes"] >= 5 and r["disk"]["fsync_ms"]["p99"] >= 0
     header, row = collab.table([run]).splitlines()
-    assert header.split()[-2:] == ["p99", "stalled"] and row.endswith("s")
+    assert header.split()[-3:] == ["p99", "stalled", "steal"] and row.endswith("%")
+    assert 0 <= r["host_steal_util"] <= 1  # the host's share of this machine's CPU while typing
 
 
 def _fake_runs(sustains_up_to: int) -> tuple[list[int], object]:
@@ -586,3 +588,14 @@ def test_the_tmpfs_run_is_asked_for_and_labelled_apart() -> None:
     assert collab.parse_args(["--tmpfs-run"]).tmpfs_run
     assert not collab.parse_args([]).tmpfs_run
     assert collab.TMPFS == Path("/dev/shm")
+
+
+def test_steal_is_read_off_the_first_line_of_proc_stat() -> None:
+    procs = load("bench_procs", BENCH / "procs.py")
+    first = procs.steal_seconds()
+    assert first is not None and first >= 0
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    assert fields[0] == "cpu"
+    # The eighth counter after "cpu" is steal, in clock ticks; it only ever grows.
+    assert procs.steal_seconds() >= int(fields[8]) / os.sysconf("SC_CLK_TCK") >= first
