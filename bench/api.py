@@ -393,8 +393,8 @@ async def run(args: argparse.Namespace, servers: dict[str, ServerProc], workdir:
                     with DiskProbe(workdir) as probe:
                         result = await closed_loop(name, server, make, **opts)
                     disk.append(probe.summary())
-                    stalls = disk[-1].get("fsync_ms", {})
-                    note = f"  disk: fsync p99 {stalls.get('p99')} ms, stalled {disk[-1].get('stalled_s')} s"
+                    fsync = disk[-1].get("fsync_ms", {})
+                    note = f"  disk: fsync p99 {fsync.get('p99')} ms, stalled {disk[-1].get('stalled_s')} s"
                 else:
                     result = await closed_loop(name, server, make, **opts)
                     note = ""

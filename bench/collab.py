@@ -461,7 +461,7 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
         driver = subprocess.Popen(driver_cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
         assert driver.stdout is not None
         marks: dict[str, tuple[float, float | None, float | None, dict[str, float | None]]] = {}
-        steal: dict[str, float | None] = {}
+        steal: dict[str, float | None] = {}  # the host's, from /proc/stat
         load1 = os.getloadavg()[0]
         # The disk the side's store is on, timed on its own while the editors type.
         probe = DiskProbe(Path(tmp))
@@ -473,24 +473,24 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                 record = orjson.loads(line)
                 event = record.get("event")
                 if event == "start":
-                    probe.__enter__()
+                    probe.start()
                 elif event == "end":
-                    probe.__exit__()
+                    probe.stop()
                 if event in ("start", "end"):
-                    steal[event] = procs.steal_seconds()
                     marks[event] = (
                         time.monotonic(),
                         _cpu(servers.pids),
                         procs.cpu_seconds(driver.pid),
                         {name: procs.cpu_seconds(pid) for name, pid in servers.extra_pids.items()},
                     )
+                    steal[event] = procs.steal_seconds()
                     if event == "end" and crash:
                         _kill(servers)
                 elif event == "result":
                     run.result = record
             driver.wait(timeout=30)
         finally:
-            probe.__exit__()
+            probe.stop()
             killer.cancel()
             procs.stop(driver, timeout=5)
             driver.stdout.close()
@@ -501,11 +501,6 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
         r = run.result
         r["load1_at_start"] = round(load1, 2)
         r["disk"] = probe.summary()
-        s0, s1 = steal.get("start"), steal.get("end")
-        if s0 is not None and s1 is not None and "start" in marks and "end" in marks:
-            # Of the machine's CPU time while typing, the share its host gave to other guests.
-            wall = marks["end"][0] - marks["start"][0]
-            r["host_steal_util"] = round((s1 - s0) / (wall * (os.cpu_count() or 1)), 4) if wall > 0 else None
         r["server_processes"] = len(servers.pids)
         if "start" in marks and "end" in marks:
             (w0, s0, d0, x0), (w1, s1, d1, x1) = marks["start"], marks["end"]
@@ -526,6 +521,10 @@ def run_once(side: Side, editors: int, args: argparse.Namespace, *, crash: bool 
                 after = x1.get(name)
                 if before is not None and after is not None:
                     r[f"{name}_cpu_util"] = round((after - before) / wall, 3)
+            t0, t1 = steal.get("start"), steal.get("end")
+            if t0 is not None and t1 is not None:
+                # Of the machine's CPU time while typing, the share its host gave to other guests.
+                r["host_steal_util"] = round((t1 - t0) / (wall * (os.cpu_count() or 1)), 4)
         r["persisted"] = check_stores(side, servers.stores, r)
     return run
 

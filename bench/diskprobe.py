@@ -49,15 +49,24 @@ class DiskProbe:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> DiskProbe:
-        self._thread = threading.Thread(target=self._run, name="disk-probe", daemon=True)
-        self._thread.start()
-        return self
+    def start(self) -> None:
+        """Start probing (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="disk-probe", daemon=True)
+            self._thread.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop probing and wait for the probe in flight (idempotent; harmless before :meth:`start`)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def __enter__(self) -> DiskProbe:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _run(self) -> None:
         fd, name = tempfile.mkstemp(prefix=".diskprobe-", dir=self.directory)

@@ -142,7 +142,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import lmdb
 
-from crdtstore.merkle import HASH_SIZE, MerkleShape, MerkleTree, leaf_change, node_key, rehash, xor_leaves
+from crdtstore.merkle import MerkleShape, MerkleTree, leaf_change, rehash, xor_leaves
 from sync.types import LogEntry
 
 if TYPE_CHECKING:
@@ -313,6 +313,11 @@ def _bucket_key(shape: MerkleShape, doc_id: str) -> bytes:
 def _encode_log_value(entry: LogEntry) -> bytes:
     """The ``log`` value of an entry: its document id (a delta does not name its document), then the delta."""
     return _log_value(entry.doc_id, entry.delta)
+
+
+def _log_key(origin: bytes, seq: int) -> bytes:
+    """The ``log`` key of an entry: its (checked) origin, then its seq, big-endian so that a scan goes in order."""
+    return origin + _SEP + _U64.pack(seq)
 
 
 def _log_value(doc_id: str, delta: bytes) -> bytes:
@@ -872,7 +877,7 @@ class Storage:
         mark = _META_VV + raw
         stored = self._meta_get(txn, mark)
         seq = (0 if stored is None else _U64.unpack(stored)[0]) + 1
-        self._put(txn, "log", raw + _SEP + _U64.pack(seq), _log_value(doc_id, delta))
+        self._put(txn, "log", _log_key(raw, seq), _log_value(doc_id, delta))
         self._meta_put(txn, mark, _U64.pack(seq))
         return seq
 
@@ -1055,14 +1060,8 @@ class Storage:
         self._xor_leaf(txn, bucket, delta)
 
     def _xor_leaf(self, txn: Txn, bucket: int, delta: int) -> None:
-        key = node_key(self.shape.depth, bucket)
-        db = self.dbs["merkle"]
-        stored = txn.get(key, db=db)
-        value = (int.from_bytes(stored, "big") if stored is not None else 0) ^ delta
-        if value:
-            txn.put(key, value.to_bytes(HASH_SIZE, "big"), db=db)
-        else:
-            txn.delete(key, db=db)  # empty nodes are never stored
+        with txn.cursor(db=self.dbs["merkle"]) as cur:
+            xor_leaves(cur, self.shape, {bucket: delta})
 
     def _drop_tail(self, txn: Txn, key: bytes) -> None:
         prefix = key + _SEP
@@ -1077,7 +1076,7 @@ class Storage:
         return check_doc_id(doc_id) + _SEP + _U64.pack(seq)
 
     def _log_key(self, origin: str, seq: int) -> bytes:
-        return _check_origin(origin) + _SEP + _U64.pack(seq)
+        return _log_key(_check_origin(origin), seq)
 
     def _put_log(self, txn: Txn, entry: LogEntry) -> None:
         self._put(txn, "log", self._log_key(entry.origin, entry.seq), _encode_log_value(entry))
