@@ -143,10 +143,15 @@ class ReplicatorSettings:
         truncate_interval: Seconds between log truncation passes (None: never truncate).
         removed_peer_grace: Seconds a peer that left membership still holds back log truncation
             (:func:`sync.truncation.pinning_peers`).
-        announce_interval: Least seconds between two announcements of our own writes to the links: a
-            commit right after an announcement waits out the rest, so the commits of that time cross as
-            one ``Deltas`` message per peer (and one remote commit there) instead of one each; a write
-            after a quiet spell goes at once. 0: every commit at once.
+        announce_interval: Seconds per announcement of our own writes to the links, sustained (a token
+            bucket refilled at one per interval, holding ``announce_burst``): a commit that finds the
+            bucket empty waits for the next token, so under a high write rate the commits of that time
+            cross as one ``Deltas`` message per peer (and one remote commit there) instead of one each.
+            0: every commit at once.
+        announce_burst: Announcements that go at once after a quiet spell. At a moderate commit rate
+            (a live document's keystrokes) each commit then goes the moment it lands, instead of waiting
+            out the interval whenever it follows another within it: that wait was on the path of every
+            change seen in another region.
     """
 
     tick_interval: float = 0.1
@@ -157,6 +162,7 @@ class ReplicatorSettings:
     truncate_interval: float | None = 1.0
     removed_peer_grace: float = 3600.0
     announce_interval: float = 0.01
+    announce_burst: int = 16
 
 
 class ReplicatedNode(ReplicaStore, Protocol):
@@ -726,7 +732,8 @@ class Replicator:
         origin = self.node.replica_id
         loop = asyncio.get_running_loop()
         interval = self.settings.announce_interval
-        announced_at = -interval  # loop time of the last announcement
+        burst = max(1, self.settings.announce_burst)
+        tokens, refilled = float(burst), loop.time()
         pending: list[Any] = []  # read, not yet announced (bounded: one interval of our commits)
         while self._running:
             self._tail_wake.clear()
@@ -739,13 +746,15 @@ class Replicator:
                 if len(entries) < self.settings.log_page:
                     break
             if pending:
-                wait = announced_at + interval - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue  # read what committed meanwhile: it goes out with these
+                if interval > 0:
+                    now = loop.time()
+                    tokens, refilled = min(burst, tokens + (now - refilled) / interval), now
+                    if tokens < 1:
+                        await asyncio.sleep((1 - tokens) * interval)
+                        continue  # read what committed meanwhile: it goes out with these
+                    tokens -= 1
                 self._announce(pending)
                 self._announced = pending[-1].seq
-                announced_at = loop.time()
                 pending = []
             await self._tail_wake.wait()
 

@@ -488,9 +488,10 @@ class _LogNode:
         self.entries.append(LogEntry(self.replica_id, seq, "doc", b"delta"))
 
 
-async def _tailing(interval: float) -> tuple[_LogNode, Replicator, _Link, asyncio.Task[None]]:
+async def _tailing(interval: float, burst: int = 1) -> tuple[_LogNode, Replicator, _Link, asyncio.Task[None]]:
     node = _LogNode()
-    replicator = Replicator(node, secret=SECRET, region="r0", settings=ReplicatorSettings(announce_interval=interval))  # type: ignore[arg-type]
+    settings = ReplicatorSettings(announce_interval=interval, announce_burst=burst)
+    replicator = Replicator(node, secret=SECRET, region="r0", settings=settings)  # type: ignore[arg-type]
     link = _Link(proto=_open_protocols()[0], conn=_StubConn())
     replicator._links.add(link)
     replicator._running = True
@@ -520,6 +521,45 @@ def test_commits_right_after_an_announcement_cross_together_once_the_interval_is
         return sent
 
     assert asyncio.run(scenario()) == [[1], [2, 3]]
+
+
+def test_a_burst_of_commits_after_a_quiet_spell_goes_at_once_then_the_interval_binds() -> None:
+    """A moderate commit rate never waits (the wait was on every cross-region change); a high one is still paced."""
+
+    async def scenario() -> list[list[int]]:
+        node, replicator, link, task = await _tailing(1.0, burst=3)
+        for seq in (1, 2, 3):  # within the burst: each at once, on its own
+            node.commit(seq)
+            replicator._tail_wake.set()
+            await _messages(link, seq)
+        for seq in (4, 5):  # the bucket is empty: these wait for the next token and cross together
+            node.commit(seq)
+            replicator._tail_wake.set()
+            await asyncio.sleep(0)
+        sent = await _messages(link, 4)
+        task.cancel()
+        return sent
+
+    assert asyncio.run(scenario()) == [[1], [2], [3], [4, 5]]
+
+
+def test_a_sustained_commit_rate_is_announced_at_most_once_per_interval_after_the_burst() -> None:
+    async def scenario() -> tuple[int, float]:
+        node, replicator, link, task = await _tailing(0.02, burst=4)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for seq in range(1, 201):  # a commit every millisecond for 0.2 s
+            node.commit(seq)
+            replicator._tail_wake.set()
+            await asyncio.sleep(0.001)
+        sent = await _messages(link, 1)
+        elapsed = loop.time() - started
+        task.cancel()
+        assert [seq for message in sent for seq in message] == list(range(1, len(sum(sent, [])) + 1))
+        return len(sent), elapsed
+
+    messages, elapsed = asyncio.run(scenario())
+    assert messages <= 4 + elapsed / 0.02 + 1
 
 
 def test_with_no_announce_interval_each_commit_goes_on_its_own() -> None:
