@@ -27,7 +27,7 @@ from .crdt.ormap import ORMap, empty_value, removal_of
 from .crdt.registers import LWWRegister, MVRegister
 from .crdt.sequence import SeqDelta, Sequence
 from .crdt.tags import Tag
-from .errors import IndexOutOfRange, InvalidOp, InvalidValue, TypeMismatch
+from .errors import IndexOutOfRange, InvalidOp, InvalidValue, TypeMismatch, VersionAhead
 from .ops import Op, parse_ops
 from .version import decode_version, encode_version
 
@@ -211,7 +211,7 @@ class _Planner:
         for i, op in enumerate(ops):
             try:
                 self._check(op, last=i == len(ops) - 1)
-            except (InvalidOp, InvalidValue, TypeMismatch, IndexOutOfRange) as exc:
+            except (InvalidOp, InvalidValue, TypeMismatch, IndexOutOfRange, VersionAhead) as exc:
                 exc.op_index = i
                 exc.args = (f"op {i}: {exc.reason}",)
                 raise
@@ -244,6 +244,9 @@ class _Planner:
             raise TypeMismatch("insert into text takes text", path=list(op.path))
         if op.kind == "insert" and wanted is Tag.LIST and not isinstance(op.content, list):
             raise TypeMismatch("insert into a list takes values", path=list(op.path))
+        if op.version is not None and not self.doc.ctx.contains_context(op.version):
+            # Its index counts elements not here yet: read against what is here, it would land elsewhere.
+            raise VersionAhead("the version names changes this replica has not received yet", path=list(op.path))
         if tag is None:
             length = 0
         elif real is None:

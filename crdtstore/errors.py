@@ -31,6 +31,7 @@ __all__ = [
     "OpError",
     "TypeMismatch",
     "UnsupportedVersion",
+    "VersionAhead",
 ]
 
 
@@ -71,6 +72,18 @@ class IndexOutOfRange(OpError):
 
 class TypeMismatch(OpError):
     code = "type_mismatch"
+
+
+class VersionAhead(OpError):
+    """An op's ``version`` names changes this replica has not received yet.
+
+    Its index counts elements this replica does not hold, so reading it here
+    would edit another spot than the client meant: the batch is refused
+    whole instead, and the client retries once the replica caught up (or
+    sends it to the replica that gave it the version).
+    """
+
+    code = "version_ahead"
 
 
 class InvalidVersion(CrdtError):

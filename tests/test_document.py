@@ -8,7 +8,7 @@ import pytest
 
 from crdtstore.codec import decode_delta, encode_delta, encode_document
 from crdtstore.document import Document
-from crdtstore.errors import IndexOutOfRange, InvalidOp, InvalidValue, OpError, TypeMismatch
+from crdtstore.errors import IndexOutOfRange, InvalidOp, InvalidValue, OpError, TypeMismatch, VersionAhead
 
 
 def apply(doc: Document, *ops: dict[str, Any], replica: str = "a", now: int = 0) -> bytes:
@@ -303,3 +303,23 @@ def test_batch_sees_its_own_earlier_ops() -> None:
         {"op": "set", "path": ["m", "x"], "value": 1},
     )
     assert doc.value() == {"m": {"x": 1}, "t": "bcd"}
+
+
+def test_an_index_read_against_a_version_this_replica_has_not_received_is_refused_until_it_has() -> None:
+    """A token from a replica that is ahead: its index counts text not here yet, and would land elsewhere."""
+    a, b = Document(), Document()
+    b.join(a.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "ad"}], replica="a"))
+    late = a.apply([{"op": "insert", "path": ["t"], "index": 1, "text": "bc"}], replica="a")
+    seen = a.version()  # the client read "abcd" at a and means "abc|d"
+    edit = [
+        {"op": "increment", "path": ["n"]},
+        {"op": "insert", "path": ["t"], "index": 3, "text": "X", "version": seen},
+    ]
+    before = encode_document(b)
+    with pytest.raises(VersionAhead) as refused:
+        b.apply(edit, replica="b")
+    assert refused.value.op_index == 1 and refused.value.code == "version_ahead"
+    assert encode_document(b) == before  # the whole batch, its increment too
+    b.join(late)
+    b.apply(edit, replica="b")
+    assert b.value() == {"t": "abcXd", "n": 1}

@@ -20,6 +20,7 @@ token without the needed scope             403     forbidden
 unknown document or route                  404     not_found
 method not allowed                         405     method_not_allowed
 ``TypeMismatch``                           409     type_mismatch
+``VersionAhead``                           409     version_ahead
 body over the size limit                   413     body_too_large
 document over its size limit (node)        413     document_too_large
 content type other than JSON               415     unsupported_media_type
@@ -41,7 +42,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from crdtstore.commit import Overloaded, WriterClosed
-from crdtstore.errors import IndexOutOfRange, InvalidOp, InvalidValue, InvalidVersion, OpError, TypeMismatch
+from crdtstore.errors import (
+    IndexOutOfRange,
+    InvalidOp,
+    InvalidValue,
+    InvalidVersion,
+    OpError,
+    TypeMismatch,
+    VersionAhead,
+)
 from crdtstore.node import DocumentNotFound, DocumentTooLarge, InvalidCursor, NodeNotRunning
 from crdtstore.storage import InvalidDocumentId, StorageClosed, StorageFull
 
@@ -109,6 +118,7 @@ STATUS_OF: dict[type[BaseException], int] = {
     ClientDisconnect: 400,
     DocumentNotFound: 404,
     TypeMismatch: 409,
+    VersionAhead: 409,
     DocumentTooLarge: 413,
     InvalidValue: 422,
     StorageFull: 503,

@@ -90,6 +90,10 @@ class LiveSettings:
         remembered_batches: Batch ids kept for resends (oldest forgotten first): in memory, and on disk
             with the writes they name (:mod:`crdtstore.api.live_batches`), so a restart forgets none.
         max_batch_id: Longest batch id (characters).
+        version_wait: Seconds a batch whose ``version`` names changes this region has not received
+            yet (a token from another region, or from before a crash that lost unflushed changes)
+            waits for them before it is refused with ``version_ahead``: read against less, its
+            indexes would edit another spot than the client meant.
     """
 
     send_queue: int = 1024
@@ -99,6 +103,7 @@ class LiveSettings:
     presence_ttl: float = 30.0
     remembered_batches: int = 100_000
     max_batch_id: int = 128
+    version_wait: float = 5.0
 
 
 # Public handler.
@@ -694,6 +699,13 @@ class LiveConn:
         versions.open_op_versions(ops, self.doc_id, ctx.version_key)
         base = _open_version(data.get("version"), self.doc_id, ctx)
         if base is not None:
+            if not self.channel.mirror.ctx.contains_context(decode_version(base)):
+                try:
+                    await asyncio.wait_for(self.channel.until_contains(base), settings.version_wait)
+                except TimeoutError:
+                    raise ApiError(
+                        409, "version_ahead", "the version names changes this region has not received yet"
+                    ) from None
             # The batch's indexes are read against the version the client last saw (README: versioned ops).
             ops = [op | {"version": base} if "index" in op and "version" not in op else op for op in ops]
         key = (self.principal, self.doc_id, batch_id)

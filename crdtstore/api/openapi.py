@@ -106,7 +106,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "Missing or unknown bearer token.",
         403: "The token's scope is too small.",
         404: "No such document.",
-        409: "The op does not fit the type already at its path (type_mismatch).",
+        409: "The op does not fit the type already at its path (type_mismatch), or its version names changes "
+        "this replica has not received yet (version_ahead: retry shortly).",
         413: "Body over the size limit (body_too_large), or a document past its size limit (document_too_large).",
         415: "Content-Type is not application/json.",
         422: "A value over a limit: depth 32, keys 256 bytes, strings 1 MiB, int64 (invalid_value).",

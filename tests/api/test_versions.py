@@ -129,6 +129,30 @@ def test_a_token_outlives_a_restart_under_the_same_key(tmp_path: Path) -> None:
         assert client.get("/v1/docs/a").json()["value"]["t"] in ("yx", "xy")
 
 
+def test_an_edit_against_a_version_this_replica_has_not_received_is_refused_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two regions share the key; a token from the one ahead names text the other lacks: 409, not a wrong spot."""
+
+    def app(name: str) -> Any:
+        node = Node(NodeConfig(region=name, data_dir=tmp_path / name, sync=False))
+        return build_app(node, auth=AuthPolicy(tokens=TokenStore({RW_TOKEN: Scope.READWRITE})), version_key=KEY)
+
+    with (
+        TestClient(app("us"), headers=auth_headers(RW_TOKEN)) as us,
+        TestClient(app("eu"), headers=auth_headers(RW_TOKEN)) as eu,
+    ):
+        token = write_text(us, "a", "abc").json()["version"]
+        write_text(eu, "a", "z")
+        before = snapshot(eu, "a")
+        refused = write_text(eu, "a", "y", version=token)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "version_ahead" and refused.json()["detail"]["op_index"] == 1
+        assert snapshot(eu, "a") == before
+        # A token of its own is read as before.
+        assert write_text(eu, "a", "y", version=before["version"]).status_code == 200
+
+
 # The change feed's since.
 
 

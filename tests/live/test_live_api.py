@@ -16,8 +16,10 @@ from crdtstore.api import live
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.api.live_batches import NodeLedger
+from crdtstore.causal import CausalContext
 from crdtstore.node import Node, NodeConfig
 from crdtstore.patches import apply_patches
+from crdtstore.version import decode_version, encode_version, open_version, seal_version
 from tests.api.helpers import READ_TOKEN, RW_TOKEN, TestClient, WebSocketDenialResponse, auth_headers
 
 _ids = itertools.count()
@@ -433,3 +435,25 @@ def test_resuming_from_an_older_version_gets_a_snapshot(client: TestClient) -> N
         assert ws.receive_json() == {"type": "snapshot", "version": new, "value": {"n": 2}}
         ws.send_json({"type": "resume", "version": old})
         assert ws.receive_json()["type"] == "snapshot"
+
+
+def test_a_batch_against_a_version_this_region_never_receives_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    """Abuse (or a region that lost what it showed in a crash): the wait is bounded, then ``version_ahead``."""
+    node = Node(NodeConfig(region="ahead", data_dir=tmp_path, sync=False))
+    app = build_app(node, auth=AuthPolicy(tokens=TOKENS))
+    live.configure(app.state.api, live.LiveSettings(version_wait=0.2))
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c:
+        c.post("/v1/docs/d", json={"ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "ab"}]})
+        here = decode_version(open_version(c.get("/v1/docs/d").json()["version"], "d", app.state.api.version_key))
+        here.join(CausalContext({"elsewhere.1.x": [1, 4]}))
+        ahead = seal_version(encode_version(here), "d", app.state.api.version_key)
+        with c.websocket_connect(url("d")) as ws:
+            ws.receive_json()
+            edit = {"op": "insert", "path": ["t"], "index": 1, "text": "X"}
+            ws.send_json({"type": "batch", "id": "b", "ops": [edit], "version": ahead})
+            error = receive_until(ws, "error")
+            assert (error["id"], error["error"], error["status"]) == ("b", "version_ahead", 409)
+            # The connection goes on: a batch against what is here applies.
+            ws.send_json({"type": "batch", "id": "c", "ops": [edit]})
+            assert receive_until(ws, "ack")["id"] == "c"
+        assert c.get("/v1/docs/d").json()["value"] == {"t": "aXb"}

@@ -4,6 +4,7 @@ which expires there when the link between the regions drops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -75,5 +76,40 @@ def test_the_ack_says_how_many_replicas_hold_the_batch_of_those_its_w_needs(tmp_
                 assert short["detail"]["reached"] == 2 and short["detail"]["needed"] == 3
                 again = await _batch(ws, "cut", "one")
                 assert (again["type"], again.get("again"), again["reached"], again["needed"]) == ("ack", True, 1, 1)
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def test_a_batch_against_a_version_from_a_region_ahead_waits_for_it_then_edits_the_spot_meant(tmp_path: Path) -> None:
+    """A client that read in us (or whose region lost unflushed changes in a crash) sends an index edit to eu
+    before eu holds what it read: eu waits for those changes instead of reading the index against less."""
+
+    async def scenario() -> None:
+        async with running_cluster(tmp_path) as (cluster, client):
+            us, eu = cluster.url("us") + "/v1/docs/late", cluster.url("eu") + "/v1/docs/late"
+            await client.post(us, json={"ops": [{"op": "insert", "path": ["t"], "index": 0, "text": "ad"}]})
+            for _ in range(400):  # bounded: 20 s
+                if (await client.get(eu)).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            cluster.wan.isolate("eu")
+            ahead = await client.post(us, json={"ops": [{"op": "insert", "path": ["t"], "index": 1, "text": "bc"}]})
+            seen = ahead.json()["version"]  # the client reads "abcd" in us and means "abc|d"
+            live = eu.replace("http://", "ws://", 1) + "/live"
+            async with connect(live, additional_headers={"Authorization": f"Bearer {RW}"}) as ws:
+                assert orjson.loads(await ws.recv())["value"] == {"t": "ad"}
+                edit = {"op": "insert", "path": ["t"], "index": 3, "text": "X"}
+                await ws.send(orjson.dumps({"type": "batch", "id": "b", "ops": [edit], "version": seen}))
+                with contextlib.suppress(TimeoutError):  # nothing answers while eu lacks "bc"
+                    early = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    raise AssertionError(f"answered before eu held the version: {early}")
+                cluster.wan.heal_all()
+                while True:
+                    message = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+                    if message["type"] in ("ack", "error"):
+                        break
+                assert message["type"] == "ack", message
+            value = (await client.get(eu)).json()["value"]
+            assert value == {"t": "abcXd"}
 
     asyncio.run(asyncio.wait_for(scenario(), 120))
