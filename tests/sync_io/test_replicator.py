@@ -506,41 +506,25 @@ async def _messages(link: _Link, n: int) -> list[list[int]]:
     return [[e.seq for e in m.decode(data[:-TAG_SIZE]).entries] for data in link.outbox]  # type: ignore[attr-defined]
 
 
-def test_commits_right_after_an_announcement_cross_together_once_the_interval_is_out() -> None:
-    async def scenario() -> list[list[int]]:
-        node, replicator, link, task = await _tailing(1.0)
-        node.commit(1)
-        replicator._tail_wake.set()
-        assert await _messages(link, 1) == [[1]]  # after a quiet spell: at once
-        for seq in (2, 3):  # two commits within the interval: they wait it out, then go as one message
-            node.commit(seq)
-            replicator._tail_wake.set()
-            await asyncio.sleep(0)
-        sent = await _messages(link, 2)
-        task.cancel()
-        return sent
-
-    assert asyncio.run(scenario()) == [[1], [2, 3]]
-
-
-def test_a_burst_of_commits_after_a_quiet_spell_goes_at_once_then_the_interval_binds() -> None:
+@pytest.mark.parametrize("burst", [1, 3])
+def test_a_burst_of_commits_goes_at_once_then_commits_within_the_interval_cross_together(burst: int) -> None:
     """A moderate commit rate never waits (the wait was on every cross-region change); a high one is still paced."""
 
     async def scenario() -> list[list[int]]:
-        node, replicator, link, task = await _tailing(1.0, burst=3)
-        for seq in (1, 2, 3):  # within the burst: each at once, on its own
+        node, replicator, link, task = await _tailing(1.0, burst=burst)
+        for seq in range(1, burst + 1):  # after a quiet spell, within the burst: each at once, on its own
             node.commit(seq)
             replicator._tail_wake.set()
-            await _messages(link, seq)
-        for seq in (4, 5):  # the bucket is empty: these wait for the next token and cross together
+            assert len(await _messages(link, seq)) == seq
+        for seq in (burst + 1, burst + 2):  # the bucket is empty: these wait for the next token, then go as one
             node.commit(seq)
             replicator._tail_wake.set()
             await asyncio.sleep(0)
-        sent = await _messages(link, 4)
+        sent = await _messages(link, burst + 1)
         task.cancel()
         return sent
 
-    assert asyncio.run(scenario()) == [[1], [2], [3], [4, 5]]
+    assert asyncio.run(scenario()) == [[seq] for seq in range(1, burst + 1)] + [[burst + 1, burst + 2]]
 
 
 def test_a_sustained_commit_rate_is_announced_at_most_once_per_interval_after_the_burst() -> None:
