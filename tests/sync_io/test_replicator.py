@@ -508,7 +508,7 @@ async def _messages(link: _Link, n: int) -> list[list[int]]:
 
 @pytest.mark.parametrize("burst", [1, 3])
 def test_a_burst_of_commits_goes_at_once_then_commits_within_the_interval_cross_together(burst: int) -> None:
-    """A moderate commit rate never waits (the wait was on every cross-region change); a high one is still paced."""
+    """Commits within the burst never wait (the wait was on every cross-region change); more are still paced."""
 
     async def scenario() -> list[list[int]]:
         node, replicator, link, task = await _tailing(1.0, burst=burst)
