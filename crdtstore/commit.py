@@ -46,6 +46,14 @@ A request can attach callbacks to its :class:`WriteContext`:
   before the request's future is resolved, in commit order. The node uses
   it to publish change-feed records, so a subscriber sees a write no later
   than its writer does and never sees one that did not commit.
+* ``on_applied`` runs on the submitting event loop once every request of
+  the batch ran, while the writer commits and flushes: the earliest moment
+  a write is known to be accepted, not yet that it is durable (the commit
+  may still fail, a crash may still undo it). The live channel uses it to
+  show a peer's change without waiting for this region's fsyncs: that change
+  is in its origin's log already, and comes back by anti-entropy if this
+  region loses it. A rolled-back batch that runs again runs these hooks
+  again, so they must be idempotent.
 
 The map is full (``lmdb.MapFullError``): the batch is aborted, the map is
 grown (doubling up to ``max_map_size``) and the batch runs again from
@@ -114,6 +122,7 @@ class WriteContext:
     storage: Storage
     _on_commit: list[Callable[[], None]] = field(default_factory=list)
     _on_abort: list[Callable[[], None]] = field(default_factory=list)
+    _on_applied: list[Callable[[], None]] = field(default_factory=list)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the event loop once the batch committed, before the future resolves."""
@@ -122,6 +131,16 @@ class WriteContext:
     def on_abort(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the writer thread if this request's writes are rolled back."""
         self._on_abort.append(callback)
+
+    def on_applied(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the event loop once the batch ran, before its commit (see the module docstring)."""
+        self._on_applied.append(callback)
+
+    def adopt(self, child: WriteContext) -> None:
+        """Take the hooks of ``child``, a savepoint that succeeded: they go with this request now."""
+        self._on_commit.extend(child._on_commit)
+        self._on_abort.extend(child._on_abort)
+        self._on_applied.extend(child._on_applied)
 
     def savepoint(self, fn: Callable[[WriteContext], T]) -> T | Exception:
         """Run ``fn`` in a child transaction: all of it lands in this one, or none of it.
@@ -146,8 +165,7 @@ class WriteContext:
             if isinstance(exc, lmdb.MapFullError):
                 raise
             return exc
-        self._on_commit.extend(child._on_commit)
-        self._on_abort.extend(child._on_abort)
+        self.adopt(child)
         return result
 
 
@@ -381,6 +399,7 @@ class GroupCommitWriter:
                     outcomes.append((request, False, exc))
                 else:
                     outcomes.append((request, True, value))
+            _show(outcomes)
             # The batch's document writes changed Merkle leaves only: rehash
             # the inner nodes once for the whole batch (shared upper levels).
             self.storage.flush_merkle(txn)
@@ -504,6 +523,17 @@ def _run_hooks(hooks: list[Callable[[], None]]) -> None:
             hook()
         except Exception:  # one broken hook must not keep the others from running
             logger.exception("write hook failed")
+
+
+def _show(outcomes: list[_Outcome]) -> None:
+    """Hand the ``on_applied`` hooks of the batch's accepted requests to their loops, one wakeup each."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Callable[[], None]]] = {}
+    for request, ok, _ in outcomes:
+        if ok and request.ctx is not None and request.ctx._on_applied:
+            by_loop.setdefault(request.loop, []).extend(request.ctx._on_applied)
+    for loop, hooks in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is gone; nothing waits on it
+            loop.call_soon_threadsafe(_run_hooks, hooks)
 
 
 def _resolve(outcomes: list[_Outcome]) -> None:

@@ -30,6 +30,15 @@ future resolves) to a bounded queue per subscriber. A subscriber that falls
 ...}`` record (a consistent snapshot of the document and the feed position
 it reflects) and continues from there, so memory per subscriber stays
 bounded.
+
+A peer's change can also be *watched* (:meth:`ChangeFeed.watch_remote`):
+the watcher gets its delta once the writer accepted it, before this
+replica's commit and fsync (an ``on_applied`` hook, see
+:mod:`crdtstore.commit`). The change is durable at its origin already; here
+it may still be lost to a failed commit or a crash, so a watcher may show it
+but must not count on it, and the feed itself publishes it only once it is
+durable. The live channel watches, so that a change from another region
+reaches its editors without waiting for this region's disk.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -53,13 +63,18 @@ if TYPE_CHECKING:
     from crdtstore.document import Document
     from crdtstore.storage import Storage, Txn
 
-__all__ = ["ChangeFeed", "InvalidCursor", "Since", "parse_since"]
+__all__ = ["ChangeFeed", "InvalidCursor", "RemoteWatcher", "Since", "parse_since"]
+
+logger = logging.getLogger(__name__)
 
 _CURSOR_PREFIX = "f1."
 _VERSION_PREFIX = "v1."
 
 # A parsed ``since``: everything, a version (causal context), or (seq, cursor).
 Since = CausalContext | tuple[int, str] | None
+
+# Sees a peer's change before it is durable here: ((origin, origin seq), delta bytes).
+RemoteWatcher = Callable[[tuple[str, int], bytes], None]
 
 # Runs ``fn(txn, *args)`` in a read transaction off the event loop.
 Reader = Callable[..., Awaitable[Any]]
@@ -140,6 +155,8 @@ class ChangeFeed:
         self.queue = queue
         self.page = page
         self._subscribers: dict[str, set[_Subscriber]] = {}
+        self._watchers: dict[str, list[RemoteWatcher]] = {}  # doc id -> callbacks (event loop only)
+        self._own = storage.identity.replica_id
         self._incarnation = storage.identity.incarnation  # fixed for the storage's life; every record names it
 
     # Public methods for the writer thread.
@@ -172,6 +189,11 @@ class ChangeFeed:
         raw = orjson.dumps(record)
         storage.put_feed(ctx.txn, doc_id, seq, raw)
         ctx.on_commit(lambda: self._publish(doc_id, raw))
+        # A read of a dict another thread writes: a watcher that joins meanwhile
+        # misses this early call and gets the record from the feed, as always.
+        if delta is not None and origin is not None and origin != self._own and doc_id in self._watchers:
+            seen = (origin, origin_seq if origin_seq is not None else -1)
+            ctx.on_applied(lambda: self._show(doc_id, seen, delta))
 
     # Public methods for the event loop.
 
@@ -185,10 +207,31 @@ class ChangeFeed:
             for sub in subscribers:
                 sub.wakeup.set()
 
+    def watch_remote(self, doc_id: str, watcher: RemoteWatcher) -> Callable[[], None]:
+        """Call ``watcher((origin, origin_seq), delta)`` with each peer's change to ``doc_id`` before it
+        is durable here (see the module docstring); returns the function that stops it."""
+        self._watchers.setdefault(doc_id, []).append(watcher)
+
+        def stop() -> None:
+            watchers = self._watchers.get(doc_id)
+            if watchers is not None and watcher in watchers:
+                watchers.remove(watcher)
+                if not watchers:
+                    del self._watchers[doc_id]
+
+        return stop
+
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
 
     # Private methods.
+
+    def _show(self, doc_id: str, seen: tuple[str, int], delta: bytes) -> None:
+        for watcher in list(self._watchers.get(doc_id, ())):
+            try:
+                watcher(seen, delta)
+            except Exception:  # one broken watcher must not keep the others from theirs
+                logger.exception("a watcher of remote changes failed")
 
     def _publish(self, doc_id: str, raw: bytes) -> None:
         subscribers = self._subscribers.get(doc_id)

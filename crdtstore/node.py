@@ -69,7 +69,7 @@ from crdtstore.docstore import (
     ReadResult,
     split_view,
 )
-from crdtstore.feed import ChangeFeed, InvalidCursor, parse_since
+from crdtstore.feed import ChangeFeed, InvalidCursor, RemoteWatcher, parse_since
 from crdtstore.hlc import HybridClock
 from crdtstore.limits import MAX_DOCUMENT_BYTES, MAX_SEQUENCE_LENGTH
 from crdtstore.local import LocalWrites, WriteResult
@@ -421,6 +421,18 @@ class Node:
         self._require_running()
         assert self._feed is not None
         return self._feed.follow(doc_id, parse_since(since))
+
+    def watch_remote(self, doc_id: str, watcher: RemoteWatcher) -> Callable[[], None]:
+        """Call ``watcher`` with each peer's change to ``doc_id`` once accepted, before it is durable here.
+
+        For showing a change early, never for acknowledging one: see
+        :meth:`crdtstore.feed.ChangeFeed.watch_remote`. Returns the function
+        that stops the watcher.
+        """
+        check_doc_id(doc_id)
+        self._require_running()
+        assert self._feed is not None
+        return self._feed.watch_remote(doc_id, watcher)
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics: documents, LMDB sizes, commit stats, cache, subscribers."""

@@ -170,11 +170,7 @@ class RemoteJoin:
             if isinstance(exc, _NOT_POISON) or not isinstance(exc, Exception):
                 raise
             return exc
-        # Kept: the hooks now belong to the enclosing request.
-        for hook in sub._on_commit:
-            ctx.on_commit(hook)
-        for hook in sub._on_abort:
-            ctx.on_abort(hook)
+        ctx.adopt(sub)  # kept: the hooks now belong to the enclosing request
         return result
 
     def _delta_txn(self, ctx: WriteContext, entry: LogEntry) -> bool:

@@ -380,6 +380,53 @@ def test_a_batch_is_acknowledged_only_after_its_meta_flush(tmp_path: Path) -> No
     run(main)
 
 
+def test_on_applied_runs_on_the_loop_before_the_commit_is_durable_for_accepted_requests_only(tmp_path: Path) -> None:
+    events: list[str] = []
+
+    async def main() -> None:
+        async with Harness(tmp_path / "r") as h:
+            held = _HeldFlush(h.storage)
+            h.storage.sync_meta = held  # type: ignore[method-assign]
+            loop_thread = threading.get_ident()
+
+            def good(ctx: WriteContext) -> bytes:
+                ctx.on_applied(lambda: events.append(f"applied on loop: {threading.get_ident() == loop_thread}"))
+                ctx.on_commit(lambda: events.append("committed"))
+                # A savepoint that succeeds hands its hooks to the request; one that fails, never.
+                ctx.savepoint(lambda sub: sub.on_applied(lambda: events.append("savepoint applied")))
+
+                def failing(sub: WriteContext) -> None:
+                    sub.on_applied(lambda: events.append("failed savepoint applied"))
+                    raise KeyError("in a savepoint")
+
+                assert isinstance(ctx.savepoint(failing), KeyError)
+                return h.put(b"k", b"v")(ctx)
+
+            def bad(ctx: WriteContext) -> None:
+                ctx.on_applied(lambda: events.append("bad applied"))
+                raise KeyError("boom")
+
+            h.block()
+            await h.parked_writer()
+            ok, failed = h.writer.submit(good), h.writer.submit(bad)
+            h.release()
+            for _ in range(2000):  # the flush stays held: on_applied cannot wait for it
+                if events:
+                    break
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.01)
+            assert events == ["applied on loop: True", "savepoint applied"]
+            assert not ok.done()  # not durable, not acknowledged
+            held.release()
+            assert await ok == b"k"
+            with pytest.raises(KeyError, match="boom"):
+                await failed
+            # The batch ran twice (bad failed it once), its hooks once: only the run that commits shows.
+            assert events == ["applied on loop: True", "savepoint applied", "committed"]
+
+    run(main)
+
+
 def test_the_writer_commits_the_next_batch_while_a_flush_runs(tmp_path: Path) -> None:
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:

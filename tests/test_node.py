@@ -510,6 +510,51 @@ def test_feed_records_deletes_and_ends_on_close(tmp_path: Path) -> None:
 # Replicator hooks.
 
 
+def test_a_watcher_sees_a_peers_change_before_it_is_durable_here_and_never_a_local_one(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        a = await started(tmp_path / "a")
+        b = await started(tmp_path / "b")
+        try:
+            await a.apply("doc", [set_op("x", 1)])
+            await a.apply("other", [set_op("x", 1)])
+            await a.apply("doc", [set_op("x", 2)])
+            first, other, last = await a.log_range(a.replica_id, 0, 100)
+            seen: list[tuple[tuple[str, int], bytes]] = []
+            stop = b.watch_remote("doc", lambda s, d: seen.append((s, d)))
+            flush = b.storage.sync_meta
+
+            def held_flush() -> None:
+                gate.wait()
+                flush()
+
+            b.storage.sync_meta = held_flush  # type: ignore[method-assign]
+            applying = asyncio.ensure_future(b.apply_remote_many([first, other]))
+            for _ in range(2000):
+                if seen:
+                    break
+                await asyncio.sleep(0.001)
+            # Shown while this node's flush is held: not durable here, so not acknowledged.
+            assert seen == [((a.replica_id, 1), first.delta)]
+            await asyncio.sleep(0.02)
+            assert not applying.done()
+            gate.set()
+            assert await applying == [True, True]
+            # Our own writes are not watched: they are shown once durable, through the feed.
+            await b.apply("doc", [set_op("y", 3)])
+            assert len(seen) == 1
+            stop()
+            await b.apply_remote(last.origin, last.seq, last.doc_id, last.delta)
+            assert len(seen) == 1 and (await b.read("doc")).value == {"x": 2, "y": 3}
+        finally:
+            gate.set()
+            await a.close()
+            await b.close()
+
+    run(main)
+
+
 def test_remote_deltas_converge_two_nodes(tmp_path: Path) -> None:
     async def main() -> None:
         a = await started(tmp_path / "a")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,8 @@ class NodeLike(Protocol):
     async def list(self, prefix: str, cursor: str | None, limit: int) -> tuple[list[str], str | None]: ...
 
     def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]: ...
+
+    def watch_remote(self, doc_id: str, watcher: Callable[[tuple[str, int], bytes], None]) -> Callable[[], None]: ...
 
     def stats(self) -> Mapping[str, Any]: ...
 

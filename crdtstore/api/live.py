@@ -22,6 +22,16 @@ whose socket would make a send wait, whose sender is still busy, or that
 runs under a server without the extension gets its frames through the
 bounded queue and its sender instead, in the same order.
 
+A change from another region is shown as soon as this region's writer
+accepted it (:meth:`crdtstore.node.Node.watch_remote`), not once it is
+durable here: it is durable at its origin, so waiting on this region's
+commit and fsync would only add them to every cross-region edit's latency.
+Its feed record follows and changes nothing then. Should a crash undo it
+here, an edit against a version that holds it waits for it or is refused
+(``version_ahead``), never misplaced. Our own region's changes are shown
+once durable, like the feed: a client must not see, and edit on top of, a
+write that a crash could take back.
+
 Ordering promise to a client: the change that carries its own batch
 (``"batch": id``) comes before that batch's ack, and nothing of it is sent
 untagged; this is what lets a thin client drop the batch from its pending
@@ -264,7 +274,10 @@ class DocChannel:
         self.doc_id = doc_id
         self.conns: set[LiveConn] = set()
         self.mirror = Document()
-        self.version = self.mirror.version()  # the mirror's, kept with it (encoding it costs on every change)
+        self.version = self.mirror.version()  # the mirror's, kept with it
+        # Peers' changes the mirror took before their feed records (see the module docstring).
+        self.early: set[tuple[str, int]] = set()
+        self.reading = False  # a whole-document read is under way: early changes wait for the feed
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
         self.applying = 0  # batches of live connections inside node.apply
@@ -339,11 +352,13 @@ class DocChannel:
                 self.mirror = codec.decode_document(state)
                 self.version = self.mirror.version()
             feed = node.changes(self.doc_id, self.mirror.version() if state is not None else None)
+            unwatch = node.watch_remote(self.doc_id, self._take_early)
             self.ready.set()
             try:
                 async for record in feed:
                     await self._take(record)
             finally:
+                unwatch()
                 await feed.aclose()
             self.failed = ConnectionAbortedError("the node closed")
         except asyncio.CancelledError:
@@ -359,36 +374,64 @@ class DocChannel:
 
     async def _take(self, record: dict[str, Any]) -> None:
         node: Any = self.hub.ctx.node
+        origin = "local" if record.get("origin") == node.replica_id else "remote"
+        seen = (record.get("origin"), record.get("origin_seq"))
+        if origin == "remote" and seen in self.early:
+            self.early.discard(seen)  # shown already: the mirror holds it
+            self._wake()
+            return
         delta_json = record.get("delta")
         changes: list[dict[str, Any]] | None = None
-        old_version = self.version
-        version: Any = None
         if delta_json is not None and record.get("type") != "resync":
-            delta = codec.decode_delta(orjson.dumps(delta_json))
-            old = before(self.mirror.root, delta.root)
-            try:
-                self.mirror.join(delta)
-                changes = patches(old, self.mirror.root, delta.root)
-                # The node's version after this record, which the mirror now holds too: not encoded again.
-                version = record.get("version")
-            except DecodeError:
-                changes = None
+            changes = self._join(orjson.dumps(delta_json))
         if changes is None:
             # A merged state, a resync or a join the mirror refused: compare whole documents.
-            state = await node.read_state(self.doc_id)
+            self.reading = True
+            try:
+                state = await node.read_state(self.doc_id)
+            finally:
+                self.reading = False
             fresh = codec.decode_document(state) if state is not None else Document()
-            old = before(self.mirror.root, None)
-            changes = patches(old, fresh.root, None)
+            # What the connections hold now, early changes taken during the read included.
+            changes = patches(before(self.mirror.root, None), fresh.root, None)
             self.mirror = fresh
-        self.version = version if isinstance(version, str) else self.mirror.version()
-        version = self.version
-        origin = "local" if record.get("origin") == node.replica_id else "remote"
+            self.early.clear()  # their feed records join again, changing nothing or restoring them
         owner = None
         seq = record.get("origin_seq")
         if origin == "local" and isinstance(seq, int):
             owner = self.owned.pop(seq, None)
             if len(self.owned) > _OWNED_MAX:  # owners of records this follower skipped (a resync)
                 self.owned = {s: o for s, o in self.owned.items() if s > seq}
+        self._send(changes, origin, owner)
+
+    def _take_early(self, seen: tuple[str, int], delta: bytes) -> None:
+        """A peer's change, before it is durable here (see the module docstring)."""
+        if self.reading or not self.ready.is_set() or self.failed is not None:
+            return  # its feed record comes, and is taken then
+        changes = self._join(delta)
+        if changes is None:
+            return
+        if len(self.early) >= _OWNED_MAX:  # feed records that never came (a failed commit): they would join as no-ops
+            self.early.clear()
+        self.early.add(seen)
+        self._send(changes, "remote", None)
+
+    def _join(self, delta_bytes: bytes) -> list[dict[str, Any]] | None:
+        """Join a delta into the mirror: the patches it makes, or None if the mirror refused it (unchanged)."""
+        try:
+            delta = codec.decode_delta(delta_bytes)
+            old = before(self.mirror.root, delta.root)
+            self.mirror.join(delta)
+        except DecodeError:
+            return None
+        return patches(old, self.mirror.root, delta.root)
+
+    def _send(self, changes: list[dict[str, Any]], origin: str, owner: tuple[LiveConn, str] | None) -> None:
+        """Push the mirror's new state to every connection (as ``changes``), then wake the version waiters."""
+        old_version = self.version
+        # Encoded from the mirror every time (well under a microsecond): with early changes in it,
+        # the mirror may hold more than the node did at any one feed record.
+        self.version = version = self.mirror.version()
         if changes or version != old_version:
             key = self.hub.ctx.version_key
             message: dict[str, Any] = {

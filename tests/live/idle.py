@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 
@@ -19,3 +19,6 @@ class IdleNode:
             yield {}
 
         return feed()
+
+    def watch_remote(self, doc_id: str, watcher: Callable[[tuple[str, int], bytes], None]) -> Callable[[], None]:
+        return lambda: None

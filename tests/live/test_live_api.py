@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
+from crdtstore import codec
 from crdtstore.api import live
 from crdtstore.api.app import build_app
 from crdtstore.api.auth import AuthPolicy, Scope, TokenStore
 from crdtstore.api.live_batches import NodeLedger
 from crdtstore.causal import CausalContext
+from crdtstore.document import Document
 from crdtstore.node import Node, NodeConfig
 from crdtstore.patches import apply_patches
 from crdtstore.version import decode_version, encode_version, open_version, seal_version
@@ -223,6 +225,44 @@ def test_a_write_from_elsewhere_is_pushed_while_a_live_batch_is_in_flight(tmp_pa
             assert "batch" not in first
             assert ws.receive_json()["type"] == "presence"
             assert receive_until(ws, "ack")["id"] == "held"
+
+
+def test_a_change_from_another_region_is_pushed_before_this_region_has_made_it_durable(tmp_path: Path) -> None:
+    """It is durable at its origin already: waiting for this region's fsync would only add to its latency.
+    Its feed record, once durable here, pushes nothing more."""
+    node = Node(NodeConfig(region="here", data_dir=tmp_path))  # fsync on: the meta flush is the syncer's
+    app = build_app(node, auth=AuthPolicy(tokens=TOKENS))
+    gate = threading.Event()
+    peer = Document()
+    delta = codec.encode_delta(
+        peer.apply([{"op": "insert", "path": ["t"], "index": 0, "text": "hi"}], replica="there-p.1.n")
+    )
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c, c.websocket_connect(url("d")) as ws:
+        ws.receive_json()
+        flush = node.storage.sync_meta
+
+        def held_flush() -> None:
+            gate.wait(10)
+            flush()
+
+        node.storage.sync_meta = held_flush  # type: ignore[method-assign]
+        try:
+            assert c.portal is not None
+            applying = c.portal.start_task_soon(node.apply_remote, "there-p.1.n", 1, "d", delta)
+            change = ws.receive_json()
+            assert (change["type"], change["origin"], change["patches"]) == (
+                "change",
+                "remote",
+                [{"path": ["t"], "value": "hi"}],
+            )
+            assert not applying.done()  # this region's flush is still held
+        finally:
+            gate.set()
+        assert applying.result(10) is True
+        ws.send_json({"type": "batch", "id": "b", "ops": [{"op": "insert", "path": ["t"], "index": 2, "text": "!"}]})
+        assert ws.receive_json()["batch"] == "b"  # nothing came between: the remote record's feed entry was a no-op
+        assert ws.receive_json()["type"] == "ack"
+        assert c.get("/v1/docs/d").json()["value"] == {"t": "hi!"}
 
 
 def test_a_restart_between_commit_and_ack_forgets_no_batch_id(tmp_path: Path) -> None:
