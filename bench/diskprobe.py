@@ -46,6 +46,9 @@ class DiskProbe:
         self.interval = interval
         self.max_samples = max_samples
         self.latencies: list[float] = []
+        # (start, end) of each fsync past STALL_MS, in time.perf_counter seconds: CLOCK_MONOTONIC on
+        # Linux, the same clock in every process, so a driver's timestamps can be set against them.
+        self.stalls: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -79,12 +82,24 @@ class DiskProbe:
                 os.pwrite(fd, page, (i % _PAGES) * 4096)
                 start = time.perf_counter()
                 os.fdatasync(fd)
-                self.latencies.append(time.perf_counter() - start)
+                end = time.perf_counter()
+                self.latencies.append(end - start)
+                if (end - start) * 1e3 > STALL_MS:
+                    self.stalls.append((start, end))
                 i += 1
                 self._stop.wait(self.interval)
         finally:
             os.close(fd)
             os.unlink(name)
+
+    def during_stall(self, at: float, *, before: float, after: float) -> bool:
+        """Whether ``at`` (perf_counter) falls from ``before`` seconds ahead of a stall to ``after`` past its end.
+
+        A probe starts every ``interval``, so a stall may have begun up to an
+        interval before the probe that saw it: ``before`` should cover that
+        and the path of a write already under way when it began.
+        """
+        return any(start - before <= at <= end + after for start, end in self.stalls)
 
     def summary(self) -> dict[str, Any]:
         """Probes, fsync p50/p99/max in ms, stalls (fsyncs over :data:`STALL_MS`) and the seconds they took."""

@@ -494,8 +494,13 @@ def test_a_short_three_region_run_converges_and_stores_every_acknowledged_keystr
     # The disk under the stores was timed while the editors typed, and the table shows it.
     assert r["disk"]["probes"] >= 5 and r["disk"]["fsync_ms"]["p99"] >= 0
     header, row = collab.table([run]).splitlines()
-    assert header.split()[-3:] == ["p99", "stalled", "steal"] and row.endswith("%")
+    assert header.split()[-12:-9] == ["p99", "stalled", "steal"] and header.endswith("left out") and row.endswith("%")
     assert 0 <= r["host_steal_util"] <= 1  # the host's share of this machine's CPU while typing
+    # The driver wrote its samples, so the latencies clear of the disk's stalls are reported beside all of them.
+    clear = r["clear_of_stalls"]
+    assert 0 <= clear["excluded_share"] <= 1
+    if not r["disk"]["stalls"]:
+        assert clear["ack_ms"] == r["ack_ms"] and clear["visible_ms_across_regions"] == r["visible_ms_across_regions"]
 
 
 def _fake_runs(sustains_up_to: int) -> tuple[list[int], object]:
@@ -565,6 +570,25 @@ def test_disk_probe_counts_only_fsyncs_past_the_stall_bound_as_stalled() -> None
     assert summary["stalled_s"] == pytest.approx(0.72)
     assert summary["fsync_ms"]["max"] == 600.0
     assert summary["fsync_ms"]["p50"] == 0.3
+
+
+def test_a_sample_belongs_to_a_stall_from_shortly_before_it_to_shortly_after() -> None:
+    probe = diskprobe.DiskProbe(Path("."))
+    probe.stalls = [(10.0, 10.3)]
+    during = [probe.during_stall(t, before=0.15, after=0.05) for t in (9.84, 9.86, 10.1, 10.34, 10.36)]
+    assert during == [False, True, True, True, False]
+
+
+def test_latencies_clear_of_stalls_leave_out_exactly_the_stalls_keystrokes() -> None:
+    probe = diskprobe.DiskProbe(Path("."))
+    probe.stalls = [(5.0, 5.4)]
+    quick = [[float(t), 0.010] for t in range(10)]  # typed at 0..9 s, 10 ms each; 5 s falls in the stall
+    samples = {"ack": quick, "within": quick, "across": [*quick, [4.9, 0.500]]}  # the stall's slow one
+    clear = collab.clear_of_stalls(samples, probe)
+    assert clear["ack_ms"] == {"p50": 10.0, "p99": 10.0}
+    assert clear["visible_ms_across_regions"] == {"p50": 10.0, "p99": 10.0}
+    assert clear["excluded_share"] == pytest.approx(4 / 31, abs=1e-4)  # 5.0 in each kind, and 4.9
+    assert collab.clear_of_stalls({}, probe)["excluded_share"] == 0.0
 
 
 def test_disk_probe_times_real_syncs_in_the_directory_and_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ class FrameCache:
 class Shared:
     def __init__(self) -> None:
         self.ack_latency: list[float] = []
+        self.ack_typed: list[float] = []  # when each ack_latency's keystroke was typed (--samples)
         self.send_lag: list[float] = []
         self.acked_in_window = 0
         self.window_end = float("inf")
@@ -92,6 +93,8 @@ class Shared:
         self.region_of: list[int] = []
         self.visible_within: list[float] = []
         self.visible_across: list[float] = []
+        self.within_typed: list[float] = []
+        self.across_typed: list[float] = []
         self.visible_unknown = 0  # characters that match no keystroke (would be a counting bug)
         self.frames_received = 0  # websocket messages the editors received (a frame may carry several changes)
         self.batches_sent = 0  # while typing; what is typed while a batch is in flight goes in the next one
@@ -151,6 +154,7 @@ class Editor:
             first, end = self.batches.pop(message["id"], (0, 0))
             for k in range(first, end):
                 shared.ack_latency.append(now - self.sent_at[k])
+                shared.ack_typed.append(self.sent_at[k])
             if now <= shared.window_end:
                 shared.acked_in_window += end - first
             self.acked += end - first
@@ -188,8 +192,12 @@ class Editor:
                 if k >= len(typed):
                     shared.visible_unknown += 1
                     continue
-                bucket = shared.visible_within if shared.region_of[owner] == self.region else shared.visible_across
-                bucket.append(now - typed[k])
+                if shared.region_of[owner] == self.region:
+                    shared.visible_within.append(now - typed[k])
+                    shared.within_typed.append(typed[k])
+                else:
+                    shared.visible_across.append(now - typed[k])
+                    shared.across_typed.append(typed[k])
 
     async def _flush(self) -> None:
         frame = self.state.next_batch()
@@ -269,6 +277,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.gather(*(e.close() for e in editors))
 
     visible = shared.visible_within + shared.visible_across
+    drivers.write_samples(
+        args.samples,
+        ack=(shared.ack_typed, shared.ack_latency),
+        within=(shared.within_typed, shared.visible_within),
+        across=(shared.across_typed, shared.visible_across),
+    )
     summary = run_summary(
         "crdtstore",
         args,

@@ -12,11 +12,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-__all__ = ["emit", "open_editors", "parse_args", "percentile_ms", "run_loop"]
+__all__ = ["emit", "open_editors", "parse_args", "percentile_ms", "run_loop", "write_samples"]
 
 CONNECT_CONCURRENCY = 16  # handshakes in flight at once: a server is not measured on a connection storm
 
@@ -92,6 +93,12 @@ def run_summary(
     }
 
 
+def write_samples(path: Path | None, **kinds: tuple[list[float], list[float]]) -> None:
+    """``path``: for each kind, ``[[typed_at, seconds], ...]`` (what bench/collab.py sets against disk stalls)."""
+    if path is not None:
+        path.write_bytes(orjson.dumps({kind: list(zip(at, lat, strict=True)) for kind, (at, lat) in kinds.items()}))
+
+
 def emit(record: dict[str, Any]) -> None:
     """One JSON line on stdout (what bench/collab.py reads)."""
     sys.stdout.buffer.write(orjson.dumps(record) + b"\n")
@@ -113,6 +120,12 @@ def parse_args(
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--drain", type=float, default=15.0, help="most seconds to wait for stragglers after typing")
     p.add_argument("--seed", type=int, default=12)
+    p.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        help="write every latency sample with the time.perf_counter() its keystroke was typed at to this JSON file",
+    )
     args = p.parse_args(argv)
     urls = args.url if many_urls else [args.url]
     if not all(url.startswith(("ws://127.", "ws://localhost")) for url in urls):
