@@ -321,17 +321,15 @@ class Node:
     async def apply_many(self, items: Sequence[tuple[str, list[dict[str, Any]]]]) -> list[WriteResult | Exception]:
         """Apply many documents' op batches in one writer submission; answer per document.
 
-        Each document's batch is atomic on its own, exactly as :meth:`apply`
-        would apply it alone: one that is refused is refused before anything
-        of it is written (see :meth:`LocalWrites.apply_many`) and answered
-        with its exception, and the others commit. All of them share one queue slot and one future, so a
-        bulk writer costs the writer one request, not one per document.
-        A document named twice applies twice, in order.
+        Each document's batch is atomic on its own, exactly as :meth:`apply` would apply it alone: one
+        that is refused is refused before anything of it is written (see :meth:`LocalWrites.apply_many`)
+        and answered with its exception, and the others commit. All of them share one queue slot and one
+        future, so a bulk writer costs the writer one request, not one per document. A document named
+        twice applies twice, in order.
 
         Returns:
-            Per item, in order: its :class:`WriteResult`, or the exception
-            :meth:`apply` would have raised for it alone (``OpError``,
-            ``InvalidDocumentId``, ``DocumentTooLarge``, ...).
+            Per item, in order: its :class:`WriteResult`, or the exception :meth:`apply` would have
+            raised for it alone (``OpError``, ``InvalidDocumentId``, ``DocumentTooLarge``, ...).
 
         Raises:
             Overloaded: Too many writes are waiting (nothing applied).
@@ -407,32 +405,21 @@ class Node:
     def changes(self, doc_id: str, since: str | None) -> AsyncIterator[dict[str, Any]]:
         """Follow a document's changes: history after ``since``, then live commits (see :mod:`crdtstore.feed`).
 
-        A plain method returning an async iterator (``async for record in
-        node.changes(...)``), so that a bad id or ``since`` raises here, before
-        an HTTP layer starts streaming. Records are shared between subscribers:
-        treat them as read-only. The iteration ends when the node closes.
+        A plain method returning an async iterator (``async for record in node.changes(...)``), so
+        that a bad id or ``since`` raises here, before an HTTP layer starts streaming. Records are
+        shared between subscribers: treat them as read-only. The iteration ends when the node closes.
 
         Raises:
             InvalidCursor: ``since`` is neither a feed cursor nor a version token.
             InvalidVersion: ``since`` looks like a version token but is malformed.
             InvalidDocumentId: Bad id.
         """
-        check_doc_id(doc_id)
-        self._require_running()
-        assert self._feed is not None
-        return self._feed.follow(doc_id, parse_since(since))
+        return self._feed_of(doc_id).follow(doc_id, parse_since(since))
 
     def watch_remote(self, doc_id: str, watcher: RemoteWatcher) -> Callable[[], None]:
-        """Call ``watcher`` with each peer's change to ``doc_id`` once accepted, before it is durable here.
-
-        For showing a change early, never for acknowledging one: see
-        :meth:`crdtstore.feed.ChangeFeed.watch_remote`. Returns the function
-        that stops the watcher.
-        """
-        check_doc_id(doc_id)
-        self._require_running()
-        assert self._feed is not None
-        return self._feed.watch_remote(doc_id, watcher)
+        """Call ``watcher`` with each peer's change to ``doc_id`` once accepted, before it is durable here: to
+        show it early, never to acknowledge it (:meth:`crdtstore.feed.ChangeFeed.watch_remote`); returns its stop."""
+        return self._feed_of(doc_id).watch_remote(doc_id, watcher)
 
     def stats(self) -> dict[str, Any]:
         """Numbers for metrics: documents, LMDB sizes, commit stats, cache, subscribers."""
@@ -613,6 +600,12 @@ class Node:
         self._require_running()
         assert self._local is not None
         return self._local
+
+    def _feed_of(self, doc_id: str) -> ChangeFeed:
+        check_doc_id(doc_id)
+        self._require_running()
+        assert self._feed is not None
+        return self._feed
 
     def _remote_join(self) -> RemoteJoin:
         self._require_running()
