@@ -68,7 +68,7 @@ async def linked_pair(tmp_path: Path, settings: ReplicatorSettings | None = None
     for i in range(2):
         app = build_app(nodes[i], auth=auth, replicator=replicators[i])
         server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         servers.append(server)
         tasks.append(asyncio.create_task(server.serve(sockets=[socks[i]])))
     try:
@@ -129,7 +129,7 @@ def test_an_undecodable_delta_quarantines_its_document_and_the_link_goes_on(tmp_
         server = uvicorn.Server(
             uvicorn.Config(build_app(node, auth=auth, replicator=replicator), log_config=None, lifespan="on")
         )
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             for _ in range(300):
@@ -150,9 +150,9 @@ def test_an_undecodable_delta_quarantines_its_document_and_the_link_goes_on(tmp_
                     await conn.send(data)
                 if peer.state is State.OPEN:
                     break
-                data = await asyncio.wait_for(conn.recv(), 5)
-                assert data is not None
-                peer.receive_message(data)
+                reply = await asyncio.wait_for(conn.recv(), 5)
+                assert reply is not None
+                peer.receive_message(reply)
             assert peer.state is State.OPEN
             await node.apply("mine", [{"op": "increment", "path": ["n"]}])
             good = codec.encode_delta(Document().apply([{"op": "set", "path": ["k"], "value": 1}], replica="evil.1.n"))
@@ -173,9 +173,9 @@ def test_an_undecodable_delta_quarantines_its_document_and_the_link_goes_on(tmp_
                 acked = peer.their_vector.get("evil.1.n", 0)
                 if acked == 5:
                     break
-                data = await asyncio.wait_for(conn.recv(), 5)
-                assert data is not None, "the link must stay open"
-                peer.receive_message(data)
+                reply = await asyncio.wait_for(conn.recv(), 5)
+                assert reply is not None, "the link must stay open"
+                peer.receive_message(reply)
             assert acked == 5  # counted as received: the peer has nothing to re-send
             assert replicator.stats["protocol_errors"] == 0
             assert (await node.read("fine")).value == {"k": 1}
@@ -368,7 +368,7 @@ def test_a_run_of_local_writes_leaves_as_one_deltas_message_per_link() -> None:
     class Node1:
         replica_id = "a.1.x"
 
-    replicator = Replicator(Node1(), secret=SECRET, region="r0")
+    replicator = Replicator(Node1(), secret=SECRET, region="r0")  # type: ignore[arg-type]  # only its id is used
     links = [_Link(proto=_open_protocols()[0], conn=_StubConn()) for _ in range(2)]
     replicator._links.update(links)
     entries = [LogEntry("a.1.x", seq, f"doc{seq % 2}", b"delta") for seq in range(1, 6)]
@@ -397,7 +397,7 @@ def test_reads_are_answered_while_a_commit_of_the_same_link_is_pending() -> None
 
     async def scenario() -> None:
         node = SlowNode()
-        replicator = Replicator(node, secret=SECRET, region="r0")
+        replicator = Replicator(node, secret=SECRET, region="r0")  # type: ignore[arg-type]  # a stub of what it calls
         proto = _ScriptedProto([ApplyDeltas((LogEntry("o.1.z", 1, "d", b"x"),)), NeedMerkleRoot(7)])
         link = _Link(proto=proto, conn=_StubConn())
         replicator._links.add(link)
@@ -460,7 +460,7 @@ def test_the_states_of_one_merge_event_are_submitted_together_and_a_bad_one_keep
 
     async def scenario() -> None:
         node = MergeNode(5)
-        replicator = Replicator(node, secret=SECRET, region="r0")
+        replicator = Replicator(node, secret=SECRET, region="r0")  # type: ignore[arg-type]  # a stub of what it calls
         proto = _ScriptedProto([])
         link = _Link(proto=proto, conn=_StubConn())
         states = tuple((f"d{i}", b"bad" if i == 3 else b"s") for i in range(5))
