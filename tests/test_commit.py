@@ -64,6 +64,12 @@ class Harness:
     def release(self) -> None:
         self.gate.set()
 
+    def hold_flush(self) -> _HeldFlush:
+        """From now on, each meta flush waits for the returned object's ``release()``."""
+        held = _HeldFlush(self.storage)
+        self.storage.sync_meta = held  # type: ignore[method-assign]
+        return held
+
     def put(self, key: bytes, value: bytes) -> Callable[[WriteContext], bytes]:
         def fn(ctx: WriteContext) -> bytes:
             ctx.txn.put(key, value, db=ctx.storage.dbs["docs"])
@@ -359,8 +365,7 @@ def test_a_batch_is_acknowledged_only_after_its_meta_flush(tmp_path: Path) -> No
 
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:
-            held = _HeldFlush(h.storage)
-            h.storage.sync_meta = held  # type: ignore[method-assign]
+            held = h.hold_flush()
 
             def fn(ctx: WriteContext) -> bytes:
                 ctx.on_commit(lambda: published.append("k"))
@@ -385,8 +390,7 @@ def test_on_applied_runs_on_the_loop_before_the_commit_is_durable_for_accepted_r
 
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:
-            held = _HeldFlush(h.storage)
-            h.storage.sync_meta = held  # type: ignore[method-assign]
+            held = h.hold_flush()
             loop_thread = threading.get_ident()
 
             def good(ctx: WriteContext) -> bytes:
@@ -430,8 +434,7 @@ def test_on_applied_runs_on_the_loop_before_the_commit_is_durable_for_accepted_r
 def test_the_writer_commits_the_next_batch_while_a_flush_runs(tmp_path: Path) -> None:
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:
-            held = _HeldFlush(h.storage)
-            h.storage.sync_meta = held  # type: ignore[method-assign]
+            held = h.hold_flush()
             first = h.writer.submit(h.put(b"a", b"1"))
             await asyncio.to_thread(held.entered.wait)
             second = h.writer.submit(h.put(b"b", b"2"))
@@ -498,8 +501,7 @@ def test_one_flush_hands_all_its_batches_to_the_loop_at_once(tmp_path: Path) -> 
 
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:
-            held = _HeldFlush(h.storage)
-            h.storage.sync_meta = held  # type: ignore[method-assign]
+            held = h.hold_flush()
             handoffs: list[list[bytes]] = []
             deliver = h.writer._deliver
 
@@ -529,8 +531,7 @@ def test_a_failed_flush_fails_every_batch_it_covered(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:
-            held = _HeldFlush(h.storage)
-            h.storage.sync_meta = held  # type: ignore[method-assign]
+            held = h.hold_flush()
 
             def put(key: bytes) -> Callable[[WriteContext], bytes]:
                 def fn(ctx: WriteContext) -> bytes:
@@ -562,10 +563,9 @@ def test_a_failed_flush_is_never_acknowledged(tmp_path: Path) -> None:
 
     async def main() -> None:
         async with Harness(tmp_path / "r") as h:
-            held = _HeldFlush(h.storage)
+            held = h.hold_flush()
             held.fail = OSError("EIO")
             held.release()
-            h.storage.sync_meta = held  # type: ignore[method-assign]
 
             def fn(ctx: WriteContext) -> bytes:
                 ctx.on_commit(lambda: published.append("k"))
