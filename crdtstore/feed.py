@@ -74,7 +74,7 @@ _VERSION_PREFIX = "v1."
 Since = CausalContext | tuple[int, str] | None
 
 # Sees a peer's change before it is durable here: ((origin, origin seq), delta bytes).
-RemoteWatcher = Callable[[tuple[str, int], bytes], None]
+RemoteWatcher = Callable[[tuple[str, int | None], bytes], None]
 
 # Runs ``fn(txn, *args)`` in a read transaction off the event loop.
 Reader = Callable[..., Awaitable[Any]]
@@ -192,7 +192,7 @@ class ChangeFeed:
         # A read of a dict another thread writes: a watcher that joins meanwhile
         # misses this early call and gets the record from the feed, as always.
         if delta is not None and origin is not None and origin != self._own and doc_id in self._watchers:
-            seen = (origin, origin_seq if origin_seq is not None else -1)
+            seen = (origin, origin_seq)
             ctx.on_applied(lambda: self._show(doc_id, seen, delta))
 
     # Public methods for the event loop.
@@ -226,7 +226,7 @@ class ChangeFeed:
 
     # Private methods.
 
-    def _show(self, doc_id: str, seen: tuple[str, int], delta: bytes) -> None:
+    def _show(self, doc_id: str, seen: tuple[str, int | None], delta: bytes) -> None:
         for watcher in list(self._watchers.get(doc_id, ())):
             try:
                 watcher(seen, delta)

@@ -521,7 +521,7 @@ def test_a_watcher_sees_a_peers_change_before_it_is_durable_here_and_never_a_loc
             await a.apply("other", [set_op("x", 1)])
             await a.apply("doc", [set_op("x", 2)])
             first, other, last = await a.log_range(a.replica_id, 0, 100)
-            seen: list[tuple[tuple[str, int], bytes]] = []
+            seen: list[tuple[tuple[str, int | None], bytes]] = []
             stop = b.watch_remote("doc", lambda s, d: seen.append((s, d)))
             flush = b.storage.sync_meta
 

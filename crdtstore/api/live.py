@@ -276,7 +276,7 @@ class DocChannel:
         self.mirror = Document()
         self.version = self.mirror.version()  # the mirror's, kept with it
         # Peers' changes the mirror took before their feed records (see the module docstring).
-        self.early: set[tuple[str, int]] = set()
+        self.early: set[tuple[str, int | None]] = set()
         self.reading = False  # a whole-document read is under way: early changes wait for the feed
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
@@ -404,7 +404,7 @@ class DocChannel:
                 self.owned = {s: o for s, o in self.owned.items() if s > seq}
         self._send(changes, origin, owner)
 
-    def _take_early(self, seen: tuple[str, int], delta: bytes) -> None:
+    def _take_early(self, seen: tuple[str, int | None], delta: bytes) -> None:
         """A peer's change, before it is durable here (see the module docstring)."""
         if self.reading or not self.ready.is_set() or self.failed is not None:
             return  # its feed record comes, and is taken then

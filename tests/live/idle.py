@@ -20,5 +20,5 @@ class IdleNode:
 
         return feed()
 
-    def watch_remote(self, doc_id: str, watcher: Callable[[tuple[str, int], bytes], None]) -> Callable[[], None]:
+    def watch_remote(self, doc_id: str, watcher: Callable[[tuple[str, int | None], bytes], None]) -> Callable[[], None]:
         return lambda: None
