@@ -548,6 +548,8 @@ def clear_of_stalls(samples: dict[str, list[list[float]]], probe: DiskProbe) -> 
     all of them at once; on their own machines a stall would hold up one. The
     latencies of all keystrokes are reported beside these, never replaced.
     """
+    from drivers import p50_p99  # bench/collab/, on sys.path as for yupdate
+
     out: dict[str, Any] = {}
     total = kept_count = 0
     for kind, key in (
@@ -557,21 +559,11 @@ def clear_of_stalls(samples: dict[str, list[list[float]]], probe: DiskProbe) -> 
     ):
         pairs = samples.get(kind, [])
         kept = [lat for at, lat in pairs if not probe.during_stall(at, before=STALL_BEFORE, after=STALL_AFTER)]
-        out[key] = _p50_p99(kept)
+        out[key] = p50_p99(kept)
         total += len(pairs)
         kept_count += len(kept)
     out["excluded_share"] = round(1 - kept_count / total, 4) if total else 0.0
     return out
-
-
-def _p50_p99(values: list[float]) -> dict[str, float | None]:
-    ordered = sorted(values)
-    if not ordered:
-        return {"p50": None, "p99": None}
-    return {
-        q: round(ordered[min(len(ordered) - 1, int(f * len(ordered)))] * 1e3, 2)
-        for q, f in (("p50", 0.5), ("p99", 0.99))
-    }
 
 
 def check_stores(side: Side, stores: list[Path], result: dict[str, Any]) -> dict[str, Any]:

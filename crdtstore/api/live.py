@@ -351,7 +351,7 @@ class DocChannel:
             if state is not None:
                 self.mirror = codec.decode_document(state)
                 self.version = self.mirror.version()
-            feed = node.changes(self.doc_id, self.mirror.version() if state is not None else None)
+            feed = node.changes(self.doc_id, self.version if state is not None else None)
             unwatch = node.watch_remote(self.doc_id, self._take_early)
             self.ready.set()
             try:
@@ -406,7 +406,7 @@ class DocChannel:
 
     def _take_early(self, seen: tuple[str, int | None], delta: bytes) -> None:
         """A peer's change, before it is durable here (see the module docstring)."""
-        if self.reading or not self.ready.is_set() or self.failed is not None:
+        if self.reading:
             return  # its feed record comes, and is taken then
         changes = self._join(delta)
         if changes is None:

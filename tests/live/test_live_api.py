@@ -265,6 +265,24 @@ def test_a_change_from_another_region_is_pushed_before_this_region_has_made_it_d
         assert c.get("/v1/docs/d").json()["value"] == {"t": "hi!"}
 
 
+def test_a_peer_change_the_node_refuses_is_never_shown_early(tmp_path: Path) -> None:
+    """Abuse: a peer sends dots under this replica's own id (forged). The node skips the delta and
+    quarantines the document; the live channel must not have shown it in the meantime."""
+    node = Node(NodeConfig(region="here", data_dir=tmp_path))
+    app = build_app(node, auth=AuthPolicy(tokens=TOKENS))
+    with TestClient(app, headers=auth_headers(RW_TOKEN)) as c, c.websocket_connect(url("d")) as ws:
+        ws.receive_json()
+        assert c.portal is not None
+        insert = [{"op": "insert", "path": ["t"], "index": 0, "text": "forged"}]
+        forged = codec.encode_delta(Document().apply(insert, replica=node.replica_id))
+        assert c.portal.call(node.apply_remote, "there-p.1.n", 1, "d", forged) is True  # received, skipped
+        assert [q.doc_id for q in node.quarantined()] == ["d"]
+        # The document's next peer deltas wait for its repair; a local write still goes through.
+        c.post("/v1/docs/d", json={"ops": [{**insert[0], "text": "ok"}]})
+        change = ws.receive_json()  # the first thing pushed is the local change: the forged one never was
+        assert change["patches"] == [{"path": ["t"], "value": "ok"}]
+
+
 def test_a_restart_between_commit_and_ack_forgets_no_batch_id(tmp_path: Path) -> None:
     # The batch commits, then the node stops before the ack: the id was recorded with the write,
     # so the resend to the restarted node is acknowledged again, not applied a second time.
